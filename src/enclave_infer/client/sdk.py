@@ -1,0 +1,310 @@
+"""The Python SDK for model owners and image submitters.
+
+Client-side code (trusted by its user, not by the enclave). :class:`Client` verifies the enclave's
+evidence against the user's constraint before it sends anything, then speaks to the enclave's own
+API through Oblivious HTTP: every request is a binary-HTTP message (RFC 9292) encapsulated to the
+attested key (RFC 9458); the host in between sees ciphertext.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from enclave_infer.attestation import constraints
+from enclave_infer.attestation.constraints import Constraint
+from enclave_infer.attestation.evidence import Attestation, verify
+from enclave_infer.errors import (
+    AttestationError,
+    DecryptionError,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+    UsageError,
+)
+from enclave_infer.protocol import bhttp, ohttp
+from enclave_infer.protocol.manifest import Manifest, sf_binary
+
+__all__ = ["Classification", "Client", "Prediction"]
+
+# The inner request's authority: the enclave is its own target resource (RFC 9458 §2).
+INNER_AUTHORITY = "enclave"
+SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
+# Answers from the enclave are small JSON documents; evidence is at most a few KB.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probability: float
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.probability * 100:.1f}%)"
+
+
+@dataclass(frozen=True)
+class Classification:
+    model_sha256: str
+    model_version: int
+    results: tuple[Prediction, ...]
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Classification:
+        try:
+            return cls(
+                model_sha256=str(doc["model"]["sha256"]),
+                model_version=int(doc["model"]["version"]),
+                results=tuple(
+                    Prediction(str(r["label"]), int(r["index"]), float(r["probability"]))
+                    for r in doc["results"]
+                ),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError("the enclave's classification answer is malformed") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": {"sha256": self.model_sha256, "version": self.model_version},
+            "results": [
+                {"label": p.label, "index": p.index, "probability": p.probability} for p in self.results
+            ],
+        }
+
+
+class Client:
+    """A connection to one enclave-infer deployment, checked against one constraint."""
+
+    def __init__(
+        self,
+        url: str,
+        constraint: str | Constraint,
+        *,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"URL must start with http:// or https://, got {url!r}")
+        self.url = url.rstrip("/")
+        self.constraint = constraints.parse(constraint) if isinstance(constraint, str) else constraint
+        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._now = now or (lambda: datetime.now(UTC))
+        self._key: ohttp.KeyConfig | None = None
+        self._clock_offset = 0.0
+        self.attestation: Attestation | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- attestation ---------------------------------------------------------------------------
+
+    def attest(self) -> Attestation:
+        """Fetch the key configuration and fresh evidence; verify both against the constraint."""
+        keys = self._get("/ohttp-keys", expect="application/ohttp-keys")
+        try:
+            configs = ohttp.decode_key_configs(keys)
+        except ProtocolError as exc:
+            raise AttestationError(f"the host served an invalid key configuration: {exc}") from None
+        config = next((c for c in configs if _supports(c)), None)
+        if config is None:
+            raise AttestationError("the enclave offers no supported HPKE suite")
+        nonce = secrets.token_bytes(32)
+        document = self._get(f"/v1/attestation?nonce={nonce.hex()}", expect="application/json")
+        attestation = verify(
+            document, key_config=config.encode(), nonce=nonce, constraint=self.constraint, now=self._now()
+        )
+        self._key, self.attestation = config, attestation
+        return attestation
+
+    # -- the enclave's API ---------------------------------------------------------------------
+
+    def classify(self, image: bytes, *, top: int = 1) -> Classification:
+        response = self.request(
+            "POST",
+            f"/v1/classify?top={top}",
+            content=image,
+            headers=(("content-type", "application/octet-stream"),),
+        )
+        return Classification.from_json(_json_or_raise(response))
+
+    def model_info(self) -> dict[str, Any] | None:
+        """Public metadata of the served model, or None if none is provisioned."""
+        response = self.request("GET", "/v1/model")
+        if response.status == 404:
+            return None
+        doc = _json_or_raise(response)
+        if not isinstance(doc, dict):
+            raise ProtocolError("the enclave's model metadata is malformed")
+        return doc
+
+    def provision(
+        self,
+        model: bytes,
+        labels: Sequence[str],
+        owner_key: Ed25519PrivateKey,
+        *,
+        preprocessing: dict[str, Any],
+        version: int | None = None,
+    ) -> dict[str, Any]:
+        """Sign a manifest for ``model`` (ONNX bytes) and upload both; returns the new metadata."""
+        if version is None:
+            current = self.model_info()
+            version = 1 if current is None else int(current["version"]) + 1
+        manifest = Manifest(
+            model_sha256=hashlib.sha256(model).hexdigest(),
+            model_size=len(model),
+            model_format="onnx",
+            labels=tuple(labels),
+            preprocessing=preprocessing,
+            version=version,
+        )
+        manifest_bytes, signature = manifest.sign(owner_key)
+        response = self.request(
+            "PUT",
+            "/v1/model",
+            headers=(
+                ("content-type", "application/onnx"),
+                ("manifest", sf_binary(manifest_bytes)),
+                ("manifest-signature", sf_binary(signature)),
+            ),
+            content=model,
+        )
+        doc = _json_or_raise(response)
+        if not isinstance(doc, dict):
+            raise ProtocolError("the enclave's answer to a provision is malformed")
+        return doc
+
+    def request(
+        self, method: str, path: str, *, headers: Sequence[tuple[str, str]] = (), content: bytes = b""
+    ) -> bhttp.Response:
+        """One request to the enclave's own API through Oblivious HTTP."""
+        if self._key is None:
+            self.attest()
+        for attempt in range(2):
+            response = self._exchange(method, path, headers, content)
+            if attempt == 0 and response is None:
+                self.attest()  # the enclave restarted with a new key: verify it again
+                continue
+            if attempt == 0 and response is not None and _clock_refusal(response):
+                server_date = response.header("date")
+                if server_date is not None:
+                    self._clock_offset = parsedate_to_datetime(server_date).timestamp() - time.time()
+                    continue
+            if response is None:
+                raise RemoteError(400, "the enclave could not decrypt the request")
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _exchange(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]], content: bytes
+    ) -> bhttp.Response | None:
+        assert self._key is not None
+        inner = bhttp.Request(
+            method=method,
+            scheme="https",
+            authority=INNER_AUTHORITY,
+            path=path,
+            headers=(*headers, ("date", formatdate(time.time() + self._clock_offset, usegmt=True))),
+            content=content,
+        )
+        encapsulated, context = ohttp.encapsulate_request(self._key, bhttp.encode_request(inner))
+        try:
+            reply = self._http.post(
+                self.url + "/v1/ohttp", content=encapsulated, headers={"content-type": "message/ohttp-req"}
+            )
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {self.url}: {_why(exc)}") from None
+        del encapsulated
+        if reply.status_code == 400 and "could not decrypt" in reply.text:
+            return None
+        if reply.status_code != 200:
+            raise RemoteError(reply.status_code, f"host answered {reply.status_code}: {_error_text(reply)}")
+        if reply.headers.get("content-type") != "message/ohttp-res":
+            raise ProtocolError("the host's answer is not message/ohttp-res")
+        try:
+            return bhttp.decode_response(context.decapsulate_response(reply.content))
+        except DecryptionError:
+            raise DecryptionError() from None
+
+    def _get(self, path: str, *, expect: str) -> bytes:
+        try:
+            reply = self._http.get(self.url + path)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {self.url}: {_why(exc)}") from None
+        if reply.status_code != 200:
+            raise TransportError(
+                f"{self.url}{path.split('?')[0]} answered {reply.status_code}: {_error_text(reply)}"
+            )
+        if reply.headers.get("content-type", "").split(";")[0] != expect:
+            raise AttestationError(f"{path.split('?')[0]} did not answer with {expect}")
+        if len(reply.content) > MAX_RESPONSE_BYTES:
+            raise ProtocolError("answer too large")
+        return reply.content
+
+
+def load_labels(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels {path}: {exc}") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise UsageError(f"{path} holds no labels (one per line)")
+    return labels
+
+
+def _supports(config: ohttp.KeyConfig) -> bool:
+    kem, kdf, aead = SUPPORTED_SUITE
+    return config.kem_id == kem and (kdf, aead) in config.symmetric_algorithms
+
+
+def _clock_refusal(response: bhttp.Response) -> bool:
+    return response.status == 400 and b"acceptance window" in response.content
+
+
+def _json_or_raise(response: bhttp.Response) -> Any:
+    try:
+        doc = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"the enclave answered {response.status} with a body that is not JSON") from None
+    if response.status >= 400:
+        message = doc.get("error") if isinstance(doc, dict) else None
+        raise RemoteError(response.status, str(message or f"the enclave answered {response.status}"))
+    return doc
+
+
+def _error_text(reply: httpx.Response) -> str:
+    try:
+        doc = reply.json()
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            return str(doc["error"])
+    except ValueError:
+        pass
+    return reply.reason_phrase or "error"
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host unreachable"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return type(exc).__name__

@@ -1,0 +1,195 @@
+"""The measured enclave configuration: the role of Mystikos' ``config.json`` and Gramine's manifest.
+
+Pure data, used on every side: the operator's CLI builds it from defaults, a TOML file and options;
+the enclave loads it and folds it into its measurement (so a client that pins the code hash also
+pins who may provision the model and under which limits); clients read it back from the evidence.
+
+The canonical form is JSON with sorted keys and no white space (:meth:`EnclaveConfig.canonical`);
+that byte string is what gets hashed.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enclave_infer.errors import UsageError
+
+__all__ = ["EnclaveConfig", "Limits", "format_public_key", "load_public_key_file", "owner_key_id"]
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits, enforced inside the enclave (the host enforces the byte caps too)."""
+
+    # An uploaded photo; 16 MiB covers any camera JPEG/PNG a person would classify.
+    max_image_bytes: int = 16 * MiB
+    # Decoded pixels; 50 MP × 3 bytes is 150 MB of RGB, the most one request may make us hold.
+    max_pixels: int = 50_000_000
+    # A model upload in one (non-chunked) encapsulated request: the demo model is 19 MB,
+    # the seed's AlexNet 233 MB.
+    max_model_bytes: int = 512 * MiB
+    # How many top classes one answer may list.
+    max_top_k: int = 20
+    # Concurrent requests the enclave works on at once; more wait in the host's queue.
+    max_concurrent_requests: int = 4
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UsageError(f"limits.{f.name} must be a positive integer, got {value!r}")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest encapsulated request the host relays: a model plus headers and labels."""
+        return self.max_model_bytes + 4 * MiB
+
+
+@dataclass(frozen=True)
+class EnclaveConfig:
+    """Everything about the enclave that is measured besides its code."""
+
+    owner_public_key: bytes  # raw Ed25519 public key, 32 bytes
+    product_id: int = 1
+    security_version: int = 1
+    debug: bool = False
+    enclave_size: str = "4G"  # Gramine's sgx.enclave_size
+    max_threads: int = 16  # Gramine's sgx.max_threads
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.owner_public_key, bytes) or len(self.owner_public_key) != 32:
+            raise UsageError("owner_public_key must be a raw 32-byte Ed25519 public key")
+        for name in ("product_id", "security_version", "max_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFF:
+                raise UsageError(f"{name} must be an integer from 0 to 65535, got {value!r}")
+        if not isinstance(self.debug, bool):
+            raise UsageError("debug must be true or false")
+        if not isinstance(self.enclave_size, str) or not _is_size(self.enclave_size):
+            raise UsageError(f"enclave_size must look like '4G' or '512M', got {self.enclave_size!r}")
+
+    # -- canonical form ------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "owner_public_key": self.owner_public_key.hex(),
+            "product_id": self.product_id,
+            "security_version": self.security_version,
+            "debug": self.debug,
+            "enclave_size": self.enclave_size,
+            "max_threads": self.max_threads,
+            "limits": dataclasses.asdict(self.limits),
+        }
+
+    def canonical(self) -> bytes:
+        """The exact bytes that are measured and bound into attestation evidence."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.canonical()).digest()
+
+    @classmethod
+    def from_json(cls, doc: Any) -> EnclaveConfig:
+        if not isinstance(doc, dict):
+            raise UsageError("enclave configuration must be a table/object")
+        doc = dict(doc)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise UsageError(f"unknown enclave configuration key(s): {', '.join(unknown)}")
+        limits_doc = doc.pop("limits", {})
+        if not isinstance(limits_doc, dict):
+            raise UsageError("[limits] must be a table")
+        limit_names = {f.name for f in dataclasses.fields(Limits)}
+        unknown = sorted(set(limits_doc) - limit_names)
+        if unknown:
+            raise UsageError(f"unknown key(s) in [limits]: {', '.join(unknown)}")
+        key = doc.pop("owner_public_key", None)
+        if not isinstance(key, str):
+            raise UsageError("owner_public_key is required (hex, or the contents of owner.key.pub)")
+        return cls(owner_public_key=_parse_public_key(key), limits=Limits(**limits_doc), **doc)
+
+    @classmethod
+    def from_canonical(cls, data: bytes) -> EnclaveConfig:
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"enclave configuration is not JSON: {exc}") from None
+        config = cls.from_json(doc)
+        if config.canonical() != data:
+            raise UsageError("enclave configuration is not in canonical form")
+        return config
+
+    @classmethod
+    def load(cls, path: Path | None = None, *, owner_public_key: bytes | None = None) -> EnclaveConfig:
+        """Defaults, overridden by a TOML file, overridden by an explicit owner key."""
+        doc: dict[str, Any] = {}
+        if path is not None:
+            try:
+                doc = tomllib.loads(path.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise UsageError(f"{path} is not valid TOML: {exc}") from None
+        if owner_public_key is not None:
+            doc["owner_public_key"] = owner_public_key.hex()
+        if "owner_public_key" not in doc:
+            raise UsageError("no owner public key: pass --owner-public-key FILE or set it in --config")
+        return cls.from_json(doc)
+
+    @property
+    def owner_key_id(self) -> str:
+        return owner_key_id(self.owner_public_key)
+
+
+def owner_key_id(public_key: bytes) -> str:
+    """SHA-256 of the raw owner public key, hex: the value of the ``OWNER:`` constraint."""
+    return hashlib.sha256(public_key).hexdigest()
+
+
+_PUB_PREFIX = "enclave-infer-owner-ed25519 "
+
+
+def format_public_key(public_key: bytes) -> str:
+    """The one-line text form of ``owner.key.pub``."""
+    return _PUB_PREFIX + base64.b64encode(public_key).decode() + "\n"
+
+
+def load_public_key_file(path: Path) -> bytes:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read owner public key {path}: {exc}") from None
+    return _parse_public_key(text)
+
+
+def _parse_public_key(text: str) -> bytes:
+    text = text.strip()
+    raw: bytes | None = None
+    if text.startswith(_PUB_PREFIX):
+        try:
+            raw = base64.b64decode(text[len(_PUB_PREFIX) :], validate=True)
+        except ValueError:
+            raw = None
+    else:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = None
+    if raw is None or len(raw) != 32:
+        raise UsageError("owner public key is not an enclave-infer Ed25519 public key")
+    return raw
+
+
+def _is_size(text: str) -> bool:
+    return len(text) >= 2 and text[:-1].isdigit() and text[-1] in "KMG" and int(text[:-1]) > 0

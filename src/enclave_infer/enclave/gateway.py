@@ -1,0 +1,92 @@
+"""The Oblivious Gateway (RFC 9458 §2) in front of the enclave's own API.
+
+Trusted code, no I/O: an encapsulated request in, an encapsulated response out. Requests that cannot
+be decrypted raise (the host answers them with a plain 400, RFC 9458 §5.2); everything that can be
+decrypted is answered encrypted, errors included.
+
+Replay protection follows RFC 9458 §6.5.1: each inner request carries a ``date`` header; requests
+dated outside ``REPLAY_WINDOW`` of the enclave's clock are refused with the enclave's ``date`` so the
+client can correct its clock, and within the window the encapsulated KEM share (``enc``) of every
+accepted request is remembered, so a replayed ciphertext is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from email.utils import formatdate, parsedate_to_datetime
+
+from enclave_infer.errors import ProtocolError
+from enclave_infer.protocol import bhttp, ohttp
+
+__all__ = ["MAX_REPLAY_ENTRIES", "REPLAY_WINDOW", "Gateway"]
+
+# How far a request's date may be from the enclave's clock, in seconds, either way.
+REPLAY_WINDOW = 120.0
+# Bound on remembered requests: 200k × ~100 bytes = 20 MB; at that rate (over 800 requests/s for two
+# minutes) the gateway refuses new requests with 503 rather than forget and admit replays.
+MAX_REPLAY_ENTRIES = 200_000
+
+Handler = Callable[[bhttp.Request], bhttp.Response]
+
+
+class Gateway:
+    def __init__(
+        self, key: ohttp.GatewayKey, app: Handler, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.key = key
+        self._app = app
+        self._clock = clock
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def handle(self, encapsulated_request: bytes) -> bytes:
+        """Raises DecryptionError / ProtocolError when the request cannot be decapsulated."""
+        plaintext, context = ohttp.decapsulate_request(self.key, encapsulated_request)
+        response = self._respond(plaintext, context.enc)
+        return context.encapsulate_response(bhttp.encode_response(response))
+
+    def _respond(self, plaintext: bytes, enc: bytes) -> bhttp.Response:
+        try:
+            request = bhttp.decode_request(plaintext)
+        except ProtocolError as exc:
+            return _error(400, f"malformed binary HTTP request: {exc}")
+        now = self._clock()
+        refusal = self._check_fresh(request, enc, now)
+        if refusal is not None:
+            return refusal
+        return self._app(request)
+
+    def _check_fresh(self, request: bhttp.Request, enc: bytes, now: float) -> bhttp.Response | None:
+        date = request.header("date")
+        try:
+            sent = parsedate_to_datetime(date).timestamp() if date else None
+        except (TypeError, ValueError):
+            sent = None
+        if sent is None or abs(now - sent) > REPLAY_WINDOW:
+            return _error(
+                400,
+                "request date missing or outside the enclave's acceptance window",
+                date=formatdate(now, usegmt=True),
+            )
+        with self._lock:
+            while self._seen and next(iter(self._seen.values())) < now - 2 * REPLAY_WINDOW:
+                self._seen.popitem(last=False)
+            if enc in self._seen:
+                return _error(400, "replayed request refused")
+            if len(self._seen) >= MAX_REPLAY_ENTRIES:
+                return _error(503, "enclave is too busy to track more requests; retry shortly")
+            self._seen[enc] = now
+        return None
+
+
+def _error(status: int, message: str, *, date: str | None = None) -> bhttp.Response:
+    headers = [("content-type", "application/json")]
+    if date is not None:
+        headers.append(("date", date))
+    return bhttp.Response(
+        status=status, headers=tuple(headers), content=json.dumps({"error": message}).encode()
+    )

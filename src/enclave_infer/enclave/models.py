@@ -1,0 +1,196 @@
+"""The model being served: provisioning, sealing, restoring and inference.
+
+Trusted code. A provision is accepted only if, in order: the manifest's signature verifies under the
+owner key of the measured configuration; its version exceeds the current one; the model bytes have
+the size and SHA-256 the manifest names; the preprocessing is valid; ONNX Runtime loads the model and
+a trial run yields one score per label; and the model is sealed to storage. Only then does the new
+model replace the old one, in one assignment. Any failure leaves the served model untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from enclave_infer.enclave.preprocess import ImageError, Preprocessing, decode_image, to_tensor
+
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.sealing import Sealer
+from enclave_infer.errors import EnclaveInferError, ProtocolError, UsageError
+from enclave_infer.protocol.manifest import Manifest
+
+__all__ = ["LoadedModel", "ModelError", "ModelStore"]
+
+log = logging.getLogger("enclave_infer.enclave")
+
+SEALED_MODEL = "model.sealed"
+SEAL_LABEL = b"enclave-infer sealed model v1"
+
+
+class ModelError(EnclaveInferError):
+    """A request about the model cannot be honoured; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    manifest: Manifest
+    signature: bytes
+    preprocessing: Preprocessing
+    session: ort.InferenceSession
+    input_name: str
+    provisioned_at: float
+
+    def metadata(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "sha256": m.model_sha256,
+            "version": m.version,
+            "size": m.model_size,
+            "formats": [m.model_format],
+            "labels": len(m.labels),
+            "preprocessing": self.preprocessing.to_json(),
+            "provisioned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.provisioned_at)),
+        }
+
+
+class ModelStore:
+    def __init__(self, config: EnclaveConfig, sealer: Sealer, storage: Path) -> None:
+        self._config = config
+        self._sealer = sealer
+        self._storage = storage
+        self._provision_lock = threading.Lock()
+        self.current: LoadedModel | None = None
+
+    # -- provisioning --------------------------------------------------------------------------
+
+    def provision(self, manifest_bytes: bytes, signature: bytes, model: bytes) -> LoadedModel:
+        try:
+            manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
+        except ProtocolError as exc:
+            raise ModelError(403, str(exc)) from None
+        with self._provision_lock:
+            current = self.current
+            if current is not None and manifest.version <= current.manifest.version:
+                raise ModelError(
+                    409,
+                    f"model version {manifest.version} is not newer than the served version"
+                    f" {current.manifest.version}",
+                )
+            loaded = self._load(manifest, signature, model, provisioned_at=time.time())
+            try:
+                self._storage.mkdir(parents=True, exist_ok=True)
+                self._sealer.write(
+                    self._storage / SEALED_MODEL, _pack(manifest_bytes, signature, model), SEAL_LABEL
+                )
+            except OSError as exc:
+                raise ModelError(500, f"could not seal the model to storage: {exc.strerror}") from None
+            self.current = loaded
+        log.info("serving model version %d sha256 %s", manifest.version, manifest.model_sha256)
+        return loaded
+
+    def _load(
+        self, manifest: Manifest, signature: bytes, model: bytes, *, provisioned_at: float
+    ) -> LoadedModel:
+        if len(model) != manifest.model_size or hashlib.sha256(model).hexdigest() != manifest.model_sha256:
+            raise ModelError(400, "model bytes do not match the size and SHA-256 in the manifest")
+        try:
+            pre = Preprocessing.from_json(manifest.preprocessing)
+        except UsageError as exc:
+            raise ModelError(400, f"manifest preprocessing: {exc}") from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception:  # ONNX Runtime raises its own types, several of them, for bad models
+            raise ModelError(400, "the model is not a valid ONNX model") from None
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(400, f"the model must take one input tensor, it takes {len(inputs)}")
+        trial = np.zeros(
+            (1, 3, pre.crop, pre.crop) if pre.layout == "NCHW" else (1, pre.crop, pre.crop, 3),
+            dtype=np.float32,
+        )
+        try:
+            scores = session.run(None, {inputs[0].name: trial})[0]
+        except Exception:
+            raise ModelError(
+                400, "the model does not accept a preprocessed image of the manifest's size"
+            ) from None
+        if np.shape(scores) != (1, len(manifest.labels)):
+            raise ModelError(
+                400,
+                f"model output shape {np.shape(scores)}, expected (1, {len(manifest.labels)}) for its labels",
+            )
+        return LoadedModel(manifest, signature, pre, session, inputs[0].name, provisioned_at)
+
+    def restore(self) -> None:
+        """Serve the sealed model again after a restart, or nothing if it fails to verify."""
+        path = self._storage / SEALED_MODEL
+        if not path.exists():
+            return
+        try:
+            manifest_bytes, signature, model = _unpack(self._sealer.read(path, SEAL_LABEL))
+            manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
+            self.current = self._load(manifest, signature, model, provisioned_at=path.stat().st_mtime)
+        except (EnclaveInferError, OSError) as exc:
+            log.error("sealed model in storage failed verification (%s); serving no model", exc)
+            return
+        log.info("restored sealed model version %d sha256 %s", manifest.version, manifest.model_sha256)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def classify(self, image: bytes, top: int) -> dict[str, Any]:
+        loaded = self.current
+        if loaded is None:
+            raise ModelError(503, "no model has been provisioned yet")
+        if len(image) > self._config.limits.max_image_bytes:
+            raise ModelError(413, f"image is larger than {self._config.limits.max_image_bytes} bytes")
+        try:
+            tensor = to_tensor(
+                decode_image(image, max_pixels=self._config.limits.max_pixels), loaded.preprocessing
+            )
+        except ImageError as exc:
+            raise ModelError(400, str(exc)) from None
+        scores = np.asarray(loaded.session.run(None, {loaded.input_name: tensor})[0][0], dtype=np.float64)
+        probabilities = _as_probabilities(scores)
+        order = np.argsort(-probabilities, kind="stable")[:top]
+        return {
+            "model": {"sha256": loaded.manifest.model_sha256, "version": loaded.manifest.version},
+            "results": [
+                {"label": loaded.manifest.labels[i], "index": int(i), "probability": float(probabilities[i])}
+                for i in order
+            ],
+        }
+
+
+def _as_probabilities(scores: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    # A model that already ends in softmax gives a distribution; anything else is logits.
+    if scores.min() >= 0.0 and abs(float(scores.sum()) - 1.0) < 1e-3:
+        return scores
+    exp = np.exp(scores - scores.max())
+    return np.asarray(exp / exp.sum(), dtype=np.float64)
+
+
+def _pack(manifest: bytes, signature: bytes, model: bytes) -> bytes:
+    return struct.pack("!IH", len(manifest), len(signature)) + manifest + signature + model
+
+
+def _unpack(blob: bytes) -> tuple[bytes, bytes, bytes]:
+    if len(blob) < 6:
+        raise ProtocolError("sealed model is truncated")
+    m, s = struct.unpack("!IH", blob[:6])
+    if len(blob) < 6 + m + s:
+        raise ProtocolError("sealed model is truncated")
+    return blob[6 : 6 + m], blob[6 + m : 6 + m + s], blob[6 + m + s :]

@@ -1,0 +1,107 @@
+"""The enclave process: a unix-socket server speaking :mod:`enclave_infer.protocol.framing`.
+
+Trusted code; this is the I/O edge of the enclave. One thread per host connection; each connection
+carries one request frame at a time and gets one reply frame. At most
+``limits.max_concurrent_requests`` requests are worked on at once; the rest wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import threading
+from pathlib import Path
+
+from enclave_infer.attestation.evidence import Evidence
+from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, report_data_binding
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.app import App
+from enclave_infer.enclave.gateway import Gateway
+from enclave_infer.enclave.models import ModelStore
+from enclave_infer.enclave.platform import Platform
+from enclave_infer.enclave.sealing import Sealer
+from enclave_infer.errors import DecryptionError, ProtocolError
+from enclave_infer.protocol import framing, ohttp
+from enclave_infer.protocol.framing import FrameType
+
+__all__ = ["Enclave", "serve"]
+
+log = logging.getLogger("enclave_infer.enclave")
+
+
+class Enclave:
+    """The enclave's state and its answers to the host's three questions."""
+
+    def __init__(self, config: EnclaveConfig, platform: Platform, storage: Path) -> None:
+        self.config = config
+        self.platform = platform
+        self.key = ohttp.GatewayKey.generate(key_id=1)  # fresh per instance, never leaves
+        self.key_config = self.key.config.encode()
+        self.store = ModelStore(config, Sealer(platform.sealing_key()), storage)
+        self.store.restore()
+        self.gateway = Gateway(self.key, App(self.store, max_top_k=config.limits.max_top_k))
+        self._slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
+
+    def answer(self, kind: FrameType, payload: bytes) -> bytes:
+        if kind is FrameType.GET_KEYS:
+            return framing.encode_frame(FrameType.KEYS, ohttp.encode_key_configs([self.key.config]))
+        if kind is FrameType.GET_EVIDENCE:
+            if not MIN_NONCE_BYTES <= len(payload) <= MAX_NONCE_BYTES:
+                return framing.encode_error(
+                    400, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
+                )
+            report_data = report_data_binding(self.key_config, self.config.digest(), payload)
+            document = Evidence(
+                self.platform.tee, self.platform.evidence(report_data), self.config.canonical()
+            )
+            return framing.encode_frame(FrameType.EVIDENCE, document.encode())
+        if kind is FrameType.OHTTP_REQUEST:
+            with self._slots:
+                try:
+                    return framing.encode_frame(FrameType.OHTTP_RESPONSE, self.gateway.handle(payload))
+                except DecryptionError:
+                    return framing.encode_error(400, "the enclave could not decrypt the request")
+                except ProtocolError as exc:
+                    return framing.encode_error(400, f"malformed encapsulated request: {exc}")
+        return framing.encode_error(400, f"unexpected frame {kind.name}")
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        while True:
+            header = self.rfile.read(framing.HEADER.size)
+            if len(header) < framing.HEADER.size:
+                return
+            try:
+                kind, length = framing.parse_header(header)
+            except ProtocolError as exc:
+                self.wfile.write(framing.encode_error(400, str(exc)))
+                return
+            payload = self.rfile.read(length)
+            if len(payload) < length:
+                return
+            try:
+                reply = self.server.enclave.answer(kind, payload)
+            except Exception:  # never let one request take the enclave down
+                log.exception("internal error while answering %s", kind.name)
+                reply = framing.encode_error(500, "internal enclave error")
+            self.wfile.write(reply)
+            self.wfile.flush()
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, enclave: Enclave) -> None:
+        self.enclave = enclave
+        super().__init__(path, _Handler)
+
+
+def serve(enclave: Enclave, socket_path: Path) -> None:
+    socket_path.unlink(missing_ok=True)
+    with _Server(str(socket_path), enclave) as server:
+        socket_path.chmod(0o600)
+        log.info("enclave listening on %s", socket_path)
+        server.serve_forever()

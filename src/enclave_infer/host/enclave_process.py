@@ -1,0 +1,124 @@
+"""Starting, watching and talking to the enclave process.
+
+Untrusted code: the host relays opaque frames and never imports the enclave package; it starts it
+as ``python -m enclave_infer.enclave`` and speaks :mod:`enclave_infer.protocol.framing` to it over a
+unix socket. If the enclave process dies, the next request restarts it (with a fresh key pair, so
+clients attest again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.errors import TransportError
+from enclave_infer.protocol import framing
+from enclave_infer.protocol.framing import FrameType
+
+__all__ = ["EnclaveProcess"]
+
+log = logging.getLogger("enclave_infer.host")
+
+# How long the enclave may take to start (it loads ONNX Runtime and unseals a model).
+START_TIMEOUT = 120.0
+# Unix socket paths are limited to 108 bytes on Linux.
+_MAX_SOCKET_PATH = 100
+
+
+class EnclaveProcess:
+    def __init__(self, config: EnclaveConfig, data_dir: Path, *, platform: str = "simulation") -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.platform = platform
+        socket_path = data_dir / "enclave.sock"
+        if len(str(socket_path.resolve())) > _MAX_SOCKET_PATH:
+            socket_path = Path(tempfile.mkdtemp(prefix="enclave-infer-")) / "enclave.sock"
+        self.socket_path = socket_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    # -- process lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.data_dir / "enclave.json"
+        config_path.write_bytes(self.config.canonical())
+        self.socket_path.unlink(missing_ok=True)
+        cmd = [
+            sys.executable, "-m", "enclave_infer.enclave",
+            "--socket", str(self.socket_path),
+            "--config", str(config_path),
+            "--storage", str(self.data_dir / "sealed"),
+            "--platform", self.platform,
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=os.environ.copy())
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise TransportError(
+                    f"the enclave process exited at start with status {self._proc.returncode}"
+                )
+            if self.socket_path.exists():
+                return
+            time.sleep(0.05)
+        self._proc.kill()
+        raise TransportError(f"the enclave did not start within {START_TIMEOUT:.0f} s")
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return
+            if self._proc is not None:
+                log.warning("enclave process exited with status %s; restarting it", self._proc.returncode)
+                self.restarts += 1
+            self._start_locked()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+            self.socket_path.unlink(missing_ok=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def call(self, kind: FrameType, payload: bytes | bytearray = b"") -> tuple[FrameType, bytes]:
+        """Send one frame, return the reply's type and payload. The payload is not copied."""
+        if self._proc is None or self._proc.poll() is not None:
+            await asyncio.to_thread(self.ensure_running)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        except OSError as exc:
+            raise TransportError(f"cannot reach the enclave: {exc.strerror}") from None
+        try:
+            writer.write(framing.HEADER.pack(kind, len(payload)))
+            writer.write(payload)
+            await writer.drain()
+            header = await reader.readexactly(framing.HEADER.size)
+            reply_kind, length = framing.parse_header(header)
+            return reply_kind, await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError):
+            raise TransportError("the enclave closed the connection") from None
+        finally:
+            writer.close()

@@ -1,0 +1,59 @@
+"""``enclave-infer serve``: start the enclave, attest it, log the report, serve HTTP with uvicorn.
+
+Untrusted code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvicorn
+
+from enclave_infer.attestation.evidence import Attestation, appraise
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.errors import EnclaveInferError, TransportError
+from enclave_infer.host.app import create_app
+from enclave_infer.host.enclave_process import EnclaveProcess
+from enclave_infer.protocol import ohttp
+from enclave_infer.protocol.framing import FrameType
+
+__all__ = ["run"]
+
+log = logging.getLogger("enclave_infer.host")
+
+
+async def self_attest(enclave: EnclaveProcess) -> Attestation:
+    """What the Conclave host does at start: fetch its enclave's evidence and appraise it."""
+    kind, keys = await enclave.call(FrameType.GET_KEYS)
+    nonce = secrets.token_bytes(32)
+    kind2, document = await enclave.call(FrameType.GET_EVIDENCE, nonce)
+    if kind is not FrameType.KEYS or kind2 is not FrameType.EVIDENCE:
+        raise TransportError("the enclave did not answer the start-up attestation")
+    key_config = ohttp.decode_key_configs(keys)[0].encode()
+    return appraise(document, key_config=key_config, nonce=nonce)
+
+
+def run(config: EnclaveConfig, data_dir: Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+    started = time.monotonic()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    enclave = EnclaveProcess(config, data_dir)
+    enclave.start()
+    try:
+        attestation = asyncio.run(self_attest(enclave))
+    except EnclaveInferError:
+        enclave.stop()
+        raise
+    if attestation.report.tee == "simulation":
+        log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
+    log.info("%s", attestation.summary(now=datetime.now(UTC)))
+    server = uvicorn.Server(uvicorn.Config(create_app(enclave), host=host, port=port, log_level="info"))
+    log.info("Started enclave-infer in %.2f seconds", time.monotonic() - started)
+    try:
+        server.run()
+    finally:
+        enclave.stop()

@@ -1,0 +1,132 @@
+"""The model owner's signed manifest: which model, which labels, which preprocessing, which version.
+
+Pure logic on bytes, used by the owner's tooling (to sign) and by the enclave (to verify). The
+manifest is canonical JSON (sorted keys, no white space); the signature is Ed25519 (RFC 8032) over
+``"enclave-infer model manifest v1" || 0x00 || manifest``. In ``PUT /v1/model`` both travel as
+RFC 8941 byte-sequence header values (``manifest``, ``manifest-signature``) and the body is the model
+file, whose SHA-256 and size the manifest names.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from enclave_infer.errors import ProtocolError
+
+__all__ = ["MODEL_FORMATS", "Manifest", "parse_sf_binary", "sf_binary"]
+
+MANIFEST_TYPE = "enclave-infer model manifest v1"
+SIGNATURE_CONTEXT = MANIFEST_TYPE.encode() + b"\x00"
+MODEL_FORMATS = ("onnx",)
+# 1000 ImageNet labels are ~21 KB; 100k labels of 64 bytes bound the manifest at a few MB.
+MAX_LABELS = 100_000
+MAX_LABEL_CHARS = 256
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model_sha256: str
+    model_size: int
+    model_format: str
+    labels: tuple[str, ...]
+    preprocessing: dict[str, Any]
+    version: int
+
+    def __post_init__(self) -> None:
+        if not _HEX64.fullmatch(self.model_sha256):
+            raise ProtocolError("manifest: model.sha256 must be 64 lowercase hex digits")
+        if not isinstance(self.model_size, int) or isinstance(self.model_size, bool) or self.model_size <= 0:
+            raise ProtocolError("manifest: model.size must be a positive integer")
+        if self.model_format not in MODEL_FORMATS:
+            raise ProtocolError(f"manifest: model.format must be one of {', '.join(MODEL_FORMATS)}")
+        if not self.labels or len(self.labels) > MAX_LABELS:
+            raise ProtocolError(f"manifest: labels must list 1 to {MAX_LABELS} names")
+        for label in self.labels:
+            if (
+                not isinstance(label, str)
+                or not label.strip()
+                or len(label) > MAX_LABEL_CHARS
+                or "\n" in label
+            ):
+                raise ProtocolError("manifest: every label must be a non-empty single line")
+        if not isinstance(self.preprocessing, dict):
+            raise ProtocolError("manifest: preprocessing must be an object")
+        if (
+            not isinstance(self.version, int)
+            or isinstance(self.version, bool)
+            or not 1 <= self.version < 2**63
+        ):
+            raise ProtocolError("manifest: version must be a positive integer")
+
+    def encode(self) -> bytes:
+        doc = {
+            "type": MANIFEST_TYPE,
+            "model": {"sha256": self.model_sha256, "size": self.model_size, "format": self.model_format},
+            "labels": list(self.labels),
+            "preprocessing": self.preprocessing,
+            "version": self.version,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Manifest:
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ProtocolError("manifest too large")
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("type") != MANIFEST_TYPE:
+                raise ProtocolError("not an enclave-infer model manifest v1")
+            if set(doc) != {"type", "model", "labels", "preprocessing", "version"}:
+                raise ProtocolError("manifest: unexpected or missing fields")
+            model = doc["model"]
+            if not isinstance(model, dict) or set(model) != {"sha256", "size", "format"}:
+                raise ProtocolError("manifest: model must have sha256, size and format")
+            if not isinstance(doc["labels"], list):
+                raise ProtocolError("manifest: labels must be a list")
+            return cls(
+                model_sha256=model["sha256"],
+                model_size=model["size"],
+                model_format=model["format"],
+                labels=tuple(doc["labels"]),
+                preprocessing=doc["preprocessing"],
+                version=doc["version"],
+            )
+        except (ValueError, UnicodeDecodeError, TypeError):
+            raise ProtocolError("manifest is not valid JSON") from None
+
+    def sign(self, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
+        """Return (manifest bytes, signature)."""
+        data = self.encode()
+        return data, key.sign(SIGNATURE_CONTEXT + data)
+
+    @classmethod
+    def verify(cls, data: bytes, signature: bytes, owner_public_key: bytes) -> Manifest:
+        """Check the owner's signature, then parse. Raises ProtocolError on either failure."""
+        try:
+            Ed25519PublicKey.from_public_bytes(owner_public_key).verify(signature, SIGNATURE_CONTEXT + data)
+        except (InvalidSignature, ValueError):
+            raise ProtocolError("manifest signature does not verify under the enclave's owner key") from None
+        return cls.decode(data)
+
+
+def sf_binary(data: bytes) -> str:
+    """An RFC 8941 §3.3.5 Byte Sequence: ``:base64:``."""
+    return ":" + base64.b64encode(data).decode() + ":"
+
+
+def parse_sf_binary(value: str) -> bytes:
+    if len(value) < 2 or value[0] != ":" or value[-1] != ":":
+        raise ProtocolError("expected an RFC 8941 byte sequence (:base64:)")
+    try:
+        return base64.b64decode(value[1:-1], validate=True)
+    except ValueError:
+        raise ProtocolError("invalid base64 in byte sequence") from None
