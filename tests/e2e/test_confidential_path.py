@@ -1,0 +1,258 @@
+"""The whole confidential path with real processes on loopback, as its users drive it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from enclave_infer.client.owner import generate_owner_key
+from enclave_infer.client.sdk import Client
+from enclave_infer.errors import ConstraintError, RemoteError
+from enclave_infer.protocol import bhttp, ohttp
+
+from .conftest import Deployment, png, run_cli
+
+
+def provision(
+    d: Deployment, files: dict[str, Path], *extra: str, key: Path | None = None, model: Path | None = None
+):
+    return run_cli(
+        "provision", d.url, d.constraint, str(model or files["model"]), str(files["labels"]),
+        "--owner-key", str(key or d.owner_key), *extra,
+    )  # fmt: skip
+
+
+def served_model(d: Deployment) -> dict | None:
+    with Client(d.url, d.constraint) as c:
+        return c.model_info()
+
+
+def test_host_logs_attestation_summary(deployment: Deployment) -> None:
+    log = deployment.log_text()
+    assert f"Remote attestation for enclave {deployment.code_hash}" in log
+    for line in ("Mode: SIMULATION", "Code signer:", "Key configuration: id 1", "Product ID: 1",
+                 "Revocation level (security version): 1", "is INSECURE", "Started enclave-infer in"):  # fmt: skip
+        assert line in log
+
+
+def test_measure_prints_the_served_code_hash(deployment: Deployment, files: dict[str, Path]) -> None:
+    out = run_cli(
+        "measure", "--owner-public-key", f"{deployment.owner_key}.pub", "--config", str(files["config"])
+    )
+    assert out.returncode == 0
+    assert out.stdout.strip() == deployment.code_hash
+    other = run_cli("measure", "--owner-public-key", f"{deployment.owner_key}.pub")  # other limits
+    assert other.stdout.strip() != deployment.code_hash
+
+
+def test_classify_before_provision_says_so(deployment: Deployment, files: dict[str, Path]) -> None:
+    out = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]))
+    assert out.returncode != 0
+    assert "no model has been provisioned yet" in out.stderr
+
+
+def test_provision_then_classify(deployment: Deployment, files: dict[str, Path]) -> None:
+    out = provision(deployment, files)
+    assert out.returncode == 0, out.stderr
+    assert "provisioned model version 1" in out.stdout
+    out = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]), str(files["blue"]))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("red.png: red (") and lines[0].endswith("%)")
+    assert lines[1].startswith("blue.png: blue (")
+
+
+def test_top_k_and_json(deployment: Deployment, files: dict[str, Path]) -> None:
+    out = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]), "--top", "3")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 3
+    out = run_cli(
+        "classify", deployment.url, deployment.constraint, str(files["blue"]), "--top", "4", "--json"
+    )
+    doc = json.loads(out.stdout)
+    assert [r["label"] for r in doc["results"]][0] == "blue"
+    assert abs(sum(r["probability"] for r in doc["results"]) - 1.0) < 1e-5
+    meta = served_model(deployment)
+    assert meta is not None and doc["model"] == {"sha256": meta["sha256"], "version": meta["version"]}
+
+
+def test_console(deployment: Deployment, files: dict[str, Path]) -> None:
+    out = run_cli(
+        "classify", deployment.url, deployment.constraint, stdin=f"{files['red']}\nnot-a-file.png\n\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("Enter path or URL of image: ") == 3
+    assert "red (" in out.stdout
+    assert "not-a-file.png: no such file" in out.stdout
+
+
+def test_model_metadata(deployment: Deployment, files: dict[str, Path]) -> None:
+    meta = served_model(deployment)
+    assert meta is not None
+    assert meta["labels"] == 4 and meta["formats"] == ["onnx"] and meta["version"] >= 1
+    assert len(meta["sha256"]) == 64 and meta["provisioned_at"].endswith("Z")
+
+
+def test_wrong_constraint_refused_before_sending(deployment: Deployment, files: dict[str, Path]) -> None:
+    wrong = "C:" + "AB" * 32 + " SEC:INSECURE"
+    out = run_cli("classify", deployment.url, wrong, str(files["red"]))
+    assert out.returncode != 0
+    assert out.stderr.count("\n") == 1
+    assert f"code hash {deployment.code_hash.lower()} is not one of the accepted C: values" in out.stderr
+    out = run_cli("classify", deployment.url, f"C:{deployment.code_hash}", str(files["red"]))
+    assert out.returncode != 0 and "INSECURE is below SEC:SECURE" in out.stderr
+    out = run_cli("classify", deployment.url, "C:12 SEC:INSECURE", str(files["red"]))
+    assert out.returncode != 0 and "64 hex digits" in out.stderr
+
+
+def test_unreachable_host(files: dict[str, Path]) -> None:
+    out = run_cli("classify", "http://127.0.0.1:9", "C:" + "00" * 32 + " SEC:INSECURE", str(files["red"]))
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0
+    assert "cannot reach http://127.0.0.1:9" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"this is not an image", "not an image in an accepted format"),
+        (png((1, 2, 3))[:200], "truncated"),
+        (b"", "empty request body"),
+    ],
+)
+def test_bad_images_are_one_line_errors(deployment: Deployment, files: dict[str, Path], tmp_path: Path,
+                                        content: bytes, message: str) -> None:  # fmt: skip
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    out = run_cli("classify", deployment.url, deployment.constraint, str(bad))
+    assert out.returncode != 0
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert "bad.png" in out.stderr
+    assert message in out.stderr.lower()
+    ok = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]))
+    assert ok.returncode == 0 and ok.stdout.startswith("red.png: red")
+
+
+def test_oversized_image_refused(deployment: Deployment, files: dict[str, Path], tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    big.write_bytes(png((0, 0, 0)) + b"\0" * 300_000)  # limit in this deployment: 256 KiB
+    out = run_cli("classify", deployment.url, deployment.constraint, str(big))
+    assert out.returncode != 0 and "larger than 262144 bytes" in out.stderr
+
+
+def test_oversized_request_refused_by_host(deployment: Deployment) -> None:
+    reply = httpx.post(deployment.url + "/v1/ohttp", content=b"\0" * (6 * 1024 * 1024),
+                       headers={"content-type": "message/ohttp-req"})  # fmt: skip
+    assert reply.status_code == 413
+    assert httpx.get(deployment.url + "/healthz").status_code == 200
+
+
+def test_tampered_ciphertext(deployment: Deployment, files: dict[str, Path]) -> None:
+    with Client(deployment.url, deployment.constraint) as c:
+        c.attest()
+        assert c.attestation is not None
+        key = ohttp.decode_key_configs(httpx.get(deployment.url + "/ohttp-keys").content)[0]
+        inner = bhttp.Request("GET", "https", "enclave", "/v1/model", (("date", _now()),))
+        encapsulated, _ = ohttp.encapsulate_request(key, bhttp.encode_request(inner))
+        tampered = bytearray(encapsulated)
+        tampered[-5] ^= 0x01
+        reply = httpx.post(deployment.url + "/v1/ohttp", content=bytes(tampered),
+                           headers={"content-type": "message/ohttp-req"})  # fmt: skip
+        assert reply.status_code == 400
+        assert "could not decrypt" in reply.json()["error"]
+        assert c.model_info() is not None  # still serving
+
+
+def test_replayed_ciphertext(deployment: Deployment) -> None:
+    key = ohttp.decode_key_configs(httpx.get(deployment.url + "/ohttp-keys").content)[0]
+    inner = bhttp.Request("GET", "https", "enclave", "/v1/model", (("date", _now()),))
+    encapsulated, context = ohttp.encapsulate_request(key, bhttp.encode_request(inner))
+    answers = []
+    for _ in range(2):
+        reply = httpx.post(deployment.url + "/v1/ohttp", content=encapsulated,
+                           headers={"content-type": "message/ohttp-req"})  # fmt: skip
+        assert reply.status_code == 200
+        answers.append(bhttp.decode_response(context.decapsulate_response(reply.content)))
+    assert answers[0].status == 200
+    assert answers[1].status == 400 and b"replayed request refused" in answers[1].content
+
+
+def test_provision_signed_by_another_key_is_refused(deployment: Deployment, files: dict[str, Path],
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    before = served_model(deployment)
+    mallory = tmp_path / "mallory.key"
+    generate_owner_key(mallory)
+    out = provision(deployment, files, key=mallory)
+    assert out.returncode != 0
+    assert "signature does not verify under the enclave's owner key" in out.stderr
+    assert served_model(deployment) == before
+
+
+def test_not_a_model_is_refused(deployment: Deployment, files: dict[str, Path], tmp_path: Path) -> None:
+    before = served_model(deployment)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07" + os.urandom(2000))
+    out = provision(deployment, files, model=junk)
+    assert out.returncode != 0 and "not a valid ONNX model" in out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert served_model(deployment) == before
+
+
+def test_old_version_refused(deployment: Deployment, files: dict[str, Path]) -> None:
+    before = served_model(deployment)
+    assert before is not None
+    out = provision(deployment, files, "--model-version", str(before["version"]))
+    assert out.returncode != 0 and "is not newer than the served version" in out.stderr
+    out = provision(deployment, files)  # default: one more than the current
+    assert out.returncode == 0, out.stderr
+    assert served_model(deployment)["version"] == before["version"] + 1  # type: ignore[index]
+
+
+def test_oversized_model_refused(deployment: Deployment, files: dict[str, Path], tmp_path: Path) -> None:
+    before = served_model(deployment)
+    big = tmp_path / "big.onnx"
+    big.write_bytes(files["model"].read_bytes() + b"\0" * (5 * 1024 * 1024))
+    out = provision(deployment, files, model=big)
+    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0
+    assert served_model(deployment) == before
+
+
+def test_enclave_crash_is_survived_with_the_sealed_model(
+    deployment: Deployment, files: dict[str, Path]
+) -> None:
+    if served_model(deployment) is None:
+        assert provision(deployment, files).returncode == 0
+    before = served_model(deployment)
+    found = subprocess.run(["pgrep", "-f", f"enclave_infer.enclave .*{deployment.data_dir}"],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    pids = [int(p) for p in found.stdout.split()]
+    assert pids, "enclave process not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    out = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]))
+    assert out.returncode == 0, out.stderr + deployment.log_text()[-2000:]
+    assert out.stdout.startswith("red.png: red (")
+    assert served_model(deployment) == before
+
+
+def test_sdk_raises_specific_errors(deployment: Deployment) -> None:
+    with Client(deployment.url, "C:" + "00" * 32 + " SEC:INSECURE") as c, pytest.raises(ConstraintError):
+        c.attest()
+    with Client(deployment.url, deployment.constraint) as c, pytest.raises(RemoteError) as info:
+        c.classify(b"GIF89a not really")
+    assert info.value.status == 400
+
+
+def _now() -> str:
+    from email.utils import formatdate
+
+    return formatdate(usegmt=True)

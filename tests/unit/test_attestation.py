@@ -1,0 +1,123 @@
+"""Simulation evidence, the report-data binding, and the order of verification steps."""
+
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+
+from enclave_infer.attestation import constraints, evidence, simulation
+from enclave_infer.attestation.measurement import code_hash, trusted_files
+from enclave_infer.attestation.report import SecurityLevel, report_data_binding
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.errors import AttestationError, ConstraintError
+from enclave_infer.protocol import ohttp
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+CONFIG = EnclaveConfig(owner_public_key=bytes(range(32)))
+
+
+def make_document(key_config: bytes, nonce: bytes, config: EnclaveConfig = CONFIG) -> bytes:
+    report_data = report_data_binding(key_config, config.digest(), nonce)
+    sim = simulation.encode(
+        code_hash=code_hash(config), signer=b"\x01" * 32, product_id=config.product_id,
+        security_version=config.security_version, debug=False, report_data=report_data, issued_at=NOW,
+    )  # fmt: skip
+    return evidence.Evidence("simulation", sim, config.canonical()).encode()
+
+
+@pytest.fixture
+def key_config() -> bytes:
+    return ohttp.GatewayKey.generate().config.encode()
+
+
+def test_binding_is_sha512_of_label_key_config_digest_nonce(key_config: bytes) -> None:
+    nonce = b"n" * 32
+    expected = hashlib.sha512(
+        b"enclave-infer attestation v1\x00"
+        + len(key_config).to_bytes(2, "big") + key_config
+        + CONFIG.digest()
+        + bytes([32]) + nonce
+    ).digest()  # fmt: skip
+    assert report_data_binding(key_config, CONFIG.digest(), nonce) == expected
+    assert len(expected) == 64
+
+
+def test_verify_accepts_bound_simulation_evidence(key_config: bytes) -> None:
+    nonce = b"x" * 32
+    c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
+    att = evidence.verify(
+        make_document(key_config, nonce), key_config=key_config, nonce=nonce, constraint=c, now=NOW
+    )
+    assert att.report.security_level is SecurityLevel.INSECURE
+    assert att.config == CONFIG
+    assert att.report.owner_key_id == hashlib.sha256(bytes(range(32))).digest()
+    assert "Assessed security level" in att.summary(now=NOW)
+
+
+def test_simulation_is_never_secure(key_config: bytes) -> None:
+    nonce = b"x" * 32
+    c = constraints.parse(f"C:{code_hash(CONFIG).hex()}")
+    with pytest.raises(ConstraintError, match="INSECURE is below SEC:SECURE"):
+        evidence.verify(
+            make_document(key_config, nonce), key_config=key_config, nonce=nonce, constraint=c, now=NOW
+        )
+
+
+def test_replayed_evidence_with_other_nonce_is_refused(key_config: bytes) -> None:
+    c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
+    old = make_document(key_config, b"a" * 32)
+    with pytest.raises(AttestationError, match="not bound"):
+        evidence.verify(old, key_config=key_config, nonce=b"b" * 32, constraint=c, now=NOW)
+
+
+def test_substituted_key_config_is_refused(key_config: bytes) -> None:
+    nonce = b"x" * 32
+    c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
+    other = ohttp.GatewayKey.generate().config.encode()
+    with pytest.raises(AttestationError, match="not bound"):
+        evidence.verify(
+            make_document(key_config, nonce), key_config=other, nonce=nonce, constraint=c, now=NOW
+        )
+
+
+def test_config_swapped_in_document_is_refused(key_config: bytes) -> None:
+    nonce = b"x" * 32
+    doc = evidence.Evidence.decode(make_document(key_config, nonce))
+    other = EnclaveConfig(owner_public_key=b"\xff" * 32)
+    forged = evidence.Evidence(doc.tee, doc.evidence, other.canonical()).encode()
+    c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
+    with pytest.raises(AttestationError, match="not bound"):
+        evidence.verify(forged, key_config=key_config, nonce=nonce, constraint=c, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "document", [b"", b"{}", b"[1]", b'{"version": 1, "tee": "sgx", "evidence": "", "config": ""}']
+)
+def test_malformed_documents(document: bytes, key_config: bytes) -> None:
+    c = constraints.parse(f"C:{'00' * 32} SEC:INSECURE")
+    with pytest.raises(AttestationError):
+        evidence.verify(document, key_config=key_config, nonce=b"x" * 32, constraint=c, now=NOW)
+
+
+def test_measurement_covers_code_and_config() -> None:
+    files = {p.as_posix() for p in trusted_files()}
+    assert "enclave/gateway.py" in files and "protocol/ohttp.py" in files
+    assert not any(f.startswith(("host/", "client/", "cli/")) for f in files)
+    assert code_hash(CONFIG) == code_hash(EnclaveConfig(owner_public_key=bytes(range(32))))
+    assert code_hash(CONFIG) != code_hash(EnclaveConfig(owner_public_key=bytes(range(32)), product_id=2))
+    assert code_hash(CONFIG) != code_hash(EnclaveConfig(owner_public_key=b"\x07" * 32))
+
+
+def test_measurement_changes_with_code(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from enclave_infer.attestation.measurement import package_root
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(package_root(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert code_hash(CONFIG, copy) == code_hash(CONFIG)
+    (copy / "host" / "app.py").write_text("# untrusted side: not measured\n")
+    assert code_hash(CONFIG, copy) == code_hash(CONFIG)
+    gateway = copy / "enclave" / "gateway.py"
+    gateway.write_text(gateway.read_text() + "\n# one more line\n")
+    assert code_hash(CONFIG, copy) != code_hash(CONFIG)
