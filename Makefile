@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench demo
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy
 
 test: $(MODEL) lint typecheck
 	$(VENV)/bin/pytest

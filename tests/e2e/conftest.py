@@ -100,8 +100,8 @@ def start_server(workdir: Path, owner_key: Path, *, config: Path | None = None) 
     log = workdir / "serve.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [CLI, "serve", "--port", str(port), "--data-dir", str(workdir / "data"), "--owner-public-key", str(pub),
-             *extra],
+            [CLI, "serve", "--port", str(port), "--data-dir", str(workdir / "data"),
+             "--owner-public-key", str(pub), *extra],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

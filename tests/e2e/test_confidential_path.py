@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from enclave_infer.client.owner import generate_owner_key
+from enclave_infer.client.owner import generate_owner_key, load_owner_key
 from enclave_infer.client.sdk import Client
 from enclave_infer.errors import ConstraintError, RemoteError
 from enclave_infer.protocol import bhttp, ohttp
@@ -37,8 +37,11 @@ def served_model(d: Deployment) -> dict | None:
 def test_host_logs_attestation_summary(deployment: Deployment) -> None:
     log = deployment.log_text()
     assert f"Remote attestation for enclave {deployment.code_hash}" in log
-    for line in ("Mode: SIMULATION", "Code signer:", "Key configuration: id 1", "Product ID: 1",
-                 "Revocation level (security version): 1", "is INSECURE", "Started enclave-infer in"):  # fmt: skip
+    expected = (
+        "Mode: SIMULATION", "Code signer:", "Key configuration: id 1", "Product ID: 1",
+        "Revocation level (security version): 1", "is INSECURE", "Started enclave-infer in",
+    )  # fmt: skip
+    for line in expected:
         assert line in log
 
 
@@ -78,7 +81,7 @@ def test_top_k_and_json(deployment: Deployment, files: dict[str, Path]) -> None:
         "classify", deployment.url, deployment.constraint, str(files["blue"]), "--top", "4", "--json"
     )
     doc = json.loads(out.stdout)
-    assert [r["label"] for r in doc["results"]][0] == "blue"
+    assert doc["results"][0]["label"] == "blue"
     assert abs(sum(r["probability"] for r in doc["results"]) - 1.0) < 1e-5
     meta = served_model(deployment)
     assert meta is not None and doc["model"] == {"sha256": meta["sha256"], "version": meta["version"]}
@@ -200,9 +203,15 @@ def test_not_a_model_is_refused(deployment: Deployment, files: dict[str, Path], 
     before = served_model(deployment)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07" + os.urandom(2000))
-    out = provision(deployment, files, model=junk)
-    assert out.returncode != 0 and "not a valid ONNX model" in out.stderr
+    out = provision(deployment, files, model=junk)  # the owner's tooling refuses it locally
+    assert out.returncode != 0 and "junk.onnx: not an ONNX model" in out.stderr
     assert out.stderr.strip().count("\n") == 0
+    # and the enclave refuses it too, when a client skips that check
+    with (
+        Client(deployment.url, deployment.constraint) as c,
+        pytest.raises(RemoteError, match="not a valid ONNX"),
+    ):
+        c.provision(junk.read_bytes(), ["a", "b"], load_owner_key(deployment.owner_key), preprocessing={})
     assert served_model(deployment) == before
 
 
@@ -256,3 +265,25 @@ def _now() -> str:
     from email.utils import formatdate
 
     return formatdate(usegmt=True)
+
+
+def test_provision_a_torch_pickle(deployment: Deployment, files: dict[str, Path], tmp_path: Path) -> None:
+    """The seed's format: a whole-model torch.save() pickle, converted to ONNX on the owner's side."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4), torch.nn.Softmax(dim=1),
+    )  # fmt: skip
+    pickle = tmp_path / "tiny-pretrained.pt"
+    torch.save(model, pickle)
+    before = served_model(deployment)
+    out = provision(deployment, files, model=pickle)
+    assert out.returncode == 0, out.stderr
+    after = served_model(deployment)
+    assert after is not None and after["sha256"] != (before or {}).get("sha256")
+    out = run_cli(
+        "classify", deployment.url, deployment.constraint, str(files["red"]), "--json", "--top", "4"
+    )
+    doc = json.loads(out.stdout)
+    assert doc["model"]["sha256"] == after["sha256"]
+    assert sorted(r["label"] for r in doc["results"]) == sorted(["red", "green", "blue", "grey"])

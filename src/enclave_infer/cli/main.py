@@ -235,9 +235,11 @@ class _as_onnx:
     def __enter__(self) -> Path:
         if not self._path.is_file():
             raise UsageError(f"model file {self._path} does not exist")
+        from enclave_infer.client.convert import check_onnx, convert_to_onnx
+
         if self._path.suffix.lower() == ".onnx":
+            check_onnx(self._path)  # a local one-line error beats an upload the enclave refuses
             return self._path
-        from enclave_infer.client.convert import convert_to_onnx
 
         self._tmp = tempfile.TemporaryDirectory(prefix="enclave-infer-convert-")
         dest = Path(self._tmp.name) / "model.onnx"

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from enclave_infer.enclave.preprocess import ImageError, Preprocessing, decode_image, to_tensor
 
 from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.preprocess import ImageError, Preprocessing, decode_image, to_tensor
 from enclave_infer.enclave.sealing import Sealer
 from enclave_infer.errors import EnclaveInferError, ProtocolError, UsageError
 from enclave_infer.protocol.manifest import Manifest

@@ -1,0 +1,256 @@
+"""Image decoding and preprocessing inside the enclave: untrusted bytes in, a model input tensor out.
+
+Trusted code. It sees every user's photo, so it is deliberately small and built on Pillow and numpy
+only (no torch, no torchvision):
+
+* :func:`decode_image` turns the bytes of an upload into an RGB :class:`PIL.Image.Image`. It accepts
+  only the formats in :data:`ACCEPTED_FORMATS`, refuses images with more than ``max_pixels`` pixels
+  before any pixel data is decoded, decodes fully (so truncated files fail here and not later),
+  applies the EXIF orientation, and turns every decoding failure into :class:`ImageError`, whose
+  message is one line and never quotes the image.
+* :func:`to_tensor` applies a model's :class:`Preprocessing`: the equivalent of torchvision's
+  ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor()`` + ``Normalize(mean, std)`` on a Pillow
+  image, computed with the same sizes, offsets and float32 arithmetic, so that a model exported
+  from a torchvision pipeline sees the inputs it was trained on.
+* :class:`Preprocessing` is the model owner's description of those steps; it travels as JSON next
+  to the ONNX model (:meth:`Preprocessing.to_json` / :meth:`Preprocessing.from_json`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from enclave_infer.errors import UsageError
+
+__all__ = ["ACCEPTED_FORMATS", "ImageError", "Preprocessing", "decode_image", "to_tensor"]
+
+# The Pillow formats an upload may be in. Pillow can open about forty formats, and every parser
+# that runs on attacker-chosen bytes inside the enclave is attack surface: several plugins are rarely
+# used and little fuzzed (FLI, PCX, SGI, ICNS, PSD, ...), and EPS even starts a Ghostscript process.
+# These six cover what cameras, phones, browsers and scanners produce; their decoders (libjpeg-turbo,
+# zlib, libwebp, libtiff, and Pillow's own GIF/BMP code) are the most used and most fuzzed ones.
+# TIFF is the largest of them (libtiff); drop it here if scanner output is not needed.
+# Multi-picture JPEGs (MPO, from some cameras) open through the JPEG parser and are accepted as JPEG.
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+# Formats Pillow reports for files it opened through one of ACCEPTED_FORMATS' parsers.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+
+_CHANNEL_ORDERS = ("RGB", "BGR")
+_LAYOUTS = ("NCHW", "NHWC")
+
+# Largest resize/crop side a Preprocessing may ask for: far above any classifier's input size, and
+# small enough that the enclave never builds an unreasonable tensor because a manifest said so.
+_MAX_SIDE = 4096
+
+# to_tensor resizes the whole image and then crops it (exactly what torchvision does) as long as the
+# resized image has at most this many pixels; an image with an extreme aspect ratio (a 1x40000 strip
+# resized to a 256 shorter side would be 10 million pixels) is instead resampled straight into the
+# crop window, which keeps memory at crop x crop and differs from resize-then-crop by at most one
+# 8-bit level in a few percent of pixels.
+_MAX_EXACT_RESIZE_PIXELS = 1 << 22
+
+
+class ImageError(ValueError):
+    """The uploaded bytes are not an image this service accepts: the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its input: torchvision's Resize → CenterCrop → ToTensor → Normalize.
+
+    ``resize``: the shorter image side is scaled to this many pixels (bilinear).
+    ``crop``: a centred ``crop`` x ``crop`` square is cut out of the resized image.
+    ``mean``, ``std``: per-channel normalisation of 0..1 pixel values, ``(x - mean) / std``, listed in
+    the channel order the model receives (so for ``channel_order="BGR"`` the first value is blue's).
+    ``channel_order``: ``"RGB"`` or ``"BGR"``. ``layout``: ``"NCHW"`` or ``"NHWC"``.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX_SIDE:
+                raise UsageError(
+                    f"preprocessing.{name} must be an integer from 1 to {_MAX_SIDE}, got {value!r}"
+                )
+        if self.crop > self.resize:
+            raise UsageError(
+                f"preprocessing.crop ({self.crop}) must not be larger than "
+                f"preprocessing.resize ({self.resize})"
+            )
+        object.__setattr__(self, "mean", _three_floats("mean", self.mean, nonzero=False))
+        object.__setattr__(self, "std", _three_floats("std", self.std, nonzero=True))
+        if self.channel_order not in _CHANNEL_ORDERS:
+            raise UsageError(
+                f"preprocessing.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}"
+            )
+        if self.layout not in _LAYOUTS:
+            raise UsageError(f"preprocessing.layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """This preprocessing as a JSON-ready dict (tuples become lists)."""
+        return {
+            "resize": self.resize,
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "channel_order": self.channel_order,
+            "layout": self.layout,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """Parse and validate :meth:`to_json`'s form. Missing keys take the defaults; unknown keys,
+        wrong types and out-of-range values raise :class:`~enclave_infer.errors.UsageError`."""
+        if not isinstance(data, Mapping):
+            raise UsageError(f"preprocessing must be a JSON object, got {type(data).__name__}")
+        known = ("resize", "crop", "mean", "std", "channel_order", "layout")
+        unknown = sorted(str(key) for key in data if key not in known)
+        if unknown:
+            raise UsageError(f"preprocessing has unknown keys: {', '.join(unknown)}")
+        return cls(**{key: data[key] for key in known if key in data})
+
+
+def _three_floats(name: str, value: object, *, nonzero: bool) -> tuple[float, float, float]:
+    """Validate a per-channel triple (a tuple or a JSON list) and return it as a tuple of floats."""
+    if not isinstance(value, tuple | list) or len(value) != 3:
+        raise UsageError(f"preprocessing.{name} must be a list of 3 numbers, got {value!r}")
+    out: list[float] = []
+    for item in value:
+        if not isinstance(item, int | float) or isinstance(item, bool) or not math.isfinite(item):
+            raise UsageError(f"preprocessing.{name} must be a list of 3 finite numbers, got {value!r}")
+        if nonzero and item == 0:
+            raise UsageError(f"preprocessing.{name} values must be non-zero, got {value!r}")
+        out.append(float(item))
+    return out[0], out[1], out[2]
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode an uploaded image into a fully loaded, upright RGB :class:`PIL.Image.Image`.
+
+    Only :data:`ACCEPTED_FORMATS` are parsed. The pixel count is checked against ``max_pixels`` from
+    the header, before any pixel data is decoded. The first frame of an animation is used. The
+    EXIF orientation (phone photos) is applied, and alpha is dropped.
+
+    Raises :class:`ImageError` (one line, never quoting the data) for empty data, non-images,
+    unsupported formats, zero-size, too large, truncated or corrupt images; no Pillow exception
+    escapes. Raises :class:`~enclave_infer.errors.UsageError` if ``max_pixels`` is not a positive
+    integer or Pillow is configured to accept truncated files (``ImageFile.LOAD_TRUNCATED_IMAGES``).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"image data must be bytes, not {type(data).__name__}")
+    if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels <= 0:
+        raise UsageError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # A process-wide Pillow switch that makes truncated files decode with grey filling instead
+        # of failing; refuse to run with it rather than silently classify half an image.
+        raise UsageError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to decode images")
+    if len(data) == 0:
+        raise ImageError("the image is empty (0 bytes)")
+
+    # Pillow's own decompression-bomb guard is process-wide (Image.MAX_IMAGE_PIXELS, checked in
+    # Image.open: a warning above it, DecompressionBombError above twice it). Changing that global
+    # per request would race between threads, so it is left alone and the per-call limit is applied
+    # here instead, on the size parsed from the header, before load() decodes anything. A bomb error
+    # from Pillow's own check is caught and reported like ours.
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as opened:
+            fmt = _FORMAT_ALIASES.get(opened.format or "", opened.format or "")
+            if fmt not in ACCEPTED_FORMATS:  # Image.open(formats=...) already ensures this
+                raise ImageError(_unsupported_message())
+            width, height = opened.size
+            if width <= 0 or height <= 0:
+                raise ImageError(f"the image has zero size ({width}x{height})")
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"the image is too large: {width}x{height} is {width * height} pixels, "
+                    f"the limit is {max_pixels}"
+                )
+            opened.load()  # decode everything now: truncated or corrupt data fails here
+            upright = ImageOps.exif_transpose(opened)
+            return upright if upright.mode == "RGB" else upright.convert("RGB")
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(_unsupported_message()) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # DecompressionBombWarning only arrives as an exception when warnings are errors (tests).
+        raise ImageError("the image is too large for the decoder's pixel limit") from None
+    except MemoryError:
+        raise ImageError("the image could not be decoded: out of memory") from None
+    except Exception as exc:  # every other Pillow failure; its message may quote header bytes
+        # Deliberately `from None`: Pillow's own message can contain bytes of the file, and a
+        # chained traceback would carry them into logs outside the enclave.
+        if isinstance(exc, OSError | EOFError) and "truncated" in str(exc).lower():
+            raise ImageError("the image data is truncated") from None
+        raise ImageError(f"the image data is corrupt and cannot be decoded ({type(exc).__name__})") from None
+
+
+def _unsupported_message() -> str:
+    return f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
+
+
+def _resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """torchvision's ``Resize(resize)`` output size: the shorter side becomes ``resize``, and the
+    longer one ``int(resize * long / short)`` (truncated, exactly as torchvision computes it)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(resize * long / short)
+    return (resize, new_long) if width <= height else (new_long, resize)
+
+
+def to_tensor(image: Image.Image, pre: Preprocessing) -> NDArray[np.float32]:
+    """Resize, centre-crop, scale to 0..1, normalise and lay out ``image`` as ``pre`` says.
+
+    Returns a C-contiguous float32 array of shape ``(1, 3, crop, crop)`` (``"NCHW"``) or
+    ``(1, crop, crop, 3)`` (``"NHWC"``). Matches torchvision's ``Resize(resize)`` (bilinear, on a PIL
+    image) + ``CenterCrop(crop)`` + ``ToTensor()`` + ``Normalize(mean, std)``: same output size,
+    same crop offsets (``round((size - crop) / 2)``), same Pillow resampling, same float32 maths.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
+    if not isinstance(pre, Preprocessing):
+        raise TypeError(f"pre must be a Preprocessing, not {type(pre).__name__}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"the image has zero size ({width}x{height})")
+
+    crop = pre.crop
+    new_w, new_h = _resized_size(width, height, pre.resize)
+    left = round((new_w - crop) / 2.0)  # torchvision: int(round((w - crop) / 2.0))
+    top = round((new_h - crop) / 2.0)
+    if new_w * new_h <= _MAX_EXACT_RESIZE_PIXELS:
+        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        window = resized.crop((left, top, left + crop, top + crop))
+    else:
+        # Resample only the source region that maps onto the crop window, at the same scale.
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+        window = image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
+
+    pixels = np.asarray(window, dtype=np.uint8).astype(np.float32)  # (crop, crop, 3), RGB
+    pixels /= np.float32(255.0)
+    if pre.channel_order == "BGR":
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    normalised = (pixels - mean) / std
+    if pre.layout == "NCHW":
+        normalised = normalised.transpose(2, 0, 1)
+    return np.ascontiguousarray(normalised[np.newaxis], dtype=np.float32)
