@@ -287,3 +287,31 @@ def test_provision_a_torch_pickle(deployment: Deployment, files: dict[str, Path]
     doc = json.loads(out.stdout)
     assert doc["model"]["sha256"] == after["sha256"]
     assert sorted(r["label"] for r in doc["results"]) == sorted(["red", "green", "blue", "grey"])
+
+
+def test_classify_a_url_fetched_by_the_client(deployment: Deployment, files: dict[str, Path]) -> None:
+    import functools
+    import http.server
+    import threading
+
+    if served_model(deployment) is None:
+        assert provision(deployment, files).returncode == 0
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(files["red"].parent))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{web.server_address[1]}"
+        out = run_cli(
+            "classify", deployment.url, deployment.constraint, f"{base}/blue.png", "--top", "4", "--json"
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["image"] == f"{base}/blue.png"
+        missing = run_cli("classify", deployment.url, deployment.constraint, f"{base}/nothing.png")
+        assert missing.returncode != 0 and "nothing.png: answered 404" in missing.stderr
+    finally:
+        web.shutdown()
+        web.server_close()
+        thread.join()
+    assert "blue.png" not in deployment.log_text()  # the host never saw the URL

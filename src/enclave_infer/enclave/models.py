@@ -32,7 +32,8 @@ __all__ = ["LoadedModel", "ModelError", "ModelStore"]
 log = logging.getLogger("enclave_infer.enclave")
 
 SEALED_MODEL = "model.sealed"
-SEAL_LABEL = b"enclave-infer sealed model v1"
+SEAL_MANIFEST = b"enclave-infer sealed model v1: manifest"
+SEAL_MODEL = b"enclave-infer sealed model v1: model"
 
 
 class ModelError(EnclaveInferError):
@@ -92,7 +93,8 @@ class ModelStore:
             try:
                 self._storage.mkdir(parents=True, exist_ok=True)
                 self._sealer.write(
-                    self._storage / SEALED_MODEL, _pack(manifest_bytes, signature, model), SEAL_LABEL
+                    self._storage / SEALED_MODEL,
+                    [(_pack(manifest_bytes, signature), SEAL_MANIFEST), (model, SEAL_MODEL)],
                 )
             except OSError as exc:
                 raise ModelError(500, f"could not seal the model to storage: {exc.strerror}") from None
@@ -141,7 +143,8 @@ class ModelStore:
         if not path.exists():
             return
         try:
-            manifest_bytes, signature, model = _unpack(self._sealer.read(path, SEAL_LABEL))
+            header, model = self._sealer.read(path, [SEAL_MANIFEST, SEAL_MODEL])
+            manifest_bytes, signature = _unpack(header)
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
             self.current = self._load(manifest, signature, model, provisioned_at=path.stat().st_mtime)
         except (EnclaveInferError, OSError) as exc:
@@ -183,14 +186,14 @@ def _as_probabilities(scores: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarr
     return np.asarray(exp / exp.sum(), dtype=np.float64)
 
 
-def _pack(manifest: bytes, signature: bytes, model: bytes) -> bytes:
-    return struct.pack("!IH", len(manifest), len(signature)) + manifest + signature + model
+def _pack(manifest: bytes, signature: bytes) -> bytes:
+    return struct.pack("!I", len(manifest)) + manifest + signature
 
 
-def _unpack(blob: bytes) -> tuple[bytes, bytes, bytes]:
-    if len(blob) < 6:
-        raise ProtocolError("sealed model is truncated")
-    m, s = struct.unpack("!IH", blob[:6])
-    if len(blob) < 6 + m + s:
-        raise ProtocolError("sealed model is truncated")
-    return blob[6 : 6 + m], blob[6 + m : 6 + m + s], blob[6 + m + s :]
+def _unpack(blob: bytes) -> tuple[bytes, bytes]:
+    if len(blob) < 4:
+        raise ProtocolError("sealed manifest is truncated")
+    (m,) = struct.unpack("!I", blob[:4])
+    if len(blob) < 4 + m:
+        raise ProtocolError("sealed manifest is truncated")
+    return blob[4 : 4 + m], blob[4 + m :]

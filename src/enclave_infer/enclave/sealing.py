@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -46,13 +48,36 @@ class Sealer:
         except InvalidTag:
             raise DecryptionError() from None
 
-    def write(self, path: Path, plaintext: bytes, label: bytes) -> None:
+    def write(self, path: Path, parts: Sequence[tuple[bytes, bytes]]) -> None:
+        """Seal each (plaintext, label) part on its own, so that a large part is never copied
+        into a concatenation first; the file is ``u64 length || sealed blob`` per part."""
         tmp = path.with_name(path.name + ".partial")
-        with open(tmp, "wb") as f:
-            f.write(self.seal(plaintext, label))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                for plaintext, label in parts:
+                    blob = self.seal(plaintext, label)
+                    f.write(struct.pack("!Q", len(blob)))
+                    f.write(blob)
+                    del blob
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    def read(self, path: Path, label: bytes) -> bytes:
-        return self.unseal(path.read_bytes(), label)
+    def read(self, path: Path, labels: Sequence[bytes]) -> list[bytes]:
+        """Unseal the parts written by :meth:`write`, in order, each under its label."""
+        out: list[bytes] = []
+        with open(path, "rb") as f:
+            for label in labels:
+                header = f.read(8)
+                if len(header) != 8:
+                    raise ProtocolError("sealed file is truncated")
+                (length,) = struct.unpack("!Q", header)
+                blob = f.read(length)
+                if len(blob) != length:
+                    raise ProtocolError("sealed file is truncated")
+                out.append(self.unseal(blob, label))
+            if f.read(1):
+                raise ProtocolError("sealed file has trailing data")
+        return out
