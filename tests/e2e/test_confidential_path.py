@@ -315,3 +315,15 @@ def test_classify_a_url_fetched_by_the_client(deployment: Deployment, files: dic
         web.server_close()
         thread.join()
     assert "blue.png" not in deployment.log_text()  # the host never saw the URL
+
+
+def test_serve_on_a_busy_port_is_one_line(deployment: Deployment) -> None:
+    port = deployment.url.rsplit(":", 1)[1]
+    out = run_cli("serve", "--port", port, "--data-dir", str(deployment.workdir / "other"),
+                  "--owner-public-key", f"{deployment.owner_key}.pub")  # fmt: skip
+    assert out.returncode != 0
+    assert (
+        out.stderr.strip()
+        == f"enclave-infer: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert httpx.get(deployment.url + "/healthz").status_code == 200

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ import uvicorn
 
 from enclave_infer.attestation.evidence import Attestation, appraise
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.errors import EnclaveInferError, TransportError
+from enclave_infer.errors import EnclaveInferError, TransportError, UsageError
 from enclave_infer.host.app import create_app
 from enclave_infer.host.enclave_process import EnclaveProcess
 from enclave_infer.protocol import ohttp
@@ -41,12 +42,18 @@ async def self_attest(enclave: EnclaveProcess) -> Attestation:
 def run(config: EnclaveConfig, data_dir: Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     started = time.monotonic()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    listener = _listen(host, port)  # before the enclave starts: a busy port fails fast, in one line
     enclave = EnclaveProcess(config, data_dir)
-    enclave.start()
+    try:
+        enclave.start()
+    except EnclaveInferError:
+        listener.close()
+        raise
     try:
         attestation = asyncio.run(self_attest(enclave))
     except EnclaveInferError:
         enclave.stop()
+        listener.close()
         raise
     if attestation.report.tee == "simulation":
         log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
@@ -54,6 +61,25 @@ def run(config: EnclaveConfig, data_dir: Path, *, host: str = "127.0.0.1", port:
     server = uvicorn.Server(uvicorn.Config(create_app(enclave), host=host, port=port, log_level="info"))
     log.info("Started enclave-infer in %.2f seconds", time.monotonic() - started)
     try:
-        server.run()
+        server.run(sockets=[listener])
     finally:
         enclave.stop()
+        listener.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise UsageError(f"cannot resolve --host {host!r}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
