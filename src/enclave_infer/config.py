@@ -123,8 +123,8 @@ class EnclaveConfig:
     def from_canonical(cls, data: bytes) -> EnclaveConfig:
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UsageError(f"enclave configuration is not JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise UsageError("enclave configuration is not JSON") from None
         config = cls.from_json(doc)
         if config.canonical() != data:
             raise UsageError("enclave configuration is not in canonical form")

@@ -419,3 +419,12 @@ def test_every_prefix_of_the_rfc_vectors() -> None:
     for vector in (FIGURE_8, FIGURE_9, FIGURE_11, FIGURE_13):
         for end in range(len(vector) + 1):
             _decodes_or_protocol_error(vector[:end])
+
+
+def test_many_tiny_content_chunks_are_refused_quickly() -> None:
+    """A peer must not make the enclave spend minutes on a body of 1-byte chunks (security review)."""
+    head = bytes([2]) + b"\x04POST\x05https\x07enclave\x0c/v1/classify" + b"\x00"
+    allowed = head + b"\x01x" * bhttp.MAX_CONTENT_CHUNKS + b"\x00"
+    assert bhttp.decode_request(allowed).content == b"x" * bhttp.MAX_CONTENT_CHUNKS
+    with pytest.raises(ProtocolError, match="content chunks"):
+        bhttp.decode_request(head + b"\x01x" * (bhttp.MAX_CONTENT_CHUNKS + 1) + b"\x00")

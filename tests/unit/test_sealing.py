@@ -81,3 +81,38 @@ def test_tampered_storage_serves_no_model(tmp_path: Path, caplog: pytest.LogCapt
     assert "failed verification" in caplog.text
     with pytest.raises(ModelError, match="no model has been provisioned"):
         store.classify(png((0, 0, 0)), 1)
+
+
+def test_model_with_external_data_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security review: weights in an external file the host controls would escape the signed hash."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    monkeypatch.chdir(tmp_path)
+    weights = numpy_helper.from_array(np.ones((3, 4), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input", "axes"], ["p"], keepdims=0),
+            helper.make_node("MatMul", ["p", "W"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"), weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    w = model.graph.initializer[1]
+    (tmp_path / "weights.bin").write_bytes(np.full((3, 4), -7.0, np.float32).tobytes())  # planted by the host
+    set_external_data(w, location="weights.bin")
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    data = model.SerializeToString()
+    key = Ed25519PrivateKey.generate()
+    store = make_store(tmp_path, key)
+    manifest = Manifest(hashlib.sha256(data).hexdigest(), len(data), "onnx", tuple(COLOUR_LABELS), {}, 1)
+    with pytest.raises(ModelError, match="external data"):
+        store.provision(*manifest.sign(key), data)
+    assert store.current is None

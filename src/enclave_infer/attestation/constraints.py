@@ -50,6 +50,13 @@ class Constraint:
     max_age: timedelta | None = None
     owner_key_ids: frozenset[bytes] = frozenset()
 
+    def __post_init__(self) -> None:
+        # Fail closed for constraints built in code too, not only for parsed ones.
+        if not self.code_hashes and not self.signers:
+            raise UsageError("constraint names no enclave: give C:<code hash> or S:<signer> PROD:<id>")
+        if self.signers and self.product_id is None:
+            raise UsageError("S: requires PROD: (a signer signs many products)")
+
     def check(self, report: EnclaveReport, *, now: datetime) -> None:
         """Raise :class:`ConstraintError` unless ``report`` satisfies every requirement."""
         if self.code_hashes or self.signers:

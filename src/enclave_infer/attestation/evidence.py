@@ -74,7 +74,7 @@ class Evidence:
             return cls(
                 tee, base64.b64decode(evidence, validate=True), base64.b64decode(config, validate=True)
             )
-        except (ValueError, KeyError, UnicodeDecodeError):
+        except (ValueError, KeyError, UnicodeDecodeError, RecursionError):
             raise AttestationError("malformed attestation document") from None
 
 

@@ -49,7 +49,7 @@ def verify(evidence: bytes) -> EnclaveReport:
     """Parse simulation evidence; raises :class:`AttestationError` if it is malformed."""
     try:
         doc = json.loads(evidence)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AttestationError("simulation evidence is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise AttestationError("not simulation evidence of a known version")

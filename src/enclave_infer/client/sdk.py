@@ -27,7 +27,6 @@ from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, verify
 from enclave_infer.errors import (
     AttestationError,
-    DecryptionError,
     ProtocolError,
     RemoteError,
     TransportError,
@@ -41,8 +40,9 @@ __all__ = ["Classification", "Client", "Prediction"]
 # The inner request's authority: the enclave is its own target resource (RFC 9458 §2).
 INNER_AUTHORITY = "enclave"
 SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
-# Answers from the enclave are small JSON documents; evidence is at most a few KB.
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Answers from the enclave are small JSON documents and evidence is a few KB; anything larger from
+# the (untrusted) host is refused rather than buffered.
+MAX_RESPONSE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,7 @@ class Client:
         self.url = url.rstrip("/")
         self.constraint = constraints.parse(constraint) if isinstance(constraint, str) else constraint
         self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+        self._timeout = timeout
         self._now = now or (lambda: datetime.now(UTC))
         self._key: ohttp.KeyConfig | None = None
         self._clock_offset = 0.0
@@ -202,8 +203,12 @@ class Client:
         for attempt in range(2):
             response = self._exchange(method, path, headers, content)
             if attempt == 0 and response is None:
-                self.attest()  # the enclave restarted with a new key: verify it again
-                continue
+                # The enclave may have restarted with a new key: verify it again, and resend only if
+                # the key really changed (a host that merely claims failure must not get a rerun).
+                old_key = self._key
+                self.attest()
+                if self._key != old_key:
+                    continue
             if attempt == 0 and response is not None and _clock_refusal(response):
                 server_date = response.header("date")
                 if server_date is not None:
@@ -227,38 +232,49 @@ class Client:
             content=content,
         )
         encapsulated, context = ohttp.encapsulate_request(self._key, bhttp.encode_request(inner))
-        try:
-            reply = self._http.post(
-                self.url + "/v1/ohttp", content=encapsulated, headers={"content-type": "message/ohttp-req"}
-            )
-        except httpx.HTTPError as exc:
-            raise TransportError(f"cannot reach {self.url}: {_why(exc)}") from None
+        status, media_type, body = self._send(
+            "POST", "/v1/ohttp", content=encapsulated, headers={"content-type": "message/ohttp-req"}
+        )
         del encapsulated
-        if reply.status_code == 400 and "could not decrypt" in reply.text:
+        if status == 400 and b"could not decrypt" in body:
             return None
-        if reply.status_code != 200:
-            raise RemoteError(reply.status_code, f"host answered {reply.status_code}: {_error_text(reply)}")
-        if reply.headers.get("content-type") != "message/ohttp-res":
+        if status != 200:
+            raise RemoteError(status, f"host answered {status}: {_error_text(body)}")
+        if media_type != "message/ohttp-res":
             raise ProtocolError("the host's answer is not message/ohttp-res")
-        try:
-            return bhttp.decode_response(context.decapsulate_response(reply.content))
-        except DecryptionError:
-            raise DecryptionError() from None
+        return bhttp.decode_response(context.decapsulate_response(body))
 
     def _get(self, path: str, *, expect: str) -> bytes:
+        status, media_type, body = self._send("GET", path)
+        where = self.url + path.split("?")[0]
+        if status != 200:
+            raise TransportError(f"{where} answered {status}: {_error_text(body)}")
+        if media_type != expect:
+            raise AttestationError(f"{where} did not answer with {expect}")
+        return body
+
+    def _send(
+        self, method: str, path: str, *, content: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, str, bytes]:
+        """One HTTP exchange with the host, which is not trusted: the answer is read up to
+        MAX_RESPONSE_BYTES and within the client's timeout as a whole, not per read."""
+        deadline = time.monotonic() + self._timeout
         try:
-            reply = self._http.get(self.url + path)
+            with self._http.stream(method, self.url + path, content=content, headers=headers) as reply:
+                declared = reply.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+                    raise ProtocolError(f"the host's answer is larger than {MAX_RESPONSE_BYTES} bytes")
+                body = bytearray()
+                for chunk in reply.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ProtocolError(f"the host's answer is larger than {MAX_RESPONSE_BYTES} bytes")
+                    if time.monotonic() > deadline:
+                        raise TransportError(f"{self.url} did not answer within {self._timeout:.0f} s")
+                media_type = reply.headers.get("content-type", "").split(";")[0].strip()
+                return reply.status_code, media_type, bytes(body)
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach {self.url}: {_why(exc)}") from None
-        if reply.status_code != 200:
-            raise TransportError(
-                f"{self.url}{path.split('?')[0]} answered {reply.status_code}: {_error_text(reply)}"
-            )
-        if reply.headers.get("content-type", "").split(";")[0] != expect:
-            raise AttestationError(f"{path.split('?')[0]} did not answer with {expect}")
-        if len(reply.content) > MAX_RESPONSE_BYTES:
-            raise ProtocolError("answer too large")
-        return reply.content
 
 
 def load_labels(path: Path) -> list[str]:
@@ -284,7 +300,7 @@ def _clock_refusal(response: bhttp.Response) -> bool:
 def _json_or_raise(response: bhttp.Response) -> Any:
     try:
         doc = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(f"the enclave answered {response.status} with a body that is not JSON") from None
     if response.status >= 400:
         message = doc.get("error") if isinstance(doc, dict) else None
@@ -292,14 +308,15 @@ def _json_or_raise(response: bhttp.Response) -> Any:
     return doc
 
 
-def _error_text(reply: httpx.Response) -> str:
+def _error_text(body: bytes) -> str:
+    """The host's plain error message, if it sent one; shortened, since the host is not trusted."""
     try:
-        doc = reply.json()
+        doc = json.loads(body)
         if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-            return str(doc["error"])
-    except ValueError:
+            return "".join(c for c in doc["error"][:300] if c.isprintable())
+    except (ValueError, UnicodeDecodeError, RecursionError):
         pass
-    return reply.reason_phrase or "error"
+    return "error"
 
 
 def _why(exc: httpx.HTTPError) -> str:

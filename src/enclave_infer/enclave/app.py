@@ -30,9 +30,10 @@ log = logging.getLogger("enclave_infer.enclave")
 
 
 class App:
-    def __init__(self, store: ModelStore, *, max_top_k: int) -> None:
+    def __init__(self, store: ModelStore, *, max_top_k: int, max_model_bytes: int) -> None:
         self._store = store
         self._max_top_k = max_top_k
+        self._max_model_bytes = max_model_bytes
 
     def __call__(self, request: bhttp.Request) -> bhttp.Response:
         try:
@@ -41,9 +42,16 @@ class App:
             return _json(exc.status, {"error": str(exc)})
         except ProtocolError as exc:
             return _json(400, {"error": str(exc)})
+        except Exception as exc:  # a bug must not take the enclave down nor reach the host's log
+            # Only the type is logged: messages of arbitrary exceptions may quote decrypted input.
+            log.error("internal error in %s handler: %s", request.method, type(exc).__name__)
+            return _json(500, {"error": "internal enclave error"})
 
     def _route(self, request: bhttp.Request) -> bhttp.Response:
-        url = urlsplit(request.path)
+        try:
+            url = urlsplit(request.path)
+        except ValueError:
+            return _json(400, {"error": "malformed request path"})
         routes = {
             "/v1/classify": {"POST": self._classify},
             "/v1/model": {"GET": self._get_model, "PUT": self._put_model},
@@ -59,15 +67,12 @@ class App:
 
     def _classify(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
         top_values = query.get("top", ["1"])
-        if (
-            len(top_values) != 1
-            or not top_values[0].isdigit()
-            or not 1 <= int(top_values[0]) <= self._max_top_k
-        ):
+        top = top_values[0] if len(top_values) == 1 else ""
+        if not (top.isascii() and top.isdigit() and 1 <= int(top) <= self._max_top_k):
             return _json(400, {"error": f"top must be an integer from 1 to {self._max_top_k}"})
         if not request.content:
             return _json(400, {"error": "empty request body: send the image bytes"})
-        return _json(200, self._store.classify(request.content, int(top_values[0])))
+        return _json(200, self._store.classify(request.content, int(top)))
 
     def _get_model(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
         loaded = self._store.current
@@ -79,6 +84,8 @@ class App:
         manifest, signature = request.header("manifest"), request.header("manifest-signature")
         if manifest is None or signature is None:
             return _json(400, {"error": "PUT /v1/model needs manifest and manifest-signature headers"})
+        if len(request.content) > self._max_model_bytes:
+            return _json(413, {"error": f"model is larger than {self._max_model_bytes} bytes"})
         loaded = self._store.provision(parse_sf_binary(manifest), parse_sf_binary(signature), request.content)
         return _json(201, loaded.metadata())
 

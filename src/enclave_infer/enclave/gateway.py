@@ -35,11 +35,17 @@ Handler = Callable[[bhttp.Request], bhttp.Response]
 
 class Gateway:
     def __init__(
-        self, key: ohttp.GatewayKey, app: Handler, *, clock: Callable[[], float] = time.time
+        self,
+        key: ohttp.GatewayKey,
+        app: Handler,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.key = key
         self._app = app
-        self._clock = clock
+        self._clock = clock  # compared with request dates
+        self._monotonic = monotonic  # ages replay-cache entries: stepping the wall clock cannot flush it
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -73,13 +79,15 @@ class Gateway:
                 date=formatdate(now, usegmt=True),
             )
         with self._lock:
-            while self._seen and next(iter(self._seen.values())) < now - 2 * REPLAY_WINDOW:
+            # An entry must outlive every request date the window still admits: 2 × window.
+            added = self._monotonic()
+            while self._seen and next(iter(self._seen.values())) < added - 2 * REPLAY_WINDOW:
                 self._seen.popitem(last=False)
             if enc in self._seen:
                 return _error(400, "replayed request refused")
             if len(self._seen) >= MAX_REPLAY_ENTRIES:
                 return _error(503, "enclave is too busy to track more requests; retry shortly")
-            self._seen[enc] = now
+            self._seen[enc] = added
         return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class ModelStore:
         self._sealer = sealer
         self._storage = storage
         self._provision_lock = threading.Lock()
+        self._no_files = tempfile.mkdtemp(prefix="enclave-infer-no-external-data-")
         self.current: LoadedModel | None = None
 
     # -- provisioning --------------------------------------------------------------------------
@@ -112,10 +114,20 @@ class ModelStore:
         except UsageError as exc:
             raise ModelError(400, f"manifest preprocessing: {exc}") from None
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: ONNX Runtime's messages name the model's tensors
+        # A model loaded from bytes would read "external data" tensors from files in the working
+        # directory, which the host controls, outside the signed hash. Point ONNX Runtime at an
+        # empty private folder instead, so that any such model fails to load.
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", self._no_files
+        )
         try:
             session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception:  # ONNX Runtime raises its own types, several of them, for bad models
+        except Exception as exc:  # ONNX Runtime raises its own types, several of them, for bad models
+            if "external data" in str(exc).lower():
+                raise ModelError(
+                    400, "the model keeps tensors in external data files; send one self-contained file"
+                ) from None
             raise ModelError(400, "the model is not a valid ONNX model") from None
         inputs = session.get_inputs()
         if len(inputs) != 1:

@@ -69,11 +69,16 @@ class Sealer:
         """Unseal the parts written by :meth:`write`, in order, each under its label."""
         out: list[bytes] = []
         with open(path, "rb") as f:
+            remaining = os.fstat(f.fileno()).st_size
             for label in labels:
                 header = f.read(8)
                 if len(header) != 8:
                     raise ProtocolError("sealed file is truncated")
                 (length,) = struct.unpack("!Q", header)
+                remaining -= 8
+                if length > remaining:  # the host wrote this length: never trust it for an allocation
+                    raise ProtocolError("sealed file is truncated")
+                remaining -= length
                 blob = f.read(length)
                 if len(blob) != length:
                     raise ProtocolError("sealed file is truncated")

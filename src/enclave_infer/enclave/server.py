@@ -39,8 +39,12 @@ class Enclave:
         self.key_config = self.key.config.encode()
         self.store = ModelStore(config, Sealer(platform.sealing_key()), storage)
         self.store.restore()
-        self.gateway = Gateway(self.key, App(self.store, max_top_k=config.limits.max_top_k))
-        self._slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
+        self.gateway = Gateway(
+            self.key,
+            App(self.store, max_top_k=config.limits.max_top_k, max_model_bytes=config.limits.max_model_bytes),
+        )
+        self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
+        self.max_frame_bytes = config.limits.max_request_bytes
 
     def answer(self, kind: FrameType, payload: bytes) -> bytes:
         if kind is FrameType.GET_KEYS:
@@ -56,13 +60,12 @@ class Enclave:
             )
             return framing.encode_frame(FrameType.EVIDENCE, document.encode())
         if kind is FrameType.OHTTP_REQUEST:
-            with self._slots:
-                try:
-                    return framing.encode_frame(FrameType.OHTTP_RESPONSE, self.gateway.handle(payload))
-                except DecryptionError:
-                    return framing.encode_error(400, "the enclave could not decrypt the request")
-                except ProtocolError as exc:
-                    return framing.encode_error(400, f"malformed encapsulated request: {exc}")
+            try:
+                return framing.encode_frame(FrameType.OHTTP_RESPONSE, self.gateway.handle(payload))
+            except DecryptionError:
+                return framing.encode_error(400, "the enclave could not decrypt the request")
+            except ProtocolError as exc:
+                return framing.encode_error(400, f"malformed encapsulated request: {exc}")
         return framing.encode_error(400, f"unexpected frame {kind.name}")
 
 
@@ -74,19 +77,29 @@ class _Handler(socketserver.StreamRequestHandler):
             header = self.rfile.read(framing.HEADER.size)
             if len(header) < framing.HEADER.size:
                 return
+            enclave = self.server.enclave
             try:
                 kind, length = framing.parse_header(header)
             except ProtocolError as exc:
                 self.wfile.write(framing.encode_error(400, str(exc)))
                 return
-            payload = self.rfile.read(length)
-            if len(payload) < length:
+            if length > enclave.max_frame_bytes:
+                self.wfile.write(
+                    framing.encode_error(413, f"frame larger than {enclave.max_frame_bytes} bytes")
+                )
                 return
-            try:
-                reply = self.server.enclave.answer(kind, payload)
-            except Exception:  # never let one request take the enclave down
-                log.exception("internal error while answering %s", kind.name)
-                reply = framing.encode_error(500, "internal enclave error")
+            # The slot is taken before the payload is read, so at most max_concurrent_requests
+            # payloads are in the enclave's memory at once, however many connections the host opens.
+            with enclave.slots:
+                payload = self.rfile.read(length)
+                if len(payload) < length:
+                    return
+                try:
+                    reply = enclave.answer(kind, payload)
+                except Exception as exc:  # never let one request take the enclave down
+                    log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
+                    reply = framing.encode_error(500, "internal enclave error")
+                del payload
             self.wfile.write(reply)
             self.wfile.flush()
 

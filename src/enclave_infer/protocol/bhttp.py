@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enclave_infer.errors import ProtocolError
 
 __all__ = [
+    "MAX_CONTENT_CHUNKS",
     "MAX_FIELDS",
     "MAX_INFORMATIONAL",
     "Fields",
@@ -37,6 +38,10 @@ Fields = tuple[tuple[str, str], ...]
 # objects) one message can cost a decoder. The encoder enforces the same limit, so anything we
 # encode we can decode.
 MAX_FIELDS = 256
+# Chunks in one indeterminate-length content (§3.4). Each costs a few microseconds to parse, so
+# without a cap a body of 1-byte chunks would keep the enclave busy for minutes per megabyte; 65536
+# chunks still carry a 256 MB model in 4 KiB chunks.
+MAX_CONTENT_CHUNKS = 65_536
 # §3.5.1 allows "any number" of informational responses; without a cap MAX_FIELDS would bound
 # nothing, since each informational response brings a new header section.
 MAX_INFORMATIONAL = 16
@@ -266,10 +271,21 @@ def _read_fields(r: _Reader, indeterminate: bool) -> Fields:
 def _read_content(r: _Reader, indeterminate: bool) -> bytes:
     if not indeterminate:  # Known-Length Content
         return r.prefixed()
-    chunks = []  # Indeterminate-Length Content: non-empty chunks up to a zero terminator
+    # Indeterminate-Length Content: non-empty chunks up to a zero terminator. The chunks are
+    # appended to one buffer as they are read: a list of a million 1-byte chunks would cost ~40×
+    # the message in object overhead, which a peer could use to exhaust the enclave's memory.
+    content = bytearray()
+    view = memoryview(r.data)
+    chunks = 0
     while (length := r.varint()) != 0:
-        chunks.append(r.take(length))
-    return b"".join(chunks)
+        chunks += 1
+        if chunks > MAX_CONTENT_CHUNKS:
+            raise ProtocolError(f"more than {MAX_CONTENT_CHUNKS} content chunks")
+        if length > len(r.data) - r.pos:
+            raise ProtocolError("length points past the end of the message")
+        content += view[r.pos : r.pos + length]
+        r.pos += length
+    return bytes(content)
 
 
 def _read_tail(r: _Reader, indeterminate: bool) -> tuple[Fields, bytes, Fields]:

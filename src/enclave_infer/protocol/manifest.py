@@ -100,7 +100,7 @@ class Manifest:
                 preprocessing=doc["preprocessing"],
                 version=doc["version"],
             )
-        except (ValueError, UnicodeDecodeError, TypeError):
+        except (ValueError, UnicodeDecodeError, TypeError, RecursionError):
             raise ProtocolError("manifest is not valid JSON") from None
 
     def sign(self, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
