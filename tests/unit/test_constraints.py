@@ -32,7 +32,9 @@ def test_code_hash_and_level() -> None:
 def test_several_code_hashes_any_of() -> None:
     other = "ab" * 32
     constraints.parse(f"C:{other} C:{CODE.hex().upper()} SEC:INSECURE").check(report(), now=NOW)
-    with pytest.raises(ConstraintError, match=f"code hash {CODE.hex()} is not one of the accepted C: values"):
+    with pytest.raises(
+        ConstraintError, match=f"code hash {CODE.hex().upper()} is not one of the accepted C: values"
+    ):
         constraints.parse(f"C:{other} SEC:INSECURE").check(report(), now=NOW)
 
 

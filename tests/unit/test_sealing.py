@@ -86,7 +86,6 @@ def test_tampered_storage_serves_no_model(tmp_path: Path, caplog: pytest.LogCapt
 def test_model_with_external_data_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Security review: weights in an external file the host controls would escape the signed hash."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     from onnx.external_data_helper import set_external_data
 

@@ -65,11 +65,11 @@ class Constraint:
             if not (by_code or by_signer):
                 if self.code_hashes and not self.signers:
                     raise ConstraintError(
-                        f"code hash {report.code_hash.hex()} is not one of the accepted C: values"
+                        f"code hash {report.code_hash.hex().upper()} is not one of the accepted C: values"
                     )
                 if self.signers and report.signer not in self.signers:
                     raise ConstraintError(
-                        f"signer {report.signer.hex()} is not one of the accepted S: values"
+                        f"signer {report.signer.hex().upper()} is not one of the accepted S: values"
                         + (" and the code hash matches no C: value" if self.code_hashes else "")
                     )
                 raise ConstraintError(
@@ -95,7 +95,7 @@ class Constraint:
                 raise ConstraintError(f"evidence is {age} old, older than EXPIRE allows ({self.max_age})")
         if self.owner_key_ids and report.owner_key_id not in self.owner_key_ids:
             raise ConstraintError(
-                f"model owner key {report.owner_key_id.hex()} is not one of the accepted OWNER: values"
+                f"owner key {report.owner_key_id.hex().upper()} is not one of the accepted OWNER: values"
             )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -32,14 +33,32 @@ IMAGENET_STD = "0.229,0.224,0.225"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # classify's options may stand anywhere, also between CONSTRAINT and the images, where
+    # argparse has already closed the IMAGE list: the images after them come back as extras.
+    if extra and args.command == "classify" and not any(e.startswith("-") for e in extra):
+        args.images.extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except EnclaveInferError as exc:
-        print(f"enclave-infer: error: {exc}", file=sys.stderr)
+        _error(str(exc))
+        return 1
+    except OSError as exc:
+        _error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("ENCLAVE_INFER_DEBUG"):
+            raise
+        _error(f"unexpected {type(exc).__name__}: {exc} (set ENCLAVE_INFER_DEBUG=1 for a traceback)")
+        return 1
+
+
+def _error(message: str) -> None:
+    print(f"enclave-infer: error: {message}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the enclave and the host")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    s.add_argument("--data-dir", type=Path, default=Path("enclave-data"), help="sealed storage and socket")
+    s.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("enclave-data"),
+        help="sealed model storage and the enclave's socket; one server per folder (default enclave-data)",
+    )
     _config_options(s)
     s.set_defaults(func=_serve)
 
@@ -65,8 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_keygen)
 
     v = sub.add_parser("provision", help="send a model and its labels to the enclave (model owner)")
-    v.add_argument("url", metavar="URL")
-    v.add_argument("constraint", metavar="CONSTRAINT", help='e.g. "C:<code hash> SEC:INSECURE"')
+    v.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
+    v.add_argument(
+        "constraint", metavar="CONSTRAINT", help='what the enclave must be, e.g. "C:<code hash> SEC:INSECURE"'
+    )
     v.add_argument(
         "model", type=Path, metavar="MODEL", help=".onnx, or a torch.save(model) pickle (.pt/.pth)"
     )
@@ -84,11 +110,18 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_provision)
 
     c = sub.add_parser("classify", help="classify image files or URLs (no IMAGE: interactive console)")
-    c.add_argument("url", metavar="URL")
-    c.add_argument("constraint", metavar="CONSTRAINT")
+    c.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
+    c.add_argument(
+        "constraint", metavar="CONSTRAINT", help='what the enclave must be, e.g. "C:<code hash> SEC:INSECURE"'
+    )
     c.add_argument("images", nargs="*", metavar="IMAGE", help="file path or http(s):// URL")
-    c.add_argument("--top", type=int, default=1, help="how many classes to print per image (default 1)")
-    c.add_argument("--json", action="store_true", help="print machine-readable results")
+    c.add_argument(
+        "--top",
+        type=int,
+        default=1,
+        help="classes to print per image (default 1; at most the enclave's max_top_k)",
+    )
+    c.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     c.set_defaults(func=_classify)
     return p
 
@@ -139,6 +172,8 @@ def _measure(args: argparse.Namespace) -> int:
 def _keygen(args: argparse.Namespace) -> int:
     from enclave_infer.client.owner import generate_owner_key
 
+    if not args.path.name or args.path.is_dir():
+        raise UsageError(f"keygen needs a file name, got {str(args.path)!r}")
     owner_id = generate_owner_key(args.path)
     print(f"wrote {args.path} (keep it private) and {args.path}.pub (give it to the operator)")
     print(f"OWNER:{owner_id.upper()}")
@@ -162,8 +197,13 @@ def _provision(args: argparse.Namespace) -> int:
     if args.model_version is not None and args.model_version < 1:
         raise UsageError("--model-version must be a positive integer")
     with Client(args.url, args.constraint) as client:
-        client.attest()  # before any conversion work or secret leaves this machine
+        attestation = client.attest()  # before any conversion work or secret leaves this machine
+        _warn_if_insecure(attestation)
         with _as_onnx(args.model, args.crop) as onnx_path:
+            limit = attestation.config.limits.max_model_bytes
+            size = onnx_path.stat().st_size
+            if size > limit:
+                raise UsageError(f"the model is {size} bytes; this enclave's max_model_bytes is {limit}")
             model = _read(onnx_path, "model")
             meta = client.provision(
                 model, labels, key, preprocessing=preprocessing, version=args.model_version
@@ -178,11 +218,16 @@ def _classify(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UsageError("--top must be at least 1")
     with Client(args.url, args.constraint) as client:
-        client.attest()
+        attestation = client.attest()
+        _warn_if_insecure(attestation)
+        max_top = attestation.config.limits.max_top_k
+        if args.top > max_top:
+            raise UsageError(f"--top must be at most {max_top} for this enclave (its max_top_k)")
         if not args.images:
-            return _console(client, args.top)
+            return _console(client, args.top, as_json=args.json)
         failures = 0
         outputs: list[dict[str, Any]] = []
+        level = attestation.report.security_level.name
         for source in args.images:
             name = _display_name(source)
             try:
@@ -191,20 +236,21 @@ def _classify(args: argparse.Namespace) -> int:
                 if args.json:
                     outputs.append({"image": source, "error": str(exc)})
                 else:
-                    print(f"enclave-infer: error: {name}: {exc}", file=sys.stderr)
+                    _error(f"{name}: {exc}")
                 failures += 1
                 continue
             if args.json:
-                outputs.append({"image": source, **result.to_json()})
+                outputs.append({"image": source, "security_level": level, **result.to_json()})
             else:
                 for prediction in result.results:
                     print(f"{name}: {prediction}")
         if args.json:
-            print(json.dumps(outputs if len(outputs) != 1 else outputs[0], indent=2))
+            print(json.dumps(outputs, indent=2))
     return 1 if failures else 0
 
 
-def _console(client: Any, top: int) -> int:
+def _console(client: Any, top: int, *, as_json: bool) -> int:
+    """The seed's console: a prompt, one answer per image, empty line or EOF to quit."""
     while True:
         try:
             line = input(PROMPT).strip()
@@ -216,10 +262,19 @@ def _console(client: Any, top: int) -> int:
         try:
             result = client.classify(_load_image(line), top=top)
         except EnclaveInferError as exc:
-            print(f"error: {exc}")
+            _error(str(exc))
             continue
-        for prediction in result.results:
-            print(prediction)
+        if as_json:
+            print(json.dumps({"image": line, **result.to_json()}))
+        else:
+            for prediction in result.results:
+                print(prediction)
+
+
+def _warn_if_insecure(attestation: Any) -> None:
+    report = attestation.report
+    if report.security_level.name == "INSECURE":
+        print(f"enclave-infer: warning: the enclave is INSECURE: {report.level_reason}", file=sys.stderr)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -233,8 +288,10 @@ class _as_onnx:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> Path:
-        if not self._path.is_file():
+        if not self._path.exists():
             raise UsageError(f"model file {self._path} does not exist")
+        if not self._path.is_file():
+            raise UsageError(f"model file {self._path} is not a regular file")
         from enclave_infer.client.convert import check_onnx, convert_to_onnx
 
         if self._path.suffix.lower() == ".onnx":
@@ -271,16 +328,26 @@ def _read(path: Path, what: str) -> bytes:
 def _display_name(source: str) -> str:
     if source.startswith(("http://", "https://")):
         return Path(urlsplit(source).path).name or source
-    return Path(source).name
+    return Path(source).name or source
 
 
 def _load_image(source: str) -> bytes:
     if source.startswith(("http://", "https://")):
         return _fetch(source)
+    scheme = urlsplit(source).scheme
+    if len(scheme) > 1 and "://" in source:  # not a Windows drive letter
+        raise UsageError(
+            f"{source}: unsupported URL scheme {scheme}:// (use a file path, http:// or https://)"
+        )
     path = Path(source).expanduser()
+    if not source or not path.exists():
+        raise UsageError(f"{source or repr(source)}: no such file")
     if not path.is_file():
-        raise UsageError(f"{source}: no such file")
-    return _read(path, "image")
+        raise UsageError(f"{source}: not a regular file")
+    data = _read(path, "image")
+    if not data:
+        raise UsageError(f"{source}: the file is empty")
+    return data
 
 
 def _fetch(url: str) -> bytes:

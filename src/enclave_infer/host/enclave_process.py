@@ -9,8 +9,10 @@ clients attest again).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.errors import TransportError
+from enclave_infer.errors import TransportError, UsageError
 from enclave_infer.protocol import framing
 from enclave_infer.protocol.framing import FrameType
 
@@ -31,6 +33,8 @@ log = logging.getLogger("enclave_infer.host")
 START_TIMEOUT = 120.0
 # Unix socket paths are limited to 108 bytes on Linux.
 _MAX_SOCKET_PATH = 100
+# All the enclave process inherits from the host's environment.
+_PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")
 
 
 class EnclaveProcess:
@@ -44,7 +48,28 @@ class EnclaveProcess:
         self.socket_path = socket_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._data_lock: int | None = None
+        self._pycache: str | None = None
+        self._own_socket_dir = socket_path.parent if socket_path.parent != data_dir else None
         self.restarts = 0
+
+    def _lock_data_dir(self) -> None:
+        """One server per data dir: a second one would delete the first one's socket."""
+        if self._data_lock is not None:
+            return
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise UsageError(f"--data-dir {self.data_dir} exists and is not a directory")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise UsageError(f"cannot use --data-dir {self.data_dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UsageError(f"--data-dir {self.data_dir} is in use by another enclave-infer serve") from None
+        self._data_lock = fd
 
     # -- process lifecycle ---------------------------------------------------------------------
 
@@ -53,18 +78,24 @@ class EnclaveProcess:
             self._start_locked()
 
     def _start_locked(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         config_path = self.data_dir / "enclave.json"
         config_path.write_bytes(self.config.canonical())
         self.socket_path.unlink(missing_ok=True)
+        # -I: ignore PYTHON* variables and the user's site, and keep the working directory off
+        # sys.path; a fresh, private pycache prefix means only the measured .py sources run, never
+        # a planted .pyc. The environment is reduced to what a process needs to run at all.
+        self._remove_pycache()
+        self._pycache = tempfile.mkdtemp(prefix="enclave-infer-pycache-")
         cmd = [
-            sys.executable, "-m", "enclave_infer.enclave",
+            sys.executable, "-I", "-X", f"pycache_prefix={self._pycache}", "-m", "enclave_infer.enclave",
             "--socket", str(self.socket_path),
             "--config", str(config_path),
             "--storage", str(self.data_dir / "sealed"),
             "--platform", self.platform,
         ]  # fmt: skip
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=os.environ.copy())
+        env = {k: os.environ[k] for k in _PASSED_ENVIRONMENT if k in os.environ}
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, cwd=self._pycache)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -96,6 +127,17 @@ class EnclaveProcess:
                     self._proc.kill()
                     self._proc.wait()
             self.socket_path.unlink(missing_ok=True)
+            self._remove_pycache()
+            if self._own_socket_dir is not None:
+                shutil.rmtree(self._own_socket_dir, ignore_errors=True)
+            if self._data_lock is not None:
+                os.close(self._data_lock)
+                self._data_lock = None
+
+    def _remove_pycache(self) -> None:
+        if self._pycache is not None:
+            shutil.rmtree(self._pycache, ignore_errors=True)
+            self._pycache = None
 
     @property
     def pid(self) -> int | None:
