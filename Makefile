@@ -9,6 +9,9 @@ MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
 .PHONY: install demo demo-model test lint typecheck bench clean
 
+# Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
+include deploy/gramine/gramine.mk
+
 # torch is installed first and pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

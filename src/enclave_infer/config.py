@@ -64,6 +64,10 @@ class EnclaveConfig:
     debug: bool = False
     enclave_size: str = "4G"  # Gramine's sgx.enclave_size
     max_threads: int = 16  # Gramine's sgx.max_threads
+    # Which platform sealing key protects the stored model: "mrenclave" (only this exact enclave
+    # can unseal; a code update loses the model) or "mrsigner" (any enclave of this signer and
+    # product can, so updates keep it, but so would an older, vulnerable version).
+    sealing_policy: str = "mrenclave"
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -75,6 +79,8 @@ class EnclaveConfig:
                 raise UsageError(f"{name} must be an integer from 0 to 65535, got {value!r}")
         if not isinstance(self.debug, bool):
             raise UsageError("debug must be true or false")
+        if self.sealing_policy not in ("mrenclave", "mrsigner"):
+            raise UsageError(f"sealing_policy must be mrenclave or mrsigner, got {self.sealing_policy!r}")
         if not isinstance(self.enclave_size, str) or not _is_size(self.enclave_size):
             raise UsageError(f"enclave_size must look like '4G' or '512M', got {self.enclave_size!r}")
 
@@ -88,6 +94,7 @@ class EnclaveConfig:
             "debug": self.debug,
             "enclave_size": self.enclave_size,
             "max_threads": self.max_threads,
+            "sealing_policy": self.sealing_policy,
             "limits": dataclasses.asdict(self.limits),
         }
 

@@ -370,3 +370,15 @@ def test_cli_usage_errors_are_one_line(
     # the second serve on the same data dir did not disturb the first
     ok = run_cli("classify", d, c, str(files["red"]))
     assert ok.returncode == 0 and ok.stdout.startswith("red.png: ")
+
+
+def test_attest_prints_the_report_and_checks_the_constraint(deployment: Deployment) -> None:
+    out = run_cli("attest", deployment.url)
+    assert out.returncode == 0, out.stderr
+    assert f"Remote attestation for enclave {deployment.code_hash}:" in out.stdout
+    assert "Assessed security level at" in out.stdout and "is INSECURE" in out.stdout
+    assert "Constraint holds" not in out.stdout
+    out = run_cli("attest", deployment.url, deployment.constraint)
+    assert out.returncode == 0 and f"Constraint holds: {deployment.constraint}" in out.stdout
+    out = run_cli("attest", deployment.url, f"C:{deployment.code_hash}")
+    assert out.returncode == 1 and one_error(out.stderr) and "INSECURE is below SEC:SECURE" in out.stderr

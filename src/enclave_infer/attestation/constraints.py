@@ -7,7 +7,8 @@ requirement a verified :class:`EnclaveReport` does not meet.
 Tokens (space separated, each at most once unless noted):
 
 ==================  =====================================================================
-``C:<hex>``         accepted code hash (64 hex digits); may repeat, any of them matches
+``C:<hex>``         accepted code hash: 64 hex digits (MRENCLAVE, simulation) or 96 (a TDX MRTD);
+                    may repeat, any of them matches
 ``S:<hex>``         accepted signer (64 hex digits); may repeat; requires ``PROD:``
 ``PROD:<n>``        product id, 0..65535
 ``REVOKE:<n>``      minimum security version (revocation level), 0..65535
@@ -32,6 +33,7 @@ from enclave_infer.errors import ConstraintError, UsageError
 __all__ = ["Constraint", "parse"]
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_CODE_HASH = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{96}")
 _UINT16_MAX = 0xFFFF
 # ISO 8601 durations as Java's Duration/Period print them: PnDTnHnMnS (weeks and years are
 # ambiguous in length and so refused).
@@ -113,10 +115,14 @@ def parse(text: str) -> Constraint:
         key = key.upper()
         if not sep or not value:
             raise UsageError(f"malformed constraint token {token!r}: expected KEY:VALUE")
-        if key in ("C", "S", "OWNER"):
+        if key == "C":
+            if not _CODE_HASH.fullmatch(value):
+                raise UsageError(f"C: takes 64 hex digits (or 96 for a TDX MRTD), got {value!r}")
+            code_hashes.add(bytes.fromhex(value))
+        elif key in ("S", "OWNER"):
             if not _HEX64.fullmatch(value):
                 raise UsageError(f"{key}: takes 64 hex digits, got {value!r}")
-            {"C": code_hashes, "S": signers, "OWNER": owners}[key].add(bytes.fromhex(value))
+            {"S": signers, "OWNER": owners}[key].add(bytes.fromhex(value))
         elif key in ("PROD", "REVOKE", "SEC", "EXPIRE"):
             if key in single:
                 raise UsageError(f"{key}: given more than once")

@@ -2,10 +2,14 @@
 
 Pure logic on bytes. The document is JSON::
 
-    {"version": 1, "tee": "simulation", "evidence": "<base64>", "config": "<base64>"}
+    {"version": 1, "tee": "simulation", "evidence": "<base64>", "config": "<base64>",
+     "collateral": "<base64>"}    # collateral: optional
 
-``evidence`` is the platform's own format (simulation JSON, later an SGX/TDX quote), ``config`` the
-canonical measured enclave configuration. :func:`verify` runs, in order:
+``evidence`` is the platform's own format (simulation JSON, an SGX or TDX DCAP quote), ``config``
+the canonical measured enclave configuration, ``collateral`` what the platform's verifier needs
+besides (Intel's TCB info, QE identity and CRLs for a DCAP quote, as dcap-qvl's JSON). The host
+may attach collateral: it is signed by Intel, so it needs no trust in whoever delivers it.
+:func:`verify` runs, in order:
 
 1. parse the document; unknown TEE types are refused;
 2. verify the platform evidence with that TEE's verifier (signature chain, TCB level, ...);
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from enclave_infer.attestation import simulation
+from enclave_infer.attestation import dcap, simulation
 from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.report import EnclaveReport, report_data_binding
 from enclave_infer.config import EnclaveConfig
@@ -40,8 +44,21 @@ VERSION = 1
 # An attestation document is small (an SGX quote with certificates is ~5 KB); refuse anything huge.
 MAX_DOCUMENT_BYTES = 256 * 1024
 
-Verifier = Callable[[bytes], EnclaveReport]
-VERIFIERS: dict[str, Verifier] = {"simulation": simulation.verify}
+# (platform evidence, collateral or b"", time of verification) -> verified report
+Verifier = Callable[[bytes, bytes, datetime], EnclaveReport]
+
+
+def _simulation(evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
+    return simulation.verify(evidence)
+
+
+def _dcap(evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
+    if not collateral:
+        raise AttestationError("DCAP evidence without collateral: give --collateral FILE or --pccs URL")
+    return dcap.verify_quote(evidence, collateral, now=now).report
+
+
+VERIFIERS: dict[str, Verifier] = {"simulation": _simulation, "sgx": _dcap, "tdx": _dcap}
 
 
 @dataclass(frozen=True)
@@ -49,16 +66,18 @@ class Evidence:
     tee: str
     evidence: bytes
     config: bytes
+    collateral: bytes = b""
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "version": VERSION,
-                "tee": self.tee,
-                "evidence": base64.b64encode(self.evidence).decode(),
-                "config": base64.b64encode(self.config).decode(),
-            }
-        ).encode()
+        doc = {
+            "version": VERSION,
+            "tee": self.tee,
+            "evidence": base64.b64encode(self.evidence).decode(),
+            "config": base64.b64encode(self.config).decode(),
+        }
+        if self.collateral:
+            doc["collateral"] = base64.b64encode(self.collateral).decode()
+        return json.dumps(doc).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Evidence:
@@ -69,10 +88,14 @@ class Evidence:
             if not isinstance(doc, dict) or doc.get("version") != VERSION:
                 raise ValueError
             tee, evidence, config = doc["tee"], doc["evidence"], doc["config"]
-            if not all(isinstance(v, str) for v in (tee, evidence, config)):
+            collateral = doc.get("collateral", "")
+            if not all(isinstance(v, str) for v in (tee, evidence, config, collateral)):
                 raise ValueError
             return cls(
-                tee, base64.b64decode(evidence, validate=True), base64.b64decode(config, validate=True)
+                tee,
+                base64.b64decode(evidence, validate=True),
+                base64.b64decode(config, validate=True),
+                base64.b64decode(collateral, validate=True),
             )
         except (ValueError, KeyError, UnicodeDecodeError, RecursionError):
             raise AttestationError("malformed attestation document") from None
@@ -113,16 +136,21 @@ def appraise(
     *,
     key_config: bytes,
     nonce: bytes,
+    now: datetime,
+    collateral: bytes | None = None,
     verifiers: dict[str, Verifier] | None = None,
 ) -> Attestation:
-    """Steps 1 to 3: verify the evidence and its binding, without a client policy."""
+    """Steps 1 to 3: verify the evidence and its binding, without a client policy.
+
+    ``collateral``, when given, replaces what the document carries (e.g. the client's own, fetched
+    from its PCCS)."""
     # 1. parse
     evidence = Evidence.decode(document)
     verifier = (verifiers or VERIFIERS).get(evidence.tee)
     if verifier is None:
         raise AttestationError(f"unsupported TEE type {evidence.tee!r}")
     # 2. platform verification
-    report = verifier(evidence.evidence)
+    report = verifier(evidence.evidence, collateral if collateral is not None else evidence.collateral, now)
     try:
         config = EnclaveConfig.from_canonical(evidence.config)
     except UsageError as exc:
@@ -145,10 +173,13 @@ def verify(
     nonce: bytes,
     constraint: Constraint,
     now: datetime,
+    collateral: bytes | None = None,
     verifiers: dict[str, Verifier] | None = None,
 ) -> Attestation:
     """All four steps; raises AttestationError or ConstraintError, returns only on success."""
-    attestation = appraise(document, key_config=key_config, nonce=nonce, verifiers=verifiers)
+    attestation = appraise(
+        document, key_config=key_config, nonce=nonce, now=now, collateral=collateral, verifiers=verifiers
+    )
     # 4. the client's policy
     constraint.check(attestation.report, now=now)
     return attestation

@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
         default=Path("enclave-data"),
         help="sealed model storage and the enclave's socket; one server per folder (default enclave-data)",
     )
+    s.add_argument(
+        "--platform",
+        choices=["auto", "simulation", "gramine-sgx", "tsm"],
+        default="auto",
+        help="the TEE to use; auto: Gramine-SGX, else TDX/SEV-SNP, else simulation (INSECURE)",
+    )
+    s.add_argument(
+        "--enclave",
+        metavar="ADDRESS",
+        help="attach to an enclave already listening at tcp:127.0.0.1:PORT instead of starting one",
+    )
     _config_options(s)
     s.set_defaults(func=_serve)
 
@@ -98,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("labels", type=Path, metavar="LABELS", help="class names, one per line")
     v.add_argument("--owner-key", type=Path, required=True, help="the owner's private key from keygen")
+    _collateral_options(v)
     v.add_argument("--model-version", type=int, default=None, help="default: one more than the enclave's")
     v.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default 256)")
     v.add_argument("--crop", type=int, default=224, help="centre crop size, the model's input (default 224)")
@@ -108,6 +120,23 @@ def _parser() -> argparse.ArgumentParser:
         "--std", default=IMAGENET_STD, help=f"per-channel std on 0..1 (default ImageNet {IMAGENET_STD})"
     )
     v.set_defaults(func=_provision)
+
+    a = sub.add_parser("attest", help="print an enclave's attestation report; check a constraint")
+    a.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
+    a.add_argument("constraint", metavar="CONSTRAINT", nargs="?", help="if given, say whether it holds")
+    _collateral_options(a)
+    a.set_defaults(func=_attest)
+
+    e = sub.add_parser("verify-evidence", help="verify an SGX/TDX DCAP quote offline; print JSON")
+    e.add_argument("--quote", type=Path, required=True, help="the raw quote")
+    _collateral_options(e)
+    e.add_argument("--now", help="verify as of this RFC 3339 time (default: now)")
+    e.add_argument("--constraint", help="also check this enclave constraint")
+    e.set_defaults(func=_verify_evidence)
+
+    from enclave_infer.cli import gramine
+
+    gramine.register(sub)
 
     c = sub.add_parser("classify", help="classify image files or URLs (no IMAGE: interactive console)")
     c.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
@@ -122,8 +151,22 @@ def _parser() -> argparse.ArgumentParser:
         help="classes to print per image (default 1; at most the enclave's max_top_k)",
     )
     c.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    _collateral_options(c)
     c.set_defaults(func=_classify)
     return p
+
+
+def _client(args: argparse.Namespace, constraint: str | None) -> Any:
+    from enclave_infer.client.sdk import Client
+
+    collateral = _read(args.collateral, "collateral") if args.collateral else None
+    return Client(args.url, constraint, collateral=collateral, pccs_url=args.pccs)
+
+
+def _collateral_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--collateral", type=Path, help="DCAP collateral, dcap-qvl's QuoteCollateralV3 JSON")
+    group.add_argument("--pccs", metavar="URL", help="fetch DCAP collateral from this PCCS or Intel PCS URL")
 
 
 def _config_options(p: argparse.ArgumentParser) -> None:
@@ -141,10 +184,80 @@ def _load_config(args: argparse.Namespace) -> EnclaveConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     from enclave_infer.host.server import run
+    from enclave_infer.protocol.framing import parse_address
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be 1..65535, got {args.port}")
-    run(_load_config(args), args.data_dir, host=args.host, port=args.port)
+    external = None
+    if args.enclave:
+        try:
+            external = parse_address(args.enclave)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    run(
+        _load_config(args),
+        args.data_dir,
+        host=args.host,
+        port=args.port,
+        platform=args.platform,
+        external=external,
+    )
+    return 0
+
+
+def _attest(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    with _client(args, args.constraint) as client:
+        attestation = client.attest() if args.constraint else client.inspect()
+    print(attestation.summary(now=datetime.now(UTC)))
+    if args.constraint:
+        print(f"Constraint holds: {args.constraint}")
+    return 0
+
+
+def _verify_evidence(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from enclave_infer.attestation import constraints
+    from enclave_infer.attestation.dcap import verify_quote
+    from enclave_infer.client.sdk import fetch_collateral
+
+    constraint = constraints.parse(args.constraint) if args.constraint else None
+    quote = _read(args.quote, "quote")
+    if args.collateral:
+        collateral = _read(args.collateral, "collateral")
+    elif args.pccs:
+        collateral = fetch_collateral(args.pccs, quote)
+    else:
+        raise UsageError("give --collateral FILE or --pccs URL")
+    now = datetime.now(UTC)
+    if args.now:
+        try:
+            now = datetime.fromisoformat(args.now)
+        except ValueError:
+            raise UsageError(
+                f"--now takes an RFC 3339 time such as 2025-06-20T10:56:11Z, got {args.now!r}"
+            ) from None
+        if now.tzinfo is None:
+            raise UsageError("--now needs a time zone, e.g. 2025-06-20T10:56:11Z")
+    try:
+        verdict = verify_quote(quote, collateral, now=now)
+    except EnclaveInferError as exc:
+        print(json.dumps({"verified": False, "error": str(exc)}, indent=2))
+        raise
+    doc: dict[str, Any] = {"verified": True, **verdict.to_json()}
+    failure = None
+    if constraint is not None:
+        try:
+            constraint.check(verdict.report, now=now)
+            doc["constraint"] = {"given": args.constraint, "holds": True}
+        except EnclaveInferError as exc:
+            failure = exc
+            doc["constraint"] = {"given": args.constraint, "holds": False, "reason": str(exc)}
+    print(json.dumps(doc, indent=2))
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -182,7 +295,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _provision(args: argparse.Namespace) -> int:
     from enclave_infer.client.owner import load_owner_key
-    from enclave_infer.client.sdk import Client, load_labels
+    from enclave_infer.client.sdk import load_labels
 
     key = load_owner_key(args.owner_key)
     labels = load_labels(args.labels)
@@ -196,7 +309,7 @@ def _provision(args: argparse.Namespace) -> int:
     }
     if args.model_version is not None and args.model_version < 1:
         raise UsageError("--model-version must be a positive integer")
-    with Client(args.url, args.constraint) as client:
+    with _client(args, args.constraint) as client:
         attestation = client.attest()  # before any conversion work or secret leaves this machine
         _warn_if_insecure(attestation)
         with _as_onnx(args.model, args.crop) as onnx_path:
@@ -213,11 +326,10 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from enclave_infer.client.sdk import Client
 
     if args.top < 1:
         raise UsageError("--top must be at least 1")
-    with Client(args.url, args.constraint) as client:
+    with _client(args, args.constraint) as client:
         attestation = client.attest()
         _warn_if_insecure(attestation)
         max_top = attestation.config.limits.max_top_k

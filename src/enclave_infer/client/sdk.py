@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.constraints import Constraint
-from enclave_infer.attestation.evidence import Attestation, verify
+from enclave_infer.attestation.evidence import Attestation, Evidence, appraise, verify
 from enclave_infer.errors import (
     AttestationError,
     ProtocolError,
@@ -35,7 +35,7 @@ from enclave_infer.errors import (
 from enclave_infer.protocol import bhttp, ohttp
 from enclave_infer.protocol.manifest import Manifest, sf_binary
 
-__all__ = ["Classification", "Client", "Prediction"]
+__all__ = ["Classification", "Client", "Prediction", "fetch_collateral", "load_labels"]
 
 # The inner request's authority: the enclave is its own target resource (RFC 9458 §2).
 INNER_AUTHORITY = "enclave"
@@ -90,19 +90,26 @@ class Client:
     def __init__(
         self,
         url: str,
-        constraint: str | Constraint,
+        constraint: str | Constraint | None,
         *,
         timeout: float = 300.0,
         transport: httpx.BaseTransport | None = None,
         now: Callable[[], datetime] | None = None,
+        collateral: bytes | None = None,
+        pccs_url: str | None = None,
     ) -> None:
+        """``collateral``: the DCAP collateral to verify a quote with (dcap-qvl JSON), instead of
+        what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote."""
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
+        # None only for inspect(): a client without a constraint never sends anything.
         self.constraint = constraints.parse(constraint) if isinstance(constraint, str) else constraint
         self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
         self._timeout = timeout
         self._now = now or (lambda: datetime.now(UTC))
+        self._collateral = collateral
+        self._pccs_url = pccs_url
         self._key: ohttp.KeyConfig | None = None
         self._clock_offset = 0.0
         self.attestation: Attestation | None = None
@@ -120,6 +127,16 @@ class Client:
 
     def attest(self) -> Attestation:
         """Fetch the key configuration and fresh evidence; verify both against the constraint."""
+        if self.constraint is None:
+            raise UsageError("no enclave constraint: the client will not talk to an unchecked enclave")
+        return self._attest(self.constraint)
+
+    def inspect(self) -> Attestation:
+        """Verify the evidence and its binding to fresh keys, without a policy: what ``attest``
+        prints. Sends nothing to the enclave and enables nothing."""
+        return self._attest(None)
+
+    def _attest(self, constraint: Constraint | None) -> Attestation:
         keys = self._get("/ohttp-keys", expect="application/ohttp-keys")
         try:
             configs = ohttp.decode_key_configs(keys)
@@ -130,8 +147,22 @@ class Client:
             raise AttestationError("the enclave offers no supported HPKE suite")
         nonce = secrets.token_bytes(32)
         document = self._get(f"/v1/attestation?nonce={nonce.hex()}", expect="application/json")
+        collateral = self._collateral
+        if collateral is None and self._pccs_url is not None:
+            evidence = Evidence.decode(document)
+            if evidence.tee in ("sgx", "tdx"):
+                collateral = fetch_collateral(self._pccs_url, evidence.evidence)
+        if constraint is None:
+            return appraise(
+                document, key_config=config.encode(), nonce=nonce, now=self._now(), collateral=collateral
+            )
         attestation = verify(
-            document, key_config=config.encode(), nonce=nonce, constraint=self.constraint, now=self._now()
+            document,
+            key_config=config.encode(),
+            nonce=nonce,
+            constraint=constraint,
+            now=self._now(),
+            collateral=collateral,
         )
         self._key, self.attestation = config, attestation
         return attestation
@@ -275,6 +306,19 @@ class Client:
                 return reply.status_code, media_type, bytes(body)
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach {self.url}: {_why(exc)}") from None
+
+
+def fetch_collateral(pccs_url: str, quote: bytes) -> bytes:
+    """DCAP collateral for ``quote`` from a PCCS (or Intel's PCS), as dcap-qvl's JSON."""
+    import asyncio
+
+    import dcap_qvl
+
+    try:
+        collateral = asyncio.run(dcap_qvl.get_collateral(pccs_url, quote))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise TransportError(f"cannot fetch collateral from {pccs_url}: {str(exc)[:200]}") from None
+    return str(collateral.to_json()).encode()
 
 
 def load_labels(path: Path) -> list[str]:

@@ -13,28 +13,51 @@ import sys
 from pathlib import Path
 
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.enclave.platform import SimulationPlatform
+from enclave_infer.enclave.platform import Platform, SimulationPlatform
 from enclave_infer.enclave.server import Enclave, serve
-from enclave_infer.errors import UsageError
+from enclave_infer.errors import EnclaveInferError
+from enclave_infer.protocol.framing import parse_address
+
+log = logging.getLogger("enclave_infer.enclave")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m enclave_infer.enclave")
-    parser.add_argument("--socket", type=Path, required=True)
+    parser.add_argument("--listen", required=True, help="unix socket path, or tcp:127.0.0.1:PORT")
     parser.add_argument("--config", type=Path, required=True, help="canonical enclave configuration (JSON)")
     parser.add_argument("--storage", type=Path, required=True, help="folder for sealed blobs")
-    parser.add_argument("--platform", choices=["simulation"], default="simulation")
+    parser.add_argument("--platform", choices=PLATFORMS, default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="enclave: %(levelname)s %(message)s", stream=sys.stderr)
     try:
+        listen = parse_address(args.listen)
         config = EnclaveConfig.from_canonical(args.config.read_bytes())
-    except (OSError, UsageError) as exc:
+        platform = select_platform(args.platform, config)
+    except (OSError, ValueError, EnclaveInferError) as exc:
         print(f"enclave: error: {exc}", file=sys.stderr)
         return 2
-    enclave = Enclave(config, SimulationPlatform(config), args.storage)
+    enclave = Enclave(config, platform, args.storage)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(enclave, args.socket)
+        serve(enclave, listen)
     return 0
+
+
+PLATFORMS = ("auto", "simulation", "gramine-sgx", "tsm")
+
+
+def select_platform(name: str, config: EnclaveConfig) -> Platform:
+    """The configured platform, or with ``auto`` the one this machine offers: Gramine-SGX, then a
+    TDX / SEV-SNP guest (configfs-tsm), else simulation, which is INSECURE and says so."""
+    import enclave_infer.enclave.gramine as gramine
+    import enclave_infer.enclave.tsm as tsm
+
+    if name == "gramine-sgx" or (name == "auto" and gramine.available()):
+        return gramine.GramineSgxPlatform(sealing_policy=config.sealing_policy)
+    if name == "tsm" or (name == "auto" and tsm.available()):
+        return tsm.ConfigfsTsmPlatform()
+    if name == "auto":
+        log.warning("no TEE found (no /dev/attestation, no configfs-tsm): running in SIMULATION, INSECURE")
+    return SimulationPlatform(config)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import struct
 import tempfile
 import threading
@@ -68,7 +69,8 @@ class LoadedModel:
 
 
 class ModelStore:
-    def __init__(self, config: EnclaveConfig, sealer: Sealer, storage: Path) -> None:
+    def __init__(self, config: EnclaveConfig, sealer: Sealer | None, storage: Path) -> None:
+        """``sealer`` None: the platform has no sealing key; models live in memory only."""
         self._config = config
         self._sealer = sealer
         self._storage = storage
@@ -92,6 +94,9 @@ class ModelStore:
                     f" {current.manifest.version}",
                 )
             loaded = self._load(manifest, signature, model, provisioned_at=time.time())
+            if self._sealer is None:
+                self.current = loaded
+                return loaded
             try:
                 self._storage.mkdir(parents=True, exist_ok=True)
                 self._sealer.write(
@@ -114,6 +119,9 @@ class ModelStore:
         except UsageError as exc:
             raise ModelError(400, f"manifest preprocessing: {exc}") from None
         options = ort.SessionOptions()
+        # ONNX Runtime would start a thread per core; under Gramine every thread counts against
+        # sgx.max_threads, so a quarter of them go to one model's intra-op pool.
+        options.intra_op_num_threads = max(1, min(os.cpu_count() or 1, self._config.max_threads // 4))
         options.log_severity_level = 4  # fatal only: ONNX Runtime's messages name the model's tensors
         # A model loaded from bytes would read "external data" tensors from files in the working
         # directory, which the host controls, outside the signed hash. Point ONNX Runtime at an
@@ -152,7 +160,7 @@ class ModelStore:
     def restore(self) -> None:
         """Serve the sealed model again after a restart, or nothing if it fails to verify."""
         path = self._storage / SEALED_MODEL
-        if not path.exists():
+        if self._sealer is None or not path.exists():
             return
         try:
             header, model = self._sealer.read(path, [SEAL_MANIFEST, SEAL_MODEL])

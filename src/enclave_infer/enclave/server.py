@@ -1,4 +1,7 @@
-"""The enclave process: a unix-socket server speaking :mod:`enclave_infer.protocol.framing`.
+"""The enclave process: a server speaking :mod:`enclave_infer.protocol.framing` to the host.
+
+It listens on a unix socket (simulation, and any process-based TEE) or on TCP loopback (Gramine,
+whose unix sockets cannot reach host processes).
 
 Trusted code; this is the I/O edge of the enclave. One thread per host connection; each connection
 carries one request frame at a time and gets one reply frame. At most
@@ -20,9 +23,9 @@ from enclave_infer.enclave.gateway import Gateway
 from enclave_infer.enclave.models import ModelStore
 from enclave_infer.enclave.platform import Platform
 from enclave_infer.enclave.sealing import Sealer
-from enclave_infer.errors import DecryptionError, ProtocolError
+from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
-from enclave_infer.protocol.framing import FrameType
+from enclave_infer.protocol.framing import Address, FrameType, format_address
 
 __all__ = ["Enclave", "serve"]
 
@@ -37,7 +40,12 @@ class Enclave:
         self.platform = platform
         self.key = ohttp.GatewayKey.generate(key_id=1)  # fresh per instance, never leaves
         self.key_config = self.key.config.encode()
-        self.store = ModelStore(config, Sealer(platform.sealing_key()), storage)
+        try:
+            sealer: Sealer | None = Sealer(platform.sealing_key())
+        except AttestationError as exc:
+            log.warning("%s: provisioned models are kept in memory only, not across restarts", exc)
+            sealer = None
+        self.store = ModelStore(config, sealer, storage)
         self.store.restore()
         self.gateway = Gateway(
             self.key,
@@ -70,7 +78,7 @@ class Enclave:
 
 
 class _Handler(socketserver.StreamRequestHandler):
-    server: _Server
+    server: _UnixServer | _TcpServer
 
     def handle(self) -> None:
         while True:
@@ -104,17 +112,29 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.flush()
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
-
-    def __init__(self, path: str, enclave: Enclave) -> None:
-        self.enclave = enclave
-        super().__init__(path, _Handler)
+    enclave: Enclave
 
 
-def serve(enclave: Enclave, socket_path: Path) -> None:
-    socket_path.unlink(missing_ok=True)
-    with _Server(str(socket_path), enclave) as server:
-        socket_path.chmod(0o600)
-        log.info("enclave listening on %s", socket_path)
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    enclave: Enclave
+
+
+_Server = _UnixServer | _TcpServer
+
+
+def serve(enclave: Enclave, listen: Address) -> None:
+    server: _Server
+    if isinstance(listen, Path):
+        listen.unlink(missing_ok=True)
+        server = _UnixServer(str(listen), _Handler)
+        listen.chmod(0o600)
+    else:
+        server = _TcpServer(listen, _Handler)
+    server.enclave = enclave
+    with server:
+        log.info("enclave listening on %s", format_address(listen))
         server.serve_forever()

@@ -83,7 +83,7 @@ def create_app(enclave: EnclaveProcess) -> Starlette:
         return await relay(FrameType.OHTTP_REQUEST, body, FrameType.OHTTP_RESPONSE, OHTTP_RES)
 
     async def healthz(request: Request) -> Response:
-        running = enclave.pid is not None
+        running = enclave.running
         return JSONResponse({"status": "ok" if running else "starting", "restarts": enclave.restarts})
 
     @contextlib.asynccontextmanager

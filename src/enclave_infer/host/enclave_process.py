@@ -23,7 +23,7 @@ from pathlib import Path
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import TransportError, UsageError
 from enclave_infer.protocol import framing
-from enclave_infer.protocol.framing import FrameType
+from enclave_infer.protocol.framing import Address, FrameType
 
 __all__ = ["EnclaveProcess"]
 
@@ -38,10 +38,19 @@ _PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")
 
 
 class EnclaveProcess:
-    def __init__(self, config: EnclaveConfig, data_dir: Path, *, platform: str = "simulation") -> None:
+    def __init__(
+        self,
+        config: EnclaveConfig,
+        data_dir: Path,
+        *,
+        platform: str = "auto",
+        external: Address | None = None,
+    ) -> None:
         self.config = config
         self.data_dir = data_dir
         self.platform = platform
+        # An enclave started by someone else (e.g. `gramine-sgx enclave-infer`): attach, never spawn.
+        self.external = external
         socket_path = data_dir / "enclave.sock"
         if len(str(socket_path.resolve())) > _MAX_SOCKET_PATH:
             socket_path = Path(tempfile.mkdtemp(prefix="enclave-infer-")) / "enclave.sock"
@@ -75,7 +84,8 @@ class EnclaveProcess:
 
     def start(self) -> None:
         with self._lock:
-            self._start_locked()
+            if self.external is None:
+                self._start_locked()
 
     def _start_locked(self) -> None:
         self._lock_data_dir()
@@ -89,7 +99,7 @@ class EnclaveProcess:
         self._pycache = tempfile.mkdtemp(prefix="enclave-infer-pycache-")
         cmd = [
             sys.executable, "-I", "-X", f"pycache_prefix={self._pycache}", "-m", "enclave_infer.enclave",
-            "--socket", str(self.socket_path),
+            "--listen", str(self.socket_path),
             "--config", str(config_path),
             "--storage", str(self.data_dir / "sealed"),
             "--platform", self.platform,
@@ -109,6 +119,8 @@ class EnclaveProcess:
         raise TransportError(f"the enclave did not start within {START_TIMEOUT:.0f} s")
 
     def ensure_running(self) -> None:
+        if self.external is not None:
+            return
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
                 return
@@ -140,17 +152,20 @@ class EnclaveProcess:
             self._pycache = None
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    def running(self) -> bool:
+        return self.external is not None or (self._proc is not None and self._proc.poll() is None)
 
     # -- requests ------------------------------------------------------------------------------
 
     async def call(self, kind: FrameType, payload: bytes | bytearray = b"") -> tuple[FrameType, bytes]:
         """Send one frame, return the reply's type and payload. The payload is not copied."""
-        if self._proc is None or self._proc.poll() is not None:
+        if self.external is None and (self._proc is None or self._proc.poll() is not None):
             await asyncio.to_thread(self.ensure_running)
         try:
-            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+            if isinstance(self.external, tuple):
+                reader, writer = await asyncio.open_connection(*self.external)
+            else:
+                reader, writer = await asyncio.open_unix_connection(str(self.external or self.socket_path))
         except OSError as exc:
             raise TransportError(f"cannot reach the enclave: {exc.strerror}") from None
         try:

@@ -21,7 +21,7 @@ from enclave_infer.errors import EnclaveInferError, TransportError, UsageError
 from enclave_infer.host.app import create_app
 from enclave_infer.host.enclave_process import EnclaveProcess
 from enclave_infer.protocol import ohttp
-from enclave_infer.protocol.framing import FrameType
+from enclave_infer.protocol.framing import Address, FrameType
 
 __all__ = ["run"]
 
@@ -36,14 +36,22 @@ async def self_attest(enclave: EnclaveProcess) -> Attestation:
     if kind is not FrameType.KEYS or kind2 is not FrameType.EVIDENCE:
         raise TransportError("the enclave did not answer the start-up attestation")
     key_config = ohttp.decode_key_configs(keys)[0].encode()
-    return appraise(document, key_config=key_config, nonce=nonce)
+    return appraise(document, key_config=key_config, nonce=nonce, now=datetime.now(UTC))
 
 
-def run(config: EnclaveConfig, data_dir: Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+def run(
+    config: EnclaveConfig,
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    platform: str = "auto",
+    external: Address | None = None,
+) -> None:
     started = time.monotonic()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     listener = _listen(host, port)  # before the enclave starts: a busy port fails fast, in one line
-    enclave = EnclaveProcess(config, data_dir)
+    enclave = EnclaveProcess(config, data_dir, platform=platform, external=external)
     try:
         enclave.start()
     except EnclaveInferError:

@@ -12,19 +12,27 @@ messages must never hold anything secret.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import struct
+from pathlib import Path
 
 from enclave_infer.errors import ProtocolError
 
 __all__ = [
     "HEADER",
     "MAX_FRAME_BYTES",
+    "Address",
     "FrameType",
     "decode_error",
     "encode_error",
     "encode_frame",
+    "format_address",
+    "parse_address",
     "parse_header",
 ]
+
+# Where the enclave listens: a unix socket path, or a TCP (host, port) on loopback.
+Address = Path | tuple[str, int]
 
 HEADER = struct.Struct("!BI")
 # Largest payload either side accepts: a model upload in one encapsulated request plus slack.
@@ -67,3 +75,24 @@ def decode_error(payload: bytes) -> tuple[int, str]:
         raise ProtocolError("malformed error frame")
     (status,) = struct.unpack("!H", payload[:2])
     return status, payload[2:].decode("utf-8", "replace")
+
+
+def parse_address(text: str) -> Address:
+    """``tcp:127.0.0.1:7001`` (loopback only: the frames are not encrypted end to end, the
+    OHTTP payloads inside them are) or a unix socket path."""
+    if not text.startswith("tcp:"):
+        return Path(text)
+    host, sep, port = text[4:].rpartition(":")
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not loopback:
+        raise ValueError(
+            f"enclave address must be tcp:<loopback address>:<port> or a socket path, got {text!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+def format_address(address: Address) -> str:
+    return str(address) if isinstance(address, Path) else f"tcp:{address[0]}:{address[1]}"

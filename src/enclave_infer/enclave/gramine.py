@@ -1,0 +1,304 @@
+"""Evidence and sealing keys from Intel SGX, for an enclave running under Gramine-SGX (DCAP).
+
+Trusted code: runs inside the SGX enclave, on the enclave's side of the trust boundary. It talks
+only to Gramine's ``/dev/attestation`` pseudo-filesystem, which Gramine implements inside the
+enclave (Gramine documentation, "Attestation and Secret Provisioning", section "Low-level
+``/dev/attestation`` interface"; ``libos/src/fs/dev/attestation.c``):
+
+``attestation_type``
+    ``none``, ``epid`` or ``dcap``: the manifest's ``sgx.remote_attestation``. We accept only
+    ``dcap``: ``none`` means no quote can be had, and EPID attestation (the Intel Attestation
+    Service) is end-of-life.
+``user_report_data``
+    64 bytes, written before reading ``quote``; Gramine keeps them when the file is closed.
+``quote``
+    produced when opened: the Quoting Enclave's ECDSA quote over an SGX report carrying the
+    report data last written. Gramine answers ``EACCES`` when it cannot get one (AESM service or
+    DCAP quote provider unreachable). The file is absent when ``attestation_type`` is ``none``.
+``keys/_sgx_mrenclave``, ``keys/_sgx_mrsigner``
+    16-byte SGX sealing keys (``EGETKEY`` with the MRENCLAVE or MRSIGNER key policy); see the
+    manifest syntax documentation, "Encrypted files", special key names.
+
+These pseudo-files are process-local but not thread-safe (Gramine's words), so this module
+serialises its own use of them with a lock, and checks that every quote it reads back carries the
+report data it wrote.
+
+Quote layout (Intel SGX DCAP "ECDSA Quote Library API", quote format v3; the same layout as
+``sgx_quote3_t`` in ``QuoteGeneration/quote_wrapper/common/inc/sgx_quote_3.h`` and
+``sgx_report_body_t`` in the SGX SDK's ``sgx_report.h``)::
+
+    0    header (48)      version u16 = 3, att_key_type u16 = 2 (ECDSA-256-with-P-256), ...
+    48   report body (384)
+           +48  ATTRIBUTES (16): FLAGS u64 LE, then XFRM; FLAGS bit 1 = DEBUG
+           +64  MRENCLAVE (32)
+           +128 MRSIGNER (32)
+           +256 ISVPRODID u16 LE
+           +258 ISVSVN u16 LE
+           +320 REPORTDATA (64)
+    432  signature_data_len u32 LE
+    436  signature data (ECDSA signature, attestation key, QE report, certification data)
+
+Only what the enclave needs to know about itself is parsed here; verifying the quote (signature,
+PCK chain, TCB level) is the client's job (:mod:`enclave_infer.attestation.dcap`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from enclave_infer.errors import AttestationError, UsageError
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "SEALING_POLICIES",
+    "GramineSgxPlatform",
+    "SgxReportBody",
+    "available",
+    "parse_sgx_quote_body",
+]
+
+DEFAULT_ROOT = Path("/dev/attestation")
+SEALING_POLICIES = ("mrenclave", "mrsigner")
+
+REPORT_DATA_SIZE = 64
+SEAL_KEY_SIZE = 16  # Gramine's special keys are raw 128-bit SGX sealing keys
+
+# Quote v3 header (sgx_quote_header_t).
+QUOTE_VERSION_OFFSET = 0
+QUOTE_ATT_KEY_TYPE_OFFSET = 2
+QUOTE_HEADER_SIZE = 48
+SGX_QUOTE_VERSION = 3
+ATT_KEY_TYPE_ECDSA_P256 = 2
+# Report body (sgx_report_body_t), offsets relative to the start of the body.
+REPORT_BODY_OFFSET = QUOTE_HEADER_SIZE
+REPORT_BODY_SIZE = 384
+BODY_ATTRIBUTES_OFFSET = 48
+BODY_MRENCLAVE_OFFSET = 64
+BODY_MRSIGNER_OFFSET = 128
+BODY_ISVPRODID_OFFSET = 256
+BODY_ISVSVN_OFFSET = 258
+BODY_REPORT_DATA_OFFSET = 320
+MEASUREMENT_SIZE = 32
+SGX_FLAG_DEBUG = 0x02  # ATTRIBUTES.FLAGS bit 1
+# Signature data follows the body, prefixed by its length.
+SIGNATURE_LEN_OFFSET = REPORT_BODY_OFFSET + REPORT_BODY_SIZE  # 432
+SIGNATURE_DATA_OFFSET = SIGNATURE_LEN_OFFSET + 4  # 436
+
+# Gramine's quote buffer is 8 KB; anything much larger is not a quote.
+MAX_QUOTE_BYTES = 64 * 1024
+MAX_TEXT_BYTES = 64
+
+SEALING_SALT = b"enclave-infer gramine-sgx sealing v1"
+
+
+@dataclass(frozen=True)
+class SgxReportBody:
+    """The fields of an SGX DCAP quote's report body that identify the enclave."""
+
+    mrenclave: bytes
+    mrsigner: bytes
+    product_id: int
+    security_version: int
+    attributes_flags: int
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.attributes_flags & SGX_FLAG_DEBUG)
+
+
+def parse_sgx_quote_body(quote: bytes) -> SgxReportBody:
+    """The report body of an SGX DCAP (v3, ECDSA P-256) quote; structure only, no signature check."""
+    if len(quote) < SIGNATURE_DATA_OFFSET:
+        raise AttestationError(f"SGX quote truncated: {len(quote)} bytes, a v3 quote has at least 436")
+    (version,) = struct.unpack_from("<H", quote, QUOTE_VERSION_OFFSET)
+    (att_key_type,) = struct.unpack_from("<H", quote, QUOTE_ATT_KEY_TYPE_OFFSET)
+    if version != SGX_QUOTE_VERSION:
+        raise AttestationError(f"SGX quote version {version} is not supported (expected 3, DCAP)")
+    if att_key_type != ATT_KEY_TYPE_ECDSA_P256:
+        raise AttestationError(f"SGX quote attestation key type {att_key_type} is not ECDSA P-256")
+    (sig_len,) = struct.unpack_from("<I", quote, SIGNATURE_LEN_OFFSET)
+    if SIGNATURE_DATA_OFFSET + sig_len > len(quote):
+        raise AttestationError(
+            f"SGX quote truncated: signature data claims {sig_len} bytes, "
+            f"{len(quote) - SIGNATURE_DATA_OFFSET} present"
+        )
+    body = quote[REPORT_BODY_OFFSET : REPORT_BODY_OFFSET + REPORT_BODY_SIZE]
+    (flags,) = struct.unpack_from("<Q", body, BODY_ATTRIBUTES_OFFSET)
+    (product_id,) = struct.unpack_from("<H", body, BODY_ISVPRODID_OFFSET)
+    (svn,) = struct.unpack_from("<H", body, BODY_ISVSVN_OFFSET)
+    return SgxReportBody(
+        mrenclave=body[BODY_MRENCLAVE_OFFSET : BODY_MRENCLAVE_OFFSET + MEASUREMENT_SIZE],
+        mrsigner=body[BODY_MRSIGNER_OFFSET : BODY_MRSIGNER_OFFSET + MEASUREMENT_SIZE],
+        product_id=product_id,
+        security_version=svn,
+        attributes_flags=flags,
+        report_data=body[BODY_REPORT_DATA_OFFSET : BODY_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
+    )
+
+
+def available(root: Path = DEFAULT_ROOT) -> bool:
+    """Whether we run under Gramine-SGX (its ``attestation_type`` pseudo-file exists).
+
+    True even when remote attestation is disabled in the manifest: constructing
+    :class:`GramineSgxPlatform` then fails with a clear error, rather than someone falling back
+    to simulation without noticing.
+    """
+    return (root / "attestation_type").is_file()
+
+
+class GramineSgxPlatform:
+    """SGX DCAP quotes and sealing keys through Gramine's ``/dev/attestation``."""
+
+    tee = "sgx"
+
+    def __init__(self, root: Path = DEFAULT_ROOT, *, sealing_policy: str = "mrenclave") -> None:
+        if sealing_policy not in SEALING_POLICIES:
+            raise UsageError(
+                f"unknown SGX sealing policy {sealing_policy!r}: choose {' or '.join(SEALING_POLICIES)}"
+            )
+        self._root = root
+        self._sealing_policy = sealing_policy
+        self._lock = threading.Lock()
+        kind = _read_text(root / "attestation_type", what="attestation type")
+        if kind == "none":
+            raise AttestationError(
+                "SGX remote attestation is not enabled in the Gramine manifest: "
+                'set sgx.remote_attestation = "dcap"'
+            )
+        if kind == "epid":
+            raise AttestationError(
+                "Gramine is configured for EPID attestation, which Intel has ended: "
+                'set sgx.remote_attestation = "dcap"'
+            )
+        if kind != "dcap":
+            raise AttestationError(f"unsupported Gramine attestation type {kind!r} (expected 'dcap')")
+        # One quote, with zero report data, tells us who we are.
+        with self._lock:
+            _, body = self._quote(bytes(REPORT_DATA_SIZE))
+        self.code_hash = body.mrenclave
+        self.signer = body.mrsigner
+        self.product_id = body.product_id
+        self.security_version = body.security_version
+        self.debug = body.debug
+
+    def evidence(self, report_data: bytes) -> bytes:
+        """A DCAP quote (v3) whose report data is ``report_data``."""
+        if len(report_data) != REPORT_DATA_SIZE:
+            raise UsageError(f"report data must be {REPORT_DATA_SIZE} bytes, not {len(report_data)}")
+        with self._lock:
+            quote, body = self._quote(report_data)
+        if (body.mrenclave, body.mrsigner) != (self.code_hash, self.signer):
+            raise AttestationError("SGX quote names a different enclave than the one this process started as")
+        return quote
+
+    def sealing_key(self) -> bytes:
+        """32 bytes derived from Gramine's SGX sealing key for the configured policy."""
+        path = self._root / "keys" / f"_sgx_{self._sealing_policy}"
+        try:
+            with path.open("rb", buffering=0) as f:
+                raw = f.read(SEAL_KEY_SIZE + 1)
+        except OSError as exc:
+            raise _os_error(exc, path, "reading the SGX sealing key") from None
+        if len(raw) != SEAL_KEY_SIZE:
+            raise AttestationError(f"{path}: expected a {SEAL_KEY_SIZE}-byte sealing key, read {len(raw)}")
+        return HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=SEALING_SALT,
+            info=f"enclave-infer sealing key, SGX policy {self._sealing_policy}".encode(),
+        ).derive(raw)
+
+    def _quote(self, report_data: bytes) -> tuple[bytes, SgxReportBody]:
+        """Write the report data, read a quote, and check it carries them; retry once. Hold the lock."""
+        for _ in range(2):
+            _write_exact(self._root / "user_report_data", report_data)
+            quote = _read_quote(self._root / "quote")
+            body = parse_sgx_quote_body(quote)
+            if body.report_data == report_data:
+                return quote, body
+        raise AttestationError(
+            "the SGX quote carried different report data than was written, twice: "
+            "something else in this process is using /dev/attestation concurrently"
+        )
+
+
+def _read_text(path: Path, *, what: str) -> str:
+    try:
+        with path.open("rb", buffering=0) as f:
+            raw = f.read(MAX_TEXT_BYTES)
+    except FileNotFoundError:
+        raise AttestationError(
+            f"not running under Gramine-SGX: {path} does not exist ({what} unavailable)"
+        ) from None
+    except OSError as exc:
+        raise _os_error(exc, path, f"reading the {what}") from None
+    return raw.decode("ascii", errors="replace").strip().strip("\x00")
+
+
+def _write_exact(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        raise AttestationError(f"not running under Gramine-SGX: {path} does not exist") from None
+    except OSError as exc:
+        raise _os_error(exc, path, "opening the user report data") from None
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:
+                raise AttestationError(f"{path}: short write ({len(data) - len(view)} of {len(data)} bytes)")
+            view = view[n:]
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        if isinstance(exc, OSError):
+            raise _os_error(exc, path, "writing the user report data") from None
+        raise
+    try:
+        os.close(fd)  # Gramine stores the report data when the file is closed
+    except OSError as exc:
+        raise _os_error(exc, path, "storing the user report data") from None
+
+
+def _read_quote(path: Path) -> bytes:
+    try:
+        with path.open("rb", buffering=0) as f:
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := f.read(MAX_QUOTE_BYTES + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_QUOTE_BYTES:
+                    raise AttestationError(f"{path}: quote larger than {MAX_QUOTE_BYTES} bytes")
+    except FileNotFoundError:
+        raise AttestationError(
+            f"{path} does not exist: SGX remote attestation is not enabled in the Gramine manifest"
+        ) from None
+    except PermissionError:
+        raise AttestationError(
+            f"Gramine could not obtain an SGX quote ({path}: EACCES): is the AESM service running "
+            "and the DCAP quote provider library configured on the host?"
+        ) from None
+    except OSError as exc:
+        raise _os_error(exc, path, "reading the SGX quote") from None
+    if not size:
+        raise AttestationError(f"{path}: empty quote")
+    return b"".join(chunks)
+
+
+def _os_error(exc: OSError, path: Path, doing: str) -> AttestationError:
+    name = errno.errorcode.get(exc.errno or 0, "error")
+    if isinstance(exc, PermissionError):
+        return AttestationError(f"permission denied {doing} ({path}: {name})")
+    return AttestationError(f"failed {doing} ({path}: {name}: {exc.strerror})")

@@ -1,0 +1,185 @@
+"""A real SGX DCAP quote: what it must verify to, and every tampered variant that must fail."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from enclave_infer.attestation import constraints
+from enclave_infer.attestation.dcap import verify_quote
+from enclave_infer.attestation.report import SecurityLevel
+from enclave_infer.errors import AttestationError, ConstraintError
+
+VECTORS = Path(__file__).parent.parent / "vectors" / "attestation" / "sgx-dcap"
+QUOTE = (VECTORS / "sgx_quote").read_bytes()
+COLLATERAL = (VECTORS / "sgx_quote_collateral.json").read_bytes()
+NOW = datetime.fromtimestamp(1750416971, UTC)  # 2025-06-20T10:56:11Z, per the vector's README
+MRENCLAVE = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+MRSIGNER = "815f42f11cf64430c30bab7816ba596a1da0130c3b028b673133a66cf9a3e0e6"
+
+# SGX quote v3 layout (Intel SGX ECDSA Quote Library reference, "Quote Format"): header 48, ISV
+# report body 384, then u32 signature-data length, ISV report signature 64, attestation key 64,
+# QE report 384, QE report signature 64, u16 QE auth data length + data, certification data.
+SIGNED_BODY = range(0, 432)
+ISV_SIGNATURE = range(436, 500)
+ATTESTATION_KEY = range(500, 564)
+QE_REPORT = range(564, 948)
+QE_SIGNATURE = range(948, 1012)
+
+
+def rejected(quote: bytes, collateral: bytes = COLLATERAL, now: datetime = NOW) -> bool:
+    try:
+        verify_quote(quote, collateral, now=now)
+    except AttestationError:
+        return True
+    return False
+
+
+def flipped(data: bytes, index: int, bit: int) -> bytes:
+    out = bytearray(data)
+    out[index] ^= 1 << bit
+    return bytes(out)
+
+
+def test_the_real_quote_verifies_with_the_listed_findings() -> None:
+    verdict = verify_quote(QUOTE, COLLATERAL, now=NOW)
+    doc = verdict.to_json()
+    assert doc["tee"] == "sgx"
+    assert doc["status"] == "ConfigurationAndSWHardeningNeeded"
+    assert doc["advisory_ids"] == ["INTEL-SA-00289", "INTEL-SA-00615"]
+    assert doc["mrenclave"] == MRENCLAVE
+    assert doc["mrsigner"] == MRSIGNER
+    assert bytes.fromhex(doc["report_data"]) == b"Hello, world!".ljust(64, b"\0")
+    assert doc["debug"] is False
+    assert verdict.report.security_level is SecurityLevel.STALE
+    assert doc["security_level"] == "STALE"
+
+
+def test_constraints_on_the_real_quote() -> None:
+    report = verify_quote(QUOTE, COLLATERAL, now=NOW).report
+    constraints.parse(f"C:{MRENCLAVE} SEC:STALE").check(report, now=NOW)
+    constraints.parse(f"S:{MRSIGNER} PROD:0 SEC:STALE REVOKE:0").check(report, now=NOW)
+    with pytest.raises(ConstraintError, match="STALE is below SEC:SECURE"):
+        constraints.parse(f"C:{MRENCLAVE}").check(report, now=NOW)
+    with pytest.raises(ConstraintError, match="REVOKE:1"):
+        constraints.parse(f"C:{MRENCLAVE} SEC:STALE REVOKE:1").check(report, now=NOW)
+    # EXPIRE measures the age of Intel's TCB assessment (the collateral's issueDate, one day before NOW)
+    constraints.parse(f"C:{MRENCLAVE} SEC:STALE EXPIRE:P2D").check(report, now=NOW)
+    with pytest.raises(ConstraintError, match="older than EXPIRE"):
+        constraints.parse(f"C:{MRENCLAVE} SEC:STALE EXPIRE:PT12H").check(report, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "region", [SIGNED_BODY, ISV_SIGNATURE], ids=["header+report body", "ISV report signature"]
+)
+def test_every_bit_of_the_signed_body_and_signature(region: range) -> None:
+    survivors = [(i, b) for i in region for b in range(8) if not rejected(flipped(QUOTE, i, b))]
+    assert survivors == []
+
+
+@pytest.mark.parametrize(
+    "region", [ATTESTATION_KEY, QE_REPORT, QE_SIGNATURE], ids=["attestation key", "QE report", "QE signature"]
+)
+def test_a_bit_of_every_byte_of_the_quoting_enclave_parts(region: range) -> None:
+    survivors = [i for i in region if not rejected(flipped(QUOTE, i, i % 8))]
+    assert survivors == []
+
+
+def test_a_bit_of_every_byte_of_the_pck_and_intermediate_certificates() -> None:
+    """The chain's own Root CA copy is ignored (Intel's root is pinned), so it is not flipped."""
+    text = QUOTE.decode("latin-1")
+    pems = list(re.finditer(r"-----BEGIN CERTIFICATE-----\n?(.*?)-----END CERTIFICATE-----", text, re.S))
+    assert len(pems) == 3
+    checked = 0
+    for match in pems[:2]:  # PCK certificate, PCK Platform/Processor CA
+        der = base64.b64decode(re.sub(r"\s", "", match.group(1)))
+
+        def reencoded(cert: bytes, match: re.Match[str] = match) -> bytes:
+            b64 = base64.b64encode(cert).decode()
+            body = "\n".join(b64[j : j + 64] for j in range(0, len(b64), 64)) + "\n"
+            tampered = text[: match.start(1)] + body + text[match.end(1) :]
+            # keep the certification data's declared size in step with the new PEM length
+            return _resize_cert_data(tampered.encode("latin-1"), len(tampered) - len(text))
+
+        assert not rejected(reencoded(der)), "control: re-encoding alone must still verify"
+        for i in range(len(der)):
+            assert rejected(reencoded(flipped(der, i, i % 8))), f"certificate byte {i} flipped and accepted"
+            checked += 1
+    assert checked > 1500
+
+
+def _resize_cert_data(quote: bytes, delta: int) -> bytes:
+    qe_auth = struct.unpack_from("<H", quote, 1012)[0]
+    size_at = 1014 + qe_auth + 2
+    (size,) = struct.unpack_from("<I", quote, size_at)
+    (sig_len,) = struct.unpack_from("<I", quote, 432)
+    out = bytearray(quote)
+    struct.pack_into("<I", out, size_at, size + delta)
+    struct.pack_into("<I", out, 432, sig_len + delta)
+    return bytes(out)
+
+
+def test_the_clock() -> None:
+    with pytest.raises(AttestationError, match="in the future"):
+        verify_quote(QUOTE, COLLATERAL, now=NOW - timedelta(days=2))  # before the collateral's issue date
+    with pytest.raises(AttestationError, match="Expired"):
+        verify_quote(QUOTE, COLLATERAL, now=datetime(2026, 11, 22, tzinfo=UTC))  # the CRLs have expired
+
+
+def test_tampered_collateral() -> None:
+    doc = json.loads(COLLATERAL)
+    tcb = json.loads(doc["tcb_info"])
+    for level in tcb["tcbLevels"]:
+        level["tcbStatus"] = "UpToDate"
+    forged = dict(doc, tcb_info=json.dumps(tcb, separators=(",", ":")))
+    assert rejected(QUOTE, json.dumps(forged).encode())
+    sig = bytearray.fromhex(doc["tcb_info_signature"])
+    sig[5] ^= 1
+    assert rejected(QUOTE, json.dumps(dict(doc, tcb_info_signature=sig.hex())).encode())
+    assert not rejected(QUOTE, json.dumps(doc).encode())  # control: the same round trip, untampered
+    assert rejected(QUOTE, b"{}")
+    assert rejected(QUOTE, b"not json")
+    assert rejected(b"", COLLATERAL)
+    assert rejected(QUOTE[:1000], COLLATERAL)
+
+
+def test_verify_evidence_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cli = str(Path(sys.executable).with_name("enclave-infer"))
+    base = [cli, "verify-evidence", "--quote", str(VECTORS / "sgx_quote"),
+            "--collateral", str(VECTORS / "sgx_quote_collateral.json")]  # fmt: skip
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *extra], capture_output=True, text=True, check=False)
+
+    ok = run("--now", "2025-06-20T10:56:11Z", "--constraint", f"C:{MRENCLAVE} SEC:STALE")
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads(ok.stdout)
+    assert doc["verified"] is True and doc["constraint"]["holds"] is True
+    assert (doc["mrenclave"], doc["status"], doc["security_level"]) == (
+        MRENCLAVE,
+        "ConfigurationAndSWHardeningNeeded",
+        "STALE",
+    )
+    refused = run("--now", "2025-06-20T10:56:11Z", "--constraint", f"C:{MRENCLAVE}")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["constraint"]["holds"] is False
+    assert refused.stderr.strip().startswith("enclave-infer: error: security level STALE is below SEC:SECURE")
+    expired = run()  # the real clock: the collateral's CRLs have expired
+    assert expired.returncode == 1 and json.loads(expired.stdout)["verified"] is False
+    assert "CrlExpired" in expired.stderr
+    tampered = tmp_path / "quote"
+    tampered.write_bytes(flipped(QUOTE, 200, 3))
+    bad = subprocess.run([cli, "verify-evidence", "--quote", str(tampered), "--collateral",
+                          str(VECTORS / "sgx_quote_collateral.json"), "--now", "2025-06-20T10:56:11Z"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert bad.returncode == 1 and "did not verify" in bad.stderr
+    assert run("--now", "yesterday").returncode == 1

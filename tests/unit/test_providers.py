@@ -1,0 +1,553 @@
+"""Hardware evidence providers (Gramine-SGX, configfs-tsm) against fake trees that act as the kernel.
+
+Gramine's ``quote`` and configfs-tsm's ``outblob`` are generated when read. Here they are named
+pipes served by a "fake kernel" thread: it waits (polling, bounded) until the provider opens the
+pipe for reading, then reads what the provider wrote (``user_report_data`` / ``inblob``), builds a
+quote or report with that report data at the offsets the specifications give, writes it and
+closes. Offsets are spelled out as numbers here, independently of the modules' constants.
+
+Every provider call runs through :func:`bounded`, and every fake thread has a deadline, so that a
+provider that blocks fails its test instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from enclave_infer.enclave import gramine, tsm
+from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
+from enclave_infer.enclave.tsm import (
+    ConfigfsTsmPlatform,
+    decode_snp_evidence,
+    encode_snp_evidence,
+    parse_snp_report,
+    parse_tdx_quote,
+)
+from enclave_infer.errors import AttestationError, UsageError
+
+T = TypeVar("T")
+TIMEOUT = 10.0  # seconds; every provider call and fake thread is bounded by this
+
+MRENCLAVE = bytes(range(32))
+MRSIGNER = bytes(range(100, 132))
+MRTD = bytes(range(48))
+SNP_MEASUREMENT = bytes(range(50, 98))
+NONCE_DATA = bytes(range(1, 65))
+
+
+def bounded(fn: Callable[[], T], timeout: float = TIMEOUT) -> T:
+    """Run ``fn`` in a thread; fail the test if it has not returned within ``timeout`` seconds."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"provider call did not finish within {timeout} s (blocked on a pseudo-file?)")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def open_writer(fifo: Path, stop: threading.Event, deadline: float) -> int | None:
+    """Open ``fifo`` for writing once a reader has opened it; None if stopped or past the deadline."""
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            if stop.is_set() or time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def unblock(fifo: Path) -> None:
+    """Release a reader stuck opening ``fifo`` (it then reads EOF)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+# --- quote and report builders, from the specifications' layouts -------------------------------
+
+
+def sgx_quote(report_data: bytes, *, mrenclave: bytes = MRENCLAVE, flags: int = 0x05) -> bytes:
+    """An SGX DCAP v3 quote: 48-byte header, 384-byte report body, signature length and data."""
+    header = struct.pack("<HHIHH16s20s", 3, 2, 0, 7, 13, b"\x93\x9a\x72\x33" * 4, b"")
+    body = bytearray(384)
+    struct.pack_into("<QQ", body, 48, flags, 0xE7)  # ATTRIBUTES: FLAGS, XFRM
+    body[64:96] = mrenclave
+    body[128:160] = MRSIGNER
+    struct.pack_into("<HH", body, 256, 0x1234, 5)  # ISVPRODID, ISVSVN
+    body[320:384] = report_data
+    signature = b"\xaa" * 200
+    return header + bytes(body) + struct.pack("<I", len(signature)) + signature
+
+
+def tdx_quote(report_data: bytes, *, version: int = 4, attributes: int = 0, mrtd: bytes = MRTD) -> bytes:
+    """A TDX quote: v4 (header + 584-byte TD report body) or v5 (header + type/size + 648 bytes)."""
+    header = struct.pack("<HHI4s16s20s", version, 2, 0x81, b"", b"\x93\x9a\x72\x33" * 4, b"")
+    body = bytearray(584 if version == 4 else 648)
+    struct.pack_into("<Q", body, 120, attributes)  # TD_ATTRIBUTES
+    body[136:184] = mrtd
+    body[520:584] = report_data
+    descriptor = b"" if version == 4 else struct.pack("<HI", 3, len(body))
+    signature = b"\xbb" * 300
+    return header + descriptor + bytes(body) + struct.pack("<I", len(signature)) + signature
+
+
+def snp_report(report_data: bytes, *, policy: int = 0x30000) -> bytes:
+    """An SEV-SNP ATTESTATION_REPORT (0x4A0 bytes), version 2."""
+    report = bytearray(0x4A0)
+    struct.pack_into("<II", report, 0x00, 2, 1)  # VERSION, GUEST_SVN
+    struct.pack_into("<Q", report, 0x08, policy)  # POLICY (bit 17 is reserved, must be one)
+    report[0x50:0x90] = report_data
+    report[0x90:0xC0] = SNP_MEASUREMENT
+    report[0x2A0:0x2A8] = b"\xcc" * 8  # a token signature
+    return bytes(report)
+
+
+# --- fake Gramine ----------------------------------------------------------------------------
+
+
+class FakeGramine:
+    """A /dev/attestation tree; a thread serves ``quote`` from whatever ``user_report_data`` holds."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        kind: str = "dcap",
+        make_quote: Callable[[int, bytes], bytes] = lambda i, rd: sgx_quote(rd),
+    ) -> None:
+        self.root = root
+        self.make_quote = make_quote
+        self.served = 0
+        self.stop = threading.Event()
+        root.mkdir()
+        (root / "attestation_type").write_text(kind)  # Gramine writes no newline
+        (root / "user_report_data").write_bytes(b"")
+        (root / "keys").mkdir()
+        (root / "keys" / "_sgx_mrenclave").write_bytes(b"E" * 16)
+        (root / "keys" / "_sgx_mrsigner").write_bytes(b"S" * 16)
+        self.thread: threading.Thread | None = None
+        if kind != "none":  # Gramine adds no quote file without remote attestation
+            os.mkfifo(root / "quote")
+            self.thread = threading.Thread(target=self._serve, daemon=True)
+            self.thread.start()
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        fifo = self.root / "quote"
+        while (fd := open_writer(fifo, self.stop, deadline)) is not None:
+            # A fresh pipe for the next request: it must not reach this request's reader.
+            spare = self.root / ".quote.next"
+            os.mkfifo(spare)
+            os.replace(spare, fifo)
+            try:
+                report_data = (self.root / "user_report_data").read_bytes()
+                write_all(fd, self.make_quote(self.served, report_data))
+            finally:
+                self.served += 1
+                os.close(fd)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(TIMEOUT)
+            assert not self.thread.is_alive(), "fake Gramine thread did not stop"
+            unblock(self.root / "quote")
+
+
+@pytest.fixture
+def fake_gramine(tmp_path: Path) -> Iterator[Callable[..., FakeGramine]]:
+    fakes: list[FakeGramine] = []
+
+    def make(**kwargs: object) -> FakeGramine:
+        fake = FakeGramine(tmp_path / "attestation", **kwargs)  # type: ignore[arg-type]
+        fakes.append(fake)
+        return fake
+
+    yield make
+    for fake in fakes:
+        fake.close()
+
+
+def test_gramine_identity_evidence_and_report_data_round_trip(
+    fake_gramine: Callable[..., FakeGramine],
+) -> None:
+    fake = fake_gramine()
+    platform = bounded(lambda: GramineSgxPlatform(fake.root))
+    assert platform.tee == "sgx"
+    assert platform.code_hash == MRENCLAVE
+    assert platform.signer == MRSIGNER
+    assert (platform.product_id, platform.security_version, platform.debug) == (0x1234, 5, False)
+    quote = bounded(lambda: platform.evidence(NONCE_DATA))
+    assert quote == sgx_quote(NONCE_DATA)
+    assert parse_sgx_quote_body(quote).report_data == NONCE_DATA
+    assert (fake.root / "user_report_data").read_bytes() == NONCE_DATA  # exactly 64 bytes written
+    assert fake.served == 2  # one at construction, one for the evidence
+    with pytest.raises(UsageError):
+        platform.evidence(b"short")
+
+
+def test_gramine_sealing_keys_follow_the_policy(fake_gramine: Callable[..., FakeGramine]) -> None:
+    fake = fake_gramine()
+    by_enclave = bounded(lambda: GramineSgxPlatform(fake.root))
+    by_signer = bounded(lambda: GramineSgxPlatform(fake.root, sealing_policy="mrsigner"))
+    key = by_enclave.sealing_key()
+    assert len(key) == 32 and key == by_enclave.sealing_key()
+    assert by_signer.sealing_key() != key
+    assert b"E" * 16 not in key  # derived, not the raw SGX key
+    with pytest.raises(UsageError, match="sealing policy"):
+        GramineSgxPlatform(fake.root, sealing_policy="mrsomething")
+    (fake.root / "keys" / "_sgx_mrenclave").write_bytes(b"")  # Gramine shows an unset key as empty
+    with pytest.raises(AttestationError, match="16-byte sealing key"):
+        by_enclave.sealing_key()
+    (fake.root / "keys" / "_sgx_mrenclave").unlink()
+    with pytest.raises(AttestationError, match="_sgx_mrenclave"):
+        by_enclave.sealing_key()
+
+
+def test_gramine_debug_enclave_is_reported(fake_gramine: Callable[..., FakeGramine]) -> None:
+    fake = fake_gramine(make_quote=lambda i, rd: sgx_quote(rd, flags=0x07))
+    assert bounded(lambda: GramineSgxPlatform(fake.root)).debug is True
+
+
+def test_not_under_gramine(tmp_path: Path) -> None:
+    assert not gramine.available(tmp_path / "attestation")
+    with pytest.raises(AttestationError, match="not running under Gramine-SGX") as info:
+        GramineSgxPlatform(tmp_path / "attestation")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("none", "not enabled in the Gramine manifest"), ("epid", "EPID"), ("maa", "unsupported")],
+)
+def test_gramine_attestation_type_must_be_dcap(
+    fake_gramine: Callable[..., FakeGramine], kind: str, message: str
+) -> None:
+    fake = fake_gramine(kind=kind)
+    assert gramine.available(fake.root)  # present, so that nobody silently falls back to simulation
+    with pytest.raises(AttestationError, match=message):
+        bounded(lambda: GramineSgxPlatform(fake.root))
+    assert fake.served == 0
+
+
+def test_gramine_quote_with_other_report_data_is_retried_once_then_refused(
+    fake_gramine: Callable[..., FakeGramine],
+) -> None:
+    raced = {1, 3, 4}  # request 0 is the constructor's; 1 races and 2 (the retry) succeeds
+
+    def make_quote(i: int, report_data: bytes) -> bytes:
+        return sgx_quote(b"\xee" * 64 if i in raced else report_data)
+
+    fake = fake_gramine(make_quote=make_quote)
+    platform = bounded(lambda: GramineSgxPlatform(fake.root))
+    assert parse_sgx_quote_body(bounded(lambda: platform.evidence(NONCE_DATA))).report_data == NONCE_DATA
+    with pytest.raises(AttestationError, match="different report data"):
+        bounded(lambda: platform.evidence(NONCE_DATA))
+    assert fake.served == 5
+
+
+def test_gramine_quote_naming_another_enclave_is_refused(fake_gramine: Callable[..., FakeGramine]) -> None:
+    fake = fake_gramine(make_quote=lambda i, rd: sgx_quote(rd, mrenclave=MRENCLAVE if i == 0 else bytes(32)))
+    platform = bounded(lambda: GramineSgxPlatform(fake.root))
+    with pytest.raises(AttestationError, match="different enclave"):
+        bounded(lambda: platform.evidence(NONCE_DATA))
+
+
+def test_gramine_truncated_quote(fake_gramine: Callable[..., FakeGramine]) -> None:
+    fake = fake_gramine(make_quote=lambda i, rd: sgx_quote(rd)[:300])
+    with pytest.raises(AttestationError, match="truncated"):
+        bounded(lambda: GramineSgxPlatform(fake.root))
+
+
+def test_gramine_empty_quote(fake_gramine: Callable[..., FakeGramine]) -> None:
+    fake = fake_gramine(make_quote=lambda i, rd: b"")
+    with pytest.raises(AttestationError, match="empty quote"):
+        bounded(lambda: GramineSgxPlatform(fake.root))
+
+
+def test_parse_sgx_quote_body_rejects_malformed_quotes() -> None:
+    good = sgx_quote(NONCE_DATA)
+    body = parse_sgx_quote_body(good)
+    assert (body.mrenclave, body.mrsigner, body.report_data) == (MRENCLAVE, MRSIGNER, NONCE_DATA)
+    assert (body.product_id, body.security_version, body.attributes_flags) == (0x1234, 5, 0x05)
+    cases = {
+        "version 4": struct.pack("<H", 4) + good[2:],
+        "key type": good[:2] + struct.pack("<H", 3) + good[4:],
+        "claims 201": good[:432] + struct.pack("<I", 201) + good[436:],
+        "truncated": good[:435],
+    }
+    for message, quote in cases.items():
+        with pytest.raises(AttestationError, match=message):
+            parse_sgx_quote_body(quote)
+
+
+# --- fake configfs-tsm -----------------------------------------------------------------------
+
+
+class FakeTsm:
+    """A configfs-tsm report directory; creating an entry populates it as the kernel would."""
+
+    def __init__(
+        self,
+        root: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        *,
+        provider: str,
+        make_outblob: Callable[[bytes], bytes],
+        auxblob: bytes | None = None,
+        bumps: Callable[[int], int] = lambda i: 1,
+        outblob: str = "fifo",  # "fifo", "eio" (a read that fails with EIO), "empty"
+        mkdir_errno: int | None = None,
+    ) -> None:
+        self.root = root
+        self.provider = provider
+        self.make_outblob = make_outblob
+        self.auxblob = auxblob
+        self.bumps = bumps
+        self.outblob = outblob
+        self.mkdir_errno = mkdir_errno
+        self.created: list[str] = []
+        self.removed: list[str] = []
+        self.threads: list[threading.Thread] = []
+        self.stop = threading.Event()
+        root.mkdir(parents=True)
+        monkeypatch.setattr(tsm, "_mkdir", self._mkdir)
+        monkeypatch.setattr(tsm, "_rmdir", self._rmdir)
+
+    def _mkdir(self, path: Path) -> None:
+        if self.mkdir_errno is not None:  # e.g. ENXIO: no TSM provider registered
+            raise OSError(self.mkdir_errno, os.strerror(self.mkdir_errno), str(path))
+        os.mkdir(path)
+        (path / "generation").write_text("0\n")
+        (path / "inblob").write_bytes(b"")
+        (path / "provider").write_text(self.provider + "\n")
+        if self.auxblob is not None:
+            (path / "auxblob").write_bytes(self.auxblob)
+        if self.outblob == "eio":
+            # Reading /proc/self/mem at offset 0 (never mapped) fails in read() with EIO: a real
+            # kernel EIO after a successful open, which is how a failed TSM request looks.
+            (path / "outblob").symlink_to("/proc/self/mem")
+        else:
+            os.mkfifo(path / "outblob")
+            thread = threading.Thread(target=self._serve, args=(path, len(self.created)), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        self.created.append(path.name)
+
+    def _serve(self, entry: Path, index: int) -> None:
+        fd = open_writer(entry / "outblob", self.stop, time.monotonic() + TIMEOUT)
+        if fd is None:
+            return
+        try:
+            generation = int((entry / "generation").read_text())
+            (entry / "generation").write_text(f"{generation + self.bumps(index)}\n")
+            if self.outblob != "empty":
+                write_all(fd, self.make_outblob((entry / "inblob").read_bytes()))
+        finally:
+            os.close(fd)
+
+    def _rmdir(self, path: Path) -> None:
+        shutil.rmtree(path)  # configfs removes an entry's attributes with it
+        self.removed.append(path.name)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "fake kernel thread did not stop"
+
+    def assert_clean(self) -> None:
+        assert self.removed == self.created
+        assert list(self.root.iterdir()) == []
+
+
+@pytest.fixture
+def fake_tsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FakeTsm]]:
+    fakes: list[FakeTsm] = []
+
+    def make(**kwargs: object) -> FakeTsm:
+        fake = FakeTsm(tmp_path / "tsm" / "report", monkeypatch, **kwargs)  # type: ignore[arg-type]
+        fakes.append(fake)
+        return fake
+
+    yield make
+    for fake in fakes:
+        fake.close()
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_tdx_identity_and_evidence(fake_tsm: Callable[..., FakeTsm], version: int) -> None:
+    fake = fake_tsm(provider="tdx_guest", make_outblob=lambda rd: tdx_quote(rd, version=version))
+    assert tsm.available(fake.root)
+    platform = bounded(lambda: ConfigfsTsmPlatform(fake.root))
+    assert (platform.tee, platform.code_hash, platform.signer) == ("tdx", MRTD, b"")
+    assert (platform.product_id, platform.security_version, platform.debug) == (0, 0, False)
+    quote = bounded(lambda: platform.evidence(NONCE_DATA))
+    assert quote == tdx_quote(NONCE_DATA, version=version)  # the raw quote, nothing added
+    assert parse_tdx_quote(quote).report_data == NONCE_DATA
+    assert len(fake.created) == 2
+    fake.assert_clean()
+    with pytest.raises(AttestationError, match="no sealing key on this platform"):
+        platform.sealing_key()
+    with pytest.raises(UsageError):
+        platform.evidence(NONCE_DATA + b"x")
+
+
+def test_tdx_debug_td_is_reported(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="tdx_guest", make_outblob=lambda rd: tdx_quote(rd, attributes=0x1))
+    assert bounded(lambda: ConfigfsTsmPlatform(fake.root)).debug is True
+
+
+@pytest.mark.parametrize(
+    ("auxblob", "certs"), [(b"\x01cert-table", b"\x01cert-table"), (b"", None), (None, None)]
+)
+def test_sev_snp_identity_and_evidence(
+    fake_tsm: Callable[..., FakeTsm], auxblob: bytes | None, certs: bytes | None
+) -> None:
+    fake = fake_tsm(provider="sev_guest", make_outblob=snp_report, auxblob=auxblob)
+    platform = bounded(lambda: ConfigfsTsmPlatform(fake.root))
+    assert (platform.tee, platform.code_hash, platform.signer, platform.debug) == (
+        "sev-snp",
+        SNP_MEASUREMENT,
+        b"",
+        False,
+    )
+    report, got_certs = decode_snp_evidence(bounded(lambda: platform.evidence(NONCE_DATA)))
+    assert report == snp_report(NONCE_DATA)
+    assert parse_snp_report(report).report_data == NONCE_DATA
+    assert got_certs == certs
+    fake.assert_clean()
+
+
+def test_sev_snp_debug_policy_is_reported(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="sev_guest", make_outblob=lambda rd: snp_report(rd, policy=0x30000 | 1 << 19))
+    assert bounded(lambda: ConfigfsTsmPlatform(fake.root)).debug is True
+
+
+def test_unknown_tsm_provider(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="arm_cca_guest", make_outblob=lambda rd: b"\xd2" + rd)
+    with pytest.raises(AttestationError, match="unsupported configfs-tsm provider 'arm_cca_guest'"):
+        bounded(lambda: ConfigfsTsmPlatform(fake.root))
+    fake.assert_clean()
+
+
+def test_generation_mismatch_is_refused_and_the_entry_removed(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="tdx_guest", make_outblob=tdx_quote, bumps=lambda i: 1 if i == 0 else 2)
+    platform = bounded(lambda: ConfigfsTsmPlatform(fake.root))
+    with pytest.raises(AttestationError, match="configfs-tsm entry was changed concurrently"):
+        bounded(lambda: platform.evidence(NONCE_DATA))
+    assert len(fake.created) == 2
+    fake.assert_clean()
+
+
+def test_outblob_read_failing_with_eio(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="tdx_guest", make_outblob=tdx_quote, outblob="eio")
+    with pytest.raises(AttestationError, match="EIO") as info:
+        bounded(lambda: ConfigfsTsmPlatform(fake.root))
+    assert "outblob" in str(info.value) and "\n" not in str(info.value)
+    fake.assert_clean()
+
+
+def test_empty_outblob(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="tdx_guest", make_outblob=tdx_quote, outblob="empty")
+    with pytest.raises(AttestationError, match="empty report"):
+        bounded(lambda: ConfigfsTsmPlatform(fake.root))
+    fake.assert_clean()
+
+
+def test_no_tsm_provider_registered(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="tdx_guest", make_outblob=tdx_quote, mkdir_errno=errno.ENXIO)
+    with pytest.raises(AttestationError, match="ENXIO: no TSM provider"):
+        bounded(lambda: ConfigfsTsmPlatform(fake.root))
+
+
+def test_report_carrying_other_report_data_is_refused(fake_tsm: Callable[..., FakeTsm]) -> None:
+    fake = fake_tsm(provider="sev_guest", make_outblob=lambda rd: snp_report(bytes(64) if any(rd) else rd))
+    platform = bounded(lambda: ConfigfsTsmPlatform(fake.root))
+    with pytest.raises(AttestationError, match="does not carry the report data"):
+        bounded(lambda: platform.evidence(NONCE_DATA))
+    fake.assert_clean()
+
+
+def test_tsm_root_missing(tmp_path: Path) -> None:
+    root = tmp_path / "config" / "tsm" / "report"
+    assert not tsm.available(root)
+    with pytest.raises(AttestationError, match=str(root)) as info:
+        ConfigfsTsmPlatform(root)
+    assert "\n" not in str(info.value)
+
+
+def test_parse_tdx_quote_rejects_malformed_quotes() -> None:
+    good = tdx_quote(NONCE_DATA, attributes=0x10000001)
+    body = parse_tdx_quote(good)
+    assert (body.version, body.mrtd, body.td_attributes, body.debug) == (4, MRTD, 0x10000001, True)
+    cases = {
+        "TEE type 0x0": good[:4] + struct.pack("<I", 0) + good[8:],
+        "version 3": struct.pack("<H", 3) + good[2:],
+        "key type": good[:2] + struct.pack("<H", 3) + good[4:],
+        "truncated": good[:600],
+        "claims 301": good[: 48 + 584] + struct.pack("<I", 301) + good[48 + 584 + 4 :],
+    }
+    for message, quote in cases.items():
+        with pytest.raises(AttestationError, match=message):
+            parse_tdx_quote(quote)
+    v5 = tdx_quote(NONCE_DATA, version=5)
+    with pytest.raises(AttestationError, match="body type 1"):
+        parse_tdx_quote(v5[:48] + struct.pack("<HI", 1, 648) + v5[54:])
+
+
+def test_snp_report_and_container() -> None:
+    report = snp_report(NONCE_DATA)
+    parsed = parse_snp_report(report)
+    assert (parsed.version, parsed.measurement, parsed.report_data, parsed.debug) == (
+        2,
+        SNP_MEASUREMENT,
+        NONCE_DATA,
+        False,
+    )
+    with pytest.raises(AttestationError, match="1183 bytes"):
+        parse_snp_report(report[:-1])
+    with pytest.raises(AttestationError, match="version 1"):
+        parse_snp_report(struct.pack("<I", 1) + report[4:])
+    assert decode_snp_evidence(encode_snp_evidence(report, b"certs")) == (report, b"certs")
+    assert decode_snp_evidence(encode_snp_evidence(report, None)) == (report, None)
+    for bad in (
+        b"\xff",
+        b"[]",
+        b'{"report": "AA=="}',
+        b'{"report": 1, "certs": null}',
+        b'{"report": "!", "certs": null}',
+    ):
+        with pytest.raises(AttestationError):
+            decode_snp_evidence(bad)
