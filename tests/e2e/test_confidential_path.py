@@ -14,7 +14,7 @@ import pytest
 
 from enclave_infer.client.owner import generate_owner_key, load_owner_key
 from enclave_infer.client.sdk import Client
-from enclave_infer.errors import ConstraintError, RemoteError
+from enclave_infer.errors import AttestationError, ConstraintError, RemoteError
 from enclave_infer.protocol import bhttp, ohttp
 
 from .conftest import Deployment, free_port, png, run_cli
@@ -382,3 +382,22 @@ def test_attest_prints_the_report_and_checks_the_constraint(deployment: Deployme
     assert out.returncode == 0 and f"Constraint holds: {deployment.constraint}" in out.stdout
     out = run_cli("attest", deployment.url, f"C:{deployment.code_hash}")
     assert out.returncode == 1 and one_error(out.stderr) and "INSECURE is below SEC:SECURE" in out.stderr
+
+
+def test_client_refuses_replayed_evidence(deployment: Deployment) -> None:
+    """A host that answers every attestation request with one recorded document is caught:
+    each request carries a fresh nonce, and the evidence binds the nonce."""
+    recorded = httpx.get(deployment.url + "/v1/attestation", params={"nonce": "ab" * 32}).content
+    real = httpx.HTTPTransport()
+
+    def hostile(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/attestation":
+            return httpx.Response(200, content=recorded, headers={"content-type": "application/json"})
+        return real.handle_request(request)
+
+    with Client(deployment.url, deployment.constraint, transport=httpx.MockTransport(hostile)) as c:
+        with pytest.raises(AttestationError, match="not bound"):
+            c.attest()
+        with pytest.raises(AttestationError, match="not bound"):
+            c.classify(b"never sent")
+    real.close()

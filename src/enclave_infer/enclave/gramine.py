@@ -44,9 +44,6 @@ PCK chain, TCB level) is the client's job (:mod:`enclave_infer.attestation.dcap`
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -55,6 +52,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from enclave_infer.enclave import _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
@@ -205,8 +203,7 @@ class GramineSgxPlatform:
         """32 bytes derived from Gramine's SGX sealing key for the configured policy."""
         path = self._root / "keys" / f"_sgx_{self._sealing_policy}"
         try:
-            with path.open("rb", buffering=0) as f:
-                raw = f.read(SEAL_KEY_SIZE + 1)
+            raw = _pseudofs.read_once(path, SEAL_KEY_SIZE + 1)
         except OSError as exc:
             raise _os_error(exc, path, "reading the SGX sealing key") from None
         if len(raw) != SEAL_KEY_SIZE:
@@ -234,53 +231,31 @@ class GramineSgxPlatform:
 
 def _read_text(path: Path, *, what: str) -> str:
     try:
-        with path.open("rb", buffering=0) as f:
-            raw = f.read(MAX_TEXT_BYTES)
+        text = _pseudofs.read_text(path, MAX_TEXT_BYTES)
     except FileNotFoundError:
         raise AttestationError(
             f"not running under Gramine-SGX: {path} does not exist ({what} unavailable)"
         ) from None
     except OSError as exc:
         raise _os_error(exc, path, f"reading the {what}") from None
-    return raw.decode("ascii", errors="replace").strip().strip("\x00")
+    return text.strip("\x00")
 
 
 def _write_exact(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        raise AttestationError(f"not running under Gramine-SGX: {path} does not exist") from None
-    except OSError as exc:
-        raise _os_error(exc, path, "opening the user report data") from None
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            if n <= 0:
-                raise AttestationError(f"{path}: short write ({len(data) - len(view)} of {len(data)} bytes)")
-            view = view[n:]
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        if isinstance(exc, OSError):
-            raise _os_error(exc, path, "writing the user report data") from None
-        raise
-    try:
-        os.close(fd)  # Gramine stores the report data when the file is closed
-    except OSError as exc:
-        raise _os_error(exc, path, "storing the user report data") from None
+    _pseudofs.write_exact(
+        path,
+        data,
+        os_error=_os_error,
+        missing=f"not running under Gramine-SGX: {path} does not exist",
+        opening="opening the user report data",
+        writing="writing the user report data",
+        committing="storing the user report data",  # Gramine stores the report data on close
+    )
 
 
 def _read_quote(path: Path) -> bytes:
     try:
-        with path.open("rb", buffering=0) as f:
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := f.read(MAX_QUOTE_BYTES + 1 - size):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_QUOTE_BYTES:
-                    raise AttestationError(f"{path}: quote larger than {MAX_QUOTE_BYTES} bytes")
+        quote = _pseudofs.read_all(path, limit=MAX_QUOTE_BYTES, too_large="quote larger than")
     except FileNotFoundError:
         raise AttestationError(
             f"{path} does not exist: SGX remote attestation is not enabled in the Gramine manifest"
@@ -292,13 +267,13 @@ def _read_quote(path: Path) -> bytes:
         ) from None
     except OSError as exc:
         raise _os_error(exc, path, "reading the SGX quote") from None
-    if not size:
+    if not quote:
         raise AttestationError(f"{path}: empty quote")
-    return b"".join(chunks)
+    return quote
 
 
 def _os_error(exc: OSError, path: Path, doing: str) -> AttestationError:
-    name = errno.errorcode.get(exc.errno or 0, "error")
+    name = _pseudofs.errno_name(exc)
     if isinstance(exc, PermissionError):
         return AttestationError(f"permission denied {doing} ({path}: {name})")
     return AttestationError(f"failed {doing} ({path}: {name}: {exc.strerror})")

@@ -79,6 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+from enclave_infer.enclave import _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
@@ -391,11 +392,9 @@ def _read_generation(entry: Path) -> int:
 
 def _read_text(path: Path) -> str:
     try:
-        with path.open("rb", buffering=0) as f:
-            raw = f.read(MAX_TEXT_BYTES)
+        return _pseudofs.read_text(path, MAX_TEXT_BYTES)
     except OSError as exc:
         raise _os_error(exc, path, "reading") from None
-    return raw.decode("ascii", errors="replace").strip()
 
 
 @overload
@@ -405,51 +404,25 @@ def _read_blob(path: Path, *, missing_ok: bool) -> bytes | None: ...
 def _read_blob(path: Path, *, missing_ok: bool = False) -> bytes | None:
     """Everything in a configfs binary attribute (None if absent and ``missing_ok``)."""
     try:
-        with path.open("rb", buffering=0) as f:
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := f.read(min(READ_CHUNK, MAX_BLOB_BYTES + 1 - size)):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_BLOB_BYTES:
-                    raise AttestationError(f"{path}: larger than {MAX_BLOB_BYTES} bytes")
+        return _pseudofs.read_all(path, limit=MAX_BLOB_BYTES, chunk=READ_CHUNK)
     except FileNotFoundError:
         if missing_ok:
             return None
         raise AttestationError(f"{path} does not exist: not a configfs-tsm report entry") from None
     except OSError as exc:
         raise _os_error(exc, path, "reading") from None
-    return b"".join(chunks)
 
 
 def _write_inblob(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except OSError as exc:
-        raise _os_error(exc, path, "opening") from None
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            if n <= 0:
-                raise AttestationError(f"{path}: short write ({len(data) - len(view)} of {len(data)} bytes)")
-            view = view[n:]
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        if isinstance(exc, OSError):
-            raise _os_error(exc, path, "writing") from None
-        raise
-    try:
-        os.close(fd)  # configfs commits a binary attribute when it is closed
-    except OSError as exc:
-        raise _os_error(exc, path, "committing") from None
+    # configfs commits a binary attribute when it is closed
+    _pseudofs.write_exact(
+        path, data, os_error=_os_error, opening="opening", writing="writing", committing="committing"
+    )
 
 
 def _os_error(exc: OSError, path: Path, doing: str) -> AttestationError:
-    code = exc.errno or 0
-    name = errno.errorcode.get(code, "error")
+    name = _pseudofs.errno_name(exc)
     if isinstance(exc, PermissionError):
         return AttestationError(f"permission denied {doing} {path} ({name}): configfs-tsm needs root")
-    hint = _ERRNO_HINTS.get(code, exc.strerror or "")
+    hint = _ERRNO_HINTS.get(exc.errno or 0, exc.strerror or "")
     return AttestationError(f"configfs-tsm failed {doing} {path}: {name}: {hint}")
