@@ -401,3 +401,21 @@ def test_client_refuses_replayed_evidence(deployment: Deployment) -> None:
         with pytest.raises(AttestationError, match="not bound"):
             c.classify(b"never sent")
     real.close()
+
+
+def test_model_pinning(deployment: Deployment, files: dict[str, Path]) -> None:
+    if served_model(deployment) is None:
+        assert provision(deployment, files).returncode == 0
+    sha = served_model(deployment)["sha256"]  # type: ignore[index]
+    ok = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]), "--model-sha256", sha)
+    assert ok.returncode == 0, ok.stderr
+    other = "0" * 64
+    out = run_cli(
+        "classify", deployment.url, deployment.constraint, str(files["red"]), "--model-sha256", other
+    )
+    assert out.returncode == 1 and one_error(out.stderr)
+    assert f"the enclave serves model {sha}, not the pinned {other}" in out.stderr
+    out = run_cli(
+        "classify", deployment.url, deployment.constraint, str(files["red"]), "--model-sha256", "xyz"
+    )
+    assert out.returncode == 1 and "64 hex digits" in out.stderr

@@ -151,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
         help="classes to print per image (default 1; at most the enclave's max_top_k)",
     )
     c.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    c.add_argument(
+        "--model-sha256", metavar="HEX", help="refuse to use any model but this one (see GET /v1/model)"
+    )
     _collateral_options(c)
     c.set_defaults(func=_classify)
     return p
@@ -160,7 +163,8 @@ def _client(args: argparse.Namespace, constraint: str | None) -> Any:
     from enclave_infer.client.sdk import Client
 
     collateral = _read(args.collateral, "collateral") if args.collateral else None
-    return Client(args.url, constraint, collateral=collateral, pccs_url=args.pccs)
+    pinned = getattr(args, "model_sha256", None)
+    return Client(args.url, constraint, collateral=collateral, pccs_url=args.pccs, model_sha256=pinned)
 
 
 def _collateral_options(p: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, appraise, verify
 from enclave_infer.errors import (
     AttestationError,
+    ConstraintError,
     ProtocolError,
     RemoteError,
     TransportError,
@@ -97,9 +98,11 @@ class Client:
         now: Callable[[], datetime] | None = None,
         collateral: bytes | None = None,
         pccs_url: str | None = None,
+        model_sha256: str | None = None,
     ) -> None:
         """``collateral``: the DCAP collateral to verify a quote with (dcap-qvl JSON), instead of
-        what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote."""
+        what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote.
+        ``model_sha256``: send images only to, and accept answers only from, that model."""
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
@@ -110,6 +113,10 @@ class Client:
         self._now = now or (lambda: datetime.now(UTC))
         self._collateral = collateral
         self._pccs_url = pccs_url
+        if model_sha256 is not None and not _is_sha256(model_sha256):
+            raise UsageError(f"a model SHA-256 is 64 hex digits, got {model_sha256!r}")
+        self.model_sha256 = model_sha256.lower() if model_sha256 else None
+        self._model_checked = False
         self._key: ohttp.KeyConfig | None = None
         self._clock_offset = 0.0
         self.attestation: Attestation | None = None
@@ -170,13 +177,24 @@ class Client:
     # -- the enclave's API ---------------------------------------------------------------------
 
     def classify(self, image: bytes, *, top: int = 1) -> Classification:
+        if self.model_sha256 is not None and not self._model_checked:
+            served = self.model_info()  # before the first image leaves this machine
+            self._check_model(served["sha256"] if served else "none")
+            self._model_checked = True
         response = self.request(
             "POST",
             f"/v1/classify?top={top}",
             content=image,
             headers=(("content-type", "application/octet-stream"),),
         )
-        return Classification.from_json(_json_or_raise(response))
+        result = Classification.from_json(_json_or_raise(response))
+        if self.model_sha256 is not None:
+            self._check_model(result.model_sha256)
+        return result
+
+    def _check_model(self, served: str) -> None:
+        if served.lower() != self.model_sha256:
+            raise ConstraintError(f"the enclave serves model {served}, not the pinned {self.model_sha256}")
 
     def model_info(self) -> dict[str, Any] | None:
         """Public metadata of the served model, or None if none is provisioned."""
@@ -330,6 +348,10 @@ def load_labels(path: Path) -> list[str]:
     if not labels:
         raise UsageError(f"{path} holds no labels (one per line)")
     return labels
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _supports(config: ohttp.KeyConfig) -> bool:
