@@ -428,3 +428,48 @@ def test_many_tiny_content_chunks_are_refused_quickly() -> None:
     assert bhttp.decode_request(allowed).content == b"x" * bhttp.MAX_CONTENT_CHUNKS
     with pytest.raises(ProtocolError, match="content chunks"):
         bhttp.decode_request(head + b"\x01x" * (bhttp.MAX_CONTENT_CHUNKS + 1) + b"\x00")
+
+
+def test_streamed_request_round_trip_in_any_pieces() -> None:
+    import random
+
+    head = bhttp.Request("PUT", "https", "enclave", "/v1/model", (("manifest", ":abc:"), ("date", "x")))
+    body = bytes(random.Random(1).randbytes(300_000))
+    wire = bhttp.encode_request_head(head)
+    for i in range(0, len(body), 65_536):
+        wire += bhttp.encode_content_chunk(body[i : i + 65_536])
+    wire += bhttp.encode_request_end() + b"\0\0"  # padding
+    assert bhttp.decode_request(wire) == bhttp.Request(head.method, head.scheme, head.authority, head.path,
+                                                        head.headers, body)  # fmt: skip
+    rng = random.Random(2)
+    for _ in range(20):
+        stream, got, pos = bhttp.RequestStream(), bytearray(), 0
+        while pos < len(wire):
+            step = rng.choice([1, 7, 100, 4096, 70_000])
+            got += b"".join(stream.feed(wire[pos : pos + step]))
+            pos += step
+        got += b"".join(stream.finish())
+        assert stream.head == head and bytes(got) == body and stream.done
+
+
+def test_streamed_request_errors() -> None:
+    head = bhttp.encode_request_head(bhttp.Request("PUT", "https", "e", "/m"))
+    stream = bhttp.RequestStream()
+    stream.feed(head + bhttp.encode_content_chunk(b"abc"))
+    with pytest.raises(ProtocolError, match="truncated"):
+        stream.finish()  # no content terminator
+    with pytest.raises(ProtocolError, match="indeterminate-length"):
+        bhttp.RequestStream().feed(bhttp.encode_request(bhttp.Request("GET", "https", "e", "/")))
+    with pytest.raises(ProtocolError, match="non-zero byte"):
+        bhttp.RequestStream().feed(head + bhttp.encode_request_end() + b"\x01")
+    s = bhttp.RequestStream()
+    # one field whose value claims 32 MiB: the head can never complete within the limit
+    s.feed(bytes([2, 3]) + b"PUT" + bytes([5]) + b"https" + b"\x01e\x01/" + b"\x04name\x82\x00\x00\x00")
+    chunk = b"x" * 65_536
+
+    def flood() -> None:
+        for _ in range(300):
+            s.feed(chunk)
+
+    with pytest.raises(ProtocolError, match="head larger"):
+        flood()

@@ -115,3 +115,51 @@ def test_model_with_external_data_is_refused(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(ModelError, match="external data"):
         store.provision(*manifest.sign(key), data)
     assert store.current is None
+
+
+def test_sealed_stream_round_trip_and_tamper(tmp_path: Path) -> None:
+    import os as _os
+
+    from enclave_infer.enclave import sealing
+
+    sealer = Sealer(b"s" * 32)
+    path = tmp_path / "model.sealed"
+    body = _os.urandom(3 * sealing.STREAM_CHUNK_BYTES + 12345)
+    with sealing.SealedStreamWriter(sealer, path, b"manifest", b"L") as w:
+        for i in range(0, len(body), 70_000):
+            w.write(body[i : i + 70_000])
+        w.commit()
+    assert not list(tmp_path.glob("*.partial"))
+    assert sealing.read_sealed_stream(sealer, path, b"L", max_bytes=len(body)) == (b"manifest", body)
+    with pytest.raises(ProtocolError, match="larger than"):
+        sealing.read_sealed_stream(sealer, path, b"L", max_bytes=len(body) - 1)
+    data = path.read_bytes()
+    chunk = 4 + sealing.STREAM_CHUNK_BYTES + 16
+    first = len(data) - 3 * chunk - (4 + 12345 + 16)  # offset of the first body chunk
+    variants = {
+        "flip": data[:first + 100] + bytes([data[first + 100] ^ 1]) + data[first + 101:],
+        "drop last chunk": data[: len(data) - (4 + 12345 + 16)],  # the new last chunk lacks the flag
+        "swap chunks": data[:first] + data[first + chunk : first + 2 * chunk] + data[first : first + chunk]
+        + data[first + 2 * chunk :],
+        "duplicate chunk": data[:first] + data[first : first + chunk] + data[first:],
+        "append": data + b"\0\0\0\0",
+        "header": data[:20] + bytes([data[20] ^ 1]) + data[21:],
+    }  # fmt: skip
+    for name, tampered in variants.items():
+        path.write_bytes(tampered)
+        with pytest.raises((DecryptionError, ProtocolError)):
+            sealing.read_sealed_stream(sealer, path, b"L", max_bytes=len(body))
+        assert name
+    with sealing.SealedStreamWriter(sealer, tmp_path / "aborted", b"h", b"L") as w:
+        w.write(b"x" * 10)
+        w.abort()
+    assert not list(tmp_path.glob("aborted*"))
+
+    def interrupted_upload() -> None:
+        with sealing.SealedStreamWriter(sealer, tmp_path / "raised", b"h", b"L") as w:
+            w.write(b"x")
+            raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError):
+        interrupted_upload()
+    assert not list(tmp_path.glob("raised*"))

@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.preprocess import ImageError, Preprocessing, decode_image, to_tensor
-from enclave_infer.enclave.sealing import Sealer
+from enclave_infer.enclave.sealing import SealedStreamWriter, Sealer, read_sealed_stream
 from enclave_infer.errors import EnclaveInferError, ProtocolError, UsageError
 from enclave_infer.protocol.manifest import Manifest
 
@@ -34,8 +34,7 @@ __all__ = ["LoadedModel", "ModelError", "ModelStore"]
 log = logging.getLogger("enclave_infer.enclave")
 
 SEALED_MODEL = "model.sealed"
-SEAL_MANIFEST = b"enclave-infer sealed model v1: manifest"
-SEAL_MODEL = b"enclave-infer sealed model v1: model"
+SEAL_LABEL = b"enclave-infer sealed model v2"
 
 
 class ModelError(EnclaveInferError):
@@ -68,6 +67,60 @@ class LoadedModel:
         }
 
 
+class Upload:
+    """One model arriving in pieces: hashed, size-checked and sealed as it streams."""
+
+    def __init__(
+        self, store: ModelStore, manifest: Manifest, manifest_bytes: bytes, signature: bytes
+    ) -> None:
+        self._store, self.manifest, self._signature = store, manifest, signature
+        self._hash = hashlib.sha256()
+        self._chunks: list[bytes] = []
+        self.received = 0
+        self._writer: SealedStreamWriter | None = None
+        if store._sealer is not None:
+            store._storage.mkdir(parents=True, exist_ok=True)
+            self._writer = SealedStreamWriter(
+                store._sealer, store._storage / SEALED_MODEL, _pack(manifest_bytes, signature), SEAL_LABEL
+            )
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.manifest.model_size:
+            raise ModelError(400, "more model bytes than the manifest's size")
+        self._hash.update(data)
+        self._chunks.append(data)
+        if self._writer is not None:
+            self._writer.write(data)
+
+    def finish(self) -> LoadedModel:
+        """Verify size and hash, load, commit the sealed file, then swap: all or nothing."""
+        m = self.manifest
+        if self.received != m.model_size or self._hash.hexdigest() != m.model_sha256:
+            raise ModelError(400, "model bytes do not match the size and SHA-256 in the manifest")
+        model = b"".join(self._chunks)
+        self._chunks.clear()
+        store = self._store
+        loaded = store._load(m, self._signature, model, provisioned_at=time.time())
+        del model
+        with store._provision_lock:
+            store._check_newer(m)  # again: another upload may have finished meanwhile
+            if self._writer is not None:
+                try:
+                    self._writer.commit()
+                except OSError as exc:
+                    raise ModelError(500, f"could not seal the model to storage: {exc.strerror}") from None
+            store.current = loaded
+        log.info("serving model version %d sha256 %s", m.version, m.model_sha256)
+        return loaded
+
+    def abort(self) -> None:
+        """Forget the upload; a no-op after finish(). The previous model keeps serving."""
+        self._chunks.clear()
+        if self._writer is not None:
+            self._writer.abort()
+
+
 class ModelStore:
     def __init__(self, config: EnclaveConfig, sealer: Sealer | None, storage: Path) -> None:
         """``sealer`` None: the platform has no sealing key; models live in memory only."""
@@ -81,33 +134,38 @@ class ModelStore:
     # -- provisioning --------------------------------------------------------------------------
 
     def provision(self, manifest_bytes: bytes, signature: bytes, model: bytes) -> LoadedModel:
+        """A whole model at once: :meth:`begin` + one :meth:`Upload.write` + :meth:`Upload.finish`."""
+        upload = self.begin(manifest_bytes, signature)
+        try:
+            upload.write(model)
+            return upload.finish()
+        finally:
+            upload.abort()
+
+    def begin(self, manifest_bytes: bytes, signature: bytes) -> Upload:
+        """Start an upload: the owner's signature and the version are checked before any model byte
+        is accepted. The model becomes live only in :meth:`Upload.finish`."""
         try:
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
         except ProtocolError as exc:
             raise ModelError(403, str(exc)) from None
-        with self._provision_lock:
-            current = self.current
-            if current is not None and manifest.version <= current.manifest.version:
-                raise ModelError(
-                    409,
-                    f"model version {manifest.version} is not newer than the served version"
-                    f" {current.manifest.version}",
-                )
-            loaded = self._load(manifest, signature, model, provisioned_at=time.time())
-            if self._sealer is None:
-                self.current = loaded
-                return loaded
-            try:
-                self._storage.mkdir(parents=True, exist_ok=True)
-                self._sealer.write(
-                    self._storage / SEALED_MODEL,
-                    [(_pack(manifest_bytes, signature), SEAL_MANIFEST), (model, SEAL_MODEL)],
-                )
-            except OSError as exc:
-                raise ModelError(500, f"could not seal the model to storage: {exc.strerror}") from None
-            self.current = loaded
-        log.info("serving model version %d sha256 %s", manifest.version, manifest.model_sha256)
-        return loaded
+        self._check_newer(manifest)
+        if manifest.model_size > self._config.limits.max_model_bytes:
+            raise ModelError(413, f"model is larger than {self._config.limits.max_model_bytes} bytes")
+        try:
+            Preprocessing.from_json(manifest.preprocessing)
+        except UsageError as exc:
+            raise ModelError(400, f"manifest preprocessing: {exc}") from None
+        return Upload(self, manifest, manifest_bytes, signature)
+
+    def _check_newer(self, manifest: Manifest) -> None:
+        current = self.current
+        if current is not None and manifest.version <= current.manifest.version:
+            raise ModelError(
+                409,
+                f"model version {manifest.version} is not newer than the served version"
+                f" {current.manifest.version}",
+            )
 
     def _load(
         self, manifest: Manifest, signature: bytes, model: bytes, *, provisioned_at: float
@@ -140,12 +198,9 @@ class ModelStore:
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(400, f"the model must take one input tensor, it takes {len(inputs)}")
-        trial = np.zeros(
-            (1, 3, pre.crop, pre.crop) if pre.layout == "NCHW" else (1, pre.crop, pre.crop, 3),
-            dtype=np.float32,
-        )
+        shape = (1, 3, pre.crop, pre.crop) if pre.layout == "NCHW" else (1, pre.crop, pre.crop, 3)
         try:
-            scores = session.run(None, {inputs[0].name: trial})[0]
+            scores = session.run(None, {inputs[0].name: np.zeros(shape, dtype=np.float32)})[0]
         except Exception:
             raise ModelError(
                 400, "the model does not accept a preprocessed image of the manifest's size"
@@ -163,7 +218,9 @@ class ModelStore:
         if self._sealer is None or not path.exists():
             return
         try:
-            header, model = self._sealer.read(path, [SEAL_MANIFEST, SEAL_MODEL])
+            header, model = read_sealed_stream(
+                self._sealer, path, SEAL_LABEL, max_bytes=self._config.limits.max_model_bytes
+            )
             manifest_bytes, signature = _unpack(header)
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
             self.current = self._load(manifest, signature, model, provisioned_at=path.stat().st_mtime)

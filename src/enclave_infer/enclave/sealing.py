@@ -86,3 +86,110 @@ class Sealer:
             if f.read(1):
                 raise ProtocolError("sealed file has trailing data")
         return out
+
+
+# -- streams ---------------------------------------------------------------------------------------
+#
+# A large blob (a model) is sealed as it arrives, in chunks, with the STREAM construction (Hoang,
+# Reyhanitabar, Rogaway, Vizár, "Online Authenticated-Encryption and its Nonce-Reuse Misuse-
+# Resistance", CRYPTO 2015): each chunk is AES-GCM-sealed under nonce = prefix (7 random bytes) ||
+# counter (4 bytes) || last flag (1 byte), so chunks cannot be reordered, dropped, duplicated or
+# cut off at a chunk boundary without detection. File layout:
+#
+#     "EISTRM1" || u64 length || sealed header blob || prefix (7)
+#     || { u32 length || sealed chunk }*            (the last one has the last flag set)
+
+STREAM_MAGIC = b"EISTRM1"
+STREAM_CHUNK_BYTES = 1024 * 1024
+_PREFIX_BYTES = 7
+_MAX_CHUNKS = 2**32 - 1
+
+
+class SealedStreamWriter:
+    """Seal ``header`` and then every ``write()`` into ``path``; nothing is in place until
+    :meth:`commit`, and :meth:`abort` (or an exception inside ``with``) leaves no file behind."""
+
+    def __init__(self, sealer: Sealer, path: Path, header: bytes, label: bytes) -> None:
+        self._sealer, self._path, self._label = sealer, path, label
+        # unique, so that two uploads racing each other never write one file
+        self._tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.partial")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        self._prefix = secrets.token_bytes(_PREFIX_BYTES)
+        self._counter = 0
+        self._pending = bytearray()
+        blob = sealer.seal(header, label + b" header")
+        self._file.write(STREAM_MAGIC + struct.pack("!Q", len(blob)) + blob + self._prefix)
+
+    def __enter__(self) -> SealedStreamWriter:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is not None:
+            self.abort()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._pending += data
+        while len(self._pending) > STREAM_CHUNK_BYTES:  # keep the last bytes: they may be final
+            self._emit(bytes(self._pending[:STREAM_CHUNK_BYTES]), last=False)
+            del self._pending[:STREAM_CHUNK_BYTES]
+
+    def commit(self) -> None:
+        self._emit(bytes(self._pending), last=True)
+        self._pending.clear()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self._path)
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def _emit(self, chunk: bytes, *, last: bool) -> None:
+        if self._counter >= _MAX_CHUNKS:
+            raise ProtocolError("stream too long to seal")
+        nonce = self._prefix + struct.pack("!IB", self._counter, 1 if last else 0)
+        sealed = self._sealer._aead.encrypt(nonce, chunk, self._label)
+        self._file.write(struct.pack("!I", len(sealed)) + sealed)
+        self._counter += 1
+
+
+def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: int) -> tuple[bytes, bytes]:
+    """(header, body) of a file :class:`SealedStreamWriter` committed; raises on any tampering,
+    truncation or extension, and refuses bodies over ``max_bytes`` before holding them."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        start = f.read(len(STREAM_MAGIC) + 8)
+        if len(start) != len(STREAM_MAGIC) + 8 or not start.startswith(STREAM_MAGIC):
+            raise ProtocolError("not a sealed stream")
+        (header_len,) = struct.unpack("!Q", start[len(STREAM_MAGIC) :])
+        if header_len > size:
+            raise ProtocolError("sealed stream is truncated")
+        header = sealer.unseal(f.read(header_len), label + b" header")
+        prefix = f.read(_PREFIX_BYTES)
+        if len(prefix) != _PREFIX_BYTES:
+            raise ProtocolError("sealed stream is truncated")
+        chunks: list[bytes] = []
+        total, counter = 0, 0
+        while True:
+            length_bytes = f.read(4)
+            if len(length_bytes) != 4:
+                raise ProtocolError("sealed stream is truncated")  # no chunk carried the last flag
+            (length,) = struct.unpack("!I", length_bytes)
+            if length > STREAM_CHUNK_BYTES + 16:
+                raise ProtocolError("sealed stream chunk too large")
+            sealed = f.read(length)
+            last = f.tell() == size
+            nonce = prefix + struct.pack("!IB", counter, 1 if last else 0)
+            try:
+                chunk = sealer._aead.decrypt(nonce, sealed, label)
+            except InvalidTag:
+                raise DecryptionError() from None
+            total += len(chunk)
+            if total > max_bytes:
+                raise ProtocolError(f"sealed stream larger than {max_bytes} bytes")
+            chunks.append(chunk)
+            counter += 1
+            if last:
+                return header, b"".join(chunks)

@@ -332,3 +332,182 @@ def decode_response(data: bytes) -> Response:
         raise ProtocolError(f"status code {status} not in 100..599")
     headers, content, trailers = _read_tail(r, indeterminate)
     return Response(status, headers, content, trailers, tuple(informational))
+
+
+# -- streaming: the indeterminate-length request form, produced and consumed piece by piece ------
+#
+# A large upload is one request whose content never exists in memory at once: the client sends
+# encode_request_head(), then encode_content_chunk() per piece, then encode_request_end(); the
+# gateway feeds what it decrypts into a RequestStream, which hands content on as it arrives.
+
+# The head (control data and header fields) of a streamed request must arrive within this many
+# bytes: a model manifest with 100,000 labels fits, and a peer cannot make us buffer without end.
+MAX_STREAM_HEAD_BYTES = 16 * 1024 * 1024
+
+
+def encode_request_head(req: Request) -> bytes:
+    """Framing indicator 2, control data and the indeterminate-length header section (§3.2)."""
+    method = _to_bytes(req.method, "ascii", "method")
+    _check_method(method)
+    out = bytearray(_encode_varint(2) + _prefixed(method))
+    for text, what in ((req.scheme, "scheme"), (req.authority, "authority"), (req.path, "path")):
+        raw = _to_bytes(text, "ascii", what)
+        _check_target(raw, what)
+        out += _prefixed(raw)
+    if len(req.headers) > MAX_FIELDS:
+        raise ProtocolError(f"more than {MAX_FIELDS} fields in a field section")
+    for name, value in req.headers:
+        raw_name, raw_value = (
+            _to_bytes(name, "ascii", "field name"),
+            _to_bytes(value, "latin-1", "field value"),
+        )
+        _check_name(raw_name)
+        _check_value(raw_value)
+        out += _prefixed(raw_name) + _prefixed(raw_value)
+    return bytes(out + _encode_varint(0))  # Content Terminator of the field section
+
+
+def encode_content_chunk(data: bytes) -> bytes:
+    """One Indeterminate-Length Content chunk (§3.2); empty data encodes to nothing (a zero-length
+    chunk would end the content)."""
+    return _encode_varint(len(data)) + bytes(data) if data else b""
+
+
+def encode_request_end() -> bytes:
+    """The content terminator and an empty trailer section."""
+    return _encode_varint(0) + _encode_varint(0)
+
+
+# Trailers are not used by this API; a few fields are tolerated, a large section is not.
+_MAX_TRAILER_BYTES = 64 * 1024
+
+
+class _NeedMore(Exception):
+    pass
+
+
+class RequestStream:
+    """Incremental decoder of an indeterminate-length request: :attr:`head` is set once the
+    control data and headers have arrived; :meth:`feed` returns content pieces as they arrive;
+    :attr:`done` turns true after the trailer section; :meth:`finish` raises if it has not."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.head: Request | None = None
+        self._chunk_left = 0  # bytes still to come of the current content chunk
+        self._in_content = False
+        self.done = False
+        self._chunks = 0
+        # The head is parsed from the start of the buffer, so a failed attempt is retried only once
+        # the buffer has doubled: a peer trickling a large head costs O(n log n), not O(n²).
+        self._next_try = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        self._buf += data
+        if self.head is None and len(self._buf) > MAX_STREAM_HEAD_BYTES:
+            raise ProtocolError(f"request head larger than {MAX_STREAM_HEAD_BYTES} bytes")
+        if self.head is None and len(self._buf) < self._next_try:
+            return out
+        try:
+            self._advance(out)
+        except _NeedMore:
+            if self.head is None:
+                self._next_try = 2 * len(self._buf)
+        if self.head is None and len(self._buf) > MAX_STREAM_HEAD_BYTES:
+            raise ProtocolError(f"request head larger than {MAX_STREAM_HEAD_BYTES} bytes")
+        if (
+            self.head is not None
+            and not self._in_content
+            and not self.done
+            and len(self._buf) > _MAX_TRAILER_BYTES
+        ):
+            raise ProtocolError("trailer section too large")
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Parse whatever is still buffered; raise unless the request is complete."""
+        self._next_try = 0
+        out = self.feed(b"")
+        if not self.done:
+            raise ProtocolError("truncated binary HTTP request")
+        return out
+
+    def _advance(self, out: list[bytes]) -> None:
+        if self.head is None:
+            self._parse_head()
+        while not self.done:
+            if self._chunk_left:
+                take = min(self._chunk_left, len(self._buf))
+                if take == 0:
+                    raise _NeedMore
+                out.append(bytes(self._buf[:take]))
+                del self._buf[:take]
+                self._chunk_left -= take
+                continue
+            if self._in_content:
+                length, used = self._varint(self._buf, 0)
+                del self._buf[:used]
+                if length == 0:
+                    self._in_content = False
+                    continue
+                self._chunks += 1
+                if self._chunks > MAX_CONTENT_CHUNKS:
+                    raise ProtocolError(f"more than {MAX_CONTENT_CHUNKS} content chunks")
+                self._chunk_left = length
+                continue
+            # the trailer section: fields until a zero name length; then only padding may follow
+            r = _StreamReader(bytes(self._buf))
+            trailers = 0
+            while (name_length := r.varint()) != 0:
+                trailers += 1
+                if trailers > MAX_FIELDS:
+                    raise ProtocolError(f"more than {MAX_FIELDS} fields in a field section")
+                _field_line(r, name_length)
+            if r.data[r.pos :].strip(b"\0"):
+                raise ProtocolError("non-zero byte after the end of the message")
+            self._buf.clear()
+            self.done = True
+        if self._buf.strip(b"\0"):
+            raise ProtocolError("non-zero byte after the end of the message")
+        self._buf.clear()
+
+    def _parse_head(self) -> None:
+        r = _StreamReader(bytes(self._buf))
+        if r.varint() != 2:
+            raise ProtocolError(
+                "a streamed request must use the indeterminate-length form (framing indicator 2)"
+            )
+        method = _check_method(r.prefixed())
+        scheme, authority, path = (
+            _check_target(r.prefixed(), what) for what in ("scheme", "authority", "path")
+        )
+        fields: list[tuple[str, str]] = []
+        while (name_length := r.varint()) != 0:
+            if len(fields) == MAX_FIELDS:
+                raise ProtocolError(f"more than {MAX_FIELDS} fields in a field section")
+            fields.append(_field_line(r, name_length))
+        self.head = Request(method, scheme, authority, path, tuple(fields))
+        del self._buf[: r.pos]
+        self._in_content = True
+
+    @staticmethod
+    def _varint(buf: bytearray, pos: int) -> tuple[int, int]:
+        if pos >= len(buf) or pos + (1 << (buf[pos] >> 6)) > len(buf):
+            raise _NeedMore
+        value, end = _decode_varint(bytes(buf[pos : pos + 8]), 0)
+        return value, end
+
+
+class _StreamReader(_Reader):
+    """A reader that says "need more" instead of "truncated"."""
+
+    def varint(self) -> int:
+        if self.pos >= len(self.data) or self.pos + (1 << (self.data[self.pos] >> 6)) > len(self.data):
+            raise _NeedMore
+        return super().varint()
+
+    def take(self, length: int) -> bytes:
+        if length > len(self.data) - self.pos:
+            raise _NeedMore
+        return super().take(length)
