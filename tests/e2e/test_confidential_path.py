@@ -17,6 +17,7 @@ from enclave_infer.client.sdk import Client
 from enclave_infer.errors import AttestationError, ConstraintError, RemoteError
 from enclave_infer.protocol import bhttp, ohttp
 
+from .conftest import CLI as CLI_PATH
 from .conftest import Deployment, free_port, png, run_cli
 
 
@@ -419,3 +420,32 @@ def test_model_pinning(deployment: Deployment, files: dict[str, Path]) -> None:
         "classify", deployment.url, deployment.constraint, str(files["red"]), "--model-sha256", "xyz"
     )
     assert out.returncode == 1 and "64 hex digits" in out.stderr
+
+
+def test_serve_with_a_relative_data_dir(deployment: Deployment, tmp_path: Path) -> None:
+    """As `make demo` runs it: relative paths, resolved against the operator's directory."""
+    import os as _os
+    import signal as _signal
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(CLI_PATH)), "serve", "--port", str(port), "--data-dir", "rel/data",
+         "--owner-public-key", str(deployment.owner_key) + ".pub"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**_os.environ},
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        out = run_cli("attest", f"http://127.0.0.1:{port}")
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "rel" / "data" / "enclave.json").exists()
+    finally:
+        proc.send_signal(_signal.SIGINT)
+        proc.wait(timeout=20)
+        if proc.stderr:
+            proc.stderr.close()

@@ -47,11 +47,12 @@ class EnclaveProcess:
         external: Address | None = None,
     ) -> None:
         self.config = config
-        self.data_dir = data_dir
+        # absolute: the enclave process runs in a private working directory of its own
+        self.data_dir = data_dir.absolute()
         self.platform = platform
         # An enclave started by someone else (e.g. `gramine-sgx enclave-infer`): attach, never spawn.
         self.external = external
-        socket_path = data_dir / "enclave.sock"
+        socket_path = self.data_dir / "enclave.sock"
         if len(str(socket_path.resolve())) > _MAX_SOCKET_PATH:
             socket_path = Path(tempfile.mkdtemp(prefix="enclave-infer-")) / "enclave.sock"
         self.socket_path = socket_path
@@ -59,7 +60,7 @@ class EnclaveProcess:
         self._lock = threading.Lock()
         self._data_lock: int | None = None
         self._pycache: str | None = None
-        self._own_socket_dir = socket_path.parent if socket_path.parent != data_dir else None
+        self._own_socket_dir = socket_path.parent if socket_path.parent != self.data_dir else None
         self.restarts = 0
 
     def _lock_data_dir(self) -> None:
