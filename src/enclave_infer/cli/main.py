@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("labels", type=Path, metavar="LABELS", help="class names, one per line")
     v.add_argument("--owner-key", type=Path, required=True, help="the owner's private key from keygen")
+    v.add_argument(
+        "--quiet", action="store_true", help="no progress bar (there is none when not on a terminal)"
+    )
     _collateral_options(v)
     v.add_argument("--model-version", type=int, default=None, help="default: one more than the enclave's")
     v.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default 256)")

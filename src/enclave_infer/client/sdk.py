@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
@@ -33,7 +33,7 @@ from enclave_infer.errors import (
     TransportError,
     UsageError,
 )
-from enclave_infer.protocol import bhttp, ohttp
+from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
 from enclave_infer.protocol.manifest import Manifest, sf_binary
 
 __all__ = ["Classification", "Client", "Prediction", "fetch_collateral", "load_labels"]
@@ -41,6 +41,9 @@ __all__ = ["Classification", "Client", "Prediction", "fetch_collateral", "load_l
 # The inner request's authority: the enclave is its own target resource (RFC 9458 §2).
 INNER_AUTHORITY = "enclave"
 SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
+# A streamed model is read and sent in pieces of this size (plus 2-4 bytes of binary-HTTP framing,
+# well under a chunked-OHTTP chunk's 1 MiB).
+UPLOAD_PIECE_BYTES = 256 * 1024
 # Answers from the enclave are small JSON documents and evidence is a few KB; anything larger from
 # the (untrusted) host is refused rather than buffered.
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -244,13 +247,24 @@ class Client:
         return doc
 
     def request(
-        self, method: str, path: str, *, headers: Sequence[tuple[str, str]] = (), content: bytes = b""
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        content: bytes = b"",
+        stream: Callable[[], Iterator[bytes]] | None = None,
     ) -> bhttp.Response:
-        """One request to the enclave's own API through Oblivious HTTP."""
+        """One request to the enclave's own API through Oblivious HTTP. With ``stream`` (a
+        function returning the body's pieces, callable again for a retry) the request is sent in
+        the chunked form, piece by piece, never held whole."""
         if self._key is None:
             self.attest()
         for attempt in range(2):
-            response = self._exchange(method, path, headers, content)
+            if stream is None:
+                response = self._exchange(method, path, headers, content)
+            else:
+                response = self._exchange_chunked(method, path, headers, stream())
             if attempt == 0 and response is None:
                 # The enclave may have restarted with a new key: verify it again, and resend only if
                 # the key really changed (a host that merely claims failure must not get a rerun).
@@ -293,6 +307,92 @@ class Client:
             raise ProtocolError("the host's answer is not message/ohttp-res")
         return bhttp.decode_response(context.decapsulate_response(body))
 
+    def _exchange_chunked(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]], pieces: Iterator[bytes]
+    ) -> bhttp.Response | None:
+        assert self._key is not None
+        head = bhttp.Request(
+            method=method,
+            scheme="https",
+            authority=INNER_AUTHORITY,
+            path=path,
+            headers=(*headers, ("date", formatdate(time.time() + self._clock_offset, usegmt=True))),
+        )
+        encoder = chunked_ohttp.ChunkedRequestEncoder(self._key)
+
+        def body() -> Iterator[bytes]:
+            yield encoder.header()
+            for plaintext in _slices(bhttp.encode_request_head(head)):
+                yield encoder.chunk(plaintext)
+            for piece in pieces:
+                for plaintext in _slices(bhttp.encode_content_chunk(piece)):
+                    yield encoder.chunk(plaintext)
+            yield encoder.final(bhttp.encode_request_end())
+
+        status, media_type, reply = self._send(
+            "POST",
+            "/v1/ohttp",
+            content=body(),
+            headers={"content-type": chunked_ohttp.MEDIA_TYPE_CHUNKED_REQUEST},
+        )
+        if status == 400 and b"could not decrypt" in reply:
+            return None
+        if status != 200:
+            raise RemoteError(status, f"host answered {status}: {_error_text(reply)}")
+        if media_type != chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
+            raise ProtocolError(f"the host's answer is not {chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE}")
+        decoder = encoder.response_decoder()
+        plaintext = b"".join(decoder.feed(reply)) + decoder.finish()
+        return bhttp.decode_response(plaintext)
+
+    def provision_file(
+        self,
+        model: Path,
+        labels: Sequence[str],
+        owner_key: Ed25519PrivateKey,
+        *,
+        preprocessing: dict[str, Any],
+        version: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Like :meth:`provision`, streaming the model file through chunked OHTTP: client memory
+        stays at a few pieces whatever the model's size. ``progress`` gets byte counts as they go."""
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(model, "rb") as f:
+                while piece := f.read(UPLOAD_PIECE_BYTES):
+                    digest.update(piece)
+                    size += len(piece)
+        except OSError as exc:
+            raise UsageError(f"cannot read model {model}: {exc.strerror}") from None
+        if version is None:
+            current = self.model_info()
+            version = 1 if current is None else int(current["version"]) + 1
+        manifest = Manifest(digest.hexdigest(), size, "onnx", tuple(labels), preprocessing, version)
+        manifest_bytes, signature = manifest.sign(owner_key)
+
+        def pieces() -> Iterator[bytes]:
+            with open(model, "rb") as f:
+                while piece := f.read(UPLOAD_PIECE_BYTES):
+                    if progress is not None:
+                        progress(len(piece))
+                    yield piece
+
+        response = self.request(
+            "PUT",
+            "/v1/model",
+            headers=(
+                ("content-type", "application/onnx"),
+                ("manifest", sf_binary(manifest_bytes)),
+                ("manifest-signature", sf_binary(signature)),
+            ),
+            stream=pieces,
+        )
+        doc = _json_or_raise(response)
+        if not isinstance(doc, dict):
+            raise ProtocolError("the enclave's answer to a provision is malformed")
+        return doc
+
     def _get(self, path: str, *, expect: str) -> bytes:
         status, media_type, body = self._send("GET", path)
         where = self.url + path.split("?")[0]
@@ -303,7 +403,12 @@ class Client:
         return body
 
     def _send(
-        self, method: str, path: str, *, content: bytes = b"", headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | Iterator[bytes] = b"",
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, str, bytes]:
         """One HTTP exchange with the host, which is not trusted: the answer is read up to
         MAX_RESPONSE_BYTES and within the client's timeout as a whole, not per read."""
@@ -348,6 +453,12 @@ def load_labels(path: Path) -> list[str]:
     if not labels:
         raise UsageError(f"{path} holds no labels (one per line)")
     return labels
+
+
+def _slices(data: bytes) -> Iterator[bytes]:
+    """``data`` in pieces a chunked-OHTTP chunk can carry."""
+    for i in range(0, len(data), chunked_ohttp.MAX_CHUNK_BYTES):
+        yield data[i : i + chunked_ohttp.MAX_CHUNK_BYTES]
 
 
 def _is_sha256(text: str) -> bool:

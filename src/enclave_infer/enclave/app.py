@@ -19,7 +19,8 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from enclave_infer.enclave.models import ModelError, ModelStore
+from enclave_infer.enclave.gateway import StreamSink
+from enclave_infer.enclave.models import ModelError, ModelStore, Upload
 from enclave_infer.errors import ProtocolError
 from enclave_infer.protocol import bhttp
 from enclave_infer.protocol.manifest import parse_sf_binary
@@ -30,10 +31,32 @@ log = logging.getLogger("enclave_infer.enclave")
 
 
 class App:
-    def __init__(self, store: ModelStore, *, max_top_k: int, max_model_bytes: int) -> None:
+    def __init__(
+        self, store: ModelStore, *, max_top_k: int, max_model_bytes: int, max_image_bytes: int
+    ) -> None:
         self._store = store
         self._max_top_k = max_top_k
         self._max_model_bytes = max_model_bytes
+        self._max_image_bytes = max_image_bytes
+
+    def open_stream(self, head: bhttp.Request) -> StreamSink:
+        """Where the content of a streamed (chunked) request goes. ``PUT /v1/model`` streams into
+        the model store, checked and sealed as it arrives; any other request is gathered, up to
+        the size of an image, and answered as usual."""
+        if head.method == "PUT" and head.path == "/v1/model":
+            manifest, signature = head.header("manifest"), head.header("manifest-signature")
+            if manifest is None or signature is None:
+                return _Answer(
+                    _json(400, {"error": "PUT /v1/model needs manifest and manifest-signature headers"})
+                )
+            try:
+                upload = self._store.begin(parse_sf_binary(manifest), parse_sf_binary(signature))
+            except ModelError as exc:
+                return _Answer(_json(exc.status, {"error": str(exc)}))
+            except ProtocolError as exc:
+                return _Answer(_json(400, {"error": str(exc)}))
+            return _UploadSink(upload)
+        return _Gathered(self, head, limit=self._max_image_bytes)
 
     def __call__(self, request: bhttp.Request) -> bhttp.Response:
         try:
@@ -88,6 +111,66 @@ class App:
             return _json(413, {"error": f"model is larger than {self._max_model_bytes} bytes"})
         loaded = self._store.provision(parse_sf_binary(manifest), parse_sf_binary(signature), request.content)
         return _json(201, loaded.metadata())
+
+
+class _Answer:
+    """A stream decided at its head: the answer is known, the content is not wanted."""
+
+    def __init__(self, response: bhttp.Response) -> None:
+        self._response = response
+
+    def write(self, piece: bytes) -> bhttp.Response | None:
+        return self._response
+
+    def finish(self) -> bhttp.Response:
+        return self._response
+
+    def abort(self) -> None:
+        pass
+
+
+class _UploadSink:
+    def __init__(self, upload: Upload) -> None:
+        self._upload = upload
+
+    def write(self, piece: bytes) -> bhttp.Response | None:
+        try:
+            self._upload.write(piece)
+        except ModelError as exc:
+            return _json(exc.status, {"error": str(exc)})
+        return None
+
+    def finish(self) -> bhttp.Response:
+        try:
+            return _json(201, self._upload.finish().metadata())
+        except ModelError as exc:
+            return _json(exc.status, {"error": str(exc)})
+        finally:
+            self._upload.abort()
+
+    def abort(self) -> None:
+        self._upload.abort()
+
+
+class _Gathered:
+    def __init__(self, app: App, head: bhttp.Request, *, limit: int) -> None:
+        self._app, self._head, self._limit = app, head, limit
+        self._content = bytearray()
+
+    def write(self, piece: bytes) -> bhttp.Response | None:
+        self._content += piece
+        if len(self._content) > self._limit:
+            return _json(413, {"error": f"request body larger than {self._limit} bytes"})
+        return None
+
+    def finish(self) -> bhttp.Response:
+        h = self._head
+        return self._app(
+            bhttp.Request(h.method, h.scheme, h.authority, h.path, h.headers, bytes(self._content))
+        )
+
+    def abort(self) -> None:
+        self._content.clear()
 
 
 def _json(status: int, doc: dict[str, Any]) -> bhttp.Response:

@@ -18,11 +18,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_to_datetime
+from typing import Protocol
 
 from enclave_infer.errors import ProtocolError
-from enclave_infer.protocol import bhttp, ohttp
+from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
 
-__all__ = ["MAX_REPLAY_ENTRIES", "REPLAY_WINDOW", "Gateway"]
+__all__ = ["MAX_REPLAY_ENTRIES", "REPLAY_WINDOW", "ChunkedExchange", "Gateway", "StreamSink", "StreamingApp"]
 
 # How far a request's date may be from the enclave's clock, in seconds, either way.
 REPLAY_WINDOW = 120.0
@@ -30,14 +31,12 @@ REPLAY_WINDOW = 120.0
 # minutes) the gateway refuses new requests with 503 rather than forget and admit replays.
 MAX_REPLAY_ENTRIES = 200_000
 
-Handler = Callable[[bhttp.Request], bhttp.Response]
-
 
 class Gateway:
     def __init__(
         self,
         key: ohttp.GatewayKey,
-        app: Handler,
+        app: StreamingApp,
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -48,6 +47,9 @@ class Gateway:
         self._monotonic = monotonic  # ages replay-cache entries: stepping the wall clock cannot flush it
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
+
+    def begin_chunked(self) -> ChunkedExchange:
+        return ChunkedExchange(self)
 
     def handle(self, encapsulated_request: bytes) -> bytes:
         """Raises DecryptionError / ProtocolError when the request cannot be decapsulated."""
@@ -98,3 +100,85 @@ def _error(status: int, message: str, *, date: str | None = None) -> bhttp.Respo
     return bhttp.Response(
         status=status, headers=tuple(headers), content=json.dumps({"error": message}).encode()
     )
+
+
+class ChunkedExchange:
+    """One chunked request (draft-ietf-ohai-chunked-ohttp): decrypted, parsed and handed on as it
+    arrives, answered once. An answer may come early (a refusal as soon as the head is known);
+    after that, further input is ignored. Undecryptable input raises, as in :meth:`Gateway.handle`.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._decoder = chunked_ohttp.ChunkedRequestDecoder(gateway.key)
+        self._stream = bhttp.RequestStream()
+        self._sink: StreamSink | None = None
+        self.response: bytes | None = None
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take the next bytes; return the encapsulated response if it is decided now."""
+        if self.response is None:
+            for plaintext in self._decoder.feed(data):
+                self._parse(plaintext, last=False)
+                if self.response is not None:
+                    break
+        return self.response
+
+    def finish(self) -> bytes:
+        """The request is complete: the encapsulated response."""
+        if self.response is None:
+            self._parse(self._decoder.finish(), last=True)
+        if self.response is None:
+            assert self._sink is not None
+            self._respond(self._sink.finish())
+        assert self.response is not None
+        return self.response
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
+
+    def _parse(self, plaintext: bytes, *, last: bool) -> None:
+        try:
+            pieces = self._stream.feed(plaintext)
+            if last:
+                pieces += self._stream.finish()
+        except ProtocolError as exc:
+            self._respond(_error(400, f"malformed binary HTTP request: {exc}"))
+            return
+        if self._sink is None and self._stream.head is not None:
+            head = self._stream.head
+            refusal = self._gateway._check_fresh(head, self._decoder.enc, self._gateway._clock())
+            if refusal is not None:
+                self._respond(refusal)
+                return
+            self._sink = self._gateway._app.open_stream(head)
+        for piece in pieces:
+            assert self._sink is not None
+            early = self._sink.write(piece)
+            if early is not None:
+                self._sink.abort()
+                self._respond(early)
+                return
+
+    def _respond(self, response: bhttp.Response) -> None:
+        encoder = self._decoder.response_encoder()
+        self.response = encoder.header() + encoder.final(bhttp.encode_response(response))
+
+
+class StreamSink(Protocol):
+    """Where the content of a streamed request goes, piece by piece."""
+
+    def write(self, piece: bytes) -> bhttp.Response | None:
+        """Take a piece; return a response to end the exchange early (an error)."""
+        ...
+
+    def finish(self) -> bhttp.Response: ...
+
+    def abort(self) -> None: ...
+
+
+class StreamingApp(Protocol):
+    def __call__(self, request: bhttp.Request) -> bhttp.Response: ...
+
+    def open_stream(self, head: bhttp.Request) -> StreamSink: ...

@@ -49,7 +49,12 @@ class Enclave:
         self.store.restore()
         self.gateway = Gateway(
             self.key,
-            App(self.store, max_top_k=config.limits.max_top_k, max_model_bytes=config.limits.max_model_bytes),
+            App(
+                self.store,
+                max_top_k=config.limits.max_top_k,
+                max_model_bytes=config.limits.max_model_bytes,
+                max_image_bytes=config.limits.max_image_bytes,
+            ),
         )
         self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
         self.max_frame_bytes = config.limits.max_request_bytes
@@ -81,35 +86,99 @@ class _Handler(socketserver.StreamRequestHandler):
     server: _UnixServer | _TcpServer
 
     def handle(self) -> None:
+        enclave = self.server.enclave
         while True:
-            header = self.rfile.read(framing.HEADER.size)
-            if len(header) < framing.HEADER.size:
+            frame = self._read_frame()
+            if frame is None:
                 return
-            enclave = self.server.enclave
-            try:
-                kind, length = framing.parse_header(header)
-            except ProtocolError as exc:
-                self.wfile.write(framing.encode_error(400, str(exc)))
-                return
-            if length > enclave.max_frame_bytes:
-                self.wfile.write(
-                    framing.encode_error(413, f"frame larger than {enclave.max_frame_bytes} bytes")
-                )
-                return
+            kind, length = frame
             # The slot is taken before the payload is read, so at most max_concurrent_requests
             # payloads are in the enclave's memory at once, however many connections the host opens.
             with enclave.slots:
                 payload = self.rfile.read(length)
                 if len(payload) < length:
                     return
+                if kind is FrameType.CHUNKED_BEGIN:
+                    if not self._chunked(payload):
+                        return
+                    continue
                 try:
                     reply = enclave.answer(kind, payload)
                 except Exception as exc:  # never let one request take the enclave down
                     log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
                     reply = framing.encode_error(500, "internal enclave error")
                 del payload
-            self.wfile.write(reply)
+            self._send(reply)
+
+    def _read_frame(self) -> tuple[FrameType, int] | None:
+        header = self.rfile.read(framing.HEADER.size)
+        if len(header) < framing.HEADER.size:
+            return None
+        enclave = self.server.enclave
+        try:
+            kind, length = framing.parse_header(header)
+        except ProtocolError as exc:
+            self._send(framing.encode_error(400, str(exc)))
+            return None
+        if length > enclave.max_frame_bytes:
+            self._send(framing.encode_error(413, f"frame larger than {enclave.max_frame_bytes} bytes"))
+            return None
+        return kind, length
+
+    def _chunked(self, first: bytes) -> bool:
+        """A chunked request, BEGIN already read: feed DATA frames through until END, answer once
+        (early if the answer is known early). Returns False when the connection is finished."""
+        enclave = self.server.enclave
+        exchange = enclave.gateway.begin_chunked()
+        answered, total, payload = False, len(first), first
+        try:
+            while True:
+                if not answered:
+                    early = exchange.feed(payload)
+                    if early is not None:
+                        self._send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, early))
+                        answered = True
+                frame = self._read_frame()
+                if frame is None:
+                    return False  # the host went away mid-stream: the upload is abandoned
+                kind, length = frame
+                payload = self.rfile.read(length)
+                if len(payload) < length:
+                    return False
+                total += length
+                if kind is FrameType.CHUNKED_END:
+                    if not answered:
+                        self._send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, exchange.finish()))
+                    return True
+                if kind is not FrameType.CHUNKED_DATA:
+                    self._send(
+                        framing.encode_error(400, f"unexpected frame {kind.name} in a chunked request")
+                    )
+                    return False
+                if total > enclave.max_frame_bytes and not answered:
+                    self._send(
+                        framing.encode_error(413, f"request larger than {enclave.max_frame_bytes} bytes")
+                    )
+                    return False
+        except DecryptionError:
+            self._send(framing.encode_error(400, "the enclave could not decrypt the request"))
+            return False
+        except ProtocolError as exc:
+            self._send(framing.encode_error(400, f"malformed chunked request: {exc}"))
+            return False
+        except Exception as exc:  # never let one request take the enclave down
+            log.error("internal error in a chunked request: %s", type(exc).__name__)
+            self._send(framing.encode_error(500, "internal enclave error"))
+            return False
+        finally:
+            exchange.abort()  # a no-op once the upload has finished
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self.wfile.write(frame)
             self.wfile.flush()
+        except OSError:
+            pass  # the host went away; nothing to tell it
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -5,7 +5,8 @@ Untrusted code. It sees ciphertext and lengths only.
 =========================  ====================================================================
 ``GET /ohttp-keys``        the enclave's key configuration (``application/ohttp-keys``, RFC 9458 §3)
 ``GET /v1/attestation``    evidence bound to the key configuration and ``?nonce=<hex>``
-``POST /v1/ohttp``         ``message/ohttp-req`` in, ``message/ohttp-res`` out (RFC 9458 §4)
+``POST /v1/ohttp``         ``message/ohttp-req`` in, ``message/ohttp-res`` out (RFC 9458 §4), or
+                           the chunked forms, streamed (draft-ietf-ohai-chunked-ohttp)
 ``GET /healthz``           whether the enclave process is up
 =========================  ====================================================================
 
@@ -15,18 +16,19 @@ knows, which is nothing secret.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES
 from enclave_infer.errors import ProtocolError, TransportError
-from enclave_infer.host.enclave_process import EnclaveProcess
+from enclave_infer.host.enclave_process import EnclaveProcess, read_frame
 from enclave_infer.protocol import framing
 from enclave_infer.protocol.framing import FrameType
 
@@ -37,6 +39,8 @@ log = logging.getLogger("enclave_infer.host")
 OHTTP_KEYS = "application/ohttp-keys"
 OHTTP_REQ = "message/ohttp-req"
 OHTTP_RES = "message/ohttp-res"
+OHTTP_CHUNKED_REQ = "message/ohttp-chunked-req"  # draft-ietf-ohai-chunked-ohttp
+OHTTP_CHUNKED_RES = "message/ohttp-chunked-res"
 
 
 def create_app(enclave: EnclaveProcess) -> Starlette:
@@ -70,8 +74,11 @@ def create_app(enclave: EnclaveProcess) -> Starlette:
         return await relay(FrameType.GET_EVIDENCE, nonce, FrameType.EVIDENCE, "application/json")
 
     async def ohttp(request: Request) -> Response:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != OHTTP_REQ:
-            return _error(415, f"content-type must be {OHTTP_REQ}")
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type == OHTTP_CHUNKED_REQ:
+            return await relay_chunked(request)
+        if media_type != OHTTP_REQ:
+            return _error(415, f"content-type must be {OHTTP_REQ} or {OHTTP_CHUNKED_REQ}")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
             return _error(413, f"request larger than {max_request_bytes} bytes")
@@ -81,6 +88,48 @@ def create_app(enclave: EnclaveProcess) -> Starlette:
             if len(body) > max_request_bytes:
                 return _error(413, f"request larger than {max_request_bytes} bytes")
         return await relay(FrameType.OHTTP_REQUEST, body, FrameType.OHTTP_RESPONSE, OHTTP_RES)
+
+    async def relay_chunked(request: Request) -> Response:
+        """Forward a chunked request as it arrives, never holding more than one piece; stop as
+        soon as the enclave answers (it may refuse at the head, before the body)."""
+        try:
+            reader, writer = await enclave.connect()
+        except TransportError as exc:
+            return _error(503, str(exc))
+        answer = asyncio.ensure_future(read_frame(reader))
+        total = 0
+        try:
+            kind = FrameType.CHUNKED_BEGIN
+            async for piece in request.stream():
+                if answer.done():
+                    break
+                total += len(piece)
+                if total > max_request_bytes:
+                    return _error(413, f"request larger than {max_request_bytes} bytes")
+                writer.write(framing.HEADER.pack(kind, len(piece)))
+                writer.write(piece)
+                await writer.drain()
+                kind = FrameType.CHUNKED_DATA
+            if not answer.done():
+                if kind is FrameType.CHUNKED_BEGIN:  # an empty body still opens and closes a stream
+                    writer.write(framing.HEADER.pack(kind, 0))
+                writer.write(framing.HEADER.pack(FrameType.CHUNKED_END, 0))
+                await writer.drain()
+            reply, data = await answer
+        except (OSError, asyncio.IncompleteReadError, ProtocolError):
+            return _error(503, "the enclave closed the connection")
+        except ClientDisconnect:
+            return _error(400, "the client went away")  # nobody reads it; the enclave aborts the upload
+        finally:
+            if not answer.done():
+                answer.cancel()
+            writer.close()
+        if reply is FrameType.ERROR:
+            status, message = framing.decode_error(data)
+            return _error(status, message)
+        if reply is not FrameType.CHUNKED_RESPONSE:
+            return _error(502, "unexpected answer from the enclave")
+        return Response(data, media_type=OHTTP_CHUNKED_RES, headers={"cache-control": "no-store"})
 
     async def healthz(request: Request) -> Response:
         running = enclave.running

@@ -158,25 +158,31 @@ class EnclaveProcess:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def call(self, kind: FrameType, payload: bytes | bytearray = b"") -> tuple[FrameType, bytes]:
-        """Send one frame, return the reply's type and payload. The payload is not copied."""
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the enclave, (re)starting it first if it is down."""
         if self.external is None and (self._proc is None or self._proc.poll() is not None):
             await asyncio.to_thread(self.ensure_running)
         try:
             if isinstance(self.external, tuple):
-                reader, writer = await asyncio.open_connection(*self.external)
-            else:
-                reader, writer = await asyncio.open_unix_connection(str(self.external or self.socket_path))
+                return await asyncio.open_connection(*self.external)
+            return await asyncio.open_unix_connection(str(self.external or self.socket_path))
         except OSError as exc:
             raise TransportError(f"cannot reach the enclave: {exc.strerror}") from None
+
+    async def call(self, kind: FrameType, payload: bytes | bytearray = b"") -> tuple[FrameType, bytes]:
+        """Send one frame, return the reply's type and payload. The payload is not copied."""
+        reader, writer = await self.connect()
         try:
             writer.write(framing.HEADER.pack(kind, len(payload)))
             writer.write(payload)
             await writer.drain()
-            header = await reader.readexactly(framing.HEADER.size)
-            reply_kind, length = framing.parse_header(header)
-            return reply_kind, await reader.readexactly(length)
+            return await read_frame(reader)
         except (OSError, asyncio.IncompleteReadError):
             raise TransportError("the enclave closed the connection") from None
         finally:
             writer.close()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[FrameType, bytes]:
+    kind, length = framing.parse_header(await reader.readexactly(framing.HEADER.size))
+    return kind, await reader.readexactly(length)

@@ -43,9 +43,16 @@ class FrameType(enum.IntEnum):
     GET_KEYS = 0x01  # → KEYS: application/ohttp-keys
     GET_EVIDENCE = 0x02  # payload: nonce → EVIDENCE: attestation document
     OHTTP_REQUEST = 0x03  # payload: message/ohttp-req → OHTTP_RESPONSE: message/ohttp-res
+    # A chunked request (message/ohttp-chunked-req) streams as BEGIN, DATA*, END, each carrying the
+    # next bytes as they arrive; the enclave answers once, with CHUNKED_RESPONSE or ERROR, possibly
+    # before END (an early refusal), and the host then stops sending.
+    CHUNKED_BEGIN = 0x04
+    CHUNKED_DATA = 0x05
+    CHUNKED_END = 0x06
     KEYS = 0x81
     EVIDENCE = 0x82
     OHTTP_RESPONSE = 0x83
+    CHUNKED_RESPONSE = 0x84
     ERROR = 0xFF
 
 
