@@ -14,7 +14,7 @@ import pytest
 
 from enclave_infer.client.owner import generate_owner_key, load_owner_key
 from enclave_infer.client.sdk import Client
-from enclave_infer.errors import AttestationError, ConstraintError, RemoteError
+from enclave_infer.errors import AttestationError, ConstraintError, RemoteError, TransportError
 from enclave_infer.protocol import bhttp, ohttp
 
 from .conftest import CLI as CLI_PATH
@@ -449,3 +449,49 @@ def test_serve_with_a_relative_data_dir(deployment: Deployment, tmp_path: Path) 
         proc.wait(timeout=20)
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_provision_streams_through_chunked_ohttp(deployment: Deployment, files: dict[str, Path]) -> None:
+    seen: list[str] = []
+    real = httpx.HTTPTransport()
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("content-type", ""))
+        return real.handle_request(request)
+
+    before = served_model(deployment)
+    with Client(deployment.url, deployment.constraint, transport=httpx.MockTransport(recording)) as c:
+        key = load_owner_key(deployment.owner_key)
+        meta = c.provision_file(files["model"], ["red", "green", "blue", "grey"], key, preprocessing={})
+    real.close()
+    assert "message/ohttp-chunked-req" in seen
+    assert meta["version"] == ((before or {}).get("version", 0) + 1)
+    assert served_model(deployment)["sha256"] == meta["sha256"]  # type: ignore[index]
+
+
+def test_an_upload_cut_midway_changes_nothing(
+    deployment: Deployment, files: dict[str, Path], tmp_path: Path
+) -> None:
+    if served_model(deployment) is None:
+        assert provision(deployment, files).returncode == 0
+    before = served_model(deployment)
+    big = tmp_path / "big.onnx"
+    big.write_bytes(files["model"].read_bytes() + os.urandom(900_000))  # under this deployment's 1 MiB cap
+
+    class CutConnection(Exception):
+        pass
+
+    sent = 0
+
+    def cut_after_half(n: int) -> None:
+        nonlocal sent
+        sent += n
+        if sent > 400_000:
+            raise CutConnection
+
+    with Client(deployment.url, deployment.constraint) as c, pytest.raises((CutConnection, TransportError)):
+        c.provision_file(big, ["a", "b", "c", "d"], load_owner_key(deployment.owner_key), preprocessing={},
+                         progress=cut_after_half)  # fmt: skip
+    time.sleep(0.5)
+    assert served_model(deployment) == before
+    assert not list((deployment.data_dir / "sealed").glob("*.partial"))

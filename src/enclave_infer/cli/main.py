@@ -302,6 +302,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _provision(args: argparse.Namespace) -> int:
     from enclave_infer.client.owner import load_owner_key
+    from enclave_infer.client.progress import Progress
     from enclave_infer.client.sdk import load_labels
 
     key = load_owner_key(args.owner_key)
@@ -324,10 +325,18 @@ def _provision(args: argparse.Namespace) -> int:
             size = onnx_path.stat().st_size
             if size > limit:
                 raise UsageError(f"the model is {size} bytes; this enclave's max_model_bytes is {limit}")
-            model = _read(onnx_path, "model")
-            meta = client.provision(
-                model, labels, key, preprocessing=preprocessing, version=args.model_version
-            )
+            bar = Progress(size, label="uploading", enabled=False if args.quiet else None)
+            try:
+                meta = client.provision_file(
+                    onnx_path,
+                    labels,
+                    key,
+                    preprocessing=preprocessing,
+                    version=args.model_version,
+                    progress=bar.advance,
+                )
+            finally:
+                bar.close()
     print(f"provisioned model version {meta['version']} (sha256 {meta['sha256']}, {meta['labels']} labels)")
     return 0
 
