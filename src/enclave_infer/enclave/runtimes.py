@@ -1,0 +1,356 @@
+"""The inference runtimes a provisioned model can be served with: ONNX Runtime, or torch (TorchScript).
+
+Trusted code. A :class:`Runtime` runs one preprocessed image tensor and returns its scores. The
+loaders turn the owner's model bytes into one, refusing anything that is not a model of the expected
+format with :class:`RuntimeLoadError`, whose message is one line and never quotes the model:
+
+* :func:`load_onnx`: ONNX Runtime, the default, and the only runtime the enclave needs to ship.
+* :func:`load_torch`: a TorchScript archive (``torch.jit.save``), for owners who want PyTorch's
+  own kernels. torch is imported only here, and only when a torch model is loaded, so an enclave
+  image without torch serves ONNX as before (:func:`torch_available`).
+* :func:`check_scores`: the trial run that shows a loaded model accepts the manifest's input and
+  yields one score per label.
+
+What the loaders execute (checked in torch 2.13's Python sources and, for the C++ parts the wheel
+does not ship, in pytorch's repository; the refusals are exercised in tests/unit/test_runtimes.py):
+
+* ``onnxruntime.InferenceSession(bytes)`` parses a protobuf and builds a graph of ONNX Runtime's own
+  kernels. Nothing in an ONNX file is code; the one way out of the file is "external data" (tensors
+  read from files named in the model), which is pointed at an empty private folder here.
+* ``torch.jit.load`` (``torch/jit/_serialization.py``, ``load``) hands the bytes to C++
+  (``torch._C.import_ir_module_from_buffer``). Its unpickler (``torch/csrc/jit/serialization/
+  unpickler.cpp``, ``Unpickler::readGlobal``) is not Python's: it knows a fixed list of globals
+  (tensor rebuilding, typed lists, ``OrderedDict``, ``torch.device``, ...) and resolves every other
+  name to a TorchScript class compiled from the archive's ``code/`` folder, so no Python callable is
+  ever looked up or called, and a Python pickle is refused. But an archive is not data only: its
+  ``code/`` is TorchScript source that is compiled on load, a class's ``__setstate__`` *runs* during
+  loading (``import.cpp``, ``obj_loader``), and ``forward`` may call any registered operator, among
+  them ``aten::save`` (writes a file), ``aten::from_file`` (reads one) and ``prim::Print`` (writes to
+  stdout, i.e. to the host). Hence two checks around :func:`torch.jit.load`: before it, the archive
+  must be a plain TorchScript zip (one folder, stored or deflated entries, no legacy ``model.json``)
+  whose code defines no ``__setstate__`` and uses no ``torch.classes`` objects (so that loading runs
+  nothing of the model's); after it, every operator ``forward`` can reach (inlined, through every
+  branch and loop) must come from ``aten``/``prim`` and not be one that does I/O or escapes
+  inspection. The C++ parsers themselves (zip reader, unpickler, TorchScript compiler), like ONNX
+  Runtime's protobuf parser, still see the bytes: the owner's signature is what keeps them trusted.
+* ``torch.export.load`` is NOT accepted: it can run arbitrary code from the file.
+  ``torch/export/pt2_archive/_package.py`` unpickles any weight or constant whose JSON config says
+  ``use_pickle`` with ``torch.load(..., weights_only=False)`` (``_load_state_dict``,
+  ``_load_constants``), unpickles "opaque" constants with ``pickle.loads``, and loads any AOTInductor
+  shared library the archive holds (``_load_aoti``); ``torch/_export/serde/serialize.py`` falls
+  back to ``weights_only=False`` when the sample inputs do not load safely
+  (``deserialize_torch_artifact``), evaluates every symbolic-shape string with ``sympy.sympify``
+  (Python ``eval``, ``GraphModuleDeserializer._parse_sym_expr``) and resolves node targets by
+  ``getattr`` from the ``torch`` module, so a graph can call e.g. ``torch.os.system``
+  (``deserialize_operator``). An ExportedProgram is refused before any of its bytes are parsed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import threading
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from enclave_infer.errors import EnclaveInferError
+
+__all__ = [
+    "TORCH_FORMATS",
+    "InferenceError",
+    "Runtime",
+    "RuntimeLoadError",
+    "check_scores",
+    "load_onnx",
+    "load_torch",
+    "torch_available",
+]
+
+# The torch formats load_torch knows; only the first is accepted (the module docstring says why).
+TORCH_FORMATS = ("torchscript", "exported_program")
+
+EXTERNAL_DATA_MESSAGE = "the model keeps tensors in external data files; send one self-contained file"
+NOT_ONNX_MESSAGE = "the model is not a valid ONNX model"
+NOT_TORCHSCRIPT_MESSAGE = "the model is not a valid TorchScript archive"
+EXPORTED_PROGRAM_MESSAGE = (
+    "ExportedProgram (.pt2) models are not accepted: torch.export.load can run code from the file; "
+    "send a TorchScript archive or ONNX"
+)
+BAD_INPUT_MESSAGE = "the model does not accept a preprocessed image of the manifest's size"
+
+# Operators a TorchScript forward may not use: they touch files, print (stdout and stderr go to the
+# host), call Python, index memory without bounds checks, or call code the audit cannot see
+# (methods of objects that are not inlined, and with-statements' __enter__/__exit__).
+_DENIED_OPERATORS = frozenset(
+    {
+        "aten::save",
+        "aten::from_file",
+        "aten::warn",
+        "aten::_print",
+        "aten::_unsafe_index",
+        "aten::_unsafe_index_put",
+        "aten::_unsafe_masked_index",
+        "aten::_unsafe_masked_index_put_accumulate",
+        "prim::Print",
+        "prim::PythonOp",
+        "prim::IgnoredPythonOp",
+        "prim::CallMethod",
+        "prim::CallFunction",
+        "prim::Enter",
+        "prim::Exit",
+    }
+)
+_ALLOWED_NAMESPACES = ("aten", "prim")
+_MAX_INFLATED_BYTES = 64 * 2**20
+_SETSTATE = re.compile(rb"\b__setstate__\b")
+_TORCH_LOCK = threading.Lock()
+
+
+class RuntimeLoadError(EnclaveInferError):
+    """The model cannot be served: not a valid model of its format, or not one this enclave runs.
+    The message is one line and never quotes the model."""
+
+
+class InferenceError(EnclaveInferError):
+    """A loaded model failed on an input. The message is fixed and never quotes the model."""
+
+
+class _OutputError(InferenceError):
+    """The model ran but did not return one tensor."""
+
+
+class Runtime(Protocol):
+    """A loaded model: ``run`` takes a preprocessed float32 image batch of one (as
+    :func:`~enclave_infer.enclave.preprocess.to_tensor` makes it) and returns its scores, a float
+    array of shape ``(1, classes)``. Safe to call from several threads at once."""
+
+    name: str
+
+    def run(self, tensor: NDArray[np.float32]) -> NDArray[Any]: ...
+
+
+# -- ONNX Runtime ------------------------------------------------------------------------------
+
+
+class _OnnxRuntime:
+    name = "onnx"
+
+    def __init__(self, session: ort.InferenceSession, input_name: str) -> None:
+        self.session = session
+        self.input_name = input_name
+
+    def run(self, tensor: NDArray[np.float32]) -> NDArray[Any]:
+        try:
+            outputs = self.session.run(None, {self.input_name: tensor})
+        except Exception:  # ONNX Runtime's messages name the model's tensors
+            raise InferenceError("the model failed to run on the input") from None
+        return np.asarray(outputs[0])
+
+
+def load_onnx(model: bytes | Path, *, threads: int, no_files_dir: str) -> Runtime:
+    """Load an ONNX model (its bytes, or a file holding them) into ONNX Runtime.
+
+    ``threads``: the intra-op thread pool's size. ``no_files_dir``: an empty folder that only this
+    process can write to; "external data" tensors are looked up there, so a model that needs any
+    fails to load (a model given as bytes would otherwise read them from files in the working
+    directory, which the host controls, outside the signed hash). A :class:`~pathlib.Path` is read
+    into memory first, so files next to it are never consulted either.
+    Raises :class:`RuntimeLoadError` if it is not a valid, self-contained ONNX model with one input.
+    """
+    data = _read(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _positive(threads)
+    options.log_severity_level = 4  # fatal only: ONNX Runtime's messages name the model's tensors
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", no_files_dir)
+    try:
+        session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own types, several of them, for bad models
+        if "external data" in str(exc).lower():
+            raise RuntimeLoadError(EXTERNAL_DATA_MESSAGE) from None
+        raise RuntimeLoadError(NOT_ONNX_MESSAGE) from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise RuntimeLoadError(f"the model must take one input tensor, it takes {len(inputs)}")
+    return _OnnxRuntime(session, inputs[0].name)
+
+
+# -- torch -------------------------------------------------------------------------------------
+
+
+def torch_available() -> bool:
+    """Whether torch is installed, so that :func:`load_torch` can work. Does not import it."""
+    return importlib.util.find_spec("torch") is not None
+
+
+class _TorchRuntime:
+    name = "torch"
+
+    def __init__(self, module: Any, torch: Any) -> None:
+        self.module = module
+        self._torch = torch
+
+    def run(self, tensor: NDArray[np.float32]) -> NDArray[Any]:
+        torch = self._torch
+        array = np.asarray(tensor)
+        if array.dtype != np.float32 or not array.flags.writeable:
+            # torch.from_numpy shares memory, and so wants a writable array of the model's dtype.
+            array = np.array(array, dtype=np.float32)
+        try:
+            with torch.inference_mode():
+                output = self.module(torch.from_numpy(array))
+        except Exception:  # TorchScript's messages quote the model's code
+            raise InferenceError("the model failed to run on the input") from None
+        if not isinstance(output, torch.Tensor):
+            raise _OutputError(f"the model must return one tensor, it returned {type(output).__name__}")
+        return np.asarray(output.detach().cpu().numpy())
+
+
+def load_torch(model: bytes | Path, *, fmt: str, threads: int) -> Runtime:
+    """Load a torch model (its bytes, or a file holding them) of format ``fmt``.
+
+    ``fmt``: ``"torchscript"`` (a ``torch.jit.save`` archive) is accepted after the checks the module
+    docstring describes; ``"exported_program"`` (``torch.export.save``) is always refused, before
+    torch is imported, because ``torch.export.load`` can run arbitrary code from the file.
+    ``threads``: torch's intra-op thread count (process-wide; set when a model is loaded, never per
+    inference). Raises :class:`RuntimeLoadError`; no torch exception escapes.
+    """
+    if fmt == "exported_program":
+        raise RuntimeLoadError(EXPORTED_PROGRAM_MESSAGE)
+    if fmt != "torchscript":
+        raise RuntimeLoadError(f"unknown torch model format {fmt!r}; expected 'torchscript'")
+    threads = _positive(threads)
+    data = _read(model)
+    _check_torchscript_archive(data)
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeLoadError("torch is not installed in this enclave; send the model as ONNX") from None
+    with _TORCH_LOCK:
+        try:
+            with warnings.catch_warnings():
+                # torch 2.13 deprecates TorchScript; the warning says nothing about this model.
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.*", category=DeprecationWarning
+                )
+                module = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
+        except Exception:  # RuntimeError from C++ for most problems, a few other types for the rest
+            raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
+        _audit_torchscript(module)
+        module.eval()  # sets the `training` attributes from Python; runs none of the model's code
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return _TorchRuntime(module, torch)
+
+
+def _check_torchscript_archive(data: bytes) -> None:
+    """Refuse, before torch parses anything, what is not a plain TorchScript archive, or one whose
+    loading would run code of the model's (``__setstate__``) or build ``torch.classes`` objects."""
+    if data[:4] != b"PK\x03\x04":  # torch writes a local file header first; pickles start with 0x80
+        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            roots = {name.partition("/")[0] for name in names}
+            if len(roots) != 1 or len(set(names)) != len(names) or any("/" not in name for name in names):
+                raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
+            root = roots.pop()
+            required = {f"{root}/data.pkl", f"{root}/constants.pkl", f"{root}/version"}
+            code = [info for info in infos if info.filename.startswith(f"{root}/code/")]
+            if not required <= set(names) or not code or f"{root}/model.json" in names:
+                raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
+            # torch stores tensors and deflates code; a deflated entry may not inflate past a bound.
+            for info in infos:
+                if info.compress_type == zipfile.ZIP_STORED:
+                    continue
+                if info.compress_type != zipfile.ZIP_DEFLATED or info.file_size > _MAX_INFLATED_BYTES:
+                    raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
+            for info in code:
+                if not info.filename.endswith(".py"):
+                    continue
+                source = archive.read(info)
+                if _SETSTATE.search(source):
+                    raise RuntimeLoadError(
+                        "the TorchScript model defines __setstate__, which would run while it loads"
+                    )
+                if b"torch.classes" in source:
+                    raise RuntimeLoadError("the TorchScript model uses torch.classes objects")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError):
+        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
+
+
+def _audit_torchscript(module: Any) -> None:
+    """Refuse a loaded module whose forward can reach an operator outside aten/prim, one in
+    :data:`_DENIED_OPERATORS`, or a call that inlining did not resolve."""
+    if not hasattr(module, "_c") or not module._c._has_method("forward"):
+        raise RuntimeLoadError("the TorchScript model has no forward method")
+    for submodule in module.modules():
+        # The archive check already refused source that defines __setstate__; this catches an
+        # archive that zipfile and torch's own zip reader would read differently.
+        if submodule._c._has_method("__setstate__"):
+            raise RuntimeLoadError(
+                "the TorchScript model defines __setstate__, code that runs while it loads"
+            )
+    try:
+        graph = module.inlined_graph
+    except Exception:
+        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
+    blocks = [graph.block()]
+    while blocks:
+        for node in blocks.pop().nodes():
+            kind = node.kind()
+            if kind.partition("::")[0] not in _ALLOWED_NAMESPACES or kind in _DENIED_OPERATORS:
+                raise RuntimeLoadError(f"the TorchScript model uses {kind}, which this enclave does not run")
+            if kind == "prim::CreateObject" and "torch.classes" in node.output().type().str():
+                raise RuntimeLoadError("the TorchScript model uses torch.classes objects")
+            blocks.extend(node.blocks())
+            for attribute in node.attributeNames():
+                kind_of = node.kindOf(attribute)
+                if kind_of == "g":
+                    blocks.append(node.g(attribute).block())
+                elif kind_of == "gs":
+                    blocks.extend(subgraph.block() for subgraph in node.gs(attribute))
+
+
+# -- both --------------------------------------------------------------------------------------
+
+
+def check_scores(runtime: Runtime, example: NDArray[np.float32], classes: int) -> None:
+    """Run ``example`` (a preprocessed image of the manifest's size, zeros will do) through
+    ``runtime`` and check that it yields ``(1, classes)`` float scores; else :class:`RuntimeLoadError`."""
+    try:
+        scores = runtime.run(example)
+    except _OutputError as exc:
+        raise RuntimeLoadError(str(exc)) from None
+    except Exception:
+        raise RuntimeLoadError(BAD_INPUT_MESSAGE) from None
+    if np.shape(scores) != (1, classes):
+        raise RuntimeLoadError(
+            f"model output shape {np.shape(scores)}, expected (1, {classes}) for its labels"
+        )
+    if not np.issubdtype(np.asarray(scores).dtype, np.floating):
+        raise RuntimeLoadError(f"model output is {np.asarray(scores).dtype}, expected floating-point scores")
+
+
+def _read(model: bytes | Path) -> bytes:
+    if isinstance(model, bytes | bytearray | memoryview):
+        return bytes(model)
+    if isinstance(model, Path):
+        try:
+            return model.read_bytes()
+        except OSError as exc:
+            raise RuntimeLoadError(f"cannot read the model file: {exc.strerror}") from None
+    raise TypeError(f"model must be bytes or a Path, not {type(model).__name__}")
+
+
+def _positive(threads: int) -> int:
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return threads
