@@ -495,3 +495,34 @@ def test_an_upload_cut_midway_changes_nothing(
     time.sleep(0.5)
     assert served_model(deployment) == before
     assert not list((deployment.data_dir / "sealed").glob("*.partial"))
+
+
+def test_both_runtimes_side_by_side(deployment: Deployment, files: dict[str, Path], tmp_path: Path) -> None:
+    """The Mystikos sample's behaviour: PyTorch and ONNX Runtime answer together, and agree."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    )  # fmt: skip
+    pickle = tmp_path / "tiny.pt"
+    torch.save(model, pickle)
+    out = provision(deployment, files, "--runtime", "both", model=pickle)
+    assert out.returncode == 0, out.stderr
+    assert "runtimes: onnx, torch" in out.stdout
+    out = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]), "--runtime", "both")
+    assert out.returncode == 0, out.stderr
+    assert "[onnx] " in out.stdout and "[torch] " in out.stdout
+    out = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]), "--runtime", "both",
+                  "--top", "4", "--json")  # fmt: skip
+    [doc] = json.loads(out.stdout)
+    onnx = {r["index"]: r["probability"] for r in doc["runtimes"]["onnx"]}
+    torch_ = {r["index"]: r["probability"] for r in doc["runtimes"]["torch"]}
+    assert onnx.keys() == torch_.keys() == {0, 1, 2, 3}
+    assert all(abs(onnx[i] - torch_[i]) < 1e-4 for i in onnx)
+    meta = served_model(deployment)
+    assert meta is not None and meta["formats"] == ["onnx", "torchscript"]
+    only_torch = run_cli(
+        "classify", deployment.url, deployment.constraint, str(files["red"]), "--runtime", "torch"
+    )
+    assert only_torch.returncode == 0, only_torch.stderr

@@ -15,7 +15,7 @@ from enclave_infer.enclave.models import SEALED_MODEL, ModelError, ModelStore
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.sealing import Sealer
 from enclave_infer.errors import DecryptionError, ProtocolError
-from enclave_infer.protocol.manifest import Manifest
+from enclave_infer.protocol.manifest import Manifest, ModelFile
 from tests.e2e.conftest import COLOUR_LABELS, colour_model, png
 
 
@@ -49,9 +49,8 @@ def make_store(tmp_path: Path, key: Ed25519PrivateKey) -> ModelStore:
 
 def provision(store: ModelStore, key: Ed25519PrivateKey, version: int) -> None:
     model = colour_model()
-    manifest = Manifest(
-        hashlib.sha256(model).hexdigest(), len(model), "onnx", tuple(COLOUR_LABELS), {}, version
-    )
+    file = ModelFile("onnx", hashlib.sha256(model).hexdigest(), len(model))
+    manifest = Manifest((file,), tuple(COLOUR_LABELS), {}, version)
     store.provision(*manifest.sign(key), model)
 
 
@@ -111,7 +110,9 @@ def test_model_with_external_data_is_refused(tmp_path: Path, monkeypatch: pytest
     data = model.SerializeToString()
     key = Ed25519PrivateKey.generate()
     store = make_store(tmp_path, key)
-    manifest = Manifest(hashlib.sha256(data).hexdigest(), len(data), "onnx", tuple(COLOUR_LABELS), {}, 1)
+    manifest = Manifest(
+        (ModelFile("onnx", hashlib.sha256(data).hexdigest(), len(data)),), tuple(COLOUR_LABELS), {}, 1
+    )
     with pytest.raises(ModelError, match="external data"):
         store.provision(*manifest.sign(key), data)
     assert store.current is None

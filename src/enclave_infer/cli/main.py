@@ -8,6 +8,7 @@ in one line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -113,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress bar (there is none when not on a terminal)"
     )
     _collateral_options(v)
+    v.add_argument(
+        "--runtime",
+        choices=["onnx", "torch", "both"],
+        default="onnx",
+        help="serve with ONNX Runtime (default), PyTorch (TorchScript), or both side by side",
+    )
     v.add_argument("--model-version", type=int, default=None, help="default: one more than the enclave's")
     v.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default 256)")
     v.add_argument("--crop", type=int, default=224, help="centre crop size, the model's input (default 224)")
@@ -154,6 +161,11 @@ def _parser() -> argparse.ArgumentParser:
         help="classes to print per image (default 1; at most the enclave's max_top_k)",
     )
     c.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    c.add_argument(
+        "--runtime",
+        choices=["onnx", "torch", "both"],
+        help="which provisioned runtime answers (default: the owner's first); both: side by side",
+    )
     c.add_argument(
         "--model-sha256", metavar="HEX", help="refuse to use any model but this one (see GET /v1/model)"
     )
@@ -320,15 +332,15 @@ def _provision(args: argparse.Namespace) -> int:
     with _client(args, args.constraint) as client:
         attestation = client.attest()  # before any conversion work or secret leaves this machine
         _warn_if_insecure(attestation)
-        with _as_onnx(args.model, args.crop) as onnx_path:
+        with _model_files(args.model, args.runtime, args.crop) as files:
             limit = attestation.config.limits.max_model_bytes
-            size = onnx_path.stat().st_size
+            size = sum(path.stat().st_size for path in files.values())
             if size > limit:
                 raise UsageError(f"the model is {size} bytes; this enclave's max_model_bytes is {limit}")
             bar = Progress(size, label="uploading", enabled=False if args.quiet else None)
             try:
                 meta = client.provision_file(
-                    onnx_path,
+                    files,
                     labels,
                     key,
                     preprocessing=preprocessing,
@@ -337,7 +349,11 @@ def _provision(args: argparse.Namespace) -> int:
                 )
             finally:
                 bar.close()
-    print(f"provisioned model version {meta['version']} (sha256 {meta['sha256']}, {meta['labels']} labels)")
+    runtimes = ", ".join(meta.get("runtimes", ["onnx"]))
+    print(
+        f"provisioned model version {meta['version']} (sha256 {meta['sha256']}, {meta['labels']} labels,"
+        f" runtimes: {runtimes})"
+    )
     return 0
 
 
@@ -352,14 +368,14 @@ def _classify(args: argparse.Namespace) -> int:
         if args.top > max_top:
             raise UsageError(f"--top must be at most {max_top} for this enclave (its max_top_k)")
         if not args.images:
-            return _console(client, args.top, as_json=args.json)
+            return _console(client, args.top, as_json=args.json, runtime=args.runtime or "default")
         failures = 0
         outputs: list[dict[str, Any]] = []
         level = attestation.report.security_level.name
         for source in args.images:
             name = _display_name(source)
             try:
-                result = client.classify(_load_image(source), top=args.top)
+                result = client.classify(_load_image(source), top=args.top, runtime=args.runtime or "default")
             except EnclaveInferError as exc:
                 if args.json:
                     outputs.append({"image": source, "error": str(exc)})
@@ -370,14 +386,14 @@ def _classify(args: argparse.Namespace) -> int:
             if args.json:
                 outputs.append({"image": source, "security_level": level, **result.to_json()})
             else:
-                for prediction in result.results:
-                    print(f"{name}: {prediction}")
+                for text in _lines(result):
+                    print(f"{name}: {text}")
         if args.json:
             print(json.dumps(outputs, indent=2))
     return 1 if failures else 0
 
 
-def _console(client: Any, top: int, *, as_json: bool) -> int:
+def _console(client: Any, top: int, *, as_json: bool, runtime: str) -> int:
     """The seed's console: a prompt, one answer per image, empty line or EOF to quit."""
     while True:
         try:
@@ -388,15 +404,24 @@ def _console(client: Any, top: int, *, as_json: bool) -> int:
         if not line:
             return 0
         try:
-            result = client.classify(_load_image(line), top=top)
+            result = client.classify(_load_image(line), top=top, runtime=runtime)
         except EnclaveInferError as exc:
             _error(str(exc))
             continue
         if as_json:
             print(json.dumps({"image": line, **result.to_json()}))
         else:
-            for prediction in result.results:
-                print(prediction)
+            for text in _lines(result):
+                print(text)
+
+
+def _lines(result: Any) -> list[str]:
+    """One line per class; with both runtimes, each runtime's answer side by side."""
+    if not result.by_runtime:
+        return [str(p) for p in result.results]
+    columns = list(result.by_runtime.items())
+    rows = max(len(ps) for _, ps in columns)
+    return ["  ".join(f"[{name}] {ps[i]}" for name, ps in columns if i < len(ps)) for i in range(rows)]
 
 
 def _warn_if_insecure(attestation: Any) -> None:
@@ -408,32 +433,27 @@ def _warn_if_insecure(attestation: Any) -> None:
 # -- helpers -------------------------------------------------------------------------------------
 
 
-class _as_onnx:
-    """Context manager: the model as an ONNX file, converting a torch pickle in a temp dir."""
+@contextlib.contextmanager
+def _model_files(path: Path, runtime: str, input_size: int) -> Iterator[dict[str, Path]]:
+    """The owner's model as the files the enclave serves: {"onnx": …, "torchscript": …}. An
+    ``.onnx`` for ONNX Runtime alone is only checked; anything else is converted here, on the
+    owner's machine, into a temporary folder (a pickle's code runs here, never in the enclave)."""
+    if not path.exists():
+        raise UsageError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise UsageError(f"model file {path} is not a regular file")
+    if runtime == "onnx" and path.suffix.lower() == ".onnx":
+        from enclave_infer.client.convert import check_onnx
 
-    def __init__(self, path: Path, input_size: int) -> None:
-        self._path, self._size = path, input_size
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        check_onnx(path)  # a local one-line error beats an upload the enclave refuses
+        yield {"onnx": path}
+        return
+    from enclave_infer.client.export import export_formats
 
-    def __enter__(self) -> Path:
-        if not self._path.exists():
-            raise UsageError(f"model file {self._path} does not exist")
-        if not self._path.is_file():
-            raise UsageError(f"model file {self._path} is not a regular file")
-        from enclave_infer.client.convert import check_onnx, convert_to_onnx
-
-        if self._path.suffix.lower() == ".onnx":
-            check_onnx(self._path)  # a local one-line error beats an upload the enclave refuses
-            return self._path
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="enclave-infer-convert-")
-        dest = Path(self._tmp.name) / "model.onnx"
-        convert_to_onnx(self._path, dest, input_size=self._size)
-        return dest
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+    wanted = {"onnx", "torch"} if runtime == "both" else {runtime}
+    with tempfile.TemporaryDirectory(prefix="enclave-infer-convert-") as tmp:
+        made = export_formats(path, Path(tmp), wanted, input_size=input_size)
+        yield {fmt: made[fmt] for fmt in ("onnx", "torchscript") if fmt in made}
 
 
 def _floats3(option: str, text: str) -> list[float]:

@@ -12,8 +12,8 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from enclave_infer.errors import (
     UsageError,
 )
 from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
-from enclave_infer.protocol.manifest import Manifest, sf_binary
+from enclave_infer.protocol.manifest import Manifest, ModelFile, sf_binary
 
 __all__ = ["Classification", "Client", "Prediction", "fetch_collateral", "load_labels"]
 
@@ -64,28 +64,35 @@ class Classification:
     model_sha256: str
     model_version: int
     results: tuple[Prediction, ...]
+    # with runtime="both": each runtime's results, side by side ("onnx", "torch")
+    by_runtime: dict[str, tuple[Prediction, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, doc: Any) -> Classification:
+        def predictions(items: Any) -> tuple[Prediction, ...]:
+            return tuple(Prediction(str(r["label"]), int(r["index"]), float(r["probability"])) for r in items)
+
         try:
             return cls(
                 model_sha256=str(doc["model"]["sha256"]),
                 model_version=int(doc["model"]["version"]),
-                results=tuple(
-                    Prediction(str(r["label"]), int(r["index"]), float(r["probability"]))
-                    for r in doc["results"]
-                ),
+                results=predictions(doc["results"]),
+                by_runtime={str(k): predictions(v) for k, v in doc.get("runtimes", {}).items()},
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise ProtocolError("the enclave's classification answer is malformed") from None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        def items(ps: tuple[Prediction, ...]) -> list[dict[str, Any]]:
+            return [{"label": p.label, "index": p.index, "probability": p.probability} for p in ps]
+
+        doc: dict[str, Any] = {
             "model": {"sha256": self.model_sha256, "version": self.model_version},
-            "results": [
-                {"label": p.label, "index": p.index, "probability": p.probability} for p in self.results
-            ],
+            "results": items(self.results),
         }
+        if self.by_runtime:
+            doc["runtimes"] = {name: items(ps) for name, ps in self.by_runtime.items()}
+        return doc
 
 
 class Client:
@@ -179,14 +186,15 @@ class Client:
 
     # -- the enclave's API ---------------------------------------------------------------------
 
-    def classify(self, image: bytes, *, top: int = 1) -> Classification:
+    def classify(self, image: bytes, *, top: int = 1, runtime: str = "default") -> Classification:
+        """``runtime``: the owner's first ("default"), "onnx", "torch", or "both" side by side."""
         if self.model_sha256 is not None and not self._model_checked:
             served = self.model_info()  # before the first image leaves this machine
             self._check_model(served["sha256"] if served else "none")
             self._model_checked = True
         response = self.request(
             "POST",
-            f"/v1/classify?top={top}",
+            f"/v1/classify?top={top}&runtime={runtime}",
             content=image,
             headers=(("content-type", "application/octet-stream"),),
         )
@@ -223,9 +231,7 @@ class Client:
             current = self.model_info()
             version = 1 if current is None else int(current["version"]) + 1
         manifest = Manifest(
-            model_sha256=hashlib.sha256(model).hexdigest(),
-            model_size=len(model),
-            model_format="onnx",
+            files=(ModelFile("onnx", hashlib.sha256(model).hexdigest(), len(model)),),
             labels=tuple(labels),
             preprocessing=preprocessing,
             version=version,
@@ -347,7 +353,7 @@ class Client:
 
     def provision_file(
         self,
-        model: Path,
+        model: Path | Mapping[str, Path],
         labels: Sequence[str],
         owner_key: Ed25519PrivateKey,
         *,
@@ -356,27 +362,34 @@ class Client:
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`provision`, streaming the model file through chunked OHTTP: client memory
-        stays at a few pieces whatever the model's size. ``progress`` gets byte counts as they go."""
-        digest, size = hashlib.sha256(), 0
-        try:
-            with open(model, "rb") as f:
-                while piece := f.read(UPLOAD_PIECE_BYTES):
-                    digest.update(piece)
-                    size += len(piece)
-        except OSError as exc:
-            raise UsageError(f"cannot read model {model}: {exc.strerror}") from None
+        stays at a few pieces whatever the model's size. ``model`` is an ONNX file, or a mapping
+        of format ("onnx", "torchscript") to file, served by each runtime. ``progress`` gets byte
+        counts as they go."""
+        paths = {"onnx": model} if isinstance(model, Path) else dict(model)
+        files = []
+        for fmt, path in paths.items():
+            digest, size = hashlib.sha256(), 0
+            try:
+                with open(path, "rb") as f:
+                    while piece := f.read(UPLOAD_PIECE_BYTES):
+                        digest.update(piece)
+                        size += len(piece)
+            except OSError as exc:
+                raise UsageError(f"cannot read model {path}: {exc.strerror}") from None
+            files.append(ModelFile(fmt, digest.hexdigest(), size))
         if version is None:
             current = self.model_info()
             version = 1 if current is None else int(current["version"]) + 1
-        manifest = Manifest(digest.hexdigest(), size, "onnx", tuple(labels), preprocessing, version)
+        manifest = Manifest(tuple(files), tuple(labels), preprocessing, version)
         manifest_bytes, signature = manifest.sign(owner_key)
 
         def pieces() -> Iterator[bytes]:
-            with open(model, "rb") as f:
-                while piece := f.read(UPLOAD_PIECE_BYTES):
-                    if progress is not None:
-                        progress(len(piece))
-                    yield piece
+            for path in paths.values():  # back to back, in the manifest's order
+                with open(path, "rb") as f:
+                    while piece := f.read(UPLOAD_PIECE_BYTES):
+                        if progress is not None:
+                            progress(len(piece))
+                        yield piece
 
         response = self.request(
             "PUT",

@@ -3,7 +3,8 @@
 Trusted code, pure logic: a binary-HTTP request in, a binary-HTTP response out.
 
 =======================  ==================================================================
-``POST /v1/classify``    body: image bytes; query ``top=K`` → JSON model + results
+``POST /v1/classify``    body: image bytes; query ``top=K``, ``runtime=onnx|torch|both`` → JSON
+                         model + results (with ``both``, also each runtime's results)
 ``PUT /v1/model``        owner-signed manifest (headers) and model (body) → JSON metadata
 ``GET /v1/model``        public metadata of the served model (404 if none)
 =======================  ==================================================================
@@ -95,7 +96,10 @@ class App:
             return _json(400, {"error": f"top must be an integer from 1 to {self._max_top_k}"})
         if not request.content:
             return _json(400, {"error": "empty request body: send the image bytes"})
-        return _json(200, self._store.classify(request.content, int(top)))
+        runtime = query.get("runtime", ["default"])
+        if len(runtime) != 1 or runtime[0] not in ("default", "onnx", "torch", "both"):
+            return _json(400, {"error": "runtime must be onnx, torch or both"})
+        return _json(200, self._store.classify(request.content, int(top), runtime[0]))
 
     def _get_model(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
         loaded = self._store.current

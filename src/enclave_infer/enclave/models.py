@@ -10,6 +10,7 @@ model replace the old one, in one assignment. Any failure leaves the served mode
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import struct
@@ -21,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.preprocess import ImageError, Preprocessing, decode_image, to_tensor
+from enclave_infer.enclave.runtimes import (
+    InferenceError,
+    Runtime,
+    RuntimeLoadError,
+    check_scores,
+    load_onnx,
+    load_torch,
+    torch_available,
+)
 from enclave_infer.enclave.sealing import SealedStreamWriter, Sealer, read_sealed_stream
 from enclave_infer.errors import EnclaveInferError, ProtocolError, UsageError
 from enclave_infer.protocol.manifest import Manifest
@@ -50,8 +59,7 @@ class LoadedModel:
     manifest: Manifest
     signature: bytes
     preprocessing: Preprocessing
-    session: ort.InferenceSession
-    input_name: str
+    runtimes: dict[str, Runtime]  # "onnx", "torch": the first is the default
     provisioned_at: float
 
     def metadata(self) -> dict[str, Any]:
@@ -60,7 +68,8 @@ class LoadedModel:
             "sha256": m.model_sha256,
             "version": m.version,
             "size": m.model_size,
-            "formats": [m.model_format],
+            "formats": list(m.formats),
+            "runtimes": list(self.runtimes),
             "labels": len(m.labels),
             "preprocessing": self.preprocessing.to_json(),
             "provisioned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.provisioned_at)),
@@ -74,7 +83,8 @@ class Upload:
         self, store: ModelStore, manifest: Manifest, manifest_bytes: bytes, signature: bytes
     ) -> None:
         self._store, self.manifest, self._signature = store, manifest, signature
-        self._hash = hashlib.sha256()
+        self._hashes = [hashlib.sha256() for _ in manifest.files]
+        self._ends = list(itertools.accumulate(f.size for f in manifest.files))
         self._chunks: list[bytes] = []
         self.received = 0
         self._writer: SealedStreamWriter | None = None
@@ -85,10 +95,16 @@ class Upload:
             )
 
     def write(self, data: bytes) -> None:
+        start = self.received
         self.received += len(data)
         if self.received > self.manifest.model_size:
             raise ModelError(400, "more model bytes than the manifest's size")
-        self._hash.update(data)
+        view = memoryview(data)
+        for i, end in enumerate(self._ends):  # the files come back to back: hash each one's part
+            begin = self._ends[i - 1] if i else 0
+            lo, hi = max(start, begin), min(self.received, end)
+            if lo < hi:
+                self._hashes[i].update(view[lo - start : hi - start])
         self._chunks.append(data)
         if self._writer is not None:
             self._writer.write(data)
@@ -96,8 +112,9 @@ class Upload:
     def finish(self) -> LoadedModel:
         """Verify size and hash, load, commit the sealed file, then swap: all or nothing."""
         m = self.manifest
-        if self.received != m.model_size or self._hash.hexdigest() != m.model_sha256:
-            raise ModelError(400, "model bytes do not match the size and SHA-256 in the manifest")
+        hashes = (h.hexdigest() for h in self._hashes)
+        if self.received != m.model_size or any(h != f.sha256 for h, f in zip(hashes, m.files, strict=True)):
+            raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
         model = b"".join(self._chunks)
         self._chunks.clear()
         store = self._store
@@ -170,47 +187,38 @@ class ModelStore:
     def _load(
         self, manifest: Manifest, signature: bytes, model: bytes, *, provisioned_at: float
     ) -> LoadedModel:
-        if len(model) != manifest.model_size or hashlib.sha256(model).hexdigest() != manifest.model_sha256:
-            raise ModelError(400, "model bytes do not match the size and SHA-256 in the manifest")
+        """Load every file of ``model`` (the manifest's files back to back) into its runtime."""
+        if len(model) != manifest.model_size:
+            raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
         try:
             pre = Preprocessing.from_json(manifest.preprocessing)
         except UsageError as exc:
             raise ModelError(400, f"manifest preprocessing: {exc}") from None
-        options = ort.SessionOptions()
         # ONNX Runtime would start a thread per core; under Gramine every thread counts against
         # sgx.max_threads, so a quarter of them go to one model's intra-op pool.
-        options.intra_op_num_threads = max(1, min(os.cpu_count() or 1, self._config.max_threads // 4))
-        options.log_severity_level = 4  # fatal only: ONNX Runtime's messages name the model's tensors
-        # A model loaded from bytes would read "external data" tensors from files in the working
-        # directory, which the host controls, outside the signed hash. Point ONNX Runtime at an
-        # empty private folder instead, so that any such model fails to load.
-        options.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", self._no_files
-        )
-        try:
-            session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ONNX Runtime raises its own types, several of them, for bad models
-            if "external data" in str(exc).lower():
-                raise ModelError(
-                    400, "the model keeps tensors in external data files; send one self-contained file"
-                ) from None
-            raise ModelError(400, "the model is not a valid ONNX model") from None
-        inputs = session.get_inputs()
-        if len(inputs) != 1:
-            raise ModelError(400, f"the model must take one input tensor, it takes {len(inputs)}")
+        threads = max(1, min(os.cpu_count() or 1, self._config.max_threads // 4))
         shape = (1, 3, pre.crop, pre.crop) if pre.layout == "NCHW" else (1, pre.crop, pre.crop, 3)
-        try:
-            scores = session.run(None, {inputs[0].name: np.zeros(shape, dtype=np.float32)})[0]
-        except Exception:
-            raise ModelError(
-                400, "the model does not accept a preprocessed image of the manifest's size"
-            ) from None
-        if np.shape(scores) != (1, len(manifest.labels)):
-            raise ModelError(
-                400,
-                f"model output shape {np.shape(scores)}, expected (1, {len(manifest.labels)}) for its labels",
-            )
-        return LoadedModel(manifest, signature, pre, session, inputs[0].name, provisioned_at)
+        runtimes: dict[str, Runtime] = {}
+        offset = 0
+        for f in manifest.files:
+            part = model[offset : offset + f.size] if len(manifest.files) > 1 else model
+            offset += f.size
+            if hashlib.sha256(part).hexdigest() != f.sha256:
+                raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
+            try:
+                if f.format == "onnx":
+                    runtime = load_onnx(part, threads=threads, no_files_dir=self._no_files)
+                elif torch_available():
+                    runtime = load_torch(part, fmt=f.format, threads=threads)
+                else:
+                    raise ModelError(
+                        400, "this enclave has no PyTorch runtime: provision with --runtime onnx"
+                    )
+                check_scores(runtime, np.zeros(shape, dtype=np.float32), len(manifest.labels))
+            except RuntimeLoadError as exc:
+                raise ModelError(400, str(exc)) from None
+            runtimes[runtime.name] = runtime
+        return LoadedModel(manifest, signature, pre, runtimes, provisioned_at)
 
     def restore(self) -> None:
         """Serve the sealed model again after a restart, or nothing if it fails to verify."""
@@ -231,10 +239,21 @@ class ModelStore:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def classify(self, image: bytes, top: int) -> dict[str, Any]:
+    def classify(self, image: bytes, top: int, runtime: str = "default") -> dict[str, Any]:
+        """``runtime``: "default" (the first the owner provisioned), "onnx", "torch", or "both",
+        which answers with every runtime's results side by side, as the Mystikos sample does."""
         loaded = self.current
         if loaded is None:
             raise ModelError(503, "no model has been provisioned yet")
+        if runtime == "default":
+            names = [next(iter(loaded.runtimes))]
+        elif runtime == "both":
+            names = list(loaded.runtimes)
+        elif runtime in loaded.runtimes:
+            names = [runtime]
+        else:
+            have = ", ".join(loaded.runtimes)
+            raise ModelError(400, f"runtime {runtime!r} is not provisioned; this model has {have}")
         if len(image) > self._config.limits.max_image_bytes:
             raise ModelError(413, f"image is larger than {self._config.limits.max_image_bytes} bytes")
         try:
@@ -243,16 +262,25 @@ class ModelStore:
             )
         except ImageError as exc:
             raise ModelError(400, str(exc)) from None
-        scores = np.asarray(loaded.session.run(None, {loaded.input_name: tensor})[0][0], dtype=np.float64)
-        probabilities = _as_probabilities(scores)
-        order = np.argsort(-probabilities, kind="stable")[:top]
-        return {
-            "model": {"sha256": loaded.manifest.model_sha256, "version": loaded.manifest.version},
-            "results": [
+        by_runtime: dict[str, list[dict[str, Any]]] = {}
+        for name in names:
+            try:
+                scores = np.asarray(loaded.runtimes[name].run(tensor)[0], dtype=np.float64)
+            except InferenceError as exc:
+                raise ModelError(500, str(exc)) from None
+            probabilities = _as_probabilities(scores)
+            order = np.argsort(-probabilities, kind="stable")[:top]
+            by_runtime[name] = [
                 {"label": loaded.manifest.labels[i], "index": int(i), "probability": float(probabilities[i])}
                 for i in order
-            ],
+            ]
+        answer: dict[str, Any] = {
+            "model": {"sha256": loaded.manifest.model_sha256, "version": loaded.manifest.version},
+            "results": by_runtime[names[0]],
         }
+        if runtime == "both":
+            answer["runtimes"] = by_runtime
+        return answer
 
 
 def _as_probabilities(scores: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:

@@ -2,9 +2,10 @@
 
 Pure logic on bytes, used by the owner's tooling (to sign) and by the enclave (to verify). The
 manifest is canonical JSON (sorted keys, no white space); the signature is Ed25519 (RFC 8032) over
-``"enclave-infer model manifest v1" || 0x00 || manifest``. In ``PUT /v1/model`` both travel as
+``"enclave-infer model manifest v2" || 0x00 || manifest``. In ``PUT /v1/model`` both travel as
 RFC 8941 byte-sequence header values (``manifest``, ``manifest-signature``) and the body is the model
-file, whose SHA-256 and size the manifest names.
+files, back to back in the manifest's order, each named by format, SHA-256 and size. A model's
+identity (``sha256`` in answers and ``--model-sha256``) is the SHA-256 of its first file.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from enclave_infer.errors import ProtocolError
 
-__all__ = ["MODEL_FORMATS", "Manifest", "parse_sf_binary", "sf_binary"]
+__all__ = ["MODEL_FORMATS", "Manifest", "ModelFile", "parse_sf_binary", "sf_binary"]
 
-MANIFEST_TYPE = "enclave-infer model manifest v1"
+MANIFEST_TYPE = "enclave-infer model manifest v2"
 SIGNATURE_CONTEXT = MANIFEST_TYPE.encode() + b"\x00"
-MODEL_FORMATS = ("onnx",)
+# ONNX (for ONNX Runtime) and TorchScript archives (for PyTorch, where the enclave has it); never
+# pickles, and never torch.export programs, whose loader runs code from the file.
+MODEL_FORMATS = ("onnx", "torchscript")
 # 1000 ImageNet labels are ~21 KB; 100k labels of 64 bytes bound the manifest at a few MB.
 MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 256
@@ -33,21 +36,42 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
+class ModelFile:
+    format: str
+    sha256: str
+    size: int
+
+    def __post_init__(self) -> None:
+        if not _HEX64.fullmatch(self.sha256):
+            raise ProtocolError("manifest: a file's sha256 must be 64 lowercase hex digits")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size <= 0:
+            raise ProtocolError("manifest: a file's size must be a positive integer")
+        if self.format not in MODEL_FORMATS:
+            raise ProtocolError(f"manifest: a file's format must be one of {', '.join(MODEL_FORMATS)}")
+
+
+@dataclass(frozen=True)
 class Manifest:
-    model_sha256: str
-    model_size: int
-    model_format: str
+    files: tuple[ModelFile, ...]
     labels: tuple[str, ...]
     preprocessing: dict[str, Any]
     version: int
 
+    @property
+    def model_sha256(self) -> str:
+        return self.files[0].sha256
+
+    @property
+    def model_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(f.format for f in self.files)
+
     def __post_init__(self) -> None:
-        if not _HEX64.fullmatch(self.model_sha256):
-            raise ProtocolError("manifest: model.sha256 must be 64 lowercase hex digits")
-        if not isinstance(self.model_size, int) or isinstance(self.model_size, bool) or self.model_size <= 0:
-            raise ProtocolError("manifest: model.size must be a positive integer")
-        if self.model_format not in MODEL_FORMATS:
-            raise ProtocolError(f"manifest: model.format must be one of {', '.join(MODEL_FORMATS)}")
+        if not self.files or len({f.format for f in self.files}) != len(self.files):
+            raise ProtocolError("manifest: files must name one file per format, at least one")
         if not self.labels or len(self.labels) > MAX_LABELS:
             raise ProtocolError(f"manifest: labels must list 1 to {MAX_LABELS} names")
         for label in self.labels:
@@ -70,7 +94,7 @@ class Manifest:
     def encode(self) -> bytes:
         doc = {
             "type": MANIFEST_TYPE,
-            "model": {"sha256": self.model_sha256, "size": self.model_size, "format": self.model_format},
+            "files": [{"format": f.format, "sha256": f.sha256, "size": f.size} for f in self.files],
             "labels": list(self.labels),
             "preprocessing": self.preprocessing,
             "version": self.version,
@@ -85,17 +109,17 @@ class Manifest:
             doc = json.loads(data)
             if not isinstance(doc, dict) or doc.get("type") != MANIFEST_TYPE:
                 raise ProtocolError("not an enclave-infer model manifest v1")
-            if set(doc) != {"type", "model", "labels", "preprocessing", "version"}:
+            if set(doc) != {"type", "files", "labels", "preprocessing", "version"}:
                 raise ProtocolError("manifest: unexpected or missing fields")
-            model = doc["model"]
-            if not isinstance(model, dict) or set(model) != {"sha256", "size", "format"}:
-                raise ProtocolError("manifest: model must have sha256, size and format")
+            files = doc["files"]
+            if not isinstance(files, list) or not all(
+                isinstance(f, dict) and set(f) == {"format", "sha256", "size"} for f in files
+            ):
+                raise ProtocolError("manifest: each file must have format, sha256 and size")
             if not isinstance(doc["labels"], list):
                 raise ProtocolError("manifest: labels must be a list")
             return cls(
-                model_sha256=model["sha256"],
-                model_size=model["size"],
-                model_format=model["format"],
+                files=tuple(ModelFile(f["format"], f["sha256"], f["size"]) for f in files),
                 labels=tuple(doc["labels"]),
                 preprocessing=doc["preprocessing"],
                 version=doc["version"],
