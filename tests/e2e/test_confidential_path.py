@@ -526,3 +526,23 @@ def test_both_runtimes_side_by_side(deployment: Deployment, files: dict[str, Pat
         "classify", deployment.url, deployment.constraint, str(files["red"]), "--runtime", "torch"
     )
     assert only_torch.returncode == 0, only_torch.stderr
+
+
+def test_onnx_with_external_data_is_folded_by_the_owner_tooling(
+    deployment: Deployment, files: dict[str, Path], tmp_path: Path
+) -> None:
+    import onnx
+
+    model = onnx.load_from_string(files["model"].read_bytes())
+    split = tmp_path / "split"
+    split.mkdir()
+    onnx.save(
+        model, split / "colours.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0
+    )
+    assert (split / "weights.bin").exists()
+    out = provision(deployment, files, model=split / "colours.onnx")
+    assert out.returncode == 0, out.stderr
+    meta = served_model(deployment)
+    assert meta is not None and meta["formats"] == ["onnx"]
+    ok = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]))
+    assert ok.returncode == 0 and ok.stdout.startswith("red.png: red")

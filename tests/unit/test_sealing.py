@@ -164,3 +164,14 @@ def test_sealed_stream_round_trip_and_tamper(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         interrupted_upload()
     assert not list(tmp_path.glob("raised*"))
+
+
+def test_restart_removes_an_unfinished_upload(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    provision(make_store(tmp_path, key), key, 1)
+    stale = tmp_path / "sealed" / f"{SEALED_MODEL}.0123456789abcdef.partial"
+    stale.write_bytes(b"half a model, the enclave died here")
+    store = make_store(tmp_path, key)
+    store.restore()
+    assert not stale.exists()
+    assert store.current is not None and store.current.manifest.version == 1

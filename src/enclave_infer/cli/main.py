@@ -445,9 +445,15 @@ def _model_files(path: Path, runtime: str, input_size: int) -> Iterator[dict[str
     if runtime == "onnx" and path.suffix.lower() == ".onnx":
         from enclave_infer.client.convert import check_onnx
 
-        check_onnx(path)  # a local one-line error beats an upload the enclave refuses
-        yield {"onnx": path}
-        return
+        try:
+            check_onnx(path)  # a local one-line error beats an upload the enclave refuses
+        except UsageError as exc:
+            if "external data" not in str(exc):
+                raise
+        else:
+            yield {"onnx": path}
+            return
+        # weights in external data files: fold them into one self-contained file below
     from enclave_infer.client.export import export_formats
 
     wanted = {"onnx", "torch"} if runtime == "both" else {runtime}

@@ -223,6 +223,10 @@ class ModelStore:
     def restore(self) -> None:
         """Serve the sealed model again after a restart, or nothing if it fails to verify."""
         path = self._storage / SEALED_MODEL
+        # An upload cut by the enclave's own death leaves its partial file: never a model, remove it.
+        for partial in self._storage.glob(f"{SEALED_MODEL}.*.partial") if self._storage.is_dir() else ():
+            partial.unlink(missing_ok=True)
+            log.warning("removed an unfinished upload left by a previous run")
         if self._sealer is None or not path.exists():
             return
         try:
