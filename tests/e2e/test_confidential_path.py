@@ -546,3 +546,31 @@ def test_onnx_with_external_data_is_folded_by_the_owner_tooling(
     assert meta is not None and meta["formats"] == ["onnx"]
     ok = run_cli("classify", deployment.url, deployment.constraint, str(files["red"]))
     assert ok.returncode == 0 and ok.stdout.startswith("red.png: red")
+
+
+def test_enclave_killed_mid_upload_keeps_the_previous_model(
+    deployment: Deployment, files: dict[str, Path], tmp_path: Path
+) -> None:
+    if served_model(deployment) is None:
+        assert provision(deployment, files).returncode == 0
+    before = served_model(deployment)
+    big = tmp_path / "big.onnx"
+    big.write_bytes(files["model"].read_bytes() + os.urandom(900_000))
+    killed = False
+
+    def kill_enclave_halfway(n: int) -> None:
+        nonlocal killed
+        if not killed:
+            found = subprocess.run(["pgrep", "-f", f"enclave_infer.enclave .*{deployment.data_dir}"],
+                                   capture_output=True, text=True, check=False)  # fmt: skip
+            for pid in found.stdout.split():
+                os.kill(int(pid), signal.SIGKILL)
+            killed = True
+            time.sleep(0.3)
+
+    with Client(deployment.url, deployment.constraint) as c, pytest.raises((RemoteError, TransportError)):
+        c.provision_file(big, ["a", "b", "c", "d"], load_owner_key(deployment.owner_key), preprocessing={},
+                         progress=kill_enclave_halfway)  # fmt: skip
+    assert killed
+    assert served_model(deployment) == before  # restarted, restored from the untouched sealed file
+    assert not list((deployment.data_dir / "sealed").glob("*.partial"))
