@@ -424,3 +424,48 @@ def test_audit_reaches_into_branches() -> None:
     assert all(node.kind() != "prim::Print" for node in graph.nodes())  # only inside the prim::If
     with pytest.raises(RuntimeLoadError, match="prim::Print"):
         runtimes._audit_torchscript(scripted)
+
+
+def _scripted(module: torch.nn.Module) -> bytes:
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit
+        torch.jit.save(torch.jit.script(module), buffer)
+    return buffer.getvalue()
+
+
+class _Stateful(torch.nn.Module):
+    """Keeps a caller's pixels and answers the next caller with them (security review)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("prev", torch.full((1, 4), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.prev.clone()
+        v = x.flatten(1)[:, :4].abs() + 1e-6
+        self.prev.copy_(v / v.sum())
+        return out
+
+
+class _Hooked(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :4]
+
+
+def _leak(module: torch.nn.Module, inputs: tuple[torch.Tensor]) -> None:
+    print(inputs[0].sum())  # stands for torch.save(inputs[0], <a host-visible path>)
+
+
+def test_stateful_torchscript_is_refused() -> None:
+    with pytest.raises(runtimes.RuntimeLoadError, match="keeping state"):
+        runtimes.load_torch(_scripted(_Stateful()), fmt="torchscript", threads=1)
+
+
+def test_torchscript_with_forward_hooks_is_refused() -> None:
+    hooked = _Hooked()
+    hooked.register_forward_pre_hook(_leak)
+    with pytest.raises(runtimes.RuntimeLoadError, match="forward hooks"):
+        runtimes.load_torch(_scripted(hooked), fmt="torchscript", threads=1)

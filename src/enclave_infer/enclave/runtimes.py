@@ -204,7 +204,8 @@ class _TorchRuntime:
             array = np.array(array, dtype=np.float32)
         try:
             with torch.inference_mode():
-                output = self.module(torch.from_numpy(array))
+                # forward() itself, not __call__: hooks would run code the audit did not see
+                output = self.module.forward(torch.from_numpy(array))
         except Exception:  # TorchScript's messages quote the model's code
             raise InferenceError("the model failed to run on the input") from None
         if not isinstance(output, torch.Tensor):
@@ -298,6 +299,10 @@ def _audit_torchscript(module: Any) -> None:
             raise RuntimeLoadError(
                 "the TorchScript model defines __setstate__, code that runs while it loads"
             )
+        # Hooks run around forward with code the graph audit below does not see (a pre-hook
+        # could save every input); a served model has none.
+        if submodule._c._get_forward_hooks() or submodule._c._get_forward_pre_hooks():
+            raise RuntimeLoadError("the TorchScript model has forward hooks, which this enclave does not run")
     try:
         graph = module.inlined_graph
     except Exception:
@@ -310,6 +315,12 @@ def _audit_torchscript(module: Any) -> None:
                 raise RuntimeLoadError(f"the TorchScript model uses {kind}, which this enclave does not run")
             if kind == "prim::CreateObject" and "torch.classes" in node.output().type().str():
                 raise RuntimeLoadError("the TorchScript model uses torch.classes objects")
+            # A served model must be a pure function of its input: state kept from one request to
+            # the next could hand one client's image to the next caller.
+            if kind == "prim::SetAttr":
+                raise RuntimeLoadError("the TorchScript model changes its own attributes, keeping state")
+            if _in_place(kind) and any(i.node().kind() == "prim::GetAttr" for i in node.inputs()):
+                raise RuntimeLoadError("the TorchScript model writes to its own tensors, keeping state")
             blocks.extend(node.blocks())
             for attribute in node.attributeNames():
                 kind_of = node.kindOf(attribute)
@@ -317,6 +328,12 @@ def _audit_torchscript(module: Any) -> None:
                     blocks.append(node.g(attribute).block())
                 elif kind_of == "gs":
                     blocks.extend(subgraph.block() for subgraph in node.gs(attribute))
+
+
+def _in_place(kind: str) -> bool:
+    """aten's in-place operators end in one underscore (``aten::add_``, ``aten::copy_``)."""
+    name = kind.partition("::")[2]
+    return name.endswith("_") and not name.endswith("__")
 
 
 # -- both --------------------------------------------------------------------------------------
