@@ -473,3 +473,11 @@ def test_streamed_request_errors() -> None:
 
     with pytest.raises(ProtocolError, match="head larger"):
         flood()
+
+
+def test_streamed_request_with_trailers_is_refused() -> None:
+    """Re-parsing a growing trailer section on every feed would cost quadratic time (security review)."""
+    head = bhttp.encode_request_head(bhttp.Request("POST", "https", "e", "/v1/classify"))
+    trailer = b"\x01x\x01y" + b"\x00"  # one field, then the section's terminator
+    with pytest.raises(ProtocolError, match="trailer fields"):
+        bhttp.RequestStream().feed(head + b"\x00" + trailer)

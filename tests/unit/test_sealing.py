@@ -175,3 +175,20 @@ def test_restart_removes_an_unfinished_upload(tmp_path: Path) -> None:
     store.restore()
     assert not stale.exists()
     assert store.current is not None and store.current.manifest.version == 1
+
+
+def test_sealed_stream_chunks_cannot_be_spliced_behind_another_header(tmp_path: Path) -> None:
+    from enclave_infer.enclave import sealing
+
+    sealer = Sealer(b"s" * 32)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for path, header in ((a, b"manifest A"), (b, b"manifest B")):
+        with sealing.SealedStreamWriter(sealer, path, header, b"L") as w:
+            w.write(b"model bytes" * 1000)
+            w.commit()
+    blob_a, blob_b = a.read_bytes(), b.read_bytes()
+    header_end = len(sealing.STREAM_MAGIC) + 8 + int.from_bytes(blob_a[7:15], "big")
+    spliced = tmp_path / "spliced"
+    spliced.write_bytes(blob_a[:header_end] + blob_b[header_end:])  # A's header, B's prefix and chunks
+    with pytest.raises(DecryptionError):
+        sealing.read_sealed_stream(sealer, spliced, b"L", max_bytes=10**6)

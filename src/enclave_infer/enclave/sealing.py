@@ -7,6 +7,7 @@ to a temporary name, fsynced and renamed, so a crash never leaves a half-written
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import struct
@@ -98,6 +99,9 @@ class Sealer:
 #
 #     "EISTRM1" || u64 length || sealed header blob || prefix (7)
 #     || { u32 length || sealed chunk }*            (the last one has the last flag set)
+#
+# Each chunk's additional data is the label and the SHA-256 of the sealed header blob, so the
+# chunks of one file cannot be spliced behind the header of another.
 
 STREAM_MAGIC = b"EISTRM1"
 STREAM_CHUNK_BYTES = 1024 * 1024
@@ -118,6 +122,8 @@ class SealedStreamWriter:
         self._counter = 0
         self._pending = bytearray()
         blob = sealer.seal(header, label + b" header")
+        # chunks are bound to this header: another file's chunks cannot be spliced behind it
+        self._aad = label + hashlib.sha256(blob).digest()
         self._file.write(STREAM_MAGIC + struct.pack("!Q", len(blob)) + blob + self._prefix)
 
     def __enter__(self) -> SealedStreamWriter:
@@ -150,7 +156,7 @@ class SealedStreamWriter:
         if self._counter >= _MAX_CHUNKS:
             raise ProtocolError("stream too long to seal")
         nonce = self._prefix + struct.pack("!IB", self._counter, 1 if last else 0)
-        sealed = self._sealer._aead.encrypt(nonce, chunk, self._label)
+        sealed = self._sealer._aead.encrypt(nonce, chunk, self._aad)
         self._file.write(struct.pack("!I", len(sealed)) + sealed)
         self._counter += 1
 
@@ -166,7 +172,9 @@ def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: i
         (header_len,) = struct.unpack("!Q", start[len(STREAM_MAGIC) :])
         if header_len > size:
             raise ProtocolError("sealed stream is truncated")
-        header = sealer.unseal(f.read(header_len), label + b" header")
+        header_blob = f.read(header_len)
+        header = sealer.unseal(header_blob, label + b" header")
+        aad = label + hashlib.sha256(header_blob).digest()
         prefix = f.read(_PREFIX_BYTES)
         if len(prefix) != _PREFIX_BYTES:
             raise ProtocolError("sealed stream is truncated")
@@ -183,7 +191,7 @@ def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: i
             last = f.tell() == size
             nonce = prefix + struct.pack("!IB", counter, 1 if last else 0)
             try:
-                chunk = sealer._aead.decrypt(nonce, sealed, label)
+                chunk = sealer._aead.decrypt(nonce, sealed, aad)
             except InvalidTag:
                 raise DecryptionError() from None
             total += len(chunk)

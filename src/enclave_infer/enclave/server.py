@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socketserver
 import threading
+import time
 from pathlib import Path
 
 from enclave_infer.attestation.evidence import Evidence
@@ -30,6 +31,11 @@ from enclave_infer.protocol.framing import Address, FrameType, format_address
 __all__ = ["Enclave", "serve"]
 
 log = logging.getLogger("enclave_infer.enclave")
+
+# A chunked request may pause this long between frames, and last this long in all: 512 MiB at
+# 0.5 MB/s fits in the total; a stalled or trickling stream cannot hold a slot for longer.
+STREAM_IDLE_SECONDS = 60.0
+MAX_STREAM_SECONDS = 1800.0
 
 
 class Enclave:
@@ -131,6 +137,10 @@ class _Handler(socketserver.StreamRequestHandler):
         enclave = self.server.enclave
         exchange = enclave.gateway.begin_chunked()
         answered, total, payload = False, len(first), first
+        started = time.monotonic()
+        # A stream holds a slot: one that stalls, or trickles past the deadline, gives it back
+        # (and a held-back final chunk can no longer make an old upload go live days later).
+        self.connection.settimeout(STREAM_IDLE_SECONDS)
         try:
             while True:
                 if not answered:
@@ -146,6 +156,12 @@ class _Handler(socketserver.StreamRequestHandler):
                 if len(payload) < length:
                     return False
                 total += length
+                if time.monotonic() - started > MAX_STREAM_SECONDS:
+                    if not answered:
+                        self._send(
+                            framing.encode_error(408, f"request took longer than {MAX_STREAM_SECONDS} s")
+                        )
+                    return False
                 if kind is FrameType.CHUNKED_END:
                     if not answered:
                         self._send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, exchange.finish()))
@@ -160,6 +176,8 @@ class _Handler(socketserver.StreamRequestHandler):
                         framing.encode_error(413, f"request larger than {enclave.max_frame_bytes} bytes")
                     )
                     return False
+        except TimeoutError:
+            return False  # stalled: the upload is abandoned, the slot freed
         except DecryptionError:
             self._send(framing.encode_error(400, "the enclave could not decrypt the request"))
             return False
@@ -171,6 +189,7 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(framing.encode_error(500, "internal enclave error"))
             return False
         finally:
+            self.connection.settimeout(None)
             exchange.abort()  # a no-op once the upload has finished
 
     def _send(self, frame: bytes) -> None:

@@ -40,6 +40,8 @@ OHTTP_KEYS = "application/ohttp-keys"
 OHTTP_REQ = "message/ohttp-req"
 OHTTP_RES = "message/ohttp-res"
 OHTTP_CHUNKED_REQ = "message/ohttp-chunked-req"  # draft-ietf-ohai-chunked-ohttp
+# How long a streaming client may pause before the host gives up on it (and frees its slot).
+CLIENT_IDLE_SECONDS = 30.0
 OHTTP_CHUNKED_RES = "message/ohttp-chunked-res"
 
 
@@ -100,7 +102,14 @@ def create_app(enclave: EnclaveProcess) -> Starlette:
         total = 0
         try:
             kind = FrameType.CHUNKED_BEGIN
-            async for piece in request.stream():
+            pieces = request.stream().__aiter__()
+            while True:
+                try:  # a client that stalls gives its enclave slot back
+                    piece = await asyncio.wait_for(pieces.__anext__(), CLIENT_IDLE_SECONDS)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    return _error(408, f"no request data for {CLIENT_IDLE_SECONDS:.0f} s")
                 if answer.done():
                     break
                 total += len(piece)

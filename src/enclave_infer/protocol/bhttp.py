@@ -456,15 +456,13 @@ class RequestStream:
                     raise ProtocolError(f"more than {MAX_CONTENT_CHUNKS} content chunks")
                 self._chunk_left = length
                 continue
-            # the trailer section: fields until a zero name length; then only padding may follow
-            r = _StreamReader(bytes(self._buf))
-            trailers = 0
-            while (name_length := r.varint()) != 0:
-                trailers += 1
-                if trailers > MAX_FIELDS:
-                    raise ProtocolError(f"more than {MAX_FIELDS} fields in a field section")
-                _field_line(r, name_length)
-            if r.data[r.pos :].strip(b"\0"):
+            # The trailer section must be empty: re-parsing a growing one on every feed would cost
+            # quadratic time, and nothing here uses trailers. Then only padding may follow.
+            if not self._buf:
+                raise _NeedMore
+            if self._buf[0] != 0:
+                raise ProtocolError("a streamed request may not carry trailer fields")
+            if self._buf[1:].strip(b"\0"):
                 raise ProtocolError("non-zero byte after the end of the message")
             self._buf.clear()
             self.done = True
