@@ -126,7 +126,6 @@ class Client:
         if model_sha256 is not None and not _is_sha256(model_sha256):
             raise UsageError(f"a model SHA-256 is 64 hex digits, got {model_sha256!r}")
         self.model_sha256 = model_sha256.lower() if model_sha256 else None
-        self._model_checked = False
         self._key: ohttp.KeyConfig | None = None
         self._clock_offset = 0.0
         self.attestation: Attestation | None = None
@@ -188,15 +187,15 @@ class Client:
 
     def classify(self, image: bytes, *, top: int = 1, runtime: str = "default") -> Classification:
         """``runtime``: the owner's first ("default"), "onnx", "torch", or "both" side by side."""
-        if self.model_sha256 is not None and not self._model_checked:
-            served = self.model_info()  # before the first image leaves this machine
-            self._check_model(served["sha256"] if served else "none")
-            self._model_checked = True
         response = self.request(
             "POST",
             f"/v1/classify?top={top}&runtime={runtime}",
             content=image,
-            headers=(("content-type", "application/octet-stream"),),
+            headers=(
+                ("content-type", "application/octet-stream"),
+                # the enclave refuses the image, before decoding it, unless it serves this model
+                *((("model-sha256", self.model_sha256),) if self.model_sha256 else ()),
+            ),
         )
         result = Classification.from_json(_json_or_raise(response))
         if self.model_sha256 is not None:

@@ -99,7 +99,8 @@ class App:
         runtime = query.get("runtime", ["default"])
         if len(runtime) != 1 or runtime[0] not in ("default", "onnx", "torch", "both"):
             return _json(400, {"error": "runtime must be onnx, torch or both"})
-        return _json(200, self._store.classify(request.content, int(top), runtime[0]))
+        pinned = request.header("model-sha256")
+        return _json(200, self._store.classify(request.content, int(top), runtime[0], pinned=pinned))
 
     def _get_model(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
         loaded = self._store.current

@@ -66,6 +66,7 @@ class LoadedModel:
         m = self.manifest
         return {
             "sha256": m.model_sha256,
+            "files": [{"format": f.format, "sha256": f.sha256, "size": f.size} for f in m.files],
             "version": m.version,
             "size": m.model_size,
             "formats": list(m.formats),
@@ -243,12 +244,19 @@ class ModelStore:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def classify(self, image: bytes, top: int, runtime: str = "default") -> dict[str, Any]:
+    def classify(
+        self, image: bytes, top: int, runtime: str = "default", *, pinned: str | None = None
+    ) -> dict[str, Any]:
         """``runtime``: "default" (the first the owner provisioned), "onnx", "torch", or "both",
         which answers with every runtime's results side by side, as the Mystikos sample does."""
         loaded = self.current
         if loaded is None:
             raise ModelError(503, "no model has been provisioned yet")
+        if pinned is not None and pinned.lower() != loaded.manifest.model_sha256:
+            # before the image is even decoded: a pinned client's image meets no other model
+            raise ModelError(
+                409, f"the enclave serves model {loaded.manifest.model_sha256}, not the pinned {pinned}"
+            )
         if runtime == "default":
             names = [next(iter(loaded.runtimes))]
         elif runtime == "both":

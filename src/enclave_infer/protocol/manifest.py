@@ -5,12 +5,15 @@ manifest is canonical JSON (sorted keys, no white space); the signature is Ed255
 ``"enclave-infer model manifest v2" || 0x00 || manifest``. In ``PUT /v1/model`` both travel as
 RFC 8941 byte-sequence header values (``manifest``, ``manifest-signature``) and the body is the model
 files, back to back in the manifest's order, each named by format, SHA-256 and size. A model's
-identity (``sha256`` in answers and ``--model-sha256``) is the SHA-256 of its first file.
+identity (``sha256`` in answers and ``--model-sha256``) is the SHA-256 of the canonical manifest:
+it pins every file, the labels, the preprocessing and the version at once.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -57,9 +60,11 @@ class Manifest:
     preprocessing: dict[str, Any]
     version: int
 
-    @property
+    @functools.cached_property
     def model_sha256(self) -> str:
-        return self.files[0].sha256
+        """The model's identity: SHA-256 of the canonical manifest, which names every file by hash,
+        the labels, the preprocessing and the version. What answers report and clients pin."""
+        return hashlib.sha256(self.encode()).hexdigest()
 
     @property
     def model_size(self) -> int:
