@@ -226,25 +226,36 @@ class Client:
         version: int | None = None,
     ) -> dict[str, Any]:
         """Sign a manifest for ``model`` (ONNX bytes) and upload both; returns the new metadata."""
+        files = (ModelFile("onnx", hashlib.sha256(model).hexdigest(), len(model)),)
+        return self._put_model(files, labels, owner_key, preprocessing, version, content=model)
+
+    def _put_model(
+        self,
+        files: tuple[ModelFile, ...],
+        labels: Sequence[str],
+        owner_key: Ed25519PrivateKey,
+        preprocessing: dict[str, Any],
+        version: int | None,
+        *,
+        content: bytes = b"",
+        stream: Callable[[], Iterator[bytes]] | None = None,
+    ) -> dict[str, Any]:
+        """Sign the manifest (version: one more than the enclave's unless given) and PUT it with
+        the files' bytes, whole or streamed."""
         if version is None:
             current = self.model_info()
             version = 1 if current is None else int(current["version"]) + 1
-        manifest = Manifest(
-            files=(ModelFile("onnx", hashlib.sha256(model).hexdigest(), len(model)),),
-            labels=tuple(labels),
-            preprocessing=preprocessing,
-            version=version,
-        )
-        manifest_bytes, signature = manifest.sign(owner_key)
+        manifest_bytes, signature = Manifest(files, tuple(labels), preprocessing, version).sign(owner_key)
         response = self.request(
             "PUT",
             "/v1/model",
             headers=(
-                ("content-type", "application/onnx"),
+                ("content-type", "application/octet-stream"),
                 ("manifest", sf_binary(manifest_bytes)),
                 ("manifest-signature", sf_binary(signature)),
             ),
-            content=model,
+            content=content,
+            stream=stream,
         )
         doc = _json_or_raise(response)
         if not isinstance(doc, dict):
@@ -376,11 +387,6 @@ class Client:
             except OSError as exc:
                 raise UsageError(f"cannot read model {path}: {exc.strerror}") from None
             files.append(ModelFile(fmt, digest.hexdigest(), size))
-        if version is None:
-            current = self.model_info()
-            version = 1 if current is None else int(current["version"]) + 1
-        manifest = Manifest(tuple(files), tuple(labels), preprocessing, version)
-        manifest_bytes, signature = manifest.sign(owner_key)
 
         def pieces() -> Iterator[bytes]:
             for path in paths.values():  # back to back, in the manifest's order
@@ -390,20 +396,7 @@ class Client:
                             progress(len(piece))
                         yield piece
 
-        response = self.request(
-            "PUT",
-            "/v1/model",
-            headers=(
-                ("content-type", "application/onnx"),
-                ("manifest", sf_binary(manifest_bytes)),
-                ("manifest-signature", sf_binary(signature)),
-            ),
-            stream=pieces,
-        )
-        doc = _json_or_raise(response)
-        if not isinstance(doc, dict):
-            raise ProtocolError("the enclave's answer to a provision is malformed")
-        return doc
+        return self._put_model(tuple(files), labels, owner_key, preprocessing, version, stream=pieces)
 
     def _get(self, path: str, *, expect: str) -> bytes:
         status, media_type, body = self._send("GET", path)
