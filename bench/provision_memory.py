@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import free_port, wait_healthy
 
 CLI = str(Path(sys.executable).with_name("enclave-infer"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,23 +78,6 @@ def measured_cli(*args: str) -> tuple[subprocess.CompletedProcess[str], int, flo
     doc = json.loads(done.stdout)
     result = subprocess.CompletedProcess([CLI, *args], doc["rc"], doc["out"], doc["err"])
     return result, int(doc["maxrss"]), float(doc["seconds"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("server did not start")
 
 
 def served_model(url: str, constraint: str) -> dict[str, Any] | None:

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import onnxruntime as ort
 import skimage
+from harness import free_port, wait_healthy
 
 from enclave_infer.attestation.measurement import code_hash
 from enclave_infer.client.convert import DEMO_PREPROCESSING
@@ -57,7 +57,7 @@ def main() -> int:
         generate_owner_key(work / "owner.key")
         config = EnclaveConfig.load(owner_public_key=load_public_key_file(work / "owner.key.pub"))
         constraint = f"C:{code_hash(config).hex()} SEC:INSECURE"
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [str(Path(sys.executable).with_name("enclave-infer")), "serve", "--port", str(port),
              "--data-dir", str(work / "data"), "--owner-public-key", str(work / "owner.key.pub")],
@@ -65,7 +65,7 @@ def main() -> int:
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"
-            _wait(url)
+            wait_healthy(url)
             with Client(url, constraint) as client:
                 labels = load_labels(ROOT / "demo" / "imagenet-classes.txt")
                 key = load_owner_key(work / "owner.key")
@@ -102,25 +102,6 @@ def _rate(fn, photos: list[bytes], n: int) -> float:  # type: ignore[no-untyped-
 
 def _fmt(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("server did not start")
 
 
 if __name__ == "__main__":

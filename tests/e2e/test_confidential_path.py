@@ -469,14 +469,21 @@ def test_provision_streams_through_chunked_ohttp(deployment: Deployment, files: 
     assert served_model(deployment)["sha256"] == meta["sha256"]  # type: ignore[index]
 
 
+def _served_and_a_bigger_model(
+    deployment: Deployment, files: dict[str, Path], tmp_path: Path
+) -> tuple[dict | None, Path]:
+    """The model served now (provisioning one if needed), and an upload big enough to interrupt."""
+    if served_model(deployment) is None:
+        assert provision(deployment, files).returncode == 0
+    big = tmp_path / "big.onnx"
+    big.write_bytes(files["model"].read_bytes() + os.urandom(900_000))  # under this deployment's 1 MiB cap
+    return served_model(deployment), big
+
+
 def test_an_upload_cut_midway_changes_nothing(
     deployment: Deployment, files: dict[str, Path], tmp_path: Path
 ) -> None:
-    if served_model(deployment) is None:
-        assert provision(deployment, files).returncode == 0
-    before = served_model(deployment)
-    big = tmp_path / "big.onnx"
-    big.write_bytes(files["model"].read_bytes() + os.urandom(900_000))  # under this deployment's 1 MiB cap
+    before, big = _served_and_a_bigger_model(deployment, files, tmp_path)
 
     class CutConnection(Exception):
         pass
@@ -551,11 +558,7 @@ def test_onnx_with_external_data_is_folded_by_the_owner_tooling(
 def test_enclave_killed_mid_upload_keeps_the_previous_model(
     deployment: Deployment, files: dict[str, Path], tmp_path: Path
 ) -> None:
-    if served_model(deployment) is None:
-        assert provision(deployment, files).returncode == 0
-    before = served_model(deployment)
-    big = tmp_path / "big.onnx"
-    big.write_bytes(files["model"].read_bytes() + os.urandom(900_000))
+    before, big = _served_and_a_bigger_model(deployment, files, tmp_path)
     killed = False
 
     def kill_enclave_halfway(n: int) -> None:

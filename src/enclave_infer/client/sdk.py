@@ -302,38 +302,28 @@ class Client:
         self, method: str, path: str, headers: Sequence[tuple[str, str]], content: bytes
     ) -> bhttp.Response | None:
         assert self._key is not None
-        inner = bhttp.Request(
-            method=method,
-            scheme="https",
-            authority=INNER_AUTHORITY,
-            path=path,
-            headers=(*headers, ("date", formatdate(time.time() + self._clock_offset, usegmt=True))),
-            content=content,
-        )
+        inner = self._inner(method, path, headers, content)
         encapsulated, context = ohttp.encapsulate_request(self._key, bhttp.encode_request(inner))
         status, media_type, body = self._send(
             "POST", "/v1/ohttp", content=encapsulated, headers={"content-type": "message/ohttp-req"}
         )
         del encapsulated
-        if status == 400 and b"could not decrypt" in body:
+        if not _relayed(status, media_type, body, expect="message/ohttp-res"):
             return None
-        if status != 200:
-            raise RemoteError(status, f"host answered {status}: {_error_text(body)}")
-        if media_type != "message/ohttp-res":
-            raise ProtocolError("the host's answer is not message/ohttp-res")
         return bhttp.decode_response(context.decapsulate_response(body))
+
+    def _inner(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]], content: bytes = b""
+    ) -> bhttp.Request:
+        """The request to the enclave's own API, dated for its replay window (RFC 9458 §6.5.1)."""
+        date = formatdate(time.time() + self._clock_offset, usegmt=True)
+        return bhttp.Request(method, "https", INNER_AUTHORITY, path, (*headers, ("date", date)), content)
 
     def _exchange_chunked(
         self, method: str, path: str, headers: Sequence[tuple[str, str]], pieces: Iterator[bytes]
     ) -> bhttp.Response | None:
         assert self._key is not None
-        head = bhttp.Request(
-            method=method,
-            scheme="https",
-            authority=INNER_AUTHORITY,
-            path=path,
-            headers=(*headers, ("date", formatdate(time.time() + self._clock_offset, usegmt=True))),
-        )
+        head = self._inner(method, path, headers)
         encoder = chunked_ohttp.ChunkedRequestEncoder(self._key)
 
         def body() -> Iterator[bytes]:
@@ -351,12 +341,8 @@ class Client:
             content=body(),
             headers={"content-type": chunked_ohttp.MEDIA_TYPE_CHUNKED_REQUEST},
         )
-        if status == 400 and b"could not decrypt" in reply:
+        if not _relayed(status, media_type, reply, expect=chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE):
             return None
-        if status != 200:
-            raise RemoteError(status, f"host answered {status}: {_error_text(reply)}")
-        if media_type != chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
-            raise ProtocolError(f"the host's answer is not {chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE}")
         decoder = encoder.response_decoder()
         plaintext = b"".join(decoder.feed(reply)) + decoder.finish()
         return bhttp.decode_response(plaintext)
@@ -458,6 +444,18 @@ def load_labels(path: Path) -> list[str]:
     if not labels:
         raise UsageError(f"{path} holds no labels (one per line)")
     return labels
+
+
+def _relayed(status: int, media_type: str, body: bytes, *, expect: str) -> bool:
+    """Whether the host relayed an encapsulated answer; False when the enclave could not decrypt
+    the request (it may have restarted with a new key); raises for anything else."""
+    if status == 400 and b"could not decrypt" in body:
+        return False
+    if status != 200:
+        raise RemoteError(status, f"host answered {status}: {_error_text(body)}")
+    if media_type != expect:
+        raise ProtocolError(f"the host's answer is not {expect}")
+    return True
 
 
 def _slices(data: bytes) -> Iterator[bytes]:

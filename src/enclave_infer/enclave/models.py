@@ -188,7 +188,9 @@ class ModelStore:
     def _load(
         self, manifest: Manifest, signature: bytes, model: bytes, *, provisioned_at: float
     ) -> LoadedModel:
-        """Load every file of ``model`` (the manifest's files back to back) into its runtime."""
+        """Load every file of ``model`` (the manifest's files back to back) into its runtime. The
+        caller has checked the bytes against the manifest's hashes (an upload as it streamed,
+        :meth:`restore` with :func:`_check_files`)."""
         if len(model) != manifest.model_size:
             raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
         try:
@@ -204,8 +206,6 @@ class ModelStore:
         for f in manifest.files:
             part = model[offset : offset + f.size] if len(manifest.files) > 1 else model
             offset += f.size
-            if hashlib.sha256(part).hexdigest() != f.sha256:
-                raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
             try:
                 if f.format == "onnx":
                     runtime = load_onnx(part, threads=threads, no_files_dir=self._no_files)
@@ -236,6 +236,7 @@ class ModelStore:
             )
             manifest_bytes, signature = _unpack(header)
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
+            _check_files(manifest, model)
             self.current = self._load(manifest, signature, model, provisioned_at=path.stat().st_mtime)
         except (EnclaveInferError, OSError) as exc:
             log.error("sealed model in storage failed verification (%s); serving no model", exc)
@@ -301,6 +302,17 @@ def _as_probabilities(scores: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarr
         return scores
     exp = np.exp(scores - scores.max())
     return np.asarray(exp / exp.sum(), dtype=np.float64)
+
+
+def _check_files(manifest: Manifest, model: bytes) -> None:
+    """The files back to back in ``model`` have the sizes and SHA-256s the manifest names."""
+    view, offset = memoryview(model), 0
+    for f in manifest.files:
+        if hashlib.sha256(view[offset : offset + f.size]).hexdigest() != f.sha256:
+            raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
+        offset += f.size
+    if offset != len(model):
+        raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
 
 
 def _pack(manifest: bytes, signature: bytes) -> bytes:

@@ -227,13 +227,55 @@ class _ChunkDecoder:
         raise NotImplementedError
 
 
+class _ChunkEncoder:
+    """What both encoders share: a header, then non-final chunks ``len(i) || ct``, then the final
+    chunk ``0 || ct`` sealed with the "final" AAD (§6); subclasses say how a chunk is sealed."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self) -> None:
+        self._state = _HEADER
+
+    def header(self) -> bytes:
+        """The message's header, to send first."""
+        if self._state != _HEADER:
+            raise UsageError("header() comes once, first")
+        self._state = _LENGTH
+        return self._header_bytes()
+
+    def chunk(self, data: bytes) -> bytes:
+        """One non-final chunk: ``len(i) || Seal("", data)`` (§6)."""
+        if not data:
+            raise UsageError("a non-final chunk must not be empty (§6)")
+        ct = self._seal(data, b"")
+        return _encode_varint(len(ct)) + ct
+
+    def final(self, data: bytes = b"") -> bytes:
+        """The final chunk: ``0 || Seal("final", data)`` (§6). Ends the message."""
+        ct = self._seal(data, _FINAL_AAD)
+        self._state = _DONE
+        return b"\x00" + ct
+
+    def _seal(self, data: bytes, aad: bytes) -> bytes:
+        if self._state != _LENGTH:
+            raise UsageError("header() first, and nothing after final()")
+        _check_size(data)
+        return self._seal_chunk(data, aad)
+
+    def _header_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def _seal_chunk(self, data: bytes, aad: bytes) -> bytes:
+        raise NotImplementedError
+
+
 # -- Responses (§5, §6.2) ------------------------------------------------------------------------------
 
 
-class ChunkedResponseEncoder:
+class ChunkedResponseEncoder(_ChunkEncoder):
     """The gateway's side of a chunked response (§5, §6.2); from ``ChunkedRequestDecoder``."""
 
-    __slots__ = ("_aead", "_counter", "_nonce", "_response_nonce", "_state", "_suite")
+    __slots__ = ("_aead", "_counter", "_nonce", "_response_nonce", "_suite")
 
     def __init__(
         self, suite: _Suite, context: ContextInterface, enc: bytes, response_nonce: bytes | None
@@ -249,32 +291,13 @@ class ChunkedResponseEncoder:
         self._suite, self._response_nonce = suite, nonce
         self._aead, self._nonce = suite.aead(aead_key), int.from_bytes(aead_nonce, "big")
         self._counter = 0  # §6.2: 0 for the first chunk, plus 1 after each
-        self._state = _HEADER
+        super().__init__()
 
-    def header(self) -> bytes:
-        """The Response Nonce (§5), to send first."""
-        if self._state != _HEADER:
-            raise UsageError("header() comes once, first")
-        self._state = _LENGTH
-        return self._response_nonce
+    def _header_bytes(self) -> bytes:
+        return self._response_nonce  # the Response Nonce (§5)
 
-    def chunk(self, data: bytes) -> bytes:
-        """One non-final chunk: ``len(i) || Seal(aead_key, chunk_nonce, "", data)`` (§6.2)."""
-        if not data:
-            raise UsageError("a non-final chunk must not be empty (§6)")
-        ct = self._seal(data, b"")
-        return _encode_varint(len(ct)) + ct
-
-    def final(self, data: bytes = b"") -> bytes:
-        """The final chunk: ``0 || Seal(aead_key, chunk_nonce, "final", data)`` (§6.2). Ends the response."""
-        ct = self._seal(data, _FINAL_AAD)
-        self._state = _DONE
-        return b"\x00" + ct
-
-    def _seal(self, data: bytes, aad: bytes) -> bytes:
-        if self._state != _LENGTH:
-            raise UsageError("header() first, and nothing after final()")
-        _check_size(data)
+    def _seal_chunk(self, data: bytes, aad: bytes) -> bytes:
+        # Seal(aead_key, chunk_nonce, aad, data) (§6.2)
         n_n = self._suite.n_n
         if self._counter >= 1 << (8 * n_n):  # §6.2: "MUST NOT use 256^Nn or more chunks"
             raise UsageError("too many chunks")
@@ -316,51 +339,32 @@ class ChunkedResponseDecoder(_ChunkDecoder):
 # -- Requests (§4, §6.1) -------------------------------------------------------------------------------
 
 
-class ChunkedRequestEncoder:
+class ChunkedRequestEncoder(_ChunkEncoder):
     """The client's side of a chunked request (§4, §6.1) to the gateway of ``config``.
 
     ``_ephemeral_private_key`` (RFC 9180 skE) is for test vectors only.
     """
 
-    __slots__ = ("_context", "_enc", "_hdr", "_response_decoder_made", "_state", "_suite")
+    __slots__ = ("_context", "_enc", "_hdr", "_response_decoder_made", "_suite")
 
     def __init__(self, config: KeyConfig, *, _ephemeral_private_key: bytes | None = None) -> None:
         # enc, sctxt = SetupBaseS(pkR, info), info = "message/bhttp chunked request" || 0 || hdr
         # (§6.1), as RFC 9458 §4.3 but for the label.
         hdr, enc, sctxt, suite = _setup_sender(config, _REQUEST_LABEL, _ephemeral_private_key)
         self._hdr, self._enc, self._context, self._suite = hdr, enc, sctxt, suite
-        self._state = _HEADER
         self._response_decoder_made = False
+        super().__init__()
 
     @property
     def enc(self) -> bytes:
         """RFC 9180 ``enc``, the encapsulated KEM share."""
         return self._enc
 
-    def header(self) -> bytes:
-        """The Chunked Request Header ``hdr || enc`` (§4), to send first."""
-        if self._state != _HEADER:
-            raise UsageError("header() comes once, first")
-        self._state = _LENGTH
-        return self._hdr + self._enc
+    def _header_bytes(self) -> bytes:
+        return self._hdr + self._enc  # the Chunked Request Header (§4)
 
-    def chunk(self, data: bytes) -> bytes:
-        """One non-final chunk: ``len(i) || sctxt.Seal("", data)`` (§6.1)."""
-        if not data:
-            raise UsageError("a non-final chunk must not be empty (§6)")
-        ct = self._seal(data, b"")
-        return _encode_varint(len(ct)) + ct
-
-    def final(self, data: bytes = b"") -> bytes:
-        """The final chunk: ``0 || sctxt.Seal("final", data)`` (§6.1). Ends the request."""
-        ct = self._seal(data, _FINAL_AAD)
-        self._state = _DONE
-        return b"\x00" + ct
-
-    def _seal(self, data: bytes, aad: bytes) -> bytes:
-        if self._state != _LENGTH:
-            raise UsageError("header() first, and nothing after final()")
-        _check_size(data)
+    def _seal_chunk(self, data: bytes, aad: bytes) -> bytes:
+        # sctxt.Seal(aad, data) (§6.1)
         try:
             # ContextS.Seal uses and increments HPKE's seq (RFC 9180 §5.2): that orders the chunks.
             return self._context.seal(data, aad)
