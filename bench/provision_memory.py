@@ -81,11 +81,11 @@ def measured_cli(*args: str) -> tuple[subprocess.CompletedProcess[str], int, flo
 
 
 def served_model(url: str, constraint: str) -> dict[str, Any] | None:
-    from enclave_infer.client.sdk import Client
+    from enclave_infer import Client
 
     with Client(url, constraint) as client:
         info = client.model_info()
-    return None if info is None else {"sha256": info["sha256"], "version": info["version"]}
+    return None if info is None else {"sha256": info.sha256, "version": info.version}
 
 
 def enclave_pid(host_pid: int) -> int:

@@ -25,12 +25,13 @@ import onnxruntime as ort
 import skimage
 from harness import free_port, wait_healthy
 
+from enclave_infer import Client
 from enclave_infer.attestation.measurement import code_hash
 from enclave_infer.client.convert import DEMO_PREPROCESSING
-from enclave_infer.client.owner import generate_owner_key, load_owner_key
-from enclave_infer.client.sdk import Client, load_labels
+from enclave_infer.client.owner import generate_owner_key, load_owner_key, read_labels
 from enclave_infer.config import EnclaveConfig, load_public_key_file
-from enclave_infer.enclave.preprocess import Preprocessing, decode_image, to_tensor
+from enclave_infer.enclave.preprocess import decode_image, to_tensor
+from enclave_infer.protocol.api import Preprocessing
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
@@ -67,7 +68,7 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url)
             with Client(url, constraint) as client:
-                labels = load_labels(ROOT / "demo" / "imagenet-classes.txt")
+                labels = read_labels(ROOT / "demo" / "imagenet-classes.txt")
                 key = load_owner_key(work / "owner.key")
                 started = time.perf_counter()
                 client.provision(model, labels, key, preprocessing=DEMO_PREPROCESSING)

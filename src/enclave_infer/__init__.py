@@ -1,49 +1,123 @@
 """enclave-infer: confidential image classification in a trusted execution environment.
 
-What users import lives here; everything else is internal. Imports are lazy so that the enclave
-process, which imports this package too, does not load the client's HTTP stack.
+What users import lives here; every other module is internal to the package and may change. The
+SDK's names are imported lazily so that the enclave process, which imports this package too, does
+not load the client's HTTP stack::
+
+    from enclave_infer import Client
+
+    with Client("http://127.0.0.1:8080", "C:<code hash> SEC:INSECURE") as client:
+        print(client.classify(open("cat.jpg", "rb").read(), top=3).results[0])
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from enclave_infer.errors import (
     AttestationError,
     ConstraintError,
     DecryptionError,
+    EnclaveFailureError,
     EnclaveInferError,
+    InvalidImageError,
+    InvalidRequestError,
+    ModelPinError,
+    NoModelError,
+    OverloadedError,
     ProtocolError,
+    ProvisionRefusedError,
     RemoteError,
+    TooLargeError,
     TransportError,
+    UnavailableError,
     UsageError,
 )
 
 if TYPE_CHECKING:
-    from enclave_infer.client.sdk import Classification, Client, Prediction
+    from enclave_infer.attestation.constraints import Constraint
+    from enclave_infer.attestation.constraints import parse as parse_constraint
+    from enclave_infer.attestation.evidence import Attestation
+    from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+    from enclave_infer.client.config import ClientConfig
+    from enclave_infer.client.owner import generate_owner_key, load_owner_key
+    from enclave_infer.client.sdk import Client
+    from enclave_infer.protocol.api import (
+        Classification,
+        ModelInfo,
+        Prediction,
+        Preprocessing,
+        Problem,
+        ProvisionResult,
+        Runtime,
+    )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "Attestation",
     "AttestationError",
     "Classification",
     "Client",
+    "ClientConfig",
+    "Constraint",
     "ConstraintError",
     "DecryptionError",
+    "EnclaveFailureError",
     "EnclaveInferError",
+    "EnclaveReport",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "ModelInfo",
+    "ModelPinError",
+    "NoModelError",
+    "OverloadedError",
     "Prediction",
+    "Preprocessing",
+    "Problem",
     "ProtocolError",
+    "ProvisionRefusedError",
+    "ProvisionResult",
     "RemoteError",
+    "Runtime",
+    "SecurityLevel",
+    "TooLargeError",
     "TransportError",
+    "UnavailableError",
     "UsageError",
+    "generate_owner_key",
+    "load_owner_key",
+    "parse_constraint",
 ]
 
-_LAZY = {"Client", "Classification", "Prediction"}
+# name -> (module, attribute)
+_LAZY = {
+    "Attestation": ("enclave_infer.attestation.evidence", "Attestation"),
+    "Classification": ("enclave_infer.protocol.api", "Classification"),
+    "Client": ("enclave_infer.client.sdk", "Client"),
+    "ClientConfig": ("enclave_infer.client.config", "ClientConfig"),
+    "Constraint": ("enclave_infer.attestation.constraints", "Constraint"),
+    "EnclaveReport": ("enclave_infer.attestation.report", "EnclaveReport"),
+    "ModelInfo": ("enclave_infer.protocol.api", "ModelInfo"),
+    "Prediction": ("enclave_infer.protocol.api", "Prediction"),
+    "Preprocessing": ("enclave_infer.protocol.api", "Preprocessing"),
+    "Problem": ("enclave_infer.protocol.api", "Problem"),
+    "ProvisionResult": ("enclave_infer.protocol.api", "ProvisionResult"),
+    "Runtime": ("enclave_infer.protocol.api", "Runtime"),
+    "SecurityLevel": ("enclave_infer.attestation.report", "SecurityLevel"),
+    "generate_owner_key": ("enclave_infer.client.owner", "generate_owner_key"),
+    "load_owner_key": ("enclave_infer.client.owner", "load_owner_key"),
+    "parse_constraint": ("enclave_infer.attestation.constraints", "parse"),
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from enclave_infer.client import sdk
-
-        return getattr(sdk, name)
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'enclave_infer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -149,6 +149,10 @@ class EnclaveConfig:
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise UsageError(f"{path} is not valid TOML: {exc}") from None
         if owner_public_key is not None:
+            if "owner_public_key" in doc:
+                raise UsageError(
+                    f"{path} sets owner_public_key and --owner-public-key gives one too: keep one of them"
+                )
             doc["owner_public_key"] = owner_public_key.hex()
         if "owner_public_key" not in doc:
             raise UsageError("no owner public key: pass --owner-public-key FILE or set it in --config")

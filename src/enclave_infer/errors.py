@@ -10,8 +10,20 @@ Lives on both sides of every boundary: it holds no secrets and does no I/O.
     │   └── DecryptionError   authenticated decryption failed; says nothing more, on purpose
     ├── AttestationError      evidence did not verify, or its binding to the key/nonce is wrong
     │   └── ConstraintError   evidence verified but does not satisfy the client's constraint
+    │       └── ModelPinError     another model than the pinned one is served (also a RemoteError)
     ├── TransportError        the network or the enclave process could not be reached
-    └── RemoteError           the enclave answered with an error status (4xx/5xx) and a message
+    └── RemoteError           the enclave (or the host) refused with an RFC 9457 problem document
+        ├── InvalidRequestError    malformed request, bad parameter, unknown route or method
+        ├── InvalidImageError      the enclave could not decode the image, or does not accept it
+        ├── TooLargeError          a request, image or model over the enclave's limits
+        ├── NoModelError           no model has been provisioned yet
+        ├── ProvisionRefusedError  a model upload was refused (signature, version, manifest, bytes)
+        ├── OverloadedError        the service is too busy now; retrying later may succeed
+        ├── UnavailableError       the enclave is down, restarting or not reachable by the host
+        └── EnclaveFailureError    the enclave failed (inference, sealed storage, an internal error)
+
+Clients act on a problem's ``type`` (``enclave_infer.protocol.api.Problem``), which the SDK maps
+onto these classes; ``RemoteError.problem`` keeps the type, ``status`` the HTTP status.
 """
 
 from __future__ import annotations
@@ -20,10 +32,19 @@ __all__ = [
     "AttestationError",
     "ConstraintError",
     "DecryptionError",
+    "EnclaveFailureError",
     "EnclaveInferError",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "ModelPinError",
+    "NoModelError",
+    "OverloadedError",
     "ProtocolError",
+    "ProvisionRefusedError",
     "RemoteError",
+    "TooLargeError",
     "TransportError",
+    "UnavailableError",
     "UsageError",
 ]
 
@@ -60,8 +81,53 @@ class TransportError(EnclaveInferError):
 
 
 class RemoteError(EnclaveInferError):
-    """The enclave answered with an error status; ``status`` is the HTTP status code."""
+    """The enclave or the host refused a request. ``status`` is the HTTP status, ``problem`` the
+    RFC 9457 problem type URI (empty when the peer sent none)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, problem: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.problem = problem
+
+
+class InvalidRequestError(RemoteError):
+    """The request was malformed, named an unknown route or method, or had a bad parameter."""
+
+
+class InvalidImageError(RemoteError):
+    """The enclave could not decode the image, or does not accept its format or size in pixels."""
+
+
+class TooLargeError(RemoteError):
+    """A request, image or model is larger than the enclave's limits allow."""
+
+
+class NoModelError(RemoteError):
+    """No model has been provisioned yet."""
+
+
+class ProvisionRefusedError(RemoteError):
+    """A model upload was refused: signature, version, manifest, bytes or the runtime's check."""
+
+
+class OverloadedError(RemoteError):
+    """The service is too busy; the same request may succeed later (``retry_after`` seconds)."""
+
+    def __init__(
+        self, status: int, message: str, problem: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, message, problem)
+        self.retry_after = retry_after
+
+
+class UnavailableError(RemoteError):
+    """The host could not reach its enclave (down, restarting), or got a broken answer from it."""
+
+
+class ModelPinError(ConstraintError, RemoteError):
+    """The enclave serves, or answered with, a model other than the one the client pinned: a
+    constraint that failed, found by the client or refused by the enclave (status 409)."""
+
+
+class EnclaveFailureError(RemoteError):
+    """The enclave failed while answering: inference, sealed storage, or an internal error."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,19 +14,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from enclave_infer import Client, ModelInfo
 from enclave_infer.attestation.measurement import code_hash
-from enclave_infer.client.owner import generate_owner_key
+from enclave_infer.client.owner import generate_owner_key, load_owner_key
 from enclave_infer.config import EnclaveConfig, load_public_key_file
 
 CLI = str(Path(sys.executable).with_name("enclave-infer"))
 COLOUR_LABELS = ["red", "green", "blue", "grey"]
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 # Small limits so that "too large" is cheap to test; everything else at its defaults.
 SMALL_LIMITS = """
 [limits]
@@ -65,6 +67,7 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> byt
 
 
 def free_port() -> int:
+    """A port free now (for commands that must fail before they listen)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -91,34 +94,45 @@ class Deployment:
         return self.log.read_text(errors="replace")
 
 
-def start_server(workdir: Path, owner_key: Path, *, config: Path | None = None) -> Deployment:
+def start_server(
+    workdir: Path,
+    owner_key: Path,
+    *,
+    config: Path | None = None,
+    data_dir: Path | str | None = None,
+    cwd: Path | None = None,
+    extra: tuple[str, ...] = (),
+) -> Deployment:
+    """``enclave-infer serve --port 0`` as an operator runs it; the port is the one it logs."""
     pub = Path(f"{owner_key}.pub")
-    extra = ["--config", str(config)] if config else []
+    options = ["--config", str(config)] if config else []
     enclave_config = EnclaveConfig.load(config, owner_public_key=load_public_key_file(pub))
     digest = code_hash(enclave_config).hex().upper()
-    port = free_port()
+    data = data_dir if data_dir is not None else workdir / "data"
     log = workdir / "serve.log"
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [CLI, "serve", "--port", str(port), "--data-dir", str(workdir / "data"),
-             "--owner-public-key", str(pub), *extra],
-            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [CLI, "serve", "--port", "0", "--data-dir", str(data), "--owner-public-key", str(pub),
+             *options, *extra],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=cwd,
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    url = wait_until_listening(proc, log)
+    data_path = (cwd or Path.cwd()) / data if not Path(data).is_absolute() else Path(data)
+    return Deployment(url, f"C:{digest} SEC:INSECURE", digest, owner_key, data_path, workdir, proc, log)
+
+
+def wait_until_listening(proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> str:
+    """The URL a starting ``serve`` logs once it listens and its enclave is attested."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise AssertionError("server did not start:\n" + log.read_text())
-    return Deployment(
-        url, f"C:{digest} SEC:INSECURE", digest, owner_key, workdir / "data", workdir, proc, log
-    )
+        found = LISTENING.search(log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            raise AssertionError("server exited at start:\n" + log.read_text(errors="replace"))
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("server did not start:\n" + log.read_text(errors="replace"))
 
 
 def stop_server(d: Deployment) -> None:
@@ -164,3 +178,15 @@ def deployment(workdir: Path, owner_key: Path, files: dict[str, Path]) -> Iterat
     d = start_server(workdir, owner_key, config=files["config"])
     yield d
     stop_server(d)
+
+
+@pytest.fixture
+def served(deployment: Deployment, files: dict[str, Path]) -> ModelInfo:
+    """The deployment with a model served: the colour model is provisioned unless one already is,
+    so that every test that classifies passes alone and in any order."""
+    with Client(deployment.url, deployment.constraint) as client:
+        info = client.model_info()
+        if info is None:
+            key = load_owner_key(deployment.owner_key)
+            info = client.provision(files["model"].read_bytes(), COLOUR_LABELS, key).model
+    return info

@@ -33,10 +33,10 @@ def test_efficientnet_lite0_classifies_the_photos(tmp_path: Path, owner_key: Pat
         out = run_cli("classify", d.url, d.constraint, *photos, "--top", "3")
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
-        assert lines[0].startswith("chelsea.png: tiger cat (")
+        assert lines[0].startswith(f"{photos[0]}: tiger cat (")
         assert {line.split(": ")[1].rsplit(" (", 1)[0] for line in lines[:3]} == {
             "tiger cat", "Egyptian cat", "tabby, tabby cat",
         }  # fmt: skip
-        assert lines[3].startswith("coffee.png: espresso (9")
+        assert lines[3].startswith(f"{photos[1]}: espresso (9")
     finally:
         stop_server(d)

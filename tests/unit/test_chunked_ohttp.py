@@ -120,14 +120,14 @@ def test_vector_gateway_decodes_request(piece: int) -> None:
 
 
 def test_vector_response_key_schedule() -> None:
-    _, enc, sctxt, suite = ohttp._setup_sender(
+    _, enc, sctxt, suite = ohttp.setup_sender(
         KeyConfig.decode(KEY_CONFIG), chunked_ohttp._REQUEST_LABEL, SK_E
     )
-    secret = ohttp._export_response_secret(sctxt, suite, chunked_ohttp._RESPONSE_LABEL)
+    secret = ohttp.export_response_secret(sctxt, suite, chunked_ohttp._RESPONSE_LABEL)
     assert secret == _hex("exported_response_secret")
     assert enc + RESPONSE_NONCE == _hex("response_salt")
     assert HKDF.extract(hashes.SHA256(), enc + RESPONSE_NONCE, secret) == _hex("response_prk")
-    aead_key, aead_nonce = ohttp._derive_response_key(suite, secret, enc, RESPONSE_NONCE)
+    aead_key, aead_nonce = ohttp.derive_response_key(suite, secret, enc, RESPONSE_NONCE)
     assert aead_key == _hex("response_aead_key")
     assert aead_nonce == _hex("response_aead_nonce")
     base = int.from_bytes(aead_nonce, "big")

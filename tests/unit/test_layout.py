@@ -37,6 +37,40 @@ def test_trusted_code_never_imports_the_untrusted_sides() -> None:
             assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
 
 
-def test_public_surface() -> None:
-    assert set(enclave_infer.__all__) >= {"Client", "Classification", "EnclaveInferError"}
+PUBLIC = {
+    # the SDK and what it returns
+    "Client", "ClientConfig", "Classification", "Prediction", "ModelInfo", "ProvisionResult", "Preprocessing",
+    "Runtime", "Problem",
+    # attestation
+    "Attestation", "Constraint", "EnclaveReport", "SecurityLevel", "parse_constraint",
+    # the model owner's key
+    "generate_owner_key", "load_owner_key",
+    # errors
+    "EnclaveInferError", "UsageError", "ProtocolError", "DecryptionError", "AttestationError",
+    "ConstraintError", "ModelPinError", "TransportError", "RemoteError", "InvalidRequestError",
+    "InvalidImageError", "TooLargeError", "NoModelError", "ProvisionRefusedError", "OverloadedError",
+    "UnavailableError", "EnclaveFailureError",
+}  # fmt: skip
+
+
+def test_public_surface_is_exactly_what_users_import() -> None:
+    assert set(enclave_infer.__all__) == PUBLIC
+    assert len(enclave_infer.__all__) == len(PUBLIC)
+    for name in PUBLIC:
+        assert getattr(enclave_infer, name) is not None, name
     assert enclave_infer.Client.__name__ == "Client"
+    assert dir(enclave_infer) == sorted(PUBLIC)
+
+
+def test_every_subpackage_says_it_is_internal_and_which_side_it_is_on() -> None:
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and doc.startswith("Internal:"), init.parent.name
+
+
+def test_every_exception_the_sdk_maps_a_problem_to_is_public() -> None:
+    from enclave_infer.client.sdk import PROBLEM_ERRORS
+    from enclave_infer.protocol.api import Problem
+
+    assert set(PROBLEM_ERRORS) == set(Problem)  # every problem type has its one class
+    assert {cls.__name__ for cls in PROBLEM_ERRORS.values()} <= PUBLIC

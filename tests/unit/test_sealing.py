@@ -47,11 +47,21 @@ def make_store(tmp_path: Path, key: Ed25519PrivateKey) -> ModelStore:
     return ModelStore(config, Sealer(SimulationPlatform(config).sealing_key()), tmp_path / "sealed")
 
 
+def upload(store: ModelStore, manifest: bytes, signature: bytes, model: bytes) -> None:
+    """The enclave's one provisioning path, with the whole model in one piece."""
+    pending = store.begin(manifest, signature)
+    try:
+        pending.write(model)
+        pending.finish()
+    finally:
+        pending.abort()
+
+
 def provision(store: ModelStore, key: Ed25519PrivateKey, version: int) -> None:
     model = colour_model()
     file = ModelFile("onnx", hashlib.sha256(model).hexdigest(), len(model))
     manifest = Manifest((file,), tuple(COLOUR_LABELS), {}, version)
-    store.provision(*manifest.sign(key), model)
+    upload(store, *manifest.sign(key), model)
 
 
 def test_restart_serves_the_sealed_model(tmp_path: Path) -> None:
@@ -61,7 +71,7 @@ def test_restart_serves_the_sealed_model(tmp_path: Path) -> None:
     again = make_store(tmp_path, key)
     again.restore()
     assert again.current is not None and again.current.manifest.version == 3
-    assert again.classify(png((250, 0, 0)), 1)["results"][0]["label"] == "red"
+    assert again.classify(png((250, 0, 0)), 1).results[0].label == "red"
     with pytest.raises(ModelError, match="not newer"):
         provision(again, key, 3)
 
@@ -77,9 +87,45 @@ def test_tampered_storage_serves_no_model(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level(logging.ERROR):
         store.restore()
     assert store.current is None
-    assert "failed verification" in caplog.text
+    assert "cannot be read" in caplog.text and "re-provision" in caplog.text
     with pytest.raises(ModelError, match="no model has been provisioned"):
         store.classify(png((0, 0, 0)), 1)
+
+
+def test_a_configuration_change_says_to_re_provision(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    provision(make_store(tmp_path, key), key, 1)
+    changed = EnclaveConfig(owner_public_key=public_key_bytes(key), security_version=2)  # a new measurement
+    store = ModelStore(changed, Sealer(SimulationPlatform(changed).sealing_key()), tmp_path / "sealed")
+    with caplog.at_level(logging.ERROR):
+        store.restore()
+    assert store.current is None
+    assert "sealed under a different measurement" in caplog.text and "re-provision" in caplog.text
+
+
+def test_sealed_files_are_private(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    provision(make_store(tmp_path, key), key, 1)
+    assert ((tmp_path / "sealed" / SEALED_MODEL).stat().st_mode & 0o777) == 0o600
+
+
+def test_a_full_disk_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from enclave_infer.enclave import sealing
+
+    def full(self: object, chunk: bytes, *, last: bool) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "secret-path"))
+
+    monkeypatch.setattr(sealing.SealedStreamWriter, "_emit", full)
+    key = Ed25519PrivateKey.generate()
+    store = make_store(tmp_path, key)
+    with pytest.raises(ModelError, match="no space left on device") as info:
+        provision(store, key, 1)
+    assert info.value.details.status == 507 and "secret-path" not in str(info.value)
+    assert store.current is None
 
 
 def test_model_with_external_data_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +160,7 @@ def test_model_with_external_data_is_refused(tmp_path: Path, monkeypatch: pytest
         (ModelFile("onnx", hashlib.sha256(data).hexdigest(), len(data)),), tuple(COLOUR_LABELS), {}, 1
     )
     with pytest.raises(ModelError, match="external data"):
-        store.provision(*manifest.sign(key), data)
+        upload(store, *manifest.sign(key), data)
     assert store.current is None
 
 

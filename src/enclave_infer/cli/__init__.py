@@ -1,0 +1,1 @@
+"""Internal: the ``enclave-infer`` command. Untrusted side: it never imports the enclave."""

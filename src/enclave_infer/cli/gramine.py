@@ -23,6 +23,7 @@ import sysconfig
 from pathlib import Path
 
 import enclave_infer
+from enclave_infer.cli._options import add_config, add_data_dir, load_config
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import UsageError
 
@@ -135,9 +136,6 @@ def write_inputs(config: EnclaveConfig, out_dir: Path) -> Path:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``gramine-manifest`` to the ``enclave-infer`` command's subcommands."""
-    # Imported here, not at module level: main.py imports this module to call register().
-    from enclave_infer.cli.main import _config_options
-
     g = subparsers.add_parser(
         "gramine-manifest",
         help="write enclave.json and print the -D arguments for Gramine's gramine-manifest",
@@ -145,13 +143,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the shell-quoted -D arguments for deploy/gramine/enclave-infer.manifest.template. Run it "
         "with the Python environment the enclave is to use: its paths go into the manifest.",
     )
-    _config_options(g)
-    g.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("enclave-data"),
-        help="the enclave's data folder; sealed blobs go to DATA_DIR/sealed (default enclave-data)",
-    )
+    add_config(g)
+    add_data_dir(g, "the enclave's data folder; sealed blobs go to DATA_DIR/sealed")
     g.add_argument(
         "--port",
         type=int,
@@ -168,9 +161,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _gramine_manifest(args: argparse.Namespace) -> int:
-    from enclave_infer.cli.main import _load_config
-
-    config = _load_config(args)
+    config = load_config(args)
     # Computed (and checked) before anything is written.
     variables = gramine_variables(config, data_dir=args.data_dir, listen_port=args.port, out_dir=args.out)
     write_inputs(config, args.out)

@@ -15,19 +15,33 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import httpx
 
-from enclave_infer.config import EnclaveConfig, MiB, load_public_key_file
+import enclave_infer
+from enclave_infer.cli import gramine
+from enclave_infer.cli._options import (
+    add_collateral,
+    add_config,
+    add_data_dir,
+    add_target,
+    load_config,
+    read_file,
+)
 from enclave_infer.errors import EnclaveInferError, UsageError
+from enclave_infer.logs import LOG_FORMATS
+
+if TYPE_CHECKING:
+    from enclave_infer.attestation.evidence import Attestation
+    from enclave_infer.client.sdk import Client
+    from enclave_infer.protocol.api import Classification
 
 __all__ = ["main"]
 
 PROMPT = "Enter path or URL of image: "
-# Client-side cap on an image fetched from a URL, the same as the enclave's default limit.
-MAX_FETCH_BYTES = 16 * MiB
+QUIT_WORDS = ("quit", "exit")
 IMAGENET_MEAN = "0.485,0.456,0.406"
 IMAGENET_STD = "0.229,0.224,0.225"
 
@@ -37,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # classify's options may stand anywhere, also between CONSTRAINT and the images, where
     # argparse has already closed the IMAGE list: the images after them come back as extras.
-    if extra and args.command == "classify" and not any(e.startswith("-") for e in extra):
+    if extra and args.command == "classify" and not any(e.startswith("-") and e != "-" for e in extra):
         args.images.extend(extra)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -66,17 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="enclave-infer", description="Confidential image classification in a TEE."
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {enclave_infer.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="start the enclave and the host")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    s.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("enclave-data"),
-        help="sealed model storage and the enclave's socket; one server per folder (default enclave-data)",
-    )
+    s.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free one)")
+    add_data_dir(s, "sealed model storage and the enclave's socket; one server per folder")
     s.add_argument(
         "--platform",
         choices=["auto", "simulation", "gramine-sgx", "tsm"],
@@ -88,11 +98,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="attach to an enclave already listening at tcp:127.0.0.1:PORT instead of starting one",
     )
-    _config_options(s)
+    s.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="log lines as text or JSON")
+    add_config(s)
     s.set_defaults(func=_serve)
 
     m = sub.add_parser("measure", help="print the code hash clients pin with C:, offline")
-    _config_options(m)
+    add_config(m)
     m.add_argument("--json", action="store_true", help="print code hash, signer and owner key id as JSON")
     m.set_defaults(func=_measure)
 
@@ -101,19 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_keygen)
 
     v = sub.add_parser("provision", help="send a model and its labels to the enclave (model owner)")
-    v.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
+    add_target(v)
     v.add_argument(
-        "constraint", metavar="CONSTRAINT", help='what the enclave must be, e.g. "C:<code hash> SEC:INSECURE"'
-    )
-    v.add_argument(
-        "model", type=Path, metavar="MODEL", help=".onnx, or a torch.save(model) pickle (.pt/.pth)"
+        "model", type=Path, metavar="MODEL", help=".onnx, TorchScript (.pt), or a torch.save(model) pickle"
     )
     v.add_argument("labels", type=Path, metavar="LABELS", help="class names, one per line")
     v.add_argument("--owner-key", type=Path, required=True, help="the owner's private key from keygen")
     v.add_argument(
         "--quiet", action="store_true", help="no progress bar (there is none when not on a terminal)"
     )
-    _collateral_options(v)
+    add_collateral(v)
     v.add_argument(
         "--runtime",
         choices=["onnx", "torch", "both"],
@@ -129,73 +137,61 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--std", default=IMAGENET_STD, help=f"per-channel std on 0..1 (default ImageNet {IMAGENET_STD})"
     )
+    v.add_argument(
+        "--channel-order", choices=["RGB", "BGR"], default="RGB", help="channel order the model takes"
+    )
+    v.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="tensor layout the model takes")
     v.set_defaults(func=_provision)
 
     a = sub.add_parser("attest", help="print an enclave's attestation report; check a constraint")
-    a.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
-    a.add_argument("constraint", metavar="CONSTRAINT", nargs="?", help="if given, say whether it holds")
-    _collateral_options(a)
+    add_target(a, constraint_optional=True)
+    add_collateral(a)
     a.set_defaults(func=_attest)
+
+    i = sub.add_parser("model", help="print what the enclave says of its model (GET /v1/model)")
+    add_target(i)
+    i.add_argument("--json", action="store_true", help="print the enclave's answer as JSON")
+    add_collateral(i)
+    i.set_defaults(func=_model)
 
     e = sub.add_parser("verify-evidence", help="verify an SGX/TDX DCAP quote offline; print JSON")
     e.add_argument("--quote", type=Path, required=True, help="the raw quote")
-    _collateral_options(e)
+    add_collateral(e)
     e.add_argument("--now", help="verify as of this RFC 3339 time (default: now)")
     e.add_argument("--constraint", help="also check this enclave constraint")
     e.set_defaults(func=_verify_evidence)
 
-    from enclave_infer.cli import gramine
-
     gramine.register(sub)
 
     c = sub.add_parser("classify", help="classify image files or URLs (no IMAGE: interactive console)")
-    c.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
+    add_target(c)
     c.add_argument(
-        "constraint", metavar="CONSTRAINT", help='what the enclave must be, e.g. "C:<code hash> SEC:INSECURE"'
+        "images", nargs="*", metavar="IMAGE", help="file path, http(s):// URL, or - for standard input"
     )
-    c.add_argument("images", nargs="*", metavar="IMAGE", help="file path or http(s):// URL")
     c.add_argument(
         "--top",
         type=int,
         default=1,
         help="classes to print per image (default 1; at most the enclave's max_top_k)",
     )
-    c.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    c.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     c.add_argument(
         "--runtime",
         choices=["onnx", "torch", "both"],
         help="which provisioned runtime answers (default: the owner's first); both: side by side",
     )
-    c.add_argument(
-        "--model-sha256", metavar="HEX", help="refuse to use any model but this one (see GET /v1/model)"
-    )
-    _collateral_options(c)
+    c.add_argument("--model-sha256", metavar="HEX", help="refuse to use any model but this one (see `model`)")
+    add_collateral(c)
     c.set_defaults(func=_classify)
     return p
 
 
-def _client(args: argparse.Namespace, constraint: str | None) -> Any:
+def _client(args: argparse.Namespace, constraint: str | None) -> Client:
     from enclave_infer.client.sdk import Client
 
-    collateral = _read(args.collateral, "collateral") if args.collateral else None
+    collateral = read_file(args.collateral, "collateral") if args.collateral else None
     pinned = getattr(args, "model_sha256", None)
     return Client(args.url, constraint, collateral=collateral, pccs_url=args.pccs, model_sha256=pinned)
-
-
-def _collateral_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--collateral", type=Path, help="DCAP collateral, dcap-qvl's QuoteCollateralV3 JSON")
-    group.add_argument("--pccs", metavar="URL", help="fetch DCAP collateral from this PCCS or Intel PCS URL")
-
-
-def _config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--owner-public-key", type=Path, help="the model owner's key (owner.key.pub)")
-    p.add_argument("--config", type=Path, help="enclave.toml overriding the defaults")
-
-
-def _load_config(args: argparse.Namespace) -> EnclaveConfig:
-    owner = load_public_key_file(args.owner_public_key) if args.owner_public_key else None
-    return EnclaveConfig.load(args.config, owner_public_key=owner)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -205,8 +201,8 @@ def _serve(args: argparse.Namespace) -> int:
     from enclave_infer.host.server import run
     from enclave_infer.protocol.framing import parse_address
 
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port must be 1..65535, got {args.port}")
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"--port must be 0..65535 (0: any free port), got {args.port}")
     external = None
     if args.enclave:
         try:
@@ -214,12 +210,13 @@ def _serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     run(
-        _load_config(args),
+        load_config(args),
         args.data_dir,
         host=args.host,
         port=args.port,
         platform=args.platform,
         external=external,
+        log_format=args.log_format,
     )
     return 0
 
@@ -235,6 +232,31 @@ def _attest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    with _client(args, args.constraint) as client:
+        _warn_if_insecure(client.attest())
+        info = client.model_info()
+    if args.json:
+        print(json.dumps(info.to_json() if info is not None else None))
+        return 0
+    if info is None:
+        print("no model has been provisioned yet")
+        return 0
+    pre = info.preprocessing
+    files = ", ".join(f"{f.format} {f.size} bytes sha256 {f.sha256}" for f in info.files)
+    print(f"model sha256:  {info.sha256}")
+    print(f"version:       {info.version}")
+    print(f"labels:        {info.labels}")
+    print(f"runtimes:      {', '.join(info.runtimes)} (first answers by default)")
+    print(f"files:         {files}")
+    print(
+        f"preprocessing: resize {pre.resize}, crop {pre.crop}, mean {_triple(pre.mean)},"
+        f" std {_triple(pre.std)}, {pre.channel_order}, {pre.layout}"
+    )
+    print(f"provisioned:   {info.provisioned_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    return 0
+
+
 def _verify_evidence(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -243,9 +265,9 @@ def _verify_evidence(args: argparse.Namespace) -> int:
     from enclave_infer.client.sdk import fetch_collateral
 
     constraint = constraints.parse(args.constraint) if args.constraint else None
-    quote = _read(args.quote, "quote")
+    quote = read_file(args.quote, "quote")
     if args.collateral:
-        collateral = _read(args.collateral, "collateral")
+        collateral = read_file(args.collateral, "collateral")
     elif args.pccs:
         collateral = fetch_collateral(args.pccs, quote)
     else:
@@ -283,19 +305,16 @@ def _verify_evidence(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace) -> int:
     from enclave_infer.attestation.measurement import SIMULATION_SIGNER, code_hash
 
-    config = _load_config(args)
+    config = load_config(args)
     digest = code_hash(config).hex().upper()
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "code_hash": digest,
-                    "signer": SIMULATION_SIGNER.hex().upper(),
-                    "owner": config.owner_key_id.upper(),
-                    "product_id": config.product_id,
-                }
-            )
-        )
+        doc = {
+            "code_hash": digest,
+            "signer": SIMULATION_SIGNER.hex().upper(),
+            "owner": config.owner_key_id.upper(),
+            "product_id": config.product_id,
+        }
+        print(json.dumps(doc))
     else:
         print(digest)
     return 0
@@ -313,33 +332,33 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from enclave_infer.client.owner import load_owner_key
+    from enclave_infer.client.owner import load_owner_key, read_labels
     from enclave_infer.client.progress import Progress
-    from enclave_infer.client.sdk import load_labels
+    from enclave_infer.protocol.api import Preprocessing
 
     key = load_owner_key(args.owner_key)
-    labels = load_labels(args.labels)
-    preprocessing = {
-        "resize": args.resize,
-        "crop": args.crop,
-        "mean": _floats3("--mean", args.mean),
-        "std": _floats3("--std", args.std),
-        "channel_order": "RGB",
-        "layout": "NCHW",
-    }
+    labels = read_labels(args.labels)
+    preprocessing = Preprocessing(
+        resize=args.resize,
+        crop=args.crop,
+        mean=_floats3("--mean", args.mean),
+        std=_floats3("--std", args.std),
+        channel_order=args.channel_order,
+        layout=args.layout,
+    )
     if args.model_version is not None and args.model_version < 1:
         raise UsageError("--model-version must be a positive integer")
     with _client(args, args.constraint) as client:
         attestation = client.attest()  # before any conversion work or secret leaves this machine
         _warn_if_insecure(attestation)
-        with _model_files(args.model, args.runtime, args.crop) as files:
+        with _model_files(args.model, args.runtime, preprocessing) as files:
             limit = attestation.config.limits.max_model_bytes
             size = sum(path.stat().st_size for path in files.values())
             if size > limit:
                 raise UsageError(f"the model is {size} bytes; this enclave's max_model_bytes is {limit}")
             bar = Progress(size, label="uploading", enabled=False if args.quiet else None)
             try:
-                meta = client.provision_file(
+                result = client.provision_file(
                     files,
                     labels,
                     key,
@@ -349,73 +368,102 @@ def _provision(args: argparse.Namespace) -> int:
                 )
             finally:
                 bar.close()
-    runtimes = ", ".join(meta.get("runtimes", ["onnx"]))
+    model = result.model
+    replaced = f", replacing version {result.replaced_version}" if result.replaced_version is not None else ""
     print(
-        f"provisioned model version {meta['version']} (sha256 {meta['sha256']}, {meta['labels']} labels,"
-        f" runtimes: {runtimes})"
+        f"provisioned model version {model.version} (sha256 {model.sha256}, {model.labels} labels,"
+        f" runtimes: {', '.join(model.runtimes)}{replaced})"
     )
     return 0
 
 
 def _classify(args: argparse.Namespace) -> int:
-
     if args.top < 1:
         raise UsageError("--top must be at least 1")
+    if args.images.count("-") > 1:
+        raise UsageError("- (standard input) can be given once")
     with _client(args, args.constraint) as client:
         attestation = client.attest()
         _warn_if_insecure(attestation)
         max_top = attestation.config.limits.max_top_k
         if args.top > max_top:
             raise UsageError(f"--top must be at most {max_top} for this enclave (its max_top_k)")
-        if not args.images:
-            return _console(client, args.top, as_json=args.json, runtime=args.runtime or "default")
-        failures = 0
-        outputs: list[dict[str, Any]] = []
-        level = attestation.report.security_level.name
-        for source in args.images:
-            name = _display_name(source)
-            try:
-                result = client.classify(_load_image(source), top=args.top, runtime=args.runtime or "default")
-            except EnclaveInferError as exc:
-                if args.json:
-                    outputs.append({"image": source, "error": str(exc)})
-                else:
-                    _error(f"{name}: {exc}")
-                failures += 1
-                continue
-            if args.json:
-                outputs.append({"image": source, "security_level": level, **result.to_json()})
-            else:
-                for text in _lines(result):
-                    print(f"{name}: {text}")
-        if args.json:
-            print(json.dumps(outputs, indent=2))
-    return 1 if failures else 0
-
-
-def _console(client: Any, top: int, *, as_json: bool, runtime: str) -> int:
-    """The seed's console: a prompt, one answer per image, empty line or EOF to quit."""
-    while True:
-        try:
-            line = input(PROMPT).strip()
-        except EOFError:
-            print()
-            return 0
-        if not line:
-            return 0
-        try:
-            result = client.classify(_load_image(line), top=top, runtime=runtime)
-        except EnclaveInferError as exc:
-            _error(str(exc))
-            continue
-        if as_json:
-            print(json.dumps({"image": line, **result.to_json()}))
+        session = _Session(client, attestation, args)
+        if args.images:
+            for source in args.images:
+                session.classify(source, prefix=True)
         else:
-            for text in _lines(result):
-                print(text)
+            session.console(sys.stdin)
+    return 1 if session.failures else 0
 
 
-def _lines(result: Any) -> list[str]:
+class _Session:
+    """Classify images one by one and print each answer as it comes, as text or JSON Lines; the
+    same fields in batch mode and in the console."""
+
+    def __init__(self, client: Client, attestation: Attestation, args: argparse.Namespace) -> None:
+        self._client, self._args = client, args
+        self._level = attestation.report.security_level.name
+        self.failures = 0
+
+    def classify(self, source: str, *, prefix: bool) -> None:
+        args = self._args
+        try:
+            result = self._client.classify(
+                _load_image(source), top=args.top, runtime=args.runtime or "default"
+            )
+        except EnclaveInferError as exc:
+            self.failures += 1
+            if args.json:
+                print(json.dumps({"image": source, "error": str(exc)}), flush=True)
+            else:
+                _error(f"{source}: {exc}")
+            return
+        if args.json:
+            print(
+                json.dumps({"image": source, "security_level": self._level, **result.to_json()}), flush=True
+            )
+            return
+        for text in _lines(result):
+            print(f"{source}: {text}" if prefix else text, flush=True)
+
+    def console(self, stream: TextIO) -> None:
+        """The seed's console. On a terminal: a prompt on stderr and line editing; in a pipe: no
+        prompt, one image per line. Empty lines are skipped; EOF or ``quit`` ends."""
+        interactive = stream.isatty() and sys.stderr.isatty()
+        if interactive:
+            with contextlib.suppress(ImportError):
+                import readline  # noqa: F401 - line editing and history for input()
+        while True:
+            try:
+                if interactive:
+                    print(PROMPT, end="", file=sys.stderr, flush=True)
+                    line = input()
+                else:
+                    line = stream.readline()
+                    if not line:
+                        return
+            except EOFError:
+                if interactive:
+                    print(file=sys.stderr)
+                return
+            source = _unquote(line.strip())
+            if not source:
+                continue
+            if source.lower() in QUIT_WORDS:
+                return
+            # several images in one session: name each, as batch mode does, unless it is one at a prompt
+            self.classify(source, prefix=not interactive)
+
+
+def _unquote(text: str) -> str:
+    """A path dragged into a terminal arrives quoted ('…' or "…"); the quotes are not the name."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def _lines(result: Classification) -> list[str]:
     """One line per class; with both runtimes, each runtime's answer side by side."""
     if not result.by_runtime:
         return [str(p) for p in result.results]
@@ -424,7 +472,7 @@ def _lines(result: Any) -> list[str]:
     return ["  ".join(f"[{name}] {ps[i]}" for name, ps in columns if i < len(ps)) for i in range(rows)]
 
 
-def _warn_if_insecure(attestation: Any) -> None:
+def _warn_if_insecure(attestation: Attestation) -> None:
     report = attestation.report
     if report.security_level.name == "INSECURE":
         print(f"enclave-infer: warning: the enclave is INSECURE: {report.level_reason}", file=sys.stderr)
@@ -434,7 +482,7 @@ def _warn_if_insecure(attestation: Any) -> None:
 
 
 @contextlib.contextmanager
-def _model_files(path: Path, runtime: str, input_size: int) -> Iterator[dict[str, Path]]:
+def _model_files(path: Path, runtime: str, preprocessing: Any) -> Iterator[dict[str, Path]]:
     """The owner's model as the files the enclave serves: {"onnx": …, "torchscript": …}. An
     ``.onnx`` for ONNX Runtime alone is only checked; anything else is converted here, on the
     owner's machine, into a temporary folder (a pickle's code runs here, never in the enclave)."""
@@ -458,34 +506,30 @@ def _model_files(path: Path, runtime: str, input_size: int) -> Iterator[dict[str
 
     wanted = {"onnx", "torch"} if runtime == "both" else {runtime}
     with tempfile.TemporaryDirectory(prefix="enclave-infer-convert-") as tmp:
-        made = export_formats(path, Path(tmp), wanted, input_size=input_size)
+        made = export_formats(path, Path(tmp), wanted, input_size=preprocessing.crop)
         yield {fmt: made[fmt] for fmt in ("onnx", "torchscript") if fmt in made}
 
 
-def _floats3(option: str, text: str) -> list[float]:
+def _floats3(option: str, text: str) -> tuple[float, float, float]:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
     if len(values) != 3:
         raise UsageError(f"{option} takes three comma-separated numbers, got {text!r}")
-    return values
+    return values[0], values[1], values[2]
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
-def _display_name(source: str) -> str:
-    if source.startswith(("http://", "https://")):
-        return Path(urlsplit(source).path).name or source
-    return Path(source).name or source
+def _triple(values: tuple[float, float, float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def _load_image(source: str) -> bytes:
+    if source == "-":
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise UsageError("-: standard input is empty")
+        return data
     if source.startswith(("http://", "https://")):
         return _fetch(source)
     scheme = urlsplit(source).scheme
@@ -498,7 +542,7 @@ def _load_image(source: str) -> bytes:
         raise UsageError(f"{source or repr(source)}: no such file")
     if not path.is_file():
         raise UsageError(f"{source}: not a regular file")
-    data = _read(path, "image")
+    data = read_file(path, "image")
     if not data:
         raise UsageError(f"{source}: the file is empty")
     return data
@@ -506,21 +550,24 @@ def _load_image(source: str) -> bytes:
 
 def _fetch(url: str) -> bytes:
     """Fetch an image on the client's side: the host never sees the URL."""
+    from enclave_infer.client.config import ClientConfig
+
+    limit = ClientConfig().max_fetch_bytes
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=30.0) as reply:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=ClientConfig().fetch_timeout) as reply:
             if reply.status_code != 200:
                 raise UsageError(f"{url}: answered {reply.status_code}")
-            return b"".join(_capped(reply.iter_bytes(), url))
+            return b"".join(_capped(reply.iter_bytes(), url, limit))
     except httpx.HTTPError as exc:
         raise UsageError(f"cannot fetch {url}: {type(exc).__name__}") from None
 
 
-def _capped(chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
+def _capped(chunks: Iterator[bytes], url: str, limit: int) -> Iterator[bytes]:
     total = 0
     for chunk in chunks:
         total += len(chunk)
-        if total > MAX_FETCH_BYTES:
-            raise UsageError(f"{url}: image larger than {MAX_FETCH_BYTES} bytes")
+        if total > limit:
+            raise UsageError(f"{url}: image larger than {limit} bytes")
         yield chunk
 
 

@@ -2,22 +2,27 @@
 
 Client-side code (trusted by its user, not by the enclave). :class:`Client` verifies the enclave's
 evidence against the user's constraint before it sends anything, then speaks to the enclave's own
-API through Oblivious HTTP: every request is a binary-HTTP message (RFC 9292) encapsulated to the
-attested key (RFC 9458); the host in between sees ciphertext.
+API (``protocol/api.py``) through Oblivious HTTP: every request is a binary-HTTP message (RFC 9292)
+encapsulated to the attested key (RFC 9458); the host in between sees ciphertext.
+
+Answers come back as the typed results of ``protocol/api.py``; refusals as the exception that
+their RFC 9457 problem type maps to (:data:`PROBLEM_ERRORS`). Two problems are handled here, each
+with one retry: RFC 9458's ``ohttp-key`` (the enclave restarted with a new key: attest again, and
+resend only if the key really changed) and ``date`` (correct the clock by the enclave's ``date``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,74 +30,74 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, appraise, verify
+from enclave_infer.client._transport import Reply, Transport
+from enclave_infer.client.config import ClientConfig
 from enclave_infer.errors import (
     AttestationError,
-    ConstraintError,
+    EnclaveFailureError,
+    InvalidImageError,
+    InvalidRequestError,
+    ModelPinError,
+    NoModelError,
+    OverloadedError,
     ProtocolError,
+    ProvisionRefusedError,
     RemoteError,
+    TooLargeError,
     TransportError,
+    UnavailableError,
     UsageError,
 )
 from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
+from enclave_infer.protocol.api import (
+    INNER_AUTHORITY,
+    INNER_SCHEME,
+    JSON_MEDIA_TYPE,
+    Classification,
+    Header,
+    ModelInfo,
+    Preprocessing,
+    Problem,
+    ProblemDetails,
+    ProvisionResult,
+    Route,
+    Runtime,
+)
 from enclave_infer.protocol.manifest import Manifest, ModelFile, sf_binary
 
-__all__ = ["Classification", "Client", "Prediction", "fetch_collateral", "load_labels"]
+__all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral"]
 
-# The inner request's authority: the enclave is its own target resource (RFC 9458 §2).
-INNER_AUTHORITY = "enclave"
 SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
-# A streamed model is read and sent in pieces of this size (plus 2-4 bytes of binary-HTTP framing,
-# well under a chunked-OHTTP chunk's 1 MiB).
-UPLOAD_PIECE_BYTES = 256 * 1024
-# Answers from the enclave are small JSON documents and evidence is a few KB; anything larger from
-# the (untrusted) host is refused rather than buffered.
-MAX_RESPONSE_BYTES = 1024 * 1024
 
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    index: int
-    probability: float
-
-    def __str__(self) -> str:
-        return f"{self.label} ({self.probability * 100:.1f}%)"
-
-
-@dataclass(frozen=True)
-class Classification:
-    model_sha256: str
-    model_version: int
-    results: tuple[Prediction, ...]
-    # with runtime="both": each runtime's results, side by side ("onnx", "torch")
-    by_runtime: dict[str, tuple[Prediction, ...]] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, doc: Any) -> Classification:
-        def predictions(items: Any) -> tuple[Prediction, ...]:
-            return tuple(Prediction(str(r["label"]), int(r["index"]), float(r["probability"])) for r in items)
-
-        try:
-            return cls(
-                model_sha256=str(doc["model"]["sha256"]),
-                model_version=int(doc["model"]["version"]),
-                results=predictions(doc["results"]),
-                by_runtime={str(k): predictions(v) for k, v in doc.get("runtimes", {}).items()},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ProtocolError("the enclave's classification answer is malformed") from None
-
-    def to_json(self) -> dict[str, Any]:
-        def items(ps: tuple[Prediction, ...]) -> list[dict[str, Any]]:
-            return [{"label": p.label, "index": p.index, "probability": p.probability} for p in ps]
-
-        doc: dict[str, Any] = {
-            "model": {"sha256": self.model_sha256, "version": self.model_version},
-            "results": items(self.results),
-        }
-        if self.by_runtime:
-            doc["runtimes"] = {name: items(ps) for name, ps in self.by_runtime.items()}
-        return doc
+# Which exception each problem type raises; one class per type (several types share a class).
+PROBLEM_ERRORS: Mapping[Problem, type[RemoteError]] = {
+    Problem.DATE: InvalidRequestError,
+    Problem.OHTTP_KEY: InvalidRequestError,
+    Problem.MALFORMED_REQUEST: InvalidRequestError,
+    Problem.INVALID_PARAMETER: InvalidRequestError,
+    Problem.NOT_FOUND: InvalidRequestError,
+    Problem.METHOD_NOT_ALLOWED: InvalidRequestError,
+    Problem.UNSUPPORTED_MEDIA_TYPE: InvalidRequestError,
+    Problem.REPLAYED: InvalidRequestError,
+    Problem.RUNTIME_NOT_PROVISIONED: InvalidRequestError,
+    Problem.TOO_LARGE: TooLargeError,
+    Problem.INVALID_IMAGE: InvalidImageError,
+    Problem.NO_MODEL: NoModelError,
+    Problem.MODEL_PIN_MISMATCH: ModelPinError,
+    Problem.INVALID_SIGNATURE: ProvisionRefusedError,
+    Problem.VERSION_NOT_NEWER: ProvisionRefusedError,
+    Problem.INVALID_MANIFEST: ProvisionRefusedError,
+    Problem.MODEL_INTEGRITY: ProvisionRefusedError,
+    Problem.INVALID_MODEL: ProvisionRefusedError,
+    Problem.OVERLOADED: OverloadedError,
+    Problem.ENCLAVE_UNAVAILABLE: UnavailableError,
+    Problem.BAD_GATEWAY: UnavailableError,
+    Problem.REQUEST_TIMEOUT: UnavailableError,
+    Problem.INFERENCE_FAILED: EnclaveFailureError,
+    Problem.STORAGE_FULL: EnclaveFailureError,
+    Problem.STORAGE_FAILED: EnclaveFailureError,
+    Problem.INTERNAL: EnclaveFailureError,
+}
 
 
 class Client:
@@ -103,35 +108,36 @@ class Client:
         url: str,
         constraint: str | Constraint | None,
         *,
-        timeout: float = 300.0,
+        config: ClientConfig | None = None,
         transport: httpx.BaseTransport | None = None,
         now: Callable[[], datetime] | None = None,
         collateral: bytes | None = None,
         pccs_url: str | None = None,
         model_sha256: str | None = None,
     ) -> None:
-        """``collateral``: the DCAP collateral to verify a quote with (dcap-qvl JSON), instead of
+        """``constraint`` None only for :meth:`inspect`: such a client never sends anything.
+        ``collateral``: the DCAP collateral to verify a quote with (dcap-qvl JSON), instead of
         what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote.
         ``model_sha256``: send images only to, and accept answers only from, that model."""
+        # Everything is checked before the HTTP client exists: a failed constructor leaks nothing.
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"URL must start with http:// or https://, got {url!r}")
+        if model_sha256 is not None and not _is_sha256(model_sha256):
+            raise UsageError(f"a model SHA-256 is 64 hex digits, got {model_sha256!r}")
         self.url = url.rstrip("/")
-        # None only for inspect(): a client without a constraint never sends anything.
         self.constraint = constraints.parse(constraint) if isinstance(constraint, str) else constraint
-        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
-        self._timeout = timeout
+        self.config = config or ClientConfig()
+        self.model_sha256 = model_sha256.lower() if model_sha256 else None
         self._now = now or (lambda: datetime.now(UTC))
         self._collateral = collateral
         self._pccs_url = pccs_url
-        if model_sha256 is not None and not _is_sha256(model_sha256):
-            raise UsageError(f"a model SHA-256 is 64 hex digits, got {model_sha256!r}")
-        self.model_sha256 = model_sha256.lower() if model_sha256 else None
         self._key: ohttp.KeyConfig | None = None
         self._clock_offset = 0.0
         self.attestation: Attestation | None = None
+        self._transport = Transport(self.url, self.config, transport)
 
     def close(self) -> None:
-        self._http.close()
+        self._transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -153,7 +159,7 @@ class Client:
         return self._attest(None)
 
     def _attest(self, constraint: Constraint | None) -> Attestation:
-        keys = self._get("/ohttp-keys", expect="application/ohttp-keys")
+        keys = self._get("/ohttp-keys", expect=ohttp.MEDIA_TYPE_KEYS)
         try:
             configs = ohttp.decode_key_configs(keys)
         except ProtocolError as exc:
@@ -168,16 +174,15 @@ class Client:
             evidence = Evidence.decode(document)
             if evidence.tee in ("sgx", "tdx"):
                 collateral = fetch_collateral(self._pccs_url, evidence.evidence)
+        key_config, now = config.encode(), self._now()
         if constraint is None:
-            return appraise(
-                document, key_config=config.encode(), nonce=nonce, now=self._now(), collateral=collateral
-            )
+            return appraise(document, key_config=key_config, nonce=nonce, now=now, collateral=collateral)
         attestation = verify(
             document,
-            key_config=config.encode(),
+            key_config=key_config,
             nonce=nonce,
             constraint=constraint,
-            now=self._now(),
+            now=now,
             collateral=collateral,
         )
         self._key, self.attestation = config, attestation
@@ -185,82 +190,121 @@ class Client:
 
     # -- the enclave's API ---------------------------------------------------------------------
 
-    def classify(self, image: bytes, *, top: int = 1, runtime: str = "default") -> Classification:
-        """``runtime``: the owner's first ("default"), "onnx", "torch", or "both" side by side."""
+    def classify(
+        self, image: bytes, *, top: int = 1, runtime: Runtime | str = Runtime.DEFAULT
+    ) -> Classification:
+        """Classify one image; with :attr:`Runtime.BOTH`, every provisioned runtime answers."""
+        runtime = Runtime.parse(runtime) if isinstance(runtime, str) else runtime
+        headers: list[tuple[str, str]] = [("content-type", "application/octet-stream")]
+        if self.model_sha256:
+            # the enclave refuses the image, before decoding it, unless it serves this model
+            headers.append((Header.MODEL_PIN, self.model_sha256))
         response = self.request(
-            "POST",
-            f"/v1/classify?top={top}&runtime={runtime}",
-            content=image,
-            headers=(
-                ("content-type", "application/octet-stream"),
-                # the enclave refuses the image, before decoding it, unless it serves this model
-                *((("model-sha256", self.model_sha256),) if self.model_sha256 else ()),
-            ),
+            "POST", f"{Route.CLASSIFY}?top={top}&runtime={runtime}", headers=headers, content=image
         )
-        result = Classification.from_json(_json_or_raise(response))
-        if self.model_sha256 is not None:
-            self._check_model(result.model_sha256)
+        result = Classification.from_json(_document(response))
+        self._check_model(result.model_sha256)
         return result
 
-    def _check_model(self, served: str) -> None:
-        if served.lower() != self.model_sha256:
-            raise ConstraintError(f"the enclave serves model {served}, not the pinned {self.model_sha256}")
-
-    def model_info(self) -> dict[str, Any] | None:
+    def model_info(self) -> ModelInfo | None:
         """Public metadata of the served model, or None if none is provisioned."""
-        response = self.request("GET", "/v1/model")
-        if response.status == 404:
+        try:
+            return ModelInfo.from_json(_document(self.request("GET", Route.MODEL)))
+        except NoModelError:
             return None
-        doc = _json_or_raise(response)
-        if not isinstance(doc, dict):
-            raise ProtocolError("the enclave's model metadata is malformed")
-        return doc
 
     def provision(
         self,
-        model: bytes,
+        model: bytes | Mapping[str, bytes],
         labels: Sequence[str],
         owner_key: Ed25519PrivateKey,
         *,
-        preprocessing: dict[str, Any],
+        preprocessing: Preprocessing | Mapping[str, Any] | None = None,
         version: int | None = None,
-    ) -> dict[str, Any]:
-        """Sign a manifest for ``model`` (ONNX bytes) and upload both; returns the new metadata."""
-        files = (ModelFile("onnx", hashlib.sha256(model).hexdigest(), len(model)),)
-        return self._put_model(files, labels, owner_key, preprocessing, version, content=model)
+    ) -> ProvisionResult:
+        """Sign a manifest for ``model`` (ONNX bytes, or a mapping of format to bytes) and upload
+        it: :meth:`provision_files` on bytes in memory."""
+        files = {"onnx": model} if isinstance(model, bytes | bytearray) else dict(model)
+        return self.provision_files(
+            {fmt: _Source(io.BytesIO, data) for fmt, data in files.items()},
+            labels,
+            owner_key,
+            preprocessing=preprocessing,
+            version=version,
+        )
 
-    def _put_model(
+    def provision_file(
         self,
-        files: tuple[ModelFile, ...],
+        model: Path | Mapping[str, Path],
         labels: Sequence[str],
         owner_key: Ed25519PrivateKey,
-        preprocessing: dict[str, Any],
-        version: int | None,
         *,
-        content: bytes = b"",
-        stream: Callable[[], Iterator[bytes]] | None = None,
-    ) -> dict[str, Any]:
-        """Sign the manifest (version: one more than the enclave's unless given) and PUT it with
-        the files' bytes, whole or streamed."""
+        preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+        version: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ProvisionResult:
+        """Stream model files through chunked OHTTP: client memory stays at a few pieces whatever
+        the model's size. ``model`` is an ONNX file, or a mapping of format ("onnx",
+        "torchscript") to file, each served by its runtime. ``progress`` gets byte counts."""
+        paths = {"onnx": model} if isinstance(model, Path) else dict(model)
+        return self.provision_files(
+            {fmt: _Source(_opener(path), path) for fmt, path in paths.items()},
+            labels,
+            owner_key,
+            preprocessing=preprocessing,
+            version=version,
+            progress=progress,
+        )
+
+    def provision_files(
+        self,
+        sources: Mapping[str, _Source],
+        labels: Sequence[str],
+        owner_key: Ed25519PrivateKey,
+        *,
+        preprocessing: Preprocessing | Mapping[str, Any] | None,
+        version: int | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ProvisionResult:
+        """The one provisioning path: hash each file, sign the manifest (version: one more than the
+        enclave's unless given), stream the files back to back in the manifest's order."""
+        if preprocessing is None:
+            preprocessing = Preprocessing()
+        elif not isinstance(preprocessing, Preprocessing):
+            preprocessing = Preprocessing.from_json(preprocessing)
+        piece_bytes = self.config.upload_piece_bytes
+        files = tuple(source.describe(fmt, piece_bytes) for fmt, source in sources.items())
         if version is None:
             current = self.model_info()
-            version = 1 if current is None else int(current["version"]) + 1
-        manifest_bytes, signature = Manifest(files, tuple(labels), preprocessing, version).sign(owner_key)
+            version = 1 if current is None else current.version + 1
+        manifest = Manifest(files, tuple(labels), preprocessing.to_json(), version)
+        manifest_bytes, signature = manifest.sign(owner_key)
+
+        def pieces() -> Iterator[bytes]:
+            for source in sources.values():
+                for piece in source.pieces(piece_bytes):
+                    if progress is not None:
+                        progress(len(piece))
+                    yield piece
+
         response = self.request(
             "PUT",
-            "/v1/model",
+            Route.MODEL,
             headers=(
                 ("content-type", "application/octet-stream"),
-                ("manifest", sf_binary(manifest_bytes)),
-                ("manifest-signature", sf_binary(signature)),
+                (Header.MANIFEST, sf_binary(manifest_bytes)),
+                (Header.MANIFEST_SIGNATURE, sf_binary(signature)),
             ),
-            content=content,
-            stream=stream,
+            stream=pieces,
         )
-        doc = _json_or_raise(response)
-        if not isinstance(doc, dict):
-            raise ProtocolError("the enclave's answer to a provision is malformed")
-        return doc
+        return ProvisionResult.from_json(_document(response))
+
+    def _check_model(self, served: str) -> None:
+        if self.model_sha256 is not None and served.lower() != self.model_sha256:
+            message = f"the enclave serves model {served}, not the pinned {self.model_sha256}"
+            raise ModelPinError(Problem.MODEL_PIN_MISMATCH.status, message, Problem.MODEL_PIN_MISMATCH.uri)
+
+    # -- Oblivious HTTP ------------------------------------------------------------------------
 
     def request(
         self,
@@ -271,155 +315,120 @@ class Client:
         content: bytes = b"",
         stream: Callable[[], Iterator[bytes]] | None = None,
     ) -> bhttp.Response:
-        """One request to the enclave's own API through Oblivious HTTP. With ``stream`` (a
-        function returning the body's pieces, callable again for a retry) the request is sent in
-        the chunked form, piece by piece, never held whole."""
+        """One request to the enclave's own API through Oblivious HTTP; refusals raise. With
+        ``stream`` (a function returning the body's pieces, callable again for a retry) the request
+        is sent in the chunked form, piece by piece, never held whole."""
         if self._key is None:
             self.attest()
-        for attempt in range(2):
-            if stream is None:
-                response = self._exchange(method, path, headers, content)
-            else:
-                response = self._exchange_chunked(method, path, headers, stream())
-            if attempt == 0 and response is None:
-                # The enclave may have restarted with a new key: verify it again, and resend only if
-                # the key really changed (a host that merely claims failure must not get a rerun).
-                old_key = self._key
-                self.attest()
-                if self._key != old_key:
-                    continue
-            if attempt == 0 and response is not None and _clock_refusal(response):
-                server_date = response.header("date")
-                if server_date is not None:
-                    self._clock_offset = parsedate_to_datetime(server_date).timestamp() - time.time()
-                    continue
+        for attempt in (1, 2):
+            inner = bhttp.Request(
+                method, INNER_SCHEME, INNER_AUTHORITY, path, (*headers, self._date()), content
+            )
+            reply, response = self._exchange(inner, stream)
             if response is None:
-                raise RemoteError(400, "the enclave could not decrypt the request")
+                problem = reply.problem()
+                if attempt == 1 and problem is not None and problem.problem is Problem.OHTTP_KEY:
+                    # The enclave may have restarted with a new key: verify it again, and resend only
+                    # if the key really changed (a host that merely claims failure gets no rerun).
+                    old_key = self._key
+                    self.attest()
+                    if self._key != old_key:
+                        continue
+                raise _host_error(reply)
+            if (
+                attempt == 1
+                and response.status == Problem.DATE.status
+                and _problem_of(response) is Problem.DATE
+            ):
+                server_date = response.header(Header.DATE)
+                if server_date is not None:  # RFC 9458 §6.5.2: correct the clock, retry once
+                    try:
+                        self._clock_offset = parsedate_to_datetime(server_date).timestamp() - time.time()
+                    except (TypeError, ValueError):
+                        raise _enclave_error(response) from None
+                    continue
+            if response.status >= 400:
+                raise _enclave_error(response)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _date(self) -> tuple[str, str]:
+        """The inner request's date, for the enclave's replay window (RFC 9458 §6.5.1)."""
+        return (Header.DATE.value, formatdate(time.time() + self._clock_offset, usegmt=True))
+
     def _exchange(
-        self, method: str, path: str, headers: Sequence[tuple[str, str]], content: bytes
-    ) -> bhttp.Response | None:
+        self, inner: bhttp.Request, stream: Callable[[], Iterator[bytes]] | None
+    ) -> tuple[Reply, bhttp.Response | None]:
+        """Encapsulate, send, open. The response is None when the host (or the enclave, outside the
+        encapsulation) refused: the reply says why."""
         assert self._key is not None
-        inner = self._inner(method, path, headers, content)
-        encapsulated, context = ohttp.encapsulate_request(self._key, bhttp.encode_request(inner))
-        status, media_type, body = self._send(
-            "POST", "/v1/ohttp", content=encapsulated, headers={"content-type": "message/ohttp-req"}
-        )
-        del encapsulated
-        if not _relayed(status, media_type, body, expect="message/ohttp-res"):
-            return None
-        return bhttp.decode_response(context.decapsulate_response(body))
-
-    def _inner(
-        self, method: str, path: str, headers: Sequence[tuple[str, str]], content: bytes = b""
-    ) -> bhttp.Request:
-        """The request to the enclave's own API, dated for its replay window (RFC 9458 §6.5.1)."""
-        date = formatdate(time.time() + self._clock_offset, usegmt=True)
-        return bhttp.Request(method, "https", INNER_AUTHORITY, path, (*headers, ("date", date)), content)
-
-    def _exchange_chunked(
-        self, method: str, path: str, headers: Sequence[tuple[str, str]], pieces: Iterator[bytes]
-    ) -> bhttp.Response | None:
-        assert self._key is not None
-        head = self._inner(method, path, headers)
+        if stream is None:
+            encapsulated, context = ohttp.encapsulate_request(self._key, bhttp.encode_request(inner))
+            reply = self._transport.send(
+                "POST", "/v1/ohttp", content=encapsulated, headers={"content-type": ohttp.MEDIA_TYPE_REQUEST}
+            )
+            if not _relayed(reply, ohttp.MEDIA_TYPE_RESPONSE):
+                return reply, None
+            return reply, bhttp.decode_response(context.decapsulate_response(reply.body))
         encoder = chunked_ohttp.ChunkedRequestEncoder(self._key)
 
         def body() -> Iterator[bytes]:
             yield encoder.header()
-            for plaintext in _slices(bhttp.encode_request_head(head)):
+            for plaintext in _slices(bhttp.encode_request_head(inner)):
                 yield encoder.chunk(plaintext)
-            for piece in pieces:
+            for piece in stream():
                 for plaintext in _slices(bhttp.encode_content_chunk(piece)):
                     yield encoder.chunk(plaintext)
             yield encoder.final(bhttp.encode_request_end())
 
-        status, media_type, reply = self._send(
+        reply = self._transport.send(
             "POST",
             "/v1/ohttp",
             content=body(),
             headers={"content-type": chunked_ohttp.MEDIA_TYPE_CHUNKED_REQUEST},
         )
-        if not _relayed(status, media_type, reply, expect=chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE):
-            return None
+        if not _relayed(reply, chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE):
+            return reply, None
         decoder = encoder.response_decoder()
-        plaintext = b"".join(decoder.feed(reply)) + decoder.finish()
-        return bhttp.decode_response(plaintext)
-
-    def provision_file(
-        self,
-        model: Path | Mapping[str, Path],
-        labels: Sequence[str],
-        owner_key: Ed25519PrivateKey,
-        *,
-        preprocessing: dict[str, Any],
-        version: int | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Like :meth:`provision`, streaming the model file through chunked OHTTP: client memory
-        stays at a few pieces whatever the model's size. ``model`` is an ONNX file, or a mapping
-        of format ("onnx", "torchscript") to file, served by each runtime. ``progress`` gets byte
-        counts as they go."""
-        paths = {"onnx": model} if isinstance(model, Path) else dict(model)
-        files = []
-        for fmt, path in paths.items():
-            digest, size = hashlib.sha256(), 0
-            try:
-                with open(path, "rb") as f:
-                    while piece := f.read(UPLOAD_PIECE_BYTES):
-                        digest.update(piece)
-                        size += len(piece)
-            except OSError as exc:
-                raise UsageError(f"cannot read model {path}: {exc.strerror}") from None
-            files.append(ModelFile(fmt, digest.hexdigest(), size))
-
-        def pieces() -> Iterator[bytes]:
-            for path in paths.values():  # back to back, in the manifest's order
-                with open(path, "rb") as f:
-                    while piece := f.read(UPLOAD_PIECE_BYTES):
-                        if progress is not None:
-                            progress(len(piece))
-                        yield piece
-
-        return self._put_model(tuple(files), labels, owner_key, preprocessing, version, stream=pieces)
+        plaintext = b"".join(decoder.feed(reply.body)) + decoder.finish()
+        return reply, bhttp.decode_response(plaintext)
 
     def _get(self, path: str, *, expect: str) -> bytes:
-        status, media_type, body = self._send("GET", path)
-        where = self.url + path.split("?")[0]
-        if status != 200:
-            raise TransportError(f"{where} answered {status}: {_error_text(body)}")
-        if media_type != expect:
-            raise AttestationError(f"{where} did not answer with {expect}")
-        return body
+        reply = self._transport.send("GET", path)
+        if reply.status != 200:
+            raise _host_error(reply)
+        if reply.media_type != expect:
+            raise AttestationError(f"{self.url}{path.split('?')[0]} did not answer with {expect}")
+        return reply.body
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        content: bytes | Iterator[bytes] = b"",
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, str, bytes]:
-        """One HTTP exchange with the host, which is not trusted: the answer is read up to
-        MAX_RESPONSE_BYTES and within the client's timeout as a whole, not per read."""
-        deadline = time.monotonic() + self._timeout
+
+class _Source:
+    """A model file to upload: something that opens to a binary stream, read twice (hash, send)."""
+
+    def __init__(self, opener: Callable[[Any], BinaryIO], what: Any) -> None:
+        self._opener, self._what = opener, what
+
+    def describe(self, fmt: str, piece_bytes: int) -> ModelFile:
+        digest, size = hashlib.sha256(), 0
+        for piece in self.pieces(piece_bytes):
+            digest.update(piece)
+            size += len(piece)
+        return ModelFile(fmt, digest.hexdigest(), size)
+
+    def pieces(self, piece_bytes: int) -> Iterator[bytes]:
+        with self._opener(self._what) as f:
+            while piece := f.read(piece_bytes):
+                yield piece
+
+
+def _opener(path: Path) -> Callable[[Any], BinaryIO]:
+    def open_model(p: Path) -> BinaryIO:
         try:
-            with self._http.stream(method, self.url + path, content=content, headers=headers) as reply:
-                declared = reply.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-                    raise ProtocolError(f"the host's answer is larger than {MAX_RESPONSE_BYTES} bytes")
-                body = bytearray()
-                for chunk in reply.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise ProtocolError(f"the host's answer is larger than {MAX_RESPONSE_BYTES} bytes")
-                    if time.monotonic() > deadline:
-                        raise TransportError(f"{self.url} did not answer within {self._timeout:.0f} s")
-                media_type = reply.headers.get("content-type", "").split(";")[0].strip()
-                return reply.status_code, media_type, bytes(body)
-        except httpx.HTTPError as exc:
-            raise TransportError(f"cannot reach {self.url}: {_why(exc)}") from None
+            return open(p, "rb")
+        except OSError as exc:
+            raise UsageError(f"cannot read model {p}: {exc.strerror}") from None
+
+    return open_model
 
 
 def fetch_collateral(pccs_url: str, quote: bytes) -> bytes:
@@ -435,27 +444,54 @@ def fetch_collateral(pccs_url: str, quote: bytes) -> bytes:
     return str(collateral.to_json()).encode()
 
 
-def load_labels(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read labels {path}: {exc}") from None
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not labels:
-        raise UsageError(f"{path} holds no labels (one per line)")
-    return labels
-
-
-def _relayed(status: int, media_type: str, body: bytes, *, expect: str) -> bool:
-    """Whether the host relayed an encapsulated answer; False when the enclave could not decrypt
-    the request (it may have restarted with a new key); raises for anything else."""
-    if status == 400 and b"could not decrypt" in body:
+def _relayed(reply: Reply, expect: str) -> bool:
+    """Whether the host relayed an encapsulated answer (False: it, or the enclave outside the
+    encapsulation, refused; the reply's problem says why)."""
+    if reply.status != 200:
         return False
-    if status != 200:
-        raise RemoteError(status, f"host answered {status}: {_error_text(body)}")
-    if media_type != expect:
+    if reply.media_type != expect:
         raise ProtocolError(f"the host's answer is not {expect}")
     return True
+
+
+def _problem_of(response: bhttp.Response) -> Problem | None:
+    details = _details(response)
+    return details.problem if details is not None else None
+
+
+def _details(response: bhttp.Response) -> ProblemDetails | None:
+    try:
+        return ProblemDetails.decode(response.content, status=response.status)
+    except ProtocolError:
+        return None
+
+
+def _error(details: ProblemDetails | None, status: int, retry_after: float | None = None) -> RemoteError:
+    """The exception a problem maps to (:data:`PROBLEM_ERRORS`); RemoteError for unknown types."""
+    message = str(details) if details is not None else f"answered {status} without a problem document"
+    kind = details.problem if details is not None else None
+    uri = details.type if details is not None else ""
+    cls = PROBLEM_ERRORS.get(kind, RemoteError) if kind is not None else RemoteError
+    if cls is OverloadedError:
+        return OverloadedError(status, message, uri, retry_after)
+    return cls(status, message, uri)
+
+
+def _host_error(reply: Reply) -> RemoteError:
+    return _error(reply.problem(), reply.status, reply.retry_after)
+
+
+def _enclave_error(response: bhttp.Response) -> RemoteError:
+    return _error(_details(response), response.status)
+
+
+def _document(response: bhttp.Response) -> Any:
+    if (response.header("content-type") or "").split(";")[0].strip() != JSON_MEDIA_TYPE:
+        raise ProtocolError(f"the enclave answered {response.status} without a JSON document")
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError(f"the enclave answered {response.status} with a body that is not JSON") from None
 
 
 def _slices(data: bytes) -> Iterator[bytes]:
@@ -471,37 +507,3 @@ def _is_sha256(text: str) -> bool:
 def _supports(config: ohttp.KeyConfig) -> bool:
     kem, kdf, aead = SUPPORTED_SUITE
     return config.kem_id == kem and (kdf, aead) in config.symmetric_algorithms
-
-
-def _clock_refusal(response: bhttp.Response) -> bool:
-    return response.status == 400 and b"acceptance window" in response.content
-
-
-def _json_or_raise(response: bhttp.Response) -> Any:
-    try:
-        doc = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ProtocolError(f"the enclave answered {response.status} with a body that is not JSON") from None
-    if response.status >= 400:
-        message = doc.get("error") if isinstance(doc, dict) else None
-        raise RemoteError(response.status, str(message or f"the enclave answered {response.status}"))
-    return doc
-
-
-def _error_text(body: bytes) -> str:
-    """The host's plain error message, if it sent one; shortened, since the host is not trusted."""
-    try:
-        doc = json.loads(body)
-        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-            return "".join(c for c in doc["error"][:300] if c.isprintable())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        pass
-    return "error"
-
-
-def _why(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused or host unreachable"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    return type(exc).__name__

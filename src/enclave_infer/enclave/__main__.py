@@ -12,10 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
+from enclave_infer import logs
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.platform import Platform, SimulationPlatform
 from enclave_infer.enclave.server import Enclave, serve
 from enclave_infer.errors import EnclaveInferError
+from enclave_infer.logs import LOG_FORMATS
 from enclave_infer.protocol.framing import parse_address
 
 log = logging.getLogger("enclave_infer.enclave")
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="canonical enclave configuration (JSON)")
     parser.add_argument("--storage", type=Path, required=True, help="folder for sealed blobs")
     parser.add_argument("--platform", choices=PLATFORMS, default="auto")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="enclave: %(levelname)s %(message)s", stream=sys.stderr)
+    logs.configure("enclave", args.log_format)
     try:
         listen = parse_address(args.listen)
         config = EnclaveConfig.from_canonical(args.config.read_bytes())

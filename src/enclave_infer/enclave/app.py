@@ -1,61 +1,59 @@
-"""The enclave's own HTTP API, reached only through Oblivious HTTP.
+"""The enclave's own HTTP API (``protocol/api.py``), reached only through Oblivious HTTP.
 
-Trusted code, pure logic: a binary-HTTP request in, a binary-HTTP response out.
+Trusted code, pure logic: a binary-HTTP request in, a binary-HTTP response out. Answers are the
+JSON of ``protocol/api.py``'s result types; refusals are RFC 9457 problem documents. Both travel
+encrypted, so they may speak plainly to the client; nothing here is logged but versions, problem
+types and public hashes.
 
-=======================  ==================================================================
-``POST /v1/classify``    body: image bytes; query ``top=K``, ``runtime=onnx|torch|both`` → JSON
-                         model + results (with ``both``, also each runtime's results)
-``PUT /v1/model``        owner-signed manifest (headers) and model (body) → JSON metadata
-``GET /v1/model``        public metadata of the served model (404 if none)
-=======================  ==================================================================
-
-Errors are JSON ``{"error": "one line"}`` with a 4xx/5xx status; they travel encrypted like
-everything else, so they may speak plainly to the client.
+A model upload (``PUT /v1/model``) takes one path however it arrives: :meth:`App.open_stream` opens
+a sink that checks the signed manifest at the head, then hashes and seals the body as it streams in.
+A non-chunked request is the same sink fed its whole body at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from enclave_infer.enclave.gateway import StreamSink
 from enclave_infer.enclave.models import ModelError, ModelStore, Upload
-from enclave_infer.errors import ProtocolError
+from enclave_infer.errors import ProtocolError, UsageError
 from enclave_infer.protocol import bhttp
+from enclave_infer.protocol.api import JSON_MEDIA_TYPE, Header, Problem, Route, Runtime
 from enclave_infer.protocol.manifest import parse_sf_binary
 
 __all__ = ["App"]
 
 log = logging.getLogger("enclave_infer.enclave")
 
+_ALLOWED = {Route.CLASSIFY: ("POST",), Route.MODEL: ("GET", "PUT")}
+
 
 class App:
-    def __init__(
-        self, store: ModelStore, *, max_top_k: int, max_model_bytes: int, max_image_bytes: int
-    ) -> None:
+    def __init__(self, store: ModelStore, *, max_top_k: int, max_image_bytes: int) -> None:
         self._store = store
         self._max_top_k = max_top_k
-        self._max_model_bytes = max_model_bytes
         self._max_image_bytes = max_image_bytes
 
     def open_stream(self, head: bhttp.Request) -> StreamSink:
-        """Where the content of a streamed (chunked) request goes. ``PUT /v1/model`` streams into
-        the model store, checked and sealed as it arrives; any other request is gathered, up to
-        the size of an image, and answered as usual."""
-        if head.method == "PUT" and head.path == "/v1/model":
-            manifest, signature = head.header("manifest"), head.header("manifest-signature")
+        """Where the content of a streamed request goes. ``PUT /v1/model`` streams into the model
+        store, checked and sealed as it arrives; any other request is gathered, up to the size of
+        an image, and answered by :meth:`__call__`."""
+        if head.method == "PUT" and _path(head) == Route.MODEL:
+            manifest, signature = head.header(Header.MANIFEST), head.header(Header.MANIFEST_SIGNATURE)
             if manifest is None or signature is None:
                 return _Answer(
-                    _json(400, {"error": "PUT /v1/model needs manifest and manifest-signature headers"})
+                    Problem.INVALID_MANIFEST.details(
+                        "PUT /v1/model needs manifest and manifest-signature headers"
+                    ).response()
                 )
             try:
                 upload = self._store.begin(parse_sf_binary(manifest), parse_sf_binary(signature))
             except ModelError as exc:
-                return _Answer(_json(exc.status, {"error": str(exc)}))
+                return _Answer(exc.details.response())
             except ProtocolError as exc:
-                return _Answer(_json(400, {"error": str(exc)}))
+                return _Answer(Problem.INVALID_MANIFEST.details(str(exc)).response())
             return _UploadSink(upload)
         return _Gathered(self, head, limit=self._max_image_bytes)
 
@@ -63,59 +61,68 @@ class App:
         try:
             return self._route(request)
         except ModelError as exc:
-            return _json(exc.status, {"error": str(exc)})
+            return exc.details.response()
         except ProtocolError as exc:
-            return _json(400, {"error": str(exc)})
+            return Problem.MALFORMED_REQUEST.details(str(exc)).response()
         except Exception as exc:  # a bug must not take the enclave down nor reach the host's log
             # Only the type is logged: messages of arbitrary exceptions may quote decrypted input.
             log.error("internal error in %s handler: %s", request.method, type(exc).__name__)
-            return _json(500, {"error": "internal enclave error"})
+            return Problem.INTERNAL.details("internal enclave error").response()
 
     def _route(self, request: bhttp.Request) -> bhttp.Response:
         try:
             url = urlsplit(request.path)
         except ValueError:
-            return _json(400, {"error": "malformed request path"})
-        routes = {
-            "/v1/classify": {"POST": self._classify},
-            "/v1/model": {"GET": self._get_model, "PUT": self._put_model},
-        }
-        handlers = routes.get(url.path)
-        if handlers is None:
-            return _json(404, {"error": f"no such resource {url.path}"})
-        handler = handlers.get(request.method)
-        if handler is None:
-            return _json(405, {"error": f"{request.method} is not allowed on {url.path}"})
-        query = parse_qs(url.query, keep_blank_values=True)
-        return handler(request, query)
+            return Problem.MALFORMED_REQUEST.details("malformed request path").response()
+        try:
+            route = Route(url.path)
+        except ValueError:
+            return Problem.NOT_FOUND.details(f"no such resource {url.path[:100]}").response()
+        if request.method not in _ALLOWED[route]:
+            return Problem.METHOD_NOT_ALLOWED.details(
+                f"{request.method} is not allowed on {route}"
+            ).response()
+        if route is Route.CLASSIFY:
+            return self._classify(request, parse_qs(url.query, keep_blank_values=True))
+        if request.method == "GET":
+            loaded = self._store.current
+            if loaded is None:
+                return Problem.NO_MODEL.details("no model has been provisioned yet").response()
+            return _json(200, loaded.info().to_json())
+        # A whole (non-chunked) upload takes the streamed path too, in one piece.
+        sink = self.open_stream(request)
+        early = sink.write(request.content)
+        if early is not None:
+            sink.abort()
+            return early
+        return sink.finish()
 
     def _classify(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
         top_values = query.get("top", ["1"])
         top = top_values[0] if len(top_values) == 1 else ""
         if not (top.isascii() and top.isdigit() and 1 <= int(top) <= self._max_top_k):
-            return _json(400, {"error": f"top must be an integer from 1 to {self._max_top_k}"})
+            return Problem.INVALID_PARAMETER.details(
+                f"top must be an integer from 1 to {self._max_top_k}"
+            ).response()
         if not request.content:
-            return _json(400, {"error": "empty request body: send the image bytes"})
-        runtime = query.get("runtime", ["default"])
-        if len(runtime) != 1 or runtime[0] not in ("default", "onnx", "torch", "both"):
-            return _json(400, {"error": "runtime must be onnx, torch or both"})
-        pinned = request.header("model-sha256")
-        return _json(200, self._store.classify(request.content, int(top), runtime[0], pinned=pinned))
+            return Problem.INVALID_IMAGE.details("empty request body: send the image bytes").response()
+        runtime_values = query.get("runtime", [Runtime.DEFAULT.value])
+        try:
+            if len(runtime_values) != 1:
+                raise UsageError("give runtime once")
+            runtime = Runtime.parse(runtime_values[0])
+        except UsageError as exc:
+            return Problem.INVALID_PARAMETER.details(str(exc)).response()
+        pinned = request.header(Header.MODEL_PIN)
+        result = self._store.classify(request.content, int(top), runtime, pinned=pinned)
+        return _json(200, result.to_json())
 
-    def _get_model(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
-        loaded = self._store.current
-        if loaded is None:
-            return _json(404, {"error": "no model has been provisioned yet"})
-        return _json(200, loaded.metadata())
 
-    def _put_model(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
-        manifest, signature = request.header("manifest"), request.header("manifest-signature")
-        if manifest is None or signature is None:
-            return _json(400, {"error": "PUT /v1/model needs manifest and manifest-signature headers"})
-        if len(request.content) > self._max_model_bytes:
-            return _json(413, {"error": f"model is larger than {self._max_model_bytes} bytes"})
-        loaded = self._store.provision(parse_sf_binary(manifest), parse_sf_binary(signature), request.content)
-        return _json(201, loaded.metadata())
+def _path(request: bhttp.Request) -> str:
+    try:
+        return urlsplit(request.path).path
+    except ValueError:
+        return ""
 
 
 class _Answer:
@@ -142,19 +149,26 @@ class _UploadSink:
         try:
             self._upload.write(piece)
         except ModelError as exc:
-            return _json(exc.status, {"error": str(exc)})
+            self._refused(exc)
+            return exc.details.response()
         return None
 
     def finish(self) -> bhttp.Response:
         try:
-            return _json(201, self._upload.finish().metadata())
+            return _json(201, self._upload.finish().to_json())
         except ModelError as exc:
-            return _json(exc.status, {"error": str(exc)})
+            self._refused(exc)
+            return exc.details.response()
         finally:
-            self._upload.abort()
+            self._upload.abort()  # a no-op once finished
 
     def abort(self) -> None:
         self._upload.abort()
+
+    def _refused(self, exc: ModelError) -> None:
+        version = self._upload.manifest.version
+        log.warning("provision of model version %d refused: %s", version, exc.details.type.rpartition(":")[2])
+        self._upload.abort(logged=True)
 
 
 class _Gathered:
@@ -165,7 +179,7 @@ class _Gathered:
     def write(self, piece: bytes) -> bhttp.Response | None:
         self._content += piece
         if len(self._content) > self._limit:
-            return _json(413, {"error": f"request body larger than {self._limit} bytes"})
+            return Problem.TOO_LARGE.details(f"request body larger than {self._limit} bytes").response()
         return None
 
     def finish(self) -> bhttp.Response:
@@ -178,9 +192,7 @@ class _Gathered:
         self._content.clear()
 
 
-def _json(status: int, doc: dict[str, Any]) -> bhttp.Response:
+def _json(status: int, doc: object) -> bhttp.Response:
     return bhttp.Response(
-        status=status,
-        headers=(("content-type", "application/json"),),
-        content=json.dumps(doc).encode(),
+        status=status, headers=(("content-type", JSON_MEDIA_TYPE),), content=json.dumps(doc).encode()
     )

@@ -5,14 +5,14 @@ be decrypted raise (the host answers them with a plain 400, RFC 9458 §5.2); eve
 decrypted is answered encrypted, errors included.
 
 Replay protection follows RFC 9458 §6.5.1: each inner request carries a ``date`` header; requests
-dated outside ``REPLAY_WINDOW`` of the enclave's clock are refused with the enclave's ``date`` so the
-client can correct its clock, and within the window the encapsulated KEM share (``enc``) of every
-accepted request is remembered, so a replayed ciphertext is refused.
+dated outside ``REPLAY_WINDOW`` of the enclave's clock are refused with RFC 9458 §6.5.2's ``date``
+problem and the enclave's own ``date`` header, so that the client can correct its clock and retry;
+within the window the encapsulated KEM share (``enc``) of every accepted request is remembered, so a
+replayed ciphertext is refused.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +22,7 @@ from typing import Protocol
 
 from enclave_infer.errors import ProtocolError
 from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
+from enclave_infer.protocol.api import Header, Problem
 
 __all__ = ["MAX_REPLAY_ENTRIES", "REPLAY_WINDOW", "ChunkedExchange", "Gateway", "StreamSink", "StreamingApp"]
 
@@ -61,45 +62,41 @@ class Gateway:
         try:
             request = bhttp.decode_request(plaintext)
         except ProtocolError as exc:
-            return _error(400, f"malformed binary HTTP request: {exc}")
-        now = self._clock()
-        refusal = self._check_fresh(request, enc, now)
+            return Problem.MALFORMED_REQUEST.details(f"malformed binary HTTP request: {exc}").response()
+        refusal = self.admit(request, enc)
         if refusal is not None:
             return refusal
         return self._app(request)
 
-    def _check_fresh(self, request: bhttp.Request, enc: bytes, now: float) -> bhttp.Response | None:
-        date = request.header("date")
+    def open_stream(self, head: bhttp.Request) -> StreamSink:
+        """The application's sink for the content of an admitted streamed request."""
+        return self._app.open_stream(head)
+
+    def admit(self, request: bhttp.Request, enc: bytes) -> bhttp.Response | None:
+        """None if the request is fresh and not a replay (RFC 9458 §6.5), else the refusal."""
+        now = self._clock()
+        date = request.header(Header.DATE)
         try:
             sent = parsedate_to_datetime(date).timestamp() if date else None
         except (TypeError, ValueError):
             sent = None
         if sent is None or abs(now - sent) > REPLAY_WINDOW:
-            return _error(
-                400,
-                "request date missing or outside the enclave's acceptance window",
-                date=formatdate(now, usegmt=True),
-            )
+            # RFC 9458 §6.5.2: the date problem, with the gateway's own date to correct a clock by
+            problem = Problem.DATE.details("request date missing or outside the enclave's acceptance window")
+            return problem.response((Header.DATE.value, formatdate(now, usegmt=True)))
         with self._lock:
             # An entry must outlive every request date the window still admits: 2 × window.
             added = self._monotonic()
             while self._seen and next(iter(self._seen.values())) < added - 2 * REPLAY_WINDOW:
                 self._seen.popitem(last=False)
             if enc in self._seen:
-                return _error(400, "replayed request refused")
+                return Problem.REPLAYED.details("replayed request refused").response()
             if len(self._seen) >= MAX_REPLAY_ENTRIES:
-                return _error(503, "enclave is too busy to track more requests; retry shortly")
+                return Problem.OVERLOADED.details(
+                    "enclave is too busy to track more requests; retry shortly"
+                ).response()
             self._seen[enc] = added
         return None
-
-
-def _error(status: int, message: str, *, date: str | None = None) -> bhttp.Response:
-    headers = [("content-type", "application/json")]
-    if date is not None:
-        headers.append(("date", date))
-    return bhttp.Response(
-        status=status, headers=tuple(headers), content=json.dumps({"error": message}).encode()
-    )
 
 
 class ChunkedExchange:
@@ -144,15 +141,17 @@ class ChunkedExchange:
             if last:
                 pieces += self._stream.finish()
         except ProtocolError as exc:
-            self._respond(_error(400, f"malformed binary HTTP request: {exc}"))
+            self._respond(
+                Problem.MALFORMED_REQUEST.details(f"malformed binary HTTP request: {exc}").response()
+            )
             return
         if self._sink is None and self._stream.head is not None:
             head = self._stream.head
-            refusal = self._gateway._check_fresh(head, self._decoder.enc, self._gateway._clock())
+            refusal = self._gateway.admit(head, self._decoder.enc)
             if refusal is not None:
                 self._respond(refusal)
                 return
-            self._sink = self._gateway._app.open_stream(head)
+            self._sink = self._gateway.open_stream(head)
         for piece in pieces:
             assert self._sink is not None
             early = self._sink.write(piece)

@@ -9,6 +9,7 @@ model replace the old one, in one assignment. Any failure leaves the served mode
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -17,28 +18,42 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.enclave.preprocess import ImageError, Preprocessing, decode_image, to_tensor
+from enclave_infer.enclave.preprocess import ImageError, decode_image, to_tensor
 from enclave_infer.enclave.runtimes import (
     InferenceError,
-    Runtime,
     RuntimeLoadError,
     check_scores,
     load_onnx,
     load_torch,
     torch_available,
 )
+from enclave_infer.enclave.runtimes import (
+    Runtime as LoadedRuntime,
+)
 from enclave_infer.enclave.sealing import SealedStreamWriter, Sealer, read_sealed_stream
-from enclave_infer.errors import EnclaveInferError, ProtocolError, UsageError
+from enclave_infer.errors import DecryptionError, EnclaveInferError, ProtocolError, UsageError
+from enclave_infer.protocol.api import (
+    Classification,
+    ModelInfo,
+    Prediction,
+    Preprocessing,
+    Problem,
+    ProblemDetails,
+    ProvisionResult,
+    Runtime,
+)
 from enclave_infer.protocol.manifest import Manifest
 
-__all__ = ["LoadedModel", "ModelError", "ModelStore"]
+__all__ = ["LoadedModel", "ModelError", "ModelStore", "Upload"]
 
 log = logging.getLogger("enclave_infer.enclave")
 
@@ -47,11 +62,27 @@ SEAL_LABEL = b"enclave-infer sealed model v2"
 
 
 class ModelError(EnclaveInferError):
-    """A request about the model cannot be honoured; ``status`` is the HTTP status to answer."""
+    """A request about the model cannot be honoured; ``details`` is the problem to answer with."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, problem: Problem, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.details: ProblemDetails = problem.details(message)
+
+    @property
+    def problem(self) -> Problem:
+        problem = self.details.problem
+        assert problem is not None
+        return problem
+
+
+def storage_error(exc: OSError) -> ModelError:
+    """What the enclave says when sealed storage fails: the cause, never a path of the enclave's."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ModelError(
+            Problem.STORAGE_FULL, "could not seal the model to storage: no space left on device"
+        )
+    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    return ModelError(Problem.STORAGE_FAILED, f"could not seal the model to storage: {reason.lower()}")
 
 
 @dataclass(frozen=True)
@@ -59,47 +90,41 @@ class LoadedModel:
     manifest: Manifest
     signature: bytes
     preprocessing: Preprocessing
-    runtimes: dict[str, Runtime]  # "onnx", "torch": the first is the default
+    runtimes: dict[str, LoadedRuntime]  # "onnx", "torch": the first is the default
     provisioned_at: float
 
-    def metadata(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         m = self.manifest
-        return {
-            "sha256": m.model_sha256,
-            "files": [{"format": f.format, "sha256": f.sha256, "size": f.size} for f in m.files],
-            "version": m.version,
-            "size": m.model_size,
-            "formats": list(m.formats),
-            "runtimes": list(self.runtimes),
-            "labels": len(m.labels),
-            "preprocessing": self.preprocessing.to_json(),
-            "provisioned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.provisioned_at)),
-        }
+        return ModelInfo(
+            sha256=m.model_sha256,
+            version=m.version,
+            files=m.files,
+            runtimes=tuple(self.runtimes),
+            labels=len(m.labels),
+            preprocessing=self.preprocessing,
+            provisioned_at=datetime.fromtimestamp(int(self.provisioned_at), UTC),
+        )
 
 
 class Upload:
     """One model arriving in pieces: hashed, size-checked and sealed as it streams."""
 
     def __init__(
-        self, store: ModelStore, manifest: Manifest, manifest_bytes: bytes, signature: bytes
+        self, store: ModelStore, manifest: Manifest, signature: bytes, writer: SealedStreamWriter | None
     ) -> None:
         self._store, self.manifest, self._signature = store, manifest, signature
         self._hashes = [hashlib.sha256() for _ in manifest.files]
         self._ends = list(itertools.accumulate(f.size for f in manifest.files))
         self._chunks: list[bytes] = []
         self.received = 0
-        self._writer: SealedStreamWriter | None = None
-        if store._sealer is not None:
-            store._storage.mkdir(parents=True, exist_ok=True)
-            self._writer = SealedStreamWriter(
-                store._sealer, store._storage / SEALED_MODEL, _pack(manifest_bytes, signature), SEAL_LABEL
-            )
+        self._writer = writer
+        self._done = False
 
     def write(self, data: bytes) -> None:
         start = self.received
         self.received += len(data)
         if self.received > self.manifest.model_size:
-            raise ModelError(400, "more model bytes than the manifest's size")
+            raise ModelError(Problem.MODEL_INTEGRITY, "more model bytes than the manifest's size")
         view = memoryview(data)
         for i, end in enumerate(self._ends):  # the files come back to back: hash each one's part
             begin = self._ends[i - 1] if i else 0
@@ -108,35 +133,43 @@ class Upload:
                 self._hashes[i].update(view[lo - start : hi - start])
         self._chunks.append(data)
         if self._writer is not None:
-            self._writer.write(data)
+            try:
+                self._writer.write(data)
+            except OSError as exc:
+                raise storage_error(exc) from None
 
-    def finish(self) -> LoadedModel:
+    def finish(self) -> ProvisionResult:
         """Verify size and hash, load, commit the sealed file, then swap: all or nothing."""
         m = self.manifest
         hashes = (h.hexdigest() for h in self._hashes)
         if self.received != m.model_size or any(h != f.sha256 for h, f in zip(hashes, m.files, strict=True)):
-            raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
+            raise ModelError(
+                Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
+            )
         model = b"".join(self._chunks)
         self._chunks.clear()
-        store = self._store
-        loaded = store._load(m, self._signature, model, provisioned_at=time.time())
+        loaded = self._store.load(m, self._signature, model, provisioned_at=time.time())
         del model
-        with store._provision_lock:
-            store._check_newer(m)  # again: another upload may have finished meanwhile
-            if self._writer is not None:
-                try:
-                    self._writer.commit()
-                except OSError as exc:
-                    raise ModelError(500, f"could not seal the model to storage: {exc.strerror}") from None
-            store.current = loaded
-        log.info("serving model version %d sha256 %s", m.version, m.model_sha256)
-        return loaded
+        replaced = self._store.install(loaded, commit=self._writer.commit if self._writer else None)
+        self._done = True
+        return ProvisionResult(loaded.info(), replaced)
 
-    def abort(self) -> None:
-        """Forget the upload; a no-op after finish(). The previous model keeps serving."""
+    def abort(self, *, logged: bool = False) -> None:
+        """Forget the upload; a no-op after finish(). The previous model keeps serving. An upload
+        that ends here unfinished is logged (version and byte counts only) unless ``logged``."""
         self._chunks.clear()
         if self._writer is not None:
             self._writer.abort()
+        if not self._done:
+            self._done = True
+            if logged:
+                return
+            log.warning(
+                "provision of model version %d ended after %d of %d bytes; the served model is unchanged",
+                self.manifest.version,
+                self.received,
+                self.manifest.model_size,
+            )
 
 
 class ModelStore:
@@ -151,57 +184,77 @@ class ModelStore:
 
     # -- provisioning --------------------------------------------------------------------------
 
-    def provision(self, manifest_bytes: bytes, signature: bytes, model: bytes) -> LoadedModel:
-        """A whole model at once: :meth:`begin` + one :meth:`Upload.write` + :meth:`Upload.finish`."""
-        upload = self.begin(manifest_bytes, signature)
-        try:
-            upload.write(model)
-            return upload.finish()
-        finally:
-            upload.abort()
-
     def begin(self, manifest_bytes: bytes, signature: bytes) -> Upload:
         """Start an upload: the owner's signature and the version are checked before any model byte
         is accepted. The model becomes live only in :meth:`Upload.finish`."""
         try:
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
         except ProtocolError as exc:
-            raise ModelError(403, str(exc)) from None
-        self._check_newer(manifest)
-        if manifest.model_size > self._config.limits.max_model_bytes:
-            raise ModelError(413, f"model is larger than {self._config.limits.max_model_bytes} bytes")
+            problem = Problem.INVALID_SIGNATURE if "signature" in str(exc) else Problem.INVALID_MANIFEST
+            log.warning("provision refused: %s", problem.uri.rpartition(":")[2])
+            raise ModelError(problem, str(exc)) from None
         try:
-            Preprocessing.from_json(manifest.preprocessing)
-        except UsageError as exc:
-            raise ModelError(400, f"manifest preprocessing: {exc}") from None
-        return Upload(self, manifest, manifest_bytes, signature)
+            self._check_newer(manifest)
+            if manifest.model_size > self._config.limits.max_model_bytes:
+                raise ModelError(
+                    Problem.TOO_LARGE, f"model is larger than {self._config.limits.max_model_bytes} bytes"
+                )
+            _preprocessing(manifest)
+        except ModelError as exc:
+            log.warning("provision of model version %d refused: %s", manifest.version, _slug(exc.problem))
+            raise
+        writer = None
+        if self._sealer is not None:
+            try:
+                self._storage.mkdir(parents=True, exist_ok=True)
+                header = _pack(manifest_bytes, signature)
+                writer = SealedStreamWriter(self._sealer, self._storage / SEALED_MODEL, header, SEAL_LABEL)
+            except OSError as exc:
+                error = storage_error(exc)
+                log.warning("provision of model version %d refused: %s", manifest.version, error)
+                raise error from None
+        return Upload(self, manifest, signature, writer)
+
+    def install(self, loaded: LoadedModel, *, commit: Callable[[], None] | None) -> int | None:
+        """Make ``loaded`` the served model: check again that it is newer (another upload may have
+        finished meanwhile), run ``commit`` (the sealed file goes into place), swap. Returns the
+        version it replaced."""
+        with self._provision_lock:
+            self._check_newer(loaded.manifest)
+            if commit is not None:
+                try:
+                    commit()
+                except OSError as exc:
+                    raise storage_error(exc) from None
+            previous, self.current = self.current, loaded
+        m = loaded.manifest
+        log.info("serving model version %d sha256 %s", m.version, m.model_sha256)
+        return previous.manifest.version if previous is not None else None
 
     def _check_newer(self, manifest: Manifest) -> None:
         current = self.current
         if current is not None and manifest.version <= current.manifest.version:
             raise ModelError(
-                409,
+                Problem.VERSION_NOT_NEWER,
                 f"model version {manifest.version} is not newer than the served version"
                 f" {current.manifest.version}",
             )
 
-    def _load(
+    def load(
         self, manifest: Manifest, signature: bytes, model: bytes, *, provisioned_at: float
     ) -> LoadedModel:
         """Load every file of ``model`` (the manifest's files back to back) into its runtime. The
         caller has checked the bytes against the manifest's hashes (an upload as it streamed,
         :meth:`restore` with :func:`_check_files`)."""
         if len(model) != manifest.model_size:
-            raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
-        try:
-            pre = Preprocessing.from_json(manifest.preprocessing)
-        except UsageError as exc:
-            raise ModelError(400, f"manifest preprocessing: {exc}") from None
+            raise ModelError(
+                Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
+            )
+        pre = _preprocessing(manifest)
         # ONNX Runtime would start a thread per core; under Gramine every thread counts against
         # sgx.max_threads, so a quarter of them go to one model's intra-op pool.
         threads = max(1, min(os.cpu_count() or 1, self._config.max_threads // 4))
-        shape = (1, 3, pre.crop, pre.crop) if pre.layout == "NCHW" else (1, pre.crop, pre.crop, 3)
-        runtimes: dict[str, Runtime] = {}
+        runtimes: dict[str, LoadedRuntime] = {}
         offset = 0
         for f in manifest.files:
             part = model[offset : offset + f.size] if len(manifest.files) > 1 else model
@@ -213,11 +266,12 @@ class ModelStore:
                     runtime = load_torch(part, fmt=f.format, threads=threads)
                 else:
                     raise ModelError(
-                        400, "this enclave has no PyTorch runtime: provision with --runtime onnx"
+                        Problem.INVALID_MODEL,
+                        "this enclave has no PyTorch runtime: provision with --runtime onnx",
                     )
-                check_scores(runtime, np.zeros(shape, dtype=np.float32), len(manifest.labels))
+                check_scores(runtime, np.zeros(pre.input_shape, dtype=np.float32), len(manifest.labels))
             except RuntimeLoadError as exc:
-                raise ModelError(400, str(exc)) from None
+                raise ModelError(Problem.INVALID_MODEL, str(exc)) from None
             runtimes[runtime.name] = runtime
         return LoadedModel(manifest, signature, pre, runtimes, provisioned_at)
 
@@ -237,7 +291,13 @@ class ModelStore:
             manifest_bytes, signature = _unpack(header)
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
             _check_files(manifest, model)
-            self.current = self._load(manifest, signature, model, provisioned_at=path.stat().st_mtime)
+            self.current = self.load(manifest, signature, model, provisioned_at=path.stat().st_mtime)
+        except DecryptionError:
+            log.error(
+                "the sealed model cannot be read: it was sealed under a different measurement (code,"
+                " configuration or platform key) or altered; serving no model: re-provision it"
+            )
+            return
         except (EnclaveInferError, OSError) as exc:
             log.error("sealed model in storage failed verification (%s); serving no model", exc)
             return
@@ -246,54 +306,69 @@ class ModelStore:
     # -- inference -----------------------------------------------------------------------------
 
     def classify(
-        self, image: bytes, top: int, runtime: str = "default", *, pinned: str | None = None
-    ) -> dict[str, Any]:
-        """``runtime``: "default" (the first the owner provisioned), "onnx", "torch", or "both",
-        which answers with every runtime's results side by side, as the Mystikos sample does."""
+        self, image: bytes, top: int, runtime: Runtime = Runtime.DEFAULT, *, pinned: str | None = None
+    ) -> Classification:
+        """``runtime``: the first the owner provisioned, one by name, or every runtime side by side
+        (:attr:`Runtime.BOTH`), as the Mystikos sample does."""
         loaded = self.current
         if loaded is None:
-            raise ModelError(503, "no model has been provisioned yet")
+            raise ModelError(Problem.NO_MODEL, "no model has been provisioned yet")
         if pinned is not None and pinned.lower() != loaded.manifest.model_sha256:
             # before the image is even decoded: a pinned client's image meets no other model
             raise ModelError(
-                409, f"the enclave serves model {loaded.manifest.model_sha256}, not the pinned {pinned}"
+                Problem.MODEL_PIN_MISMATCH,
+                f"the enclave serves model {loaded.manifest.model_sha256}, not the pinned {pinned}",
             )
-        if runtime == "default":
+        if runtime is Runtime.DEFAULT:
             names = [next(iter(loaded.runtimes))]
-        elif runtime == "both":
+        elif runtime is Runtime.BOTH:
             names = list(loaded.runtimes)
-        elif runtime in loaded.runtimes:
-            names = [runtime]
+        elif runtime.value in loaded.runtimes:
+            names = [runtime.value]
         else:
             have = ", ".join(loaded.runtimes)
-            raise ModelError(400, f"runtime {runtime!r} is not provisioned; this model has {have}")
+            raise ModelError(
+                Problem.RUNTIME_NOT_PROVISIONED,
+                f"runtime {runtime.value!r} is not provisioned; this model has {have}",
+            )
         if len(image) > self._config.limits.max_image_bytes:
-            raise ModelError(413, f"image is larger than {self._config.limits.max_image_bytes} bytes")
+            raise ModelError(
+                Problem.TOO_LARGE, f"image is larger than {self._config.limits.max_image_bytes} bytes"
+            )
         try:
             tensor = to_tensor(
                 decode_image(image, max_pixels=self._config.limits.max_pixels), loaded.preprocessing
             )
         except ImageError as exc:
-            raise ModelError(400, str(exc)) from None
-        by_runtime: dict[str, list[dict[str, Any]]] = {}
+            raise ModelError(Problem.INVALID_IMAGE, str(exc)) from None
+        by_runtime: dict[str, tuple[Prediction, ...]] = {}
+        labels = loaded.manifest.labels
         for name in names:
             try:
                 scores = np.asarray(loaded.runtimes[name].run(tensor)[0], dtype=np.float64)
             except InferenceError as exc:
-                raise ModelError(500, str(exc)) from None
+                raise ModelError(Problem.INFERENCE_FAILED, str(exc)) from None
             probabilities = _as_probabilities(scores)
             order = np.argsort(-probabilities, kind="stable")[:top]
-            by_runtime[name] = [
-                {"label": loaded.manifest.labels[i], "index": int(i), "probability": float(probabilities[i])}
-                for i in order
-            ]
-        answer: dict[str, Any] = {
-            "model": {"sha256": loaded.manifest.model_sha256, "version": loaded.manifest.version},
-            "results": by_runtime[names[0]],
-        }
-        if runtime == "both":
-            answer["runtimes"] = by_runtime
-        return answer
+            by_runtime[name] = tuple(Prediction(labels[i], int(i), float(probabilities[i])) for i in order)
+        return Classification(
+            model_sha256=loaded.manifest.model_sha256,
+            model_version=loaded.manifest.version,
+            results=by_runtime[names[0]],
+            by_runtime=by_runtime if runtime is Runtime.BOTH else {},
+        )
+
+
+def _preprocessing(manifest: Manifest) -> Preprocessing:
+    try:
+        return Preprocessing.from_json(manifest.preprocessing)
+    except UsageError as exc:
+        raise ModelError(Problem.INVALID_MANIFEST, f"manifest preprocessing: {exc}") from None
+
+
+def _slug(problem: Problem) -> str:
+    """The problem type's last segment, for one-line logs: ``version-not-newer``."""
+    return problem.uri.rpartition(":")[2].rpartition("#")[2]
 
 
 def _as_probabilities(scores: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -309,10 +384,14 @@ def _check_files(manifest: Manifest, model: bytes) -> None:
     view, offset = memoryview(model), 0
     for f in manifest.files:
         if hashlib.sha256(view[offset : offset + f.size]).hexdigest() != f.sha256:
-            raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
+            raise ModelError(
+                Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
+            )
         offset += f.size
     if offset != len(model):
-        raise ModelError(400, "model bytes do not match the sizes and SHA-256s in the manifest")
+        raise ModelError(
+            Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
+        )
 
 
 def _pack(manifest: bytes, signature: bytes) -> bytes:

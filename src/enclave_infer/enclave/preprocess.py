@@ -12,23 +12,20 @@ only (no torch, no torchvision):
   ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor()`` + ``Normalize(mean, std)`` on a Pillow
   image, computed with the same sizes, offsets and float32 arithmetic, so that a model exported
   from a torchvision pipeline sees the inputs it was trained on.
-* :class:`Preprocessing` is the model owner's description of those steps; it travels as JSON next
-  to the ONNX model (:meth:`Preprocessing.to_json` / :meth:`Preprocessing.from_json`).
+* :class:`~enclave_infer.protocol.api.Preprocessing` (the model owner's description of those steps,
+  part of the signed manifest) is defined with the rest of the inner API in ``protocol/api.py``.
 """
 
 from __future__ import annotations
 
 import io
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.api import Preprocessing
 
 __all__ = ["ACCEPTED_FORMATS", "ImageError", "Preprocessing", "decode_image", "to_tensor"]
 
@@ -44,13 +41,6 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"
 # Formats Pillow reports for files it opened through one of ACCEPTED_FORMATS' parsers.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 
-_CHANNEL_ORDERS = ("RGB", "BGR")
-_LAYOUTS = ("NCHW", "NHWC")
-
-# Largest resize/crop side a Preprocessing may ask for: far above any classifier's input size, and
-# small enough that the enclave never builds an unreasonable tensor because a manifest said so.
-_MAX_SIDE = 4096
-
 # to_tensor resizes the whole image and then crops it (exactly what torchvision does) as long as the
 # resized image has at most this many pixels; an image with an extreme aspect ratio (a 1x40000 strip
 # resized to a 256 shorter side would be 10 million pixels) is instead resampled straight into the
@@ -61,83 +51,6 @@ _MAX_EXACT_RESIZE_PIXELS = 1 << 22
 
 class ImageError(ValueError):
     """The uploaded bytes are not an image this service accepts: the message says why, in one line."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model wants its input: torchvision's Resize → CenterCrop → ToTensor → Normalize.
-
-    ``resize``: the shorter image side is scaled to this many pixels (bilinear).
-    ``crop``: a centred ``crop`` x ``crop`` square is cut out of the resized image.
-    ``mean``, ``std``: per-channel normalisation of 0..1 pixel values, ``(x - mean) / std``, listed in
-    the channel order the model receives (so for ``channel_order="BGR"`` the first value is blue's).
-    ``channel_order``: ``"RGB"`` or ``"BGR"``. ``layout``: ``"NCHW"`` or ``"NHWC"``.
-    """
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    channel_order: str = "RGB"
-    layout: str = "NCHW"
-
-    def __post_init__(self) -> None:
-        for name in ("resize", "crop"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= _MAX_SIDE:
-                raise UsageError(
-                    f"preprocessing.{name} must be an integer from 1 to {_MAX_SIDE}, got {value!r}"
-                )
-        if self.crop > self.resize:
-            raise UsageError(
-                f"preprocessing.crop ({self.crop}) must not be larger than "
-                f"preprocessing.resize ({self.resize})"
-            )
-        object.__setattr__(self, "mean", _three_floats("mean", self.mean, nonzero=False))
-        object.__setattr__(self, "std", _three_floats("std", self.std, nonzero=True))
-        if self.channel_order not in _CHANNEL_ORDERS:
-            raise UsageError(
-                f"preprocessing.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}"
-            )
-        if self.layout not in _LAYOUTS:
-            raise UsageError(f"preprocessing.layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        """This preprocessing as a JSON-ready dict (tuples become lists)."""
-        return {
-            "resize": self.resize,
-            "crop": self.crop,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "channel_order": self.channel_order,
-            "layout": self.layout,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
-        """Parse and validate :meth:`to_json`'s form. Missing keys take the defaults; unknown keys,
-        wrong types and out-of-range values raise :class:`~enclave_infer.errors.UsageError`."""
-        if not isinstance(data, Mapping):
-            raise UsageError(f"preprocessing must be a JSON object, got {type(data).__name__}")
-        known = ("resize", "crop", "mean", "std", "channel_order", "layout")
-        unknown = sorted(str(key) for key in data if key not in known)
-        if unknown:
-            raise UsageError(f"preprocessing has unknown keys: {', '.join(unknown)}")
-        return cls(**{key: data[key] for key in known if key in data})
-
-
-def _three_floats(name: str, value: object, *, nonzero: bool) -> tuple[float, float, float]:
-    """Validate a per-channel triple (a tuple or a JSON list) and return it as a tuple of floats."""
-    if not isinstance(value, tuple | list) or len(value) != 3:
-        raise UsageError(f"preprocessing.{name} must be a list of 3 numbers, got {value!r}")
-    out: list[float] = []
-    for item in value:
-        if not isinstance(item, int | float) or isinstance(item, bool) or not math.isfinite(item):
-            raise UsageError(f"preprocessing.{name} must be a list of 3 finite numbers, got {value!r}")
-        if nonzero and item == 0:
-            raise UsageError(f"preprocessing.{name} values must be non-zero, got {value!r}")
-        out.append(float(item))
-    return out[0], out[1], out[2]
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:

@@ -13,6 +13,7 @@ import secrets
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +37,17 @@ class Sealer:
     def __repr__(self) -> str:
         return "Sealer(<key hidden>)"
 
+    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM under the sealing key with a caller-built nonce (the stream construction)."""
+        return self._aead.encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """Raises :class:`DecryptionError` (no detail) when the tag does not verify."""
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise DecryptionError() from None
+
     def seal(self, plaintext: bytes, label: bytes) -> bytes:
         nonce = secrets.token_bytes(NONCE_BYTES)
         return MAGIC + nonce + self._aead.encrypt(nonce, plaintext, label)
@@ -44,17 +56,14 @@ class Sealer:
         if len(blob) < len(MAGIC) + NONCE_BYTES + 16 or not blob.startswith(MAGIC):
             raise ProtocolError("not a sealed blob")
         nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
-        try:
-            return self._aead.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], label)
-        except InvalidTag:
-            raise DecryptionError() from None
+        return self.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], label)
 
     def write(self, path: Path, parts: Sequence[tuple[bytes, bytes]]) -> None:
         """Seal each (plaintext, label) part on its own, so that a large part is never copied
         into a concatenation first; the file is ``u64 length || sealed blob`` per part."""
         tmp = path.with_name(path.name + ".partial")
         try:
-            with open(tmp, "wb") as f:
+            with _create_private(tmp) as f:
                 for plaintext, label in parts:
                     blob = self.seal(plaintext, label)
                     f.write(struct.pack("!Q", len(blob)))
@@ -89,6 +98,12 @@ class Sealer:
         return out
 
 
+def _create_private(path: Path) -> BinaryIO:
+    """A new file only its owner can read (0600): sealed data is ciphertext, but the host's other
+    users have no business copying it for an offline attack or a later rollback."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 # -- streams ---------------------------------------------------------------------------------------
 #
 # A large blob (a model) is sealed as it arrives, in chunks, with the STREAM construction (Hoang,
@@ -117,7 +132,7 @@ class SealedStreamWriter:
         self._sealer, self._path, self._label = sealer, path, label
         # unique, so that two uploads racing each other never write one file
         self._tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.partial")
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        self._file = _create_private(self._tmp)  # closed by commit/abort
         self._prefix = secrets.token_bytes(_PREFIX_BYTES)
         self._counter = 0
         self._pending = bytearray()
@@ -156,7 +171,7 @@ class SealedStreamWriter:
         if self._counter >= _MAX_CHUNKS:
             raise ProtocolError("stream too long to seal")
         nonce = self._prefix + struct.pack("!IB", self._counter, 1 if last else 0)
-        sealed = self._sealer._aead.encrypt(nonce, chunk, self._aad)
+        sealed = self._sealer.encrypt(nonce, chunk, self._aad)
         self._file.write(struct.pack("!I", len(sealed)) + sealed)
         self._counter += 1
 
@@ -190,10 +205,7 @@ def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: i
             sealed = f.read(length)
             last = f.tell() == size
             nonce = prefix + struct.pack("!IB", counter, 1 if last else 0)
-            try:
-                chunk = sealer._aead.decrypt(nonce, sealed, aad)
-            except InvalidTag:
-                raise DecryptionError() from None
+            chunk = sealer.decrypt(nonce, sealed, aad)
             total += len(chunk)
             if total > max_bytes:
                 raise ProtocolError(f"sealed stream larger than {max_bytes} bytes")

@@ -10,7 +10,9 @@ carries one request frame at a time and gets one reply frame. At most
 
 from __future__ import annotations
 
+import io
 import logging
+import socket
 import socketserver
 import threading
 import time
@@ -26,6 +28,7 @@ from enclave_infer.enclave.platform import Platform
 from enclave_infer.enclave.sealing import Sealer
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
+from enclave_infer.protocol.api import Problem
 from enclave_infer.protocol.framing import Address, FrameType, format_address
 
 __all__ = ["Enclave", "serve"]
@@ -53,15 +56,10 @@ class Enclave:
             sealer = None
         self.store = ModelStore(config, sealer, storage)
         self.store.restore()
-        self.gateway = Gateway(
-            self.key,
-            App(
-                self.store,
-                max_top_k=config.limits.max_top_k,
-                max_model_bytes=config.limits.max_model_bytes,
-                max_image_bytes=config.limits.max_image_bytes,
-            ),
+        app = App(
+            self.store, max_top_k=config.limits.max_top_k, max_image_bytes=config.limits.max_image_bytes
         )
+        self.gateway = Gateway(self.key, app)
         self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
         self.max_frame_bytes = config.limits.max_request_bytes
 
@@ -70,8 +68,8 @@ class Enclave:
             return framing.encode_frame(FrameType.KEYS, ohttp.encode_key_configs([self.key.config]))
         if kind is FrameType.GET_EVIDENCE:
             if not MIN_NONCE_BYTES <= len(payload) <= MAX_NONCE_BYTES:
-                return framing.encode_error(
-                    400, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
+                return _problem(
+                    Problem.INVALID_PARAMETER, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
                 )
             report_data = report_data_binding(self.key_config, self.config.digest(), payload)
             document = Evidence(
@@ -81,11 +79,82 @@ class Enclave:
         if kind is FrameType.OHTTP_REQUEST:
             try:
                 return framing.encode_frame(FrameType.OHTTP_RESPONSE, self.gateway.handle(payload))
-            except DecryptionError:
-                return framing.encode_error(400, "the enclave could not decrypt the request")
+            except (DecryptionError, ohttp.KeyMismatchError):
+                return _problem(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL)
             except ProtocolError as exc:
-                return framing.encode_error(400, f"malformed encapsulated request: {exc}")
-        return framing.encode_error(400, f"unexpected frame {kind.name}")
+                return _problem(Problem.MALFORMED_REQUEST, f"malformed encapsulated request: {exc}")
+        return _problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}")
+
+
+# RFC 9458 §5.3: a request not encrypted to this key (an outdated configuration, or corrupted on
+# the way: the gateway cannot tell which) gets the ohttp-key problem; the client fetches the key
+# configuration again and retries only if it changed.
+KEY_PROBLEM_DETAIL = "the request is not encrypted to this enclave's key configuration; fetch it again"
+
+
+def _problem(problem: Problem, detail: str) -> bytes:
+    return framing.encode_problem(problem.details(detail))
+
+
+class _FrameError(Exception):
+    """The host broke the framing; ``reply`` is the error frame to send before hanging up."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+
+class _Frames:
+    """Frame I/O on one host connection, and nothing else: no deadlines, no meaning."""
+
+    def __init__(self, rfile: io.BufferedIOBase, wfile: io.BufferedIOBase, max_frame_bytes: int) -> None:
+        self._rfile, self._wfile, self._max = rfile, wfile, max_frame_bytes
+
+    def header(self) -> tuple[FrameType, int] | None:
+        """The next frame's type and length; None when the host closed the connection."""
+        header = self._rfile.read(framing.HEADER.size)
+        if len(header) < framing.HEADER.size:
+            return None
+        try:
+            kind, length = framing.parse_header(header)
+        except ProtocolError as exc:
+            raise _FrameError(_problem(Problem.MALFORMED_REQUEST, str(exc))) from None
+        if length > self._max:
+            raise _FrameError(_problem(Problem.TOO_LARGE, f"frame larger than {self._max} bytes"))
+        return kind, length
+
+    def payload(self, length: int) -> bytes | None:
+        payload = self._rfile.read(length)
+        return payload if len(payload) == length else None
+
+    def next(self) -> tuple[FrameType, bytes] | None:
+        head = self.header()
+        if head is None:
+            return None
+        payload = self.payload(head[1])
+        return None if payload is None else (head[0], payload)
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self._wfile.write(frame)
+            self._wfile.flush()
+        except OSError:
+            pass  # the host went away; nothing to tell it
+
+
+class _StreamDeadline:
+    """A chunked request's two deadlines: a pause between frames (enforced by the socket's timeout)
+    and the whole stream's duration (checked after each frame)."""
+
+    def __init__(self, connection: socket.socket, *, idle: float, total: float) -> None:
+        self._connection, self._total = connection, total
+        self._started = time.monotonic()
+        connection.settimeout(idle)
+
+    def expired(self) -> bool:
+        return time.monotonic() - self._started > self._total
+
+    def close(self) -> None:
+        self._connection.settimeout(None)
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -93,111 +162,97 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         enclave = self.server.enclave
-        while True:
-            frame = self._read_frame()
-            if frame is None:
-                return
-            kind, length = frame
-            # The slot is taken before the payload is read, so at most max_concurrent_requests
-            # payloads are in the enclave's memory at once, however many connections the host opens.
-            with enclave.slots:
-                payload = self.rfile.read(length)
-                if len(payload) < length:
-                    return
-                if kind is FrameType.CHUNKED_BEGIN:
-                    if not self._chunked(payload):
-                        return
-                    continue
-                try:
-                    reply = enclave.answer(kind, payload)
-                except Exception as exc:  # never let one request take the enclave down
-                    log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
-                    reply = framing.encode_error(500, "internal enclave error")
-                del payload
-            self._send(reply)
-
-    def _read_frame(self) -> tuple[FrameType, int] | None:
-        header = self.rfile.read(framing.HEADER.size)
-        if len(header) < framing.HEADER.size:
-            return None
-        enclave = self.server.enclave
+        frames = _Frames(self.rfile, self.wfile, enclave.max_frame_bytes)
         try:
-            kind, length = framing.parse_header(header)
-        except ProtocolError as exc:
-            self._send(framing.encode_error(400, str(exc)))
-            return None
-        if length > enclave.max_frame_bytes:
-            self._send(framing.encode_error(413, f"frame larger than {enclave.max_frame_bytes} bytes"))
-            return None
-        return kind, length
+            while True:
+                head = frames.header()
+                if head is None:
+                    return
+                kind, length = head
+                # The slot is taken before the payload is read, so at most max_concurrent_requests
+                # payloads are in the enclave's memory at once, however many connections the host opens.
+                with enclave.slots:
+                    payload = frames.payload(length)
+                    if payload is None:
+                        return
+                    if kind is FrameType.CHUNKED_BEGIN:
+                        if not self._chunked(frames, payload):
+                            return
+                        continue
+                    try:
+                        reply = enclave.answer(kind, payload)
+                    except Exception as exc:  # never let one request take the enclave down
+                        log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
+                        reply = _problem(Problem.INTERNAL, "internal enclave error")
+                    del payload
+                frames.send(reply)
+        except _FrameError as exc:
+            frames.send(exc.reply)
 
-    def _chunked(self, first: bytes) -> bool:
+    def _chunked(self, frames: _Frames, first: bytes) -> bool:
         """A chunked request, BEGIN already read: feed DATA frames through until END, answer once
         (early if the answer is known early). Returns False when the connection is finished."""
         enclave = self.server.enclave
         exchange = enclave.gateway.begin_chunked()
         answered, total, payload = False, len(first), first
-        started = time.monotonic()
         # A stream holds a slot: one that stalls, or trickles past the deadline, gives it back
         # (and a held-back final chunk can no longer make an old upload go live days later).
-        self.connection.settimeout(STREAM_IDLE_SECONDS)
+        deadline = _StreamDeadline(self.connection, idle=STREAM_IDLE_SECONDS, total=MAX_STREAM_SECONDS)
         try:
             while True:
                 if not answered:
                     early = exchange.feed(payload)
                     if early is not None:
-                        self._send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, early))
+                        frames.send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, early))
                         answered = True
-                frame = self._read_frame()
+                frame = frames.next()
                 if frame is None:
                     return False  # the host went away mid-stream: the upload is abandoned
-                kind, length = frame
-                payload = self.rfile.read(length)
-                if len(payload) < length:
-                    return False
-                total += length
-                if time.monotonic() - started > MAX_STREAM_SECONDS:
+                kind, payload = frame
+                total += len(payload)
+                if deadline.expired():
                     if not answered:
-                        self._send(
-                            framing.encode_error(408, f"request took longer than {MAX_STREAM_SECONDS} s")
+                        frames.send(
+                            _problem(
+                                Problem.REQUEST_TIMEOUT,
+                                f"request took longer than {MAX_STREAM_SECONDS:.0f} s",
+                            )
                         )
                     return False
                 if kind is FrameType.CHUNKED_END:
                     if not answered:
-                        self._send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, exchange.finish()))
+                        frames.send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, exchange.finish()))
                     return True
                 if kind is not FrameType.CHUNKED_DATA:
-                    self._send(
-                        framing.encode_error(400, f"unexpected frame {kind.name} in a chunked request")
+                    frames.send(
+                        _problem(
+                            Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name} in a chunked request"
+                        )
                     )
                     return False
                 if total > enclave.max_frame_bytes and not answered:
-                    self._send(
-                        framing.encode_error(413, f"request larger than {enclave.max_frame_bytes} bytes")
+                    frames.send(
+                        _problem(Problem.TOO_LARGE, f"request larger than {enclave.max_frame_bytes} bytes")
                     )
                     return False
         except TimeoutError:
             return False  # stalled: the upload is abandoned, the slot freed
-        except DecryptionError:
-            self._send(framing.encode_error(400, "the enclave could not decrypt the request"))
+        except (DecryptionError, ohttp.KeyMismatchError):
+            frames.send(_problem(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL))
             return False
         except ProtocolError as exc:
-            self._send(framing.encode_error(400, f"malformed chunked request: {exc}"))
+            frames.send(_problem(Problem.MALFORMED_REQUEST, f"malformed chunked request: {exc}"))
+            return False
+        except _FrameError as exc:
+            frames.send(exc.reply)
             return False
         except Exception as exc:  # never let one request take the enclave down
             log.error("internal error in a chunked request: %s", type(exc).__name__)
-            self._send(framing.encode_error(500, "internal enclave error"))
+            frames.send(_problem(Problem.INTERNAL, "internal enclave error"))
             return False
         finally:
-            self.connection.settimeout(None)
+            deadline.close()
             exchange.abort()  # a no-op once the upload has finished
-
-    def _send(self, frame: bytes) -> None:
-        try:
-            self.wfile.write(frame)
-            self.wfile.flush()
-        except OSError:
-            pass  # the host went away; nothing to tell it
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -10,8 +10,10 @@ Untrusted code. It sees ciphertext and lengths only.
 ``GET /healthz``           whether the enclave process is up
 =========================  ====================================================================
 
-Errors here are plain HTTP with a JSON ``{"error": ...}`` body: they can say only what the host
-knows, which is nothing secret.
+Errors are plain HTTP with an RFC 9457 problem document (``application/problem+json``) of a type
+from ``protocol/api.py``: the enclave's own refusals of undecryptable requests (RFC 9458's
+``ohttp-key``), relayed as the enclave wrote them, or the host's (the enclave is unreachable, a
+request is too large). They can say only what the host knows, which is nothing secret.
 """
 
 from __future__ import annotations
@@ -28,121 +30,116 @@ from starlette.routing import Route
 
 from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES
 from enclave_infer.errors import ProtocolError, TransportError
-from enclave_infer.host.enclave_process import EnclaveProcess, read_frame
-from enclave_infer.protocol import framing
+from enclave_infer.host.enclave_process import EnclaveProcess
+from enclave_infer.protocol import chunked_ohttp, framing, ohttp
+from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
 from enclave_infer.protocol.framing import FrameType
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("enclave_infer.host")
 
-OHTTP_KEYS = "application/ohttp-keys"
-OHTTP_REQ = "message/ohttp-req"
-OHTTP_RES = "message/ohttp-res"
-OHTTP_CHUNKED_REQ = "message/ohttp-chunked-req"  # draft-ietf-ohai-chunked-ohttp
 # How long a streaming client may pause before the host gives up on it (and frees its slot).
 CLIENT_IDLE_SECONDS = 30.0
-OHTTP_CHUNKED_RES = "message/ohttp-chunked-res"
+_NO_STORE = {"cache-control": "no-store"}
 
 
-def create_app(enclave: EnclaveProcess) -> Starlette:
-    max_request_bytes = enclave.config.limits.max_request_bytes
+class _Refused(Exception):
+    """A streaming client broke a rule of the host's; ``problem`` is the answer."""
 
-    async def relay(
-        kind: FrameType, payload: bytes | bytearray, expect: FrameType, media_type: str
-    ) -> Response:
+    def __init__(self, problem: ProblemDetails) -> None:
+        self.problem = problem
+
+
+class _Relay:
+    """The routes, bound to one enclave process."""
+
+    def __init__(self, enclave: EnclaveProcess) -> None:
+        self._enclave = enclave
+        self._max_request_bytes = enclave.config.limits.max_request_bytes
+
+    async def keys(self, request: Request) -> Response:
+        return await self._call(FrameType.GET_KEYS, b"", FrameType.KEYS, ohttp.MEDIA_TYPE_KEYS)
+
+    async def attestation(self, request: Request) -> Response:
         try:
-            reply, data = await enclave.call(kind, payload)
-        except (TransportError, ProtocolError) as exc:
-            return _error(503, str(exc))
-        if reply is FrameType.ERROR:
-            status, message = framing.decode_error(data)
-            return _error(status, message)
-        if reply is not expect:
-            return _error(502, "unexpected answer from the enclave")
-        return Response(data, media_type=media_type, headers={"cache-control": "no-store"})
-
-    async def keys(request: Request) -> Response:
-        return await relay(FrameType.GET_KEYS, b"", FrameType.KEYS, OHTTP_KEYS)
-
-    async def attestation(request: Request) -> Response:
-        nonce_hex = request.query_params.get("nonce", "")
-        try:
-            nonce = bytes.fromhex(nonce_hex)
+            nonce = bytes.fromhex(request.query_params.get("nonce", ""))
         except ValueError:
             nonce = b""
         if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
-            return _error(400, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes of hex")
-        return await relay(FrameType.GET_EVIDENCE, nonce, FrameType.EVIDENCE, "application/json")
+            detail = f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes of hex"
+            return _problem(Problem.INVALID_PARAMETER.details(detail))
+        return await self._call(FrameType.GET_EVIDENCE, nonce, FrameType.EVIDENCE, "application/json")
 
-    async def ohttp(request: Request) -> Response:
+    async def ohttp(self, request: Request) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type == OHTTP_CHUNKED_REQ:
-            return await relay_chunked(request)
-        if media_type != OHTTP_REQ:
-            return _error(415, f"content-type must be {OHTTP_REQ} or {OHTTP_CHUNKED_REQ}")
+        if media_type == chunked_ohttp.MEDIA_TYPE_CHUNKED_REQUEST:
+            return await self._chunked(request)
+        if media_type != ohttp.MEDIA_TYPE_REQUEST:
+            chunked = chunked_ohttp.MEDIA_TYPE_CHUNKED_REQUEST
+            detail = f"content-type must be {ohttp.MEDIA_TYPE_REQUEST} or {chunked}"
+            return _problem(Problem.UNSUPPORTED_MEDIA_TYPE.details(detail))
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
-            return _error(413, f"request larger than {max_request_bytes} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_request_bytes:
+            return _problem(self._too_large())
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > max_request_bytes:
-                return _error(413, f"request larger than {max_request_bytes} bytes")
-        return await relay(FrameType.OHTTP_REQUEST, body, FrameType.OHTTP_RESPONSE, OHTTP_RES)
+            if len(body) > self._max_request_bytes:
+                return _problem(self._too_large())
+        return await self._call(
+            FrameType.OHTTP_REQUEST, body, FrameType.OHTTP_RESPONSE, ohttp.MEDIA_TYPE_RESPONSE
+        )
 
-    async def relay_chunked(request: Request) -> Response:
-        """Forward a chunked request as it arrives, never holding more than one piece; stop as
-        soon as the enclave answers (it may refuse at the head, before the body)."""
+    async def healthz(self, request: Request) -> Response:
+        enclave = self._enclave
+        return JSONResponse({"status": "ok" if enclave.running else "starting", "restarts": enclave.restarts})
+
+    async def _call(
+        self, kind: FrameType, payload: bytes | bytearray, expect: FrameType, media_type: str
+    ) -> Response:
         try:
-            reader, writer = await enclave.connect()
-        except TransportError as exc:
-            return _error(503, str(exc))
-        answer = asyncio.ensure_future(read_frame(reader))
-        total = 0
+            reply, data = await self._enclave.call(kind, payload)
+        except (TransportError, ProtocolError) as exc:
+            return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
+        return _answer(reply, data, expect, media_type)
+
+    async def _chunked(self, request: Request) -> Response:
+        """Relay a chunked request as it arrives; the client's pauses and size are bounded."""
         try:
-            kind = FrameType.CHUNKED_BEGIN
-            pieces = request.stream().__aiter__()
-            while True:
-                try:  # a client that stalls gives its enclave slot back
-                    piece = await asyncio.wait_for(pieces.__anext__(), CLIENT_IDLE_SECONDS)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    return _error(408, f"no request data for {CLIENT_IDLE_SECONDS:.0f} s")
-                if answer.done():
-                    break
-                total += len(piece)
-                if total > max_request_bytes:
-                    return _error(413, f"request larger than {max_request_bytes} bytes")
-                writer.write(framing.HEADER.pack(kind, len(piece)))
-                writer.write(piece)
-                await writer.drain()
-                kind = FrameType.CHUNKED_DATA
-            if not answer.done():
-                if kind is FrameType.CHUNKED_BEGIN:  # an empty body still opens and closes a stream
-                    writer.write(framing.HEADER.pack(kind, 0))
-                writer.write(framing.HEADER.pack(FrameType.CHUNKED_END, 0))
-                await writer.drain()
-            reply, data = await answer
-        except (OSError, asyncio.IncompleteReadError, ProtocolError):
-            return _error(503, "the enclave closed the connection")
+            reply, data = await self._enclave.call_streaming(self._pieces(request))
+        except _Refused as exc:
+            return _problem(exc.problem)
         except ClientDisconnect:
-            return _error(400, "the client went away")  # nobody reads it; the enclave aborts the upload
-        finally:
-            if not answer.done():
-                answer.cancel()
-            writer.close()
-        if reply is FrameType.ERROR:
-            status, message = framing.decode_error(data)
-            return _error(status, message)
-        if reply is not FrameType.CHUNKED_RESPONSE:
-            return _error(502, "unexpected answer from the enclave")
-        return Response(data, media_type=OHTTP_CHUNKED_RES, headers={"cache-control": "no-store"})
+            # nobody reads this; the enclave sees the stream end and abandons the upload
+            return _problem(Problem.MALFORMED_REQUEST.details("the client went away"))
+        except (TransportError, ProtocolError) as exc:
+            return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
+        return _answer(reply, data, FrameType.CHUNKED_RESPONSE, chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
 
-    async def healthz(request: Request) -> Response:
-        running = enclave.running
-        return JSONResponse({"status": "ok" if running else "starting", "restarts": enclave.restarts})
+    async def _pieces(self, request: Request) -> AsyncIterator[bytes]:
+        pieces = request.stream().__aiter__()
+        total = 0
+        while True:
+            try:  # a client that stalls gives its enclave slot back
+                piece = await asyncio.wait_for(pieces.__anext__(), CLIENT_IDLE_SECONDS)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise _Refused(
+                    Problem.REQUEST_TIMEOUT.details(f"no request data for {CLIENT_IDLE_SECONDS:.0f} s")
+                ) from None
+            total += len(piece)
+            if total > self._max_request_bytes:
+                raise _Refused(self._too_large())
+            yield piece
+
+    def _too_large(self) -> ProblemDetails:
+        return Problem.TOO_LARGE.details(f"request larger than {self._max_request_bytes} bytes")
+
+
+def create_app(enclave: EnclaveProcess) -> Starlette:
+    relay = _Relay(enclave)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -151,14 +148,28 @@ def create_app(enclave: EnclaveProcess) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/ohttp-keys", keys, methods=["GET"]),
-            Route("/v1/attestation", attestation, methods=["GET"]),
-            Route("/v1/ohttp", ohttp, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
+            Route("/ohttp-keys", relay.keys, methods=["GET"]),
+            Route("/v1/attestation", relay.attestation, methods=["GET"]),
+            Route("/v1/ohttp", relay.ohttp, methods=["POST"]),
+            Route("/healthz", relay.healthz, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -> Response:
+    """The enclave's reply frame as the host's HTTP answer: relayed bytes, or its problem."""
+    if reply is FrameType.ERROR:
+        try:
+            return _problem(framing.decode_problem(data))
+        except ProtocolError:
+            return _problem(Problem.BAD_GATEWAY.details("malformed error frame from the enclave"))
+    if reply is not expect:
+        return _problem(Problem.BAD_GATEWAY.details("unexpected answer from the enclave"))
+    return Response(data, media_type=media_type, headers=_NO_STORE)
+
+
+def _problem(problem: ProblemDetails) -> Response:
+    return Response(
+        problem.encode(), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=_NO_STORE
+    )

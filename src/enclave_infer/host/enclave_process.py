@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from enclave_infer.config import EnclaveConfig
@@ -45,8 +46,10 @@ class EnclaveProcess:
         *,
         platform: str = "auto",
         external: Address | None = None,
+        log_format: str = "text",
     ) -> None:
         self.config = config
+        self.log_format = log_format
         # absolute: the enclave process runs in a private working directory of its own
         self.data_dir = data_dir.absolute()
         self.platform = platform
@@ -104,6 +107,7 @@ class EnclaveProcess:
             "--config", str(config_path),
             "--storage", str(self.data_dir / "sealed"),
             "--platform", self.platform,
+            "--log-format", self.log_format,
         ]  # fmt: skip
         env = {k: os.environ[k] for k in _PASSED_ENVIRONMENT if k in os.environ}
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, cwd=self._pycache)
@@ -173,16 +177,46 @@ class EnclaveProcess:
         """Send one frame, return the reply's type and payload. The payload is not copied."""
         reader, writer = await self.connect()
         try:
-            writer.write(framing.HEADER.pack(kind, len(payload)))
-            writer.write(payload)
-            await writer.drain()
-            return await read_frame(reader)
+            await _write_frame(writer, kind, payload)
+            return await _read_frame(reader)
         except (OSError, asyncio.IncompleteReadError):
             raise TransportError("the enclave closed the connection") from None
         finally:
             writer.close()
 
+    async def call_streaming(self, pieces: AsyncIterator[bytes]) -> tuple[FrameType, bytes]:
+        """Relay a chunked request as BEGIN, DATA*, END frames as its ``pieces`` arrive, never
+        holding more than one; stop sending as soon as the enclave answers (it may refuse at the
+        head, before the body). Exceptions from ``pieces`` (a stalled or oversized client) end the
+        exchange and propagate; the enclave sees the connection close and abandons the request."""
+        reader, writer = await self.connect()
+        answer = asyncio.ensure_future(_read_frame(reader))
+        try:
+            kind = FrameType.CHUNKED_BEGIN
+            async for piece in pieces:
+                if answer.done():
+                    break
+                await _write_frame(writer, kind, piece)
+                kind = FrameType.CHUNKED_DATA
+            if not answer.done():
+                if kind is FrameType.CHUNKED_BEGIN:  # an empty body still opens and closes a stream
+                    await _write_frame(writer, kind, b"")
+                await _write_frame(writer, FrameType.CHUNKED_END, b"")
+            return await answer
+        except (OSError, asyncio.IncompleteReadError):
+            raise TransportError("the enclave closed the connection") from None
+        finally:
+            if not answer.done():
+                answer.cancel()
+            writer.close()
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[FrameType, bytes]:
+
+async def _write_frame(writer: asyncio.StreamWriter, kind: FrameType, payload: bytes | bytearray) -> None:
+    writer.write(framing.HEADER.pack(kind, len(payload)))
+    writer.write(payload)
+    await writer.drain()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[FrameType, bytes]:
     kind, length = framing.parse_header(await reader.readexactly(framing.HEADER.size))
     return kind, await reader.readexactly(length)

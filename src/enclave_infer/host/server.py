@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from enclave_infer import logs
 from enclave_infer.attestation.evidence import Attestation, appraise
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import EnclaveInferError, TransportError, UsageError
@@ -47,11 +48,13 @@ def run(
     port: int = 8080,
     platform: str = "auto",
     external: Address | None = None,
+    log_format: str = "text",
 ) -> None:
     started = time.monotonic()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("host", log_format)
     listener = _listen(host, port)  # before the enclave starts: a busy port fails fast, in one line
-    enclave = EnclaveProcess(config, data_dir, platform=platform, external=external)
+    port = listener.getsockname()[1]  # --port 0: the one the system chose
+    enclave = EnclaveProcess(config, data_dir, platform=platform, external=external, log_format=log_format)
     try:
         enclave.start()
     except EnclaveInferError:
@@ -66,8 +69,16 @@ def run(
     if attestation.report.tee == "simulation":
         log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
     log.info("%s", attestation.summary(now=datetime.now(UTC)))
-    server = uvicorn.Server(uvicorn.Config(create_app(enclave), host=host, port=port, log_level="info"))
-    log.info("Started enclave-infer in %.2f seconds", time.monotonic() - started)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(enclave), host=host, port=port, log_level="info", log_config=None)
+    )
+    shown = f"[{host}]" if ":" in host else host
+    log.info(
+        "Started enclave-infer in %.2f seconds; listening on http://%s:%d",
+        time.monotonic() - started,
+        shown,
+        port,
+    )
     try:
         server.run(sockets=[listener])
     finally:

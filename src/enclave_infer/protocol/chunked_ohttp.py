@@ -41,14 +41,14 @@ from pyhpke import ContextInterface, PyHPKEError
 
 from enclave_infer.errors import DecryptionError, ProtocolError, UsageError
 from enclave_infer.protocol.ohttp import (
-    _HDR,
+    REQUEST_HEADER,
     GatewayKey,
     KeyConfig,
-    _derive_response_key,
-    _export_response_secret,
-    _setup_recipient,
-    _setup_sender,
-    _Suite,
+    Suite,
+    derive_response_key,
+    export_response_secret,
+    setup_recipient,
+    setup_sender,
 )
 
 __all__ = [
@@ -278,7 +278,7 @@ class ChunkedResponseEncoder(_ChunkEncoder):
     __slots__ = ("_aead", "_counter", "_nonce", "_response_nonce", "_suite")
 
     def __init__(
-        self, suite: _Suite, context: ContextInterface, enc: bytes, response_nonce: bytes | None
+        self, suite: Suite, context: ContextInterface, enc: bytes, response_nonce: bytes | None
     ) -> None:
         n = suite.response_nonce_len  # entropy_len = max(Nn, Nk) (§6.2)
         nonce = secrets.token_bytes(n) if response_nonce is None else response_nonce
@@ -286,8 +286,8 @@ class ChunkedResponseEncoder(_ChunkEncoder):
             raise UsageError(f"response nonce must be {n} bytes")
         # secret = context.Export("message/bhttp chunked response", entropy_len), then RFC 9458
         # §4.4's salt = enc || response_nonce, prk, aead_key and aead_nonce (§6.2).
-        secret = _export_response_secret(context, suite, _RESPONSE_LABEL)
-        aead_key, aead_nonce = _derive_response_key(suite, secret, enc, nonce)
+        secret = export_response_secret(context, suite, _RESPONSE_LABEL)
+        aead_key, aead_nonce = derive_response_key(suite, secret, enc, nonce)
         self._suite, self._response_nonce = suite, nonce
         self._aead, self._nonce = suite.aead(aead_key), int.from_bytes(aead_nonce, "big")
         self._counter = 0  # §6.2: 0 for the first chunk, plus 1 after each
@@ -309,7 +309,7 @@ class ChunkedResponseEncoder(_ChunkEncoder):
 class ChunkedResponseDecoder(_ChunkDecoder):
     """The client's side of a chunked response (§5, §6.2); from ``ChunkedRequestEncoder``."""
 
-    def __init__(self, suite: _Suite, context: ContextInterface, enc: bytes) -> None:
+    def __init__(self, suite: Suite, context: ContextInterface, enc: bytes) -> None:
         super().__init__(suite.response_nonce_len, suite.n_t)
         self._suite, self._context, self._enc = suite, context, enc
         self._aead: AESGCM | None = None  # set once the response nonce has arrived
@@ -317,8 +317,8 @@ class ChunkedResponseDecoder(_ChunkDecoder):
         self._counter = 0
 
     def _header(self, response_nonce: bytes) -> bytes:
-        secret = _export_response_secret(self._context, self._suite, _RESPONSE_LABEL)
-        aead_key, aead_nonce = _derive_response_key(self._suite, secret, self._enc, response_nonce)
+        secret = export_response_secret(self._context, self._suite, _RESPONSE_LABEL)
+        aead_key, aead_nonce = derive_response_key(self._suite, secret, self._enc, response_nonce)
         self._aead, self._nonce = self._suite.aead(aead_key), int.from_bytes(aead_nonce, "big")
         self._state, self._need = _LENGTH, 1
         return b""
@@ -350,7 +350,7 @@ class ChunkedRequestEncoder(_ChunkEncoder):
     def __init__(self, config: KeyConfig, *, _ephemeral_private_key: bytes | None = None) -> None:
         # enc, sctxt = SetupBaseS(pkR, info), info = "message/bhttp chunked request" || 0 || hdr
         # (§6.1), as RFC 9458 §4.3 but for the label.
-        hdr, enc, sctxt, suite = _setup_sender(config, _REQUEST_LABEL, _ephemeral_private_key)
+        hdr, enc, sctxt, suite = setup_sender(config, _REQUEST_LABEL, _ephemeral_private_key)
         self._hdr, self._enc, self._context, self._suite = hdr, enc, sctxt, suite
         self._response_decoder_made = False
         super().__init__()
@@ -394,9 +394,9 @@ class ChunkedRequestDecoder(_ChunkDecoder):
     """
 
     def __init__(self, key: GatewayKey) -> None:
-        super().__init__(_HDR.size, 0)
+        super().__init__(REQUEST_HEADER.size, 0)
         self._key = key
-        self._suite: _Suite | None = None
+        self._suite: Suite | None = None
         self._context: ContextInterface | None = None
         self._enc: bytes | None = None
         self._response_encoder_made = False
@@ -411,15 +411,15 @@ class ChunkedRequestDecoder(_ChunkDecoder):
     def _header(self, header: bytes) -> bytes:
         if self._suite is None:
             # hdr is here: learn Nenc and Nt, then wait for enc and Nt more bytes, as much as
-            # ohttp._setup_recipient requires after enc (it checks key id and algorithms itself).
-            _key_id, kem_id, kdf_id, aead_id = _HDR.unpack(header)
-            suite = _Suite.of(kem_id, kdf_id, aead_id)
+            # ohttp.setup_recipient requires after enc (it checks key id and algorithms itself).
+            _key_id, kem_id, kdf_id, aead_id = REQUEST_HEADER.unpack(header)
+            suite = Suite.of(kem_id, kdf_id, aead_id)
             self._suite, self._n_t = suite, suite.n_t
             self._max_ct = MAX_CHUNK_BYTES + suite.n_t
-            self._need, self._buf = _HDR.size + suite.n_enc + suite.n_t, bytearray(header)
+            self._need, self._buf = REQUEST_HEADER.size + suite.n_enc + suite.n_t, bytearray(header)
             return b""
         # SetupBaseR(enc, skR, info) (RFC 9180 §5.1.1), info as in §6.1; checks hdr (RFC 9458 §4.3).
-        enc, rctxt, suite, rest = _setup_recipient(self._key, header, _REQUEST_LABEL)
+        enc, rctxt, suite, rest = setup_recipient(self._key, header, _REQUEST_LABEL)
         self._enc, self._context, self._suite = enc, rctxt, suite
         self._state, self._need = _LENGTH, 1
         return rest  # the first Nt bytes after enc

@@ -4,9 +4,9 @@ The boundary is narrow on purpose: the host can ask for the key configuration, a
 (with a client's nonce), and hand over an encapsulated request; the enclave answers each with one
 frame. Nothing else crosses. Pure logic on bytes; both sides do their own socket I/O.
 
-A frame is ``type (1 byte) || length (4 bytes, big-endian) || payload``. Error frames carry
-``status (2 bytes) || UTF-8 message``: the host turns them into plain HTTP errors, so their
-messages must never hold anything secret.
+A frame is ``type (1 byte) || length (4 bytes, big-endian) || payload``. Error frames carry an
+RFC 9457 problem document (``protocol/api.py``'s :class:`~enclave_infer.protocol.api.ProblemDetails`):
+the host relays it as its plain HTTP answer, so it must never hold anything secret.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ import struct
 from pathlib import Path
 
 from enclave_infer.errors import ProtocolError
+from enclave_infer.protocol.api import MAX_PROBLEM_BYTES, ProblemDetails
 
 __all__ = [
     "HEADER",
     "MAX_FRAME_BYTES",
     "Address",
     "FrameType",
-    "decode_error",
-    "encode_error",
+    "decode_problem",
     "encode_frame",
+    "encode_problem",
     "format_address",
     "parse_address",
     "parse_header",
@@ -73,15 +74,21 @@ def parse_header(header: bytes) -> tuple[FrameType, int]:
     return frame_type, length
 
 
-def encode_error(status: int, message: str) -> bytes:
-    return encode_frame(FrameType.ERROR, struct.pack("!H", status) + message.encode()[:1024])
+def encode_problem(problem: ProblemDetails) -> bytes:
+    """An ERROR frame carrying ``problem``: ``status (2 bytes) || problem document``."""
+    document = problem.encode()
+    if len(document) > MAX_PROBLEM_BYTES:
+        raise ProtocolError("problem document too large")
+    return encode_frame(FrameType.ERROR, struct.pack("!H", problem.status) + document)
 
 
-def decode_error(payload: bytes) -> tuple[int, str]:
+def decode_problem(payload: bytes) -> ProblemDetails:
     if len(payload) < 2:
         raise ProtocolError("malformed error frame")
     (status,) = struct.unpack("!H", payload[:2])
-    return status, payload[2:].decode("utf-8", "replace")
+    if not 400 <= status <= 599:
+        raise ProtocolError("error frame with a status that is not an error")
+    return ProblemDetails.decode(payload[2:], status=status)
 
 
 def parse_address(text: str) -> Address:

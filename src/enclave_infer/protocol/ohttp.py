@@ -8,9 +8,10 @@ Only DHKEM(X25519, HKDF-SHA256) with HKDF-SHA256 and AES-128-GCM is supported; o
 are rejected with a ProtocolError. Peer bytes that do not parse raise ProtocolError, and every
 authentication failure raises a bare DecryptionError.
 
-The per-message HPKE setup (``_setup_sender``/``_setup_recipient``) and the response key derivation
-(``_export_response_secret``/``_derive_response_key``) take their labels as parameters, so that the
-chunked variant (draft-ietf-ohai-chunked-ohttp), which differs in labels and framing, can reuse them.
+The per-message HPKE setup (:func:`setup_sender`, :func:`setup_recipient`) and the response key
+derivation (:func:`export_response_secret`, :func:`derive_response_key`) take their labels as
+parameters: they are the seam the chunked variant (``chunked_ohttp``, draft-ietf-ohai-chunked-ohttp),
+which differs in labels and framing, builds on.
 """
 
 from __future__ import annotations
@@ -46,14 +47,21 @@ __all__ = [
     "MEDIA_TYPE_KEYS",
     "MEDIA_TYPE_REQUEST",
     "MEDIA_TYPE_RESPONSE",
+    "REQUEST_HEADER",
     "ClientResponseContext",
     "GatewayKey",
     "GatewayResponseContext",
     "KeyConfig",
+    "KeyMismatchError",
+    "Suite",
     "decapsulate_request",
     "decode_key_configs",
+    "derive_response_key",
     "encapsulate_request",
     "encode_key_configs",
+    "export_response_secret",
+    "setup_recipient",
+    "setup_sender",
 ]
 
 # HPKE algorithm identifiers (RFC 9180 §7, IANA "HPKE" registry).
@@ -70,17 +78,44 @@ MEDIA_TYPE_RESPONSE: Final = "message/ohttp-res"
 _REQUEST_LABEL: Final = b"message/bhttp request"
 _RESPONSE_LABEL: Final = b"message/bhttp response"
 
-# Supported algorithms and their RFC 9180 §7 parameters: KEM -> (pyhpke id, Npk = Nenc),
-# KDF -> (pyhpke id, hash), AEAD -> (pyhpke id, Nk, Nn, Nt, cipher). Adding one is one line.
-_KEMS: Final = {KEM_X25519_HKDF_SHA256: (KEMId.DHKEM_X25519_HKDF_SHA256, 32)}
-_KDFS: Final = {KDF_HKDF_SHA256: (KDFId.HKDF_SHA256, hashes.SHA256)}
-_AEADS: Final = {AEAD_AES_128_GCM: (AEADId.AES128_GCM, 16, 12, 16, AESGCM)}
 
-_HDR: Final = struct.Struct("!BHHH")  # key_id, kem_id, kdf_id, aead_id (RFC 9458 §4.1)
+class KeyMismatchError(ProtocolError):
+    """The request names a key id, KEM or algorithms that this gateway's key configuration does not
+    have (RFC 9458 §4.3 step 1): the client holds an outdated configuration."""
 
 
 @dataclass(frozen=True)
-class _Suite:
+class _KemParams:  # RFC 9180 §7.1
+    hpke_id: KEMId
+    n_enc: int  # = Npk for the DHKEMs
+
+
+@dataclass(frozen=True)
+class _KdfParams:  # RFC 9180 §7.2
+    hpke_id: KDFId
+    hash: type[hashes.HashAlgorithm]
+
+
+@dataclass(frozen=True)
+class _AeadParams:  # RFC 9180 §7.3
+    hpke_id: AEADId
+    n_k: int
+    n_n: int
+    n_t: int
+    cipher: type[AESGCM]
+
+
+# Supported algorithms, by IANA id, with their RFC 9180 §7 parameters. Adding one is one line.
+_KEMS: Final = {KEM_X25519_HKDF_SHA256: _KemParams(KEMId.DHKEM_X25519_HKDF_SHA256, n_enc=32)}
+_KDFS: Final = {KDF_HKDF_SHA256: _KdfParams(KDFId.HKDF_SHA256, hashes.SHA256)}
+_AEADS: Final = {AEAD_AES_128_GCM: _AeadParams(AEADId.AES128_GCM, n_k=16, n_n=12, n_t=16, cipher=AESGCM)}
+
+# key_id, kem_id, kdf_id, aead_id (RFC 9458 §4.1): the header of a request, chunked or not.
+REQUEST_HEADER: Final = struct.Struct("!BHHH")
+
+
+@dataclass(frozen=True)
+class Suite:
     """One supported (KEM, KDF, AEAD) combination, with its sizes."""
 
     kem_id: int
@@ -88,7 +123,7 @@ class _Suite:
     aead_id: int
 
     @classmethod
-    def of(cls, kem_id: int, kdf_id: int, aead_id: int) -> _Suite:
+    def of(cls, kem_id: int, kdf_id: int, aead_id: int) -> Suite:
         if kem_id not in _KEMS:
             raise ProtocolError(f"unsupported KEM 0x{kem_id:04x}")
         if kdf_id not in _KDFS or aead_id not in _AEADS:
@@ -97,39 +132,41 @@ class _Suite:
 
     @property
     def hpke(self) -> CipherSuite:
-        return CipherSuite.new(_KEMS[self.kem_id][0], _KDFS[self.kdf_id][0], _AEADS[self.aead_id][0])
+        return CipherSuite.new(
+            _KEMS[self.kem_id].hpke_id, _KDFS[self.kdf_id].hpke_id, _AEADS[self.aead_id].hpke_id
+        )
 
     @property
     def n_enc(self) -> int:
-        return _KEMS[self.kem_id][1]
+        return _KEMS[self.kem_id].n_enc
 
     @property
     def n_k(self) -> int:
-        return _AEADS[self.aead_id][1]
+        return _AEADS[self.aead_id].n_k
 
     @property
     def n_n(self) -> int:
-        return _AEADS[self.aead_id][2]
+        return _AEADS[self.aead_id].n_n
 
     @property
     def n_t(self) -> int:
-        return _AEADS[self.aead_id][3]
+        return _AEADS[self.aead_id].n_t
 
     @property
     def response_nonce_len(self) -> int:
         return max(self.n_n, self.n_k)  # RFC 9458 §4.2
 
     def hash(self) -> hashes.HashAlgorithm:
-        return _KDFS[self.kdf_id][1]()
+        return _KDFS[self.kdf_id].hash()
 
     def aead(self, key: bytes) -> AESGCM:
-        return _AEADS[self.aead_id][4](key)
+        return _AEADS[self.aead_id].cipher(key)
 
     def hdr(self, key_id: int) -> bytes:
-        return _HDR.pack(key_id, self.kem_id, self.kdf_id, self.aead_id)
+        return REQUEST_HEADER.pack(key_id, self.kem_id, self.kdf_id, self.aead_id)
 
 
-_GATEWAY_SUITE: Final = _Suite(KEM_X25519_HKDF_SHA256, KDF_HKDF_SHA256, AEAD_AES_128_GCM)
+_GATEWAY_SUITE: Final = Suite(KEM_X25519_HKDF_SHA256, KDF_HKDF_SHA256, AEAD_AES_128_GCM)
 
 
 # -- Key configuration (RFC 9458 §3) ---------------------------------------------------------------
@@ -149,7 +186,7 @@ class KeyConfig:
             raise UsageError("key_id must fit in one byte")
         if self.kem_id not in _KEMS:
             raise UsageError(f"unsupported KEM 0x{self.kem_id:04x}")
-        if len(self.public_key) != _KEMS[self.kem_id][1]:
+        if len(self.public_key) != _KEMS[self.kem_id].n_enc:
             raise UsageError("public key length does not match the KEM")
         algs = self.symmetric_algorithms
         if not algs or any(len(a) != 2 or not all(0 <= i <= 0xFFFF for i in a) for a in algs):
@@ -169,7 +206,7 @@ class KeyConfig:
         key_id, kem_id = struct.unpack_from("!BH", data)
         if kem_id not in _KEMS:  # Npk, hence the layout, depends on the KEM
             raise ProtocolError(f"unsupported KEM 0x{kem_id:04x}")
-        pk_end = 3 + _KEMS[kem_id][1]
+        pk_end = 3 + _KEMS[kem_id].n_enc
         if len(data) < pk_end + 2:
             raise ProtocolError("key configuration too short")
         (algs_len,) = struct.unpack_from("!H", data, pk_end)
@@ -225,7 +262,7 @@ class GatewayKey:
 
     def __init__(self, key_id: int, sk_r: bytes) -> None:
         suite = _GATEWAY_SUITE
-        if len(sk_r) != _KEMS[suite.kem_id][1]:
+        if len(sk_r) != suite.n_enc:
             raise UsageError("bad private key length")
         self._sk_r: KEMKeyInterface = suite.hpke.kem.deserialize_private_key(sk_r)
         pk_r = KEMKey.from_pyca_cryptography_key(self._sk_r.raw.public_key()).to_public_bytes()
@@ -249,22 +286,22 @@ class GatewayKey:
         return f"GatewayKey(config={self._config!r})"
 
 
-# -- Per-message HPKE setup (RFC 9458 §4.3), shared with a future chunked variant ---------------------
+# -- Per-message HPKE setup (RFC 9458 §4.3), shared with the chunked variant ------------------------
 
 
 def _request_info(label: bytes, hdr: bytes) -> bytes:
     return label + b"\x00" + hdr  # RFC 9458 §4.3 step 2
 
 
-def _setup_sender(
+def setup_sender(
     config: KeyConfig, label: bytes, sk_e: bytes | None
-) -> tuple[bytes, bytes, ContextInterface, _Suite]:
+) -> tuple[bytes, bytes, ContextInterface, Suite]:
     """SetupBaseS (RFC 9180 §5.1.1) to the configuration's key; returns hdr, enc, sctxt, suite."""
     # The client picks the first (kdf, aead) it supports (RFC 9458 §4.3).
     pair = next(((k, a) for k, a in config.symmetric_algorithms if k in _KDFS and a in _AEADS), None)
     if pair is None:
         raise ProtocolError("key configuration offers no supported KDF/AEAD")
-    suite = _Suite.of(config.kem_id, *pair)
+    suite = Suite.of(config.kem_id, *pair)
     hpke = suite.hpke
     hdr = suite.hdr(config.key_id)
     eks = None
@@ -282,25 +319,28 @@ def _setup_sender(
     return hdr, enc, sctxt, suite
 
 
-def _setup_recipient(
+def setup_recipient(
     key: GatewayKey, enc_request: bytes, label: bytes
-) -> tuple[bytes, ContextInterface, _Suite, bytes]:
-    """Parse hdr || enc || rest and SetupBaseR (RFC 9180 §5.1.1); returns enc, rctxt, suite, rest."""
-    if len(enc_request) < _HDR.size:
+) -> tuple[bytes, ContextInterface, Suite, bytes]:
+    """Parse hdr || enc || rest and SetupBaseR (RFC 9180 §5.1.1); returns enc, rctxt, suite, rest.
+
+    Raises :class:`KeyMismatchError` when the header does not match ``key``'s configuration."""
+    if len(enc_request) < REQUEST_HEADER.size:
         raise ProtocolError("encapsulated request too short")
-    key_id, kem_id, kdf_id, aead_id = _HDR.unpack_from(enc_request)
+    key_id, kem_id, kdf_id, aead_id = REQUEST_HEADER.unpack_from(enc_request)
     config = key.config
     if key_id != config.key_id:  # RFC 9458 §4.3 step 1
-        raise ProtocolError(f"unknown key id {key_id}")
+        raise KeyMismatchError(f"unknown key id {key_id}")
     if kem_id != config.kem_id:  # step 1a
-        raise ProtocolError(f"KEM 0x{kem_id:04x} does not match key {key_id}")
+        raise KeyMismatchError(f"KEM 0x{kem_id:04x} does not match key {key_id}")
     if (kdf_id, aead_id) not in config.symmetric_algorithms:  # step 1b
-        raise ProtocolError(f"unsupported KDF/AEAD 0x{kdf_id:04x}/0x{aead_id:04x}")
-    suite = _Suite.of(kem_id, kdf_id, aead_id)
-    enc_end = _HDR.size + suite.n_enc
+        raise KeyMismatchError(f"unsupported KDF/AEAD 0x{kdf_id:04x}/0x{aead_id:04x}")
+    suite = Suite.of(kem_id, kdf_id, aead_id)
+    enc_end = REQUEST_HEADER.size + suite.n_enc
     if len(enc_request) < enc_end + suite.n_t:
         raise ProtocolError("encapsulated request too short")
-    hdr, enc, rest = enc_request[: _HDR.size], enc_request[_HDR.size : enc_end], enc_request[enc_end:]
+    hdr = enc_request[: REQUEST_HEADER.size]
+    enc, rest = enc_request[REQUEST_HEADER.size : enc_end], enc_request[enc_end:]
     try:
         rctxt = suite.hpke.create_recipient_context(enc, key._sk_r, _request_info(label, hdr))
     except (ValueError, PyHPKEError):  # Decap failure (RFC 9180 §4.1), e.g. a low-order enc
@@ -308,16 +348,16 @@ def _setup_recipient(
     return enc, rctxt, suite, rest
 
 
-# -- Response key derivation (RFC 9458 §4.4), shared with a future chunked variant --------------------
+# -- Response key derivation (RFC 9458 §4.4), shared with the chunked variant -----------------------
 
 
-def _export_response_secret(context: ContextInterface, suite: _Suite, label: bytes) -> bytes:
+def export_response_secret(context: ContextInterface, suite: Suite, label: bytes) -> bytes:
     """secret = context.Export(label, max(Nn, Nk)) (RFC 9458 §4.4 step 1, RFC 9180 §5.3)."""
     return context.export(label, suite.response_nonce_len)
 
 
-def _derive_response_key(
-    suite: _Suite, secret: bytes, enc: bytes, response_nonce: bytes
+def derive_response_key(
+    suite: Suite, secret: bytes, enc: bytes, response_nonce: bytes
 ) -> tuple[bytes, bytes]:
     """RFC 9458 §4.4 steps 3-5; returns (aead_key, aead_nonce)."""
     prk = HKDF.extract(suite.hash(), enc + response_nonce, secret)  # salt = enc || response_nonce
@@ -334,7 +374,7 @@ class ClientResponseContext:
 
     __slots__ = ("_context", "_suite", "enc")
 
-    def __init__(self, suite: _Suite, context: ContextInterface, enc: bytes) -> None:
+    def __init__(self, suite: Suite, context: ContextInterface, enc: bytes) -> None:
         self._suite, self._context, self.enc = suite, context, enc
 
     def decapsulate_response(self, enc_response: bytes) -> bytes:
@@ -343,8 +383,8 @@ class ClientResponseContext:
         if len(enc_response) < n + self._suite.n_t:
             raise ProtocolError("encapsulated response too short")
         response_nonce, ct = enc_response[:n], enc_response[n:]
-        secret = _export_response_secret(self._context, self._suite, _RESPONSE_LABEL)
-        aead_key, aead_nonce = _derive_response_key(self._suite, secret, self.enc, response_nonce)
+        secret = export_response_secret(self._context, self._suite, _RESPONSE_LABEL)
+        aead_key, aead_nonce = derive_response_key(self._suite, secret, self.enc, response_nonce)
         try:
             return self._suite.aead(aead_key).decrypt(aead_nonce, ct, b"")
         except InvalidTag:
@@ -359,7 +399,7 @@ class GatewayResponseContext:
 
     __slots__ = ("_context", "_suite", "enc")
 
-    def __init__(self, suite: _Suite, context: ContextInterface, enc: bytes) -> None:
+    def __init__(self, suite: Suite, context: ContextInterface, enc: bytes) -> None:
         self._suite, self._context, self.enc = suite, context, enc
 
     def encapsulate_response(self, response: bytes, *, _response_nonce: bytes | None = None) -> bytes:
@@ -368,8 +408,8 @@ class GatewayResponseContext:
         response_nonce = secrets.token_bytes(n) if _response_nonce is None else _response_nonce
         if len(response_nonce) != n:
             raise UsageError(f"response nonce must be {n} bytes")
-        secret = _export_response_secret(self._context, self._suite, _RESPONSE_LABEL)
-        aead_key, aead_nonce = _derive_response_key(self._suite, secret, self.enc, response_nonce)
+        secret = export_response_secret(self._context, self._suite, _RESPONSE_LABEL)
+        aead_key, aead_nonce = derive_response_key(self._suite, secret, self.enc, response_nonce)
         return response_nonce + self._suite.aead(aead_key).encrypt(aead_nonce, response, b"")
 
 
@@ -380,7 +420,7 @@ def encapsulate_request(
 
     ``_ephemeral_private_key`` (skE) is for test vectors only.
     """
-    hdr, enc, sctxt, suite = _setup_sender(config, _REQUEST_LABEL, _ephemeral_private_key)
+    hdr, enc, sctxt, suite = setup_sender(config, _REQUEST_LABEL, _ephemeral_private_key)
     try:
         ct = sctxt.seal(request)  # empty aad
     except PyHPKEError:
@@ -390,7 +430,7 @@ def encapsulate_request(
 
 def decapsulate_request(key: GatewayKey, enc_request: bytes) -> tuple[bytes, GatewayResponseContext]:
     """Open an encapsulated request (RFC 9458 §4.3); returns the binary HTTP request."""
-    enc, rctxt, suite, ct = _setup_recipient(key, enc_request, _REQUEST_LABEL)
+    enc, rctxt, suite, ct = setup_recipient(key, enc_request, _REQUEST_LABEL)
     try:
         request = rctxt.open(ct)  # empty aad
     except PyHPKEError:

@@ -1,0 +1,40 @@
+"""Every limit the client enforces, in one place (as python-tuf's ``UpdaterConfig``).
+
+Client-side. The host is not trusted: each of these bounds what it can make a client hold or wait
+for. Give a changed copy to :class:`~enclave_infer.client.sdk.Client`::
+
+    Client(url, constraint, config=ClientConfig(timeout=60.0))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from enclave_infer.errors import UsageError
+
+__all__ = ["ClientConfig"]
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    # Seconds one exchange with the host may take as a whole (not per read): a model upload of
+    # 512 MiB at 2 MB/s fits.
+    timeout: float = 300.0
+    # The largest answer read from the host. Answers are small JSON documents and evidence with
+    # collateral is tens of KB; anything larger is refused rather than buffered.
+    max_response_bytes: int = 1 * MiB
+    # A streamed model is read and sent in pieces of this size (plus 2-4 bytes of binary-HTTP
+    # framing, well under a chunked-OHTTP chunk's 1 MiB).
+    upload_piece_bytes: int = 256 * 1024
+    # An image the CLI fetches from a URL, on the client's side; the enclave's default limit.
+    max_fetch_bytes: int = 16 * MiB
+    # Seconds to wait for an image URL.
+    fetch_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise UsageError(f"ClientConfig.{f.name} must be a positive number, got {value!r}")
