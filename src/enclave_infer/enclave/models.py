@@ -200,7 +200,7 @@ class ModelStore:
         # ONNX Runtime would start a thread per core; under Gramine every thread counts against
         # sgx.max_threads, so a quarter of them go to one model's intra-op pool.
         threads = max(1, min(os.cpu_count() or 1, self._config.max_threads // 4))
-        shape = (1, 3, pre.crop, pre.crop) if pre.layout == "NCHW" else (1, pre.crop, pre.crop, 3)
+        shape = pre.input_shape()
         runtimes: dict[str, Runtime] = {}
         offset = 0
         for f in manifest.files:

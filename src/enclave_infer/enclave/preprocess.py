@@ -10,8 +10,9 @@ only (no torch, no torchvision):
   message is one line and never quotes the image.
 * :func:`to_tensor` applies a model's :class:`Preprocessing`: the equivalent of torchvision's
   ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor()`` + ``Normalize(mean, std)`` on a Pillow
-  image, computed with the same sizes, offsets and float32 arithmetic, so that a model exported
-  from a torchvision pipeline sees the inputs it was trained on.
+  image (with ``Grayscale()`` after the crop for a one-channel model), computed with the same sizes,
+  offsets and float32 arithmetic, so that a model exported from a torchvision pipeline sees the
+  inputs it was trained on.
 * :class:`Preprocessing` is the model owner's description of those steps; it travels as JSON next
   to the ONNX model (:meth:`Preprocessing.to_json` / :meth:`Preprocessing.from_json`).
 """
@@ -46,6 +47,8 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 
 _CHANNEL_ORDERS = ("RGB", "BGR")
 _LAYOUTS = ("NCHW", "NHWC")
+# 3: colour, in channel_order; 1: grey, Pillow's ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B).
+_CHANNELS = (1, 3)
 
 # Largest resize/crop side a Preprocessing may ask for: far above any classifier's input size, and
 # small enough that the enclave never builds an unreasonable tensor because a manifest said so.
@@ -69,17 +72,20 @@ class Preprocessing:
 
     ``resize``: the shorter image side is scaled to this many pixels (bilinear).
     ``crop``: a centred ``crop`` x ``crop`` square is cut out of the resized image.
-    ``mean``, ``std``: per-channel normalisation of 0..1 pixel values, ``(x - mean) / std``, listed in
-    the channel order the model receives (so for ``channel_order="BGR"`` the first value is blue's).
-    ``channel_order``: ``"RGB"`` or ``"BGR"``. ``layout``: ``"NCHW"`` or ``"NHWC"``.
+    ``mean``, ``std``: per-channel normalisation of 0..1 pixel values, ``(x - mean) / std``, one value
+    per channel, listed in the channel order the model receives (so for ``channel_order="BGR"`` the
+    first value is blue's). ``channel_order``: ``"RGB"`` or ``"BGR"``. ``layout``: ``"NCHW"`` or
+    ``"NHWC"``. ``channels``: 3, or 1 for a model that takes grey images (Pillow's ITU-R 601-2 luma,
+    ``L = R * 299/1000 + G * 587/1000 + B * 114/1000``; ``channel_order`` must then be ``"RGB"``).
     """
 
     resize: int = 256
     crop: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    channels: int = 3
 
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
@@ -93,18 +99,34 @@ class Preprocessing:
                 f"preprocessing.crop ({self.crop}) must not be larger than "
                 f"preprocessing.resize ({self.resize})"
             )
-        object.__setattr__(self, "mean", _three_floats("mean", self.mean, nonzero=False))
-        object.__setattr__(self, "std", _three_floats("std", self.std, nonzero=True))
+        channels = self.channels
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels not in _CHANNELS:
+            raise UsageError(f"preprocessing.channels must be 1 or 3, got {self.channels!r}")
+        object.__setattr__(self, "mean", _floats("mean", self.mean, self.channels, nonzero=False))
+        object.__setattr__(self, "std", _floats("std", self.std, self.channels, nonzero=True))
         if self.channel_order not in _CHANNEL_ORDERS:
             raise UsageError(
                 f"preprocessing.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}"
             )
+        if self.channels == 1 and self.channel_order != "RGB":
+            raise UsageError("preprocessing.channel_order must be 'RGB' for one channel (grey images)")
         if self.layout not in _LAYOUTS:
             raise UsageError(f"preprocessing.layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
 
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The shape of :func:`to_tensor`'s output: ``(1, channels, crop, crop)`` or, for ``"NHWC"``,
+        ``(1, crop, crop, channels)``."""
+        c, s = self.channels, self.crop
+        return (1, c, s, s) if self.layout == "NCHW" else (1, s, s, c)
+
     def to_json(self) -> dict[str, Any]:
-        """This preprocessing as a JSON-ready dict (tuples become lists)."""
-        return {
+        """This preprocessing as a JSON-ready dict (tuples become lists).
+
+        ``channels`` is written only when it is 1: a colour model's preprocessing reads exactly as it
+        did before the field existed, so its signed manifest (and the model's SHA-256 identity) is
+        unchanged and enclaves built before the field still accept it.
+        """
+        doc: dict[str, Any] = {
             "resize": self.resize,
             "crop": self.crop,
             "mean": list(self.mean),
@@ -112,6 +134,9 @@ class Preprocessing:
             "channel_order": self.channel_order,
             "layout": self.layout,
         }
+        if self.channels != 3:
+            doc["channels"] = self.channels
+        return doc
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
@@ -119,25 +144,26 @@ class Preprocessing:
         wrong types and out-of-range values raise :class:`~enclave_infer.errors.UsageError`."""
         if not isinstance(data, Mapping):
             raise UsageError(f"preprocessing must be a JSON object, got {type(data).__name__}")
-        known = ("resize", "crop", "mean", "std", "channel_order", "layout")
+        known = ("resize", "crop", "mean", "std", "channel_order", "layout", "channels")
         unknown = sorted(str(key) for key in data if key not in known)
         if unknown:
             raise UsageError(f"preprocessing has unknown keys: {', '.join(unknown)}")
         return cls(**{key: data[key] for key in known if key in data})
 
 
-def _three_floats(name: str, value: object, *, nonzero: bool) -> tuple[float, float, float]:
-    """Validate a per-channel triple (a tuple or a JSON list) and return it as a tuple of floats."""
-    if not isinstance(value, tuple | list) or len(value) != 3:
-        raise UsageError(f"preprocessing.{name} must be a list of 3 numbers, got {value!r}")
+def _floats(name: str, value: object, count: int, *, nonzero: bool) -> tuple[float, ...]:
+    """Validate a per-channel list of ``count`` numbers (a tuple or a JSON list); a tuple of floats."""
+    numbers = f"{count} number{'s' if count != 1 else ''}"
+    if not isinstance(value, tuple | list) or len(value) != count:
+        raise UsageError(f"preprocessing.{name} must be a list of {numbers} (one per channel), got {value!r}")
     out: list[float] = []
     for item in value:
         if not isinstance(item, int | float) or isinstance(item, bool) or not math.isfinite(item):
-            raise UsageError(f"preprocessing.{name} must be a list of 3 finite numbers, got {value!r}")
+            raise UsageError(f"preprocessing.{name} must be a list of {count} finite numbers, got {value!r}")
         if nonzero and item == 0:
             raise UsageError(f"preprocessing.{name} values must be non-zero, got {value!r}")
         out.append(float(item))
-    return out[0], out[1], out[2]
+    return tuple(out)
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -216,10 +242,13 @@ def _resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
 def to_tensor(image: Image.Image, pre: Preprocessing) -> NDArray[np.float32]:
     """Resize, centre-crop, scale to 0..1, normalise and lay out ``image`` as ``pre`` says.
 
-    Returns a C-contiguous float32 array of shape ``(1, 3, crop, crop)`` (``"NCHW"``) or
-    ``(1, crop, crop, 3)`` (``"NHWC"``). Matches torchvision's ``Resize(resize)`` (bilinear, on a PIL
-    image) + ``CenterCrop(crop)`` + ``ToTensor()`` + ``Normalize(mean, std)``: same output size,
-    same crop offsets (``round((size - crop) / 2)``), same Pillow resampling, same float32 maths.
+    Returns a C-contiguous float32 array of shape :meth:`Preprocessing.input_shape`:
+    ``(1, channels, crop, crop)`` (``"NCHW"``) or ``(1, crop, crop, channels)`` (``"NHWC"``). Matches
+    torchvision's ``Resize(resize)`` (bilinear, on a PIL image) + ``CenterCrop(crop)`` + ``ToTensor()``
+    + ``Normalize(mean, std)``: same output size, same crop offsets (``round((size - crop) / 2)``),
+    same Pillow resampling, same float32 maths. For one channel the crop is converted to grey with
+    Pillow's ``convert("L")`` (ITU-R 601-2 luma, as torchvision's ``Grayscale()``), after the crop, so
+    only ``crop`` x ``crop`` pixels are converted; a grey upload comes back with its own values.
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
@@ -244,8 +273,10 @@ def to_tensor(image: Image.Image, pre: Preprocessing) -> NDArray[np.float32]:
         box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
         window = image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
 
-    pixels = np.asarray(window, dtype=np.uint8).astype(np.float32)  # (crop, crop, 3), RGB
-    pixels /= np.float32(255.0)
+    if pre.channels == 1:
+        window = window.convert("L")
+    pixels = np.asarray(window, dtype=np.uint8).astype(np.float32)  # (crop, crop, 3) RGB, or (crop, crop)
+    pixels = pixels.reshape(crop, crop, pre.channels) / np.float32(255.0)
     if pre.channel_order == "BGR":
         pixels = pixels[:, :, ::-1]
     mean = np.asarray(pre.mean, dtype=np.float32)
