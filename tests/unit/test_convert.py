@@ -26,41 +26,26 @@ import enclave_infer.client.convert as convert
 from enclave_infer.client.convert import (
     DEMO_PREPROCESSING,
     build_demo_model,
+    check_onnx,
     convert_to_onnx,
     export_onnx,
     load_pickled_model,
 )
-from enclave_infer.enclave.preprocess import Preprocessing, decode_image, to_tensor
+from enclave_infer.enclave.preprocess import decode_image, to_tensor
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.api import Preprocessing
+from tests.helpers import (
+    FixedBatch,
+    TinyCNN,
+    TwoOutputs,
+    ValueDependent,
+    images,
+    run_torch,
+    split_onnx,
+    tiny_onnx,
+)
 
 SRC = Path(convert.__file__).resolve().parents[2]
-
-
-class SmallCNN(nn.Module):
-    """A few layers of the usual kinds; batch norm statistics set so that eval mode matters."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        bn = nn.BatchNorm2d(8)
-        assert bn.running_mean is not None and bn.running_var is not None
-        with torch.no_grad():
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1),
-            bn,
-            nn.ReLU(inplace=True),
-            nn.Conv2d(8, 16, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(0.5)
-        self.fc = nn.Linear(16, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.fc(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
-        return out
 
 
 class AlexNet(nn.Module):
@@ -99,39 +84,9 @@ class AlexNet(nn.Module):
         return out
 
 
-class FixedBatch(nn.Module):
-    """Hard-codes batch size 2, which exporters do not reliably refuse."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3 * 16 * 16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.fc(x.reshape(2, -1))
-        return out
-
-
-class TwoOutputs(nn.Module):
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
-
-
-class DataDependent(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.sum() > 0:
-            return x.mean(dim=(2, 3))
-        return -x.mean(dim=(2, 3))
-
-
 def run_onnx(path: Path, x: NDArray[np.float32]) -> NDArray[np.float32]:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out: NDArray[np.float32] = session.run(["logits"], {"input": x})[0]
-    return out
-
-
-def run_torch(model: torch.nn.Module, x: NDArray[np.float32]) -> NDArray[np.float32]:
-    with torch.no_grad():
-        out: NDArray[np.float32] = model.eval()(torch.from_numpy(x)).numpy()
     return out
 
 
@@ -140,10 +95,6 @@ def softmax(logits: NDArray[np.float32]) -> NDArray[np.float64]:
     e = np.exp(z)
     out: NDArray[np.float64] = e / e.sum(axis=-1, keepdims=True)
     return out
-
-
-def inputs(batch: int, size: int, seed: int = 0) -> NDArray[np.float32]:
-    return np.random.default_rng(seed).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
 # --- export_onnx -------------------------------------------------------------------------------
@@ -159,8 +110,8 @@ def test_module_imports_without_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
 
 
-def test_export_small_cnn_matches_torch(tmp_path: Path) -> None:
-    model = SmallCNN()
+def test_export_tiny_cnn_matches_torch(tmp_path: Path) -> None:
+    model = TinyCNN(10)
     dest = tmp_path / "small.onnx"
     export_onnx(model, dest, input_size=64)
 
@@ -175,22 +126,22 @@ def test_export_small_cnn_matches_torch(tmp_path: Path) -> None:
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
 
     for batch in (1, 2, 5):
-        x = inputs(batch, 64, seed=batch)
+        x = images(batch, 64, seed=batch)
         np.testing.assert_allclose(run_onnx(dest, x), run_torch(model, x), atol=1e-4, rtol=0)
 
 
 def test_export_restores_training_mode(tmp_path: Path) -> None:
-    model = SmallCNN().train()
+    model = TinyCNN(10).train()
     export_onnx(model, tmp_path / "m.onnx", input_size=32)
     assert model.training
-    eval_model = SmallCNN().eval()
+    eval_model = TinyCNN(10).eval()
     export_onnx(eval_model, tmp_path / "e.onnx", input_size=32)
     assert not eval_model.training
 
 
 def test_export_with_explicit_opset(tmp_path: Path) -> None:
     dest = tmp_path / "m.onnx"
-    export_onnx(SmallCNN(), dest, input_size=32, opset=18)
+    export_onnx(TinyCNN(10), dest, input_size=32, opset=18)
     versions = {o.domain: o.version for o in onnx.load(str(dest)).opset_import}
     assert versions[""] == 18
 
@@ -198,7 +149,7 @@ def test_export_with_explicit_opset(tmp_path: Path) -> None:
 def test_export_overwrites_existing_file(tmp_path: Path) -> None:
     dest = tmp_path / "m.onnx"
     dest.write_bytes(b"old")
-    export_onnx(SmallCNN(), dest, input_size=32)
+    export_onnx(TinyCNN(10), dest, input_size=32)
     onnx.checker.check_model(onnx.load(str(dest)))
 
 
@@ -206,8 +157,8 @@ def test_export_overwrites_existing_file(tmp_path: Path) -> None:
     ("model", "fragment"),
     [
         (FixedBatch(), "only accepts batches of 2"),
-        (TwoOutputs(), "exactly one input and one output"),
-        (DataDependent(), "could not be exported"),
+        (TwoOutputs(), "the model must return one tensor, it returned tuple"),
+        (ValueDependent(), "could not be exported"),
     ],
     ids=["fixed-batch", "two-outputs", "data-dependent"],
 )
@@ -226,19 +177,20 @@ def test_export_argument_errors(tmp_path: Path) -> None:
         export_onnx({"weights": 1}, tmp_path / "m.onnx")  # type: ignore[arg-type]
     for size in (0, -1, True, 10_000):
         with pytest.raises(UsageError, match="input_size"):
-            export_onnx(SmallCNN(), tmp_path / "m.onnx", input_size=size)
+            export_onnx(TinyCNN(10), tmp_path / "m.onnx", input_size=size)
     with pytest.raises(UsageError, match="opset"):
-        export_onnx(SmallCNN(), tmp_path / "m.onnx", opset=0)
+        export_onnx(TinyCNN(10), tmp_path / "m.onnx", opset=0)
     with pytest.raises(UsageError, match="no such directory"):
-        export_onnx(SmallCNN(), tmp_path / "missing" / "m.onnx")
+        export_onnx(TinyCNN(10), tmp_path / "missing" / "m.onnx")
     with pytest.raises(UsageError, match="is a directory"):
-        export_onnx(SmallCNN(), tmp_path)
+        export_onnx(TinyCNN(10), tmp_path)
 
 
 def test_alexnet_helper_has_alexnets_parameter_count() -> None:
     assert sum(p.numel() for p in AlexNet().parameters()) == 61_100_840
 
 
+@pytest.mark.slow
 def test_export_alexnet_shaped_model_as_one_file(tmp_path: Path) -> None:
     # 244 MB of weights: by default torch would split them into an external data file.
     torch.manual_seed(0)
@@ -250,7 +202,7 @@ def test_export_alexnet_shaped_model_as_one_file(tmp_path: Path) -> None:
     try:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["alexnet.onnx"]
         assert dest.stat().st_size > 61_100_840 * 4
-        x = inputs(2, 224)
+        x = images(2, 224)
         np.testing.assert_allclose(run_onnx(dest, x), run_torch(model, x), atol=1e-4, rtol=0)
         print(f"AlexNet export: {elapsed:.1f} s, {dest.stat().st_size / 1e6:.1f} MB")
     finally:
@@ -261,27 +213,27 @@ def test_export_alexnet_shaped_model_as_one_file(tmp_path: Path) -> None:
 
 
 def test_convert_whole_model_pickle(tmp_path: Path) -> None:
-    model = SmallCNN().eval()
+    model = TinyCNN(10).eval()
     src = tmp_path / "model.pt"
     torch.save(model, src)
     dest = tmp_path / "model.onnx"
     convert_to_onnx(src, dest, input_size=48)
-    x = inputs(3, 48)
+    x = images(3, 48)
     np.testing.assert_allclose(run_onnx(dest, x), run_torch(model, x), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".PKL"])
 def test_load_pickled_model_other_suffixes(tmp_path: Path, suffix: str) -> None:
     src = tmp_path / f"model{suffix}"
-    torch.save(SmallCNN().train(), src)
+    torch.save(TinyCNN(10).train(), src)
     loaded = load_pickled_model(src)
-    assert isinstance(loaded, SmallCNN)
+    assert isinstance(loaded, TinyCNN)
     assert not loaded.training
 
 
 def test_convert_onnx_file_is_validated_and_copied(tmp_path: Path) -> None:
     src = tmp_path / "given.onnx"
-    export_onnx(SmallCNN(), src, input_size=32)
+    export_onnx(TinyCNN(10), src, input_size=32)
     dest = tmp_path / "out" / "model.onnx"
     dest.parent.mkdir()
     convert_to_onnx(src, dest)
@@ -292,9 +244,9 @@ def test_convert_onnx_file_is_validated_and_copied(tmp_path: Path) -> None:
 
 def test_convert_onnx_with_external_data_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "given.onnx"
-    export_onnx(SmallCNN(), src, input_size=32)
+    export_onnx(TinyCNN(10), src, input_size=32)
     split = tmp_path / "split.onnx"
-    onnx.save(onnx.load(str(src)), str(split), save_as_external_data=True, size_threshold=0, location="w.bin")
+    split_onnx(src, split)
     with pytest.raises(UsageError, match="external data"):
         convert_to_onnx(split, tmp_path / "model.onnx")
 
@@ -327,8 +279,8 @@ def test_pickle_whose_code_is_missing(tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        (lambda: SmallCNN().state_dict(), "holds an OrderedDict, not a torch.nn.Module; a state_dict"),
-        (lambda: {"model": SmallCNN()}, "holds a dict, not a torch.nn.Module; a state_dict"),
+        (lambda: TinyCNN(10).state_dict(), "holds an OrderedDict, not a torch.nn.Module; a state_dict"),
+        (lambda: {"model": TinyCNN(10)}, "holds a dict, not a torch.nn.Module; a state_dict"),
         (lambda: [1, 2, 3], "holds a list, not a torch.nn.Module$"),
         (lambda: torch.zeros(3), "holds a Tensor, not a torch.nn.Module$"),
     ],
@@ -370,6 +322,103 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
             convert_to_onnx(tmp_path / name, tmp_path / "out.onnx")
     with pytest.raises(UsageError, match="no such file"):
         load_pickled_model(tmp_path / "absent.pt")
+
+
+# --- check_onnx: an owner's ONNX file against the enclave's input and the labels -------------------
+
+
+@pytest.mark.parametrize(
+    ("inputs", "options", "message"),
+    [
+        (
+            [1, 3, 299, 299],
+            {"input_size": 224},
+            "the model takes input 1x3x299x299 but preprocessing crops to 224: "
+            "pass --crop 299 (and a --resize of at least 299)",
+        ),
+        (
+            [1, 1, 28, 28],
+            {"input_size": 28},
+            "the model takes input 1x1x28x28 but preprocessing gives Nx3x28x28: pass --grayscale",
+        ),
+        (
+            ["N", 3, 28, 28],
+            {"input_size": 28, "channels": 1},
+            "the model takes input Nx3x28x28 but preprocessing gives Nx1x28x28: leave out --grayscale",
+        ),
+        (
+            [1, 32, 32, 3],
+            {"input_size": 32},
+            "the model takes input 1x32x32x3 (channels last) but preprocessing gives Nx3x32x32: "
+            "pass --layout NHWC",
+        ),
+        (
+            [1, 3, 32, 32],
+            {"input_size": 32, "layout": "NHWC"},
+            "the model takes input 1x3x32x32 (channels first) but preprocessing gives Nx32x32x3: "
+            "pass --layout NCHW",
+        ),
+        (
+            [1, 4, 32, 32],
+            {"input_size": 32},
+            "the model takes input 1x4x32x32 but preprocessing gives Nx3x32x32: "
+            "the enclave gives 1 (grey) or 3 (colour) channels, not 4",
+        ),
+        (
+            [1, 3, 32, 48],
+            {"input_size": 32},
+            "the model takes input 1x3x32x48, which is not square; the enclave centre-crops square images",
+        ),
+        (
+            [8, 3, 32, 32],
+            {"input_size": 32},
+            "the model takes only batches of 8; the enclave gives one image at a time: "
+            "export it with a dynamic batch (or a batch of 1)",
+        ),
+    ],
+    ids=[
+        "size",
+        "grey-model",
+        "colour-model",
+        "nhwc-model",
+        "nchw-model",
+        "4-channels",
+        "not-square",
+        "batch-8",
+    ],
+)
+def test_check_onnx_says_what_the_model_takes(
+    tmp_path: Path, inputs: list[int | str], options: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "given.onnx"
+    tiny_onnx(path, inputs, [inputs[0], 5])
+    with pytest.raises(UsageError) as info:
+        check_onnx(path, **options)  # type: ignore[arg-type]
+    assert str(info.value) == f"{path}: {message}"
+    check_onnx(path)  # without input_size only the file itself is checked
+
+
+def test_check_onnx_accepts_what_fits(tmp_path: Path) -> None:
+    for inputs, options in [
+        (["N", 3, 32, 32], {"input_size": 32}),
+        ([1, 3, 32, 32], {"input_size": 32, "classes": 5}),
+        (["N", 1, 28, 28], {"input_size": 28, "channels": 1}),
+        ([1, 32, 32, 3], {"input_size": 32, "layout": "NHWC"}),
+        (["N", 3, "H", "W"], {"input_size": 300, "classes": 5}),  # symbolic sizes: run once to count
+    ]:
+        path = tmp_path / "m.onnx"
+        tiny_onnx(path, inputs, [inputs[0], 5])
+        check_onnx(path, **options)  # type: ignore[arg-type]
+
+
+def test_check_onnx_counts_the_scores(tmp_path: Path) -> None:
+    declared, symbolic = tmp_path / "declared.onnx", tmp_path / "symbolic.onnx"
+    tiny_onnx(declared, ["N", 3, 32, 32], ["N", 5])
+    tiny_onnx(symbolic, ["N", 3, 32, 32], ["N", "classes"])  # known only by running it
+    for path in (declared, symbolic):
+        with pytest.raises(UsageError) as info:
+            check_onnx(path, input_size=32, classes=1000)
+        assert str(info.value) == f"{path}: the model gives 5 scores per image but there are 1000 labels"
 
 
 # --- the demo ----------------------------------------------------------------------------------

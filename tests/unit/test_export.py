@@ -1,9 +1,10 @@
 """Tests for the owner's tooling for the enclave's runtimes: TorchScript, ExportedProgram, and
-export_formats from every kind of model file."""
+export_formats from every kind of model file, with the messages a model that does not fit gets."""
 
 from __future__ import annotations
 
 import pickle
+import re
 import shutil
 import warnings
 import zipfile
@@ -16,53 +17,44 @@ pytest.importorskip("torch")
 
 import onnx
 import torch
-from torch import nn
+from numpy.typing import NDArray
 
 from enclave_infer.client.convert import _uses_external_data, export_onnx
-from enclave_infer.client.export import detect_format, export_formats, export_program, export_torchscript
-from enclave_infer.enclave.runtimes import load_onnx, load_torch
+from enclave_infer.client.export import (
+    OWNER_FORMATS,
+    RUNTIMES,
+    detect_format,
+    export_formats,
+    export_program,
+    export_torchscript,
+)
+from enclave_infer.enclave.preprocess import decode_image, to_tensor
+from enclave_infer.enclave.runtimes import check_scores, load_onnx, load_torch
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.api import Preprocessing
+from tests.helpers import (
+    ChannelsLast,
+    FixedBatch,
+    FixedSize,
+    TinyCNN,
+    ValueDependent,
+    images,
+    png,
+    run_torch,
+    split_onnx,
+)
 
 SIZE = 32
 CLASSES = 4
-
-
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        bn = nn.BatchNorm2d(6)
-        assert bn.running_mean is not None and bn.running_var is not None
-        with torch.no_grad():
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2))
-        self.dropout = nn.Dropout(0.5)
-        self.fc = nn.Linear(6, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        out: torch.Tensor = self.fc(self.dropout(torch.flatten(pooled, 1)))
-        return out
-
-
-class ValueDependent(TinyCNN):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
-        return out if out.sum() > 0 else -out  # tracing would keep one branch only
-
-
-class FixedBatch(TinyCNN):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(nn.functional.adaptive_avg_pool2d(self.features(x), 1).view(2, -1))  # type: ignore[no-any-return]
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def inputs(batch: int, seed: int = 3) -> torch.Tensor:
-    return torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+    return torch.from_numpy(images(batch, SIZE, seed=seed))
 
 
-def expected(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return model.eval()(x).numpy()  # type: ignore[no-any-return]
+def expected(model: torch.nn.Module, x: torch.Tensor) -> NDArray[np.float32]:
+    return run_torch(model, x.numpy())
 
 
 def run_enclave(path: Path, tmp_path: Path, x: torch.Tensor) -> np.ndarray:
@@ -76,7 +68,7 @@ def run_enclave(path: Path, tmp_path: Path, x: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model() -> TinyCNN:
-    return TinyCNN().eval()
+    return TinyCNN(CLASSES).eval()
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +214,13 @@ def test_from_an_exported_program(model: TinyCNN, files: dict[str, Path], tmp_pa
     out = export_formats(files["exported_program"], tmp_path, {"onnx"}, input_size=SIZE)
     x = inputs(1)
     np.testing.assert_allclose(run_enclave(out["onnx"], tmp_path, x), expected(model, x), atol=1e-4, rtol=0)
-    with pytest.raises(UsageError, match="an ExportedProgram cannot be turned into a TorchScript archive"):
+    with pytest.raises(UsageError) as info:
         export_formats(files["exported_program"], tmp_path, {"torch"}, input_size=SIZE)
+    assert str(info.value) == (
+        f"{files['exported_program']}: an ExportedProgram (torch.export.save) cannot be turned into a "
+        "TorchScript archive (torch 2.13 cannot trace an exported graph); for the torch runtime give "
+        "a torch.save(model) pickle or a TorchScript archive (torch.jit.save)"
+    )
 
 
 def test_onnx_with_external_data_is_folded_into_one_file(
@@ -232,22 +229,16 @@ def test_onnx_with_external_data_is_folded_into_one_file(
     given = tmp_path / "given"
     given.mkdir()
     split = given / "split.onnx"
-    onnx.save(
-        onnx.load(str(files["onnx"])),
-        str(split),
-        save_as_external_data=True,
-        size_threshold=0,
-        location="w.bin",
-    )
+    split_onnx(files["onnx"], split)
     assert _uses_external_data(onnx.load(str(split), load_external_data=False).graph)
-    out = export_formats(split, tmp_path / "out", {"onnx"})
+    out = export_formats(split, tmp_path / "out", {"onnx"}, input_size=SIZE)
     assert out == {"onnx": tmp_path / "out" / "split.onnx"}
     assert not _uses_external_data(onnx.load(str(out["onnx"]), load_external_data=False).graph)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["split.onnx"]
     x = inputs(1)
     np.testing.assert_allclose(run_enclave(out["onnx"], tmp_path, x), expected(model, x), atol=1e-4, rtol=0)
     # In place: the file is replaced by its self-contained form.
-    assert export_formats(split, given, {"onnx"}) == {"onnx": split}
+    assert export_formats(split, given, {"onnx"}, input_size=SIZE) == {"onnx": split}
     assert not _uses_external_data(onnx.load(str(split), load_external_data=False).graph)
     (given / "w.bin").unlink()
     np.testing.assert_allclose(run_enclave(split, tmp_path, x), expected(model, x), atol=1e-4, rtol=0)
@@ -255,39 +246,196 @@ def test_onnx_with_external_data_is_folded_into_one_file(
 
 def test_external_data_that_is_missing(files: dict[str, Path], tmp_path: Path) -> None:
     split = tmp_path / "split.onnx"
-    onnx.save(
-        onnx.load(str(files["onnx"])),
-        str(split),
-        save_as_external_data=True,
-        size_threshold=0,
-        location="w.bin",
-    )
+    split_onnx(files["onnx"], split)
     (tmp_path / "w.bin").unlink()
     with pytest.raises(UsageError, match="cannot read its external data"):
-        export_formats(split, tmp_path / "out", {"onnx"})
+        export_formats(split, tmp_path / "out", {"onnx"}, input_size=SIZE)
 
 
 def test_self_contained_onnx_is_validated_and_copied(files: dict[str, Path], tmp_path: Path) -> None:
-    out = export_formats(files["onnx"], tmp_path, {"onnx"})
+    out = export_formats(files["onnx"], tmp_path, {"onnx"}, input_size=SIZE)
     assert out["onnx"].read_bytes() == files["onnx"].read_bytes()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
     with pytest.raises(UsageError, match=r"bad\.onnx"):
-        export_formats(bad, tmp_path / "out", {"onnx"})
+        export_formats(bad, tmp_path / "out", {"onnx"}, input_size=SIZE)
 
 
 def test_export_formats_usage_errors(files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="an ONNX model cannot be turned into a TorchScript archive"):
-        export_formats(files["onnx"], tmp_path, {"onnx", "torch"})
+        export_formats(files["onnx"], tmp_path, {"onnx", "torch"}, input_size=SIZE)
     with pytest.raises(UsageError, match="runtimes must be some of onnx, torch, got tflite"):
-        export_formats(files["onnx"], tmp_path, {"onnx", "tflite"})
+        export_formats(files["onnx"], tmp_path, {"onnx", "tflite"}, input_size=SIZE)
     with pytest.raises(UsageError, match="got none"):
-        export_formats(files["onnx"], tmp_path, set())
+        export_formats(files["onnx"], tmp_path, set(), input_size=SIZE)
     with pytest.raises(UsageError, match="no such file"):
-        export_formats(tmp_path / "missing.onnx", tmp_path, {"onnx"})
+        export_formats(tmp_path / "missing.onnx", tmp_path, {"onnx"}, input_size=SIZE)
     with pytest.raises(UsageError, match="is not a directory"):
-        export_formats(files["onnx"], files["pickle"], {"onnx"})
+        export_formats(files["onnx"], files["pickle"], {"onnx"}, input_size=SIZE)
     weights = tmp_path / "weights.pt"
     torch.save(TinyCNN().state_dict(), weights)
     with pytest.raises(UsageError, match="state_dict"):
         export_formats(weights, tmp_path, {"torch"}, input_size=SIZE)
+
+
+def test_unknown_files_are_told_every_accepted_format(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"hello")
+    with pytest.raises(UsageError) as info:
+        detect_format(path)
+    assert str(info.value) == (
+        f"{path}: not a model file this tool knows; expected an ONNX model, a torch.save(model) pickle, "
+        "a TorchScript archive (torch.jit.save) or an ExportedProgram (torch.export.save)"
+    )
+
+
+# --- the accepted formats: one table, quoted by the errors and shown in README.md ------------------
+
+
+def test_readme_shows_the_formats_table_row_for_row() -> None:
+    readme = README.read_text(encoding="utf-8").replace("`", "")
+    header = "| the owner's file | --runtime onnx | --runtime torch | --runtime both |"
+    assert header in readme
+    rows = readme[readme.index(header) :].splitlines()[2:]
+    shown = rows[: rows.index("")] if "" in rows else rows
+    wanted = []
+    for fmt in OWNER_FORMATS:
+        cells = [fmt.how(runtime) or f"no: {fmt.why_not}" for runtime in RUNTIMES]
+        both = "yes" if all(fmt.how(runtime) for runtime in RUNTIMES) else "no"
+        wanted.append(f"| {fmt.name} | {' | '.join(cells)} | {both} |")
+    assert shown == wanted
+
+
+def test_every_refusal_names_what_the_runtime_accepts(files: dict[str, Path], tmp_path: Path) -> None:
+    torch_sources = [fmt.name for fmt in OWNER_FORMATS if fmt.torch]
+    assert torch_sources == ["a torch.save(model) pickle", "a TorchScript archive (torch.jit.save)"]
+    for kind in ("onnx", "exported_program"):
+        with pytest.raises(UsageError, match=re.escape(" or ".join(torch_sources))):
+            export_formats(files[kind], tmp_path, {"onnx", "torch"}, input_size=SIZE)
+
+
+# --- the model must take what the enclave gives it -----------------------------------------------
+
+
+def test_a_pickle_that_takes_another_size(tmp_path: Path) -> None:
+    src = tmp_path / "model.pt"
+    torch.save(FixedSize(48), src)
+    with pytest.raises(UsageError) as info:
+        export_formats(src, tmp_path, {"onnx"}, input_size=SIZE)
+    assert re.fullmatch(
+        re.escape(f"{src}: the model fails on input 2x3x32x32 (RuntimeError: ")
+        + r"mat1 and mat2 shapes cannot be multiplied \(2x3072 and 6912x4\)"
+        + re.escape("); if it takes another input, say so with --crop, --layout or --grayscale"),
+        str(info.value),
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_a_grey_model_given_colour_images_is_told_to_pass_grayscale(tmp_path: Path) -> None:
+    grey = TinyCNN(channels=1).eval()
+    src = tmp_path / "grey.pt"
+    torch.save(grey, src)
+    archive = tmp_path / "grey.torchscript.pt"
+    export_torchscript(grey, archive, input_size=SIZE, channels=1)
+    for given in (src, archive):  # a module, and a TorchScript archive (whose error is on its last line)
+        with pytest.raises(UsageError) as info:
+            export_formats(given, tmp_path / "out", {"torch"}, input_size=SIZE)
+        assert str(info.value).startswith(
+            f"{given}: the model's first convolution takes 1 channel but preprocessing gives "
+            "Nx3x32x32: pass --grayscale (RuntimeError: Given groups=1, weight of size [8, 1, 3, 3]"
+        )
+
+
+def test_a_grey_model_is_exported_and_served(tmp_path: Path) -> None:
+    grey = TinyCNN(channels=1).eval()
+    src = tmp_path / "grey.pt"
+    torch.save(grey, src)
+    out = export_formats(src, tmp_path, {"onnx", "torch"}, input_size=SIZE, channels=1, classes=CLASSES)
+    dims = onnx.load(str(out["onnx"])).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [1, SIZE, SIZE]
+    pre = Preprocessing(resize=40, crop=SIZE, mean=(0.5,), std=(0.25,), channels=1)
+    tensor = to_tensor(decode_image(png(), max_pixels=10**6), pre)
+    assert tensor.shape == pre.input_shape() == (1, 1, SIZE, SIZE)
+    no_files = tmp_path / "no-files"
+    no_files.mkdir()
+    onnx_runtime = load_onnx(out["onnx"], threads=1, no_files_dir=str(no_files))
+    torch_runtime = load_torch(out["torchscript"], fmt="torchscript", threads=1)
+    for runtime in (onnx_runtime, torch_runtime):
+        check_scores(runtime, np.zeros(pre.input_shape(), np.float32), CLASSES)  # what the enclave does
+    np.testing.assert_allclose(onnx_runtime.run(tensor), run_torch(grey, tensor), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(torch_runtime.run(tensor), run_torch(grey, tensor), atol=1e-5, rtol=0)
+
+
+def test_a_channels_last_model(tmp_path: Path) -> None:
+    model = ChannelsLast().eval()
+    src = tmp_path / "nhwc.pt"
+    torch.save(model, src)
+    with pytest.raises(UsageError, match=re.escape(f"{src}: the model fails on input 2x3x32x32 (")):
+        export_formats(src, tmp_path, {"onnx"}, input_size=SIZE)
+    out = export_formats(src, tmp_path, {"onnx"}, input_size=SIZE, layout="NHWC")
+    dims = onnx.load(str(out["onnx"])).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [SIZE, SIZE, 3]
+    x = images(1, SIZE, layout="NHWC")
+    np.testing.assert_allclose(
+        run_enclave(out["onnx"], tmp_path, torch.from_numpy(x)), run_torch(model, x), atol=1e-4
+    )
+
+
+def test_the_labels_must_match_the_scores(files: dict[str, Path], tmp_path: Path) -> None:
+    for kind in ("pickle", "torchscript", "exported_program", "onnx"):
+        with pytest.raises(UsageError) as info:
+            export_formats(files[kind], tmp_path, {"onnx"}, input_size=SIZE, classes=CLASSES + 1)
+        assert str(info.value) == f"{files[kind]}: the model gives 4 scores per image but there are 5 labels"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fixed_batch_exported_program_is_told_how_to_export_it(tmp_path: Path) -> None:
+    model = TinyCNN().eval()
+    fixed = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, SIZE, SIZE),)), fixed)
+    with pytest.raises(UsageError) as info:
+        export_formats(fixed, tmp_path, {"onnx"}, input_size=SIZE)
+    message = str(info.value)
+    assert message == (
+        f"{fixed}: the ExportedProgram takes only batches of 1 (exported without a dynamic batch); "
+        "export it with one, on an example batch of 2: torch.export.export(model, "
+        "(torch.randn(2, 3, 32, 32),), dynamic_shapes=({0: torch.export.Dim('batch')},))"
+    )
+    # The advice works as written.
+    program = eval(message.rpartition("batch of 2: ")[2], {"torch": torch, "model": model})
+    (placeholder,) = [
+        n
+        for n in program.graph.nodes
+        if n.op == "placeholder" and n.name in program.graph_signature.user_inputs
+    ]
+    assert not isinstance(placeholder.meta["val"].shape[0], int)
+
+
+def test_an_exported_program_of_another_size(tmp_path: Path) -> None:
+    other = tmp_path / "other.pt2"
+    torch.export.save(torch.export.export(TinyCNN().eval(), (torch.randn(1, 3, 48, 48),)), other)
+    with pytest.raises(UsageError) as info:
+        export_formats(other, tmp_path, {"onnx"}, input_size=SIZE)
+    assert str(info.value) == (
+        f"{other}: the model takes input 1x3x48x48 but preprocessing crops to 32: "
+        "pass --crop 48 (and a --resize of at least 48)"
+    )
+
+
+# --- progress -------------------------------------------------------------------------------------
+
+
+def test_progress_names_each_step(files: dict[str, Path], tmp_path: Path) -> None:
+    stages: list[str] = []
+    export_formats(files["pickle"], tmp_path, {"onnx", "torch"}, input_size=SIZE, progress=stages.append)
+    assert stages == [
+        "loading the pickle model.pth (this runs its code)",
+        "exporting model.onnx with torch.onnx for input Nx3x32x32",
+        "checking model.onnx against the model",
+        "tracing model.torchscript.pt with torch.jit.trace for input Nx3x32x32",
+        "writing model.torchscript.pt",
+        "checking model.torchscript.pt against the model",
+    ]
+    stages.clear()
+    export_formats(files["torchscript"], tmp_path / "ts", {"torch"}, input_size=SIZE, progress=stages.append)
+    assert stages == ["checking model.torchscript.pt", "writing model.torchscript.pt"]

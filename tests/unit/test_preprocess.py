@@ -14,11 +14,11 @@ from PIL import Image, ImageFile
 from enclave_infer.enclave.preprocess import (
     ACCEPTED_FORMATS,
     ImageError,
-    Preprocessing,
     decode_image,
     to_tensor,
 )
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.api import Preprocessing
 
 RAW = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # to_tensor gives plain 0..1 pixels
 MAX = 50_000_000
@@ -229,6 +229,77 @@ def test_to_tensor_rejects_wrong_argument_types() -> None:
         to_tensor(np.zeros((4, 4, 3)), RAW)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         to_tensor(noise(4, 4), RAW.to_json())  # type: ignore[arg-type]
+
+
+# --- one channel (grey) ---------------------------------------------------------------------------
+
+
+GREY = Preprocessing(mean=(0.0,), std=(1.0,), channels=1)
+
+
+def test_grey_preprocessing_json() -> None:
+    pre = Preprocessing(mean=(0.5,), std=(0.25,), channels=1, layout="NHWC")
+    assert pre.to_json() == {
+        "resize": 256,
+        "crop": 224,
+        "mean": [0.5],
+        "std": [0.25],
+        "channel_order": "RGB",
+        "layout": "NHWC",
+        "channels": 1,
+    }
+    assert Preprocessing.from_json(pre.to_json()) == pre
+    assert "channels" not in Preprocessing().to_json()  # colour manifests read as before the field
+    assert Preprocessing.from_json({"channels": 3}) == Preprocessing()
+    assert (pre.input_shape(), Preprocessing(crop=200).input_shape()) == ((1, 224, 224, 1), (1, 3, 200, 200))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"channels": 2}, "preprocessing.channels must be 1 or 3, got 2"),
+        ({"channels": True}, "preprocessing.channels must be 1 or 3, got True"),
+        ({"channels": "1"}, "preprocessing.channels must be 1 or 3, got '1'"),
+        (
+            {"channels": 1},
+            "preprocessing.mean must be a list of 1 number (one per channel), got (0.485, 0.456, 0.406)",
+        ),
+        (
+            {"channels": 1, "mean": [0.5]},
+            "preprocessing.std must be a list of 1 number (one per channel), got (0.229, 0.224, 0.225)",
+        ),
+        ({"mean": [0.5]}, "preprocessing.mean must be a list of 3 numbers (one per channel), got [0.5]"),
+        (
+            {"channels": 1, "mean": [0.5], "std": [0.5], "channel_order": "BGR"},
+            "preprocessing.channel_order must be 'RGB' for one channel (grey images)",
+        ),
+    ],
+)
+def test_grey_preprocessing_rejects(data: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        Preprocessing.from_json(data)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("layout", "shape"), [("NCHW", (1, 1, 224, 224)), ("NHWC", (1, 224, 224, 1))])
+def test_grey_to_tensor_is_pillows_luma_of_the_crop(layout: str, shape: tuple[int, ...]) -> None:
+    image = smooth(320, 240)
+    pre = Preprocessing(mean=(0.0,), std=(1.0,), channels=1, layout=layout)
+    x = to_tensor(image, pre)
+    assert x.shape == shape and x.dtype == np.float32 and x.flags.c_contiguous
+    colour = reference_tensor(image, RAW)[0].transpose(1, 2, 0)  # the RGB crop, 0..1
+    crop = Image.fromarray(np.rint(colour * 255).astype(np.uint8))
+    np.testing.assert_array_equal(x.reshape(224, 224), np.asarray(crop.convert("L"), np.float32) / 255)
+
+
+def test_grey_to_tensor_values() -> None:
+    # ITU-R 601-2 luma: (10 * 299 + 20 * 587 + 30 * 114) / 1000 = 18.15, rounded to 18.
+    x = to_tensor(Image.new("RGB", (256, 256), (10, 20, 30)), GREY)
+    np.testing.assert_allclose(x, 18 / 255, rtol=1e-6)
+    # A grey upload (decoded as RGB) comes back with its own values; mean and std apply.
+    pre = Preprocessing(mean=(0.5,), std=(0.25,), channels=1)
+    grey = decode_image(encode(Image.new("L", (300, 260), 200), "PNG"), max_pixels=MAX)
+    np.testing.assert_allclose(to_tensor(grey, pre), (200 / 255 - 0.5) / 0.25, rtol=1e-6)
 
 
 # --- decode_image ------------------------------------------------------------------------------

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("torch")
 
-import onnx
 import torch
 from onnx import TensorProto, helper
 from torch import nn
@@ -25,7 +23,7 @@ from torch import nn
 from enclave_infer.client.convert import export_onnx
 from enclave_infer.client.export import export_program, export_torchscript
 from enclave_infer.enclave import runtimes
-from enclave_infer.enclave.preprocess import Preprocessing, decode_image, to_tensor
+from enclave_infer.enclave.preprocess import decode_image, to_tensor
 from enclave_infer.enclave.runtimes import (
     InferenceError,
     RuntimeLoadError,
@@ -34,6 +32,8 @@ from enclave_infer.enclave.runtimes import (
     load_torch,
     torch_available,
 )
+from enclave_infer.protocol.api import Preprocessing
+from tests.helpers import TinyCNN, TwoOutputs, png, split_onnx
 
 SIZE = 32
 CLASSES = 5
@@ -69,26 +69,10 @@ def _flag_and_threads() -> Iterator[None]:
 # --- models -------------------------------------------------------------------------------------
 
 
-class TinyCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        bn = nn.BatchNorm2d(8)
-        assert bn.running_mean is not None and bn.running_var is not None
-        with torch.no_grad():
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), bn, nn.ReLU(), nn.MaxPool2d(2))
-        self.fc = nn.Linear(8, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
-        return out
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
-    model = TinyCNN().eval()
+    model = TinyCNN(CLASSES).eval()
     paths = {
         "onnx": folder / "m.onnx",
         "torchscript": folder / "m.ts.pt",
@@ -109,11 +93,7 @@ def no_files(tmp_path: Path) -> str:
 
 def photo() -> np.ndarray:
     """A preprocessed image, through the enclave's own decoding and preprocessing."""
-    y, x = np.mgrid[0:60, 0:80]
-    pixels = np.stack([x * 3, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return to_tensor(decode_image(buffer.getvalue(), max_pixels=10**6), PRE)
+    return to_tensor(decode_image(png(), max_pixels=10**6), PRE)
 
 
 def torchscript_bytes(module: nn.Module) -> bytes:
@@ -189,12 +169,8 @@ def test_check_scores_messages(models: dict[str, Path], no_files: str) -> None:
 
 
 def test_torch_model_must_return_one_tensor() -> None:
-    class Pair(nn.Module):
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return x.mean((2, 3)), x.amax((2, 3))
-
     with warnings_ignored():
-        traced = torch.jit.trace(Pair(), torch.zeros(1, 3, SIZE, SIZE))  # type: ignore[no-untyped-call]
+        traced = torch.jit.trace(TwoOutputs(), torch.zeros(1, 3, SIZE, SIZE))  # type: ignore[no-untyped-call]
     runtime = load_torch(torchscript_bytes(traced), fmt="torchscript", threads=1)
     with pytest.raises(RuntimeLoadError, match="must return one tensor, it returned tuple"):
         check_scores(runtime, np.zeros((1, 3, SIZE, SIZE), dtype=np.float32), 3)
@@ -223,13 +199,7 @@ def test_load_onnx_refuses_external_data(
     models: dict[str, Path], no_files: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     split = tmp_path / "split.onnx"
-    onnx.save(
-        onnx.load(str(models["onnx"])),
-        str(split),
-        save_as_external_data=True,
-        size_threshold=0,
-        location="w.bin",
-    )
+    split_onnx(models["onnx"], split)
     # The data file sits both next to the model and in the working directory (the host's choice).
     monkeypatch.chdir(tmp_path)
     for model in (split, split.read_bytes()):
@@ -427,13 +397,8 @@ def test_audit_reaches_into_branches() -> None:
 
 
 def _scripted(module: torch.nn.Module) -> bytes:
-    import warnings
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit
-        torch.jit.save(torch.jit.script(module), buffer)
-    return buffer.getvalue()
+    with warnings_ignored():
+        return torchscript_bytes(torch.jit.script(module))
 
 
 class _Stateful(torch.nn.Module):

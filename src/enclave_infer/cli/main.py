@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
@@ -36,14 +36,12 @@ from enclave_infer.logs import LOG_FORMATS
 if TYPE_CHECKING:
     from enclave_infer.attestation.evidence import Attestation
     from enclave_infer.client.sdk import Client
-    from enclave_infer.protocol.api import Classification
+    from enclave_infer.protocol.api import Classification, Preprocessing
 
 __all__ = ["main"]
 
 PROMPT = "Enter path or URL of image: "
 QUIT_WORDS = ("quit", "exit")
-IMAGENET_MEAN = "0.485,0.456,0.406"
-IMAGENET_STD = "0.229,0.224,0.225"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("provision", help="send a model and its labels to the enclave (model owner)")
     add_target(v)
     v.add_argument(
-        "model", type=Path, metavar="MODEL", help=".onnx, TorchScript (.pt), or a torch.save(model) pickle"
+        "model",
+        type=Path,
+        metavar="MODEL",
+        help="ONNX, a torch.save(model) pickle, TorchScript or an ExportedProgram (README: accepted formats)",
     )
     v.add_argument("labels", type=Path, metavar="LABELS", help="class names, one per line")
     v.add_argument("--owner-key", type=Path, required=True, help="the owner's private key from keygen")
@@ -131,16 +132,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--model-version", type=int, default=None, help="default: one more than the enclave's")
     v.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default 256)")
     v.add_argument("--crop", type=int, default=224, help="centre crop size, the model's input (default 224)")
+    v.add_argument("--mean", help="per-channel mean on 0..1, comma-separated (default: ImageNet's, colour)")
+    v.add_argument("--std", help="per-channel std on 0..1, comma-separated (default: ImageNet's, colour)")
+    v.add_argument("--channel-order", choices=["RGB", "BGR"], default="RGB", help="the model's channel order")
+    v.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="the model's tensor layout")
     v.add_argument(
-        "--mean", default=IMAGENET_MEAN, help=f"per-channel mean on 0..1 (default ImageNet {IMAGENET_MEAN})"
+        "--grayscale", action="store_true", help="the model takes one grey channel (give --mean, --std)"
     )
-    v.add_argument(
-        "--std", default=IMAGENET_STD, help=f"per-channel std on 0..1 (default ImageNet {IMAGENET_STD})"
-    )
-    v.add_argument(
-        "--channel-order", choices=["RGB", "BGR"], default="RGB", help="channel order the model takes"
-    )
-    v.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW", help="tensor layout the model takes")
     v.set_defaults(func=_provision)
 
     a = sub.add_parser("attest", help="print an enclave's attestation report; check a constraint")
@@ -250,8 +248,8 @@ def _model(args: argparse.Namespace) -> int:
     print(f"runtimes:      {', '.join(info.runtimes)} (first answers by default)")
     print(f"files:         {files}")
     print(
-        f"preprocessing: resize {pre.resize}, crop {pre.crop}, mean {_triple(pre.mean)},"
-        f" std {_triple(pre.std)}, {pre.channel_order}, {pre.layout}"
+        f"preprocessing: resize {pre.resize}, crop {pre.crop}, mean {_joined(pre.mean)},"
+        f" std {_joined(pre.std)}, {'grey' if pre.channels == 1 else pre.channel_order}, {pre.layout}"
     )
     print(f"provisioned:   {info.provisioned_at.strftime('%Y-%m-%dT%H:%M:%SZ')}")
     return 0
@@ -332,26 +330,27 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from enclave_infer.client.owner import load_owner_key, read_labels
+    from enclave_infer.client.owner import build_preprocessing, load_owner_key, read_labels
     from enclave_infer.client.progress import Progress
-    from enclave_infer.protocol.api import Preprocessing
 
     key = load_owner_key(args.owner_key)
     labels = read_labels(args.labels)
-    preprocessing = Preprocessing(
+    preprocessing = build_preprocessing(
         resize=args.resize,
         crop=args.crop,
-        mean=_floats3("--mean", args.mean),
-        std=_floats3("--std", args.std),
+        mean=args.mean,
+        std=args.std,
         channel_order=args.channel_order,
         layout=args.layout,
+        grayscale=args.grayscale,
     )
     if args.model_version is not None and args.model_version < 1:
         raise UsageError("--model-version must be a positive integer")
     with _client(args, args.constraint) as client:
         attestation = client.attest()  # before any conversion work or secret leaves this machine
         _warn_if_insecure(attestation)
-        with _model_files(args.model, args.runtime, preprocessing) as files:
+        stage = None if args.quiet else _stage
+        with _model_files(args.model, args.runtime, preprocessing, len(labels), stage) as files:
             limit = attestation.config.limits.max_model_bytes
             size = sum(path.stat().st_size for path in files.values())
             if size > limit:
@@ -481,8 +480,14 @@ def _warn_if_insecure(attestation: Attestation) -> None:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _stage(text: str) -> None:
+    print(f"enclave-infer: {text}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def _model_files(path: Path, runtime: str, preprocessing: Any) -> Iterator[dict[str, Path]]:
+def _model_files(
+    path: Path, runtime: str, preprocessing: Preprocessing, classes: int, stage: Callable[[str], None] | None
+) -> Iterator[dict[str, Path]]:
     """The owner's model as the files the enclave serves: {"onnx": …, "torchscript": …}. An
     ``.onnx`` for ONNX Runtime alone is only checked; anything else is converted here, on the
     owner's machine, into a temporary folder (a pickle's code runs here, never in the enclave)."""
@@ -490,11 +495,13 @@ def _model_files(path: Path, runtime: str, preprocessing: Any) -> Iterator[dict[
         raise UsageError(f"model file {path} does not exist")
     if not path.is_file():
         raise UsageError(f"model file {path} is not a regular file")
+    size, channels, layout = preprocessing.crop, preprocessing.channels, preprocessing.layout
     if runtime == "onnx" and path.suffix.lower() == ".onnx":
         from enclave_infer.client.convert import check_onnx
 
         try:
-            check_onnx(path)  # a local one-line error beats an upload the enclave refuses
+            # a local one-line error beats an upload the enclave refuses
+            check_onnx(path, input_size=size, channels=channels, layout=layout, classes=classes)
         except UsageError as exc:
             if "external data" not in str(exc):
                 raise
@@ -506,21 +513,20 @@ def _model_files(path: Path, runtime: str, preprocessing: Any) -> Iterator[dict[
 
     wanted = {"onnx", "torch"} if runtime == "both" else {runtime}
     with tempfile.TemporaryDirectory(prefix="enclave-infer-convert-") as tmp:
-        made = export_formats(path, Path(tmp), wanted, input_size=preprocessing.crop)
+        made = export_formats(
+            path,
+            Path(tmp),
+            wanted,
+            input_size=size,
+            channels=channels,
+            layout=layout,
+            classes=classes,
+            progress=stage,
+        )
         yield {fmt: made[fmt] for fmt in ("onnx", "torchscript") if fmt in made}
 
 
-def _floats3(option: str, text: str) -> tuple[float, float, float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3:
-        raise UsageError(f"{option} takes three comma-separated numbers, got {text!r}")
-    return values[0], values[1], values[2]
-
-
-def _triple(values: tuple[float, float, float]) -> str:
+def _joined(values: tuple[float, ...]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
 

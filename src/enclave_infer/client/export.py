@@ -2,6 +2,8 @@
 
 Runs on the model owner's own machine, never in the enclave; torch is imported inside the functions.
 
+* :data:`OWNER_FORMATS` is the table of the model files the owner may give and what each runtime
+  gets from each; the errors quote it, and README.md's owner section shows it.
 * :func:`export_torchscript` writes a ``torch.nn.Module`` as a TorchScript archive (traced).
 * :func:`export_program` writes it as a ``torch.export`` ExportedProgram (``.pt2``). The enclave does
   not accept this format (``torch.export.load`` can run code from the file, see
@@ -11,7 +13,11 @@ Runs on the model owner's own machine, never in the enclave; torch is imported i
   (one self-contained ONNX file; one with external data is folded into a single file here) and
   ``"torch"`` (a TorchScript archive).
 
-Every function raises :class:`~enclave_infer.errors.UsageError` with a one-line message.
+Every function raises :class:`~enclave_infer.errors.UsageError` with a one-line message. The model's
+input is what the enclave's preprocessing gives it: ``input_size`` square, ``channels`` 3 (colour) or
+1 (grey), ``layout`` ``"NCHW"`` or ``"NHWC"``; a model that does not take it is refused with what it
+takes and which ``provision`` option to pass. ``classes``, where given, is the number of labels the
+model's scores must match. ``progress`` is called with a short line before each step.
 """
 
 from __future__ import annotations
@@ -22,19 +28,26 @@ import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enclave_infer.client._model_input import ModelInput, input_mismatch, output_mismatch
 from enclave_infer.client.convert import (
     _MAX_ONNX_BYTES,
     _MAX_WEIGHT_BYTES,
     _atomic_output,
+    _check_destination,
     _check_onnx,
+    _check_runs,
+    _example,
+    _export_onnx,
+    _exporting,
     _first_line,
     _quiet_exporter,
-    _root_cause,
+    _silent,
+    _tool_errors,
     _uses_external_data,
-    export_onnx,
     load_pickled_model,
 )
 from enclave_infer.errors import UsageError
@@ -44,7 +57,9 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "OWNER_FORMATS",
     "RUNTIMES",
+    "OwnerFormat",
     "detect_format",
     "export_formats",
     "export_program",
@@ -56,11 +71,70 @@ RUNTIMES = ("onnx", "torch")
 # What detect_format() answers.
 ONNX, PICKLE, TORCHSCRIPT, EXPORTED_PROGRAM = "onnx", "pickle", "torchscript", "exported_program"
 
+
+@dataclass(frozen=True)
+class OwnerFormat:
+    """A kind of model file the owner may give, and how :func:`export_formats` makes the file of each
+    runtime from it: ``onnx`` and ``torch`` say how, or are None where it cannot (``why_not`` says
+    why). The enclave itself only ever receives ONNX files and TorchScript archives."""
+
+    kind: str  # what detect_format() answers
+    name: str  # what messages and README.md call it
+    onnx: str | None
+    torch: str | None
+    why_not: str = ""
+
+    def how(self, runtime: str) -> str | None:
+        return self.onnx if runtime == "onnx" else self.torch
+
+
+OWNER_FORMATS: tuple[OwnerFormat, ...] = (
+    OwnerFormat(
+        ONNX,
+        "an ONNX model",
+        onnx="checked and sent as it is (external data folded into the one file)",
+        torch=None,
+        why_not="nothing turns ONNX into TorchScript",
+    ),
+    OwnerFormat(
+        PICKLE,
+        "a torch.save(model) pickle",
+        onnx="exported with torch.onnx",
+        torch="traced with torch.jit.trace",
+    ),
+    OwnerFormat(
+        TORCHSCRIPT,
+        "a TorchScript archive (torch.jit.save)",
+        onnx="converted to an ExportedProgram, then exported with torch.onnx",
+        torch="checked and sent as it is",
+    ),
+    OwnerFormat(
+        EXPORTED_PROGRAM,
+        "an ExportedProgram (torch.export.save)",
+        onnx="exported with torch.onnx; the program itself is never sent",
+        torch=None,
+        # torch.jit.trace of program.module() fails: "JIT Tracing of SymInts isn't supported".
+        why_not="torch 2.13 cannot trace an exported graph",
+    ),
+)
+_FORMATS = {fmt.kind: fmt for fmt in OWNER_FORMATS}
+# What each runtime's file is, in messages.
+_RUNTIME_FILES = {"onnx": "an ONNX file", "torch": "a TorchScript archive"}
+
 _TOLERANCE = 1e-5
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def export_torchscript(model: torch.nn.Module, dest: Path, *, input_size: int = 224) -> None:
+def export_torchscript(
+    model: torch.nn.Module,
+    dest: Path,
+    *,
+    input_size: int = 224,
+    channels: int = 3,
+    layout: str = "NCHW",
+    classes: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Write ``model`` to ``dest`` as a TorchScript archive, for the enclave's torch runtime.
 
     Traced, not scripted: ``torch.jit.script`` compiles the model's Python source as TorchScript,
@@ -75,84 +149,47 @@ def export_torchscript(model: torch.nn.Module, dest: Path, *, input_size: int = 
     source lines, which TorchScript stores beside the code) is left out of the archive.
 
     The model runs in eval mode (its mode is restored afterwards) on float32 input of shape
-    ``(batch, 3, input_size, input_size)`` and must return one tensor.
+    ``(batch, channels, input_size, input_size)`` (or channels last, for ``layout="NHWC"``) and must
+    return one tensor of ``(batch, classes)`` scores.
     """
-    import torch
-    from torch.jit._trace import TracerWarning
-
-    _check_model(model, input_size)
-    dest = Path(dest)
-    _check_destination(dest)
-    example = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(1))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                    model, example, check_trace=False, _store_inputs=False
-                )
-            except Exception as exc:
-                root = _root_cause(exc)
-                raise UsageError(
-                    "the model could not be traced to TorchScript: "
-                    f"{type(root).__name__}: {_first_line(root)}"
-                ) from exc
-        tracer = [w for w in caught if issubclass(w.category, TracerWarning)]
-        _reemit(w for w in caught if not issubclass(w.category, DeprecationWarning | TracerWarning))
-        if tracer:
-            raise UsageError(
-                "tracing cannot capture the model faithfully (its control flow depends on tensor "
-                f"values): {_first_line(Exception(tracer[0].message))}"
-            )
-        buffer = io.BytesIO()
-        with _no_jit_deprecation():
-            torch.jit.save(traced, buffer)
-        with _atomic_output(dest) as tmp:
-            tmp.write_bytes(_strip_debug_info(buffer.getvalue()))
-            reloaded = _load_torchscript(tmp, shown=dest)
-            _compare(reloaded, model, shown=dest, input_size=input_size, what="TorchScript archive")
-    finally:
-        model.train(was_training)
+    want = ModelInput(input_size, channels, layout)
+    _export_torchscript(model, Path(dest), want, classes=classes, report=progress or _silent)
 
 
-def export_program(model: torch.nn.Module, dest: Path, *, input_size: int = 224) -> None:
+def export_program(
+    model: torch.nn.Module,
+    dest: Path,
+    *,
+    input_size: int = 224,
+    channels: int = 3,
+    layout: str = "NCHW",
+    classes: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Write ``model`` to ``dest`` as a ``torch.export`` ExportedProgram (``torch.export.save``).
 
-    Exported in eval mode for float32 input ``(batch, 3, input_size, input_size)`` with a dynamic
-    ``batch``; the file is loaded back (it is the owner's own, just written) and must reproduce the
-    model's outputs (within 1e-5) for batches of 1 and 3 before it is renamed into place. The enclave
-    refuses this format; use :func:`export_torchscript` or ONNX for it.
+    Exported in eval mode for float32 input ``(batch, channels, input_size, input_size)`` (or
+    channels last) with a dynamic ``batch``; the file is loaded back (it is the owner's own, just
+    written) and must reproduce the model's outputs (within 1e-5) for batches of 1 and 3 before it
+    is renamed into place. The enclave refuses this format; use :func:`export_torchscript` or ONNX
+    for it.
     """
     import torch
 
-    _check_model(model, input_size)
+    want = ModelInput(input_size, channels, layout)
+    report = progress or _silent
     dest = Path(dest)
-    _check_destination(dest)
-    # Batch 2, not 1: torch.export specialises dimensions of size 0 and 1 to constants.
-    example = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(1))
-    was_training = model.training
-    model.eval()
-    try:
-        try:
-            with _quiet_exporter():
-                program = torch.export.export(
-                    model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)
-                )
-        except Exception as exc:
-            root = _root_cause(exc)
-            raise UsageError(
-                "the model could not be exported with torch.export: "
-                f"{type(root).__name__}: {_first_line(root)}"
-            ) from exc
+    with _exporting(model, dest, want, classes) as example:
+        report(f"exporting {dest.name} with torch.export for input {want}")
+        with _tool_errors("the model could not be exported with torch.export"), _quiet_exporter():
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         with _atomic_output(dest) as tmp:
+            report(f"writing {dest.name}")
             with tmp.open("wb") as f:
                 torch.export.save(program, f)
+            report(f"checking {dest.name} against the model")
             reloaded = _load_program(tmp, shown=dest)
-            _compare(reloaded.module(), model, shown=dest, input_size=input_size, what="ExportedProgram")
-    finally:
-        model.train(was_training)
+            _compare(reloaded.module(), model, shown=dest, want=want, what="ExportedProgram")
 
 
 def detect_format(path: Path) -> str:
@@ -172,20 +209,27 @@ def detect_format(path: Path) -> str:
     # An ONNX ModelProto starts with field 1 (ir_version, a varint): tag byte 0x08.
     if head[:1] == b"\x08" or path.suffix.lower() == ".onnx":
         return ONNX
-    raise UsageError(
-        f"{path}: not a model file this tool knows; expected an ONNX model, a torch.save(model) pickle, "
-        "a TorchScript archive (torch.jit.save) or an ExportedProgram (torch.export.save)"
-    )
+    raise UsageError(f"{path}: not a model file this tool knows; expected {_accepted(None)}")
 
 
-def export_formats(src: Path, out_dir: Path, runtimes: Set[str], *, input_size: int = 224) -> dict[str, Path]:
+def export_formats(
+    src: Path,
+    out_dir: Path,
+    runtimes: Set[str],
+    *,
+    input_size: int = 224,
+    channels: int = 3,
+    layout: str = "NCHW",
+    classes: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
     """Produce, in ``out_dir``, the files the enclave serves with each of ``runtimes``.
 
     ``src`` is the owner's model file, recognised by content (:func:`detect_format`): an ONNX model,
     a whole-model ``torch.save(model)`` pickle (loaded with
     :func:`~enclave_infer.client.convert.load_pickled_model`, which runs its code: the owner's own
     file, on the owner's machine), a TorchScript archive, or an ExportedProgram. ``runtimes`` is a
-    subset of ``{"onnx", "torch"}``:
+    subset of ``{"onnx", "torch"}``; :data:`OWNER_FORMATS` says which file gives which:
 
     * ``"onnx"`` → ``<stem>.onnx``, one self-contained file: exported with
       :func:`~enclave_infer.client.convert.export_onnx`, or an ONNX ``src`` validated and copied.
@@ -196,7 +240,9 @@ def export_formats(src: Path, out_dir: Path, runtimes: Set[str], *, input_size: 
       refuses that format, because loading one can run code from the file. An ONNX or ExportedProgram
       ``src`` cannot give a TorchScript archive (torch 2.13 cannot trace an exported graph).
 
-    Returns ``{"onnx": path, "torchscript": path}`` for the runtimes asked for.
+    Every file must take the enclave's input (``input_size``, ``channels``, ``layout``) and, with
+    ``classes``, give that many scores. Returns ``{"onnx": path, "torchscript": path}`` for the
+    runtimes asked for.
     """
     src, out_dir = Path(src), Path(out_dir)
     wanted = set(runtimes)
@@ -205,18 +251,18 @@ def export_formats(src: Path, out_dir: Path, runtimes: Set[str], *, input_size: 
         raise UsageError(
             f"runtimes must be some of {', '.join(RUNTIMES)}, got {', '.join(unknown) or 'none'}"
         )
-    _check_input_size(input_size)
+    want = ModelInput(input_size, channels, layout)
+    report = progress or _silent
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
     kind = detect_format(src)
-    if "torch" in wanted and kind in (ONNX, EXPORTED_PROGRAM):
-        # torch 2.13 cannot trace an ExportedProgram's graph back into TorchScript ("JIT Tracing
-        # of SymInts isn't supported"), and nothing turns ONNX into torch.
-        what = "an ONNX model" if kind == ONNX else "an ExportedProgram"
-        raise UsageError(
-            f"{src}: {what} cannot be turned into a TorchScript archive; give the torch.save(model) "
-            "pickle or a TorchScript archive for the torch runtime"
-        )
+    fmt = _FORMATS[kind]
+    for runtime in RUNTIMES:
+        if runtime in wanted and fmt.how(runtime) is None:
+            raise UsageError(
+                f"{src}: {fmt.name} cannot be turned into {_RUNTIME_FILES[runtime]} ({fmt.why_not}); "
+                f"for the {runtime} runtime give {_accepted(runtime)}"
+            )
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: is not a directory")
     try:
@@ -226,29 +272,77 @@ def export_formats(src: Path, out_dir: Path, runtimes: Set[str], *, input_size: 
     stem = src.stem.removesuffix(".torchscript")
     results: dict[str, Path] = {}
     module: torch.nn.Module | None = None
+    if kind == PICKLE:
+        report(f"loading the pickle {src.name} (this runs its code)")
+        module = load_pickled_model(src)
+        _check_runs(module, want, classes, shown=src)
 
     if "onnx" in wanted:
         dest = out_dir / f"{stem}.onnx"
         if kind == ONNX:
-            _fold_onnx(src, dest)
-        elif kind == PICKLE:
-            module = load_pickled_model(src)
-            export_onnx(module, dest, input_size=input_size)
+            _fold_onnx(src, dest, want, classes=classes, report=report)
+        elif module is not None:
+            _export_onnx(module, dest, want, classes=classes, report=report)
         elif kind == TORCHSCRIPT:
-            _torchscript_to_onnx(src, dest, input_size=input_size)
+            _torchscript_to_onnx(src, dest, want, classes=classes, report=report)
         else:
-            program = _load_program(src, shown=src)
-            export_onnx(_as_module(program.module()), dest, input_size=input_size)
+            program = _program_module(src, want, classes=classes, report=report)
+            _export_onnx(program, dest, want, classes=classes, report=report)
         results[ONNX] = dest
 
     if "torch" in wanted:
         dest = out_dir / f"{stem}.torchscript.pt"
-        if kind == PICKLE:
-            export_torchscript(module or load_pickled_model(src), dest, input_size=input_size)
-        elif kind == TORCHSCRIPT:
-            _copy_torchscript(src, dest, input_size=input_size)
+        if module is not None:
+            _export_torchscript(module, dest, want, classes=classes, report=report)
+        else:
+            _copy_torchscript(src, dest, want, classes=classes, report=report)
         results[TORCHSCRIPT] = dest
     return results
+
+
+def _export_torchscript(
+    model: torch.nn.Module,
+    dest: Path,
+    want: ModelInput,
+    *,
+    classes: int | None,
+    report: Callable[[str], None],
+) -> None:
+    """:func:`export_torchscript` with its arguments checked."""
+    import torch
+    from torch.jit._trace import TracerWarning
+
+    with _exporting(model, dest, want, classes) as example:
+        report(f"tracing {dest.name} with torch.jit.trace for input {want}")
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with _tool_errors("the model could not be traced to TorchScript"):
+                traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                    model, example, check_trace=False, _store_inputs=False
+                )
+        tracer = [w for w in caught if issubclass(w.category, TracerWarning)]
+        _reemit(w for w in caught if not issubclass(w.category, DeprecationWarning | TracerWarning))
+        if tracer:
+            raise UsageError(
+                "tracing cannot capture the model faithfully (its control flow depends on tensor "
+                f"values): {_first_line(Exception(tracer[0].message))}"
+            )
+        buffer = io.BytesIO()
+        with _no_jit_deprecation():
+            torch.jit.save(traced, buffer)
+        with _atomic_output(dest) as tmp:
+            report(f"writing {dest.name}")
+            tmp.write_bytes(_strip_debug_info(buffer.getvalue()))
+            report(f"checking {dest.name} against the model")
+            reloaded = _load_torchscript(tmp, shown=dest)
+            _compare(reloaded, model, shown=dest, want=want, what="TorchScript archive")
+
+
+def _accepted(runtime: str | None) -> str:
+    """The owner's files :data:`OWNER_FORMATS` can make ``runtime``'s file from (None: any runtime),
+    as a phrase: "a torch.save(model) pickle or a TorchScript archive (torch.jit.save)"."""
+    names = [fmt.name for fmt in OWNER_FORMATS if runtime is None or fmt.how(runtime) is not None]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
 
 
 # -- formats -----------------------------------------------------------------------------------
@@ -272,7 +366,9 @@ def _zip_format(path: Path) -> str:
     raise UsageError(f"{path}: a zip archive, but not a torch.save, TorchScript or ExportedProgram file")
 
 
-def _fold_onnx(src: Path, dest: Path) -> None:
+def _fold_onnx(
+    src: Path, dest: Path, want: ModelInput, *, classes: int | None, report: Callable[[str], None]
+) -> None:
     """Validate the ONNX file ``src`` and write it to ``dest`` as one self-contained file, reading
     any external data files (which must lie in ``src``'s folder) into it."""
     try:
@@ -282,10 +378,12 @@ def _fold_onnx(src: Path, dest: Path) -> None:
     else:
         external = _external_tensors(onnx, src)
     if not external:
-        _check_onnx(src, shown=src, input_size=None)
+        report(f"checking {src.name}")
+        _check_onnx(src, shown=src, want=want, classes=classes)
         if dest.exists() and dest.resolve() == src.resolve():
             return
         _check_destination(dest)
+        report(f"writing {dest.name}")
         with _atomic_output(dest) as tmp:
             shutil.copyfile(src, tmp)
         return
@@ -304,6 +402,7 @@ def _fold_onnx(src: Path, dest: Path) -> None:
             f"{src}: its external data is {total / 2**30:.2f} GiB; folded into one file it would not "
             "fit the 2 GiB an ONNX file can hold"
         )
+    report(f"folding the external data of {src.name} into one file")
     try:
         model = onnx.load(str(src), load_external_data=True)
     except Exception as exc:
@@ -314,8 +413,10 @@ def _fold_onnx(src: Path, dest: Path) -> None:
         raise UsageError(f"{src}: the model does not fit in one ONNX file (2 GiB)")
     _check_destination(dest)
     with _atomic_output(dest) as tmp:
+        report(f"writing {dest.name}")
         onnx.save(model, str(tmp), save_as_external_data=False)
-        _check_onnx(tmp, shown=dest, input_size=None)
+        report(f"checking {dest.name}")
+        _check_onnx(tmp, shown=dest, want=want, classes=classes)
 
 
 def _external_tensors(onnx: Any, src: Path) -> list[onnx.TensorProto]:
@@ -343,57 +444,91 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _all_tensors(subgraph)
 
 
-def _torchscript_to_onnx(src: Path, dest: Path, *, input_size: int) -> None:
+def _torchscript_to_onnx(
+    src: Path, dest: Path, want: ModelInput, *, classes: int | None, report: Callable[[str], None]
+) -> None:
     """ONNX from a TorchScript archive: torch's ONNX exporter takes no ScriptModule, so the archive
     is converted to an ExportedProgram first (torch's TS2EPConverter), checked against the archive,
     and exported from that."""
     import torch
 
     module = _load_torchscript(src, shown=src)
+    _check_runs(module, want, classes, shown=src)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    example = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(1))
-    try:
+    report(f"converting {src.name} to an ExportedProgram for the ONNX exporter")
+    failure = f"{src}: the TorchScript archive could not be converted for ONNX export"
+    hint = "; export ONNX from the torch model instead"
+    with _tool_errors(failure, hint=hint), _quiet_exporter(), torch.no_grad(), warnings.catch_warnings():
         from torch._export.converter import TS2EPConverter
 
-        with _quiet_exporter(), torch.no_grad(), warnings.catch_warnings():
-            # The converter warns about buffers it copies but the graph never reads (batch norm's
-            # num_batches_tracked); the converted program is compared with the archive below.
-            warnings.simplefilter("ignore", UserWarning)
-            program = TS2EPConverter(module, (example,)).convert()
-    except Exception as exc:
-        root = _root_cause(exc)
-        raise UsageError(
-            f"{src}: the TorchScript archive could not be converted for ONNX export "
-            f"({type(root).__name__}: {_first_line(root)}); export ONNX from the torch model instead"
-        ) from exc
+        # The converter warns about buffers it copies but the graph never reads (batch norm's
+        # num_batches_tracked); the converted program is compared with the archive below.
+        warnings.simplefilter("ignore", UserWarning)
+        program = TS2EPConverter(module, (_example(want, 2, seed=1),)).convert()
     converted = _as_module(program.module())
-    _compare(converted, module, shown=src, input_size=input_size, what="converted program")
-    export_onnx(converted, dest, input_size=input_size)
+    _compare(converted, module, shown=src, want=want, what="converted program")
+    _export_onnx(converted, dest, want, classes=classes, report=report)
 
 
-def _copy_torchscript(src: Path, dest: Path, *, input_size: int) -> None:
-    """Check that the TorchScript archive ``src`` loads and classifies a batch, and copy it."""
+def _copy_torchscript(
+    src: Path, dest: Path, want: ModelInput, *, classes: int | None, report: Callable[[str], None]
+) -> None:
+    """Check that the TorchScript archive ``src`` takes the enclave's input, answers every image of
+    a batch with ``classes`` scores, and copy it."""
     import torch
 
+    report(f"checking {src.name}")
     module = _load_torchscript(src, shown=src)
+    _check_runs(module, want, classes, shown=src)
     for batch in (1, 3):
-        x = torch.randn(batch, 3, input_size, input_size)
         try:
             with torch.no_grad():
-                out = module(x)
+                out = module(_example(want, batch, seed=batch))
         except Exception as exc:
             raise UsageError(
-                f"{src}: the TorchScript model fails on a batch of {batch} of size {input_size} "
-                f"({type(exc).__name__}: {_first_line(exc)})"
+                f"{src}: the TorchScript model takes a batch of 2 but fails on a batch of {batch} "
+                f"({type(exc).__name__}: {_first_line(exc)}); its code fixes the batch size"
             ) from exc
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch:
+        if not isinstance(out, torch.Tensor) or output_mismatch(tuple(out.shape), batch, classes):
             raise UsageError(f"{src}: the TorchScript model must return one (batch, classes) tensor")
     if dest.exists() and dest.resolve() == src.resolve():
         return
     _check_destination(dest)
+    report(f"writing {dest.name}")
     with _atomic_output(dest) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def _program_module(
+    src: Path, want: ModelInput, *, classes: int | None, report: Callable[[str], None]
+) -> torch.nn.Module:
+    """The owner's ExportedProgram ``src`` as a module to export to ONNX, once its declared input is
+    checked: it must take ``want``'s images, with a dynamic batch (the ONNX file must have one), and
+    give ``classes`` scores."""
+    report(f"loading the ExportedProgram {src.name} (this runs code from it)")
+    program = _load_program(src, shown=src)
+    user_inputs = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    if len(placeholders) != 1:
+        count = len(placeholders)
+        raise UsageError(f"{src}: the ExportedProgram must take one tensor, it takes {count} inputs")
+    shape = getattr(placeholders[0].meta.get("val"), "shape", None)
+    if shape is not None:
+        dims = [d if isinstance(d, int) else None for d in shape]  # a torch.SymInt is symbolic
+        problem = input_mismatch(dims, want)
+        if problem is not None:
+            raise UsageError(f"{src}: {problem}")
+        if dims[0] is not None:
+            example = ", ".join(str(d) for d in want.shape(2))
+            raise UsageError(
+                f"{src}: the ExportedProgram takes only batches of {dims[0]} (exported without a "
+                "dynamic batch); export it with one, on an example batch of 2: torch.export.export("
+                f"model, (torch.randn({example}),), dynamic_shapes=({{0: torch.export.Dim('batch')}},))"
+            )
+    module = _as_module(program.module())
+    _check_runs(module, want, classes, shown=src)
+    return module
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -442,7 +577,7 @@ def _as_module(fn: Callable[[Any], Any]) -> torch.nn.Module:
 
 
 def _compare(
-    run: Callable[[Any], Any], model: Callable[[Any], Any], *, shown: Path, input_size: int, what: str
+    run: Callable[[Any], Any], model: Callable[[Any], Any], *, shown: Path, want: ModelInput, what: str
 ) -> None:
     """``run`` must give ``model``'s output, within 1e-5, on random batches of 1 and 3."""
     import numpy as np
@@ -450,7 +585,7 @@ def _compare(
 
     generator = torch.Generator().manual_seed(0)
     for batch in (1, 3):
-        x = torch.randn(batch, 3, input_size, input_size, generator=generator)
+        x = torch.randn(want.shape(batch), generator=generator)
         try:
             with torch.no_grad():
                 expected = model(x)
@@ -468,11 +603,11 @@ def _compare(
             raise UsageError(
                 f"{shown}: the {what} fails on a batch of {batch} ({type(exc).__name__}: {_first_line(exc)})"
             ) from exc
-        want = expected.detach().float().numpy()
+        reference = expected.detach().float().numpy()
         if (
             not isinstance(got, torch.Tensor)
-            or tuple(got.shape) != want.shape
-            or not np.allclose(got.detach().float().numpy(), want, rtol=_TOLERANCE, atol=_TOLERANCE)
+            or tuple(got.shape) != reference.shape
+            or not np.allclose(got.detach().float().numpy(), reference, rtol=_TOLERANCE, atol=_TOLERANCE)
         ):
             raise UsageError(f"{shown}: the {what}'s output differs from the model's on a batch of {batch}")
 
@@ -501,23 +636,3 @@ def _no_jit_deprecation() -> Iterator[None]:
 def _reemit(caught: Iterator[warnings.WarningMessage]) -> None:
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-
-
-def _check_model(model: object, input_size: int) -> None:
-    import torch
-
-    if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"expected a torch.nn.Module to export, got {type(model).__name__}")
-    _check_input_size(input_size)
-
-
-def _check_input_size(input_size: object) -> None:
-    if not isinstance(input_size, int) or isinstance(input_size, bool) or not 0 < input_size <= 4096:
-        raise UsageError(f"input_size must be an integer from 1 to 4096, got {input_size!r}")
-
-
-def _check_destination(dest: Path) -> None:
-    if dest.is_dir():
-        raise UsageError(f"{dest}: is a directory, not a file name for the model")
-    if not dest.parent.is_dir():
-        raise UsageError(f"{dest.parent}: no such directory to write the model into")

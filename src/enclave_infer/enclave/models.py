@@ -269,7 +269,7 @@ class ModelStore:
                         Problem.INVALID_MODEL,
                         "this enclave has no PyTorch runtime: provision with --runtime onnx",
                     )
-                check_scores(runtime, np.zeros(pre.input_shape, dtype=np.float32), len(manifest.labels))
+                check_scores(runtime, np.zeros(pre.input_shape(), dtype=np.float32), len(manifest.labels))
             except RuntimeLoadError as exc:
                 raise ModelError(Problem.INVALID_MODEL, str(exc)) from None
             runtimes[runtime.name] = runtime

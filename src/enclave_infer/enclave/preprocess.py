@@ -10,8 +10,9 @@ only (no torch, no torchvision):
   message is one line and never quotes the image.
 * :func:`to_tensor` applies a model's :class:`Preprocessing`: the equivalent of torchvision's
   ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor()`` + ``Normalize(mean, std)`` on a Pillow
-  image, computed with the same sizes, offsets and float32 arithmetic, so that a model exported
-  from a torchvision pipeline sees the inputs it was trained on.
+  image (with ``Grayscale()`` after the crop for a one-channel model), computed with the same sizes,
+  offsets and float32 arithmetic, so that a model exported from a torchvision pipeline sees the
+  inputs it was trained on.
 * :class:`~enclave_infer.protocol.api.Preprocessing` (the model owner's description of those steps,
   part of the signed manifest) is defined with the rest of the inner API in ``protocol/api.py``.
 """
@@ -27,7 +28,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from enclave_infer.errors import UsageError
 from enclave_infer.protocol.api import Preprocessing
 
-__all__ = ["ACCEPTED_FORMATS", "ImageError", "Preprocessing", "decode_image", "to_tensor"]
+__all__ = ["ACCEPTED_FORMATS", "ImageError", "decode_image", "to_tensor"]
 
 # The Pillow formats an upload may be in. Pillow can open about forty formats, and every parser
 # that runs on attacker-chosen bytes inside the enclave is attack surface: several plugins are rarely
@@ -129,10 +130,13 @@ def _resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
 def to_tensor(image: Image.Image, pre: Preprocessing) -> NDArray[np.float32]:
     """Resize, centre-crop, scale to 0..1, normalise and lay out ``image`` as ``pre`` says.
 
-    Returns a C-contiguous float32 array of shape ``(1, 3, crop, crop)`` (``"NCHW"``) or
-    ``(1, crop, crop, 3)`` (``"NHWC"``). Matches torchvision's ``Resize(resize)`` (bilinear, on a PIL
-    image) + ``CenterCrop(crop)`` + ``ToTensor()`` + ``Normalize(mean, std)``: same output size,
-    same crop offsets (``round((size - crop) / 2)``), same Pillow resampling, same float32 maths.
+    Returns a C-contiguous float32 array of shape :meth:`Preprocessing.input_shape`:
+    ``(1, channels, crop, crop)`` (``"NCHW"``) or ``(1, crop, crop, channels)`` (``"NHWC"``). Matches
+    torchvision's ``Resize(resize)`` (bilinear, on a PIL image) + ``CenterCrop(crop)`` + ``ToTensor()``
+    + ``Normalize(mean, std)``: same output size, same crop offsets (``round((size - crop) / 2)``),
+    same Pillow resampling, same float32 maths. For one channel the crop is converted to grey with
+    Pillow's ``convert("L")`` (ITU-R 601-2 luma, as torchvision's ``Grayscale()``), after the crop, so
+    only ``crop`` x ``crop`` pixels are converted; a grey upload comes back with its own values.
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL.Image.Image, not {type(image).__name__}")
@@ -157,8 +161,10 @@ def to_tensor(image: Image.Image, pre: Preprocessing) -> NDArray[np.float32]:
         box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
         window = image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
 
-    pixels = np.asarray(window, dtype=np.uint8).astype(np.float32)  # (crop, crop, 3), RGB
-    pixels /= np.float32(255.0)
+    if pre.channels == 1:
+        window = window.convert("L")
+    pixels = np.asarray(window, dtype=np.uint8).astype(np.float32)  # (crop, crop, 3) RGB, or (crop, crop)
+    pixels = pixels.reshape(crop, crop, pre.channels) / np.float32(255.0)
     if pre.channel_order == "BGR":
         pixels = pixels[:, :, ::-1]
     mean = np.asarray(pre.mean, dtype=np.float32)

@@ -381,6 +381,8 @@ def _float(doc: Any, key: str) -> float:
 
 CHANNEL_ORDERS: Final = ("RGB", "BGR")
 LAYOUTS: Final = ("NCHW", "NHWC")
+# 3: colour, in channel_order; 1: grey, Pillow's ITU-R 601-2 luma (L = 0.299 R + 0.587 G + 0.114 B).
+CHANNELS: Final = (1, 3)
 # Largest resize/crop side a Preprocessing may ask for: far above any classifier's input size, and
 # small enough that the enclave never builds an unreasonable tensor because a manifest said so.
 MAX_SIDE: Final = 4096
@@ -392,9 +394,11 @@ class Preprocessing:
 
     ``resize``: the shorter image side is scaled to this many pixels (bilinear).
     ``crop``: a centred ``crop`` x ``crop`` square is cut out of the resized image.
-    ``mean``, ``std``: per-channel normalisation of 0..1 pixel values, ``(x - mean) / std``, listed in
-    the channel order the model receives (so for ``channel_order="BGR"`` the first value is blue's).
-    ``channel_order``: ``"RGB"`` or ``"BGR"``. ``layout``: ``"NCHW"`` or ``"NHWC"``.
+    ``mean``, ``std``: per-channel normalisation of 0..1 pixel values, ``(x - mean) / std``, one value
+    per channel, listed in the channel order the model receives (so for ``channel_order="BGR"`` the
+    first value is blue's). ``channel_order``: ``"RGB"`` or ``"BGR"``. ``layout``: ``"NCHW"`` or
+    ``"NHWC"``. ``channels``: 3, or 1 for a model that takes grey images (Pillow's ITU-R 601-2 luma,
+    ``L = R * 299/1000 + G * 587/1000 + B * 114/1000``; ``channel_order`` must then be ``"RGB"``).
 
     The owner's tooling builds it, the signed manifest carries it as JSON, the enclave applies it
     (``enclave/preprocess.py``), and ``GET /v1/model`` shows it.
@@ -402,10 +406,11 @@ class Preprocessing:
 
     resize: int = 256
     crop: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     channel_order: str = "RGB"
     layout: str = "NCHW"
+    channels: int = 3
 
     def __post_init__(self) -> None:
         for name in ("resize", "crop"):
@@ -419,25 +424,34 @@ class Preprocessing:
                 f"preprocessing.crop ({self.crop}) must not be larger than"
                 f" preprocessing.resize ({self.resize})"
             )
-        object.__setattr__(self, "mean", _three_floats("mean", self.mean, nonzero=False))
-        object.__setattr__(self, "std", _three_floats("std", self.std, nonzero=True))
+        channels = self.channels
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels not in CHANNELS:
+            raise UsageError(f"preprocessing.channels must be 1 or 3, got {self.channels!r}")
+        object.__setattr__(self, "mean", _floats("mean", self.mean, channels, nonzero=False))
+        object.__setattr__(self, "std", _floats("std", self.std, channels, nonzero=True))
         if self.channel_order not in CHANNEL_ORDERS:
             raise UsageError(
                 f"preprocessing.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}"
             )
+        if channels == 1 and self.channel_order != "RGB":
+            raise UsageError("preprocessing.channel_order must be 'RGB' for one channel (grey images)")
         if self.layout not in LAYOUTS:
             raise UsageError(f"preprocessing.layout must be 'NCHW' or 'NHWC', got {self.layout!r}")
 
-    @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        """The model input of one image."""
-        if self.layout == "NCHW":
-            return (1, 3, self.crop, self.crop)
-        return (1, self.crop, self.crop, 3)
+        """The model input of one image: ``(1, channels, crop, crop)`` or, for ``"NHWC"``,
+        ``(1, crop, crop, channels)``."""
+        c, s = self.channels, self.crop
+        return (1, c, s, s) if self.layout == "NCHW" else (1, s, s, c)
 
     def to_json(self) -> dict[str, Any]:
-        """This preprocessing as a JSON-ready dict (tuples become lists)."""
-        return {
+        """This preprocessing as a JSON-ready dict (tuples become lists).
+
+        ``channels`` is written only when it is 1: a colour model's preprocessing reads exactly as it
+        did before the field existed, so its signed manifest (and the model's SHA-256 identity) is
+        unchanged and enclaves built before the field still accept it.
+        """
+        doc: dict[str, Any] = {
             "resize": self.resize,
             "crop": self.crop,
             "mean": list(self.mean),
@@ -445,6 +459,9 @@ class Preprocessing:
             "channel_order": self.channel_order,
             "layout": self.layout,
         }
+        if self.channels != 3:
+            doc["channels"] = self.channels
+        return doc
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Preprocessing:
@@ -452,22 +469,23 @@ class Preprocessing:
         wrong types and out-of-range values raise :class:`~enclave_infer.errors.UsageError`."""
         if not isinstance(data, Mapping):
             raise UsageError(f"preprocessing must be a JSON object, got {type(data).__name__}")
-        known = ("resize", "crop", "mean", "std", "channel_order", "layout")
+        known = ("resize", "crop", "mean", "std", "channel_order", "layout", "channels")
         unknown = sorted(str(key) for key in data if key not in known)
         if unknown:
             raise UsageError(f"preprocessing has unknown keys: {', '.join(unknown)}")
         return cls(**{key: data[key] for key in known if key in data})
 
 
-def _three_floats(name: str, value: object, *, nonzero: bool) -> tuple[float, float, float]:
-    """Validate a per-channel triple (a tuple or a JSON list) and return it as a tuple of floats."""
-    if not isinstance(value, tuple | list) or len(value) != 3:
-        raise UsageError(f"preprocessing.{name} must be a list of 3 numbers, got {value!r}")
+def _floats(name: str, value: object, count: int, *, nonzero: bool) -> tuple[float, ...]:
+    """Validate a per-channel list of ``count`` numbers (a tuple or a JSON list); a tuple of floats."""
+    numbers = f"{count} number{'s' if count != 1 else ''}"
+    if not isinstance(value, tuple | list) or len(value) != count:
+        raise UsageError(f"preprocessing.{name} must be a list of {numbers} (one per channel), got {value!r}")
     out: list[float] = []
     for item in value:
         if not isinstance(item, int | float) or isinstance(item, bool) or not math.isfinite(item):
-            raise UsageError(f"preprocessing.{name} must be a list of 3 finite numbers, got {value!r}")
+            raise UsageError(f"preprocessing.{name} must be a list of {count} finite numbers, got {value!r}")
         if nonzero and item == 0:
             raise UsageError(f"preprocessing.{name} values must be non-zero, got {value!r}")
         out.append(float(item))
-    return out[0], out[1], out[2]
+    return tuple(out)
