@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from enclave_infer.attestation import constraints
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.errors import ConstraintError, UsageError
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -85,6 +85,15 @@ def test_insecure_accepted_only_when_asked() -> None:
         (f"C:{CODE.hex()} EXPIRE:1h", "ISO-8601"),
         (f"C:{CODE.hex()} EXPIRE:PT", "ISO-8601"),
         (f"C:{CODE.hex()} REVOKE:-1", "REVOKE: takes"),
+        (f"C:{CODE.hex()} SNPTCB:", "malformed"),
+        (f"C:{CODE.hex()} SNPTCB:8", "SNPTCB: takes name=n pairs"),
+        (f"C:{CODE.hex()} SNPTCB:snp=8,", "SNPTCB: takes name=n pairs"),
+        (f"C:{CODE.hex()} SNPTCB:snp=-1", "SNPTCB: takes name=n pairs"),
+        (f"C:{CODE.hex()} SNPTCB:snp=1000", "SNPTCB: takes name=n pairs"),
+        (f"C:{CODE.hex()} SNPTCB:snp=256", "snp takes 0 to 255"),
+        (f"C:{CODE.hex()} SNPTCB:microcode=1", "unknown component 'microcode'"),
+        (f"C:{CODE.hex()} SNPTCB:snp=1,snp=2", "names snp more than once"),
+        (f"C:{CODE.hex()} SNPTCB:snp=1 SNPTCB:bl=1", "SNPTCB: given more than once"),
     ],
 )
 def test_malformed_constraints_are_errors(text: str, message: str) -> None:
@@ -97,3 +106,24 @@ def test_durations() -> None:
         days=1, hours=2, minutes=30
     )
     assert constraints.parse(f"C:{CODE.hex()} EXPIRE:PT0.5S").max_age == timedelta(seconds=0.5)
+
+
+def test_snp_tcb_floor() -> None:
+    snp = report(tee="sev-snp", snp_tcb=SnpTcb(bootloader=3, tee=0, snp=8, microcode=115))
+    c = constraints.parse(f"C:{CODE.hex()} SEC:STALE SNPTCB:bl=3,tee=0,snp=8,ucode=115")
+    assert c.snp_tcb_floor == (("bl", 3), ("tee", 0), ("snp", 8), ("ucode", 115))
+    c.check(snp, now=NOW)
+    with pytest.raises(
+        ConstraintError, match=r"^reported SNP firmware 7 is below the floor 8 \(SNPTCB:snp=8\)$"
+    ):
+        c.check(report(tee="sev-snp", snp_tcb=SnpTcb(bootloader=3, tee=0, snp=7, microcode=115)), now=NOW)
+    with pytest.raises(ConstraintError, match="reported microcode 114 is below the floor 115"):
+        c.check(report(tee="sev-snp", snp_tcb=SnpTcb(bootloader=3, tee=0, snp=9, microcode=114)), now=NOW)
+    with pytest.raises(ConstraintError, match="not an SEV-SNP report"):
+        c.check(report(), now=NOW)  # an SGX report has no SNP TCB: the floor fails closed
+    turin = report(tee="sev-snp", snp_tcb=SnpTcb(bootloader=3, tee=0, snp=8, microcode=115, fmc=2))
+    constraints.parse(f"C:{CODE.hex()} SEC:STALE SNPTCB:fmc=2").check(turin, now=NOW)
+    with pytest.raises(ConstraintError, match="reported FMC 2 is below the floor 3"):
+        constraints.parse(f"C:{CODE.hex()} SEC:STALE SNPTCB:fmc=3").check(turin, now=NOW)
+    with pytest.raises(ConstraintError, match="no FMC"):
+        constraints.parse(f"C:{CODE.hex()} SEC:STALE SNPTCB:fmc=0").check(snp, now=NOW)

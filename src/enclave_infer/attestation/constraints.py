@@ -7,14 +7,19 @@ requirement a verified :class:`EnclaveReport` does not meet.
 Tokens (space separated, each at most once unless noted):
 
 ==================  =====================================================================
-``C:<hex>``         accepted code hash: 64 hex digits (MRENCLAVE, simulation) or 96 (a TDX MRTD);
-                    may repeat, any of them matches
+``C:<hex>``         accepted code hash: 64 hex digits (MRENCLAVE, simulation) or 96 (a TDX MRTD,
+                    an SEV-SNP MEASUREMENT); may repeat, any of them matches
 ``S:<hex>``         accepted signer (64 hex digits); may repeat; requires ``PROD:``
 ``PROD:<n>``        product id, 0..65535
 ``REVOKE:<n>``      minimum security version (revocation level), 0..65535
 ``SEC:<level>``     minimum security level: INSECURE, STALE or SECURE (default SECURE)
 ``EXPIRE:<dur>``    maximum age of the evidence, an ISO-8601 duration such as ``PT1H``
 ``OWNER:<hex>``     SHA-256 of the model owner's public key in the measured configuration
+``SNPTCB:<floor>``  SEV-SNP only: minimum patch level of each named component of REPORTED_TCB
+                    (the TCB the VCEK/VLEK certifies), as ``name=n`` pairs joined by commas,
+                    each 0..255, at least one: ``bl`` boot loader, ``tee`` PSP OS, ``snp`` SNP
+                    firmware, ``ucode`` microcode, ``fmc`` FMC (Turin only); components not
+                    named are not checked. Example: ``SNPTCB:bl=3,tee=0,snp=8,ucode=115``
 ==================  =====================================================================
 
 Fails closed: an empty constraint, an unknown or malformed token, or a constraint that names neither
@@ -27,7 +32,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.errors import ConstraintError, UsageError
 
 __all__ = ["Constraint", "parse"]
@@ -35,6 +40,15 @@ __all__ = ["Constraint", "parse"]
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _CODE_HASH = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{96}")
 _UINT16_MAX = 0xFFFF
+# SNPTCB: component names, as a floor names them, to (SnpTcb field, what a refusal calls it)
+_SNP_TCB_COMPONENTS = {
+    "bl": ("bootloader", "boot loader"),
+    "tee": ("tee", "TEE (PSP OS)"),
+    "snp": ("snp", "SNP firmware"),
+    "ucode": ("microcode", "microcode"),
+    "fmc": ("fmc", "FMC"),
+}
+_SNP_TCB_FLOOR = re.compile(r"[a-z]+=\d{1,3}(?:,[a-z]+=\d{1,3})*")
 # ISO 8601 durations as Java's Duration/Period print them: PnDTnHnMnS (weeks and years are
 # ambiguous in length and so refused).
 _DURATION = re.compile(
@@ -51,6 +65,7 @@ class Constraint:
     min_level: SecurityLevel = SecurityLevel.SECURE
     max_age: timedelta | None = None
     owner_key_ids: frozenset[bytes] = frozenset()
+    snp_tcb_floor: tuple[tuple[str, int], ...] = ()  # (SNPTCB: name, minimum), e.g. ("snp", 8)
 
     def __post_init__(self) -> None:
         # Fail closed for constraints built in code too, not only for parsed ones.
@@ -84,6 +99,8 @@ class Constraint:
             raise ConstraintError(
                 f"security version {report.security_version} is below REVOKE:{self.min_security_version}"
             )
+        if self.snp_tcb_floor:
+            _check_snp_tcb(report.snp_tcb, self.snp_tcb_floor)
         if report.security_level < self.min_level:
             raise ConstraintError(
                 f"security level {report.security_level.name} is below SEC:{self.min_level.name}"
@@ -123,7 +140,7 @@ def parse(text: str) -> Constraint:
             if not _HEX64.fullmatch(value):
                 raise UsageError(f"{key}: takes 64 hex digits, got {value!r}")
             {"S": signers, "OWNER": owners}[key].add(bytes.fromhex(value))
-        elif key in ("PROD", "REVOKE", "SEC", "EXPIRE"):
+        elif key in ("PROD", "REVOKE", "SEC", "EXPIRE", "SNPTCB"):
             if key in single:
                 raise UsageError(f"{key}: given more than once")
             single[key] = value
@@ -147,7 +164,38 @@ def parse(text: str) -> Constraint:
         min_level=level,
         max_age=_duration(single["EXPIRE"]) if "EXPIRE" in single else None,
         owner_key_ids=frozenset(owners),
+        snp_tcb_floor=_snp_tcb_floor(single["SNPTCB"].lower()) if "SNPTCB" in single else (),
     )
+
+
+def _snp_tcb_floor(value: str) -> tuple[tuple[str, int], ...]:
+    if not _SNP_TCB_FLOOR.fullmatch(value):
+        raise UsageError(f"SNPTCB: takes name=n pairs joined by commas, e.g. snp=8,ucode=115, got {value!r}")
+    floor: dict[str, int] = {}
+    for pair in value.split(","):
+        name, _, number = pair.partition("=")
+        if name not in _SNP_TCB_COMPONENTS:
+            raise UsageError(f"SNPTCB: unknown component {name!r} (known: {', '.join(_SNP_TCB_COMPONENTS)})")
+        if name in floor:
+            raise UsageError(f"SNPTCB: names {name} more than once")
+        if int(number) > 0xFF:
+            raise UsageError(f"SNPTCB: {name} takes 0 to 255, got {number}")
+        floor[name] = int(number)
+    return tuple(floor.items())
+
+
+def _check_snp_tcb(tcb: SnpTcb | None, floor: tuple[tuple[str, int], ...]) -> None:
+    if tcb is None:
+        raise ConstraintError("SNPTCB: given but the evidence is not an SEV-SNP report")
+    for name, minimum in floor:
+        field, label = _SNP_TCB_COMPONENTS[name]
+        reported = getattr(tcb, field)
+        if reported is None:
+            raise ConstraintError(f"SNPTCB:{name} given but this platform's TCB has no {label} (Turin has)")
+        if reported < minimum:
+            raise ConstraintError(
+                f"reported {label} {reported} is below the floor {minimum} (SNPTCB:{name}={minimum})"
+            )
 
 
 def _uint16(key: str, value: str | None) -> int | None:

@@ -5,10 +5,13 @@ Pure logic on bytes. The document is JSON::
     {"version": 1, "tee": "simulation", "evidence": "<base64>", "config": "<base64>",
      "collateral": "<base64>"}    # collateral: optional
 
-``evidence`` is the platform's own format (simulation JSON, an SGX or TDX DCAP quote), ``config``
-the canonical measured enclave configuration, ``collateral`` what the platform's verifier needs
-besides (Intel's TCB info, QE identity and CRLs for a DCAP quote, as dcap-qvl's JSON). The host
-may attach collateral: it is signed by Intel, so it needs no trust in whoever delivers it.
+``evidence`` is the platform's own format (simulation JSON, an SGX or TDX DCAP quote, an SEV-SNP
+report or the configfs-tsm container that carries one), ``config`` the canonical measured enclave
+configuration, ``collateral`` what the platform's verifier needs besides (Intel's TCB info, QE
+identity and CRLs for a DCAP quote, as dcap-qvl's JSON; for SEV-SNP a PEM bundle of the VCEK or
+VLEK, ASK or ASVK and ARK, which may be left out when the SNP container carries the host's
+certificate table). The host may attach collateral: it is signed by Intel or AMD, so it needs no
+trust in whoever delivers it.
 :func:`verify` runs, in order:
 
 1. parse the document; unknown TEE types are refused;
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from enclave_infer.attestation import dcap, simulation
+from enclave_infer.attestation import dcap, simulation, snp
 from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.report import EnclaveReport, report_data_binding
 from enclave_infer.config import EnclaveConfig
@@ -58,7 +61,11 @@ def _dcap(evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
     return dcap.verify_quote(evidence, collateral, now=now).report
 
 
-VERIFIERS: dict[str, Verifier] = {"simulation": _simulation, "sgx": _dcap, "tdx": _dcap}
+def _sev_snp(evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
+    return snp.verify_snp_report(evidence, collateral, now=now).report
+
+
+VERIFIERS: dict[str, Verifier] = {"simulation": _simulation, "sgx": _dcap, "tdx": _dcap, "sev-snp": _sev_snp}
 
 
 @dataclass(frozen=True)

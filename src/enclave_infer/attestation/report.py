@@ -30,6 +30,7 @@ __all__ = [
     "MIN_NONCE_BYTES",
     "EnclaveReport",
     "SecurityLevel",
+    "SnpTcb",
     "report_data_binding",
 ]
 
@@ -48,11 +49,28 @@ class SecurityLevel(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class SnpTcb:
+    """An AMD SEV-SNP TCB_VERSION, decoded: the security patch level of each firmware component.
+
+    AMD SEV-SNP ABI specification (publication 56860), "TCB_VERSION": Milan and Genoa put the boot
+    loader in byte 0, the TEE (PSP OS) in byte 1, SNP firmware in byte 6 and microcode in byte 7;
+    Turin adds FMC (the PSP's first mutable code) in byte 0 and moves boot loader, TEE and SNP to
+    bytes 1 to 3. ``fmc`` is None where the product has no FMC component.
+    """
+
+    bootloader: int
+    tee: int
+    snp: int
+    microcode: int
+    fmc: int | None = None
+
+
+@dataclass(frozen=True)
 class EnclaveReport:
     """The verified facts about an enclave instance. Only verifiers construct these."""
 
-    tee: str  # "simulation", "sgx", "tdx", ...
-    code_hash: bytes  # MRENCLAVE (or MRTD) or the simulated measurement
+    tee: str  # "simulation", "sgx", "tdx", "sev-snp"
+    code_hash: bytes  # MRENCLAVE, MRTD, the SEV-SNP MEASUREMENT or the simulated measurement
     signer: bytes  # MRSIGNER or the simulated signer
     product_id: int
     security_version: int
@@ -62,6 +80,7 @@ class EnclaveReport:
     level_reason: str
     issued_at: datetime | None
     owner_key_id: bytes = b""  # SHA-256 of the owner's public key, from the bound configuration
+    snp_tcb: SnpTcb | None = None  # SEV-SNP only: REPORTED_TCB, the level the VCEK/VLEK certifies
 
 
 def report_data_binding(key_config: bytes, config_digest: bytes, nonce: bytes) -> bytes:
