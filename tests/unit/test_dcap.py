@@ -15,8 +15,9 @@ from enclave_infer.attestation import constraints
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.errors import AttestationError, ConstraintError
+from tests.shared_vectors import shared_vector_dir
 
-VECTORS = Path(__file__).parent.parent / "vectors" / "attestation" / "sgx-dcap"
+VECTORS = shared_vector_dir("sgx-dcap")  # ../shared/vectors/attestation/sgx-dcap, read where it lies
 QUOTE = (VECTORS / "sgx_quote").read_bytes()
 COLLATERAL = (VECTORS / "sgx_quote_collateral.json").read_bytes()
 NOW = datetime.fromtimestamp(1750416971, UTC)  # 2025-06-20T10:56:11Z, per the vector's README

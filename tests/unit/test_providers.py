@@ -1,27 +1,18 @@
 """Hardware evidence providers (Gramine-SGX, configfs-tsm) against fake trees that act as the kernel.
 
-Gramine's ``quote`` and configfs-tsm's ``outblob`` are generated when read. Here they are named
-pipes served by a "fake kernel" thread: it waits (polling, bounded) until the provider opens the
-pipe for reading, then reads what the provider wrote (``user_report_data`` / ``inblob``), builds a
-quote or report with that report data at the offsets the specifications give, writes it and
-closes. Offsets are spelled out as numbers here, independently of the modules' constants.
-
-Every provider call runs through :func:`bounded`, and every fake thread has a deadline, so that a
-provider that blocks fails its test instead of hanging the suite.
+The fake ``/dev/attestation`` and configfs-tsm trees (:mod:`tests.emulation.pseudofs`) answer with
+the structural quotes and reports built here: the report data the provider wrote, at the offsets
+the specifications give, and a token signature. Offsets are spelled out as numbers here,
+independently of the modules' constants. (Quotes that also verify are minted in
+``test_dcap_emulation.py``.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
-import shutil
 import struct
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -35,63 +26,13 @@ from enclave_infer.enclave.tsm import (
     parse_tdx_quote,
 )
 from enclave_infer.errors import AttestationError, UsageError
-
-T = TypeVar("T")
-TIMEOUT = 10.0  # seconds; every provider call and fake thread is bounded by this
+from tests.emulation.pseudofs import FakeGramine, FakeTsm, bounded
 
 MRENCLAVE = bytes(range(32))
 MRSIGNER = bytes(range(100, 132))
 MRTD = bytes(range(48))
 SNP_MEASUREMENT = bytes(range(50, 98))
 NONCE_DATA = bytes(range(1, 65))
-
-
-def bounded(fn: Callable[[], T], timeout: float = TIMEOUT) -> T:
-    """Run ``fn`` in a thread; fail the test if it has not returned within ``timeout`` seconds."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail(f"provider call did not finish within {timeout} s (blocked on a pseudo-file?)")
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
-
-
-def open_writer(fifo: Path, stop: threading.Event, deadline: float) -> int | None:
-    """Open ``fifo`` for writing once a reader has opened it; None if stopped or past the deadline."""
-    while True:
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
-                raise
-            if stop.is_set() or time.monotonic() > deadline:
-                return None
-            time.sleep(0.001)
-            continue
-        os.set_blocking(fd, True)
-        return fd
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def unblock(fifo: Path) -> None:
-    """Release a reader stuck opening ``fifo`` (it then reads EOF)."""
-    with contextlib.suppress(OSError):
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
 # --- quote and report builders, from the specifications' layouts -------------------------------
@@ -136,73 +77,14 @@ def snp_report(report_data: bytes, *, policy: int = 0x30000) -> bytes:
 # --- fake Gramine ----------------------------------------------------------------------------
 
 
-class FakeGramine:
-    """A /dev/attestation tree; a thread serves ``quote`` from whatever ``user_report_data`` holds."""
-
-    def __init__(
-        self,
-        root: Path,
-        *,
-        kind: str = "dcap",
-        make_quote: Callable[[int, bytes], bytes] = lambda i, rd: sgx_quote(rd),
-    ) -> None:
-        self.root = root
-        self.make_quote = make_quote
-        self.served = 0
-        self.stop = threading.Event()
-        root.mkdir()
-        (root / "attestation_type").write_text(kind)  # Gramine writes no newline
-        (root / "user_report_data").write_bytes(b"")
-        (root / "keys").mkdir()
-        (root / "keys" / "_sgx_mrenclave").write_bytes(b"E" * 16)
-        (root / "keys" / "_sgx_mrsigner").write_bytes(b"S" * 16)
-        self.thread: threading.Thread | None = None
-        if kind != "none":  # Gramine adds no quote file without remote attestation
-            os.mkfifo(root / "quote")
-            self.thread = threading.Thread(target=self._serve, daemon=True)
-            self.thread.start()
-
-    def _serve(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        fifo = self.root / "quote"
-        while (fd := open_writer(fifo, self.stop, deadline)) is not None:
-            # A fresh pipe for the next request: it must not reach this request's reader.
-            spare = self.root / ".quote.next"
-            os.mkfifo(spare)
-            os.replace(spare, fifo)
-            try:
-                report_data = (self.root / "user_report_data").read_bytes()
-                write_all(fd, self.make_quote(self.served, report_data))
-            finally:
-                self.served += 1
-                os.close(fd)
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(TIMEOUT)
-            assert not self.thread.is_alive(), "fake Gramine thread did not stop"
-            unblock(self.root / "quote")
-
-
-@pytest.fixture
-def fake_gramine(tmp_path: Path) -> Iterator[Callable[..., FakeGramine]]:
-    fakes: list[FakeGramine] = []
-
-    def make(**kwargs: object) -> FakeGramine:
-        fake = FakeGramine(tmp_path / "attestation", **kwargs)  # type: ignore[arg-type]
-        fakes.append(fake)
-        return fake
-
-    yield make
-    for fake in fakes:
-        fake.close()
+def structural(i: int, report_data: bytes) -> bytes:
+    return sgx_quote(report_data)
 
 
 def test_gramine_identity_evidence_and_report_data_round_trip(
     fake_gramine: Callable[..., FakeGramine],
 ) -> None:
-    fake = fake_gramine()
+    fake = fake_gramine(make_quote=structural)
     platform = bounded(lambda: GramineSgxPlatform(fake.root))
     assert platform.tee == "sgx"
     assert platform.code_hash == MRENCLAVE
@@ -218,7 +100,7 @@ def test_gramine_identity_evidence_and_report_data_round_trip(
 
 
 def test_gramine_sealing_keys_follow_the_policy(fake_gramine: Callable[..., FakeGramine]) -> None:
-    fake = fake_gramine()
+    fake = fake_gramine(make_quote=structural)
     by_enclave = bounded(lambda: GramineSgxPlatform(fake.root))
     by_signer = bounded(lambda: GramineSgxPlatform(fake.root, sealing_policy="mrsigner"))
     key = by_enclave.sealing_key()
@@ -254,7 +136,7 @@ def test_not_under_gramine(tmp_path: Path) -> None:
 def test_gramine_attestation_type_must_be_dcap(
     fake_gramine: Callable[..., FakeGramine], kind: str, message: str
 ) -> None:
-    fake = fake_gramine(kind=kind)
+    fake = fake_gramine(kind=kind, make_quote=structural)
     assert gramine.available(fake.root)  # present, so that nobody silently falls back to simulation
     with pytest.raises(AttestationError, match=message):
         bounded(lambda: GramineSgxPlatform(fake.root))
@@ -313,97 +195,6 @@ def test_parse_sgx_quote_body_rejects_malformed_quotes() -> None:
 
 
 # --- fake configfs-tsm -----------------------------------------------------------------------
-
-
-class FakeTsm:
-    """A configfs-tsm report directory; creating an entry populates it as the kernel would."""
-
-    def __init__(
-        self,
-        root: Path,
-        monkeypatch: pytest.MonkeyPatch,
-        *,
-        provider: str,
-        make_outblob: Callable[[bytes], bytes],
-        auxblob: bytes | None = None,
-        bumps: Callable[[int], int] = lambda i: 1,
-        outblob: str = "fifo",  # "fifo", "eio" (a read that fails with EIO), "empty"
-        mkdir_errno: int | None = None,
-    ) -> None:
-        self.root = root
-        self.provider = provider
-        self.make_outblob = make_outblob
-        self.auxblob = auxblob
-        self.bumps = bumps
-        self.outblob = outblob
-        self.mkdir_errno = mkdir_errno
-        self.created: list[str] = []
-        self.removed: list[str] = []
-        self.threads: list[threading.Thread] = []
-        self.stop = threading.Event()
-        root.mkdir(parents=True)
-        monkeypatch.setattr(tsm, "_mkdir", self._mkdir)
-        monkeypatch.setattr(tsm, "_rmdir", self._rmdir)
-
-    def _mkdir(self, path: Path) -> None:
-        if self.mkdir_errno is not None:  # e.g. ENXIO: no TSM provider registered
-            raise OSError(self.mkdir_errno, os.strerror(self.mkdir_errno), str(path))
-        os.mkdir(path)
-        (path / "generation").write_text("0\n")
-        (path / "inblob").write_bytes(b"")
-        (path / "provider").write_text(self.provider + "\n")
-        if self.auxblob is not None:
-            (path / "auxblob").write_bytes(self.auxblob)
-        if self.outblob == "eio":
-            # Reading /proc/self/mem at offset 0 (never mapped) fails in read() with EIO: a real
-            # kernel EIO after a successful open, which is how a failed TSM request looks.
-            (path / "outblob").symlink_to("/proc/self/mem")
-        else:
-            os.mkfifo(path / "outblob")
-            thread = threading.Thread(target=self._serve, args=(path, len(self.created)), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-        self.created.append(path.name)
-
-    def _serve(self, entry: Path, index: int) -> None:
-        fd = open_writer(entry / "outblob", self.stop, time.monotonic() + TIMEOUT)
-        if fd is None:
-            return
-        try:
-            generation = int((entry / "generation").read_text())
-            (entry / "generation").write_text(f"{generation + self.bumps(index)}\n")
-            if self.outblob != "empty":
-                write_all(fd, self.make_outblob((entry / "inblob").read_bytes()))
-        finally:
-            os.close(fd)
-
-    def _rmdir(self, path: Path) -> None:
-        shutil.rmtree(path)  # configfs removes an entry's attributes with it
-        self.removed.append(path.name)
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(TIMEOUT)
-            assert not thread.is_alive(), "fake kernel thread did not stop"
-
-    def assert_clean(self) -> None:
-        assert self.removed == self.created
-        assert list(self.root.iterdir()) == []
-
-
-@pytest.fixture
-def fake_tsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FakeTsm]]:
-    fakes: list[FakeTsm] = []
-
-    def make(**kwargs: object) -> FakeTsm:
-        fake = FakeTsm(tmp_path / "tsm" / "report", monkeypatch, **kwargs)  # type: ignore[arg-type]
-        fakes.append(fake)
-        return fake
-
-    yield make
-    for fake in fakes:
-        fake.close()
 
 
 @pytest.mark.parametrize("version", [4, 5])

@@ -80,8 +80,16 @@ class QuoteVerdict:
         }
 
 
-def verify_quote(quote: bytes, collateral: bytes, *, now: datetime) -> QuoteVerdict:
+def verify_quote(
+    quote: bytes, collateral: bytes, *, now: datetime, root_ca_der: bytes | None = None
+) -> QuoteVerdict:
     """Verify ``quote`` against ``collateral`` (dcap-qvl's QuoteCollateralV3 JSON) at ``now``.
+
+    ``root_ca_der`` is the root every certificate chain must end in. None, the default, means
+    Intel's SGX Root CA as dcap-qvl pins it (``dcap_qvl.verify``); other bytes, a DER certificate
+    handed to ``dcap_qvl.verify_with_root_ca``, exist for tests of an emulated platform. It is a
+    parameter only, for a verifier object to own: no flag, environment variable or configuration
+    file may reach it.
 
     Raises :class:`AttestationError` with dcap-qvl's reason when anything fails to verify.
     """
@@ -97,7 +105,10 @@ def verify_quote(quote: bytes, collateral: bytes, *, now: datetime) -> QuoteVerd
     except (ValueError, UnicodeDecodeError):
         raise AttestationError("collateral is not dcap-qvl QuoteCollateralV3 JSON") from None
     try:
-        verified = dcap_qvl.verify(quote, parsed, int(now.timestamp()))
+        if root_ca_der is None:
+            verified = dcap_qvl.verify(quote, parsed, int(now.timestamp()))
+        else:
+            verified = dcap_qvl.verify_with_root_ca(quote, parsed, root_ca_der, int(now.timestamp()))
         doc = json.loads(verified.to_json())
     except ValueError as exc:
         raise AttestationError(f"DCAP quote did not verify: {_reason(exc)}") from None
