@@ -17,7 +17,6 @@ import uuid
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,9 +36,9 @@ from enclave_infer.attestation.snp import (
     verify_snp_report,
 )
 from enclave_infer.errors import AttestationError, ConstraintError, UsageError
+from tests.shared_vectors import ATTESTATION_VECTORS, shared_vector_dir
 
-REPO = Path(__file__).resolve().parents[2]
-VECTORS = REPO / ".." / "shared" / "vectors" / "attestation" / "sev-snp"
+VECTORS = ATTESTATION_VECTORS / "sev-snp"
 NOW = datetime.fromtimestamp(1751328000, UTC)  # 2025-07-01T00:00:00Z, per the vectors' README
 
 MILAN, VLEK, GENOA = "milan-vcek-go-sev-guest", "milan-vlek-aws-trustee", "genoa-vcek-azure-openpcc"
@@ -54,12 +53,9 @@ LEVELS = {MILAN: SecurityLevel.INSECURE, VLEK: SecurityLevel.STALE, GENOA: Secur
 
 @functools.cache
 def read(relative: str) -> bytes:
-    path = VECTORS / relative
+    path = shared_vector_dir("sev-snp") / relative
     if not path.is_file():
-        pytest.fail(
-            f"SEV-SNP test vector {relative} not found under {VECTORS}: the shared vectors folder must "
-            "lie beside the repository (shared/vectors, see its README)"
-        )
+        pytest.fail(f"SEV-SNP test vector {relative} not found under {VECTORS}", pytrace=False)
     return path.read_bytes()
 
 
@@ -230,7 +226,7 @@ def test_looks_like_snp_report() -> None:
     assert looks_like_snp_report(report)
     assert looks_like_snp_report(read(f"{GENOA}/hcl_report.bin"))
     assert looks_like_snp_report(container(report, None))
-    sgx_quote = (REPO / "tests" / "vectors" / "attestation" / "sgx-dcap" / "sgx_quote").read_bytes()
+    sgx_quote = (shared_vector_dir("sgx-dcap") / "sgx_quote").read_bytes()
     assert not looks_like_snp_report(sgx_quote)
     assert not looks_like_snp_report(sgx_quote[: snp.REPORT_SIZE])  # even cut to the same size
     assert not looks_like_snp_report(b"")
