@@ -166,8 +166,12 @@ class _UploadSink:
         self._upload.abort()
 
     def _refused(self, exc: ModelError) -> None:
-        version = self._upload.manifest.version
-        log.warning("provision of model version %d refused: %s", version, exc.details.type.rpartition(":")[2])
+        # The problem type only: details may quote the model (a runtime's load error names its
+        # operators). Storage failures are the enclave's own words, and the operator must read them.
+        version, reason = self._upload.manifest.version, exc.details.type.rpartition(":")[2]
+        if exc.problem in (Problem.STORAGE_FULL, Problem.STORAGE_FAILED):
+            reason = f"{reason} ({exc.details.detail})"
+        log.warning("provision of model version %d refused: %s", version, reason)
         self._upload.abort(logged=True)
 
 
