@@ -6,10 +6,13 @@ Untrusted code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import signal
 import socket
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,7 +72,7 @@ def run(
     if attestation.report.tee == "simulation":
         log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
     log.info("%s", attestation.summary(now=datetime.now(UTC)))
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(create_app(enclave), host=host, port=port, log_level="info", log_config=None)
     )
     shown = f"[{host}]" if ":" in host else host
@@ -84,6 +87,26 @@ def run(
     finally:
         enclave.stop()
         listener.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, stopped by SIGINT or SIGTERM without re-raising the signal afterwards (which would
+    end the process with a traceback instead of a clean exit); a second signal forces the exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def stop(signum: int, frame: object) -> None:
+            if self.should_exit:
+                self.force_exit = True
+            self.should_exit = True
+            log.info("%s received: stopping", signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _listen(host: str, port: int) -> socket.socket:
