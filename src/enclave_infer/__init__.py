@@ -38,7 +38,7 @@ from enclave_infer.errors import (
 if TYPE_CHECKING:
     from enclave_infer.attestation.constraints import Constraint
     from enclave_infer.attestation.constraints import parse as parse_constraint
-    from enclave_infer.attestation.evidence import Attestation
+    from enclave_infer.attestation.evidence import Attestation, Verifier
     from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
     from enclave_infer.client.config import ClientConfig
     from enclave_infer.client.owner import generate_owner_key, load_owner_key
@@ -86,6 +86,7 @@ __all__ = [
     "TransportError",
     "UnavailableError",
     "UsageError",
+    "Verifier",
     "generate_owner_key",
     "load_owner_key",
     "parse_constraint",
@@ -105,6 +106,7 @@ _LAZY = {
     "Problem": ("enclave_infer.protocol.api", "Problem"),
     "ProvisionResult": ("enclave_infer.protocol.api", "ProvisionResult"),
     "Runtime": ("enclave_infer.protocol.api", "Runtime"),
+    "Verifier": ("enclave_infer.attestation.evidence", "Verifier"),
     "SecurityLevel": ("enclave_infer.attestation.report", "SecurityLevel"),
     "generate_owner_key": ("enclave_infer.client.owner", "generate_owner_key"),
     "load_owner_key": ("enclave_infer.client.owner", "load_owner_key"),

@@ -15,7 +15,7 @@ import asyncio
 import json
 import urllib.parse
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 import dcap_qvl
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave_infer.attestation import constraints, evidence
 from enclave_infer.attestation.dcap import verify_quote
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, report_data_binding
+from enclave_infer.attestation.report import SecurityLevel, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
 from enclave_infer.enclave.tsm import ConfigfsTsmPlatform, parse_tdx_quote
@@ -466,9 +466,7 @@ def test_evidence_from_the_emulated_platform_appraised_through_a_verifier_that_o
     quote = bounded(lambda: platform.evidence(report_data_binding(key_config, config.digest(), nonce)))
     document = evidence.Evidence("sgx", quote, config.canonical(), dcap.collateral("sgx")).encode()
 
-    def test_root(quote: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
-        return verify_quote(quote, collateral, now=now, root_ca_der=dcap.root_ca_der).report
-
+    test_root = evidence.Verifier(intel_root_ca_der=dcap.root_ca_der)
     constraint = constraints.parse(f"C:{MRENCLAVE.hex()} S:{MRSIGNER.hex()} PROD:0")
     attestation = evidence.verify(
         document,
@@ -476,12 +474,10 @@ def test_evidence_from_the_emulated_platform_appraised_through_a_verifier_that_o
         nonce=nonce,
         constraint=constraint,
         now=NOW,
-        verifiers={"sgx": test_root},
+        verifier=test_root,
     )
     assert attestation.config == config and attestation.report.security_level is SecurityLevel.SECURE
     with pytest.raises(AttestationError, match="not bound"):
-        evidence.appraise(
-            document, key_config=key_config, nonce=b"m" * 32, now=NOW, verifiers={"sgx": test_root}
-        )
-    with pytest.raises(AttestationError, match="did not verify"):  # the default verifiers: Intel's root
+        evidence.appraise(document, key_config=key_config, nonce=b"m" * 32, now=NOW, verifier=test_root)
+    with pytest.raises(AttestationError, match="did not verify"):  # the production verifier: Intel's root
         evidence.verify(document, key_config=key_config, nonce=nonce, constraint=constraint, now=NOW)

@@ -42,7 +42,7 @@ PUBLIC = {
     "Client", "ClientConfig", "Classification", "Prediction", "ModelInfo", "ProvisionResult", "Preprocessing",
     "Runtime", "Problem",
     # attestation
-    "Attestation", "Constraint", "EnclaveReport", "SecurityLevel", "parse_constraint",
+    "Attestation", "Constraint", "EnclaveReport", "SecurityLevel", "Verifier", "parse_constraint",
     # the model owner's key
     "generate_owner_key", "load_owner_key",
     # errors

@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from enclave_infer.attestation import constraints, evidence, snp
 from enclave_infer.attestation._amd_roots import ARK_PEM, ARK_SHA256
-from enclave_infer.attestation.report import SecurityLevel, SnpTcb
+from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.attestation.snp import (
     SnpVerifier,
     looks_like_snp_report,
@@ -384,16 +384,21 @@ def test_the_snp_tcb_floor() -> None:
 
 def test_evidence_verifier_for_sev_snp() -> None:
     report, certs, _ = vector(GENOA)
-    verified = evidence.VERIFIERS["sev-snp"](report, bundle(certs), NOW)
+    production = evidence.Verifier.production()
+
+    def platform_report(evidence_bytes: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
+        return production.platform_report("sev-snp", evidence_bytes, collateral, now)
+
+    verified = platform_report(report, bundle(certs), NOW)
     assert verified == verify_snp_report(report, bundle(certs), now=NOW).report
     with pytest.raises(AttestationError, match="without collateral"):
-        evidence.VERIFIERS["sev-snp"](report, b"", NOW)
+        platform_report(report, b"", NOW)
     # the container configfs-tsm evidence travels in, with the host's GHCB certificate table
     table = cert_table([("VCEK", certs[0]), ("ASK", certs[1]), ("ARK", certs[2])])
-    assert evidence.VERIFIERS["sev-snp"](container(report, table), b"", NOW) == verified
-    assert evidence.VERIFIERS["sev-snp"](container(report, None), bundle(certs), NOW) == verified
+    assert platform_report(container(report, table), b"", NOW) == verified
+    assert platform_report(container(report, None), bundle(certs), NOW) == verified
     with pytest.raises(AttestationError):
-        evidence.VERIFIERS["sev-snp"](container(report, table[:-1]), b"", NOW)
+        platform_report(container(report, table[:-1]), b"", NOW)
     # a real report does not bind this project's key configuration and nonce: step 3 refuses it
     document = evidence.Evidence("sev-snp", report, b"{}", bundle(certs)).encode()
     with pytest.raises(AttestationError, match="enclave configuration in the evidence is invalid"):

@@ -31,7 +31,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,31 +41,56 @@ from enclave_infer.attestation.report import EnclaveReport, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
 
-__all__ = ["Attestation", "Evidence", "appraise", "verify"]
+__all__ = ["Attestation", "Evidence", "Verifier", "appraise", "verify"]
 
 VERSION = 1
 # An attestation document is small (an SGX quote with certificates is ~5 KB); refuse anything huge.
 MAX_DOCUMENT_BYTES = 256 * 1024
 
-# (platform evidence, collateral or b"", time of verification) -> verified report
-Verifier = Callable[[bytes, bytes, datetime], EnclaveReport]
+
+@dataclass(frozen=True)
+class Verifier:
+    """The trust a client verifies evidence with: the roots, given once and used for every check
+    (sigstore's ``Verifier``). :meth:`production` trusts Intel's SGX Root CA (as dcap-qvl pins it)
+    and AMD's ARKs (pinned in :mod:`._amd_roots`); tests build one with their own roots. No CLI
+    option, environment variable or configuration key reaches these fields.
+    """
+
+    intel_root_ca_der: bytes | None = None  # None: Intel's SGX Root CA, pinned by dcap-qvl
+    snp_roots: Mapping[str, bytes] | None = None  # None: AMD's ARKs; else product -> ARK DER
+
+    @classmethod
+    def production(cls) -> Verifier:
+        return cls()
+
+    def platform_report(self, tee: str, evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
+        """Verify the platform's own evidence; raises AttestationError. ``tee`` is what the document
+        claims, and the evidence must be of that kind."""
+        if tee == "simulation":
+            report = simulation.verify(evidence)
+        elif tee in ("sgx", "tdx"):
+            if not collateral:
+                raise AttestationError(
+                    "DCAP evidence without collateral: the host attached none;"
+                    " give --collateral FILE or --pccs URL"
+                )
+            report = dcap.verify_quote(
+                evidence, collateral, now=now, root_ca_der=self.intel_root_ca_der
+            ).report
+        elif tee == "sev-snp":
+            verifier = (
+                snp.SnpVerifier.production() if self.snp_roots is None else _snp_verifier(self.snp_roots)
+            )
+            report = verifier.verify(evidence, collateral, now=now).report
+        else:
+            raise AttestationError(f"unsupported TEE type {tee!r}")
+        if report.tee != tee:
+            raise AttestationError(f"the document says {tee} evidence but it is {report.tee} evidence")
+        return report
 
 
-def _simulation(evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
-    return simulation.verify(evidence)
-
-
-def _dcap(evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
-    if not collateral:
-        raise AttestationError("DCAP evidence without collateral: give --collateral FILE or --pccs URL")
-    return dcap.verify_quote(evidence, collateral, now=now).report
-
-
-def _sev_snp(evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
-    return snp.verify_snp_report(evidence, collateral, now=now).report
-
-
-VERIFIERS: dict[str, Verifier] = {"simulation": _simulation, "sgx": _dcap, "tdx": _dcap, "sev-snp": _sev_snp}
+def _snp_verifier(roots: Mapping[str, bytes]) -> snp.SnpVerifier:
+    return snp.SnpVerifier(roots)
 
 
 @dataclass(frozen=True)
@@ -145,7 +170,7 @@ def appraise(
     nonce: bytes,
     now: datetime,
     collateral: bytes | None = None,
-    verifiers: dict[str, Verifier] | None = None,
+    verifier: Verifier | None = None,
 ) -> Attestation:
     """Steps 1 to 3: verify the evidence and its binding, without a client policy.
 
@@ -153,11 +178,10 @@ def appraise(
     from its PCCS)."""
     # 1. parse
     evidence = Evidence.decode(document)
-    verifier = (verifiers or VERIFIERS).get(evidence.tee)
-    if verifier is None:
-        raise AttestationError(f"unsupported TEE type {evidence.tee!r}")
-    # 2. platform verification
-    report = verifier(evidence.evidence, collateral if collateral is not None else evidence.collateral, now)
+    # 2. platform verification, with the verifier's roots
+    report = (verifier or Verifier.production()).platform_report(
+        evidence.tee, evidence.evidence, collateral if collateral is not None else evidence.collateral, now
+    )
     try:
         config = EnclaveConfig.from_canonical(evidence.config)
     except UsageError as exc:
@@ -181,11 +205,11 @@ def verify(
     constraint: Constraint,
     now: datetime,
     collateral: bytes | None = None,
-    verifiers: dict[str, Verifier] | None = None,
+    verifier: Verifier | None = None,
 ) -> Attestation:
     """All four steps; raises AttestationError or ConstraintError, returns only on success."""
     attestation = appraise(
-        document, key_config=key_config, nonce=nonce, now=now, collateral=collateral, verifiers=verifiers
+        document, key_config=key_config, nonce=nonce, now=now, collateral=collateral, verifier=verifier
     )
     # 4. the client's policy
     constraint.check(attestation.report, now=now)

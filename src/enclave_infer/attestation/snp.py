@@ -1190,3 +1190,37 @@ def verify_snp_report(
     certificate table. ``crl``, when given, is AMD's CRL for the product (PEM or DER). Raises
     :class:`AttestationError` with a one-line reason when anything fails to verify."""
     return SnpVerifier.production().verify(report, collateral, now=now, crl=crl)
+
+
+def report_of(evidence: bytes) -> bytes:
+    """The raw ATTESTATION_REPORT in any input form :func:`verify_snp_report` takes (raw, the
+    evidence container, an Azure HCL report), unverified: for a host that fetches its collateral."""
+    if evidence[:1] == b"{":
+        evidence = _unwrap_container(evidence)[0]
+    if evidence.startswith(HCL_SIGNATURE):
+        evidence = _unwrap_hcl(evidence)[0]
+    if len(evidence) != REPORT_SIZE:
+        raise AttestationError(f"an SEV-SNP report is {REPORT_SIZE} bytes, got {len(evidence)}")
+    return evidence
+
+
+def product_of(report: AttestationReport) -> str:
+    """The product (``Milan``, ``Genoa``, ``Turin``) of the CPU that signed ``report``, from its CPUID
+    family and model (reports v3 and later; AMD PPR for families 19h and 1Ah): what AMD's KDS needs."""
+    if report.cpuid is None:
+        raise AttestationError(
+            "a version 2 SEV-SNP report does not name its CPU: give the certificates in a file"
+        )
+    family, model, _ = report.cpuid
+    if family == PRODUCT_FAMILIES["Turin"]:
+        return "Turin"
+    if family == 0x19 and model <= 0x0F:
+        return "Milan"
+    if (family == 0x19 and 0x10 <= model <= 0x1F) or (family == 0x19 and 0xA0 <= model <= 0xAF):
+        return "Genoa"
+    raise AttestationError(f"unknown SEV-SNP product: CPU family {family:#x} model {model:#x}")
+
+
+def carries_certificates(evidence: bytes) -> bool:
+    """Whether ``evidence`` is the evidence container with a certificate table (unverified)."""
+    return evidence[:1] == b"{" and _unwrap_container(evidence)[1] is not None

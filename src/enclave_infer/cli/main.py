@@ -36,6 +36,7 @@ from enclave_infer.logs import LOG_FORMATS
 if TYPE_CHECKING:
     from enclave_infer.attestation.evidence import Attestation
     from enclave_infer.client.sdk import Client
+    from enclave_infer.host.collateral import CollateralSource
     from enclave_infer.protocol.api import Classification, Preprocessing
 
 __all__ = ["main"]
@@ -97,6 +98,19 @@ def _parser() -> argparse.ArgumentParser:
         help="attach to an enclave already listening at tcp:127.0.0.1:PORT instead of starting one",
     )
     s.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="log lines as text or JSON")
+    source = s.add_mutually_exclusive_group()
+    source.add_argument(
+        "--pccs", metavar="URL", help="fetch DCAP collateral (SGX, TDX) from this PCCS (default: Intel's PCS)"
+    )
+    source.add_argument(
+        "--kds", metavar="URL", help="fetch SEV-SNP certificates from this KDS (default: AMD's KDS)"
+    )
+    source.add_argument(
+        "--collateral",
+        type=Path,
+        metavar="FILE",
+        help="serve this collateral instead (air-gapped sites): dcap-qvl JSON, or a PEM bundle for SEV-SNP",
+    )
     add_config(s)
     s.set_defaults(func=_serve)
 
@@ -215,8 +229,22 @@ def _serve(args: argparse.Namespace) -> int:
         platform=args.platform,
         external=external,
         log_format=args.log_format,
+        collateral=_collateral_source(args),
     )
     return 0
+
+
+def _collateral_source(args: argparse.Namespace) -> CollateralSource | None:
+    """What ``serve`` fetches its enclave's collateral from; None: Intel's PCS or AMD's KDS."""
+    from enclave_infer.host.collateral import FileSource, KdsSource, PccsSource
+
+    if args.collateral:
+        return FileSource(args.collateral)
+    if args.pccs:
+        return PccsSource(args.pccs)
+    if args.kds:
+        return KdsSource(args.kds)
+    return None
 
 
 def _attest(args: argparse.Namespace) -> int:

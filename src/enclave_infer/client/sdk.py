@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.constraints import Constraint
-from enclave_infer.attestation.evidence import Attestation, Evidence, appraise, verify
+from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise, verify
 from enclave_infer.client._transport import Reply, Transport
 from enclave_infer.client.config import ClientConfig
 from enclave_infer.errors import (
@@ -91,6 +91,7 @@ PROBLEM_ERRORS: Mapping[Problem, type[RemoteError]] = {
     Problem.INVALID_MODEL: ProvisionRefusedError,
     Problem.OVERLOADED: OverloadedError,
     Problem.ENCLAVE_UNAVAILABLE: UnavailableError,
+    Problem.COLLATERAL_UNAVAILABLE: UnavailableError,
     Problem.BAD_GATEWAY: UnavailableError,
     Problem.REQUEST_TIMEOUT: UnavailableError,
     Problem.INFERENCE_FAILED: EnclaveFailureError,
@@ -114,8 +115,10 @@ class Client:
         collateral: bytes | None = None,
         pccs_url: str | None = None,
         model_sha256: str | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         """``constraint`` None only for :meth:`inspect`: such a client never sends anything.
+        ``verifier``: the roots evidence is verified with (default :meth:`Verifier.production`).
         ``collateral``: the DCAP collateral to verify a quote with (dcap-qvl JSON), instead of
         what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote.
         ``model_sha256``: send images only to, and accept answers only from, that model."""
@@ -131,6 +134,7 @@ class Client:
         self._now = now or (lambda: datetime.now(UTC))
         self._collateral = collateral
         self._pccs_url = pccs_url
+        self._verifier = verifier or Verifier.production()
         self._key: ohttp.KeyConfig | None = None
         self._clock_offset = 0.0
         self.attestation: Attestation | None = None
@@ -176,7 +180,14 @@ class Client:
                 collateral = fetch_collateral(self._pccs_url, evidence.evidence)
         key_config, now = config.encode(), self._now()
         if constraint is None:
-            return appraise(document, key_config=key_config, nonce=nonce, now=now, collateral=collateral)
+            return appraise(
+                document,
+                key_config=key_config,
+                nonce=nonce,
+                now=now,
+                collateral=collateral,
+                verifier=self._verifier,
+            )
         attestation = verify(
             document,
             key_config=key_config,
@@ -184,6 +195,7 @@ class Client:
             constraint=constraint,
             now=now,
             collateral=collateral,
+            verifier=self._verifier,
         )
         self._key, self.attestation = config, attestation
         return attestation

@@ -4,7 +4,8 @@ Untrusted code. It sees ciphertext and lengths only.
 
 =========================  ====================================================================
 ``GET /ohttp-keys``        the enclave's key configuration (``application/ohttp-keys``, RFC 9458 §3)
-``GET /v1/attestation``    evidence bound to the key configuration and ``?nonce=<hex>``
+``GET /v1/attestation``    evidence bound to the key configuration and ``?nonce=<hex>``, with the
+                           collateral the host keeps for it (``host/collateral.py``)
 ``POST /v1/ohttp``         ``message/ohttp-req`` in, ``message/ohttp-res`` out (RFC 9458 §4), or
                            the chunked forms, streamed (draft-ietf-ohai-chunked-ohttp)
 ``GET /healthz``           whether the enclave process is up
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -28,8 +30,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from enclave_infer.attestation.evidence import Evidence
 from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES
-from enclave_infer.errors import ProtocolError, TransportError
+from enclave_infer.errors import AttestationError, ProtocolError, TransportError
+from enclave_infer.host.collateral import CollateralKeeper
 from enclave_infer.host.enclave_process import EnclaveProcess
 from enclave_infer.protocol import chunked_ohttp, framing, ohttp
 from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
@@ -54,8 +58,9 @@ class _Refused(Exception):
 class _Relay:
     """The routes, bound to one enclave process."""
 
-    def __init__(self, enclave: EnclaveProcess) -> None:
+    def __init__(self, enclave: EnclaveProcess, collateral: CollateralKeeper | None) -> None:
         self._enclave = enclave
+        self._collateral = collateral
         self._max_request_bytes = enclave.config.limits.max_request_bytes
 
     async def keys(self, request: Request) -> Response:
@@ -69,7 +74,20 @@ class _Relay:
         if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
             detail = f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes of hex"
             return _problem(Problem.INVALID_PARAMETER.details(detail))
-        return await self._call(FrameType.GET_EVIDENCE, nonce, FrameType.EVIDENCE, "application/json")
+        collateral = None
+        if self._collateral is not None:
+            current = self._collateral.current
+            if current is None:  # never evidence that clients cannot verify
+                return _problem(Problem.COLLATERAL_UNAVAILABLE.details(self._collateral.problem or "expired"))
+            collateral = current.data
+        answer = await self._call(FrameType.GET_EVIDENCE, nonce, FrameType.EVIDENCE, "application/json")
+        if collateral is None or answer.status_code != 200:
+            return answer
+        try:  # the document is public; the host attaches what it fetched (signed by Intel or AMD)
+            document = dataclasses.replace(Evidence.decode(bytes(answer.body)), collateral=collateral)
+        except AttestationError:
+            return _problem(Problem.BAD_GATEWAY.details("malformed evidence document from the enclave"))
+        return Response(document.encode(), media_type="application/json", headers=_NO_STORE)
 
     async def ohttp(self, request: Request) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -138,8 +156,9 @@ class _Relay:
         return Problem.TOO_LARGE.details(f"request larger than {self._max_request_bytes} bytes")
 
 
-def create_app(enclave: EnclaveProcess) -> Starlette:
-    relay = _Relay(enclave)
+def create_app(enclave: EnclaveProcess, collateral: CollateralKeeper | None = None) -> Starlette:
+    """``collateral``: what the host attaches to the enclave's evidence (SGX, TDX, SEV-SNP)."""
+    relay = _Relay(enclave, collateral)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ clients attest again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -143,7 +144,9 @@ class EnclaveProcess:
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait()
-            self.socket_path.unlink(missing_ok=True)
+            if self._data_lock is not None:  # only a host that held the data dir owns its socket
+                with contextlib.suppress(OSError):
+                    self.socket_path.unlink(missing_ok=True)
             self._remove_pycache()
             if self._own_socket_dir is not None:
                 shutil.rmtree(self._own_socket_dir, ignore_errors=True)

@@ -19,10 +19,18 @@ from pathlib import Path
 import uvicorn
 
 from enclave_infer import logs
-from enclave_infer.attestation.evidence import Attestation, appraise
+from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.errors import EnclaveInferError, TransportError, UsageError
+from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
 from enclave_infer.host.app import create_app
+from enclave_infer.host.collateral import (
+    Collateral,
+    CollateralKeeper,
+    CollateralSource,
+    KdsSource,
+    PccsSource,
+    needs_collateral,
+)
 from enclave_infer.host.enclave_process import EnclaveProcess
 from enclave_infer.protocol import ohttp
 from enclave_infer.protocol.framing import Address, FrameType
@@ -32,15 +40,32 @@ __all__ = ["run"]
 log = logging.getLogger("enclave_infer.host")
 
 
-async def self_attest(enclave: EnclaveProcess) -> Attestation:
-    """What the Conclave host does at start: fetch its enclave's evidence and appraise it."""
+async def _fetch_evidence(enclave: EnclaveProcess) -> tuple[bytes, bytes, bytes]:
+    """The enclave's key configuration, a fresh nonce, and its evidence document for them."""
     kind, keys = await enclave.call(FrameType.GET_KEYS)
     nonce = secrets.token_bytes(32)
     kind2, document = await enclave.call(FrameType.GET_EVIDENCE, nonce)
     if kind is not FrameType.KEYS or kind2 is not FrameType.EVIDENCE:
         raise TransportError("the enclave did not answer the start-up attestation")
-    key_config = ohttp.decode_key_configs(keys)[0].encode()
-    return appraise(document, key_config=key_config, nonce=nonce, now=datetime.now(UTC))
+    return ohttp.decode_key_configs(keys)[0].encode(), nonce, document
+
+
+def self_attest(enclave: EnclaveProcess, verifier: Verifier, collateral: bytes | None = None) -> Attestation:
+    """What the Conclave host does at start: fetch its enclave's evidence, appraise it with the
+    collateral the host serves, and log the report. Raises when it does not verify."""
+    key_config, nonce, document = asyncio.run(_fetch_evidence(enclave))
+    attestation = appraise(
+        document,
+        key_config=key_config,
+        nonce=nonce,
+        now=datetime.now(UTC),
+        collateral=collateral,
+        verifier=verifier,
+    )
+    if attestation.report.tee == "simulation":
+        log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
+    log.info("%s", attestation.summary(now=datetime.now(UTC)))
+    return attestation
 
 
 def run(
@@ -52,28 +77,44 @@ def run(
     platform: str = "auto",
     external: Address | None = None,
     log_format: str = "text",
+    collateral: CollateralSource | None = None,
+    verifier: Verifier | None = None,
 ) -> None:
+    """``collateral``: where the host gets collateral for its enclave's evidence (default: Intel's
+    PCS for SGX and TDX, AMD's KDS for SEV-SNP). ``verifier``: the roots the host appraises its own
+    enclave with at start (default :meth:`Verifier.production`; only code, never an option, sets
+    another)."""
     started = time.monotonic()
     logs.configure("host", log_format)
+    verifier = verifier or Verifier.production()
     listener = _listen(host, port)  # before the enclave starts: a busy port fails fast, in one line
     port = listener.getsockname()[1]  # --port 0: the one the system chose
     enclave = EnclaveProcess(config, data_dir, platform=platform, external=external, log_format=log_format)
+    keeper: CollateralKeeper | None = None
     try:
         enclave.start()
+        tee, evidence = _platform_evidence(enclave)
+        if needs_collateral(tee):
+            # SGX, TDX, SEV-SNP: clients need collateral; without it the host serves no evidence
+
+            def appraise_with(fresh: Collateral) -> None:
+                self_attest(enclave, verifier, fresh.data)
+
+            source = collateral or _default_source(tee)
+            keeper = CollateralKeeper(source, enclave.data_dir / COLLATERAL_CACHE, on_ready=appraise_with)
+            keeper.start(tee, evidence)
+            if keeper.refused:
+                raise AttestationError(keeper.problem)
+        else:
+            self_attest(enclave, verifier)
     except EnclaveInferError:
-        listener.close()
-        raise
-    try:
-        attestation = asyncio.run(self_attest(enclave))
-    except EnclaveInferError:
+        if keeper is not None:
+            keeper.stop()
         enclave.stop()
         listener.close()
         raise
-    if attestation.report.tee == "simulation":
-        log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
-    log.info("%s", attestation.summary(now=datetime.now(UTC)))
     server = _Server(
-        uvicorn.Config(create_app(enclave), host=host, port=port, log_level="info", log_config=None)
+        uvicorn.Config(create_app(enclave, keeper), host=host, port=port, log_level="info", log_config=None)
     )
     shown = f"[{host}]" if ":" in host else host
     log.info(
@@ -85,8 +126,25 @@ def run(
     try:
         server.run(sockets=[listener])
     finally:
+        if keeper is not None:
+            keeper.stop()
         enclave.stop()
         listener.close()
+
+
+# The collateral cache, in the data dir: public data, signed by Intel or AMD.
+COLLATERAL_CACHE = "collateral.json"
+
+
+def _platform_evidence(enclave: EnclaveProcess) -> tuple[str, bytes]:
+    """The TEE type and the platform evidence of the running enclave (for its collateral)."""
+    document = asyncio.run(_fetch_evidence(enclave))[2]
+    parsed = Evidence.decode(document)
+    return parsed.tee, parsed.evidence
+
+
+def _default_source(tee: str) -> CollateralSource:
+    return KdsSource() if tee == "sev-snp" else PccsSource()
 
 
 class _Server(uvicorn.Server):

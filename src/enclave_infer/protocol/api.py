@@ -131,6 +131,7 @@ class Problem(enum.Enum):
     # The service
     OVERLOADED = (_OURS + "overloaded", 503, "Too busy")
     ENCLAVE_UNAVAILABLE = (_OURS + "enclave-unavailable", 503, "Enclave unavailable")
+    COLLATERAL_UNAVAILABLE = (_OURS + "collateral-unavailable", 503, "Attestation collateral unavailable")
     BAD_GATEWAY = (_OURS + "bad-gateway", 502, "Unexpected answer from the enclave")
     INTERNAL = (_OURS + "internal-error", 500, "Internal enclave error")
 
