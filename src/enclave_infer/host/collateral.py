@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ from typing import Protocol
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave_infer.attestation import snp
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
@@ -151,13 +151,11 @@ class KdsSource:
         with httpx.Client(timeout=FETCH_TIMEOUT_SECONDS, transport=self._transport, trust_env=False) as http:
             vcek = self._get(http, f"/vcek/v1/{product}/{hwid.hex()}?{query}")
             chain = self._get(http, f"/vcek/v1/{product}/cert_chain")
+        bundle = ssl.DER_cert_to_PEM_cert(vcek).encode() + chain
         try:
-            vcek_pem = x509.load_der_x509_certificate(vcek).public_bytes(Encoding.PEM)
-            x509.load_pem_x509_certificates(chain)
-        except ValueError:
-            raise TransportError(f"{self.url} did not answer with certificates") from None
-        bundle = vcek_pem + chain
-        snp.parse_snp_collateral(bundle)  # the verifier's own reading; raises if it would not parse
+            snp.parse_snp_collateral(bundle)  # the verifier's own reading of it
+        except AttestationError as exc:
+            raise TransportError(f"{self.url} did not answer with AMD certificates: {exc}") from None
         now = datetime.now(UTC)
         return Collateral(bundle, now + MAX_REFRESH_INTERVAL + REFRESH_MARGIN, f"KDS {self.url}")
 
@@ -233,8 +231,10 @@ class CollateralKeeper:
         *,
         on_ready: Callable[[Collateral], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        first_retry: float = FIRST_RETRY_SECONDS,
     ) -> None:
         self._source, self._cache, self._on_ready, self._clock = source, cache, on_ready, clock
+        self._first_retry = first_retry
         self._lock = threading.Lock()
         self._current: Collateral | None = None
         self._problem = "collateral not fetched yet"
@@ -342,7 +342,7 @@ class CollateralKeeper:
             log.warning("cannot cache collateral in %s: %s", self._cache, exc.strerror)
 
     def _run(self) -> None:
-        retry = FIRST_RETRY_SECONDS
+        retry = self._first_retry
         while not self._stopped:
             current = self.current
             if current is not None:
@@ -354,7 +354,7 @@ class CollateralKeeper:
             if self._stopped:
                 return
             if self._refresh():
-                retry = FIRST_RETRY_SECONDS
+                retry = self._first_retry
             else:
                 log.warning("collateral refresh failed: %s", self.problem)
 
