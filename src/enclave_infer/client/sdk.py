@@ -235,9 +235,9 @@ class Client:
         version: int | None = None,
     ) -> ProvisionResult:
         """Sign a manifest for ``model`` (ONNX bytes, or a mapping of format to bytes) and upload
-        it: :meth:`provision_files` on bytes in memory."""
+        it: the streamed path, on bytes in memory."""
         files = {"onnx": model} if isinstance(model, bytes | bytearray) else dict(model)
-        return self.provision_files(
+        return self._provision(
             {fmt: _Source(io.BytesIO, data) for fmt, data in files.items()},
             labels,
             owner_key,
@@ -259,7 +259,7 @@ class Client:
         the model's size. ``model`` is an ONNX file, or a mapping of format ("onnx",
         "torchscript") to file, each served by its runtime. ``progress`` gets byte counts."""
         paths = {"onnx": model} if isinstance(model, Path) else dict(model)
-        return self.provision_files(
+        return self._provision(
             {fmt: _Source(_opener(path), path) for fmt, path in paths.items()},
             labels,
             owner_key,
@@ -268,7 +268,7 @@ class Client:
             progress=progress,
         )
 
-    def provision_files(
+    def _provision(
         self,
         sources: Mapping[str, _Source],
         labels: Sequence[str],
