@@ -401,7 +401,7 @@ def test_evidence_verifier_for_sev_snp() -> None:
 
 
 def container(report: bytes, certs: bytes | None) -> bytes:
-    """The evidence container of enclave_infer.enclave.tsm.encode_snp_evidence."""
+    """The evidence container of snp.encode_snp_evidence, written out independently here."""
     doc = {
         "certs": base64.b64encode(certs).decode() if certs else None,
         "report": base64.b64encode(report).decode(),

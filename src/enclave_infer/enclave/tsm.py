@@ -27,8 +27,9 @@ Evidence bytes:
 
   ``report`` is the 1184-byte ATTESTATION_REPORT; ``certs`` the GHCB certificate table (VCEK or
   VLEK, ASK, ARK), ``null`` when the host supplied none, in which case a verifier fetches the VCEK
-  from AMD's key distribution service. :func:`encode_snp_evidence` and
-  :func:`decode_snp_evidence` are the two directions.
+  from AMD's key distribution service. The container has one definition, in
+  :mod:`enclave_infer.attestation.snp` (:func:`~enclave_infer.attestation.snp.encode_snp_evidence`
+  builds it here, :func:`~enclave_infer.attestation.snp.decode_snp_evidence` reads it).
 
 Layouts, parsed only as far as the enclave needs to know its own identity (verification is the
 client's job):
@@ -67,11 +68,8 @@ are zero. configfs-tsm offers no sealing key either.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
-import json
 import os
 import secrets
 import struct
@@ -79,6 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+from enclave_infer.attestation.snp import encode_snp_evidence
 from enclave_infer.enclave import _intel_quote, _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
@@ -90,8 +89,6 @@ __all__ = [
     "TdxQuoteBody",
     "TsmReport",
     "available",
-    "decode_snp_evidence",
-    "encode_snp_evidence",
     "parse_snp_report",
     "parse_tdx_quote",
 ]
@@ -226,35 +223,6 @@ def parse_snp_report(report: bytes) -> SnpReport:
         measurement=report[SNP_MEASUREMENT_OFFSET : SNP_MEASUREMENT_OFFSET + MEASUREMENT_SIZE],
         report_data=report[SNP_REPORT_DATA_OFFSET : SNP_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
     )
-
-
-def encode_snp_evidence(report: bytes, certs: bytes | None) -> bytes:
-    """The SEV-SNP evidence container: ``{"certs": base64 | null, "report": base64}``."""
-    doc = {
-        "certs": base64.b64encode(certs).decode() if certs else None,
-        "report": base64.b64encode(report).decode(),
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-def decode_snp_evidence(evidence: bytes) -> tuple[bytes, bytes | None]:
-    """(report, certificate table or None) from :func:`encode_snp_evidence`'s container."""
-    try:
-        doc = json.loads(evidence)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise AttestationError("SEV-SNP evidence is not JSON") from None
-    if not isinstance(doc, dict) or set(doc) != {"report", "certs"}:
-        raise AttestationError('SEV-SNP evidence must be {"report": ..., "certs": ...}')
-    report, certs = doc["report"], doc["certs"]
-    if not isinstance(report, str) or not (certs is None or isinstance(certs, str)):
-        raise AttestationError("SEV-SNP evidence fields must be base64 strings (certs may be null)")
-    try:
-        return (
-            base64.b64decode(report, validate=True),
-            None if certs is None else base64.b64decode(certs, validate=True),
-        )
-    except binascii.Error:
-        raise AttestationError("SEV-SNP evidence holds invalid base64") from None
 
 
 def available(root: Path = DEFAULT_ROOT) -> bool:
