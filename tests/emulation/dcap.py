@@ -45,7 +45,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,12 +56,14 @@ from cryptography.x509.oid import NameOID
 __all__ = [
     "CERT_NOT_AFTER",
     "CERT_NOT_BEFORE",
+    "EVALUATION_DATA_NUMBER",
     "ISSUE_DATE",
     "NEXT_UPDATE",
     "NOW",
     "ROOT_CA_NAME",
     "TCB_STATUSES",
     "Collateral",
+    "CollateralOptions",
     "EmulatedDcap",
     "Platform",
     "SignedDocument",
@@ -88,6 +90,7 @@ TCB_STATUSES = (
 ISSUE_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 NEXT_UPDATE = ISSUE_DATE + timedelta(days=30)
 NOW = ISSUE_DATE + timedelta(days=1)
+EVALUATION_DATA_NUMBER = 18  # the collateral's tcbEvaluationDataNumber unless a test asks for another
 CERT_NOT_BEFORE = datetime(2025, 1, 1, tzinfo=UTC)
 CERT_NOT_AFTER = datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC)
 
@@ -286,6 +289,18 @@ class Collateral:
         return json.dumps(doc).encode()
 
 
+class CollateralOptions(TypedDict, total=False):
+    """What :meth:`EmulatedDcap.collateral_parts` takes besides the TEE, with its defaults there;
+    :meth:`EmulatedDcap.collateral` and :class:`tests.emulation.pccs.FakePccs` take the same."""
+
+    status: str
+    advisory_ids: Sequence[str]
+    issue_date: datetime
+    next_update: datetime
+    evaluation_data_number: int
+    revoke_pck: bool
+
+
 @dataclass
 class EmulatedDcap:
     """A test root CA and everything under it: PCK chain, TCB signing, CRLs, collateral, quotes.
@@ -465,7 +480,7 @@ class EmulatedDcap:
         advisory_ids: Sequence[str] = (),
         issue_date: datetime = ISSUE_DATE,
         next_update: datetime = NEXT_UPDATE,
-        evaluation_data_number: int = 18,
+        evaluation_data_number: int = EVALUATION_DATA_NUMBER,
         module_status: str = "UpToDate",
     ) -> SignedDocument:
         """TCB info v3 for this platform's FMSPC, whose levels give the platform ``status``.
@@ -556,7 +571,7 @@ class EmulatedDcap:
         status: str = "UpToDate",
         issue_date: datetime = ISSUE_DATE,
         next_update: datetime = NEXT_UPDATE,
-        evaluation_data_number: int = 18,
+        evaluation_data_number: int = EVALUATION_DATA_NUMBER,
     ) -> SignedDocument:
         """Enclave identity v2 of the emulated QE (``QE`` for SGX, ``TD_QE`` for TDX).
 
@@ -594,7 +609,7 @@ class EmulatedDcap:
         advisory_ids: Sequence[str] = (),
         issue_date: datetime = ISSUE_DATE,
         next_update: datetime = NEXT_UPDATE,
-        evaluation_data_number: int = 18,
+        evaluation_data_number: int = EVALUATION_DATA_NUMBER,
         revoke_pck: bool = False,
     ) -> Collateral:
         """TCB info (giving the platform ``status``), QE identity, CRLs and their issuer chains,
@@ -620,27 +635,9 @@ class EmulatedDcap:
             tcb_info_issuer_chain=self.tcb_info_issuer_chain,
         )
 
-    def collateral(
-        self,
-        tee: Tee,
-        *,
-        status: str = "UpToDate",
-        advisory_ids: Sequence[str] = (),
-        issue_date: datetime = ISSUE_DATE,
-        next_update: datetime = NEXT_UPDATE,
-        evaluation_data_number: int = 18,
-        revoke_pck: bool = False,
-    ) -> bytes:
-        """dcap-qvl ``QuoteCollateralV3`` JSON of :meth:`collateral_parts` (same parameters)."""
-        return self.collateral_parts(
-            tee,
-            status=status,
-            advisory_ids=advisory_ids,
-            issue_date=issue_date,
-            next_update=next_update,
-            evaluation_data_number=evaluation_data_number,
-            revoke_pck=revoke_pck,
-        ).to_json()
+    def collateral(self, tee: Tee, **options: Unpack[CollateralOptions]) -> bytes:
+        """dcap-qvl ``QuoteCollateralV3`` JSON of :meth:`collateral_parts` (same options)."""
+        return self.collateral_parts(tee, **options).to_json()
 
     # --- quotes ----------------------------------------------------------------------------------
 

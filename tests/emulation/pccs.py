@@ -28,15 +28,14 @@ import re
 import threading
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Unpack
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.emulation.dcap import ISSUE_DATE, NEXT_UPDATE, Collateral, EmulatedDcap
+from tests.emulation.dcap import EVALUATION_DATA_NUMBER, Collateral, CollateralOptions, EmulatedDcap
 
 __all__ = ["FakePccs"]
 
@@ -46,32 +45,16 @@ FMSPC_PATTERN = re.compile(r"[0-9a-fA-F]{12}")
 class FakePccs:
     """A PCCS for one :class:`EmulatedDcap` platform; use it as a context manager.
 
-    The TCB info gives the platform ``status`` (see :meth:`EmulatedDcap.tcb_info`); all
-    documents and CRLs are valid from ``issue_date`` to ``next_update``.
+    It serves the collateral :meth:`EmulatedDcap.collateral_parts` mints with ``options``: the TCB
+    info gives the platform ``status`` (see :meth:`EmulatedDcap.tcb_info`); all documents and CRLs
+    are valid from ``issue_date`` to ``next_update``.
     """
 
-    def __init__(
-        self,
-        dcap: EmulatedDcap,
-        *,
-        status: str = "UpToDate",
-        advisory_ids: Sequence[str] = (),
-        issue_date: datetime = ISSUE_DATE,
-        next_update: datetime = NEXT_UPDATE,
-        evaluation_data_number: int = 18,
-    ) -> None:
+    def __init__(self, dcap: EmulatedDcap, **options: Unpack[CollateralOptions]) -> None:
         self.dcap = dcap
-        self.evaluation_data_number = evaluation_data_number
+        self.evaluation_data_number = options.get("evaluation_data_number", EVALUATION_DATA_NUMBER)
         self.collateral: dict[str, Collateral] = {
-            tee: dcap.collateral_parts(
-                tee,
-                status=status,
-                advisory_ids=advisory_ids,
-                issue_date=issue_date,
-                next_update=next_update,
-                evaluation_data_number=evaluation_data_number,
-            )
-            for tee in ("sgx", "tdx")
+            tee: dcap.collateral_parts(tee, **options) for tee in ("sgx", "tdx")
         }
         self.pck_crl = self.collateral["sgx"].pck_crl  # the CRLs are the same for both TEEs
         self.root_ca_crl = self.collateral["sgx"].root_ca_crl

@@ -15,6 +15,7 @@ from enclave_infer.attestation import constraints
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.errors import AttestationError, ConstraintError
+from tests.helpers import flipped, refused_by
 from tests.shared_vectors import shared_vector_dir
 
 VECTORS = shared_vector_dir("sgx-dcap")  # ../shared/vectors/attestation/sgx-dcap, read where it lies
@@ -35,17 +36,7 @@ QE_SIGNATURE = range(948, 1012)
 
 
 def rejected(quote: bytes, collateral: bytes = COLLATERAL, now: datetime = NOW) -> bool:
-    try:
-        verify_quote(quote, collateral, now=now)
-    except AttestationError:
-        return True
-    return False
-
-
-def flipped(data: bytes, index: int, bit: int) -> bytes:
-    out = bytearray(data)
-    out[index] ^= 1 << bit
-    return bytes(out)
+    return refused_by(verify_quote, quote, collateral, now=now)
 
 
 def test_the_real_quote_verifies_with_the_listed_findings() -> None:

@@ -37,6 +37,13 @@ def test_trusted_code_never_imports_the_untrusted_sides() -> None:
             assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
 
 
+def test_attestation_never_imports_the_enclave() -> None:
+    # the enclave builds evidence with attestation's codecs (the SEV-SNP container); never the reverse
+    for path in (PACKAGE / "attestation").rglob("*.py"):
+        bad = {m for m in imported_modules(path) if m.startswith("enclave_infer.enclave")}
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
 PUBLIC = {
     # the SDK and what it returns
     "Client", "ClientConfig", "Classification", "Prediction", "ModelInfo", "ProvisionResult", "Preprocessing",

@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from enclave_infer.attestation.snp import decode_snp_evidence, encode_snp_evidence
 from enclave_infer.enclave import gramine, tsm
 from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
-from enclave_infer.enclave.tsm import (
-    ConfigfsTsmPlatform,
-    decode_snp_evidence,
-    encode_snp_evidence,
-    parse_snp_report,
-    parse_tdx_quote,
-)
+from enclave_infer.enclave.tsm import ConfigfsTsmPlatform, parse_snp_report, parse_tdx_quote
 from enclave_infer.errors import AttestationError, UsageError
 from tests.emulation.pseudofs import FakeGramine, FakeTsm, bounded
 

@@ -36,6 +36,7 @@ from enclave_infer.attestation.snp import (
     verify_snp_report,
 )
 from enclave_infer.errors import AttestationError, ConstraintError, UsageError
+from tests.helpers import flipped, refused_by
 from tests.shared_vectors import ATTESTATION_VECTORS, shared_vector_dir
 
 VECTORS = ATTESTATION_VECTORS / "sev-snp"
@@ -98,17 +99,7 @@ def cn(der: bytes) -> str:
 
 
 def rejected(report: bytes, collateral: bytes, *, now: datetime = NOW, crl: bytes | None = None) -> bool:
-    try:
-        verify_snp_report(report, collateral, now=now, crl=crl)
-    except AttestationError:
-        return True
-    return False
-
-
-def flipped(data: bytes, index: int, bit: int) -> bytes:
-    out = bytearray(data)
-    out[index] ^= 1 << bit
-    return bytes(out)
+    return refused_by(verify_snp_report, report, collateral, now=now, crl=crl)
 
 
 def test_the_vectors_folder_is_beside_the_repository() -> None:
@@ -406,7 +397,7 @@ def test_evidence_verifier_for_sev_snp() -> None:
 
 
 def container(report: bytes, certs: bytes | None) -> bytes:
-    """The evidence container of enclave_infer.enclave.tsm.encode_snp_evidence."""
+    """The evidence container of snp.encode_snp_evidence, written out independently here."""
     doc = {
         "certs": base64.b64encode(certs).decode() if certs else None,
         "report": base64.b64encode(report).decode(),

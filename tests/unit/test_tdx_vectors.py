@@ -35,6 +35,7 @@ import pytest
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.errors import AttestationError
+from tests.helpers import flipped, refused_by
 from tests.shared_vectors import shared_vector_dir
 
 VECTORS = ["v4-uptodate-tinfoil", "v4-outofdate-trustee", "v5-uptodate-go-tdx-guest"]
@@ -97,17 +98,7 @@ def vector(request: pytest.FixtureRequest) -> Vector:
 
 
 def refused(vector: Vector, quote: bytes, now: datetime = PINNED) -> bool:
-    try:
-        verify_quote(quote, vector.collateral, now=now)
-    except AttestationError:
-        return True
-    return False
-
-
-def flipped(data: bytes, index: int, bit: int) -> bytes:
-    out = bytearray(data)
-    out[index] ^= 1 << bit
-    return bytes(out)
+    return refused_by(verify_quote, quote, vector.collateral, now=now)
 
 
 def test_each_vector_verifies_to_what_its_readme_says(vector: Vector) -> None:

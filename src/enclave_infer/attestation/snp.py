@@ -8,7 +8,8 @@ KDS Interface Specification" (publication 57230). :func:`verify_snp_report` runs
 the caller gives:
 
 1. unwrap the input: a raw 1184-byte report, an Azure HCL report that wraps one, or the evidence
-   container that :mod:`enclave_infer.enclave.tsm` sends (``{"report": ..., "certs": ...}``);
+   container that :mod:`enclave_infer.enclave.tsm` sends (``{"report": ..., "certs": ...}``,
+   :func:`encode_snp_evidence` and :func:`decode_snp_evidence`);
 2. parse the report (:meth:`AttestationReport.from_bytes`): a known version, SIGNATURE_ALGO 1
    (ECDSA P-384 with SHA-384), POLICY's reserved bit 17 set and no bit this module does not know,
    SIGNING_KEY VCEK or VLEK, every reserved byte zero (the unsigned tail of the signature too);
@@ -104,6 +105,8 @@ __all__ = [
     "SnpCollateral",
     "SnpVerdict",
     "SnpVerifier",
+    "decode_snp_evidence",
+    "encode_snp_evidence",
     "looks_like_snp_report",
     "parse_snp_collateral",
     "verify_snp_report",
@@ -451,11 +454,23 @@ def _unwrap_hcl(blob: bytes) -> tuple[bytes, HclRuntimeClaims]:
     )
 
 
-def _unwrap_container(data: bytes) -> tuple[bytes, bytes | None]:
-    """(report, GHCB certificate table or None) from ``{"report": b64, "certs": b64 | null}``.
+def encode_snp_evidence(report: bytes, certs: bytes | None) -> bytes:
+    """The SEV-SNP evidence container: ``{"certs": base64 | null, "report": base64}``.
 
-    The container that :func:`enclave_infer.enclave.tsm.encode_snp_evidence` builds; decoded here
-    again because client-side code must not import the enclave package."""
+    What :mod:`enclave_infer.enclave.tsm` sends for a configfs-tsm report: ``report`` is the
+    ATTESTATION_REPORT (the kernel's ``outblob``), ``certs`` the host's GHCB certificate table (its
+    ``auxblob``), ``null`` when there is none (an empty table too). The enclave builds it with this
+    function (this package never imports the enclave); :func:`decode_snp_evidence` reads it back.
+    """
+    doc = {
+        "certs": base64.b64encode(certs).decode() if certs else None,
+        "report": base64.b64encode(report).decode(),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_snp_evidence(data: bytes) -> tuple[bytes, bytes | None]:
+    """(report, GHCB certificate table or None) from :func:`encode_snp_evidence`'s container."""
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -508,7 +523,7 @@ def looks_like_snp_report(data: bytes) -> bool:
         return bool(HCL_RUNTIME_HEADER.unpack_from(data, HCL_RUNTIME_OFFSET)[2] == HCL_REPORT_TYPE_SNP)
     if data[:1] == b"{" and len(data) <= MAX_REPORT_BYTES:
         try:
-            _unwrap_container(data)
+            decode_snp_evidence(data)
         except AttestationError:
             return False
         return True
@@ -874,7 +889,7 @@ class SnpVerifier:
         if report.startswith(HCL_SIGNATURE):
             source, (raw, hcl) = "azure-hcl", _unwrap_hcl(report)
         elif report[:1] == b"{":
-            source, (raw, table) = "evidence", _unwrap_container(report)
+            source, (raw, table) = "evidence", decode_snp_evidence(report)
         else:
             source, raw = "report", report
         # 2. structure

@@ -239,11 +239,7 @@ def convert_to_onnx(src: Path, dest: Path, *, input_size: int = 224) -> None:
         if not src.is_file():
             raise UsageError(f"{src}: no such file")
         _check_onnx(src, shown=src, want=None)
-        _check_destination(dest)
-        if dest.exists() and dest.resolve() == src.resolve():
-            return
-        with _atomic_output(dest) as tmp:
-            shutil.copyfile(src, tmp)
+        _copy_model(src, dest, report=_silent)
     elif suffix in _PICKLE_SUFFIXES:
         export_onnx(load_pickled_model(src), dest, input_size=input_size)
     else:
@@ -411,6 +407,17 @@ def _atomic_output(dest: Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _copy_model(src: Path, dest: Path, *, report: Callable[[str], None]) -> None:
+    """Copy the checked model file ``src`` to ``dest`` (written next to it, renamed into place once
+    complete); nothing to do when ``dest`` is ``src``."""
+    if dest.exists() and dest.resolve() == src.resolve():
+        return
+    _check_destination(dest)
+    report(f"writing {dest.name}")
+    with _atomic_output(dest) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Set
@@ -40,6 +39,7 @@ from enclave_infer.client.convert import (
     _check_destination,
     _check_onnx,
     _check_runs,
+    _copy_model,
     _example,
     _export_onnx,
     _exporting,
@@ -380,12 +380,7 @@ def _fold_onnx(
     if not external:
         report(f"checking {src.name}")
         _check_onnx(src, shown=src, want=want, classes=classes)
-        if dest.exists() and dest.resolve() == src.resolve():
-            return
-        _check_destination(dest)
-        report(f"writing {dest.name}")
-        with _atomic_output(dest) as tmp:
-            shutil.copyfile(src, tmp)
+        _copy_model(src, dest, report=report)
         return
     from onnx.external_data_helper import ExternalDataInfo
 
@@ -492,12 +487,7 @@ def _copy_torchscript(
             ) from exc
         if not isinstance(out, torch.Tensor) or output_mismatch(tuple(out.shape), batch, classes):
             raise UsageError(f"{src}: the TorchScript model must return one (batch, classes) tensor")
-    if dest.exists() and dest.resolve() == src.resolve():
-        return
-    _check_destination(dest)
-    report(f"writing {dest.name}")
-    with _atomic_output(dest) as tmp:
-        shutil.copyfile(src, tmp)
+    _copy_model(src, dest, report=report)
 
 
 def _program_module(

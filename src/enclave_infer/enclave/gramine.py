@@ -52,7 +52,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from enclave_infer.enclave import _pseudofs
+from enclave_infer.enclave import _intel_quote, _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
@@ -70,14 +70,10 @@ SEALING_POLICIES = ("mrenclave", "mrsigner")
 REPORT_DATA_SIZE = 64
 SEAL_KEY_SIZE = 16  # Gramine's special keys are raw 128-bit SGX sealing keys
 
-# Quote v3 header (sgx_quote_header_t).
-QUOTE_VERSION_OFFSET = 0
-QUOTE_ATT_KEY_TYPE_OFFSET = 2
-QUOTE_HEADER_SIZE = 48
+# Quote v3 header (sgx_quote_header_t): the fields all Intel quotes share, in _intel_quote.
 SGX_QUOTE_VERSION = 3
-ATT_KEY_TYPE_ECDSA_P256 = 2
 # Report body (sgx_report_body_t), offsets relative to the start of the body.
-REPORT_BODY_OFFSET = QUOTE_HEADER_SIZE
+REPORT_BODY_OFFSET = _intel_quote.HEADER_SIZE
 REPORT_BODY_SIZE = 384
 BODY_ATTRIBUTES_OFFSET = 48
 BODY_MRENCLAVE_OFFSET = 64
@@ -87,9 +83,8 @@ BODY_ISVSVN_OFFSET = 258
 BODY_REPORT_DATA_OFFSET = 320
 MEASUREMENT_SIZE = 32
 SGX_FLAG_DEBUG = 0x02  # ATTRIBUTES.FLAGS bit 1
-# Signature data follows the body, prefixed by its length.
-SIGNATURE_LEN_OFFSET = REPORT_BODY_OFFSET + REPORT_BODY_SIZE  # 432
-SIGNATURE_DATA_OFFSET = SIGNATURE_LEN_OFFSET + 4  # 436
+# Signature data follows the body, prefixed by its u32 length: a v3 quote has at least 436 bytes.
+SIGNATURE_DATA_OFFSET = REPORT_BODY_OFFSET + REPORT_BODY_SIZE + 4  # 436
 
 # Gramine's quote buffer is 8 KB; anything much larger is not a quote.
 MAX_QUOTE_BYTES = 64 * 1024
@@ -118,19 +113,14 @@ def parse_sgx_quote_body(quote: bytes) -> SgxReportBody:
     """The report body of an SGX DCAP (v3, ECDSA P-256) quote; structure only, no signature check."""
     if len(quote) < SIGNATURE_DATA_OFFSET:
         raise AttestationError(f"SGX quote truncated: {len(quote)} bytes, a v3 quote has at least 436")
-    (version,) = struct.unpack_from("<H", quote, QUOTE_VERSION_OFFSET)
-    (att_key_type,) = struct.unpack_from("<H", quote, QUOTE_ATT_KEY_TYPE_OFFSET)
+    version, att_key_type, _ = _intel_quote.HEADER.unpack_from(quote)
     if version != SGX_QUOTE_VERSION:
         raise AttestationError(f"SGX quote version {version} is not supported (expected 3, DCAP)")
-    if att_key_type != ATT_KEY_TYPE_ECDSA_P256:
+    if att_key_type != _intel_quote.ATT_KEY_TYPE_ECDSA_P256:
         raise AttestationError(f"SGX quote attestation key type {att_key_type} is not ECDSA P-256")
-    (sig_len,) = struct.unpack_from("<I", quote, SIGNATURE_LEN_OFFSET)
-    if SIGNATURE_DATA_OFFSET + sig_len > len(quote):
-        raise AttestationError(
-            f"SGX quote truncated: signature data claims {sig_len} bytes, "
-            f"{len(quote) - SIGNATURE_DATA_OFFSET} present"
-        )
-    body = quote[REPORT_BODY_OFFSET : REPORT_BODY_OFFSET + REPORT_BODY_SIZE]
+    body = _intel_quote.report_body(
+        quote, REPORT_BODY_OFFSET, REPORT_BODY_SIZE, tee="SGX", body="report body"
+    )
     (flags,) = struct.unpack_from("<Q", body, BODY_ATTRIBUTES_OFFSET)
     (product_id,) = struct.unpack_from("<H", body, BODY_ISVPRODID_OFFSET)
     (svn,) = struct.unpack_from("<H", body, BODY_ISVSVN_OFFSET)

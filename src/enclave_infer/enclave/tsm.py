@@ -27,8 +27,9 @@ Evidence bytes:
 
   ``report`` is the 1184-byte ATTESTATION_REPORT; ``certs`` the GHCB certificate table (VCEK or
   VLEK, ASK, ARK), ``null`` when the host supplied none, in which case a verifier fetches the VCEK
-  from AMD's key distribution service. :func:`encode_snp_evidence` and
-  :func:`decode_snp_evidence` are the two directions.
+  from AMD's key distribution service. The container has one definition, in
+  :mod:`enclave_infer.attestation.snp` (:func:`~enclave_infer.attestation.snp.encode_snp_evidence`
+  builds it here, :func:`~enclave_infer.attestation.snp.decode_snp_evidence` reads it).
 
 Layouts, parsed only as far as the enclave needs to know its own identity (verification is the
 client's job):
@@ -67,11 +68,8 @@ are zero. configfs-tsm offers no sealing key either.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
-import json
 import os
 import secrets
 import struct
@@ -79,7 +77,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
-from enclave_infer.enclave import _pseudofs
+from enclave_infer.attestation.snp import encode_snp_evidence
+from enclave_infer.enclave import _intel_quote, _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
@@ -90,8 +89,6 @@ __all__ = [
     "TdxQuoteBody",
     "TsmReport",
     "available",
-    "decode_snp_evidence",
-    "encode_snp_evidence",
     "parse_snp_report",
     "parse_tdx_quote",
 ]
@@ -101,13 +98,9 @@ PROVIDER_TEES = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
 REPORT_DATA_SIZE = 64
 MEASUREMENT_SIZE = 48  # MRTD and the SNP MEASUREMENT are both SHA-384 sized
 
-# TDX quote header (sgx_quote4_header_t; v5 keeps it).
-TDX_HEADER_SIZE = 48
-TDX_VERSION_OFFSET = 0
-TDX_ATT_KEY_TYPE_OFFSET = 2
-TDX_TEE_TYPE_OFFSET = 4
+# TDX quote header (sgx_quote4_header_t; v5 keeps it): the fields all Intel quotes share, in
+# _intel_quote.
 TDX_TEE_TYPE = 0x81
-ATT_KEY_TYPE_ECDSA_P256 = 2
 # v5 quote body descriptor (sgx_quote5_t): type u16, size u32, then the body.
 TDX_V5_BODY_TYPE_OFFSET = 48
 TDX_V5_BODY_SIZE_OFFSET = 50
@@ -183,17 +176,15 @@ class TsmReport:
 
 def parse_tdx_quote(quote: bytes) -> TdxQuoteBody:
     """The TD report body of a TDX DCAP quote (v4 or v5); structure only, no signature check."""
-    if len(quote) < TDX_HEADER_SIZE:
+    if len(quote) < _intel_quote.HEADER_SIZE:
         raise AttestationError(f"TDX quote truncated: {len(quote)} bytes, shorter than its header")
-    (version,) = struct.unpack_from("<H", quote, TDX_VERSION_OFFSET)
-    (att_key_type,) = struct.unpack_from("<H", quote, TDX_ATT_KEY_TYPE_OFFSET)
-    (tee_type,) = struct.unpack_from("<I", quote, TDX_TEE_TYPE_OFFSET)
+    version, att_key_type, tee_type = _intel_quote.HEADER.unpack_from(quote)
     if tee_type != TDX_TEE_TYPE:
         raise AttestationError(f"not a TDX quote: TEE type {tee_type:#x} (expected 0x81)")
-    if att_key_type != ATT_KEY_TYPE_ECDSA_P256:
+    if att_key_type != _intel_quote.ATT_KEY_TYPE_ECDSA_P256:
         raise AttestationError(f"TDX quote attestation key type {att_key_type} is not ECDSA P-256")
     if version == 4:
-        body_offset, body_size = TDX_HEADER_SIZE, TDX_V4_BODY_SIZE
+        body_offset, body_size = _intel_quote.HEADER_SIZE, TDX_V4_BODY_SIZE
     elif version == 5:
         if len(quote) < TDX_V5_BODY_OFFSET:
             raise AttestationError(f"TDX quote truncated: {len(quote)} bytes")
@@ -206,16 +197,7 @@ def parse_tdx_quote(quote: bytes) -> TdxQuoteBody:
         body_offset = TDX_V5_BODY_OFFSET
     else:
         raise AttestationError(f"TDX quote version {version} is not supported (expected 4 or 5)")
-    sig_len_offset = body_offset + body_size
-    if len(quote) < sig_len_offset + 4:
-        raise AttestationError(f"TDX quote truncated: {len(quote)} bytes, the TD report body is incomplete")
-    (sig_len,) = struct.unpack_from("<I", quote, sig_len_offset)
-    if sig_len_offset + 4 + sig_len > len(quote):
-        raise AttestationError(
-            f"TDX quote truncated: signature data claims {sig_len} bytes, "
-            f"{len(quote) - sig_len_offset - 4} present"
-        )
-    body = quote[body_offset:sig_len_offset]
+    body = _intel_quote.report_body(quote, body_offset, body_size, tee="TDX", body="TD report body")
     (attributes,) = struct.unpack_from("<Q", body, TDX_BODY_TD_ATTRIBUTES_OFFSET)
     return TdxQuoteBody(
         version=version,
@@ -241,35 +223,6 @@ def parse_snp_report(report: bytes) -> SnpReport:
         measurement=report[SNP_MEASUREMENT_OFFSET : SNP_MEASUREMENT_OFFSET + MEASUREMENT_SIZE],
         report_data=report[SNP_REPORT_DATA_OFFSET : SNP_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
     )
-
-
-def encode_snp_evidence(report: bytes, certs: bytes | None) -> bytes:
-    """The SEV-SNP evidence container: ``{"certs": base64 | null, "report": base64}``."""
-    doc = {
-        "certs": base64.b64encode(certs).decode() if certs else None,
-        "report": base64.b64encode(report).decode(),
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
-def decode_snp_evidence(evidence: bytes) -> tuple[bytes, bytes | None]:
-    """(report, certificate table or None) from :func:`encode_snp_evidence`'s container."""
-    try:
-        doc = json.loads(evidence)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise AttestationError("SEV-SNP evidence is not JSON") from None
-    if not isinstance(doc, dict) or set(doc) != {"report", "certs"}:
-        raise AttestationError('SEV-SNP evidence must be {"report": ..., "certs": ...}')
-    report, certs = doc["report"], doc["certs"]
-    if not isinstance(report, str) or not (certs is None or isinstance(certs, str)):
-        raise AttestationError("SEV-SNP evidence fields must be base64 strings (certs may be null)")
-    try:
-        return (
-            base64.b64decode(report, validate=True),
-            None if certs is None else base64.b64decode(certs, validate=True),
-        )
-    except binascii.Error:
-        raise AttestationError("SEV-SNP evidence holds invalid base64") from None
 
 
 def available(root: Path = DEFAULT_ROOT) -> bool:
