@@ -1211,7 +1211,7 @@ def report_of(evidence: bytes) -> bytes:
     """The raw ATTESTATION_REPORT in any input form :func:`verify_snp_report` takes (raw, the
     evidence container, an Azure HCL report), unverified: for a host that fetches its collateral."""
     if evidence[:1] == b"{":
-        evidence = _unwrap_container(evidence)[0]
+        evidence = decode_snp_evidence(evidence)[0]
     if evidence.startswith(HCL_SIGNATURE):
         evidence = _unwrap_hcl(evidence)[0]
     if len(evidence) != REPORT_SIZE:
@@ -1238,4 +1238,4 @@ def product_of(report: AttestationReport) -> str:
 
 def carries_certificates(evidence: bytes) -> bool:
     """Whether ``evidence`` is the evidence container with a certificate table (unverified)."""
-    return evidence[:1] == b"{" and _unwrap_container(evidence)[1] is not None
+    return evidence[:1] == b"{" and decode_snp_evidence(evidence)[1] is not None
