@@ -1,17 +1,15 @@
-"""Tiny models, model files and images shared by the tests: each model exports in about a second;
-and the bit-flip tamper helpers of the verifier tests.
+"""Tiny models, model files and images shared by the tests: each model exports in about a second.
 
 Importing this module needs torch and onnx (``make install`` installs both); the model tests skip
-without torch first (``pytest.importorskip("torch")``), the verifier tests never skip. A model
-pickled from here names ``tests.helpers`` as its code.
+without torch first (``pytest.importorskip("torch")``). A model pickled from here names
+``tests.helpers`` as its code. The verifiers' tamper helpers are in ``tests/tamper.py``, which needs
+neither.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -20,8 +18,6 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from torch import nn
-
-from enclave_infer.errors import AttestationError
 
 
 class TinyCNN(nn.Module):
@@ -138,23 +134,3 @@ def tiny_onnx(path: Path, inputs: list[int | str], outputs: list[int | str]) -> 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, str(path))
-
-
-# --- tampering: every verifier test has a "flip one bit" twin -----------------------------------
-
-
-def flipped(data: bytes, index: int, bit: int) -> bytes:
-    """``data`` with bit ``bit`` (0 to 7) of byte ``index`` inverted."""
-    out = bytearray(data)
-    out[index] ^= 1 << bit
-    return bytes(out)
-
-
-def refused_by(verify: Callable[..., object], *args: Any, **kwargs: Any) -> bool:
-    """Whether ``verify(*args, **kwargs)`` refuses with :class:`AttestationError`; any other
-    exception propagates, so that a crash never passes for a refusal."""
-    try:
-        verify(*args, **kwargs)
-    except AttestationError:
-        return True
-    return False

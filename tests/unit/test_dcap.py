@@ -15,8 +15,8 @@ from enclave_infer.attestation import constraints
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.errors import AttestationError, ConstraintError
-from tests.helpers import flipped, refused_by
 from tests.shared_vectors import shared_vector_dir
+from tests.tamper import flipped, refused_by
 
 VECTORS = shared_vector_dir("sgx-dcap")  # ../shared/vectors/attestation/sgx-dcap, read where it lies
 QUOTE = (VECTORS / "sgx_quote").read_bytes()

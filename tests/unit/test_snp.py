@@ -36,8 +36,8 @@ from enclave_infer.attestation.snp import (
     verify_snp_report,
 )
 from enclave_infer.errors import AttestationError, ConstraintError, UsageError
-from tests.helpers import flipped, refused_by
 from tests.shared_vectors import ATTESTATION_VECTORS, shared_vector_dir
+from tests.tamper import flipped, refused_by
 
 VECTORS = ATTESTATION_VECTORS / "sev-snp"
 NOW = datetime.fromtimestamp(1751328000, UTC)  # 2025-07-01T00:00:00Z, per the vectors' README

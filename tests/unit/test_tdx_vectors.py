@@ -35,8 +35,8 @@ import pytest
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.errors import AttestationError
-from tests.helpers import flipped, refused_by
 from tests.shared_vectors import shared_vector_dir
+from tests.tamper import flipped, refused_by
 
 VECTORS = ["v4-uptodate-tinfoil", "v4-outofdate-trustee", "v5-uptodate-go-tdx-guest"]
 PINNED = datetime(2026, 2, 1, tzinfo=UTC)  # the vectors' README: now = 1769904000
