@@ -92,6 +92,30 @@ def test_a_bit_of_every_byte_of_the_quoting_enclave_parts(region: range) -> None
     assert survivors == []
 
 
+# The signature data's framing (unsigned): its length, and the certification data's type (5, the PCK
+# certificate chain) and size after the 32 bytes of QE authentication data.
+SIGNATURE_DATA_LENGTH = range(432, 436)
+CERTIFICATION_DATA_TYPE = range(1014 + 32, 1014 + 34)
+CERTIFICATION_DATA_SIZE = range(1014 + 34, 1014 + 38)
+
+
+@pytest.mark.parametrize(
+    "region",
+    [SIGNATURE_DATA_LENGTH, CERTIFICATION_DATA_TYPE, CERTIFICATION_DATA_SIZE],
+    ids=["signature data length", "certification data type (5)", "certification data size"],
+)
+def test_every_bit_of_the_framing_fields(region: range) -> None:
+    assert struct.unpack_from("<HI", QUOTE, CERTIFICATION_DATA_TYPE.start) == (5, len(QUOTE) - 1052)
+    survivors = [(i, b) for i in region for b in range(8) if not rejected(flipped(QUOTE, i, b))]
+    assert survivors == []
+
+
+def test_nothing_may_follow_the_signature_data_but_zero_padding() -> None:
+    assert not rejected(QUOTE + bytes(70))
+    assert rejected(QUOTE + b"\x01")
+    assert rejected(QUOTE + bytes(69) + b"\x80")
+
+
 def test_a_bit_of_every_byte_of_the_pck_and_intermediate_certificates() -> None:
     """The chain's own Root CA copy is ignored (Intel's root is pinned), so it is not flipped."""
     text = QUOTE.decode("latin-1")
