@@ -32,9 +32,10 @@ from typing import Any
 import dcap_qvl
 import pytest
 
+from enclave_infer.attestation import constraints
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
-from enclave_infer.errors import AttestationError
+from enclave_infer.errors import AttestationError, ConstraintError
 from tests.shared_vectors import shared_vector_dir
 
 VECTORS = ["v4-uptodate-tinfoil", "v4-outofdate-trustee", "v5-uptodate-go-tdx-guest"]
@@ -140,36 +141,85 @@ def test_each_vector_verifies_to_what_its_readme_says(vector: Vector) -> None:
     assert doc["report"] == {vector.expected["report_body_type"]: fields}
 
 
-# Why each vector is refused one second before and one second after its window (READMEs); the
-# bound named last in v4-outofdate-trustee's README is the PCK CRL's nextUpdate, and a CRL has
-# expired *at* its nextUpdate (dcap-qvl's webpki: now >= nextUpdate), so that window ends one second
-# earlier than the README's "inclusive" says.
-CRL_END, NO_CRL_END = timedelta(seconds=1), timedelta(0)
+# Why dcap-qvl alone refuses each vector one second before and one second after its window
+# (READMEs). The window ends at the collateral's earliest nextUpdate: the TCB info's (v4-uptodate,
+# v5), which dcap-qvl still accepts at that very second, or the PCK CRL's (v4-outofdate), which has
+# expired *at* it (webpki: now >= nextUpdate). verify_quote applies the CRL's rule to all of them:
+# the last second at which the collateral is current is the one before the README's end.
 WINDOW_EDGES = {
-    "v4-uptodate-tinfoil": ("QE Identity issue date is in the future", "TCBInfo expired", NO_CRL_END),
-    "v4-outofdate-trustee": ("TCBInfo issue date is in the future", "certificate chain", CRL_END),
-    "v5-uptodate-go-tdx-guest": ("certificate chain", "TCBInfo expired", NO_CRL_END),  # PCK not valid yet
+    "v4-uptodate-tinfoil": ("QE Identity issue date is in the future", "TCBInfo expired"),
+    "v4-outofdate-trustee": ("TCBInfo issue date is in the future", "certificate chain"),
+    "v5-uptodate-go-tdx-guest": ("certificate chain", "TCBInfo expired"),  # PCK not valid yet
 }
+SECOND, DAY = timedelta(seconds=1), timedelta(days=1)
 
 
-def test_each_vector_is_accepted_exactly_within_its_window(vector: Vector) -> None:
-    first, last = (
+def window(vector: Vector) -> tuple[datetime, datetime]:
+    first, end = (
         datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         for t in vector.expected["valid_window_inclusive"]
     )
-    too_early, too_late, crl_end = WINDOW_EDGES[vector.name]
-    second = timedelta(seconds=1)
-    last -= crl_end
-    assert not refused(vector, vector.quote, first)
-    assert not refused(vector, vector.quote, last)
+    return first, end
+
+
+def current(vector: Vector, now: datetime) -> bool:
+    """Verifies, and its collateral is current: what a constraint without GRACE: accepts."""
+    try:
+        constraints.check_dcap_collateral(
+            verify_quote(vector.quote, vector.collateral, now=now).report, now=now
+        )
+    except (AttestationError, ConstraintError):
+        return False
+    return True
+
+
+def test_each_vector_is_current_exactly_within_its_window(vector: Vector) -> None:
+    first, end = window(vector)
+    too_early, too_late = WINDOW_EDGES[vector.name]
+    assert current(vector, first)
+    assert current(vector, end - SECOND)
     with pytest.raises(AttestationError, match=too_early):
-        verify_quote(vector.quote, vector.collateral, now=first - second)
-    with pytest.raises(AttestationError, match=too_late):
-        verify_quote(vector.quote, vector.collateral, now=last + second)
-    real_clock = datetime.now(UTC)
-    assert refused(vector, vector.quote, real_clock), (
-        f"accepted at {real_clock}, after the collateral expired"
+        verify_quote(vector.quote, vector.collateral, now=first - SECOND)
+    # From the end on it verifies as of one second before, and says the collateral has expired
+    verdict = verify_quote(vector.quote, vector.collateral, now=end)
+    freshness = verdict.report.dcap_collateral
+    assert freshness is not None
+    assert (freshness.next_update, freshness.verified_at, freshness.expired) == (
+        end,
+        end - SECOND,
+        timedelta(0),
     )
+    assert not current(vector, end)
+    parsed = dcap_qvl.QuoteCollateralV3.from_json(vector.collateral.decode())
+    with pytest.raises(ValueError, match=too_late):  # what dcap-qvl alone says then
+        dcap_qvl.verify(vector.quote, parsed, int((end + SECOND).timestamp()))
+    real_clock = datetime.now(UTC)
+    assert not current(vector, real_clock), f"current at {real_clock}, after the collateral expired"
+
+
+def test_a_day_after_the_window_only_grace_accepts(vector: Vector) -> None:
+    _, end = window(vector)
+    day_after = end + DAY
+    verdict = verify_quote(vector.quote, vector.collateral, now=day_after)
+    doc = verdict.to_json()
+    assert doc["collateral_expired"]["ago"] == "P1D"
+    assert doc["tcb_evaluation_data_numbers"] == {"tcb_info": 18, "qe_identity": 18}
+    assert (doc["status"], doc["mrtd"]) == (
+        vector.expected["expected"]["status"],
+        verdict.report.code_hash.hex(),
+    )
+    base = f"C:{verdict.report.code_hash.hex()} SEC:STALE TCBEVAL:18"
+    with pytest.raises(ConstraintError, match=r"^DCAP collateral expired P1D ago .*no staleness is allowed$"):
+        constraints.parse(base).check(verdict.report, now=day_after)
+    constraints.parse(base + " GRACE:P1D").check(verdict.report, now=day_after)
+    with pytest.raises(ConstraintError, match="longer ago than GRACE:PT23H59M59S allows"):
+        constraints.parse(base + " GRACE:PT23H59M59S").check(verdict.report, now=day_after)
+    with pytest.raises(
+        ConstraintError, match=r"TCB evaluation data number 18 is below the floor 19 \(TCBEVAL:19\)"
+    ):
+        constraints.parse(base.replace("TCBEVAL:18", "TCBEVAL:19") + " GRACE:P1D").check(
+            verdict.report, now=day_after
+        )
 
 
 @pytest.mark.parametrize("name", VECTORS)

@@ -22,9 +22,22 @@ The evidence's time (``issued_at``, what ``EXPIRE:`` measures) is the TCB info's
 a nonce already proves the quote is fresh, so what can grow old is Intel's assessment of the
 platform that the collateral carries.
 
-Before dcap-qvl runs, :func:`parse_quote_layout` checks the quote's framing, stricter than
-dcap-qvl: every length and certification data type of the signature data must be exact, on bytes,
-before any cryptography.
+:func:`verify_quote` runs, at the ``now`` the caller gives:
+
+1. the quote's framing (:func:`parse_quote_layout`), stricter than dcap-qvl: every length and
+   certification data type of the signature data must be exact, on bytes, before any cryptography;
+2. the collateral's dates: TCB info and QE identity (``issueDate``, ``nextUpdate``,
+   ``tcbEvaluationDataNumber``) and the two CRLs (``nextUpdate``);
+3. the verification time: ``now`` while all of the collateral is current; once ``now`` reaches the
+   earliest ``nextUpdate`` (dcap-qvl would refuse: a CRL has expired *at* its nextUpdate), one
+   second before that instant, so that signatures, chains, revocation and TCB level are still
+   checked in full, as of the last moment the collateral was current. The report then records how
+   long ago the collateral expired (:class:`DcapCollateral`) and the level reason says so; the
+   ``GRACE:`` constraint decides whether that is acceptable, and without it nothing stale is. Each
+   certificate (the quote's PCK chain, the collateral's issuer chains) must still be valid at
+   ``now``: a grace period covers Intel's publication cycle, never an expired certificate;
+4. dcap-qvl's verification, at that time, with Intel's root or the one given;
+5. the mapping above onto a security level.
 """
 
 from __future__ import annotations
@@ -32,11 +45,14 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+from cryptography import x509
+
+from enclave_infer.attestation.constraints import format_duration
+from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel
 from enclave_infer.errors import AttestationError
 
 __all__ = [
@@ -64,6 +80,8 @@ TDX_ATTR_DEBUG = 0x01
 # A collateral document (TCB info, QE identity, CRLs, chains) is a few tens of KB.
 MAX_COLLATERAL_BYTES = 1024 * 1024
 MAX_QUOTE_BYTES = 64 * 1024
+# dcap-qvl counts time in whole seconds; verifying "just before" an instant means this much before it.
+BEFORE_EXPIRY = timedelta(seconds=1)
 
 # --- quote framing ----------------------------------------------------------------------------------
 # Intel SGX DCAP "ECDSA Quote Library API", appendix "Quote Format" (quote v3: "Quote Header",
@@ -118,8 +136,29 @@ class QuoteVerdict:
             "report_data": r.report_data.hex(),
             "security_level": r.security_level.name,
             "security_level_reason": r.level_reason,
-            "collateral_issued_at": r.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ") if r.issued_at else None,
+            "collateral_issued_at": _when(r.issued_at) if r.issued_at else None,
+            **_collateral_json(r.dcap_collateral),
         }
+
+
+def _collateral_json(c: DcapCollateral | None) -> dict[str, Any]:
+    if c is None:
+        return {}
+    return {
+        "tcb_evaluation_data_numbers": {
+            "tcb_info": c.tcb_info_evaluation_data_number,
+            "qe_identity": c.qe_identity_evaluation_data_number,
+        },
+        "collateral_next_update": _when(c.next_update),
+        "collateral_expired": None
+        if c.expired is None
+        else {"ago": format_duration(c.expired), "first_to_expire": c.next_update_of},
+        "verified_as_of": _when(c.verified_at),
+    }
+
+
+def _when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -261,6 +300,10 @@ def verify_quote(
     parameter only, for a verifier object to own: no flag, environment variable or configuration
     file may reach it.
 
+    Collateral past its ``nextUpdate`` is verified as of one second before the earliest one and
+    the report records how long ago it expired (see the module docstring): refusing it is the
+    constraint's part (``GRACE:``), which fails closed.
+
     Raises :class:`AttestationError` naming the framing field, or with dcap-qvl's reason, when
     anything fails to verify.
     """
@@ -270,17 +313,28 @@ def verify_quote(
         raise AttestationError("quote is empty or too large")
     if len(collateral) > MAX_COLLATERAL_BYTES:
         raise AttestationError("collateral is too large")
-    layout = parse_quote_layout(quote)  # framing, on bytes, before any cryptography
+    # 1. framing, on bytes
+    layout = parse_quote_layout(quote)
+    # 2. the collateral's dates
     issued_at = collateral_issue_date(collateral)
+    dates = _CollateralDates.parse(collateral)
+    # 3. the time to verify as of
+    first, next_update = min(dates.next_updates.items(), key=lambda item: item[1])
+    verified_at, expired = now, None
+    if now >= next_update:
+        verified_at, expired = next_update - BEFORE_EXPIRY, now - next_update
+        _check_verifiable_when_stale(dates, layout, first, next_update, now)
     try:
         parsed = dcap_qvl.QuoteCollateralV3.from_json(collateral.decode())
     except (ValueError, UnicodeDecodeError):
         raise AttestationError("collateral is not dcap-qvl QuoteCollateralV3 JSON") from None
+    # 4. dcap-qvl
+    at = int(verified_at.timestamp())
     try:
         if root_ca_der is None:
-            verified = dcap_qvl.verify(quote, parsed, int(now.timestamp()))
+            verified = dcap_qvl.verify(quote, parsed, at)
         else:
-            verified = dcap_qvl.verify_with_root_ca(quote, parsed, root_ca_der, int(now.timestamp()))
+            verified = dcap_qvl.verify_with_root_ca(quote, parsed, root_ca_der, at)
         doc = json.loads(verified.to_json())
     except ValueError as exc:
         raise AttestationError(f"DCAP quote did not verify: {_reason(exc)}") from None
@@ -333,6 +387,21 @@ def verify_quote(
         raise AttestationError(f"dcap-qvl read a {kind} report from a {layout.tee.upper()} quote")
     if debug:
         report = _insecure(report, "debug enclave: the host can read its memory")
+    freshness = DcapCollateral(
+        tcb_info_evaluation_data_number=dates.evaluation_data_numbers[0],
+        qe_identity_evaluation_data_number=dates.evaluation_data_numbers[1],
+        next_update=next_update,
+        next_update_of=first,
+        verified_at=verified_at,
+        expired=expired,
+    )
+    reason = report.level_reason
+    if expired is not None:
+        reason += (
+            f"; the collateral expired {format_duration(expired)} ago (the {first}'s nextUpdate "
+            f"{_when(next_update)}) and was verified as of {_when(verified_at)}"
+        )
+    report = replace(report, level_reason=reason, dcap_collateral=freshness)
     return QuoteVerdict(report, status, advisories, measurements)
 
 
@@ -347,9 +416,105 @@ def collateral_issue_date(collateral: bytes) -> datetime:
     return when
 
 
-def _insecure(report: EnclaveReport, reason: str) -> EnclaveReport:
-    from dataclasses import replace
+@dataclass(frozen=True)
+class _CollateralDates:
+    """What the collateral says of its own validity, read from the same text dcap-qvl verifies."""
 
+    issue_dates: Mapping[str, datetime]  # "TCB info", "QE identity"
+    next_updates: Mapping[str, datetime]  # the same, "PCK CRL", "root CA CRL"
+    evaluation_data_numbers: tuple[int, int]  # TCB info, QE identity
+    issuer_chains: tuple[str, ...]  # PEM: the PCK CRL's, the TCB info's, the QE identity's
+
+    @classmethod
+    def parse(cls, collateral: bytes) -> _CollateralDates:
+        doc = _json_object(collateral, "collateral")
+        issue_dates, next_updates, numbers = {}, {}, []
+        for key, name in (("tcb_info", "TCB info"), ("qe_identity", "QE identity")):
+            body = doc.get(key)
+            signed = _json_object(body.encode() if isinstance(body, str) else b"", name)
+            issue_dates[name] = _time(signed.get("issueDate"), f"{name} issueDate")
+            next_updates[name] = _time(signed.get("nextUpdate"), f"{name} nextUpdate")
+            number = signed.get("tcbEvaluationDataNumber")
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 0xFFFF_FFFF:
+                raise AttestationError(f"collateral's {name} has no tcbEvaluationDataNumber")
+            numbers.append(number)
+        for key, name in (("pck_crl", "PCK CRL"), ("root_ca_crl", "root CA CRL")):
+            next_updates[name] = _crl_next_update(doc.get(key), name)
+        chains = tuple(
+            doc.get(k) for k in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain")
+        )
+        if not all(isinstance(c, str) for c in chains):
+            raise AttestationError("collateral lacks an issuer chain")
+        return cls(issue_dates, next_updates, (numbers[0], numbers[1]), tuple(str(c) for c in chains))
+
+
+def _check_verifiable_when_stale(
+    dates: _CollateralDates, layout: QuoteLayout, first: str, next_update: datetime, now: datetime
+) -> None:
+    """Verifying as of before ``next_update`` needs all of the collateral issued by then, and
+    leaves the certificates' expiry to be checked at ``now`` here."""
+    name, latest = max(dates.issue_dates.items(), key=lambda item: item[1])
+    if latest >= next_update:
+        raise AttestationError(
+            f"DCAP collateral is never current as a whole: the {name} was issued at {_when(latest)}"
+            f"{', in the future,' if latest > now else ''} and the {first} expired at {_when(next_update)}"
+        )
+    for pem in (layout.pck_chain, *(c.encode() for c in dates.issuer_chains)):
+        try:
+            certificates = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            raise AttestationError("a certificate chain of the quote or collateral does not parse") from None
+        for cert in certificates:
+            if now > cert.not_valid_after_utc:
+                names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+                subject = str(names[0].value) if names else cert.subject.rfc4514_string()
+                raise AttestationError(
+                    f"certificate {subject!r} expired at {_when(cert.not_valid_after_utc)}, before "
+                    f"{_when(now)}: stale collateral is verified as of its expiry, but its certificates "
+                    "must be valid now"
+                )
+
+
+def _json_object(text: bytes, what: str) -> dict[str, Any]:
+    """A JSON object; a key given twice is refused (serde, which dcap-qvl uses, refuses it too)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            raise ValueError("duplicate key")
+        return out
+
+    try:
+        doc = json.loads(text, object_pairs_hook=unique)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise AttestationError(f"{what} is not JSON with each key once") from None
+    if not isinstance(doc, dict):
+        raise AttestationError(f"{what} is not a JSON object")
+    return doc
+
+
+def _time(value: object, what: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise AttestationError(f"collateral's {what} is not an RFC 3339 time")
+    return when.astimezone(UTC)
+
+
+def _crl_next_update(value: object, what: str) -> datetime:
+    try:
+        crl = x509.load_der_x509_crl(bytes.fromhex(value)) if isinstance(value, str) else None
+        next_update = None if crl is None else crl.next_update_utc
+    except ValueError:
+        next_update = None
+    if next_update is None:
+        raise AttestationError(f"collateral's {what} is not a DER CRL (hex) with a nextUpdate")
+    return next_update
+
+
+def _insecure(report: EnclaveReport, reason: str) -> EnclaveReport:
     return replace(report, security_level=SecurityLevel.INSECURE, level_reason=reason)
 
 
