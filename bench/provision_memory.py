@@ -133,7 +133,15 @@ def run(work: Path) -> dict[str, Any]:
         reset_peak(server.pid)
         reset_peak(enclave)
         done, client_peak, seconds = measured_cli(
-            "provision", url, constraint, str(onnx), str(labels), "--owner-key", str(key), "--quiet"
+            "provision",
+            url,
+            constraint,
+            str(onnx),
+            str(labels),
+            "--owner-key",
+            str(key),
+            "--quiet",
+            "--allow-duplicate-labels",
         )
         if done.returncode != 0:
             raise SystemExit(f"provision failed: {done.stderr}")
@@ -158,7 +166,8 @@ def run(work: Path) -> dict[str, Any]:
 
         # an interrupted upload: the client is killed after a second
         upload = subprocess.Popen(
-            [CLI, "provision", url, constraint, str(onnx), str(labels), "--owner-key", str(key), "--quiet"],
+            [CLI, "provision", url, constraint, str(onnx), str(labels), "--owner-key", str(key), "--quiet",
+             "--allow-duplicate-labels"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)

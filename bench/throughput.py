@@ -68,7 +68,7 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url)
             with Client(url, constraint) as client:
-                labels = read_labels(ROOT / "demo" / "imagenet-classes.txt")
+                labels = read_labels(ROOT / "demo" / "imagenet-classes.txt", allow_duplicates=True)
                 key = load_owner_key(work / "owner.key")
                 started = time.perf_counter()
                 client.provision(model, labels, key, preprocessing=DEMO_PREPROCESSING)

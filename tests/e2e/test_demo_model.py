@@ -23,6 +23,7 @@ def test_efficientnet_lite0_classifies_the_photos(tmp_path: Path, owner_key: Pat
     try:
         out = run_cli(
             "provision", d.url, d.constraint, str(MODEL), str(LABELS), "--owner-key", str(owner_key),
+            "--allow-duplicate-labels",
             "--mean", ",".join([str(127 / 255)] * 3), "--std", ",".join([str(128 / 255)] * 3),
         )  # fmt: skip
         assert out.returncode == 0, out.stderr

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from enclave_infer.attestation import constraints
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
+from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.errors import ConstraintError, UsageError
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -94,6 +94,17 @@ def test_insecure_accepted_only_when_asked() -> None:
         (f"C:{CODE.hex()} SNPTCB:microcode=1", "unknown component 'microcode'"),
         (f"C:{CODE.hex()} SNPTCB:snp=1,snp=2", "names snp more than once"),
         (f"C:{CODE.hex()} SNPTCB:snp=1 SNPTCB:bl=1", "SNPTCB: given more than once"),
+        (f"C:{CODE.hex()} TCBEVAL:", "malformed"),
+        (f"C:{CODE.hex()} TCBEVAL:x", "TCBEVAL: takes an integer from 0 to 4294967295"),
+        (f"C:{CODE.hex()} TCBEVAL:-1", "TCBEVAL: takes an integer"),
+        (f"C:{CODE.hex()} TCBEVAL:4294967296", "TCBEVAL: takes an integer"),
+        (f"C:{CODE.hex()} TCBEVAL:\u00b2", "TCBEVAL: takes an integer"),  # a digit to isdigit(), not to int()
+        (f"C:{CODE.hex()} TCBEVAL:17 TCBEVAL:18", "TCBEVAL: given more than once"),
+        (f"C:{CODE.hex()} PROD:\u00b9", "PROD: takes an integer"),
+        (f"C:{CODE.hex()} GRACE:1d", "GRACE: takes an ISO-8601 duration"),
+        (f"C:{CODE.hex()} GRACE:PT", "GRACE: takes an ISO-8601 duration"),
+        (f"C:{CODE.hex()} GRACE:P1W", "GRACE: takes an ISO-8601 duration"),
+        (f"C:{CODE.hex()} GRACE:PT1H GRACE:PT2H", "GRACE: given more than once"),
     ],
 )
 def test_malformed_constraints_are_errors(text: str, message: str) -> None:
@@ -127,3 +138,87 @@ def test_snp_tcb_floor() -> None:
         constraints.parse(f"C:{CODE.hex()} SEC:STALE SNPTCB:fmc=3").check(turin, now=NOW)
     with pytest.raises(ConstraintError, match="no FMC"):
         constraints.parse(f"C:{CODE.hex()} SEC:STALE SNPTCB:fmc=0").check(snp, now=NOW)
+
+
+def dcap_report(
+    *, tcb_info: int = 18, qe_identity: int = 18, expired: timedelta | None = None
+) -> EnclaveReport:
+    """An SGX report whose collateral expires (or expired ``expired`` ago) relative to NOW."""
+    next_update = NOW - expired if expired is not None else NOW + timedelta(days=20)
+    collateral = DcapCollateral(
+        tcb_info_evaluation_data_number=tcb_info,
+        qe_identity_evaluation_data_number=qe_identity,
+        next_update=next_update,
+        next_update_of="PCK CRL",
+        verified_at=min(NOW, next_update - timedelta(seconds=1)),
+        expired=expired,
+    )
+    return report(dcap_collateral=collateral)
+
+
+def test_tcb_evaluation_floor() -> None:
+    base = f"C:{CODE.hex()} SEC:STALE"
+    c = constraints.parse(base + " TCBEVAL:18")
+    assert c.min_tcb_evaluation == 18
+    c.check(dcap_report(), now=NOW)
+    c.check(dcap_report(tcb_info=19, qe_identity=20), now=NOW)
+    with pytest.raises(
+        ConstraintError,
+        match=r"^the TCB info's TCB evaluation data number 17 is below the floor 18 \(TCBEVAL:18\)$",
+    ):
+        c.check(dcap_report(tcb_info=17), now=NOW)
+    with pytest.raises(
+        ConstraintError, match="QE identity's TCB evaluation data number 16 is below the floor 18"
+    ):
+        c.check(dcap_report(qe_identity=16), now=NOW)
+    constraints.parse(base + " TCBEVAL:0").check(dcap_report(tcb_info=0, qe_identity=0), now=NOW)
+    # fails closed: evidence without DCAP collateral (simulation, SEV-SNP) has no number to check
+    for other in (report(), report(tee="simulation"), report(tee="sev-snp", snp_tcb=SnpTcb(3, 0, 8, 115))):
+        with pytest.raises(
+            ConstraintError, match=r"TCBEVAL: given but the evidence \(\S+\) is not a DCAP quote"
+        ):
+            c.check(other, now=NOW)
+
+
+def test_stale_collateral_needs_grace() -> None:
+    base = f"C:{CODE.hex()} SEC:STALE"
+    day = timedelta(days=1)
+    constraints.parse(base).check(dcap_report(), now=NOW)  # current collateral: nothing to allow
+    stale = dcap_report(expired=day)
+    with pytest.raises(
+        ConstraintError,
+        match=r"^DCAP collateral expired P1D ago \(the PCK CRL's nextUpdate 2026-11-21T12:00:00Z\); "
+        r"without GRACE:<duration> no staleness is allowed$",
+    ):
+        constraints.parse(base).check(stale, now=NOW)
+    with pytest.raises(ConstraintError, match="expired PT0S ago"):  # expired at nextUpdate itself
+        constraints.parse(base).check(dcap_report(expired=timedelta(0)), now=NOW)
+    constraints.parse(base + " GRACE:P1D").check(stale, now=NOW)
+    constraints.parse(base + " GRACE:PT24H").check(stale, now=NOW)
+    with pytest.raises(
+        ConstraintError, match=r"expired P1D ago .*, longer ago than GRACE:PT23H59M59S allows$"
+    ):
+        constraints.parse(base + " GRACE:PT23H59M59S").check(stale, now=NOW)
+    # measured at the constraint's own clock, not the verifier's
+    with pytest.raises(ConstraintError, match="expired P1DT1H ago"):
+        constraints.parse(base + " GRACE:P1D").check(stale, now=NOW + timedelta(hours=1))
+    # evidence without DCAP collateral: GRACE: only ever widens, so it has nothing to refuse
+    constraints.parse(base + " GRACE:PT1H").check(report(), now=NOW)
+    assert constraints.parse(base).collateral_grace is None
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(0), "PT0S"),
+        (timedelta(days=1), "P1D"),
+        (timedelta(hours=24), "P1D"),
+        (timedelta(days=1, hours=2, minutes=30), "P1DT2H30M"),
+        (timedelta(minutes=5), "PT5M"),
+        (timedelta(seconds=1.5), "PT1.5S"),
+        (timedelta(days=400, seconds=1), "P400DT1S"),
+    ],
+)
+def test_format_duration_is_what_parse_reads(value: timedelta, text: str) -> None:
+    assert constraints.format_duration(value) == text
+    assert constraints.parse(f"C:{CODE.hex()} GRACE:{text}").collateral_grace == value

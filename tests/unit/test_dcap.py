@@ -83,6 +83,30 @@ def test_a_bit_of_every_byte_of_the_quoting_enclave_parts(region: range) -> None
     assert survivors == []
 
 
+# The signature data's framing (unsigned): its length, and the certification data's type (5, the PCK
+# certificate chain) and size after the 32 bytes of QE authentication data.
+SIGNATURE_DATA_LENGTH = range(432, 436)
+CERTIFICATION_DATA_TYPE = range(1014 + 32, 1014 + 34)
+CERTIFICATION_DATA_SIZE = range(1014 + 34, 1014 + 38)
+
+
+@pytest.mark.parametrize(
+    "region",
+    [SIGNATURE_DATA_LENGTH, CERTIFICATION_DATA_TYPE, CERTIFICATION_DATA_SIZE],
+    ids=["signature data length", "certification data type (5)", "certification data size"],
+)
+def test_every_bit_of_the_framing_fields(region: range) -> None:
+    assert struct.unpack_from("<HI", QUOTE, CERTIFICATION_DATA_TYPE.start) == (5, len(QUOTE) - 1052)
+    survivors = [(i, b) for i in region for b in range(8) if not rejected(flipped(QUOTE, i, b))]
+    assert survivors == []
+
+
+def test_nothing_may_follow_the_signature_data_but_zero_padding() -> None:
+    assert not rejected(QUOTE + bytes(70))
+    assert rejected(QUOTE + b"\x01")
+    assert rejected(QUOTE + bytes(69) + b"\x80")
+
+
 def test_a_bit_of_every_byte_of_the_pck_and_intermediate_certificates() -> None:
     """The chain's own Root CA copy is ignored (Intel's root is pinned), so it is not flipped."""
     text = QUOTE.decode("latin-1")
@@ -117,11 +141,58 @@ def _resize_cert_data(quote: bytes, delta: int) -> bytes:
     return bytes(out)
 
 
+# The vector's collateral: QE identity nextUpdate 2025-07-19T10:01:18Z comes first (the PCK CRL's
+# is 10:23:18, the TCB info's 10:56:11); every TCB evaluation data number is 17.
+EXPIRY = datetime(2025, 7, 19, 10, 1, 18, tzinfo=UTC)
+
+
 def test_the_clock() -> None:
     with pytest.raises(AttestationError, match="in the future"):
         verify_quote(QUOTE, COLLATERAL, now=NOW - timedelta(days=2))  # before the collateral's issue date
-    with pytest.raises(AttestationError, match="Expired"):
-        verify_quote(QUOTE, COLLATERAL, now=datetime(2026, 11, 22, tzinfo=UTC))  # the CRLs have expired
+    current = verify_quote(QUOTE, COLLATERAL, now=EXPIRY - timedelta(seconds=1)).report.dcap_collateral
+    assert current is not None and current.expired is None
+    assert (current.next_update, current.next_update_of) == (EXPIRY, "QE identity")
+    # Later, it verifies as of one second before that instant, and says how long ago it expired;
+    # the constraint then refuses, unless GRACE: allows that much.
+    later = datetime(2026, 11, 22, tzinfo=UTC)
+    report = verify_quote(QUOTE, COLLATERAL, now=later).report
+    assert report.dcap_collateral is not None
+    assert report.dcap_collateral.verified_at == EXPIRY - timedelta(seconds=1)
+    assert report.dcap_collateral.expired == later - EXPIRY
+    with pytest.raises(ConstraintError, match="DCAP collateral expired P490DT13H58M42S ago"):
+        constraints.parse(f"C:{MRENCLAVE} SEC:STALE").check(report, now=later)
+    # A grace period never covers an expired certificate: the PCK certificate's notAfter is checked at now.
+    with pytest.raises(AttestationError, match="certificate 'Intel SGX PCK Certificate' expired at"):
+        verify_quote(QUOTE, COLLATERAL, now=datetime(2033, 1, 1, tzinfo=UTC))
+
+
+def test_stale_collateral_a_day_after_its_window() -> None:
+    day_after = EXPIRY + timedelta(days=1)
+    verdict = verify_quote(QUOTE, COLLATERAL, now=day_after)
+    doc = verdict.to_json()
+    assert doc["collateral_expired"] == {"ago": "P1D", "first_to_expire": "QE identity"}
+    assert (doc["collateral_next_update"], doc["verified_as_of"]) == (
+        "2025-07-19T10:01:18Z",
+        "2025-07-19T10:01:17Z",
+    )
+    assert "the collateral expired P1D ago (the QE identity's nextUpdate" in doc["security_level_reason"]
+    assert (doc["status"], doc["mrenclave"]) == ("ConfigurationAndSWHardeningNeeded", MRENCLAVE)
+    base = f"C:{MRENCLAVE} SEC:STALE"
+    with pytest.raises(ConstraintError, match=r"expired P1D ago .* no staleness is allowed"):
+        constraints.parse(base).check(verdict.report, now=day_after)  # the default: fails closed
+    constraints.parse(base + " GRACE:P1D").check(verdict.report, now=day_after)
+    with pytest.raises(ConstraintError, match="longer ago than GRACE:PT23H allows"):
+        constraints.parse(base + " GRACE:PT23H").check(verdict.report, now=day_after)
+
+
+def test_the_tcb_evaluation_data_number() -> None:
+    verdict = verify_quote(QUOTE, COLLATERAL, now=NOW)
+    assert verdict.to_json()["tcb_evaluation_data_numbers"] == {"tcb_info": 17, "qe_identity": 17}
+    constraints.parse(f"C:{MRENCLAVE} SEC:STALE TCBEVAL:17").check(verdict.report, now=NOW)
+    with pytest.raises(
+        ConstraintError, match=r"TCB evaluation data number 17 is below the floor 18 \(TCBEVAL:18\)$"
+    ):
+        constraints.parse(f"C:{MRENCLAVE} SEC:STALE TCBEVAL:18").check(verdict.report, now=NOW)
 
 
 def test_tampered_collateral() -> None:
@@ -165,9 +236,13 @@ def test_verify_evidence_cli(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["constraint"]["holds"] is False
     assert refused.stderr.strip().startswith("enclave-infer: error: security level STALE is below SEC:SECURE")
-    expired = run()  # the real clock: the collateral's CRLs have expired
-    assert expired.returncode == 1 and json.loads(expired.stdout)["verified"] is False
-    assert "CrlExpired" in expired.stderr
+    # the real clock: the collateral has expired; without a constraint allowing it (GRACE:), refused
+    expired = run()
+    assert expired.returncode == 1
+    doc = json.loads(expired.stdout)
+    assert doc["verified"] is True and doc["collateral_expired"]["first_to_expire"] == "QE identity"
+    assert doc["constraint"]["given"] is None and doc["constraint"]["holds"] is False
+    assert "DCAP collateral expired" in expired.stderr and "no staleness is allowed" in expired.stderr
     tampered = tmp_path / "quote"
     tampered.write_bytes(flipped(QUOTE, 200, 3))
     bad = subprocess.run([cli, "verify-evidence", "--quote", str(tampered), "--collateral",

@@ -12,7 +12,9 @@ them. The clock is pinned to :data:`tests.emulation.dcap.NOW`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 import urllib.parse
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,7 +34,7 @@ from enclave_infer.attestation.report import SecurityLevel, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
 from enclave_infer.enclave.tsm import ConfigfsTsmPlatform, parse_tdx_quote
-from enclave_infer.errors import AttestationError
+from enclave_infer.errors import AttestationError, ConstraintError
 from enclave_infer.protocol import ohttp
 from tests.emulation.dcap import (
     ISSUE_DATE,
@@ -481,3 +483,171 @@ def test_evidence_from_the_emulated_platform_appraised_through_a_verifier_that_o
         evidence.appraise(document, key_config=key_config, nonce=b"m" * 32, now=NOW, verifier=test_root)
     with pytest.raises(AttestationError, match="did not verify"):  # the production verifier: Intel's root
         evidence.verify(document, key_config=key_config, nonce=nonce, constraint=constraint, now=NOW)
+
+
+# --- collateral freshness: TCB evaluation data numbers, nextUpdate and GRACE: -------------------
+
+DAY = timedelta(days=1)
+
+
+def stale(dcap: EmulatedDcap, tee: Tee, *, expired: timedelta = DAY) -> bytes:
+    """Collateral valid for 30 days up to ``expired`` before NOW."""
+    return dcap.collateral(tee, issue_date=NOW - expired - timedelta(days=30), next_update=NOW - expired)
+
+
+@pytest.mark.parametrize("kind", ["sgx", "tdx4", "tdx5"])
+def test_collateral_past_its_next_update_is_refused_unless_grace_allows_it(
+    dcap: EmulatedDcap, kind: str
+) -> None:
+    quote, tee = mint(dcap, kind), TEES[kind]
+    verdict = verify_quote(quote, stale(dcap, tee), now=NOW, root_ca_der=dcap.root_ca_der)
+    collateral = verdict.report.dcap_collateral
+    assert collateral is not None
+    assert (collateral.expired, collateral.next_update, collateral.verified_at) == (
+        DAY,
+        NOW - DAY,
+        NOW - DAY - timedelta(seconds=1),
+    )
+    assert collateral.next_update_of == "TCB info"  # all four expire together: the first named
+    assert verdict.to_json()["collateral_expired"] == {"ago": "P1D", "first_to_expire": "TCB info"}
+    assert "collateral expired P1D ago" in verdict.report.level_reason
+    assert verdict.report.security_level is SecurityLevel.SECURE  # the level is the TCB's; GRACE: decides
+    base = f"C:{verdict.report.code_hash.hex()}"
+    with pytest.raises(ConstraintError, match=r"DCAP collateral expired P1D ago .* no staleness is allowed"):
+        constraints.parse(base).check(verdict.report, now=NOW)
+    constraints.parse(base + " GRACE:PT24H").check(verdict.report, now=NOW)
+    with pytest.raises(ConstraintError, match="longer ago than GRACE:PT12H allows"):
+        constraints.parse(base + " GRACE:PT12H").check(verdict.report, now=NOW)
+    # the same platform verified through the evidence path, with a verifier owning the test root
+    current = verify_quote(quote, dcap.collateral(tee), now=NOW, root_ca_der=dcap.root_ca_der)
+    assert current.report.dcap_collateral is not None and current.report.dcap_collateral.expired is None
+    constraints.parse(base).check(current.report, now=NOW)
+
+
+def test_stale_collateral_is_still_verified_in_full(dcap: EmulatedDcap) -> None:
+    """Verified as of its last current second: a revoked PCK, a TCB status, a forged signature or
+    another root are refused or rated exactly as with current collateral."""
+    quote = mint(dcap, "sgx")
+    window = {"issue_date": NOW - DAY - timedelta(days=30), "next_update": NOW - DAY}
+    revoked = dcap.collateral("sgx", revoke_pck=True, **window)
+    with pytest.raises(AttestationError, match="did not verify: Failed to verify certificate chain"):
+        verify_quote(quote, revoked, now=NOW, root_ca_der=dcap.root_ca_der)
+    assert "CertRevoked" in qvl_error(dcap, quote, revoked, int((NOW - DAY).timestamp()) - 1)
+    out_of_date = dcap.collateral("sgx", status="OutOfDate", **window)
+    verdict = verify_quote(quote, out_of_date, now=NOW, root_ca_der=dcap.root_ca_der)
+    assert verdict.report.security_level is SecurityLevel.STALE and verdict.tcb_status == "OutOfDate"
+    doc = json.loads(stale(dcap, "sgx"))
+    doc["tcb_info_signature"] = ("00" if doc["tcb_info_signature"][:2] != "00" else "01") + doc[
+        "tcb_info_signature"
+    ][2:]
+    with pytest.raises(AttestationError, match="did not verify"):
+        verify_quote(quote, json.dumps(doc).encode(), now=NOW, root_ca_der=dcap.root_ca_der)
+    with pytest.raises(AttestationError, match="did not verify"):
+        verify_quote(quote, stale(dcap, "sgx"), now=NOW)  # Intel's root
+
+
+def test_the_earliest_next_update_counts(dcap: EmulatedDcap) -> None:
+    """TCB info and QE identity current, the PCK CRL a day out of date: the whole is a day stale."""
+    parts = dcap.collateral_parts("sgx", issue_date=NOW - timedelta(days=30), next_update=NOW + DAY)
+    crl = dcap.pck_crl(this_update=NOW - timedelta(days=31), next_update=NOW - DAY)
+    collateral = dataclasses.replace(parts, pck_crl=crl).to_json()
+    verdict = verify_quote(mint(dcap, "sgx"), collateral, now=NOW, root_ca_der=dcap.root_ca_der)
+    assert verdict.report.dcap_collateral is not None
+    assert (verdict.report.dcap_collateral.next_update_of, verdict.report.dcap_collateral.expired) == (
+        "PCK CRL",
+        DAY,
+    )
+    with pytest.raises(ConstraintError, match=r"expired P1D ago \(the PCK CRL's nextUpdate"):
+        constraints.parse(f"C:{MRENCLAVE.hex()}").check(verdict.report, now=NOW)
+    # a CRL has expired at its nextUpdate: at that very second the collateral is zero seconds stale
+    at_crl = verify_quote(mint(dcap, "sgx"), collateral, now=NOW - DAY, root_ca_der=dcap.root_ca_der)
+    assert at_crl.report.dcap_collateral is not None and at_crl.report.dcap_collateral.expired == timedelta(0)
+
+
+def test_collateral_never_current_as_a_whole_or_not_yet_valid_is_refused(dcap: EmulatedDcap) -> None:
+    quote = mint(dcap, "sgx")
+    # TCB info issued after the PCK CRL expired: no instant at which all of it was current
+    parts = dcap.collateral_parts("sgx", issue_date=NOW - 12 * timedelta(hours=1), next_update=NOW + DAY)
+    crl = dcap.pck_crl(this_update=NOW - timedelta(days=31), next_update=NOW - DAY)
+    collateral = dataclasses.replace(parts, pck_crl=crl).to_json()
+    with pytest.raises(
+        AttestationError, match=r"never current as a whole: the (TCB info|QE identity) was issued"
+    ):
+        verify_quote(quote, collateral, now=NOW, root_ca_der=dcap.root_ca_der)
+    # issued in the future: refused, stale or not
+    future = dcap.collateral("sgx", issue_date=NOW + DAY, next_update=NOW + 31 * DAY)
+    with pytest.raises(AttestationError, match="in the future"):
+        verify_quote(quote, future, now=NOW, root_ca_der=dcap.root_ca_der)
+    parts = dcap.collateral_parts("sgx", issue_date=NOW + DAY, next_update=NOW + 31 * DAY)
+    stale_crl = dataclasses.replace(parts, pck_crl=crl).to_json()
+    with pytest.raises(AttestationError, match=r"was issued at .*, in the future, and the PCK CRL expired"):
+        verify_quote(quote, stale_crl, now=NOW, root_ca_der=dcap.root_ca_der)
+
+
+def test_a_certificate_expired_since_is_refused_whatever_the_grace() -> None:
+    """Stale collateral is verified as of its expiry; the certificates must still be valid now."""
+    expiring = EmulatedDcap(cert_not_after=NOW - 12 * timedelta(hours=1))
+    quote = mint(expiring, "tdx4")
+    with pytest.raises(
+        AttestationError,
+        match="certificate 'Emulated SGX PCK Certificate' expired at 2026-01-01T12:00:00Z, before 2026-01-02",
+    ):
+        verify_quote(quote, stale(expiring, "tdx"), now=NOW, root_ca_der=expiring.root_ca_der)
+    # as of an instant before the certificates expired, the same quote and collateral verify
+    earlier = NOW - 18 * timedelta(hours=1)
+    verdict = verify_quote(quote, stale(expiring, "tdx"), now=earlier, root_ca_der=expiring.root_ca_der)
+    assert verdict.report.dcap_collateral is not None
+    assert verdict.report.dcap_collateral.expired == 6 * timedelta(hours=1)
+
+
+def test_tcb_evaluation_data_numbers_are_reported_and_floored(dcap: EmulatedDcap) -> None:
+    quote = mint(dcap, "tdx5")
+    doc = json.loads(dcap.collateral("tdx", evaluation_data_number=17))
+    qe = dcap.qe_identity("tdx", evaluation_data_number=19)  # a QE identity of another number
+    doc.update(qe_identity=qe.body, qe_identity_signature=qe.signature.hex())
+    verdict = verify_quote(quote, json.dumps(doc).encode(), now=NOW, root_ca_der=dcap.root_ca_der)
+    collateral = verdict.report.dcap_collateral
+    assert collateral is not None
+    assert (collateral.tcb_info_evaluation_data_number, collateral.qe_identity_evaluation_data_number) == (
+        17,
+        19,
+    )
+    assert verdict.to_json()["tcb_evaluation_data_numbers"] == {"tcb_info": 17, "qe_identity": 19}
+    base = f"C:{MRTD.hex()}"
+    constraints.parse(base + " TCBEVAL:17").check(verdict.report, now=NOW)
+    with pytest.raises(
+        ConstraintError,
+        match=r"^the TCB info's TCB evaluation data number 17 is below the floor 18 \(TCBEVAL:18\)$",
+    ):
+        constraints.parse(base + " TCBEVAL:18").check(verdict.report, now=NOW)
+    doc = json.loads(dcap.collateral("tdx", evaluation_data_number=19))
+    qe = dcap.qe_identity("tdx", evaluation_data_number=17)
+    doc.update(qe_identity=qe.body, qe_identity_signature=qe.signature.hex())
+    verdict = verify_quote(quote, json.dumps(doc).encode(), now=NOW, root_ca_der=dcap.root_ca_der)
+    with pytest.raises(ConstraintError, match="the QE identity's TCB evaluation data number 17 is below"):
+        constraints.parse(base + " TCBEVAL:18").check(verdict.report, now=NOW)
+
+
+def test_collateral_dates_must_be_readable(dcap: EmulatedDcap) -> None:
+    quote = mint(dcap, "sgx")
+    doc = json.loads(dcap.collateral("sgx"))
+    broken = {  # what the refusal says: the collateral and its part
+        "PCK CRL is not a DER CRL (hex)": dict(doc, pck_crl="zz"),
+        "root CA CRL is not a DER CRL (hex)": dict(doc, root_ca_crl=doc["root_ca_crl"][:-4]),
+        "lacks an issuer chain": {k: v for k, v in doc.items() if k != "tcb_info_issuer_chain"},
+        "TCB info nextUpdate is not an RFC 3339 time": dict(
+            doc, tcb_info=doc["tcb_info"].replace('"nextUpdate":"', '"nextUpdate":"x')
+        ),
+        "TCB info is not JSON with each key once": dict(
+            doc, tcb_info=doc["tcb_info"][:-1] + ',"tcbEvaluationDataNumber":99}'
+        ),
+        "QE identity has no tcbEvaluationDataNumber": dict(
+            doc,
+            qe_identity=doc["qe_identity"].replace(
+                '"tcbEvaluationDataNumber":18', '"tcbEvaluationDataNumber":true'
+            ),
+        ),
+    }
+    for reason, bad in broken.items():
+        with pytest.raises(AttestationError, match=re.escape(reason)):
+            verify_quote(quote, json.dumps(bad).encode(), now=NOW, root_ca_der=dcap.root_ca_der)

@@ -36,9 +36,14 @@ def test_labels_one_per_line() -> None:
         ("a\nb\n\n", "labels.txt:3: blank line"),  # one newline ends the file; a second is a blank line
         (
             "x\ny\ntiger cat\n" + "".join(f"c{i}\n" for i in range(13)) + "tiger cat\n",
-            "labels.txt:17: duplicate label 'tiger cat' (first on line 3)",
+            "labels.txt:17: duplicate label 'tiger cat' (first on line 3);"
+            " --allow-duplicate-labels if the model really has two such classes",
         ),
-        ("a\n b \nb\n", "labels.txt:3: duplicate label 'b' (first on line 2)"),
+        (
+            "a\n b \nb\n",
+            "labels.txt:3: duplicate label 'b' (first on line 2);"
+            " --allow-duplicate-labels if the model really has two such classes",
+        ),
         ("a\nb\tc\n", "labels.txt:2: control character U+0009 in the label"),
         ("a\rb\n", "labels.txt:1: control character U+000D in the label"),
         (
@@ -85,8 +90,9 @@ def test_read_labels(tmp_path: Path) -> None:
         read_labels(path)
     assert str(info.value) == f"{path}:3: not UTF-8 text (byte 0xE9)"
     path.write_text("a\na\n", encoding="utf-8")
-    with pytest.raises(UsageError, match=rf"^{path}:2: duplicate label 'a' \(first on line 1\)$"):
+    with pytest.raises(UsageError, match=rf"^{path}:2: duplicate label 'a' \(first on line 1\);"):
         read_labels(path)
+    assert read_labels(path, allow_duplicates=True) == ("a", "a")  # ImageNet has two 'crane's
     path.write_bytes(b"a\n" * (MAX_LABELS_FILE_BYTES // 2 + 1))
     with pytest.raises(UsageError) as info:
         read_labels(path)

@@ -32,9 +32,10 @@ from typing import Any
 import dcap_qvl
 import pytest
 
+from enclave_infer.attestation import constraints
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
-from enclave_infer.errors import AttestationError
+from enclave_infer.errors import AttestationError, ConstraintError
 from tests.shared_vectors import shared_vector_dir
 from tests.tamper import flipped, refused_by
 
@@ -72,7 +73,8 @@ class Vector:
         }
 
     def framing(self) -> dict[str, range]:
-        """Length and type fields of the signature data that dcap-qvl 0.7 does not check exactly."""
+        """Length and type fields of the signature data that dcap-qvl 0.7 does not check exactly,
+        and :func:`enclave_infer.attestation.dcap.parse_quote_layout` does."""
         sig = self.signed_end
         cert = self.regions()["QE auth data and type 5"].stop
         return {
@@ -130,36 +132,85 @@ def test_each_vector_verifies_to_what_its_readme_says(vector: Vector) -> None:
     assert doc["report"] == {vector.expected["report_body_type"]: fields}
 
 
-# Why each vector is refused one second before and one second after its window (READMEs); the
-# bound named last in v4-outofdate-trustee's README is the PCK CRL's nextUpdate, and a CRL has
-# expired *at* its nextUpdate (dcap-qvl's webpki: now >= nextUpdate), so that window ends one second
-# earlier than the README's "inclusive" says.
-CRL_END, NO_CRL_END = timedelta(seconds=1), timedelta(0)
+# Why dcap-qvl alone refuses each vector one second before and one second after its window
+# (READMEs). The window ends at the collateral's earliest nextUpdate: the TCB info's (v4-uptodate,
+# v5), which dcap-qvl still accepts at that very second, or the PCK CRL's (v4-outofdate), which has
+# expired *at* it (webpki: now >= nextUpdate). verify_quote applies the CRL's rule to all of them:
+# the last second at which the collateral is current is the one before the README's end.
 WINDOW_EDGES = {
-    "v4-uptodate-tinfoil": ("QE Identity issue date is in the future", "TCBInfo expired", NO_CRL_END),
-    "v4-outofdate-trustee": ("TCBInfo issue date is in the future", "certificate chain", CRL_END),
-    "v5-uptodate-go-tdx-guest": ("certificate chain", "TCBInfo expired", NO_CRL_END),  # PCK not valid yet
+    "v4-uptodate-tinfoil": ("QE Identity issue date is in the future", "TCBInfo expired"),
+    "v4-outofdate-trustee": ("TCBInfo issue date is in the future", "certificate chain"),
+    "v5-uptodate-go-tdx-guest": ("certificate chain", "TCBInfo expired"),  # PCK not valid yet
 }
+SECOND, DAY = timedelta(seconds=1), timedelta(days=1)
 
 
-def test_each_vector_is_accepted_exactly_within_its_window(vector: Vector) -> None:
-    first, last = (
+def window(vector: Vector) -> tuple[datetime, datetime]:
+    first, end = (
         datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         for t in vector.expected["valid_window_inclusive"]
     )
-    too_early, too_late, crl_end = WINDOW_EDGES[vector.name]
-    second = timedelta(seconds=1)
-    last -= crl_end
-    assert not refused(vector, vector.quote, first)
-    assert not refused(vector, vector.quote, last)
+    return first, end
+
+
+def current(vector: Vector, now: datetime) -> bool:
+    """Verifies, and its collateral is current: what a constraint without GRACE: accepts."""
+    try:
+        constraints.check_dcap_collateral(
+            verify_quote(vector.quote, vector.collateral, now=now).report, now=now
+        )
+    except (AttestationError, ConstraintError):
+        return False
+    return True
+
+
+def test_each_vector_is_current_exactly_within_its_window(vector: Vector) -> None:
+    first, end = window(vector)
+    too_early, too_late = WINDOW_EDGES[vector.name]
+    assert current(vector, first)
+    assert current(vector, end - SECOND)
     with pytest.raises(AttestationError, match=too_early):
-        verify_quote(vector.quote, vector.collateral, now=first - second)
-    with pytest.raises(AttestationError, match=too_late):
-        verify_quote(vector.quote, vector.collateral, now=last + second)
-    real_clock = datetime.now(UTC)
-    assert refused(vector, vector.quote, real_clock), (
-        f"accepted at {real_clock}, after the collateral expired"
+        verify_quote(vector.quote, vector.collateral, now=first - SECOND)
+    # From the end on it verifies as of one second before, and says the collateral has expired
+    verdict = verify_quote(vector.quote, vector.collateral, now=end)
+    freshness = verdict.report.dcap_collateral
+    assert freshness is not None
+    assert (freshness.next_update, freshness.verified_at, freshness.expired) == (
+        end,
+        end - SECOND,
+        timedelta(0),
     )
+    assert not current(vector, end)
+    parsed = dcap_qvl.QuoteCollateralV3.from_json(vector.collateral.decode())
+    with pytest.raises(ValueError, match=too_late):  # what dcap-qvl alone says then
+        dcap_qvl.verify(vector.quote, parsed, int((end + SECOND).timestamp()))
+    real_clock = datetime.now(UTC)
+    assert not current(vector, real_clock), f"current at {real_clock}, after the collateral expired"
+
+
+def test_a_day_after_the_window_only_grace_accepts(vector: Vector) -> None:
+    _, end = window(vector)
+    day_after = end + DAY
+    verdict = verify_quote(vector.quote, vector.collateral, now=day_after)
+    doc = verdict.to_json()
+    assert doc["collateral_expired"]["ago"] == "P1D"
+    assert doc["tcb_evaluation_data_numbers"] == {"tcb_info": 18, "qe_identity": 18}
+    assert (doc["status"], doc["mrtd"]) == (
+        vector.expected["expected"]["status"],
+        verdict.report.code_hash.hex(),
+    )
+    base = f"C:{verdict.report.code_hash.hex()} SEC:STALE TCBEVAL:18"
+    with pytest.raises(ConstraintError, match=r"^DCAP collateral expired P1D ago .*no staleness is allowed$"):
+        constraints.parse(base).check(verdict.report, now=day_after)
+    constraints.parse(base + " GRACE:P1D").check(verdict.report, now=day_after)
+    with pytest.raises(ConstraintError, match="longer ago than GRACE:PT23H59M59S allows"):
+        constraints.parse(base + " GRACE:PT23H59M59S").check(verdict.report, now=day_after)
+    with pytest.raises(
+        ConstraintError, match=r"TCB evaluation data number 18 is below the floor 19 \(TCBEVAL:19\)"
+    ):
+        constraints.parse(base.replace("TCBEVAL:18", "TCBEVAL:19") + " GRACE:P1D").check(
+            verdict.report, now=day_after
+        )
 
 
 @pytest.mark.parametrize("name", VECTORS)
@@ -225,30 +276,39 @@ def resize(vector: Vector, quote: bytes, delta: int, cert_size_at: int) -> bytes
     return bytes(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dcap-qvl 0.7 does not check the type-6 certification data type, nor that the signature "
-    "data and inner certification data lengths are exact: unsigned framing, a bit flipped there can "
-    "survive. Strict: if dcap-qvl starts refusing them, move these fields into the sweep above.",
-)
 @pytest.mark.parametrize("name", VECTORS)
-def test_a_bit_of_every_byte_of_the_framing_fields(name: str) -> None:
+def test_every_bit_of_the_framing_fields(name: str) -> None:
+    """dcap-qvl 0.7 does not check the type-6 certification data type, nor that the signature data
+    and inner certification data lengths are exact; dcap.py's framing parser does, before dcap-qvl."""
     vector = load(name)
     survivors = {
-        field: [i for i in offsets if not refused(vector, flipped(vector.quote, i, i % 8))]
+        field: [(i, b) for i in offsets for b in range(8) if not refused(vector, flipped(vector.quote, i, b))]
         for field, offsets in vector.framing().items()
     }
     assert survivors == {field: [] for field in survivors}
 
 
-def test_what_the_sweeps_leave_out_is_what_dcap_qvl_ignores() -> None:
-    """The 70 zero bytes after the v4 quotes and the chain's copy of Intel's root do not change the
-    result; a verifier that trusted the embedded root would be wrong, and dcap-qvl does not."""
-    for name in VECTORS[:2]:
+def test_after_the_signature_data_only_zero_padding() -> None:
+    """The v4 quotes carry 70 zero bytes after their signature data (a buffer sized for a v5 quote,
+    70 bytes longer): zero padding is accepted, anything else there is refused; dcap-qvl reads
+    neither."""
+    for name in VECTORS:
         vector = load(name)
         end = vector.signed_end + 4 + struct.unpack_from("<I", vector.quote, vector.signed_end)[0]
-        assert vector.quote[end:] == bytes(70)
-        assert not refused(vector, vector.quote[:end] + b"\xff" * 70)
+        padding = 70 if vector.quote[0] == 4 else 0
+        assert vector.quote[end:] == bytes(padding) and len(vector.quote) == end + padding
+        assert not refused(vector, vector.quote[:end])
+        assert not refused(vector, vector.quote[:end] + bytes(100))
+        with pytest.raises(AttestationError, match=r"70 byte\(s\) after its 4300-byte signature data"):
+            verify_quote(vector.quote[:end] + b"\xff" * 70, vector.collateral, now=PINNED)
+        assert all(
+            refused(vector, vector.quote[:end] + bytes(i) + b"\x01" + bytes(69 - i)) for i in range(0, 70, 7)
+        )
+
+
+def test_what_the_sweeps_leave_out_is_what_dcap_qvl_ignores() -> None:
+    """The chain's copy of Intel's root does not change the result; a verifier that trusted the
+    embedded root would be wrong, and dcap-qvl does not."""
     for name in VECTORS:  # the root copy replaced by another certificate (the PCK CA's)
         vector = load(name)
         _, ca, root = PEM.finditer(vector.quote)

@@ -20,9 +20,18 @@ Tokens (space separated, each at most once unless noted):
                     each 0..255, at least one: ``bl`` boot loader, ``tee`` PSP OS, ``snp`` SNP
                     firmware, ``ucode`` microcode, ``fmc`` FMC (Turin only); components not
                     named are not checked. Example: ``SNPTCB:bl=3,tee=0,snp=8,ucode=115``
+``TCBEVAL:<n>``     SGX and TDX only: minimum ``tcbEvaluationDataNumber`` of the DCAP collateral's
+                    TCB info and of its QE identity, 0..4294967295; any other evidence is
+                    refused. Intel raises the number with each TCB recovery, so a floor refuses
+                    collateral that predates one. Example: ``TCBEVAL:18``
+``GRACE:<dur>``     SGX and TDX only: how long past its ``nextUpdate`` the DCAP collateral may be
+                    (the earliest of its TCB info, QE identity and CRLs), an ISO-8601 duration
+                    as for ``EXPIRE:``. Without it stale collateral is refused: the default grace
+                    is none. Example: ``GRACE:PT24H``
 ==================  =====================================================================
 
-Fails closed: an empty constraint, an unknown or malformed token, or a constraint that names neither
+Fails closed: a floor such as ``SNPTCB:`` or ``TCBEVAL:`` refuses evidence that does not carry the
+value it checks; an empty constraint, an unknown or malformed token, or a constraint that names neither
 a code hash nor a signer is a :class:`UsageError`, never silently ignored.
 """
 
@@ -35,11 +44,12 @@ from datetime import datetime, timedelta
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.errors import ConstraintError, UsageError
 
-__all__ = ["Constraint", "parse"]
+__all__ = ["Constraint", "check_dcap_collateral", "format_duration", "parse"]
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _CODE_HASH = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{96}")
 _UINT16_MAX = 0xFFFF
+_UINT32_MAX = 0xFFFF_FFFF  # tcbEvaluationDataNumber is a u32 in Intel's PCS API
 # SNPTCB: component names, as a floor names them, to (SnpTcb field, what a refusal calls it)
 _SNP_TCB_COMPONENTS = {
     "bl": ("bootloader", "boot loader"),
@@ -66,6 +76,8 @@ class Constraint:
     max_age: timedelta | None = None
     owner_key_ids: frozenset[bytes] = frozenset()
     snp_tcb_floor: tuple[tuple[str, int], ...] = ()  # (SNPTCB: name, minimum), e.g. ("snp", 8)
+    min_tcb_evaluation: int | None = None  # TCBEVAL:
+    collateral_grace: timedelta | None = None  # GRACE:; None refuses any stale DCAP collateral
 
     def __post_init__(self) -> None:
         # Fail closed for constraints built in code too, not only for parsed ones.
@@ -112,6 +124,9 @@ class Constraint:
             age = now - report.issued_at
             if age > self.max_age:
                 raise ConstraintError(f"evidence is {age} old, older than EXPIRE allows ({self.max_age})")
+        if self.min_tcb_evaluation is not None:
+            _check_tcb_evaluation(report, self.min_tcb_evaluation)
+        check_dcap_collateral(report, now=now, grace=self.collateral_grace)
         if self.owner_key_ids and report.owner_key_id not in self.owner_key_ids:
             raise ConstraintError(
                 f"owner key {report.owner_key_id.hex().upper()} is not one of the accepted OWNER: values"
@@ -140,7 +155,7 @@ def parse(text: str) -> Constraint:
             if not _HEX64.fullmatch(value):
                 raise UsageError(f"{key}: takes 64 hex digits, got {value!r}")
             {"S": signers, "OWNER": owners}[key].add(bytes.fromhex(value))
-        elif key in ("PROD", "REVOKE", "SEC", "EXPIRE", "SNPTCB"):
+        elif key in ("PROD", "REVOKE", "SEC", "EXPIRE", "SNPTCB", "TCBEVAL", "GRACE"):
             if key in single:
                 raise UsageError(f"{key}: given more than once")
             single[key] = value
@@ -162,10 +177,62 @@ def parse(text: str) -> Constraint:
         product_id=_uint16("PROD", single.get("PROD")),
         min_security_version=_uint16("REVOKE", single.get("REVOKE")),
         min_level=level,
-        max_age=_duration(single["EXPIRE"]) if "EXPIRE" in single else None,
+        max_age=_duration("EXPIRE", single["EXPIRE"]) if "EXPIRE" in single else None,
         owner_key_ids=frozenset(owners),
         snp_tcb_floor=_snp_tcb_floor(single["SNPTCB"].lower()) if "SNPTCB" in single else (),
+        min_tcb_evaluation=_uint32("TCBEVAL", single.get("TCBEVAL")),
+        collateral_grace=_duration("GRACE", single["GRACE"]) if "GRACE" in single else None,
     )
+
+
+def check_dcap_collateral(report: EnclaveReport, *, now: datetime, grace: timedelta | None = None) -> None:
+    """Raise :class:`ConstraintError` if the report's DCAP collateral had expired at ``now``
+    longer ago than ``grace`` allows; ``grace`` None (no ``GRACE:``) allows no staleness at all.
+
+    What ``Constraint.check`` runs for ``GRACE:``, and what ``verify-evidence`` runs without a
+    constraint. Evidence without DCAP collateral passes: ``GRACE:`` only ever widens."""
+    collateral = report.dcap_collateral
+    expired = None if collateral is None else collateral.expired_for(now)
+    if collateral is None or expired is None:
+        return
+    since = (
+        f"DCAP collateral expired {format_duration(expired)} ago (the {collateral.next_update_of}'s "
+        f"nextUpdate {collateral.next_update:%Y-%m-%dT%H:%M:%SZ})"
+    )
+    if grace is None:
+        raise ConstraintError(f"{since}; without GRACE:<duration> no staleness is allowed")
+    if expired > grace:
+        raise ConstraintError(f"{since}, longer ago than GRACE:{format_duration(grace)} allows")
+
+
+def format_duration(value: timedelta) -> str:
+    """``value`` as the ISO-8601 duration ``EXPIRE:`` and ``GRACE:`` take: ``P1DT2H30M``, ``PT0S``."""
+    if value < timedelta(0):
+        raise ValueError(f"negative duration {value}")
+    hours, rest = divmod(value.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    fraction = f".{value.microseconds:06d}".rstrip("0") if value.microseconds else ""
+    time = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M")) if n)
+    time += f"{seconds}{fraction}S" if seconds or fraction else ""
+    text = "P" + (f"{value.days}D" if value.days else "") + (f"T{time}" if time else "")
+    return text if text != "P" else "PT0S"
+
+
+def _check_tcb_evaluation(report: EnclaveReport, floor: int) -> None:
+    collateral = report.dcap_collateral
+    if collateral is None:
+        raise ConstraintError(
+            f"TCBEVAL: given but the evidence ({report.tee}) is not a DCAP quote verified with collateral"
+        )
+    for which, number in (
+        ("TCB info", collateral.tcb_info_evaluation_data_number),
+        ("QE identity", collateral.qe_identity_evaluation_data_number),
+    ):
+        if number < floor:
+            raise ConstraintError(
+                f"the {which}'s TCB evaluation data number {number} is below the floor {floor} "
+                f"(TCBEVAL:{floor})"
+            )
 
 
 def _snp_tcb_floor(value: str) -> tuple[tuple[str, int], ...]:
@@ -201,15 +268,23 @@ def _check_snp_tcb(tcb: SnpTcb | None, floor: tuple[tuple[str, int], ...]) -> No
 def _uint16(key: str, value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) > _UINT16_MAX:
+    if not (value.isascii() and value.isdigit()) or len(value) > 5 or int(value) > _UINT16_MAX:
         raise UsageError(f"{key}: takes an integer from 0 to {_UINT16_MAX}, got {value!r}")
     return int(value)
 
 
-def _duration(value: str) -> timedelta:
+def _uint32(key: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > _UINT32_MAX:
+        raise UsageError(f"{key}: takes an integer from 0 to {_UINT32_MAX}, got {value!r}")
+    return int(value)
+
+
+def _duration(key: str, value: str) -> timedelta:
     m = _DURATION.fullmatch(value.upper())
     if m is None or value.upper() in ("P", "PT") or value.upper().endswith("T"):
-        raise UsageError(f"EXPIRE: takes an ISO-8601 duration such as PT1H or P1DT12H, got {value!r}")
+        raise UsageError(f"{key}: takes an ISO-8601 duration such as PT1H or P1DT12H, got {value!r}")
     return timedelta(
         days=int(m["days"] or 0),
         hours=int(m["hours"] or 0),

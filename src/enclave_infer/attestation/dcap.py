@@ -21,20 +21,48 @@ a debug enclave (SGX ATTRIBUTES.DEBUG, TDX TD_ATTRIBUTES  INSECURE
 The evidence's time (``issued_at``, what ``EXPIRE:`` measures) is the TCB info's ``issueDate``:
 a nonce already proves the quote is fresh, so what can grow old is Intel's assessment of the
 platform that the collateral carries.
+
+:func:`verify_quote` runs, at the ``now`` the caller gives:
+
+1. the quote's framing (:func:`parse_quote_layout`), stricter than dcap-qvl: every length and
+   certification data type of the signature data must be exact, on bytes, before any cryptography;
+2. the collateral's dates: TCB info and QE identity (``issueDate``, ``nextUpdate``,
+   ``tcbEvaluationDataNumber``) and the two CRLs (``nextUpdate``);
+3. the verification time: ``now`` while all of the collateral is current; once ``now`` reaches the
+   earliest ``nextUpdate`` (dcap-qvl would refuse: a CRL has expired *at* its nextUpdate), one
+   second before that instant, so that signatures, chains, revocation and TCB level are still
+   checked in full, as of the last moment the collateral was current. The report then records how
+   long ago the collateral expired (:class:`DcapCollateral`) and the level reason says so; the
+   ``GRACE:`` constraint decides whether that is acceptable, and without it nothing stale is. Each
+   certificate (the quote's PCK chain, the collateral's issuer chains) must still be valid at
+   ``now``: a grace period covers Intel's publication cycle, never an expired certificate;
+4. dcap-qvl's verification, at that time, with Intel's root or the one given;
+5. the mapping above onto a security level.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+from cryptography import x509
+
+from enclave_infer.attestation.constraints import format_duration
+from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel
 from enclave_infer.errors import AttestationError
 
-__all__ = ["TCB_LEVELS", "QuoteVerdict", "collateral_issue_date", "verify_quote"]
+__all__ = [
+    "TCB_LEVELS",
+    "QuoteLayout",
+    "QuoteVerdict",
+    "collateral_issue_date",
+    "parse_quote_layout",
+    "verify_quote",
+]
 
 TCB_LEVELS: Mapping[str, SecurityLevel] = {
     "UpToDate": SecurityLevel.SECURE,
@@ -52,6 +80,38 @@ TDX_ATTR_DEBUG = 0x01
 # A collateral document (TCB info, QE identity, CRLs, chains) is a few tens of KB.
 MAX_COLLATERAL_BYTES = 1024 * 1024
 MAX_QUOTE_BYTES = 64 * 1024
+# dcap-qvl counts time in whole seconds; verifying "just before" an instant means this much before it.
+BEFORE_EXPIRY = timedelta(seconds=1)
+
+# --- quote framing ----------------------------------------------------------------------------------
+# Intel SGX DCAP "ECDSA Quote Library API", appendix "Quote Format" (quote v3: "Quote Header",
+# "ECDSA 256-bit Quote Signature Data Structure", "QE Certification Data"), and Intel TDX DCAP
+# "Quoting Library API", appendix "Quote Format" ("Version 4 Quote Format", "Version 5 Quote
+# Format": the TD quote body descriptor, "Quote Signature Data", "QE Report Certification Data").
+# Intel's own QVL reads the same fields (Quote::parse, Quote::validate in QuoteVerification/Quote.cpp
+# of SGX-TDX-DCAP-QuoteVerificationLibrary). All integers little-endian.
+HEADER_SIZE = 48
+HEADER = struct.Struct("<HHI")  # version, attestation key type, TEE type (v3: reserved, zero)
+ATT_KEY_TYPE_ECDSA_P256 = 2  # ECDSA-256-with-P-256: 64-byte signatures and public keys
+TEE_TYPE_SGX, TEE_TYPE_TDX = 0x00000000, 0x00000081
+SGX_REPORT_BODY_SIZE = 384  # sgx_report_body_t: the ISV enclave's, and the QE's own report
+TD_REPORT10_SIZE, TD_REPORT15_SIZE = 584, 648
+# v5: a body descriptor (u16 type, u32 size) follows the header; type 1 is an SGX report body,
+# which dcap-qvl 0.7 reads only from v3 quotes, so v5 is taken for TDX alone.
+V5_BODY_DESCRIPTOR = struct.Struct("<HI")
+V5_TD_BODIES = {2: TD_REPORT10_SIZE, 3: TD_REPORT15_SIZE}  # TD report 1.0, TD report 1.5
+SIGNATURE_DATA_LENGTH = struct.Struct("<I")
+ECDSA_SIGNATURE_SIZE = 64  # r || s
+ECDSA_PUBLIC_KEY_SIZE = 64  # x || y
+QE_REPORT_SIGNATURE_SIZE = 64
+QE_AUTH_DATA_SIZE = struct.Struct("<H")
+CERTIFICATION_DATA_HEADER = struct.Struct("<HI")  # certification data type, size
+# Certification data types (the same table in both documents): 1-3 PPID (plain or RSA-encrypted),
+# 4 the PCK certificate alone, 5 the PEM chain PCK certificate, PCK CA, root; 6 QE report
+# certification data (v4, v5), which wraps the QE report and a type 1-5 inside. An offline verifier
+# needs the chain, as dcap-qvl does: 5 is the only inner type accepted.
+CERT_TYPE_PCK_CHAIN = 5
+CERT_TYPE_QE_REPORT = 6
 
 
 @dataclass(frozen=True)
@@ -76,8 +136,157 @@ class QuoteVerdict:
             "report_data": r.report_data.hex(),
             "security_level": r.security_level.name,
             "security_level_reason": r.level_reason,
-            "collateral_issued_at": r.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ") if r.issued_at else None,
+            "collateral_issued_at": _when(r.issued_at) if r.issued_at else None,
+            **_collateral_json(r.dcap_collateral),
         }
+
+
+def _collateral_json(c: DcapCollateral | None) -> dict[str, Any]:
+    if c is None:
+        return {}
+    return {
+        "tcb_evaluation_data_numbers": {
+            "tcb_info": c.tcb_info_evaluation_data_number,
+            "qe_identity": c.qe_identity_evaluation_data_number,
+        },
+        "collateral_next_update": _when(c.next_update),
+        "collateral_expired": None
+        if c.expired is None
+        else {"ago": format_duration(c.expired), "first_to_expire": c.next_update_of},
+        "verified_as_of": _when(c.verified_at),
+    }
+
+
+def _when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class QuoteLayout:
+    """Where the parts of an SGX or TDX DCAP quote lie, its framing checked; nothing verified."""
+
+    version: int  # 3 (SGX), 4 or 5 (TDX)
+    tee: str  # "sgx" or "tdx"
+    signed_end: int  # header and report body, what the attestation key signs, end here
+    signature_data: slice  # after the u32 signature data length
+    qe_report: slice
+    pck_chain: bytes  # certification data type 5: PEM PCK certificate, PCK CA, root (NUL-ended)
+    padding: int  # zero bytes after the signature data
+
+
+def parse_quote_layout(quote: bytes) -> QuoteLayout:
+    """The framing of a DCAP quote, checked exactly (pure logic on bytes; no signature checked).
+
+    The header must name a layout dcap-qvl verifies: SGX in version 3, TDX in versions 4 and 5
+    (TD report 1.0 or 1.5), ECDSA P-256 attestation keys. The signature data then must be filled
+    exactly by its parts: in v3 ISV signature, attestation key, QE report and its signature, QE
+    authentication data, and certification data of type 5 whose size reaches its end; in v4/v5
+    ISV signature, attestation key, certification data of type 6 whose size reaches the end of the
+    signature data, and inside it QE report, signature, authentication data and certification data
+    of type 5 whose size reaches the end of the type 6 data. Nothing but zero bytes may follow the
+    signature data: the quote buffers of real TDX v4 quotes are sized for the larger v5 quote, and
+    carry 70 zero bytes after it (as Intel's QVL, dcap-qvl reads no further than the signature data).
+    Raises :class:`AttestationError` naming the field and both values."""
+    if len(quote) < HEADER_SIZE:
+        raise AttestationError(
+            f"DCAP quote is {len(quote)} bytes, shorter than its {HEADER_SIZE}-byte header"
+        )
+    version, att_key_type, tee_type = HEADER.unpack_from(quote, 0)
+    if att_key_type != ATT_KEY_TYPE_ECDSA_P256:
+        raise AttestationError(
+            f"DCAP quote attestation key type {att_key_type} is not "
+            f"ECDSA-256-with-P-256 ({ATT_KEY_TYPE_ECDSA_P256})"
+        )
+    fields = _Fields(quote, HEADER_SIZE, len(quote), "quote")
+    if version == 3 and tee_type == TEE_TYPE_SGX:
+        tee = "sgx"
+        fields.take(SGX_REPORT_BODY_SIZE, "SGX report body")
+    elif version == 4 and tee_type == TEE_TYPE_TDX:
+        tee = "tdx"
+        fields.take(TD_REPORT10_SIZE, "TD report body")
+    elif version == 5 and tee_type == TEE_TYPE_TDX:
+        tee = "tdx"
+        body_type, body_size = fields.unpack(V5_BODY_DESCRIPTOR, "body descriptor")
+        if V5_TD_BODIES.get(body_type) != body_size:
+            raise AttestationError(
+                f"DCAP quote v5 body type {body_type} of {body_size} bytes is not a TD report "
+                f"(type 2 of {TD_REPORT10_SIZE} bytes or type 3 of {TD_REPORT15_SIZE})"
+            )
+        fields.take(body_size, "TD report body")
+    else:
+        raise AttestationError(
+            f"DCAP quote version {version} with TEE type {tee_type:#x} is not supported "
+            f"(SGX: version 3, TEE type {TEE_TYPE_SGX:#x}; TDX: version 4 or 5, TEE type {TEE_TYPE_TDX:#x})"
+        )
+    signed_end = fields.at
+    (length,) = fields.unpack(SIGNATURE_DATA_LENGTH, "signature data length")
+    start, end = fields.at, fields.at + length
+    if end > len(quote):
+        raise AttestationError(
+            f"DCAP quote signature data length {length} runs past the quote's end "
+            f"({len(quote) - start} bytes left)"
+        )
+    if any(quote[end:]):
+        raise AttestationError(
+            f"DCAP quote has {len(quote) - end} byte(s) after its {length}-byte signature data "
+            "that are not zero padding"
+        )
+    data = _Fields(quote, start, end, "signature data")
+    data.take(ECDSA_SIGNATURE_SIZE, "ISV report signature")
+    data.take(ECDSA_PUBLIC_KEY_SIZE, "attestation key")
+    if version >= 4:
+        data = data.certification_data(CERT_TYPE_QE_REPORT, "QE report certification data")
+    qe_report = data.take(SGX_REPORT_BODY_SIZE, "QE report")
+    data.take(QE_REPORT_SIGNATURE_SIZE, "QE report signature")
+    (auth_size,) = data.unpack(QE_AUTH_DATA_SIZE, "QE authentication data size")
+    data.take(auth_size, "QE authentication data")
+    chain = data.certification_data(CERT_TYPE_PCK_CHAIN, "PCK certificate chain")
+    if chain.at == chain.end:
+        raise AttestationError("DCAP quote PCK certificate chain (certification data type 5) is empty")
+    return QuoteLayout(
+        version=version,
+        tee=tee,
+        signed_end=signed_end,
+        signature_data=slice(start, end),
+        qe_report=qe_report,
+        pck_chain=quote[chain.at : chain.end],
+        padding=len(quote) - end,
+    )
+
+
+class _Fields:
+    """A cursor over ``data[at:end]``, the part of the quote called ``within``; every read is
+    bounds-checked and names what it reads."""
+
+    def __init__(self, data: bytes, at: int, end: int, within: str) -> None:
+        self.data, self.at, self.end, self.within = data, at, end, within
+
+    def take(self, size: int, what: str) -> slice:
+        if self.at + size > self.end:
+            raise AttestationError(
+                f"DCAP quote {what} ({size} bytes) runs past the end of its {self.within} "
+                f"({self.end - self.at} bytes left)"
+            )
+        self.at += size
+        return slice(self.at - size, self.at)
+
+    def unpack(self, layout: struct.Struct, what: str) -> tuple[int, ...]:
+        part = self.take(layout.size, what)
+        return tuple(layout.unpack_from(self.data, part.start))
+
+    def certification_data(self, cert_type: int, what: str) -> _Fields:
+        """A certification data header of ``cert_type`` whose size fills the rest exactly."""
+        found, size = self.unpack(CERTIFICATION_DATA_HEADER, f"{what} header")
+        if found != cert_type:
+            raise AttestationError(
+                f"DCAP quote certification data type is {found}, expected {cert_type} ({what})"
+            )
+        if size != self.end - self.at:
+            raise AttestationError(
+                f"DCAP quote {what} (certification data type {cert_type}) declares {size} bytes, "
+                f"but {self.end - self.at} remain in its {self.within}"
+            )
+        return _Fields(self.data, self.at, self.end, f"{what} (type {cert_type})")
 
 
 def verify_quote(
@@ -91,7 +300,12 @@ def verify_quote(
     parameter only, for a verifier object to own: no flag, environment variable or configuration
     file may reach it.
 
-    Raises :class:`AttestationError` with dcap-qvl's reason when anything fails to verify.
+    Collateral past its ``nextUpdate`` is verified as of one second before the earliest one and
+    the report records how long ago it expired (see the module docstring): refusing it is the
+    constraint's part (``GRACE:``), which fails closed.
+
+    Raises :class:`AttestationError` naming the framing field, or with dcap-qvl's reason, when
+    anything fails to verify.
     """
     import dcap_qvl  # a compiled extension: imported where it is needed
 
@@ -99,16 +313,28 @@ def verify_quote(
         raise AttestationError("quote is empty or too large")
     if len(collateral) > MAX_COLLATERAL_BYTES:
         raise AttestationError("collateral is too large")
+    # 1. framing, on bytes
+    layout = parse_quote_layout(quote)
+    # 2. the collateral's dates
     issued_at = collateral_issue_date(collateral)
+    dates = _CollateralDates.parse(collateral)
+    # 3. the time to verify as of
+    first, next_update = min(dates.next_updates.items(), key=lambda item: item[1])
+    verified_at, expired = now, None
+    if now >= next_update:
+        verified_at, expired = next_update - BEFORE_EXPIRY, now - next_update
+        _check_verifiable_when_stale(dates, layout, first, next_update, now)
     try:
         parsed = dcap_qvl.QuoteCollateralV3.from_json(collateral.decode())
     except (ValueError, UnicodeDecodeError):
         raise AttestationError("collateral is not dcap-qvl QuoteCollateralV3 JSON") from None
+    # 4. dcap-qvl
+    at = int(verified_at.timestamp())
     try:
         if root_ca_der is None:
-            verified = dcap_qvl.verify(quote, parsed, int(now.timestamp()))
+            verified = dcap_qvl.verify(quote, parsed, at)
         else:
-            verified = dcap_qvl.verify_with_root_ca(quote, parsed, root_ca_der, int(now.timestamp()))
+            verified = dcap_qvl.verify_with_root_ca(quote, parsed, root_ca_der, at)
         doc = json.loads(verified.to_json())
     except ValueError as exc:
         raise AttestationError(f"DCAP quote did not verify: {_reason(exc)}") from None
@@ -157,8 +383,25 @@ def verify_quote(
         )
     else:
         raise AttestationError(f"unsupported report type {kind!r}")
+    if report.tee != layout.tee:  # the header's TEE type is signed; this only guards the two parsers
+        raise AttestationError(f"dcap-qvl read a {kind} report from a {layout.tee.upper()} quote")
     if debug:
         report = _insecure(report, "debug enclave: the host can read its memory")
+    freshness = DcapCollateral(
+        tcb_info_evaluation_data_number=dates.evaluation_data_numbers[0],
+        qe_identity_evaluation_data_number=dates.evaluation_data_numbers[1],
+        next_update=next_update,
+        next_update_of=first,
+        verified_at=verified_at,
+        expired=expired,
+    )
+    reason = report.level_reason
+    if expired is not None:
+        reason += (
+            f"; the collateral expired {format_duration(expired)} ago (the {first}'s nextUpdate "
+            f"{_when(next_update)}) and was verified as of {_when(verified_at)}"
+        )
+    report = replace(report, level_reason=reason, dcap_collateral=freshness)
     return QuoteVerdict(report, status, advisories, measurements)
 
 
@@ -173,9 +416,105 @@ def collateral_issue_date(collateral: bytes) -> datetime:
     return when
 
 
-def _insecure(report: EnclaveReport, reason: str) -> EnclaveReport:
-    from dataclasses import replace
+@dataclass(frozen=True)
+class _CollateralDates:
+    """What the collateral says of its own validity, read from the same text dcap-qvl verifies."""
 
+    issue_dates: Mapping[str, datetime]  # "TCB info", "QE identity"
+    next_updates: Mapping[str, datetime]  # the same, "PCK CRL", "root CA CRL"
+    evaluation_data_numbers: tuple[int, int]  # TCB info, QE identity
+    issuer_chains: tuple[str, ...]  # PEM: the PCK CRL's, the TCB info's, the QE identity's
+
+    @classmethod
+    def parse(cls, collateral: bytes) -> _CollateralDates:
+        doc = _json_object(collateral, "collateral")
+        issue_dates, next_updates, numbers = {}, {}, []
+        for key, name in (("tcb_info", "TCB info"), ("qe_identity", "QE identity")):
+            body = doc.get(key)
+            signed = _json_object(body.encode() if isinstance(body, str) else b"", name)
+            issue_dates[name] = _time(signed.get("issueDate"), f"{name} issueDate")
+            next_updates[name] = _time(signed.get("nextUpdate"), f"{name} nextUpdate")
+            number = signed.get("tcbEvaluationDataNumber")
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 0xFFFF_FFFF:
+                raise AttestationError(f"collateral's {name} has no tcbEvaluationDataNumber")
+            numbers.append(number)
+        for key, name in (("pck_crl", "PCK CRL"), ("root_ca_crl", "root CA CRL")):
+            next_updates[name] = _crl_next_update(doc.get(key), name)
+        chains = tuple(
+            doc.get(k) for k in ("pck_crl_issuer_chain", "tcb_info_issuer_chain", "qe_identity_issuer_chain")
+        )
+        if not all(isinstance(c, str) for c in chains):
+            raise AttestationError("collateral lacks an issuer chain")
+        return cls(issue_dates, next_updates, (numbers[0], numbers[1]), tuple(str(c) for c in chains))
+
+
+def _check_verifiable_when_stale(
+    dates: _CollateralDates, layout: QuoteLayout, first: str, next_update: datetime, now: datetime
+) -> None:
+    """Verifying as of before ``next_update`` needs all of the collateral issued by then, and
+    leaves the certificates' expiry to be checked at ``now`` here."""
+    name, latest = max(dates.issue_dates.items(), key=lambda item: item[1])
+    if latest >= next_update:
+        raise AttestationError(
+            f"DCAP collateral is never current as a whole: the {name} was issued at {_when(latest)}"
+            f"{', in the future,' if latest > now else ''} and the {first} expired at {_when(next_update)}"
+        )
+    for pem in (layout.pck_chain, *(c.encode() for c in dates.issuer_chains)):
+        try:
+            certificates = x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            raise AttestationError("a certificate chain of the quote or collateral does not parse") from None
+        for cert in certificates:
+            if now > cert.not_valid_after_utc:
+                names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+                subject = str(names[0].value) if names else cert.subject.rfc4514_string()
+                raise AttestationError(
+                    f"certificate {subject!r} expired at {_when(cert.not_valid_after_utc)}, before "
+                    f"{_when(now)}: stale collateral is verified as of its expiry, but its certificates "
+                    "must be valid now"
+                )
+
+
+def _json_object(text: bytes, what: str) -> dict[str, Any]:
+    """A JSON object; a key given twice is refused (serde, which dcap-qvl uses, refuses it too)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            raise ValueError("duplicate key")
+        return out
+
+    try:
+        doc = json.loads(text, object_pairs_hook=unique)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise AttestationError(f"{what} is not JSON with each key once") from None
+    if not isinstance(doc, dict):
+        raise AttestationError(f"{what} is not a JSON object")
+    return doc
+
+
+def _time(value: object, what: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise AttestationError(f"collateral's {what} is not an RFC 3339 time")
+    return when.astimezone(UTC)
+
+
+def _crl_next_update(value: object, what: str) -> datetime:
+    try:
+        crl = x509.load_der_x509_crl(bytes.fromhex(value)) if isinstance(value, str) else None
+        next_update = None if crl is None else crl.next_update_utc
+    except ValueError:
+        next_update = None
+    if next_update is None:
+        raise AttestationError(f"collateral's {what} is not a DER CRL (hex) with a nextUpdate")
+    return next_update
+
+
+def _insecure(report: EnclaveReport, reason: str) -> EnclaveReport:
     return replace(report, security_level=SecurityLevel.INSECURE, level_reason=reason)
 
 

@@ -21,13 +21,14 @@ import enum
 import hashlib
 import struct
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from enclave_infer.errors import AttestationError
 
 __all__ = [
     "MAX_NONCE_BYTES",
     "MIN_NONCE_BYTES",
+    "DcapCollateral",
     "EnclaveReport",
     "SecurityLevel",
     "SnpTcb",
@@ -66,6 +67,31 @@ class SnpTcb:
 
 
 @dataclass(frozen=True)
+class DcapCollateral:
+    """How current the Intel DCAP collateral was that a quote verified against.
+
+    ``next_update`` is the earliest ``nextUpdate`` of the TCB info, the QE identity and the two CRLs
+    (PCK CRL, root CA CRL): from that instant on the collateral as a whole is out of date.
+    ``verified_at`` is the instant the quote was verified as of: the caller's ``now`` while the
+    collateral is current, else one second before ``next_update``. ``expired`` is how long before
+    the caller's ``now`` the collateral expired (None while it was current then); the ``GRACE:``
+    constraint measures it again at its own ``now``, with :meth:`expired_for`.
+    """
+
+    tcb_info_evaluation_data_number: int  # the TCB info's tcbEvaluationDataNumber
+    qe_identity_evaluation_data_number: int  # the QE identity's
+    next_update: datetime
+    next_update_of: str  # which document expires first: "TCB info", "QE identity", "PCK CRL", ...
+    verified_at: datetime
+    expired: timedelta | None = None
+
+    def expired_for(self, now: datetime) -> timedelta | None:
+        """How long the collateral has been out of date at ``now`` (zero at ``next_update``
+        itself, when a CRL has already expired), or None while it is current."""
+        return now - self.next_update if now >= self.next_update else None
+
+
+@dataclass(frozen=True)
 class EnclaveReport:
     """The verified facts about an enclave instance. Only verifiers construct these."""
 
@@ -81,6 +107,8 @@ class EnclaveReport:
     issued_at: datetime | None
     owner_key_id: bytes = b""  # SHA-256 of the owner's public key, from the bound configuration
     snp_tcb: SnpTcb | None = None  # SEV-SNP only: REPORTED_TCB, the level the VCEK/VLEK certifies
+    # SGX and TDX only: the collateral's TCB evaluation data numbers and how current it was
+    dcap_collateral: DcapCollateral | None = None
 
 
 def report_data_binding(key_config: bytes, config_digest: bytes, nonce: bytes) -> bytes:

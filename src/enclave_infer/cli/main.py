@@ -134,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("labels", type=Path, metavar="LABELS", help="class names, one per line")
     v.add_argument("--owner-key", type=Path, required=True, help="the owner's private key from keygen")
     v.add_argument(
+        "--allow-duplicate-labels",
+        action="store_true",
+        help="accept a label that stands on two lines (ImageNet-1k has two 'crane' classes)",
+    )
+    v.add_argument(
         "--quiet", action="store_true", help="no progress bar (there is none when not on a terminal)"
     )
     add_collateral(v)
@@ -166,9 +171,21 @@ def _parser() -> argparse.ArgumentParser:
     add_collateral(i)
     i.set_defaults(func=_model)
 
-    e = sub.add_parser("verify-evidence", help="verify an SGX/TDX DCAP quote offline; print JSON")
-    e.add_argument("--quote", type=Path, required=True, help="the raw quote")
+    e = sub.add_parser(
+        "verify-evidence",
+        help="verify an SGX/TDX DCAP quote or an SEV-SNP report offline; print JSON",
+        description="Verify an SGX or TDX DCAP quote, or an AMD SEV-SNP report, told apart by content. "
+        "A quote takes Intel's collateral (--collateral JSON or --pccs URL); an SEV-SNP report takes "
+        "--collateral as a PEM bundle of the VCEK or VLEK, ASK or ASVK, and ARK, and optionally --crl.",
+    )
+    e.add_argument(
+        "--quote",
+        type=Path,
+        required=True,
+        help="the raw quote, or an SEV-SNP report (raw, Azure HCL, or enclave-infer's evidence container)",
+    )
     add_collateral(e)
+    e.add_argument("--crl", type=Path, help="SEV-SNP only: AMD's CRL for the report's product (PEM or DER)")
     e.add_argument("--now", help="verify as of this RFC 3339 time (default: now)")
     e.add_argument("--constraint", help="also check this enclave constraint")
     e.set_defaults(func=_verify_evidence)
@@ -286,18 +303,12 @@ def _model(args: argparse.Namespace) -> int:
 def _verify_evidence(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from enclave_infer.attestation import constraints
-    from enclave_infer.attestation.dcap import verify_quote
+    from enclave_infer.attestation import constraints, dcap, snp
     from enclave_infer.client.sdk import fetch_collateral
+    from enclave_infer.errors import AttestationError
 
     constraint = constraints.parse(args.constraint) if args.constraint else None
-    quote = read_file(args.quote, "quote")
-    if args.collateral:
-        collateral = read_file(args.collateral, "collateral")
-    elif args.pccs:
-        collateral = fetch_collateral(args.pccs, quote)
-    else:
-        raise UsageError("give --collateral FILE or --pccs URL")
+    evidence = read_file(args.quote, "quote")
     now = datetime.now(UTC)
     if args.now:
         try:
@@ -308,20 +319,52 @@ def _verify_evidence(args: argparse.Namespace) -> int:
             ) from None
         if now.tzinfo is None:
             raise UsageError("--now needs a time zone, e.g. 2025-06-20T10:56:11Z")
+    # Told apart by content: an SEV-SNP report (raw, Azure HCL or the evidence container), else the
+    # DCAP quote header's version and TEE type (SGX: v3, TDX: v4 or v5).
+    is_snp = snp.looks_like_snp_report(evidence)
+    if is_snp and args.pccs:
+        raise UsageError(
+            "--pccs fetches Intel DCAP collateral; an SEV-SNP report takes --collateral FILE "
+            "(VCEK or VLEK, ASK or ASVK, ARK as PEM)"
+        )
+    if not is_snp and args.crl:
+        raise UsageError(
+            "--crl is AMD's CRL for an SEV-SNP report; a DCAP quote's CRLs are in its collateral"
+        )
+    verdict: dcap.QuoteVerdict | snp.SnpVerdict
     try:
-        verdict = verify_quote(quote, collateral, now=now)
-    except EnclaveInferError as exc:
+        if is_snp:
+            collateral = read_file(args.collateral, "collateral") if args.collateral else b""
+            crl = read_file(args.crl, "CRL") if args.crl else None
+            verdict = snp.verify_snp_report(evidence, collateral, now=now, crl=crl)
+        else:
+            try:
+                dcap.parse_quote_layout(evidence)  # before any collateral is fetched for it
+            except AttestationError as exc:
+                raise AttestationError(
+                    f"{args.quote} is neither an SEV-SNP report nor an SGX or TDX DCAP quote: {exc}"
+                ) from None
+            if args.collateral:
+                collateral = read_file(args.collateral, "collateral")
+            elif args.pccs:
+                collateral = fetch_collateral(args.pccs, evidence)
+            else:
+                raise UsageError("give --collateral FILE or --pccs URL")
+            verdict = dcap.verify_quote(evidence, collateral, now=now)
+    except AttestationError as exc:
         print(json.dumps({"verified": False, "error": str(exc)}, indent=2))
         raise
     doc: dict[str, Any] = {"verified": True, **verdict.to_json()}
     failure = None
-    if constraint is not None:
-        try:
+    try:
+        if constraint is not None:
             constraint.check(verdict.report, now=now)
             doc["constraint"] = {"given": args.constraint, "holds": True}
-        except EnclaveInferError as exc:
-            failure = exc
-            doc["constraint"] = {"given": args.constraint, "holds": False, "reason": str(exc)}
+        else:  # no constraint still refuses stale DCAP collateral: GRACE: is the only way to allow it
+            constraints.check_dcap_collateral(verdict.report, now=now)
+    except EnclaveInferError as exc:
+        failure = exc
+        doc["constraint"] = {"given": args.constraint, "holds": False, "reason": str(exc)}
     print(json.dumps(doc, indent=2))
     if failure is not None:
         raise failure
@@ -362,7 +405,7 @@ def _provision(args: argparse.Namespace) -> int:
     from enclave_infer.client.progress import Progress
 
     key = load_owner_key(args.owner_key)
-    labels = read_labels(args.labels)
+    labels = read_labels(args.labels, allow_duplicates=args.allow_duplicate_labels)
     preprocessing = build_preprocessing(
         resize=args.resize,
         crop=args.crop,

@@ -81,7 +81,7 @@ def load_owner_key(path: Path) -> Ed25519PrivateKey:
 # -- labels ----------------------------------------------------------------------------------------
 
 
-def read_labels(path: Path) -> tuple[str, ...]:
+def read_labels(path: Path, *, allow_duplicates: bool = False) -> tuple[str, ...]:
     """The class names in the labels file ``path``: UTF-8, one per line, in the order of the model's
     scores. See :func:`parse_labels` for what is refused; the messages start with ``path``. Files
     over :data:`MAX_LABELS_FILE_BYTES` (a manifest's limit) are refused unread."""
@@ -100,17 +100,19 @@ def read_labels(path: Path) -> tuple[str, ...]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02X})") from None
-    return parse_labels(text, str(path))
+    return parse_labels(text, str(path), allow_duplicates=allow_duplicates)
 
 
-def parse_labels(text: str, name: str) -> tuple[str, ...]:
+def parse_labels(text: str, name: str, *, allow_duplicates: bool = False) -> tuple[str, ...]:
     """The class names in ``text``, a labels file's content; ``name`` is the file's name in messages.
 
     One label per line (``\\n`` or ``\\r\\n``); spaces around a label are dropped; a UTF-8 byte
     order mark at the start is ignored, and so is one line break at the end. Refused, with the line
     (``labels.txt:17: duplicate label 'tiger cat' (first on line 3)``): a blank line, a duplicate, a
     control character in a label, a label over ``MAX_LABEL_CHARS`` characters; and a file with no
-    labels or more than ``MAX_LABELS``, the manifest's limits.
+    labels or more than ``MAX_LABELS``, the manifest's limits. A duplicate is usually a mistake (an
+    answer naming it is ambiguous), but some label sets repeat names on purpose (ImageNet-1k has two
+    ``crane`` classes, a bird and a machine, and two ``maillot``): ``allow_duplicates`` accepts them.
     """
     text = text.removeprefix("\ufeff")
     lines = text.split("\n")
@@ -121,6 +123,7 @@ def parse_labels(text: str, name: str) -> tuple[str, ...]:
     if len(lines) > MAX_LABELS:
         raise UsageError(f"{name}: {len(lines)} lines; a model may have at most {MAX_LABELS} labels")
     first: dict[str, int] = {}
+    labels: list[str] = []
     for number, line in enumerate(lines, start=1):
         label = line.removesuffix("\r").strip()
         if not label:
@@ -132,10 +135,14 @@ def parse_labels(text: str, name: str) -> tuple[str, ...]:
             raise UsageError(
                 f"{name}:{number}: the label is {len(label)} characters, at most {MAX_LABEL_CHARS} fit"
             )
-        if label in first:
-            raise UsageError(f"{name}:{number}: duplicate label {label!r} (first on line {first[label]})")
-        first[label] = number
-    return tuple(first)
+        if label in first and not allow_duplicates:
+            raise UsageError(
+                f"{name}:{number}: duplicate label {label!r} (first on line {first[label]});"
+                " --allow-duplicate-labels if the model really has two such classes"
+            )
+        first.setdefault(label, number)
+        labels.append(label)
+    return tuple(labels)
 
 
 # -- preprocessing ---------------------------------------------------------------------------------
