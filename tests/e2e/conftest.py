@@ -27,7 +27,7 @@ from enclave_infer.config import EnclaveConfig, load_public_key_file
 
 CLI = str(Path(sys.executable).with_name("enclave-infer"))
 COLOUR_LABELS = ["red", "green", "blue", "grey"]
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+LISTENING = re.compile(r"listening on (https?://127\.0\.0\.1:\d+)")
 # Small limits so that "too large" is cheap to test; everything else at its defaults.
 SMALL_LIMITS = """
 [limits]

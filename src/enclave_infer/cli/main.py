@@ -98,6 +98,22 @@ def _parser() -> argparse.ArgumentParser:
         help="attach to an enclave already listening at tcp:127.0.0.1:PORT instead of starting one",
     )
     s.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="log lines as text or JSON")
+    s.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate chain")
+    s.add_argument("--tls-key", type=Path, metavar="PEM", help="... and this private key")
+    s.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests at once before the host answers 503 with Retry-After (default 64)",
+    )
+    s.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long requests in progress may take to finish (default 30)",
+    )
     source = s.add_mutually_exclusive_group()
     source.add_argument(
         "--pccs", metavar="URL", help="fetch DCAP collateral (SGX, TDX) from this PCCS (default: Intel's PCS)"
@@ -247,8 +263,32 @@ def _serve(args: argparse.Namespace) -> int:
         external=external,
         log_format=args.log_format,
         collateral=_collateral_source(args),
+        tls=_tls(args),
+        max_in_flight=args.max_in_flight,
+        drain_seconds=args.drain_timeout,
     )
     return 0
+
+
+def _tls(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """The certificate and key ``serve`` terminates TLS with, checked now (a one-line error, not a
+    traceback from deep inside the server)."""
+    if args.max_in_flight < 1 or args.drain_timeout < 0:
+        raise UsageError("--max-in-flight must be at least 1 and --drain-timeout not negative")
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise UsageError("--tls-cert and --tls-key go together")
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc.args[-1])
+        raise UsageError(
+            f"cannot use --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {reason}"
+        ) from None
+    return args.tls_cert, args.tls_key
 
 
 def _collateral_source(args: argparse.Namespace) -> CollateralSource | None:

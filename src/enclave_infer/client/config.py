@@ -32,9 +32,22 @@ class ClientConfig:
     max_fetch_bytes: int = 16 * MiB
     # Seconds to wait for an image URL.
     fetch_timeout: float = 30.0
+    # A classification refused because the service is busy or its enclave is restarting (503) is
+    # sent again up to this many times (0: never), after exponential backoff with full jitter
+    # (AWS's "Exponential Backoff And Jitter"): a random wait up to retry_backoff × 2^attempt
+    # seconds, capped at retry_backoff_max, and never shorter than the host's Retry-After.
+    retries: int = 3
+    retry_backoff: float = 0.25
+    retry_backoff_max: float = 5.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise UsageError(f"ClientConfig.{f.name} must be a positive number, got {value!r}")
+            if f.name == "retries":
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                what = "a whole number, 0 or more"
+            else:
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+                what = "a positive number"
+            if not ok:
+                raise UsageError(f"ClientConfig.{f.name} must be {what}, got {value!r}")

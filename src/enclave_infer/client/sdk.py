@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -211,9 +212,9 @@ class Client:
         if self.model_sha256:
             # the enclave refuses the image, before decoding it, unless it serves this model
             headers.append((Header.MODEL_PIN, self.model_sha256))
-        response = self.request(
-            "POST", f"{Route.CLASSIFY}?top={top}&runtime={runtime}", headers=headers, content=image
-        )
+        path = f"{Route.CLASSIFY}?top={top}&runtime={runtime}"
+        # a classification changes nothing: when the service is busy or restarting, ask again
+        response = self._retrying(lambda: self.request("POST", path, headers=headers, content=image))
         result = Classification.from_json(_document(response))
         self._check_model(result.model_sha256)
         return result
@@ -310,6 +311,23 @@ class Client:
             stream=pieces,
         )
         return ProvisionResult.from_json(_document(response))
+
+    def _retrying(self, send: Callable[[], bhttp.Response]) -> bhttp.Response:
+        """``send()``, again after a backoff with jitter when the host answers 503 (busy, or its
+        enclave restarting), at most ``config.retries`` more times."""
+        config = self.config
+        for attempt in range(config.retries + 1):
+            try:
+                return send()
+            except (OverloadedError, UnavailableError) as exc:
+                if attempt == config.retries or exc.status != 503:
+                    raise
+                ceiling = min(config.retry_backoff_max, config.retry_backoff * 2**attempt)
+                wait = random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
+                if isinstance(exc, OverloadedError) and exc.retry_after is not None:
+                    wait = max(wait, min(exc.retry_after, config.retry_backoff_max))
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_model(self, served: str) -> None:
         if self.model_sha256 is not None and served.lower() != self.model_sha256:

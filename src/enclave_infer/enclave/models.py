@@ -43,6 +43,7 @@ from enclave_infer.enclave.sealing import SealedStreamWriter, Sealer, read_seale
 from enclave_infer.errors import DecryptionError, EnclaveInferError, ProtocolError, UsageError
 from enclave_infer.protocol.api import (
     Classification,
+    EnclaveStatus,
     ModelInfo,
     Prediction,
     Preprocessing,
@@ -181,6 +182,19 @@ class ModelStore:
         self._provision_lock = threading.Lock()
         self._no_files = tempfile.mkdtemp(prefix="enclave-infer-no-external-data-")
         self.current: LoadedModel | None = None
+        self._stats_lock = threading.Lock()
+        self._classifications = 0
+
+    def status(self) -> EnclaveStatus:
+        """What the host may know: the served model's public identity, and how many answers."""
+        loaded = self.current
+        return EnclaveStatus(
+            model_sha256=loaded.manifest.model_sha256 if loaded else None,
+            model_version=loaded.manifest.version if loaded else None,
+            classifications=self._classifications,
+            batches=self._classifications,
+            batch_sizes={1: self._classifications} if self._classifications else {},
+        )
 
     # -- provisioning --------------------------------------------------------------------------
 
@@ -351,6 +365,8 @@ class ModelStore:
             probabilities = _as_probabilities(scores)
             order = np.argsort(-probabilities, kind="stable")[:top]
             by_runtime[name] = tuple(Prediction(labels[i], int(i), float(probabilities[i])) for i in order)
+        with self._stats_lock:
+            self._classifications += 1
         return Classification(
             model_sha256=loaded.manifest.model_sha256,
             model_version=loaded.manifest.version,

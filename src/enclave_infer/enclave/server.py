@@ -11,6 +11,7 @@ carries one request frame at a time and gets one reply frame. At most
 from __future__ import annotations
 
 import io
+import json
 import logging
 import socket
 import socketserver
@@ -64,6 +65,8 @@ class Enclave:
         self.max_frame_bytes = config.limits.max_request_bytes
 
     def answer(self, kind: FrameType, payload: bytes) -> bytes:
+        if kind is FrameType.GET_STATUS:
+            return framing.encode_frame(FrameType.STATUS, json.dumps(self.store.status().to_json()).encode())
         if kind is FrameType.GET_KEYS:
             return framing.encode_frame(FrameType.KEYS, ohttp.encode_key_configs([self.key.config]))
         if kind is FrameType.GET_EVIDENCE:

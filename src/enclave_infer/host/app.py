@@ -9,7 +9,16 @@ Untrusted code. It sees ciphertext and lengths only.
 ``POST /v1/ohttp``         ``message/ohttp-req`` in, ``message/ohttp-res`` out (RFC 9458 §4), or
                            the chunked forms, streamed (draft-ietf-ohai-chunked-ohttp)
 ``GET /healthz``           whether the enclave process is up
+``GET /v2/health/live``    KServe Open Inference Protocol: the host runs (200 ``{"live": true}``)
+``GET /v2/health/ready``   ... the service can answer: enclave up and attested, collateral current,
+                           a model provisioned (200 ``{"ready": true}``, else 400 and ``false``)
+``GET /v2/models/{name}/ready``  ... that model (``default``, or its SHA-256) is served
+``GET /metrics``           Prometheus metrics (``host/metrics.py``)
 =========================  ====================================================================
+
+Work that reaches the enclave goes through a bounded queue: beyond ``max_in_flight`` requests the
+host answers 503 with ``Retry-After`` at once (the ``overloaded`` problem) rather than letting
+latency grow without bound.
 
 Errors are plain HTTP with an RFC 9457 problem document (``application/problem+json``) of a type
 from ``protocol/api.py``: the enclave's own refusals of undecryptable requests (RFC 9458's
@@ -23,7 +32,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -35,6 +45,8 @@ from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES
 from enclave_infer.errors import AttestationError, ProtocolError, TransportError
 from enclave_infer.host.collateral import CollateralKeeper
 from enclave_infer.host.enclave_process import EnclaveProcess
+from enclave_infer.host.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from enclave_infer.host.metrics import Metrics
 from enclave_infer.protocol import chunked_ohttp, framing, ohttp
 from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
 from enclave_infer.protocol.framing import FrameType
@@ -45,7 +57,16 @@ log = logging.getLogger("enclave_infer.host")
 
 # How long a streaming client may pause before the host gives up on it (and frees its slot).
 CLIENT_IDLE_SECONDS = 30.0
+# Requests the host works on at once before it refuses more with 503: enough to keep the enclave's
+# batches full (it works on limits.max_concurrent_requests at once) without letting a queue grow
+# past what it can answer within a client's patience.
+DEFAULT_MAX_IN_FLIGHT = 64
+# What a refused client is told to wait, in seconds (RFC 9110 §10.2.3).
+RETRY_AFTER_SECONDS = 1
 _NO_STORE = {"cache-control": "no-store"}
+# The problem type's last segment on the host's own answers, for its metrics (not a standard field).
+_PROBLEM_HEADER = "x-problem"
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _Refused(Exception):
@@ -58,10 +79,77 @@ class _Refused(Exception):
 class _Relay:
     """The routes, bound to one enclave process."""
 
-    def __init__(self, enclave: EnclaveProcess, collateral: CollateralKeeper | None) -> None:
+    def __init__(
+        self,
+        enclave: EnclaveProcess,
+        collateral: CollateralKeeper | None,
+        metrics: Metrics,
+        max_in_flight: int,
+    ) -> None:
         self._enclave = enclave
         self._collateral = collateral
         self._max_request_bytes = enclave.config.limits.max_request_bytes
+        self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+
+    def counted(self, route: str, handler: Handler) -> Handler:
+        """``handler`` behind the bounded queue, timed and counted by outcome."""
+
+        async def run(request: Request) -> Response:
+            started = time.monotonic()
+            if self._in_flight >= self._max_in_flight:
+                self._metrics.overloaded.inc()
+                detail = f"more than {self._max_in_flight} requests in progress; retry shortly"
+                response = _problem(Problem.OVERLOADED.details(detail), retry_after=RETRY_AFTER_SECONDS)
+            else:
+                self._in_flight += 1
+                self._metrics.in_flight.set(self._in_flight)
+                try:
+                    response = await handler(request)
+                finally:
+                    self._in_flight -= 1
+                    self._metrics.in_flight.set(self._in_flight)
+            problem = response.headers.get(_PROBLEM_HEADER, "")
+            self._metrics.requests.labels(route, str(response.status_code), problem).inc()
+            self._metrics.latency.labels(route).observe(time.monotonic() - started)
+            return response
+
+        return run
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        status = await self._enclave.status()
+        ready = status is not None and status.model_sha256 is not None and self._attestation_ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
+
+    async def model_ready(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        version = request.path_params.get("version")
+        status = await self._enclave.status()
+        ready = (
+            status is not None
+            and status.model_sha256 is not None
+            and name in ("default", status.model_sha256)
+            and (version is None or version == str(status.model_version))
+            and self._attestation_ready()
+        )
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 400)
+
+    async def metrics(self, request: Request) -> Response:
+        current = self._collateral.current if self._collateral is not None else None
+        self._metrics.update(
+            status=await self._enclave.status(),
+            restarts=self._enclave.restarts,
+            attestation_ready=self._attestation_ready(),
+            collateral_expiry=current.next_update.timestamp() if current is not None else None,
+        )
+        return Response(self._metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    def _attestation_ready(self) -> bool:
+        return self._enclave.running and (self._collateral is None or self._collateral.current is not None)
 
     async def keys(self, request: Request) -> Response:
         return await self._call(FrameType.GET_KEYS, b"", FrameType.KEYS, ohttp.MEDIA_TYPE_KEYS)
@@ -156,9 +244,15 @@ class _Relay:
         return Problem.TOO_LARGE.details(f"request larger than {self._max_request_bytes} bytes")
 
 
-def create_app(enclave: EnclaveProcess, collateral: CollateralKeeper | None = None) -> Starlette:
-    """``collateral``: what the host attaches to the enclave's evidence (SGX, TDX, SEV-SNP)."""
-    relay = _Relay(enclave, collateral)
+def create_app(
+    enclave: EnclaveProcess,
+    collateral: CollateralKeeper | None = None,
+    *,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+) -> Starlette:
+    """``collateral``: what the host attaches to the enclave's evidence (SGX, TDX, SEV-SNP).
+    ``max_in_flight``: requests to the enclave at once before the host answers 503."""
+    relay = _Relay(enclave, collateral, Metrics(), max_in_flight)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -167,10 +261,15 @@ def create_app(enclave: EnclaveProcess, collateral: CollateralKeeper | None = No
 
     return Starlette(
         routes=[
-            Route("/ohttp-keys", relay.keys, methods=["GET"]),
-            Route("/v1/attestation", relay.attestation, methods=["GET"]),
-            Route("/v1/ohttp", relay.ohttp, methods=["POST"]),
+            Route("/ohttp-keys", relay.counted("/ohttp-keys", relay.keys), methods=["GET"]),
+            Route("/v1/attestation", relay.counted("/v1/attestation", relay.attestation), methods=["GET"]),
+            Route("/v1/ohttp", relay.counted("/v1/ohttp", relay.ohttp), methods=["POST"]),
             Route("/healthz", relay.healthz, methods=["GET"]),
+            Route("/v2/health/live", relay.live, methods=["GET"]),
+            Route("/v2/health/ready", relay.ready, methods=["GET"]),
+            Route("/v2/models/{name}/ready", relay.model_ready, methods=["GET"]),
+            Route("/v2/models/{name}/versions/{version}/ready", relay.model_ready, methods=["GET"]),
+            Route("/metrics", relay.metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -188,7 +287,10 @@ def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -
     return Response(data, media_type=media_type, headers=_NO_STORE)
 
 
-def _problem(problem: ProblemDetails) -> Response:
+def _problem(problem: ProblemDetails, *, retry_after: int | None = None) -> Response:
+    headers = {**_NO_STORE, _PROBLEM_HEADER: problem.type.rpartition(":")[2].rpartition("#")[2]}
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
     return Response(
-        problem.encode(), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=_NO_STORE
+        problem.encode(), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )

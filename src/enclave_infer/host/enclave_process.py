@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -23,14 +24,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.errors import TransportError, UsageError
+from enclave_infer.errors import ProtocolError, TransportError, UsageError
 from enclave_infer.protocol import framing
+from enclave_infer.protocol.api import EnclaveStatus
 from enclave_infer.protocol.framing import Address, FrameType
 
 __all__ = ["EnclaveProcess"]
 
 log = logging.getLogger("enclave_infer.host")
 
+# A health check or a scrape waits this long for the enclave's status.
+STATUS_TIMEOUT = 2.0
 # How long the enclave may take to start (it loads ONNX Runtime and unseals a model).
 START_TIMEOUT = 120.0
 # Unix socket paths are limited to 108 bytes on Linux.
@@ -186,6 +190,19 @@ class EnclaveProcess:
             raise TransportError("the enclave closed the connection") from None
         finally:
             writer.close()
+
+    async def status(self) -> EnclaveStatus | None:
+        """The enclave's public status, or None when it does not answer (down, restarting): for
+        health checks and metrics, so it never starts an enclave that is down."""
+        if not self.running:
+            return None
+        try:
+            kind, data = await asyncio.wait_for(self.call(FrameType.GET_STATUS), STATUS_TIMEOUT)
+            if kind is not FrameType.STATUS:
+                return None
+            return EnclaveStatus.from_json(json.loads(data))
+        except (TransportError, ProtocolError, TimeoutError, ValueError, RecursionError):
+            return None
 
     async def call_streaming(self, pieces: AsyncIterator[bytes]) -> tuple[FrameType, bytes]:
         """Relay a chunked request as BEGIN, DATA*, END frames as its ``pieces`` arrive, never

@@ -22,7 +22,7 @@ from enclave_infer import logs
 from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
-from enclave_infer.host.app import create_app
+from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, create_app
 from enclave_infer.host.collateral import (
     Collateral,
     CollateralKeeper,
@@ -38,6 +38,9 @@ from enclave_infer.protocol.framing import Address, FrameType
 __all__ = ["run"]
 
 log = logging.getLogger("enclave_infer.host")
+
+# SIGTERM: no new connections; requests in progress get this long to finish, then the enclave stops.
+DRAIN_SECONDS = 30.0
 
 
 async def _fetch_evidence(enclave: EnclaveProcess) -> tuple[bytes, bytes, bytes]:
@@ -79,11 +82,16 @@ def run(
     log_format: str = "text",
     collateral: CollateralSource | None = None,
     verifier: Verifier | None = None,
+    tls: tuple[Path, Path] | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    drain_seconds: float = DRAIN_SECONDS,
 ) -> None:
     """``collateral``: where the host gets collateral for its enclave's evidence (default: Intel's
     PCS for SGX and TDX, AMD's KDS for SEV-SNP). ``verifier``: the roots the host appraises its own
     enclave with at start (default :meth:`Verifier.production`; only code, never an option, sets
-    another)."""
+    another). ``tls``: (certificate chain, private key) PEM files to serve HTTPS with.
+    ``max_in_flight``: requests at once before 503. ``drain_seconds``: how long SIGTERM waits for
+    requests in progress before the enclave stops."""
     started = time.monotonic()
     logs.configure("host", log_format)
     verifier = verifier or Verifier.production()
@@ -113,13 +121,24 @@ def run(
         enclave.stop()
         listener.close()
         raise
+    app = create_app(enclave, keeper, max_in_flight=max_in_flight)
     server = _Server(
-        uvicorn.Config(create_app(enclave, keeper), host=host, port=port, log_level="info", log_config=None)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=None,
+            timeout_graceful_shutdown=int(drain_seconds),
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+        )
     )
     shown = f"[{host}]" if ":" in host else host
     log.info(
-        "Started enclave-infer in %.2f seconds; listening on http://%s:%d",
+        "Started enclave-infer in %.2f seconds; listening on %s://%s:%d",
         time.monotonic() - started,
+        "https" if tls else "http",
         shown,
         port,
     )

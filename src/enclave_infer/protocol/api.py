@@ -38,6 +38,7 @@ __all__ = [
     "INNER_AUTHORITY",
     "PROBLEM_MEDIA_TYPE",
     "Classification",
+    "EnclaveStatus",
     "Header",
     "ModelInfo",
     "Prediction",
@@ -348,6 +349,45 @@ class ProvisionResult:
         if replaced is not None and (not isinstance(replaced, int) or isinstance(replaced, bool)):
             raise ProtocolError("provision result: replaced_version must be an integer or null")
         return cls(ModelInfo.from_json(_dict(doc, "model")), replaced)
+
+
+@dataclass(frozen=True)
+class EnclaveStatus:
+    """What the enclave tells its host about itself (the ``GET_STATUS`` frame), for health checks
+    and metrics. Public by construction: the served model's identity and version (which ``GET
+    /v1/model`` tells anyone), and counts of requests and batches, which the host sees anyway."""
+
+    model_sha256: str | None
+    model_version: int | None
+    classifications: int = 0
+    batches: int = 0
+    batch_sizes: Mapping[int, int] = field(default_factory=dict)  # batch size -> how many batches
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": None
+            if self.model_sha256 is None
+            else {"sha256": self.model_sha256, "version": self.model_version},
+            "classifications": self.classifications,
+            "batches": self.batches,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any) -> EnclaveStatus:
+        model = doc.get("model") if isinstance(doc, dict) else None
+        sizes = doc.get("batch_sizes", {}) if isinstance(doc, dict) else None
+        if not isinstance(sizes, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, int) for k, v in sizes.items()
+        ):
+            raise ProtocolError("enclave status: batch_sizes must map sizes to counts")
+        return cls(
+            model_sha256=None if model is None else _str(model, "sha256"),
+            model_version=None if model is None else _int(model, "version"),
+            classifications=_int(doc, "classifications"),
+            batches=_int(doc, "batches"),
+            batch_sizes={int(k): v for k, v in sizes.items()},
+        )
 
 
 def _dict(doc: Any, key: str) -> dict[str, Any]:

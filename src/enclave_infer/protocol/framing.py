@@ -1,8 +1,10 @@
 """Frames on the unix socket between the host and the enclave process.
 
 The boundary is narrow on purpose: the host can ask for the key configuration, ask for evidence
-(with a client's nonce), and hand over an encapsulated request; the enclave answers each with one
-frame. Nothing else crosses. Pure logic on bytes; both sides do their own socket I/O.
+(with a client's nonce), hand over an encapsulated request, and ask for the enclave's public status
+(:class:`~enclave_infer.protocol.api.EnclaveStatus`: what anyone may learn through ``GET /v1/model``
+anyway, and counters the host could keep itself); the enclave answers each with one frame. Nothing
+else crosses. Pure logic on bytes; both sides do their own socket I/O.
 
 A frame is ``type (1 byte) || length (4 bytes, big-endian) || payload``. Error frames carry an
 RFC 9457 problem document (``protocol/api.py``'s :class:`~enclave_infer.protocol.api.ProblemDetails`):
@@ -50,10 +52,12 @@ class FrameType(enum.IntEnum):
     CHUNKED_BEGIN = 0x04
     CHUNKED_DATA = 0x05
     CHUNKED_END = 0x06
+    GET_STATUS = 0x07  # → STATUS: the enclave's public status (JSON), for the host's health and metrics
     KEYS = 0x81
     EVIDENCE = 0x82
     OHTTP_RESPONSE = 0x83
     CHUNKED_RESPONSE = 0x84
+    STATUS = 0x85
     ERROR = 0xFF
 
 
