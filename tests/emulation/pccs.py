@@ -47,7 +47,8 @@ class FakePccs:
     """A PCCS for one :class:`EmulatedDcap` platform; use it as a context manager.
 
     The TCB info gives the platform ``status`` (see :meth:`EmulatedDcap.tcb_info`); all
-    documents and CRLs are valid from ``issue_date`` to ``next_update``.
+    documents and CRLs are valid from ``issue_date`` to ``next_update``. It listens on loopback at
+    ``port`` (0: any free one; a fixed one for a PCCS that comes up where clients already look).
     """
 
     def __init__(
@@ -59,8 +60,10 @@ class FakePccs:
         issue_date: datetime = ISSUE_DATE,
         next_update: datetime = NEXT_UPDATE,
         evaluation_data_number: int = 18,
+        port: int = 0,
     ) -> None:
         self.dcap = dcap
+        self.port = port  # 0: any free one
         self.evaluation_data_number = evaluation_data_number
         self.collateral: dict[str, Collateral] = {
             tee: dcap.collateral_parts(
@@ -104,7 +107,7 @@ class FakePccs:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # quiet: tests read FakePccs.log instead
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
