@@ -42,6 +42,7 @@ from enclave_infer.errors import AttestationError, EnclaveInferError, TransportE
 __all__ = [
     "DEFAULT_KDS_URL",
     "DEFAULT_PCS_URL",
+    "FIRST_RETRY_SECONDS",
     "Collateral",
     "CollateralKeeper",
     "CollateralSource",
@@ -219,11 +220,12 @@ class CollateralKeeper:
     """The collateral the host serves with its enclave's evidence, kept current.
 
     :meth:`start` loads it from the cache file, or fetches it; if that fails the keeper says why in
-    one line and retries in the background (doubling the wait, up to ``MAX_RETRY_SECONDS``), and
-    :attr:`problem` holds the reason meanwhile. Once it has collateral it refreshes it before it
-    expires; a failed refresh keeps serving the old collateral while it is still valid.
-    ``on_ready`` runs (in the keeper's thread) each time new collateral is taken, and may refuse it
-    by raising EnclaveInferError: the host appraises its own enclave with it there.
+    one line and retries in the background (after ``first_retry`` seconds, then doubling the wait,
+    up to ``MAX_RETRY_SECONDS``), and :attr:`problem` holds the reason meanwhile. Once it has
+    collateral it refreshes it before it expires; a failed refresh keeps serving the old collateral
+    while it is still valid. ``on_ready`` runs (in the keeper's thread) each time new collateral is
+    taken, and may refuse it by raising EnclaveInferError: the host appraises its own enclave with it
+    there.
     """
 
     def __init__(
@@ -233,8 +235,10 @@ class CollateralKeeper:
         *,
         on_ready: Callable[[Collateral], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        first_retry: float = FIRST_RETRY_SECONDS,
     ) -> None:
         self._source, self._cache, self._on_ready, self._clock = source, cache, on_ready, clock
+        self._first_retry = first_retry
         self._lock = threading.Lock()
         self._current: Collateral | None = None
         self._problem = "collateral not fetched yet"
@@ -342,7 +346,7 @@ class CollateralKeeper:
             log.warning("cannot cache collateral in %s: %s", self._cache, exc.strerror)
 
     def _run(self) -> None:
-        retry = FIRST_RETRY_SECONDS
+        retry = self._first_retry
         while not self._stopped:
             current = self.current
             if current is not None:
@@ -354,7 +358,7 @@ class CollateralKeeper:
             if self._stopped:
                 return
             if self._refresh():
-                retry = FIRST_RETRY_SECONDS
+                retry = self._first_retry
             else:
                 log.warning("collateral refresh failed: %s", self.problem)
 
