@@ -47,11 +47,13 @@ class FakePccs:
 
     It serves the collateral :meth:`EmulatedDcap.collateral_parts` mints with ``options``: the TCB
     info gives the platform ``status`` (see :meth:`EmulatedDcap.tcb_info`); all documents and CRLs
-    are valid from ``issue_date`` to ``next_update``.
+    are valid from ``issue_date`` to ``next_update``. It listens on loopback at ``port`` (0: any free
+    one; a fixed one for a PCCS that comes up where clients already look).
     """
 
-    def __init__(self, dcap: EmulatedDcap, **options: Unpack[CollateralOptions]) -> None:
+    def __init__(self, dcap: EmulatedDcap, *, port: int = 0, **options: Unpack[CollateralOptions]) -> None:
         self.dcap = dcap
+        self.port = port  # 0: any free one
         self.evaluation_data_number = options.get("evaluation_data_number", EVALUATION_DATA_NUMBER)
         self.collateral: dict[str, Collateral] = {
             tee: dcap.collateral_parts(tee, **options) for tee in ("sgx", "tdx")
@@ -87,7 +89,7 @@ class FakePccs:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # quiet: tests read FakePccs.log instead
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

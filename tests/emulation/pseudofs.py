@@ -9,6 +9,14 @@ that verifies under the emulated root) is the test's choice.
 
 Every provider call runs through :func:`bounded`, and every fake thread has a deadline, so that a
 provider that blocks fails its test instead of hanging the suite.
+
+The provider may run in this process or in another one (an enclave process started by an end-to-end
+test): the trees are plain directories, FIFOs and files, so the fake kernel's threads serve a
+reader in any process. Only configfs-tsm's ``mkdir`` needs help across processes, since there the
+kernel populates an entry as it creates it: :class:`FakeTsm` without a ``monkeypatch`` watches its
+root for entries another process makes, populates each one and writes its ``provider`` attribute
+last, and that process's ``mkdir`` returns once ``provider`` is there
+(``tests/emulation/run_enclave.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ __all__ = ["TIMEOUT", "FakeGramine", "FakeTsm", "bounded", "open_writer", "unblo
 
 T = TypeVar("T")
 TIMEOUT = 10.0  # seconds; every provider call and fake thread is bounded by this
+POLL = 0.001  # seconds between looks for a reader, or for a new configfs-tsm entry
 
 
 def bounded(fn: Callable[[], T], timeout: float = TIMEOUT) -> T:
@@ -63,7 +72,7 @@ def open_writer(fifo: Path, stop: threading.Event, deadline: float) -> int | Non
                 raise
             if stop.is_set() or time.monotonic() > deadline:
                 return None
-            time.sleep(0.001)
+            time.sleep(POLL)
             continue
         os.set_blocking(fd, True)
         return fd
@@ -82,7 +91,9 @@ def unblock(fifo: Path) -> None:
 
 
 class FakeGramine:
-    """A /dev/attestation tree; a thread serves ``quote`` from whatever ``user_report_data`` holds."""
+    """A /dev/attestation tree; a thread serves ``quote`` from whatever ``user_report_data`` holds,
+    for ``lifetime`` seconds (an end-to-end test's enclave asks for quotes for longer than a unit
+    test's provider)."""
 
     def __init__(
         self,
@@ -90,9 +101,11 @@ class FakeGramine:
         *,
         kind: str = "dcap",
         make_quote: Callable[[int, bytes], bytes],  # (request number, report data) -> quote
+        lifetime: float = TIMEOUT,
     ) -> None:
         self.root = root
         self.make_quote = make_quote
+        self.lifetime = lifetime
         self.served = 0
         self.stop = threading.Event()
         root.mkdir()
@@ -108,7 +121,7 @@ class FakeGramine:
             self.thread.start()
 
     def _serve(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + self.lifetime
         fifo = self.root / "quote"
         while (fd := open_writer(fifo, self.stop, deadline)) is not None:
             # A fresh pipe for the next request: it must not reach this request's reader.
@@ -131,12 +144,17 @@ class FakeGramine:
 
 
 class FakeTsm:
-    """A configfs-tsm report directory; creating an entry populates it as the kernel would."""
+    """A configfs-tsm report directory; creating an entry populates it as the kernel would.
+
+    With ``monkeypatch``, the provider runs in this process and its ``mkdir``/``rmdir`` hooks
+    (``tsm._mkdir``, ``tsm._rmdir``) are this object's. Without, another process makes the entries:
+    a thread watches ``root`` for ``lifetime`` seconds and populates each new one.
+    """
 
     def __init__(
         self,
         root: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        monkeypatch: pytest.MonkeyPatch | None,
         *,
         provider: str,
         make_outblob: Callable[[bytes], bytes],
@@ -144,6 +162,7 @@ class FakeTsm:
         bumps: Callable[[int], int] = lambda i: 1,
         outblob: str = "fifo",  # "fifo", "eio" (a read that fails with EIO), "empty"
         mkdir_errno: int | None = None,
+        lifetime: float = TIMEOUT,
     ) -> None:
         self.root = root
         self.provider = provider
@@ -157,16 +176,27 @@ class FakeTsm:
         self.threads: list[threading.Thread] = []
         self.stop = threading.Event()
         root.mkdir(parents=True)
-        monkeypatch.setattr(tsm, "_mkdir", self._mkdir)
-        monkeypatch.setattr(tsm, "_rmdir", self._rmdir)
+        if monkeypatch is not None:
+            monkeypatch.setattr(tsm, "_mkdir", self._mkdir)
+            monkeypatch.setattr(tsm, "_rmdir", self._rmdir)
+        else:
+            if mkdir_errno is not None:
+                raise ValueError("mkdir_errno needs the provider in this process (give monkeypatch)")
+            watcher = threading.Thread(target=self._watch, args=(time.monotonic() + lifetime,), daemon=True)
+            self.threads.append(watcher)
+            watcher.start()
 
     def _mkdir(self, path: Path) -> None:
         if self.mkdir_errno is not None:  # e.g. ENXIO: no TSM provider registered
             raise OSError(self.mkdir_errno, os.strerror(self.mkdir_errno), str(path))
         os.mkdir(path)
+        self.populate(path)
+
+    def populate(self, path: Path) -> None:
+        """What the kernel puts in a new entry; ``provider`` last, and atomically, so that a process
+        waiting for it sees a complete entry."""
         (path / "generation").write_text("0\n")
         (path / "inblob").write_bytes(b"")
-        (path / "provider").write_text(self.provider + "\n")
         if self.auxblob is not None:
             (path / "auxblob").write_bytes(self.auxblob)
         if self.outblob == "eio":
@@ -179,9 +209,26 @@ class FakeTsm:
             self.threads.append(thread)
             thread.start()
         self.created.append(path.name)
+        (path / ".provider").write_text(self.provider + "\n")
+        os.replace(path / ".provider", path / "provider")
+
+    def _watch(self, deadline: float) -> None:
+        """Populate the entries another process creates; note the ones it removes."""
+        live: set[str] = set()
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            names = {name for name in os.listdir(self.root) if not name.startswith(".")}
+            for name in sorted(names - live):
+                with contextlib.suppress(FileNotFoundError):  # removed already (its creator gave up)
+                    self.populate(self.root / name)
+            self.removed.extend(sorted(live - names))
+            live = names
+            time.sleep(POLL)
 
     def _serve(self, entry: Path, index: int) -> None:
-        fd = open_writer(entry / "outblob", self.stop, time.monotonic() + TIMEOUT)
+        try:
+            fd = open_writer(entry / "outblob", self.stop, time.monotonic() + TIMEOUT)
+        except FileNotFoundError:  # the entry was removed before anyone read outblob
+            return
         if fd is None:
             return
         try:

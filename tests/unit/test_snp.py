@@ -7,6 +7,7 @@ they are never copied here. Every test pins the clock the vectors' README gives.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 import random
@@ -21,8 +22,6 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
@@ -36,6 +35,7 @@ from enclave_infer.attestation.snp import (
     verify_snp_report,
 )
 from enclave_infer.errors import AttestationError, ConstraintError, UsageError
+from tests.emulation.snp import EmulatedSnp
 from tests.shared_vectors import ATTESTATION_VECTORS, shared_vector_dir
 from tests.tamper import flipped, refused_by
 
@@ -500,85 +500,24 @@ def test_pinned_roots() -> None:
 
 # --- a synthetic Turin chain: FMC, the 8-byte hwID, and revocation --------------------------------
 
-
-def pss_sign(builder: Any, key: rsa.RSAPrivateKey) -> Any:
-    return builder.sign(key, hashes.SHA384(), rsa_padding=padding.PSS(padding.MGF1(hashes.SHA384()), 48))
-
-
-def name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+TURIN_CHIP = bytes(range(1, 9)) + bytes(56)
+TURIN_TCB = SnpTcb(fmc=1, bootloader=2, tee=0, snp=5, microcode=200)
 
 
 @functools.cache
-def turin_chain() -> tuple[
-    rsa.RSAPrivateKey, x509.Certificate, x509.Certificate, ec.EllipticCurvePrivateKey, bytes
-]:
-    """A test ARK-Turin, ASK SEV-Turin and VCEK (RSA-2048 instead of AMD's 4096, for speed)."""
-    ark_key = rsa.generate_private_key(65537, 2048)
-    ask_key = rsa.generate_private_key(65537, 2048)
-    vcek_key = ec.generate_private_key(ec.SECP384R1())
-    start, end = datetime(2025, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
-
-    def ca(
-        subject: str, issuer: str, key: rsa.RSAPrivateKey, signer: rsa.RSAPrivateKey, serial: int
-    ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
-            .public_key(key.public_key()).serial_number(serial).not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
-        )  # fmt: skip
-        return pss_sign(builder, signer)  # type: ignore[no-any-return]
-
-    ark = ca("ARK-Turin", "ARK-Turin", ark_key, ark_key, 0x30000)
-    ask = ca("SEV-Turin", "ARK-Turin", ask_key, ark_key, 0x30001)
-
-    def amd(oid: str, value: bytes) -> x509.UnrecognizedExtension:
-        return x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.3704.1." + oid), value)
-
-    builder = (
-        x509.CertificateBuilder().subject_name(name("SEV-VCEK")).issuer_name(name("SEV-Turin"))
-        .public_key(vcek_key.public_key()).serial_number(1).not_valid_before(start).not_valid_after(end)
-    )  # fmt: skip
-    for oid, value in [("2", b"\x16\x08Turin-B0"), ("3.1", b"\x02\x01\x02"), ("3.2", b"\x02\x01\x00"),
-                       ("3.3", b"\x02\x01\x05"), ("3.8", b"\x02\x02\x00\xc8"), ("3.9", b"\x02\x01\x01"),
-                       ("4", TURIN_CHIP[:8])]:  # fmt: skip
-        builder = builder.add_extension(amd(oid, value), critical=False)
-    vcek = pss_sign(builder, ask_key)
-    table = bundle([c.public_bytes(Encoding.DER) for c in (vcek, ask, ark)])
-    return ark_key, ark, ask, vcek_key, table
+def turin() -> EmulatedSnp:
+    """A test ARK-Turin, ASK SEV-Turin and VCEK (tests/emulation/snp.py)."""
+    return EmulatedSnp("Turin", chip_id=TURIN_CHIP, reported_tcb=TURIN_TCB, product_name="Turin-B0")
 
 
-TURIN_CHIP = bytes(range(1, 9)) + bytes(56)
-TURIN_TCB = bytes([1, 2, 0, 5, 0, 0, 0, 0xC8])  # FMC 1, boot loader 2, TEE 0, SNP 5, microcode 200
-
-
-def turin_report(
-    vcek_key: ec.EllipticCurvePrivateKey, *, reported: bytes = TURIN_TCB, family: int = 0x1A
-) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-    body = bytearray(snp.REPORT_SIZE)
-    struct.pack_into("<IIQ", body, 0, 3, 0, 0x30000)  # VERSION 3, GUEST_SVN, POLICY
-    struct.pack_into("<I", body, 0x34, 1)  # ECDSA P-384
-    body[0x38:0x40] = TURIN_TCB  # CURRENT_TCB
-    body[0x50:0x90] = bytes(range(64))
-    body[0x90:0xC0] = b"\x42" * 48
-    body[0x180:0x188] = reported
-    body[0x188:0x18B] = bytes([family, 0x02, 0x00])  # CPUID family 1Ah, model 02h: Turin
-    body[0x1A0:0x1E0] = TURIN_CHIP
-    body[0x1E0:0x1E8] = TURIN_TCB  # COMMITTED_TCB
-    body[0x1F0:0x1F8] = TURIN_TCB  # LAUNCH_TCB
-    r, s = decode_dss_signature(vcek_key.sign(bytes(body[:0x2A0]), ec.ECDSA(hashes.SHA384())))
-    body[0x2A0:0x2E8] = r.to_bytes(72, "little")
-    body[0x2E8:0x330] = s.to_bytes(72, "little")
-    return bytes(body)
+def turin_report(*, reported: SnpTcb | None = None, family: int = 0x1A) -> bytes:
+    return turin().report(bytes(range(64)), b"\x42" * 48, reported_tcb=reported, cpuid=(family, 0x02, 0x00))
 
 
 def test_a_turin_report_with_fmc_and_a_short_hwid() -> None:
-    _, ark, _, vcek_key, collateral = turin_chain()
-    verifier = SnpVerifier({"Turin": ark.public_bytes(Encoding.DER)})
-    verdict = verifier.verify(turin_report(vcek_key), collateral, now=NOW)
+    collateral = turin().collateral
+    verifier = SnpVerifier({"Turin": turin().ark_der})
+    verdict = verifier.verify(turin_report(), collateral, now=NOW)
     assert verdict.product == "Turin" and verdict.product_name == "Turin-B0"
     assert verdict.report.snp_tcb == SnpTcb(fmc=1, bootloader=2, tee=0, snp=5, microcode=200)
     assert verdict.report.security_level is SecurityLevel.SECURE
@@ -589,31 +528,24 @@ def test_a_turin_report_with_fmc_and_a_short_hwid() -> None:
     with pytest.raises(
         AttestationError, match=r"REPORTED_TCB \(fmc 2, .*\) is not the TCB the VCEK certifies"
     ):
-        verifier.verify(turin_report(vcek_key, reported=bytes([2, *TURIN_TCB[1:]])), collateral, now=NOW)
+        verifier.verify(turin_report(reported=dataclasses.replace(TURIN_TCB, fmc=2)), collateral, now=NOW)
     with pytest.raises(AttestationError, match="CPUID family 0x19 is not that of Turin"):
-        verifier.verify(turin_report(vcek_key, family=0x19), collateral, now=NOW)
+        verifier.verify(turin_report(family=0x19), collateral, now=NOW)
     # AMD's production roots do not know this test ARK
     with pytest.raises(AttestationError, match="not signed by a pinned AMD root"):
-        verify_snp_report(turin_report(vcek_key), collateral, now=NOW)
+        verify_snp_report(turin_report(), collateral, now=NOW)
 
 
 def test_a_revoked_ask_is_refused() -> None:
-    ark_key, ark, _, vcek_key, collateral = turin_chain()
-    verifier = SnpVerifier({"Turin": ark.public_bytes(Encoding.DER)})
+    verifier = SnpVerifier({"Turin": turin().ark_der})
 
     def crl(*serials: int) -> bytes:
-        builder = x509.CertificateRevocationListBuilder().issuer_name(name("ARK-Turin"))
-        builder = builder.last_update(NOW - timedelta(days=1)).next_update(NOW + timedelta(days=30))
-        for serial in serials:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder()
-                .serial_number(serial)
-                .revocation_date(NOW - timedelta(days=2))
-                .build()
-            )
-        return pss_sign(builder, ark_key).public_bytes(Encoding.PEM)  # type: ignore[no-any-return]
+        return turin().crl(
+            *serials, this_update=NOW - timedelta(days=1), next_update=NOW + timedelta(days=30)
+        )
 
-    report = turin_report(vcek_key)
+    report, collateral = turin_report(), turin().collateral
+    assert turin().ask.serial_number == 0x30001
     assert verifier.verify(report, collateral, now=NOW, crl=crl(0x30005)).crl_updates is not None
     with pytest.raises(AttestationError, match=r"^SEV-Turin \(serial 0x30001\) is revoked by AMD's CRL$"):
         verifier.verify(report, collateral, now=NOW, crl=crl(0x30005, 0x30001))

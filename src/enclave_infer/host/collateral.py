@@ -42,6 +42,7 @@ from enclave_infer.errors import AttestationError, EnclaveInferError, TransportE
 __all__ = [
     "DEFAULT_KDS_URL",
     "DEFAULT_PCS_URL",
+    "FIRST_RETRY_SECONDS",
     "Collateral",
     "CollateralKeeper",
     "CollateralSource",
@@ -217,11 +218,12 @@ class CollateralKeeper:
     """The collateral the host serves with its enclave's evidence, kept current.
 
     :meth:`start` loads it from the cache file, or fetches it; if that fails the keeper says why in
-    one line and retries in the background (doubling the wait, up to ``MAX_RETRY_SECONDS``), and
-    :attr:`problem` holds the reason meanwhile. Once it has collateral it refreshes it before it
-    expires; a failed refresh keeps serving the old collateral while it is still valid.
-    ``on_ready`` runs (in the keeper's thread) each time new collateral is taken, and may refuse it
-    by raising EnclaveInferError: the host appraises its own enclave with it there.
+    one line and retries in the background (after ``first_retry`` seconds, then doubling the wait,
+    up to ``MAX_RETRY_SECONDS``), and :attr:`problem` holds the reason meanwhile. Once it has
+    collateral it refreshes it before it expires; a failed refresh keeps serving the old collateral
+    while it is still valid. ``on_ready`` runs (in the keeper's thread) each time new collateral is
+    taken, and may refuse it by raising EnclaveInferError: the host appraises its own enclave with it
+    there.
     """
 
     def __init__(

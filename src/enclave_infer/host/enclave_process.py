@@ -71,14 +71,20 @@ class EnclaveProcess:
         self._own_socket_dir = socket_path.parent if socket_path.parent != self.data_dir else None
         self.restarts = 0
 
-    def _lock_data_dir(self) -> None:
-        """One server per data dir: a second one would delete the first one's socket."""
-        if self._data_lock is not None:
-            return
+    def _make_data_dir(self) -> None:
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise UsageError(f"--data-dir {self.data_dir} exists and is not a directory")
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot use --data-dir {self.data_dir}: {exc.strerror}") from None
+
+    def _lock_data_dir(self) -> None:
+        """One server per data dir: a second one would delete the first one's socket."""
+        if self._data_lock is not None:
+            return
+        self._make_data_dir()
+        try:
             fd = os.open(self.data_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise UsageError(f"cannot use --data-dir {self.data_dir}: {exc.strerror}") from None
@@ -95,6 +101,8 @@ class EnclaveProcess:
         with self._lock:
             if self.external is None:
                 self._start_locked()
+            else:  # nothing to spawn, but the host keeps its collateral cache in the data dir
+                self._make_data_dir()
 
     def _start_locked(self) -> None:
         self._lock_data_dir()

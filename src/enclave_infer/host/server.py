@@ -24,6 +24,7 @@ from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
 from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, create_app
 from enclave_infer.host.collateral import (
+    FIRST_RETRY_SECONDS,
     Collateral,
     CollateralKeeper,
     CollateralSource,
@@ -85,13 +86,15 @@ def run(
     tls: tuple[Path, Path] | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     drain_seconds: float = DRAIN_SECONDS,
+    collateral_first_retry: float = FIRST_RETRY_SECONDS,
 ) -> None:
     """``collateral``: where the host gets collateral for its enclave's evidence (default: Intel's
     PCS for SGX and TDX, AMD's KDS for SEV-SNP). ``verifier``: the roots the host appraises its own
     enclave with at start (default :meth:`Verifier.production`; only code, never an option, sets
     another). ``tls``: (certificate chain, private key) PEM files to serve HTTPS with.
     ``max_in_flight``: requests at once before 503. ``drain_seconds``: how long SIGTERM waits for
-    requests in progress before the enclave stops."""
+    requests in progress before the enclave stops. ``collateral_first_retry``: seconds before the
+    first retry of a failed collateral fetch (then doubling); tests shorten it."""
     started = time.monotonic()
     logs.configure("host", log_format)
     verifier = verifier or Verifier.production()
@@ -109,7 +112,12 @@ def run(
                 self_attest(enclave, verifier, fresh.data)
 
             source = collateral or _default_source(tee)
-            keeper = CollateralKeeper(source, enclave.data_dir / COLLATERAL_CACHE, on_ready=appraise_with)
+            keeper = CollateralKeeper(
+                source,
+                enclave.data_dir / COLLATERAL_CACHE,
+                on_ready=appraise_with,
+                first_retry=collateral_first_retry,
+            )
             keeper.start(tee, evidence)
             if keeper.refused:
                 raise AttestationError(keeper.problem)
