@@ -1,0 +1,28 @@
+"""The deployment files say what the CLI accepts."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from enclave_infer.cli.main import _parser
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def exec_start(unit: Path) -> list[str]:
+    lines = unit.read_text().replace("\\\n", " ").splitlines()
+    [command] = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+    return shlex.split(command)
+
+
+def test_the_systemd_unit_runs_a_serve_the_cli_accepts() -> None:
+    unit = DEPLOY / "systemd" / "enclave-infer.service"
+    argv = exec_start(unit)
+    assert Path(argv[0]).name == "enclave-infer"
+    args = _parser().parse_args(argv[1:])
+    assert args.command == "serve" and args.tls_cert and args.tls_key and args.log_format == "json"
+    text = unit.read_text()
+    # SIGTERM drains for --drain-timeout (30 s by default): systemd must wait longer than that
+    stop = int(next(line for line in text.splitlines() if line.startswith("TimeoutStopSec=")).split("=")[1])
+    assert "KillSignal=SIGTERM" in text and stop > args.drain_timeout
