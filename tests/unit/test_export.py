@@ -19,7 +19,8 @@ import onnx
 import torch
 from numpy.typing import NDArray
 
-from enclave_infer.client.convert import _uses_external_data, export_onnx
+from enclave_infer.client._tooling import uses_external_data
+from enclave_infer.client.convert import export_onnx
 from enclave_infer.client.export import (
     OWNER_FORMATS,
     RUNTIMES,
@@ -230,16 +231,16 @@ def test_onnx_with_external_data_is_folded_into_one_file(
     given.mkdir()
     split = given / "split.onnx"
     split_onnx(files["onnx"], split)
-    assert _uses_external_data(onnx.load(str(split), load_external_data=False).graph)
+    assert uses_external_data(onnx.load(str(split), load_external_data=False).graph)
     out = export_formats(split, tmp_path / "out", {"onnx"}, input_size=SIZE)
     assert out == {"onnx": tmp_path / "out" / "split.onnx"}
-    assert not _uses_external_data(onnx.load(str(out["onnx"]), load_external_data=False).graph)
+    assert not uses_external_data(onnx.load(str(out["onnx"]), load_external_data=False).graph)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["split.onnx"]
     x = inputs(1)
     np.testing.assert_allclose(run_enclave(out["onnx"], tmp_path, x), expected(model, x), atol=1e-4, rtol=0)
     # In place: the file is replaced by its self-contained form.
     assert export_formats(split, given, {"onnx"}, input_size=SIZE) == {"onnx": split}
-    assert not _uses_external_data(onnx.load(str(split), load_external_data=False).graph)
+    assert not uses_external_data(onnx.load(str(split), load_external_data=False).graph)
     (given / "w.bin").unlink()
     np.testing.assert_allclose(run_enclave(split, tmp_path, x), expected(model, x), atol=1e-4, rtol=0)
 

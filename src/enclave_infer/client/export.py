@@ -32,24 +32,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enclave_infer.client._model_input import ModelInput, input_mismatch, output_mismatch
-from enclave_infer.client.convert import (
-    _MAX_ONNX_BYTES,
-    _MAX_WEIGHT_BYTES,
-    _atomic_output,
-    _check_destination,
-    _check_onnx,
-    _check_runs,
-    _copy_model,
-    _example,
-    _export_onnx,
-    _exporting,
-    _first_line,
-    _quiet_exporter,
-    _silent,
-    _tool_errors,
-    _uses_external_data,
-    load_pickled_model,
+from enclave_infer.client._tooling import (
+    MAX_ONNX_BYTES,
+    MAX_WEIGHT_BYTES,
+    atomic_output,
+    check_destination,
+    check_onnx_file,
+    check_runs,
+    copy_model,
+    example_batch,
+    exporting,
+    first_line,
+    quiet_exporter,
+    silent,
+    tool_errors,
+    uses_external_data,
+    write_onnx,
 )
+from enclave_infer.client.convert import load_pickled_model
 from enclave_infer.errors import UsageError
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def export_torchscript(
     return one tensor of ``(batch, classes)`` scores.
     """
     want = ModelInput(input_size, channels, layout)
-    _export_torchscript(model, Path(dest), want, classes=classes, report=progress or _silent)
+    _export_torchscript(model, Path(dest), want, classes=classes, report=progress or silent)
 
 
 def export_program(
@@ -177,13 +177,13 @@ def export_program(
     import torch
 
     want = ModelInput(input_size, channels, layout)
-    report = progress or _silent
+    report = progress or silent
     dest = Path(dest)
-    with _exporting(model, dest, want, classes) as example:
+    with exporting(model, dest, want, classes) as example:
         report(f"exporting {dest.name} with torch.export for input {want}")
-        with _tool_errors("the model could not be exported with torch.export"), _quiet_exporter():
+        with tool_errors("the model could not be exported with torch.export"), quiet_exporter():
             program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        with _atomic_output(dest) as tmp:
+        with atomic_output(dest) as tmp:
             report(f"writing {dest.name}")
             with tmp.open("wb") as f:
                 torch.export.save(program, f)
@@ -252,7 +252,7 @@ def export_formats(
             f"runtimes must be some of {', '.join(RUNTIMES)}, got {', '.join(unknown) or 'none'}"
         )
     want = ModelInput(input_size, channels, layout)
-    report = progress or _silent
+    report = progress or silent
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
     kind = detect_format(src)
@@ -275,19 +275,19 @@ def export_formats(
     if kind == PICKLE:
         report(f"loading the pickle {src.name} (this runs its code)")
         module = load_pickled_model(src)
-        _check_runs(module, want, classes, shown=src)
+        check_runs(module, want, classes, shown=src)
 
     if "onnx" in wanted:
         dest = out_dir / f"{stem}.onnx"
         if kind == ONNX:
             _fold_onnx(src, dest, want, classes=classes, report=report)
         elif module is not None:
-            _export_onnx(module, dest, want, classes=classes, report=report)
+            write_onnx(module, dest, want, classes=classes, report=report)
         elif kind == TORCHSCRIPT:
             _torchscript_to_onnx(src, dest, want, classes=classes, report=report)
         else:
             program = _program_module(src, want, classes=classes, report=report)
-            _export_onnx(program, dest, want, classes=classes, report=report)
+            write_onnx(program, dest, want, classes=classes, report=report)
         results[ONNX] = dest
 
     if "torch" in wanted:
@@ -312,11 +312,11 @@ def _export_torchscript(
     import torch
     from torch.jit._trace import TracerWarning
 
-    with _exporting(model, dest, want, classes) as example:
+    with exporting(model, dest, want, classes) as example:
         report(f"tracing {dest.name} with torch.jit.trace for input {want}")
         with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with _tool_errors("the model could not be traced to TorchScript"):
+            with tool_errors("the model could not be traced to TorchScript"):
                 traced = torch.jit.trace(  # type: ignore[no-untyped-call]
                     model, example, check_trace=False, _store_inputs=False
                 )
@@ -325,12 +325,12 @@ def _export_torchscript(
         if tracer:
             raise UsageError(
                 "tracing cannot capture the model faithfully (its control flow depends on tensor "
-                f"values): {_first_line(Exception(tracer[0].message))}"
+                f"values): {first_line(Exception(tracer[0].message))}"
             )
         buffer = io.BytesIO()
         with _no_jit_deprecation():
             torch.jit.save(traced, buffer)
-        with _atomic_output(dest) as tmp:
+        with atomic_output(dest) as tmp:
             report(f"writing {dest.name}")
             tmp.write_bytes(_strip_debug_info(buffer.getvalue()))
             report(f"checking {dest.name} against the model")
@@ -356,7 +356,7 @@ def _zip_format(path: Path) -> str:
             entries = {name[len(root) + 1 :] for name in names if name.startswith(f"{root}/")}
             pt2 = "archive_format" in entries and archive.read(f"{root}/archive_format").strip() == b"pt2"
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, NotImplementedError) as exc:
-        raise UsageError(f"{path}: a damaged zip archive, not a model file ({_first_line(exc)})") from exc
+        raise UsageError(f"{path}: a damaged zip archive, not a model file ({first_line(exc)})") from exc
     if pt2 or any(entry.startswith("models/") and entry.endswith(".json") for entry in entries):
         return EXPORTED_PROGRAM
     if {"data.pkl", "constants.pkl"} <= entries and any(entry.startswith("code/") for entry in entries):
@@ -379,8 +379,8 @@ def _fold_onnx(
         external = _external_tensors(onnx, src)
     if not external:
         report(f"checking {src.name}")
-        _check_onnx(src, shown=src, want=want, classes=classes)
-        _copy_model(src, dest, report=report)
+        check_onnx_file(src, shown=src, want=want, classes=classes)
+        copy_model(src, dest, report=report)
         return
     from onnx.external_data_helper import ExternalDataInfo
 
@@ -392,7 +392,7 @@ def _fold_onnx(
             total += int(info.length)
         elif location.is_file():
             total += max(0, location.stat().st_size - int(info.offset or 0))
-    if total > _MAX_WEIGHT_BYTES:
+    if total > MAX_WEIGHT_BYTES:
         raise UsageError(
             f"{src}: its external data is {total / 2**30:.2f} GiB; folded into one file it would not "
             "fit the 2 GiB an ONNX file can hold"
@@ -402,16 +402,16 @@ def _fold_onnx(
         model = onnx.load(str(src), load_external_data=True)
     except Exception as exc:
         raise UsageError(
-            f"{src}: cannot read its external data ({type(exc).__name__}: {_first_line(exc)})"
+            f"{src}: cannot read its external data ({type(exc).__name__}: {first_line(exc)})"
         ) from exc
-    if _uses_external_data(model.graph) or model.ByteSize() > _MAX_ONNX_BYTES:
+    if uses_external_data(model.graph) or model.ByteSize() > MAX_ONNX_BYTES:
         raise UsageError(f"{src}: the model does not fit in one ONNX file (2 GiB)")
-    _check_destination(dest)
-    with _atomic_output(dest) as tmp:
+    check_destination(dest)
+    with atomic_output(dest) as tmp:
         report(f"writing {dest.name}")
         onnx.save(model, str(tmp), save_as_external_data=False)
         report(f"checking {dest.name}")
-        _check_onnx(tmp, shown=dest, want=want, classes=classes)
+        check_onnx_file(tmp, shown=dest, want=want, classes=classes)
 
 
 def _external_tensors(onnx: Any, src: Path) -> list[onnx.TensorProto]:
@@ -419,7 +419,7 @@ def _external_tensors(onnx: Any, src: Path) -> list[onnx.TensorProto]:
     try:
         model = onnx.load(str(src), load_external_data=False)
     except Exception as exc:
-        raise UsageError(f"{src}: not an ONNX model ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise UsageError(f"{src}: not an ONNX model ({type(exc).__name__}: {first_line(exc)})") from exc
     return [t for t in _all_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
@@ -448,22 +448,22 @@ def _torchscript_to_onnx(
     import torch
 
     module = _load_torchscript(src, shown=src)
-    _check_runs(module, want, classes, shown=src)
+    check_runs(module, want, classes, shown=src)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     report(f"converting {src.name} to an ExportedProgram for the ONNX exporter")
     failure = f"{src}: the TorchScript archive could not be converted for ONNX export"
     hint = "; export ONNX from the torch model instead"
-    with _tool_errors(failure, hint=hint), _quiet_exporter(), torch.no_grad(), warnings.catch_warnings():
+    with tool_errors(failure, hint=hint), quiet_exporter(), torch.no_grad(), warnings.catch_warnings():
         from torch._export.converter import TS2EPConverter
 
         # The converter warns about buffers it copies but the graph never reads (batch norm's
         # num_batches_tracked); the converted program is compared with the archive below.
         warnings.simplefilter("ignore", UserWarning)
-        program = TS2EPConverter(module, (_example(want, 2, seed=1),)).convert()
+        program = TS2EPConverter(module, (example_batch(want, 2, seed=1),)).convert()
     converted = _as_module(program.module())
     _compare(converted, module, shown=src, want=want, what="converted program")
-    _export_onnx(converted, dest, want, classes=classes, report=report)
+    write_onnx(converted, dest, want, classes=classes, report=report)
 
 
 def _copy_torchscript(
@@ -475,19 +475,19 @@ def _copy_torchscript(
 
     report(f"checking {src.name}")
     module = _load_torchscript(src, shown=src)
-    _check_runs(module, want, classes, shown=src)
+    check_runs(module, want, classes, shown=src)
     for batch in (1, 3):
         try:
             with torch.no_grad():
-                out = module(_example(want, batch, seed=batch))
+                out = module(example_batch(want, batch, seed=batch))
         except Exception as exc:
             raise UsageError(
                 f"{src}: the TorchScript model takes a batch of 2 but fails on a batch of {batch} "
-                f"({type(exc).__name__}: {_first_line(exc)}); its code fixes the batch size"
+                f"({type(exc).__name__}: {first_line(exc)}); its code fixes the batch size"
             ) from exc
         if not isinstance(out, torch.Tensor) or output_mismatch(tuple(out.shape), batch, classes):
             raise UsageError(f"{src}: the TorchScript model must return one (batch, classes) tensor")
-    _copy_model(src, dest, report=report)
+    copy_model(src, dest, report=report)
 
 
 def _program_module(
@@ -517,7 +517,7 @@ def _program_module(
                 f"model, (torch.randn({example}),), dynamic_shapes=({{0: torch.export.Dim('batch')}},))"
             )
     module = _as_module(program.module())
-    _check_runs(module, want, classes, shown=src)
+    check_runs(module, want, classes, shown=src)
     return module
 
 
@@ -532,7 +532,7 @@ def _load_torchscript(path: Path, *, shown: Path) -> Any:
             return torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise UsageError(
-            f"{shown}: not a loadable TorchScript archive ({type(exc).__name__}: {_first_line(exc)})"
+            f"{shown}: not a loadable TorchScript archive ({type(exc).__name__}: {first_line(exc)})"
         ) from exc
 
 
@@ -546,7 +546,7 @@ def _load_program(path: Path, *, shown: Path) -> Any:
             return torch.export.load(f)
     except Exception as exc:
         raise UsageError(
-            f"{shown}: not a loadable ExportedProgram ({type(exc).__name__}: {_first_line(exc)})"
+            f"{shown}: not a loadable ExportedProgram ({type(exc).__name__}: {first_line(exc)})"
         ) from exc
 
 
@@ -581,7 +581,7 @@ def _compare(
                 expected = model(x)
         except Exception as exc:
             raise UsageError(
-                f"the model itself fails on a batch of {batch} ({type(exc).__name__}: {_first_line(exc)}); "
+                f"the model itself fails on a batch of {batch} ({type(exc).__name__}: {first_line(exc)}); "
                 "the enclave classifies one image at a time (use x.flatten(1), not x.view(2, -1))"
             ) from exc
         if not isinstance(expected, torch.Tensor):
@@ -591,7 +591,7 @@ def _compare(
                 got = run(x)
         except Exception as exc:
             raise UsageError(
-                f"{shown}: the {what} fails on a batch of {batch} ({type(exc).__name__}: {_first_line(exc)})"
+                f"{shown}: the {what} fails on a batch of {batch} ({type(exc).__name__}: {first_line(exc)})"
             ) from exc
         reference = expected.detach().float().numpy()
         if (
