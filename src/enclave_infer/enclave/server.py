@@ -255,14 +255,22 @@ class _Handler(socketserver.StreamRequestHandler):
             exchange.abort()  # a no-op once the upload has finished
 
 
+# The listen backlog: with socketserver's default of 5, the host's connections opened at once beyond
+# the sixth were reset ("the enclave closed the connection"), so requests that arrived together
+# failed. A connection waiting in the backlog costs the kernel, not the enclave.
+LISTEN_BACKLOG = socket.SOMAXCONN
+
+
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     enclave: Enclave
 
 
 class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
     enclave: Enclave
 
 
