@@ -36,8 +36,9 @@ max_model_bytes = 1048576
 """
 
 
-def colour_model() -> bytes:
-    """A real ONNX classifier: mean of each normalised channel → linear layer → 4 logits."""
+def colour_model(batch: int | str = "N") -> bytes:
+    """A real ONNX classifier: mean of each normalised channel → linear layer → 4 logits. ``batch``:
+    its input's batch dimension, symbolic (batches of any size) or a fixed number."""
     weights = np.array([[4, -2, -2, 0], [-2, 4, -2, 0], [-2, -2, 4, 0]], dtype=np.float32)
     graph = helper.make_graph(
         [
@@ -46,8 +47,8 @@ def colour_model() -> bytes:
             helper.make_node("Add", ["mm", "b"], ["logits"]),
         ],
         "colours",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])],
         initializer=[
             numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
             numpy_helper.from_array(weights, "W"),

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 
 from enclave_infer import (
     AttestationError,
+    Classification,
     Client,
     ConstraintError,
     InvalidImageError,
@@ -124,6 +126,35 @@ def test_top_k_and_json(served: ModelInfo, deployment: Deployment, files: dict[s
     assert abs(sum(r["probability"] for r in doc["results"]) - 1.0) < 1e-5
     meta = served_model(deployment)
     assert meta is not None and doc["model"] == {"sha256": meta.sha256, "version": meta.version}
+
+
+def test_concurrent_classifications_each_get_their_own_answer(
+    served: ModelInfo, deployment: Deployment, files: dict[str, Path]
+) -> None:
+    """Requests that arrive together are decoded side by side and inferred in batches: each answer
+    is the one its image gets alone, and a bad image fails only its own request."""
+    red, blue = files["red"].read_bytes(), files["blue"].read_bytes()
+    images = [red, blue] * 4 + [b"not an image"]
+
+    def classify(image: bytes) -> Classification | InvalidImageError:
+        with Client(deployment.url, deployment.constraint, model_sha256=served.sha256) as client:
+            try:
+                return client.classify(image, top=4)
+            except InvalidImageError as exc:
+                return exc
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        *answers, bad = pool.map(classify, images)
+    assert isinstance(bad, InvalidImageError)
+    alone = {red: classify(red), blue: classify(blue)}
+    for image, answer in zip(images[:-1], answers, strict=True):
+        assert isinstance(answer, Classification)
+        expected = alone[image]
+        assert isinstance(expected, Classification)
+        assert answer.results[0].label == ("red" if image == red else "blue")
+        assert [p.index for p in answer.results] == [p.index for p in expected.results]
+        for got, want in zip(answer.results, expected.results, strict=True):
+            assert abs(got.probability - want.probability) < 1e-5
 
 
 def test_console_in_a_pipe(served: ModelInfo, deployment: Deployment, files: dict[str, Path]) -> None:

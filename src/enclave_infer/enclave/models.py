@@ -5,6 +5,9 @@ owner key of the measured configuration; its version exceeds the current one; th
 the size and SHA-256 the manifest names; the preprocessing is valid; ONNX Runtime loads the model and
 a trial run yields one score per label; and the model is sealed to storage. Only then does the new
 model replace the old one, in one assignment. Any failure leaves the served model untouched.
+
+Inference: each request decodes and preprocesses its image in its own thread, then waits for the
+:class:`~enclave_infer.enclave.batching.Batcher` to run it in a batch with others of the same model.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.batching import Batcher, BatchStats
 from enclave_infer.enclave.preprocess import ImageError, decode_image, to_tensor
 from enclave_infer.enclave.runtimes import (
     InferenceError,
@@ -34,6 +38,7 @@ from enclave_infer.enclave.runtimes import (
     check_scores,
     load_onnx,
     load_torch,
+    takes_batches,
     torch_available,
 )
 from enclave_infer.enclave.runtimes import (
@@ -92,6 +97,7 @@ class LoadedModel:
     signature: bytes
     preprocessing: Preprocessing
     runtimes: dict[str, LoadedRuntime]  # "onnx", "torch": the first is the default
+    batched: frozenset[str]  # the runtimes that take several images per run (takes_batches)
     provisioned_at: float
 
     def info(self) -> ModelInfo:
@@ -182,18 +188,27 @@ class ModelStore:
         self._provision_lock = threading.Lock()
         self._no_files = tempfile.mkdtemp(prefix="enclave-infer-no-external-data-")
         self.current: LoadedModel | None = None
+        limits, batching = config.limits, config.batching
+        # A batch never holds more images than there are requests in the enclave.
+        self._batcher = Batcher(
+            max_batch_size=min(batching.max_batch_size, limits.max_concurrent_requests),
+            max_queue_delay_us=batching.max_queue_delay_us,
+        )
+        self._decodes = threading.BoundedSemaphore(limits.max_concurrent_decodes)
         self._stats_lock = threading.Lock()
         self._classifications = 0
 
     def status(self) -> EnclaveStatus:
-        """What the host may know: the served model's public identity, and how many answers."""
+        """What the host may know: the served model's public identity, how many answers, and the
+        sizes of the batches inference ran."""
         loaded = self.current
+        batches = self._batcher.stats()
         return EnclaveStatus(
             model_sha256=loaded.manifest.model_sha256 if loaded else None,
             model_version=loaded.manifest.version if loaded else None,
             classifications=self._classifications,
-            batches=self._classifications,
-            batch_sizes={1: self._classifications} if self._classifications else {},
+            batches=batches.batches,
+            batch_sizes={n: count for n, count in enumerate(batches.sizes, start=1) if count},
         )
 
     # -- provisioning --------------------------------------------------------------------------
@@ -266,9 +281,16 @@ class ModelStore:
             )
         pre = _preprocessing(manifest)
         # ONNX Runtime would start a thread per core; under Gramine every thread counts against
-        # sgx.max_threads, so a quarter of them go to one model's intra-op pool.
+        # sgx.max_threads, so a quarter of them go to one model's intra-op pool. The whole budget:
+        # the main thread, Gramine's own helpers, one thread per host connection (the host opens
+        # one per request in flight, so max_concurrent_requests of them under load), the batcher's
+        # one thread, and this pool (threads - 1 workers: the batcher's thread, the only one that
+        # runs inference, is the pool's first). Before batching, up to max_concurrent_requests
+        # connection threads shared this pool; now one batch at a time uses it whole.
         threads = max(1, min(os.cpu_count() or 1, self._config.max_threads // 4))
+        example = np.zeros(pre.input_shape(), dtype=np.float32)
         runtimes: dict[str, LoadedRuntime] = {}
+        batched: set[str] = set()
         offset = 0
         for f in manifest.files:
             part = model[offset : offset + f.size] if len(manifest.files) > 1 else model
@@ -283,11 +305,22 @@ class ModelStore:
                         Problem.INVALID_MODEL,
                         "this enclave has no PyTorch runtime: provision with --runtime onnx",
                     )
-                check_scores(runtime, np.zeros(pre.input_shape(), dtype=np.float32), len(manifest.labels))
+                check_scores(runtime, example, len(manifest.labels))
             except RuntimeLoadError as exc:
                 raise ModelError(Problem.INVALID_MODEL, str(exc)) from None
             runtimes[runtime.name] = runtime
-        return LoadedModel(manifest, signature, pre, runtimes, provisioned_at)
+            size = self._batcher.max_batch_size
+            if size > 1:
+                if takes_batches(runtime, example, size):
+                    batched.add(runtime.name)
+                else:
+                    log.info(
+                        "model version %d: %s runs one image at a time (no batches of %d)",
+                        manifest.version,
+                        runtime.name,
+                        size,
+                    )
+        return LoadedModel(manifest, signature, pre, runtimes, frozenset(batched), provisioned_at)
 
     def restore(self) -> None:
         """Serve the sealed model again after a restart, or nothing if it fails to verify."""
@@ -349,17 +382,26 @@ class ModelStore:
             raise ModelError(
                 Problem.TOO_LARGE, f"image is larger than {self._config.limits.max_image_bytes} bytes"
             )
-        try:
-            tensor = to_tensor(
-                decode_image(image, max_pixels=self._config.limits.max_pixels), loaded.preprocessing
-            )
-        except ImageError as exc:
-            raise ModelError(Problem.INVALID_IMAGE, str(exc)) from None
+        # The image is decoded here, in the request's own thread, alongside the others; a bad one
+        # fails this request only and never reaches a batch. The image runs against `loaded`, the
+        # model its pin was checked against, even if a provision swaps in another meanwhile.
+        with self._batcher.incoming():
+            try:
+                with self._decodes:
+                    pixels = decode_image(image, max_pixels=self._config.limits.max_pixels)
+                    tensor = to_tensor(pixels, loaded.preprocessing)
+                    del pixels  # freed before the next decode may start
+            except ImageError as exc:
+                raise ModelError(Problem.INVALID_IMAGE, str(exc)) from None
+            waiting = [
+                self._batcher.submit(loaded.runtimes[name], tensor, batched=name in loaded.batched)
+                for name in names
+            ]
         by_runtime: dict[str, tuple[Prediction, ...]] = {}
         labels = loaded.manifest.labels
-        for name in names:
+        for name, pending in zip(names, waiting, strict=True):
             try:
-                scores = np.asarray(loaded.runtimes[name].run(tensor)[0], dtype=np.float64)
+                scores = np.asarray(pending.result()[0], dtype=np.float64)
             except InferenceError as exc:
                 raise ModelError(Problem.INFERENCE_FAILED, str(exc)) from None
             probabilities = _as_probabilities(scores)
@@ -373,6 +415,14 @@ class ModelStore:
             results=by_runtime[names[0]],
             by_runtime=by_runtime if runtime is Runtime.BOTH else {},
         )
+
+    def batch_stats(self) -> BatchStats:
+        """How many batches of each size inference has run, for metrics."""
+        return self._batcher.stats()
+
+    def close(self) -> None:
+        """Run the images already queued and stop the batcher's thread; classify then fails."""
+        self._batcher.close()
 
 
 def _preprocessing(manifest: Manifest) -> Preprocessing:

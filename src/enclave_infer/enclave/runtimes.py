@@ -1,8 +1,8 @@
 """The inference runtimes a provisioned model can be served with: ONNX Runtime, or torch (TorchScript).
 
-Trusted code. A :class:`Runtime` runs one preprocessed image tensor and returns its scores. The
-loaders turn the owner's model bytes into one, refusing anything that is not a model of the expected
-format with :class:`RuntimeLoadError`, whose message is one line and never quotes the model:
+Trusted code. A :class:`Runtime` runs a batch of preprocessed image tensors and returns their
+scores. The loaders turn the owner's model bytes into one, refusing anything that is not a model of
+the expected format with :class:`RuntimeLoadError`, whose message is one line and never quotes the model:
 
 * :func:`load_onnx`: ONNX Runtime, the default, and the only runtime the enclave needs to ship.
 * :func:`load_torch`: a TorchScript archive (``torch.jit.save``), for owners who want PyTorch's
@@ -10,6 +10,8 @@ format with :class:`RuntimeLoadError`, whose message is one line and never quote
   image without torch serves ONNX as before (:func:`torch_available`).
 * :func:`check_scores`: the trial run that shows a loaded model accepts the manifest's input and
   yields one score per label.
+* :func:`takes_batches`: whether a loaded model may be given several images in one run (its input
+  has no fixed batch of one, and a trial batch gives each image the scores it gets alone).
 
 What the loaders execute (checked in torch 2.13's Python sources and, for the C++ parts the wheel
 does not ship, in pytorch's repository; the refusals are exercised in tests/unit/test_runtimes.py):
@@ -70,6 +72,7 @@ __all__ = [
     "check_scores",
     "load_onnx",
     "load_torch",
+    "takes_batches",
     "torch_available",
 ]
 
@@ -127,11 +130,14 @@ class _OutputError(InferenceError):
 
 
 class Runtime(Protocol):
-    """A loaded model: ``run`` takes a preprocessed float32 image batch of one (as
-    :func:`~enclave_infer.enclave.preprocess.to_tensor` makes it) and returns its scores, a float
-    array of shape ``(1, classes)``. Safe to call from several threads at once."""
+    """A loaded model: ``run`` takes a preprocessed float32 image batch (images as
+    :func:`~enclave_infer.enclave.preprocess.to_tensor` makes them, stacked along the first axis: one
+    image unless :func:`takes_batches` said more) and returns their scores, a float array of shape
+    ``(batch, classes)``. Safe to call from several threads at once. ``declared_batch``: the batch
+    size the model's input declares, None when it is symbolic or not declared (TorchScript)."""
 
     name: str
+    declared_batch: int | None
 
     def run(self, tensor: NDArray[np.float32]) -> NDArray[Any]: ...
 
@@ -142,9 +148,10 @@ class Runtime(Protocol):
 class _OnnxRuntime:
     name = "onnx"
 
-    def __init__(self, session: ort.InferenceSession, input_name: str) -> None:
+    def __init__(self, session: ort.InferenceSession, input_name: str, declared_batch: int | None) -> None:
         self.session = session
         self.input_name = input_name
+        self.declared_batch = declared_batch
 
     def run(self, tensor: NDArray[np.float32]) -> NDArray[Any]:
         try:
@@ -178,7 +185,9 @@ def load_onnx(model: bytes | Path, *, threads: int, no_files_dir: str) -> Runtim
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise RuntimeLoadError(f"the model must take one input tensor, it takes {len(inputs)}")
-    return _OnnxRuntime(session, inputs[0].name)
+    shape = inputs[0].shape  # ONNX Runtime gives a symbolic dimension as a str (or None)
+    batch = shape[0] if shape and isinstance(shape[0], int) else None
+    return _OnnxRuntime(session, inputs[0].name, batch)
 
 
 # -- torch -------------------------------------------------------------------------------------
@@ -191,6 +200,7 @@ def torch_available() -> bool:
 
 class _TorchRuntime:
     name = "torch"
+    declared_batch: int | None = None  # a TorchScript module declares no input shape: takes_batches tries one
 
     def __init__(self, module: Any, torch: Any) -> None:
         self.module = module
@@ -354,6 +364,40 @@ def check_scores(runtime: Runtime, example: NDArray[np.float32], classes: int) -
         )
     if not np.issubdtype(np.asarray(scores).dtype, np.floating):
         raise RuntimeLoadError(f"model output is {np.asarray(scores).dtype}, expected floating-point scores")
+
+
+# A model that mixes the images of a batch (statistics over the batch axis) gives them scores that differ
+# from their own by far more than this; batched and single runs of one model differ by rounding only.
+_BATCH_RTOL, _BATCH_ATOL = 1e-4, 1e-5
+
+
+def takes_batches(runtime: Runtime, example: NDArray[np.float32], size: int) -> bool:
+    """Whether ``runtime`` may be given ``size`` (at least 2) images in one run, after
+    :func:`check_scores` passed on ``example`` (a batch of one image, zeros will do).
+
+    Not if the model's input declares a fixed batch (of one: :func:`check_scores` ran one). Else a
+    trial batch of ``size`` images, two different ones taking turns, must run and give every image
+    the scores it gets alone. A model that fails on it (a TorchScript module traced for a batch of
+    one, an ONNX graph with a batch of one folded into a reshape) or that mixes the images of a batch
+    (a statistic over the batch axis, which would let one request's image change another's answer)
+    runs one image at a time. A trial on two images catches a model that always mixes them, not one
+    built to hide it (README, Known limitations).
+    """
+    if size < 2:
+        raise ValueError(f"a trial batch needs at least 2 images, got {size}")
+    if runtime.declared_batch is not None:
+        return False
+    other = np.linspace(-2.0, 2.0, example.size, dtype=np.float32).reshape(example.shape)
+    images = (other, np.asarray(example, dtype=np.float32))
+    try:
+        alone = [np.asarray(runtime.run(image)) for image in images]
+        together = np.asarray(runtime.run(np.concatenate([images[i % 2] for i in range(size)])))
+    except InferenceError:  # the model's own failure on a batch: it serves one image at a time
+        return False
+    expected = np.concatenate([alone[i % 2] for i in range(size)])
+    return together.shape == expected.shape and bool(
+        np.allclose(together, expected, rtol=_BATCH_RTOL, atol=_BATCH_ATOL)
+    )
 
 
 def _read(model: bytes | Path) -> bytes:

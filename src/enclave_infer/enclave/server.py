@@ -5,11 +5,14 @@ whose unix sockets cannot reach host processes).
 
 Trusted code; this is the I/O edge of the enclave. One thread per host connection; each connection
 carries one request frame at a time and gets one reply frame. At most
-``limits.max_concurrent_requests`` requests are worked on at once; the rest wait.
+``limits.max_concurrent_requests`` requests are worked on at once; the rest wait. A classification
+decodes its image in its connection's thread and then waits for the model store's batcher
+(:mod:`enclave_infer.enclave.batching`) to run it with others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -40,6 +43,12 @@ log = logging.getLogger("enclave_infer.enclave")
 # 0.5 MB/s fits in the total; a stalled or trickling stream cannot hold a slot for longer.
 STREAM_IDLE_SECONDS = 60.0
 MAX_STREAM_SECONDS = 1800.0
+# A frame longer than an image plus this much (binary HTTP framing and headers, the OHTTP header,
+# encapsulated key and tag) is, from any honest client, a whole model upload (up to max_request_bytes).
+# One such frame is read at a time, so that the many slots batching wants do not multiply the
+# memory those frames can take; the one upload with the highest version wins anyway.
+IMAGE_REQUEST_OVERHEAD = 64 * 1024
+MAX_LARGE_FRAMES = 1
 
 
 class Enclave:
@@ -62,7 +71,9 @@ class Enclave:
         )
         self.gateway = Gateway(self.key, app)
         self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
+        self.large_frames = threading.BoundedSemaphore(MAX_LARGE_FRAMES)
         self.max_frame_bytes = config.limits.max_request_bytes
+        self.max_image_frame_bytes = config.limits.max_image_bytes + IMAGE_REQUEST_OVERHEAD
 
     def answer(self, kind: FrameType, payload: bytes) -> bytes:
         if kind is FrameType.GET_STATUS:
@@ -173,8 +184,10 @@ class _Handler(socketserver.StreamRequestHandler):
                     return
                 kind, length = head
                 # The slot is taken before the payload is read, so at most max_concurrent_requests
-                # payloads are in the enclave's memory at once, however many connections the host opens.
-                with enclave.slots:
+                # payloads are in the enclave's memory at once, however many connections the host
+                # opens, and of them at most MAX_LARGE_FRAMES larger than an image request.
+                large = length > enclave.max_image_frame_bytes
+                with enclave.slots, enclave.large_frames if large else contextlib.nullcontext():
                     payload = frames.payload(length)
                     if payload is None:
                         return
@@ -258,14 +271,22 @@ class _Handler(socketserver.StreamRequestHandler):
             exchange.abort()  # a no-op once the upload has finished
 
 
+# The listen backlog: with socketserver's default of 5, the host's connections opened at once beyond
+# the sixth were reset ("the enclave closed the connection"), so requests that arrived together
+# failed. A connection waiting in the backlog costs the kernel, not the enclave.
+LISTEN_BACKLOG = socket.SOMAXCONN
+
+
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     enclave: Enclave
 
 
 class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
     enclave: Enclave
 
 
