@@ -287,7 +287,9 @@ class ModelStore:
         # one thread, and this pool (threads - 1 workers: the batcher's thread, the only one that
         # runs inference, is the pool's first). Before batching, up to max_concurrent_requests
         # connection threads shared this pool; now one batch at a time uses it whole.
-        threads = max(1, min(os.cpu_count() or 1, self._config.max_threads // 4))
+        # The cores this process may run on (taskset, cgroups' cpusets), not the machine's: a pool
+        # larger than that only spins against itself.
+        threads = max(1, min(len(os.sched_getaffinity(0)), self._config.max_threads // 4))
         example = np.zeros(pre.input_shape(), dtype=np.float32)
         runtimes: dict[str, LoadedRuntime] = {}
         batched: set[str] = set()

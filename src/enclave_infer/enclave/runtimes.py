@@ -174,6 +174,9 @@ def load_onnx(model: bytes | Path, *, threads: int, no_files_dir: str) -> Runtim
     data = _read(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = _positive(threads)
+    # Idle pool threads sleep instead of spinning: between batches a server has nothing to do, and
+    # spinning workers would take the core from the threads decoding the next requests.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 4  # fatal only: ONNX Runtime's messages name the model's tensors
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", no_files_dir)
     try:
