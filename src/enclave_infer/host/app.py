@@ -205,7 +205,7 @@ class _Relay:
         self, kind: FrameType, payload: bytes | bytearray, expect: FrameType, media_type: str
     ) -> Response:
         try:
-            reply, data = await self._enclave.call(kind, payload)
+            reply, data = await self._enclave.call(kind, payload, pooled=True)
         except (TransportError, ProtocolError) as exc:
             return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
         return _answer(reply, data, expect, media_type)

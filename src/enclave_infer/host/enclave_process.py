@@ -33,6 +33,8 @@ __all__ = ["EnclaveProcess"]
 
 log = logging.getLogger("enclave_infer.host")
 
+# Idle connections the host keeps open to the enclave (each holds one enclave thread).
+MAX_IDLE_CONNECTIONS = 16
 # A health check or a scrape waits this long for the enclave's status.
 STATUS_TIMEOUT = 2.0
 # How long the enclave may take to start (it loads ONNX Runtime and unseals a model).
@@ -70,6 +72,9 @@ class EnclaveProcess:
         self._pycache: str | None = None
         self._own_socket_dir = socket_path.parent if socket_path.parent != self.data_dir else None
         self.restarts = 0
+        # Idle connections for the server's event loop, with the enclave generation they reach.
+        self._idle: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._generation = 0
 
     def _make_data_dir(self) -> None:
         if self.data_dir.exists() and not self.data_dir.is_dir():
@@ -124,6 +129,7 @@ class EnclaveProcess:
         ]  # fmt: skip
         env = {k: os.environ[k] for k in _PASSED_ENVIRONMENT if k in os.environ}
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, cwd=self._pycache)
+        self._generation += 1
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -188,16 +194,37 @@ class EnclaveProcess:
         except OSError as exc:
             raise TransportError(f"cannot reach the enclave: {exc.strerror}") from None
 
-    async def call(self, kind: FrameType, payload: bytes | bytearray = b"") -> tuple[FrameType, bytes]:
-        """Send one frame, return the reply's type and payload. The payload is not copied."""
-        reader, writer = await self.connect()
+    async def call(
+        self, kind: FrameType, payload: bytes | bytearray = b"", *, pooled: bool = False
+    ) -> tuple[FrameType, bytes]:
+        """Send one frame, return the reply's type and payload. The payload is not copied.
+        ``pooled``: reuse an idle connection of this event loop's (the server's own), and keep this
+        one for the next request: no connect, and no new enclave thread, per request."""
+        reader, writer = await (self._borrow() if pooled else self.connect())
+        done = False
         try:
             await _write_frame(writer, kind, payload)
-            return await _read_frame(reader)
+            reply = await _read_frame(reader)
+            done = True
+            return reply
         except (OSError, asyncio.IncompleteReadError):
             raise TransportError("the enclave closed the connection") from None
         finally:
+            if pooled and done and len(self._idle) < MAX_IDLE_CONNECTIONS:
+                self._idle.append((self._generation, reader, writer))
+            else:
+                writer.close()
+
+    async def _borrow(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An idle connection to the enclave running now, or a new one."""
+        if self.external is None and (self._proc is None or self._proc.poll() is not None):
+            await asyncio.to_thread(self.ensure_running)  # a restart makes every idle one stale
+        while self._idle:
+            generation, reader, writer = self._idle.pop()
+            if generation == self._generation and not writer.is_closing() and not reader.at_eof():
+                return reader, writer
             writer.close()
+        return await self.connect()
 
     async def status(self) -> EnclaveStatus | None:
         """The enclave's public status, or None when it does not answer (down, restarting): for
@@ -205,7 +232,7 @@ class EnclaveProcess:
         if not self.running:
             return None
         try:
-            kind, data = await asyncio.wait_for(self.call(FrameType.GET_STATUS), STATUS_TIMEOUT)
+            kind, data = await asyncio.wait_for(self.call(FrameType.GET_STATUS, pooled=True), STATUS_TIMEOUT)
             if kind is not FrameType.STATUS:
                 return None
             return EnclaveStatus.from_json(json.loads(data))
