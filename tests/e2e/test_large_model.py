@@ -23,7 +23,9 @@ def test_a_250_mb_model_streams_with_bounded_memory() -> None:
     model = f["model_bytes"]
     assert model > 240_000_000
     assert f["host_growth_bytes"] < 64 * 2**20  # the host relays piece by piece
-    assert f["enclave_growth_bytes"] < 5 * model  # chunks, one join, ONNX Runtime's copies
+    # ONNX Runtime's parse and its tensors; the plaintext waits in a memory file (1x, shared memory,
+    # outside the process's RSS) and is freed once loaded: no list of pieces, no join
+    assert f["enclave_growth_bytes"] < 2.5 * model
     assert f["client_peak_bytes"] < 6 * model  # dominated by the owner-side ONNX check, not the upload
     assert f["served_after_restart"] is not None and f["served_after_restart"]["version"] == 1
     assert f["partial_files_after_interrupted_upload"] == []

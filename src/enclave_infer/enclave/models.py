@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave._modelfiles import ModelFiles
 from enclave_infer.enclave.batching import Batcher, BatchStats
 from enclave_infer.enclave.preprocess import ImageError, decode_image, to_tensor
 from enclave_infer.enclave.runtimes import (
@@ -44,7 +45,7 @@ from enclave_infer.enclave.runtimes import (
 from enclave_infer.enclave.runtimes import (
     Runtime as LoadedRuntime,
 )
-from enclave_infer.enclave.sealing import SealedStreamWriter, Sealer, read_sealed_stream
+from enclave_infer.enclave.sealing import SealedStreamWriter, Sealer, iter_sealed_stream
 from enclave_infer.errors import DecryptionError, EnclaveInferError, ProtocolError, UsageError
 from enclave_infer.protocol.api import (
     Classification,
@@ -122,7 +123,7 @@ class Upload:
         self._store, self.manifest, self._signature = store, manifest, signature
         self._hashes = [hashlib.sha256() for _ in manifest.files]
         self._ends = list(itertools.accumulate(f.size for f in manifest.files))
-        self._chunks: list[bytes] = []
+        self._files = store.model_files(manifest)
         self.received = 0
         self._writer = writer
         self._done = False
@@ -138,25 +139,29 @@ class Upload:
             lo, hi = max(start, begin), min(self.received, end)
             if lo < hi:
                 self._hashes[i].update(view[lo - start : hi - start])
-        self._chunks.append(data)
+        self._files.write(view)
         if self._writer is not None:
             try:
                 self._writer.write(data)
             except OSError as exc:
                 raise storage_error(exc) from None
 
-    def finish(self) -> ProvisionResult:
-        """Verify size and hash, load, commit the sealed file, then swap: all or nothing."""
+    def complete(self, *, provisioned_at: float) -> LoadedModel:
+        """Verify sizes and hashes, and load: the model, not yet served."""
         m = self.manifest
         hashes = (h.hexdigest() for h in self._hashes)
         if self.received != m.model_size or any(h != f.sha256 for h, f in zip(hashes, m.files, strict=True)):
             raise ModelError(
                 Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
             )
-        model = b"".join(self._chunks)
-        self._chunks.clear()
-        loaded = self._store.load(m, self._signature, model, provisioned_at=time.time())
-        del model
+        try:
+            return self._store.load(m, self._signature, self._files, provisioned_at=provisioned_at)
+        finally:
+            self._files.close()  # the runtimes hold their own copies now
+
+    def finish(self) -> ProvisionResult:
+        """Verify size and hash, load, commit the sealed file, then swap: all or nothing."""
+        loaded = self.complete(provisioned_at=time.time())
         replaced = self._store.install(loaded, commit=self._writer.commit if self._writer else None)
         self._done = True
         return ProvisionResult(loaded.info(), replaced)
@@ -164,7 +169,7 @@ class Upload:
     def abort(self, *, logged: bool = False) -> None:
         """Forget the upload; a no-op after finish(). The previous model keeps serving. An upload
         that ends here unfinished is logged (version and byte counts only) unless ``logged``."""
-        self._chunks.clear()
+        self._files.close()
         if self._writer is not None:
             self._writer.abort()
         if not self._done:
@@ -269,16 +274,15 @@ class ModelStore:
                 f" {current.manifest.version}",
             )
 
+    def model_files(self, manifest: Manifest) -> ModelFiles:
+        """Where the plaintext of ``manifest``'s files goes while they arrive (memory only)."""
+        return ModelFiles([f.size for f in manifest.files], self._no_files)
+
     def load(
-        self, manifest: Manifest, signature: bytes, model: bytes, *, provisioned_at: float
+        self, manifest: Manifest, signature: bytes, files: ModelFiles, *, provisioned_at: float
     ) -> LoadedModel:
-        """Load every file of ``model`` (the manifest's files back to back) into its runtime. The
-        caller has checked the bytes against the manifest's hashes (an upload as it streamed,
-        :meth:`restore` with :func:`_check_files`)."""
-        if len(model) != manifest.model_size:
-            raise ModelError(
-                Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
-            )
+        """Load every file of ``files`` into its runtime. The caller has checked the bytes against
+        the manifest's hashes as they arrived (:class:`Upload`, for an upload and a restore)."""
         pre = _preprocessing(manifest)
         # ONNX Runtime would start a thread per core; under Gramine every thread counts against
         # sgx.max_threads, so a quarter of them go to one model's intra-op pool. The whole budget:
@@ -293,10 +297,8 @@ class ModelStore:
         example = np.zeros(pre.input_shape(), dtype=np.float32)
         runtimes: dict[str, LoadedRuntime] = {}
         batched: set[str] = set()
-        offset = 0
-        for f in manifest.files:
-            part = model[offset : offset + f.size] if len(manifest.files) > 1 else model
-            offset += f.size
+        for index, f in enumerate(manifest.files):
+            part = files.source(index)
             try:
                 if f.format == "onnx":
                     runtime = load_onnx(part, threads=threads, no_files_dir=self._no_files)
@@ -334,13 +336,19 @@ class ModelStore:
         if self._sealer is None or not path.exists():
             return
         try:
-            header, model = read_sealed_stream(
+            pieces = iter_sealed_stream(
                 self._sealer, path, SEAL_LABEL, max_bytes=self._config.limits.max_model_bytes
             )
-            manifest_bytes, signature = _unpack(header)
+            manifest_bytes, signature = _unpack(next(pieces))
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
-            _check_files(manifest, model)
-            self.current = self.load(manifest, signature, model, provisioned_at=path.stat().st_mtime)
+            # the same path as an upload: hashed as it streams, into memory files, then loaded
+            restored = Upload(self, manifest, signature, writer=None)
+            try:
+                for piece in pieces:
+                    restored.write(piece)
+                self.current = restored.complete(provisioned_at=path.stat().st_mtime)
+            finally:
+                restored.abort(logged=True)
         except DecryptionError:
             log.error(
                 "the sealed model cannot be read: it was sealed under a different measurement (code,"
@@ -445,21 +453,6 @@ def _as_probabilities(scores: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarr
         return scores
     exp = np.exp(scores - scores.max())
     return np.asarray(exp / exp.sum(), dtype=np.float64)
-
-
-def _check_files(manifest: Manifest, model: bytes) -> None:
-    """The files back to back in ``model`` have the sizes and SHA-256s the manifest names."""
-    view, offset = memoryview(model), 0
-    for f in manifest.files:
-        if hashlib.sha256(view[offset : offset + f.size]).hexdigest() != f.sha256:
-            raise ModelError(
-                Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
-            )
-        offset += f.size
-    if offset != len(model):
-        raise ModelError(
-            Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
-        )
 
 
 def _pack(manifest: bytes, signature: bytes) -> bytes:

@@ -167,11 +167,14 @@ def load_onnx(model: bytes | Path, *, threads: int, no_files_dir: str) -> Runtim
     ``threads``: the intra-op thread pool's size. ``no_files_dir``: an empty folder that only this
     process can write to; "external data" tensors are looked up there, so a model that needs any
     fails to load (a model given as bytes would otherwise read them from files in the working
-    directory, which the host controls, outside the signed hash). A :class:`~pathlib.Path` is read
-    into memory first, so files next to it are never consulted either.
+    directory, which the host controls, outside the signed hash). A :class:`~pathlib.Path` in that
+    folder (a link to a memory file, ``enclave/_modelfiles.py``) is loaded from there, which takes
+    half the memory of bytes; any other path is read into memory first, so that files next to it are
+    never consulted.
     Raises :class:`RuntimeLoadError` if it is not a valid, self-contained ONNX model with one input.
     """
-    data = _read(model)
+    in_place = isinstance(model, Path) and model.parent == Path(no_files_dir)
+    data: bytes | str = str(model) if in_place else _read(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = _positive(threads)
     # Idle pool threads sleep instead of spinning: between batches a server has nothing to do, and

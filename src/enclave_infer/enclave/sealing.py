@@ -11,7 +11,7 @@ import hashlib
 import os
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -177,8 +177,18 @@ class SealedStreamWriter:
 
 
 def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: int) -> tuple[bytes, bytes]:
-    """(header, body) of a file :class:`SealedStreamWriter` committed; raises on any tampering,
-    truncation or extension, and refuses bodies over ``max_bytes`` before holding them."""
+    """(header, body) of a file :class:`SealedStreamWriter` committed: :func:`iter_sealed_stream`,
+    gathered."""
+    pieces = iter_sealed_stream(sealer, path, label, max_bytes=max_bytes)
+    header = next(pieces)
+    return header, b"".join(pieces)
+
+
+def iter_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: int) -> Iterator[bytes]:
+    """The header, then the body's chunks, of a file :class:`SealedStreamWriter` committed, each
+    authenticated before it is yielded. Raises on any tampering, truncation or extension, and refuses
+    bodies over ``max_bytes`` before holding them; a body is complete only once the iteration ends
+    without raising (the last chunk carries the last flag)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         start = f.read(len(STREAM_MAGIC) + 8)
@@ -193,7 +203,7 @@ def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: i
         prefix = f.read(_PREFIX_BYTES)
         if len(prefix) != _PREFIX_BYTES:
             raise ProtocolError("sealed stream is truncated")
-        chunks: list[bytes] = []
+        yield header
         total, counter = 0, 0
         while True:
             length_bytes = f.read(4)
@@ -209,7 +219,7 @@ def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: i
             total += len(chunk)
             if total > max_bytes:
                 raise ProtocolError(f"sealed stream larger than {max_bytes} bytes")
-            chunks.append(chunk)
+            yield chunk
             counter += 1
             if last:
-                return header, b"".join(chunks)
+                return
