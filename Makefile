@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := build/demo
 MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
-.PHONY: install demo demo-model test lint typecheck bench clean
+.PHONY: install demo demo-model test lint typecheck bench bench-sizes soak clean
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
@@ -41,8 +41,20 @@ typecheck: $(STAMP)
 test: $(MODEL) lint typecheck
 	$(VENV)/bin/pytest
 
-bench: $(MODEL)
-	$(PY) bench/throughput.py --model $(MODEL)
+# Benchmarks (not tests): run them on a quiet machine; each prints its figures and the README says which.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -e '.[owner,demo,dev,bench]'
+	touch $@
+
+bench: $(MODEL) $(BENCH_STAMP)
+	$(PY) bench/load.py --model $(MODEL) --plot build/bench/load.png --json build/bench/load.json
+
+bench-sizes: $(MODEL) $(BENCH_STAMP)
+	$(PY) bench/load.py --model $(MODEL) --sizes 10,60,250
+
+soak: $(MODEL) $(BENCH_STAMP)
+	$(PY) bench/load.py --model $(MODEL) --soak 1800 --json build/bench/soak.json
 
 clean:
 	rm -rf build $(VENV)

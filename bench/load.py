@@ -106,7 +106,9 @@ class Server:
         self.work = work
         generate_owner_key(work / "owner.key")
         (work / "enclave.toml").write_text(CONFIG)
-        config = EnclaveConfig.load(work / "enclave.toml", owner_public_key=load_public_key_file(work / "owner.key.pub"))
+        config = EnclaveConfig.load(
+            work / "enclave.toml", owner_public_key=load_public_key_file(work / "owner.key.pub")
+        )
         self.constraint = f"C:{code_hash(config).hex()} SEC:INSECURE"
         self.log = work / "serve.log"
         with self.log.open("wb") as log:
@@ -130,7 +132,11 @@ class Server:
 
     @property
     def enclave_pid(self) -> int:
-        return next(p for p in children(self.proc.pid) if "enclave_infer.enclave" in Path(f"/proc/{p}/cmdline").read_text())
+        return next(
+            p
+            for p in children(self.proc.pid)
+            if "enclave_infer.enclave" in Path(f"/proc/{p}/cmdline").read_text()
+        )
 
     def cpu(self) -> float:
         return sum(cpu_seconds(p) for p in self.pids)
@@ -154,7 +160,9 @@ class Server:
 # -- load generators (separate processes) -------------------------------------------------------
 
 
-def _client_closed(url: str, constraint: str, photos: list[bytes], start: float, stop: float, out: mp.Queue) -> None:
+def _client_closed(
+    url: str, constraint: str, photos: list[bytes], start: float, stop: float, out: mp.Queue
+) -> None:
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
     from enclave_infer import Client, EnclaveInferError
 
@@ -258,7 +266,9 @@ def open_loop(server: Server, photos: list[bytes], rate: float, seconds: float) 
         arrivals.append(t)
     start = time.time() + 3.0
     before = server.cpu()
-    latencies, failures = run_clients(_client_open, [(server.url, server.constraint, photos, start, arrivals)])
+    latencies, failures = run_clients(
+        _client_open, [(server.url, server.constraint, photos, start, arrivals)]
+    )
     cpu = server.cpu() - before
     return Point(0, len(latencies), seconds, latencies, cpu, failures)
 
@@ -413,7 +423,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--concurrency", default="1,2,4,8,16,32")
     parser.add_argument("--seconds", type=float, default=8.0, help="per load level")
-    parser.add_argument("--open-loop", default="0.5,0.8,0.95", help="rates, as fractions of the saturation throughput")
+    parser.add_argument(
+        "--open-loop", default="0.5,0.8,0.95", help="rates, as fractions of the saturation throughput"
+    )
     parser.add_argument("--plot", type=Path, help="write the latency/throughput curve here (PNG)")
     parser.add_argument("--sizes", help="provision models of these sizes (MB) instead, e.g. 10,60,250")
     parser.add_argument("--soak", type=float, help="run at saturation this many seconds instead")
@@ -437,7 +449,14 @@ def main() -> int:
         elif args.soak:
             server = Server(Path(tmp), args.model)
             try:
-                server.provision(args.model, labels, "--mean", "0.498039,0.498039,0.498039", "--std", "0.501961,0.501961,0.501961")
+                server.provision(
+                    args.model,
+                    labels,
+                    "--mean",
+                    "0.498039,0.498039,0.498039",
+                    "--std",
+                    "0.501961,0.501961,0.501961",
+                )
                 result = soak(server, photos, args.soak, concurrency=8)
             finally:
                 server.stop()
@@ -446,6 +465,7 @@ def main() -> int:
         else:
             figures.update(load_curve(args, photos, labels, Path(tmp)))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=1))
     return 0
 
@@ -456,11 +476,15 @@ def load_curve(args: argparse.Namespace, photos: list[bytes], labels: Path, work
     rows: list[dict[str, float]] = []
     opened: list[dict[str, float]] = []
     try:
-        server.provision(args.model, labels, "--mean", "0.498039,0.498039,0.498039", "--std", "0.501961,0.501961,0.501961")
+        server.provision(
+            args.model, labels, "--mean", "0.498039,0.498039,0.498039", "--std", "0.501961,0.501961,0.501961"
+        )
         closed_loop(server, photos, 2, 2.0)  # warm up both sides
         in_process(args.model, photos, 1, 1.0)
         print(f"{'c':>3} | {'in-process':^29} | {'confidential path':^35} | ratio thr  cpu")
-        print(f"{'':>3} | {'img/s':>7} {'p50':>6} {'p99':>6} {'ms cpu':>7} | {'img/s':>7} {'p50':>6} {'p99':>6} {'ms cpu':>7} {'fail':>5} |")
+        print(
+            f"{'':>3} | {'img/s':>7} {'p50':>6} {'p99':>6} {'ms cpu':>7} | {'img/s':>7} {'p50':>6} {'p99':>6} {'ms cpu':>7} {'fail':>5} |"
+        )
         for c in levels:
             local = in_process(args.model, photos, c, args.seconds)
             remote = closed_loop(server, photos, c, args.seconds)
@@ -489,11 +513,14 @@ def load_curve(args: argparse.Namespace, photos: list[bytes], labels: Path, work
             opened.append({"rate": fraction * saturation, "throughput": point.throughput,
                            "p50_ms": point.percentile(0.5), "p99_ms": point.percentile(0.99),
                            "failures": point.failures})  # fmt: skip
-            print(f"open loop at {fraction:.0%} of saturation ({fraction * saturation:.1f}/s): p50"
-                  f" {point.percentile(0.5):.1f} ms, p99 {point.percentile(0.99):.1f} ms, failures {point.failures}")
+            print(
+                f"open loop at {fraction:.0%} of saturation ({fraction * saturation:.1f}/s): p50"
+                f" {point.percentile(0.5):.1f} ms, p99 {point.percentile(0.99):.1f} ms, failures {point.failures}"
+            )
     finally:
         server.stop()
     if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot(rows, opened, args.plot)
         print(f"wrote {args.plot}")
     return {"closed_loop": rows, "open_loop": opened}
@@ -513,7 +540,9 @@ def plot(rows: list[dict[str, float]], opened: list[dict[str, float]], path: Pat
         for r, x in zip(rows, xs, strict=True):
             ax.annotate(f"c={int(r['concurrency'])}", (x, r[f"{side}_p50_ms"]), fontsize=6, alpha=0.7)
     if opened:
-        ax.plot([o["throughput"] for o in opened], [o["p99_ms"] for o in opened], "s:", label="open loop, p99")
+        ax.plot(
+            [o["throughput"] for o in opened], [o["p99_ms"] for o in opened], "s:", label="open loop, p99"
+        )
     ax.set_xlabel("throughput (images/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
