@@ -1,0 +1,50 @@
+"""Regression tests for what the fuzz campaign (fuzz/README.md) found, one per finding, each with the
+exact input that found it: the bytes the failing parser was given (from the crash file libFuzzer
+wrote, unwrapped from the target's input encoding), named after what it broke."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.app import App
+from enclave_infer.enclave.models import ModelStore
+from enclave_infer.protocol import bhttp
+from enclave_infer.protocol.api import Problem
+
+
+def problem_of(response: bhttp.Response) -> Problem | None:
+    return Problem.from_uri(json.loads(response.content)["type"])
+
+
+# -- fuzz_frames: the enclave's API --------------------------------------------------------------------
+
+# POST /v1/classify?top=<5000 ones>&runtime= with a date and a tiny PNG, as the enclave decrypted it.
+CLASSIFY_TOP_5000_DIGITS = (
+    b"\x00\x04POST\x05https\x07enclaveS\xa2/v1/classify?top="
+    + b"1" * 5000
+    + b"&runtime=#\x04date\x1dSun, 29 Nov 2026 07:03:30 GMT@M\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00"
+    b"\x06\x00\x00\x00\x05\x08\x02\x00\x00\x00\xe9:\n\xb1\x00\x00\x00\x14IDATx\x9cc<!'\xc7\x80\n\x98\x180"
+    b"\x00\xd9B\x00aX\x01\x0ed\x15\xce\x96\x00\x00\x00\x00IEND\xaeB`\x82\x00"
+)
+
+
+def test_classify_top_with_more_digits_than_int_converts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """int() refuses strings of over 4300 digits with ValueError: the enclave answered internal-error
+    (500) and logged it, instead of invalid-parameter."""
+    store = ModelStore(EnclaveConfig(owner_public_key=bytes(32)), None, tmp_path)
+    app = App(store, max_top_k=20, max_image_bytes=1 << 20)
+    with caplog.at_level(logging.ERROR, logger="enclave_infer"):
+        response = app(bhttp.decode_request(CLASSIFY_TOP_5000_DIGITS))
+    assert response.status == 400
+    assert problem_of(response) is Problem.INVALID_PARAMETER
+    assert not caplog.records
+    # leading zeros still count for nothing, however many
+    request = bhttp.Request("POST", "https", "enclave", "/v1/classify?top=" + "0" * 5000 + "3", (), b"x")
+    assert problem_of(app(request)) is Problem.NO_MODEL
