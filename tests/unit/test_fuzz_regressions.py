@@ -13,8 +13,10 @@ import pytest
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.models import ModelStore
+from enclave_infer.errors import ProtocolError
 from enclave_infer.protocol import bhttp
 from enclave_infer.protocol.api import Problem
+from enclave_infer.protocol.manifest import Manifest
 
 
 def problem_of(response: bhttp.Response) -> Problem | None:
@@ -48,3 +50,25 @@ def test_classify_top_with_more_digits_than_int_converts(
     # leading zeros still count for nothing, however many
     request = bhttp.Request("POST", "https", "enclave", "/v1/classify?top=" + "0" * 5000 + "3", (), b"x")
     assert problem_of(app(request)) is Problem.NO_MODEL
+
+
+# -- fuzz_manifest: the owner's signed manifest ----------------------------------------------------------
+
+# A label of the bytes ED A0 80: U+D800, a lone surrogate, in the "UTF-8" that json.loads accepts.
+MANIFEST_LONE_SURROGATE = (
+    b'{"type": "enclave-infer model manifest v2", "files": [{"format": "onnx", "sha256": '
+    b'"abababababababababababababababababababababababababababababababab", "size": 1234}], '
+    b'"labels": ["\xed\xa0\x80", "dog"], "preprocessing": {"resize": 256, "crop": 224, '
+    b'"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB", '
+    b'"layout": "NCHW"}, "version": 2}'
+)
+
+
+@pytest.mark.parametrize(
+    "document", [MANIFEST_LONE_SURROGATE, MANIFEST_LONE_SURROGATE.replace(b"\xed\xa0\x80", b"\\ud800")]
+)
+def test_manifest_with_a_lone_surrogate(document: bytes) -> None:
+    """Manifest.decode accepted it, and then its encode() (hence model_sha256, which the enclave
+    logs, answers and pins with) raised UnicodeEncodeError."""
+    with pytest.raises(ProtocolError, match="lone surrogate"):
+        Manifest.decode(document)
