@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from enclave_infer.attestation import snp
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.models import ModelStore
-from enclave_infer.errors import ProtocolError
+from enclave_infer.errors import AttestationError, ProtocolError
 from enclave_infer.protocol import bhttp
 from enclave_infer.protocol.api import Problem
 from enclave_infer.protocol.manifest import Manifest
@@ -72,3 +74,25 @@ def test_manifest_with_a_lone_surrogate(document: bytes) -> None:
     logs, answers and pins with) raised UnicodeEncodeError."""
     with pytest.raises(ProtocolError, match="lone surrogate"):
         Manifest.decode(document)
+
+
+# -- fuzz_snp: SEV-SNP evidence ---------------------------------------------------------------------------
+
+# The evidence container with a U+00B2 (SUPERSCRIPT TWO, bytes C2 B2) inside the report's base64.
+SNP_CONTAINER_NON_ASCII_BASE64 = (
+    b'{"report": "AgAAAAAAAAAAAAM'
+    + b"A" * 55
+    + b"E"
+    + b"A" * 238
+    + b"\xc2\xb2"
+    + b"A" * 946
+    + b'=", "certs": null}'
+)
+
+
+def test_snp_container_with_non_ascii_base64() -> None:
+    """base64.b64decode(str) raises a plain ValueError for non-ASCII characters, not binascii.Error:
+    it escaped looks_like_snp_report and SnpVerifier.verify."""
+    assert not snp.looks_like_snp_report(SNP_CONTAINER_NON_ASCII_BASE64)
+    with pytest.raises(AttestationError, match="invalid base64"):
+        snp.verify_snp_report(SNP_CONTAINER_NON_ASCII_BASE64, b"", now=datetime(2026, 1, 1, tzinfo=UTC))

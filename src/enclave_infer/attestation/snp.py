@@ -470,7 +470,7 @@ def _unwrap_container(data: bytes) -> tuple[bytes, bytes | None]:
             base64.b64decode(report, validate=True),
             None if certs is None else base64.b64decode(certs, validate=True),
         )
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or base64's own for a str with non-ASCII characters
         raise AttestationError("SEV-SNP evidence holds invalid base64") from None
 
 
