@@ -96,3 +96,50 @@ def test_snp_container_with_non_ascii_base64() -> None:
     assert not snp.looks_like_snp_report(SNP_CONTAINER_NON_ASCII_BASE64)
     with pytest.raises(AttestationError, match="invalid base64"):
         snp.verify_snp_report(SNP_CONTAINER_NON_ASCII_BASE64, b"", now=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+# -- http_fuzz: the host's HTTP surface -------------------------------------------------------------------
+
+
+class _NoEnclave:
+    """What create_app needs of an enclave process for requests that never reach it."""
+
+    config = EnclaveConfig(owner_public_key=bytes(32))
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "problem"),
+    [
+        # the first example of each kind that http_fuzz.py (seed 9458) sent
+        ("PUT", "/o%1B%C3%A1%22%3F%C2%B6%C3%B0?nonce=k", {"accept": "application/json"},
+         b"\n\xff\\o\xc5x\xe6\xa9\x05\xdaTQ", Problem.NOT_FOUND),
+        ("DELETE", "/ohttp-keys", {"accept": "*/*"}, b"", Problem.METHOD_NOT_ALLOWED),
+        ("GET", "/healthz/", {"content-type": ""}, b"+", Problem.NOT_FOUND),
+        ("POST", "/healthz/", {"content-type": "message/ohttp-chunked-req"}, b"", Problem.NOT_FOUND),
+    ],
+)  # fmt: skip
+def test_host_routing_refusals_are_problem_documents(
+    method: str, path: str, headers: dict[str, str], body: bytes, problem: Problem
+) -> None:
+    """Starlette answered an unknown path with text/plain 404 "Not Found", a wrong method with
+    text/plain 405, and a trailing slash with a 307 redirect, none of them a problem document."""
+    import asyncio
+
+    import httpx
+
+    from enclave_infer.host.app import create_app
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(_NoEnclave()))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            return await client.request(method, path, headers=headers, content=body)
+
+    response = asyncio.run(send())
+    assert response.status_code == problem.status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert Problem.from_uri(response.json()["type"]) is problem
+    if problem is Problem.METHOD_NOT_ALLOWED:
+        assert response.headers["allow"] == "GET, HEAD"
