@@ -15,9 +15,9 @@ from enclave_infer.attestation import snp
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.models import ModelStore
-from enclave_infer.errors import AttestationError, ProtocolError
+from enclave_infer.errors import AttestationError, ProtocolError, UsageError
 from enclave_infer.protocol import bhttp
-from enclave_infer.protocol.api import Problem
+from enclave_infer.protocol.api import Prediction, Preprocessing, Problem, ProvisionResult
 from enclave_infer.protocol.manifest import Manifest
 
 
@@ -74,6 +74,35 @@ def test_manifest_with_a_lone_surrogate(document: bytes) -> None:
     logs, answers and pins with) raised UnicodeEncodeError."""
     with pytest.raises(ProtocolError, match="lone surrogate"):
         Manifest.decode(document)
+
+
+# -- fuzz_api: the inner API's documents, as a client reads them --------------------------------------
+
+# A ProvisionResult whose preprocessing mean starts with -10**400: a JSON integer beyond a float.
+PROVISION_RESULT_MEAN_BEYOND_FLOAT = (
+    b'{"model": {"sha256": "abababababababababababababababababababababababababababababababab", '
+    b'"version": 3, "files": [{"format": "onnx", "sha256": '
+    b'"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd", "size": 99}], "size": 99, '
+    b'"formats": ["onnx"], "runtimes": ["onnx"], "labels": 2, "preprocessing": '
+    b'{"resize": 256, "crop": 224, "mean": [-1'
+    + b"0" * 400
+    + b', 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB", "layout": "NCHW"}, '
+    b'"provisioned_at": "2026-01-01T00:00:00Z"}, "replaced_version": 2, '
+    b'"results": "0000000000000000000000000000000000000000000000000000000000000000"}'
+)
+
+
+def test_preprocessing_number_beyond_a_float() -> None:
+    """math.isfinite() raised OverflowError for an int beyond a float's range: out of
+    ProvisionResult.from_json on the client, and out of Preprocessing.from_json in the enclave,
+    which reads an owner-signed manifest's preprocessing with it."""
+    with pytest.raises(ProtocolError, match="model metadata is malformed"):
+        ProvisionResult.from_json(json.loads(PROVISION_RESULT_MEAN_BEYOND_FLOAT))
+    with pytest.raises(UsageError, match="finite numbers"):
+        Preprocessing.from_json({"mean": [-(10**400), 0.456, 0.406]})
+    # the same conversion reads a prediction's probability
+    with pytest.raises(ProtocolError, match="probability must be a number"):
+        Prediction.from_json({"label": "cat", "index": 0, "probability": 10**400})
 
 
 # -- fuzz_snp: SEV-SNP evidence ---------------------------------------------------------------------------
@@ -142,4 +171,4 @@ def test_host_routing_refusals_are_problem_documents(
     assert response.headers["content-type"] == "application/problem+json"
     assert Problem.from_uri(response.json()["type"]) is problem
     if problem is Problem.METHOD_NOT_ALLOWED:
-        assert response.headers["allow"] == "GET, HEAD"
+        assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
