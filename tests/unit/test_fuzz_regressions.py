@@ -85,7 +85,8 @@ PROVISION_RESULT_MEAN_BEYOND_FLOAT = (
     b'"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd", "size": 99}], "size": 99, '
     b'"formats": ["onnx"], "runtimes": ["onnx"], "labels": 2, "preprocessing": '
     b'{"resize": 256, "crop": 224, "mean": [-1'
-    + b"0" * 400
+    + b"0"
+    * 400
     + b', 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB", "layout": "NCHW"}, '
     b'"provisioned_at": "2026-01-01T00:00:00Z"}, "replaced_version": 2, '
     b'"results": "0000000000000000000000000000000000000000000000000000000000000000"}'
@@ -103,6 +104,27 @@ def test_preprocessing_number_beyond_a_float() -> None:
     # the same conversion reads a prediction's probability
     with pytest.raises(ProtocolError, match="probability must be a number"):
         Prediction.from_json({"label": "cat", "index": 0, "probability": 10**400})
+
+
+# -- fuzz_evidence: the attestation document ---------------------------------------------------------------
+
+# The measured configuration inside a simulation document, enclave_size "\u00b2G" (SUPERSCRIPT TWO).
+CONFIG_SUPERSCRIPT_SIZE = (
+    b'{"enclave_size":"\\u00b2G","limits":{"max_concurrent_requests":4,"max_image_bytes":16777216,'
+    b'"max_model_bytes":536870912,"max_pixels":50000000,"max_top_k":20},"max_threads":16,'
+    b'"owner_public_key":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",'
+    b'"product_id":1,"sealing_policy":"mrenclave"}'
+)
+
+
+@pytest.mark.parametrize(
+    "config", [CONFIG_SUPERSCRIPT_SIZE, CONFIG_SUPERSCRIPT_SIZE.replace(b"\\u00b2G", b"9" * 4301 + b"G")]
+)
+def test_enclave_size_that_int_refuses(config: bytes) -> None:
+    """str.isdigit() holds for "\u00b2" and int() refuses it (and any run of over 4300 digits) with
+    ValueError, which escaped EnclaveConfig.from_canonical and so appraise() on the client."""
+    with pytest.raises(UsageError, match="enclave_size"):
+        EnclaveConfig.from_canonical(config)
 
 
 # -- fuzz_snp: SEV-SNP evidence ---------------------------------------------------------------------------
