@@ -23,6 +23,7 @@ import atheris
 from enclave_infer.errors import EnclaveInferError
 
 __all__ = [
+    "BIG_NUMBER",
     "WEIRD_NUMBERS",
     "WEIRD_STRINGS",
     "EnclaveInferError",
@@ -80,6 +81,7 @@ WEIRD_STRINGS: tuple[str, ...] = (
     "onnx",
     "2026-01-01T00:00:00Z",
     "2026-01-01T00:00:00+00:00",
+    BIG_NUMBER := "<a JSON number of 4301 digits>",
 )
 
 
@@ -146,8 +148,10 @@ def mutate_doc(fdp: atheris.FuzzedDataProvider, doc: Any, keys: tuple[str, ...] 
 
 def dumps(fdp: atheris.FuzzedDataProvider, doc: Any) -> bytes:
     """JSON as a peer might write it: NaN and Infinity included (Python's json writes them), raw
-    UTF-8 or \\u escapes, and a lone surrogate written as the bytes it would be."""
-    return json.dumps(doc, ensure_ascii=fdp.ConsumeBool()).encode("utf-8", "surrogatepass")
+    UTF-8 or \\u escapes, a lone surrogate written as the bytes it would be, and BIG_NUMBER as a
+    number longer than int() converts (json.dumps cannot write one)."""
+    text = json.dumps(doc, ensure_ascii=fdp.ConsumeBool())
+    return text.replace(json.dumps(BIG_NUMBER), "9" * 4301).encode("utf-8", "surrogatepass")
 
 
 def mutate_bytes(fdp: atheris.FuzzedDataProvider, data: bytes) -> bytes:

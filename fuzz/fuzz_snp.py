@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import atheris
 
-from _harness import EnclaveInferError, main, mutate_bytes
+from _harness import EnclaveInferError, dumps, main, mutate_bytes, mutate_doc
 
 with atheris.instrument_imports(include=["enclave_infer"]):
     from cryptography import x509
@@ -170,13 +170,18 @@ def form(fdp: atheris.FuzzedDataProvider) -> tuple[bytes, bytes, bytes | None, b
     if kind == 0:
         return raw2, collateral, crl, not edited
     if kind == 1:
-        return container(raw2, None), collateral, crl, not edited
+        document = container(raw2, None)
+        if fdp.ConsumeBool():  # the container's JSON, with values replaced by the input
+            document = dumps(fdp, mutate_doc(fdp, json.loads(document), ("report", "certs")))
+            edited = True
+        return document, collateral, crl, not edited
     if kind == 2:  # the certificates in the container's GHCB table, no separate collateral
         entries = [("VCEK", CERTS[0]), ("ASK", CERTS[1]), ("ARK", CERTS[2]), ("other", b"\x08" * 8)]
         table = cert_table(entries)
         table2 = mutate_bytes(fdp, table) if fdp.ConsumeBool() else table
         return container(raw2, table2), b"", crl, not edited and table2 == table
-    claims = json.dumps({"user-data": fdp.PickValueInList(["00" * 64, "xyz", 1]), "keys": []}).encode()
+    claims_doc = {"user-data": fdp.PickValueInList(["00" * 64, "xyz", 1]), "keys": []}
+    claims = dumps(fdp, mutate_doc(fdp, claims_doc, ("user-data", "keys")))
     hash_type = fdp.PickValueInList([1, 2, 3, 4])
     wrapped = hcl(claims, hash_type)
     wrapped2 = mutate_bytes(fdp, wrapped) if fdp.ConsumeBool() else wrapped
