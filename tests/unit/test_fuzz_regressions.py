@@ -194,3 +194,28 @@ def test_host_routing_refusals_are_problem_documents(
     assert Problem.from_uri(response.json()["type"]) is problem
     if problem is Problem.METHOD_NOT_ALLOWED:
         assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+# The evidence container with a report that is a JSON number of 4301 digits.
+SNP_CONTAINER_4301_DIGITS = b'{"certs": null, "report": ' + b"9" * 4301 + b"}"
+# Azure HCL runtime claims with such a number; the HCL wrapper around them as fuzz_snp made it (the
+# report inside is not read before the claims are).
+HCL_CLAIMS_4301_DIGITS = b'{"user-data": "' + b"0" * 128 + b'", "keys": [' + b"9" * 4301 + b", null]}"
+
+
+def hcl_report(claims: bytes) -> bytes:
+    size = snp.HCL_RUNTIME_HEADER.size + len(claims)
+    header = snp.HCL_HEADER.pack(b"HCLA", 2, snp.HCL_RUNTIME_OFFSET + size, 2, 0, bytes(12))
+    return header + bytes(snp.REPORT_SIZE) + snp.HCL_RUNTIME_HEADER.pack(size, 1, 2, 1, len(claims)) + claims
+
+
+@pytest.mark.parametrize("evidence", [SNP_CONTAINER_4301_DIGITS, hcl_report(HCL_CLAIMS_4301_DIGITS)])
+def test_snp_json_with_a_number_int_refuses(evidence: bytes) -> None:
+    """json.loads raises a plain ValueError (not JSONDecodeError) for a number of over 4300 digits:
+    it escaped the container's and the Azure HCL claims' parsers."""
+    with pytest.raises(AttestationError, match="not JSON"):
+        snp.verify_snp_report(evidence, b"", now=datetime(2026, 1, 1, tzinfo=UTC))
+    if evidence.startswith(b"{"):
+        with pytest.raises(AttestationError, match="not JSON"):
+            snp.carries_certificates(evidence)
+        assert not snp.looks_like_snp_report(evidence)

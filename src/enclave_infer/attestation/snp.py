@@ -436,7 +436,7 @@ def _unwrap_hcl(blob: bytes) -> tuple[bytes, HclRuntimeClaims]:
     claims = blob[HCL_CLAIMS_OFFSET:report_size]
     try:
         document = json.loads(claims)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a number int() refuses
         raise AttestationError("Azure HCL runtime claims are not JSON") from None
     if not isinstance(document, dict):
         raise AttestationError("Azure HCL runtime claims are not a JSON object")
@@ -458,7 +458,7 @@ def _unwrap_container(data: bytes) -> tuple[bytes, bytes | None]:
     again because client-side code must not import the enclave package."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a number int() refuses
         raise AttestationError("SEV-SNP evidence is not JSON") from None
     if not isinstance(doc, dict) or set(doc) != {"report", "certs"}:
         raise AttestationError('SEV-SNP evidence must be {"report": ..., "certs": ...}')
