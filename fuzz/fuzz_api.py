@@ -70,7 +70,11 @@ def test_one_input(data: bytes) -> None:
                 problem(document, status)
                 return
             parser = PARSERS[name]
-            result = parser.from_json(json.loads(document))
+            try:
+                doc = json.loads(document)
+            except (ValueError, RecursionError):
+                return  # the SDK turns what is not JSON into a ProtocolError before from_json
+            result = parser.from_json(doc)
             again = parser.from_json(json.loads(json.dumps(result.to_json())))
             assert again == result, (again, result)
         else:

@@ -78,8 +78,8 @@ def frame_reader(data: bytes) -> None:
     """``_Frames`` alone: read frames until the stream ends or breaks the framing."""
     frames = server._Frames(io.BytesIO(data), io.BytesIO(), 4096)
     try:
-        while frames.next() is not None:
-            pass
+        while (frame := frames.next()) is not None:
+            assert len(frame[1]) <= 4096, "a payload over the reader's limit"
     except server._FrameError as exc:  # the refusal it would send: one well-formed error frame
         ((kind, payload),) = split_frames(exc.reply)
         assert kind is FrameType.ERROR

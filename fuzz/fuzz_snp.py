@@ -181,11 +181,13 @@ def form(fdp: atheris.FuzzedDataProvider) -> tuple[bytes, bytes, bytes | None, b
         table2 = mutate_bytes(fdp, table) if fdp.ConsumeBool() else table
         return container(raw2, table2), b"", crl, not edited and table2 == table
     claims_doc = {"user-data": fdp.PickValueInList(["00" * 64, "xyz", 1]), "keys": []}
+    plain = json.dumps(claims_doc).encode()
     claims = dumps(fdp, mutate_doc(fdp, claims_doc, ("user-data", "keys")))
     hash_type = fdp.PickValueInList([1, 2, 3, 4])
     wrapped = hcl(claims, hash_type)
     wrapped2 = mutate_bytes(fdp, wrapped) if fdp.ConsumeBool() else wrapped
-    return wrapped2, collateral, crl, hash_type != 4 and wrapped2 == wrapped and not edited
+    pristine = hash_type != 4 and claims == plain and wrapped2 == wrapped and not edited
+    return wrapped2, collateral, crl, pristine
 
 
 def test_one_input(data: bytes) -> None:

@@ -1,6 +1,6 @@
 """``make fuzz``: every atheris target for a fixed number of inputs, then the host's HTTP surface.
 
-    python fuzz/run.py [TARGET ...] [--runs N] [--jobs J] [--no-http] [--requests N]
+    python fuzz/run.py [TARGET ...] [--runs N] [--jobs J] [--requests N]
 
 Targets run two at a time (the machine has two cores), each from the seed corpus ``seeds.py`` writes
 plus whatever earlier runs added, under ``build/fuzz/``. libFuzzer bounds each input's time
@@ -31,13 +31,14 @@ from seeds import TARGETS, write  # noqa: E402
 
 @dataclass(frozen=True)
 class Budget:
+    runs: int = 20_000  # inputs; a few seconds to three minutes on one core (fuzz/README.md)
     max_len: int = 4096
     timeout: int = 10  # seconds per input
     rss_mb: int = 2048
 
 
 BUDGETS = {
-    "frames": Budget(timeout=20),
+    "frames": Budget(runs=10_000, timeout=20),  # each input is several encrypted requests
     "evidence": Budget(max_len=16384),
     "snp": Budget(max_len=16384),
     "image": Budget(max_len=8192),
@@ -60,8 +61,9 @@ class Result:
         )
 
 
-def run_target(target: str, runs: int) -> Result:
+def run_target(target: str, runs: int | None) -> Result:
     budget = BUDGETS.get(target, Budget())
+    runs = runs or budget.runs
     corpus, logs, findings = OUT / "corpus" / target, OUT / "logs", OUT / "findings"
     tmp = OUT / "tmp" / target
     for folder in (logs, findings, tmp):
@@ -123,7 +125,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("targets", nargs="*", help=f"any of {', '.join(TARGETS)}, http (default: all)")
-    parser.add_argument("--runs", type=int, default=int(os.environ.get("FUZZ_RUNS", "10000")))
+    parser.add_argument("--runs", type=int, default=int(os.environ.get("FUZZ_RUNS", "0")) or None,
+                        help="inputs per target (default: each target's own, at least 10,000)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--requests", type=int, default=int(os.environ.get("FUZZ_REQUESTS", "3000")))
     args = parser.parse_args()
