@@ -4,10 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP  := $(VENV)/.installed-stamp
+FUZZ_STAMP := $(VENV)/.fuzz-stamp
 DEMO   := build/demo
 MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
-.PHONY: install demo demo-model test lint typecheck bench bench-sizes soak clean
+.PHONY: install demo demo-model test lint typecheck bench bench-sizes soak fuzz clean
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
@@ -32,8 +33,8 @@ demo: $(MODEL)
 	$(PY) demo/run.py --model $(MODEL) --workdir $(DEMO)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench demo
-	$(VENV)/bin/ruff format --check src tests bench demo
+	$(VENV)/bin/ruff check src tests bench demo fuzz
+	$(VENV)/bin/ruff format --check src tests bench demo fuzz
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -55,6 +56,14 @@ bench-sizes: $(MODEL) $(BENCH_STAMP)
 
 soak: $(MODEL) $(BENCH_STAMP)
 	$(PY) bench/load.py --model $(MODEL) --soak 1800 --json build/bench/soak.json
+
+# Fuzzing (fuzz/README.md), not part of `make test`: its tools are the `fuzz` extra.
+$(FUZZ_STAMP): $(STAMP)
+	$(PIP) install -e '.[fuzz]'
+	touch $@
+
+fuzz: $(FUZZ_STAMP)
+	$(PY) fuzz/run.py
 
 clean:
 	rm -rf build $(VENV)

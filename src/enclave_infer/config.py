@@ -260,4 +260,13 @@ def _table(doc: Any, name: str, cls: type[Limits] | type[Batching]) -> dict[str,
 
 
 def _is_size(text: str) -> bool:
-    return len(text) >= 2 and text[:-1].isdigit() and text[-1] in "KMG" and int(text[:-1]) > 0
+    # ASCII digits: str.isdigit() holds for "²", which int() refuses; and a bounded count of them,
+    # since int() refuses more than 4300 digits (ValueError) and 18 already exceed any memory.
+    digits = text[:-1]
+    return (
+        2 <= len(text) <= 19
+        and digits.isascii()
+        and digits.isdigit()
+        and text[-1] in "KMG"
+        and int(digits) > 0
+    )

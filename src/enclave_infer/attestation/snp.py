@@ -439,7 +439,7 @@ def _unwrap_hcl(blob: bytes) -> tuple[bytes, HclRuntimeClaims]:
     claims = blob[HCL_CLAIMS_OFFSET:report_size]
     try:
         document = json.loads(claims)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a number int() refuses
         raise AttestationError("Azure HCL runtime claims are not JSON") from None
     if not isinstance(document, dict):
         raise AttestationError("Azure HCL runtime claims are not a JSON object")
@@ -473,7 +473,7 @@ def decode_snp_evidence(data: bytes) -> tuple[bytes, bytes | None]:
     """(report, GHCB certificate table or None) from :func:`encode_snp_evidence`'s container."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, a number int() refuses
         raise AttestationError("SEV-SNP evidence is not JSON") from None
     if not isinstance(doc, dict) or set(doc) != {"report", "certs"}:
         raise AttestationError('SEV-SNP evidence must be {"report": ..., "certs": ...}')
@@ -485,7 +485,7 @@ def decode_snp_evidence(data: bytes) -> tuple[bytes, bytes | None]:
             base64.b64decode(report, validate=True),
             None if certs is None else base64.b64decode(certs, validate=True),
         )
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or base64's own for a str with non-ASCII characters
         raise AttestationError("SEV-SNP evidence holds invalid base64") from None
 
 

@@ -100,7 +100,15 @@ class App:
     def _classify(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
         top_values = query.get("top", ["1"])
         top = top_values[0] if len(top_values) == 1 else ""
-        if not (top.isascii() and top.isdigit() and 1 <= int(top) <= self._max_top_k):
+        # Leading zeros dropped before int(), which refuses more than 4300 digits (ValueError); a
+        # number with more digits than max_top_k is out of range whatever they are.
+        digits = top.lstrip("0")
+        if not (
+            top.isascii()
+            and top.isdigit()
+            and len(digits) <= len(str(self._max_top_k))
+            and 1 <= int(digits or "0") <= self._max_top_k
+        ):
             return Problem.INVALID_PARAMETER.details(
                 f"top must be an integer from 1 to {self._max_top_k}"
             ).response()
@@ -114,7 +122,7 @@ class App:
         except UsageError as exc:
             return Problem.INVALID_PARAMETER.details(str(exc)).response()
         pinned = request.header(Header.MODEL_PIN)
-        result = self._store.classify(request.content, int(top), runtime, pinned=pinned)
+        result = self._store.classify(request.content, int(digits), runtime, pinned=pinned)
         return _json(200, result.to_json())
 
 

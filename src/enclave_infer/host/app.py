@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -259,7 +260,7 @@ def create_app(
         yield
         enclave.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/ohttp-keys", relay.counted("/ohttp-keys", relay.keys), methods=["GET"]),
             Route("/v1/attestation", relay.counted("/v1/attestation", relay.attestation), methods=["GET"]),
@@ -272,7 +273,21 @@ def create_app(
             Route("/metrics", relay.metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={404: _routing_refusal, 405: _routing_refusal},
     )
+    app.router.redirect_slashes = False  # "/healthz/" is no route: a 404 problem, not a 307 to "/healthz"
+    return app
+
+
+def _routing_refusal(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals, a path without a route or a method the route does not take, as the
+    problem documents every other refusal is."""
+    path = request.url.path[:100]
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        response = _problem(Problem.METHOD_NOT_ALLOWED.details(f"{request.method} is not allowed on {path}"))
+        response.headers.update(exc.headers or {})  # Allow (RFC 9110 §15.5.6)
+        return response
+    return _problem(Problem.NOT_FOUND.details(f"no such resource {path}"))
 
 
 def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -> Response:

@@ -412,10 +412,22 @@ def _int(doc: Any, key: str) -> int:
 
 
 def _float(doc: Any, key: str) -> float:
-    value = doc.get(key) if isinstance(doc, dict) else None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    value = _finite(doc.get(key) if isinstance(doc, dict) else None)
+    if value is None:
         raise ProtocolError(f"malformed answer: {key} must be a number")
-    return float(value)
+    return value
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float if it is a finite number: not a bool, nor an int beyond a float's range
+    (JSON has those; float() and math.isfinite() raise OverflowError for them)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 # -- Preprocessing (part of the signed manifest) --------------------------------------------------------
@@ -524,9 +536,10 @@ def _floats(name: str, value: object, count: int, *, nonzero: bool) -> tuple[flo
         raise UsageError(f"preprocessing.{name} must be a list of {numbers} (one per channel), got {value!r}")
     out: list[float] = []
     for item in value:
-        if not isinstance(item, int | float) or isinstance(item, bool) or not math.isfinite(item):
+        number = _finite(item)
+        if number is None:
             raise UsageError(f"preprocessing.{name} must be a list of {count} finite numbers, got {value!r}")
-        if nonzero and item == 0:
+        if nonzero and number == 0:
             raise UsageError(f"preprocessing.{name} values must be non-zero, got {value!r}")
-        out.append(float(item))
+        out.append(number)
     return tuple(out)

@@ -123,12 +123,18 @@ class Manifest:
                 raise ProtocolError("manifest: each file must have format, sha256 and size")
             if not isinstance(doc["labels"], list):
                 raise ProtocolError("manifest: labels must be a list")
-            return cls(
+            manifest = cls(
                 files=tuple(ModelFile(f["format"], f["sha256"], f["size"]) for f in files),
                 labels=tuple(doc["labels"]),
                 preprocessing=doc["preprocessing"],
                 version=doc["version"],
             )
+            # json.loads takes lone surrogates, as a \ud800 escape or as its UTF-8-like bytes (it
+            # decodes with "surrogatepass"); nothing can encode them again, model_sha256 included.
+            manifest.encode()
+            return manifest
+        except UnicodeEncodeError:
+            raise ProtocolError("manifest holds a lone surrogate, which is not text") from None
         except (ValueError, UnicodeDecodeError, TypeError, RecursionError):
             raise ProtocolError("manifest is not valid JSON") from None
 
