@@ -439,7 +439,7 @@ KNOWN_ENVIRONMENT = {
     ("cli/main.py", "ENCLAVE_INFER_DEBUG"),
     ("host/enclave_process.py", "_PASSED_ENVIRONMENT"),
 }
-PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")
+PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "HOME")
 
 
 def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -62,6 +62,16 @@ def enclave_pids(d: Deployment) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
+def eventually(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Health answers are shared for a second (host/enclave_process.py, STATUS_CACHE_SECONDS)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 @pytest.fixture
 def fresh(tmp_path: Path, owner_key: Path) -> Iterator[Deployment]:
     d = start_server(tmp_path, owner_key, extra=("--max-in-flight", "2", "--drain-timeout", "20"))
@@ -75,7 +85,7 @@ def test_health_follows_the_open_inference_protocol(fresh: Deployment, files: di
     not_yet = httpx.get(url + "/v2/health/ready")  # attested, but no model yet
     assert (not_yet.status_code, not_yet.json()) == (400, {"ready": False})
     info = provision(fresh, files["model"].read_bytes())
-    assert httpx.get(url + "/v2/health/ready").json() == {"ready": True}
+    assert eventually(lambda: httpx.get(url + "/v2/health/ready").json() == {"ready": True})
     for name in ("default", info.sha256):
         reply = httpx.get(f"{url}/v2/models/{name}/ready")
         assert (reply.status_code, reply.json()) == (200, {"name": name, "ready": True})
@@ -84,8 +94,7 @@ def test_health_follows_the_open_inference_protocol(fresh: Deployment, files: di
     assert httpx.get(f"{url}/v2/models/resnet50/ready").json() == {"name": "resnet50", "ready": False}
     for pid in enclave_pids(fresh):  # the enclave is down until the next request restarts it
         os.kill(pid, signal.SIGKILL)
-    time.sleep(0.3)
-    assert httpx.get(url + "/v2/health/ready").status_code == 400
+    assert eventually(lambda: httpx.get(url + "/v2/health/ready").status_code == 400)
     assert httpx.get(url + "/v2/health/live").status_code == 200
 
 

@@ -56,14 +56,39 @@ def test_the_keeper_fetches_caches_and_serves_from_the_cache_after_a_restart(tmp
     cache = tmp_path / "collateral.json"
     source = Source(good())
     keeper = CollateralKeeper(source, cache, clock=lambda: NOW)
-    assert keeper.start("sgx", b"quote")
+    assert keeper.start("sev-snp", b"report")
     keeper.stop()
     assert keeper.current == good() and source.calls == 1 and not keeper.refused
-    down = Source(TransportError("PCCS down"))
+    down = Source(TransportError("KDS down"))
     again = CollateralKeeper(down, cache, clock=lambda: NOW)
-    assert again.start("sgx", b"quote")  # from the cache, without asking the source
+    assert again.start("sev-snp", b"report")  # from the cache, without asking the source
     again.stop()
     assert down.calls == 0 and again.current is not None and again.current.data == b"collateral"
+
+
+def test_a_cached_dcap_collateral_is_dated_by_its_own_content(tmp_path: Path) -> None:
+    """The cache file is the host's: for DCAP its nextUpdate is read from the signed documents."""
+    data = (shared_vector_dir("sgx-dcap") / "sgx_quote_collateral.json").read_bytes()
+    cache = tmp_path / "collateral.json"
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    cache.write_text(json.dumps({"data": data.hex(), "next_update": "2030-06-01T00:00:00Z", "source": "x"}))
+    keeper = CollateralKeeper(Source(TransportError("PCCS down")), cache, clock=lambda: later, first_retry=60)
+    assert not keeper.start("sgx", b"quote")  # the file says 2030, the TCB info expired in 2025
+    keeper.stop()
+
+
+def test_newer_collateral_that_refuses_the_platform_stops_the_old_one(tmp_path: Path) -> None:
+    verdicts = [None, AttestationError("TCB status Revoked is not acceptable")]
+
+    def appraise(c: Collateral) -> None:
+        if (verdict := verdicts.pop(0)) is not None:
+            raise verdict
+
+    keeper = CollateralKeeper(Source(good()), tmp_path / "c.json", clock=lambda: NOW, on_ready=appraise)
+    assert keeper.start("sev-snp", b"report")
+    keeper.stop()
+    assert not keeper._refresh()  # type: ignore[attr-defined]
+    assert keeper.current is None and keeper.refused and "Revoked" in keeper.problem
 
 
 def test_without_collateral_the_keeper_says_why_and_retries(

@@ -178,7 +178,7 @@ class Client:
         if collateral is None and self._pccs_url is not None:
             evidence = Evidence.decode(document)
             if evidence.tee in ("sgx", "tdx"):
-                collateral = fetch_collateral(self._pccs_url, evidence.evidence)
+                collateral = fetch_collateral(self._pccs_url, evidence.evidence, timeout=self.config.timeout)
         key_config, now = config.encode(), self._now()
         if constraint is None:
             return appraise(
@@ -461,16 +461,22 @@ def _opener(path: Path) -> Callable[[Any], BinaryIO]:
     return open_model
 
 
-def fetch_collateral(pccs_url: str, quote: bytes) -> bytes:
-    """DCAP collateral for ``quote`` from a PCCS (or Intel's PCS), as dcap-qvl's JSON."""
+def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = ClientConfig().timeout) -> bytes:
+    """DCAP collateral for ``quote`` from a PCCS (or Intel's PCS), as dcap-qvl's JSON, within
+    ``timeout`` seconds."""
     import asyncio
 
     import dcap_qvl
 
+    async def fetch() -> Any:
+        return await asyncio.wait_for(dcap_qvl.get_collateral(pccs_url, quote), timeout)
+
     try:
-        collateral = asyncio.run(dcap_qvl.get_collateral(pccs_url, quote))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise TransportError(f"cannot fetch collateral from {pccs_url}: {str(exc)[:200]}") from None
+        collateral = asyncio.run(fetch())
+    except (ValueError, RuntimeError, OSError, TimeoutError) as exc:
+        raise TransportError(
+            f"cannot fetch collateral from {pccs_url}: {str(exc)[:200] or 'timed out'}"
+        ) from None
     return str(collateral.to_json()).encode()
 
 

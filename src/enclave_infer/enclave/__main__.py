@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from enclave_infer import logs
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     args = parser.parse_args(argv)
     logs.configure("enclave", args.log_format)
+    # Pillow warns on stderr, with the pixel count, for images near its bomb limit: raise instead
+    # (decode_image turns it into its own refusal), so that nothing of an image reaches the host.
+    from PIL import Image
+
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     try:
         listen = parse_address(args.listen)
         config = EnclaveConfig.from_canonical(args.config.read_bytes())

@@ -91,11 +91,11 @@ class App:
             return _json(200, loaded.info().to_json())
         # A whole (non-chunked) upload takes the streamed path too, in one piece.
         sink = self.open_stream(request)
-        early = sink.write(request.content)
-        if early is not None:
-            sink.abort()
-            return early
-        return sink.finish()
+        try:
+            early = sink.write(request.content)
+            return early if early is not None else sink.finish()
+        finally:
+            sink.abort()  # a no-op once finished; frees the memory files otherwise
 
     def _classify(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
         top_values = query.get("top", ["1"])

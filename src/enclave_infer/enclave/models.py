@@ -139,7 +139,12 @@ class Upload:
             lo, hi = max(start, begin), min(self.received, end)
             if lo < hi:
                 self._hashes[i].update(view[lo - start : hi - start])
-        self._files.write(view)
+        try:
+            self._files.write(view)
+        except OSError as exc:  # out of memory for the memory file
+            raise ModelError(
+                Problem.TOO_LARGE, f"no memory for the model: {os.strerror(exc.errno or 0)}"
+            ) from None
         if self._writer is not None:
             try:
                 self._writer.write(data)
@@ -276,7 +281,7 @@ class ModelStore:
 
     def model_files(self, manifest: Manifest) -> ModelFiles:
         """Where the plaintext of ``manifest``'s files goes while they arrive (memory only)."""
-        return ModelFiles([f.size for f in manifest.files], self._no_files)
+        return ModelFiles([f.size for f in manifest.files])
 
     def load(
         self, manifest: Manifest, signature: bytes, files: ModelFiles, *, provisioned_at: float
@@ -356,7 +361,9 @@ class ModelStore:
             )
             return
         except (EnclaveInferError, OSError) as exc:
-            log.error("sealed model in storage failed verification (%s); serving no model", exc)
+            # the type only: a runtime's refusal may name the model's operators
+            reason = _slug(exc.problem) if isinstance(exc, ModelError) else type(exc).__name__
+            log.error("sealed model in storage failed verification (%s); serving no model", reason)
             return
         log.info("restored sealed model version %d sha256 %s", manifest.version, manifest.model_sha256)
 
@@ -367,6 +374,8 @@ class ModelStore:
     ) -> Classification:
         """``runtime``: the first the owner provisioned, one by name, or every runtime side by side
         (:attr:`Runtime.BOTH`), as the Mystikos sample does."""
+        with self._stats_lock:  # every request, whatever its outcome: the count says nothing of it
+            self._classifications += 1
         loaded = self.current
         if loaded is None:
             raise ModelError(Problem.NO_MODEL, "no model has been provisioned yet")
@@ -417,8 +426,6 @@ class ModelStore:
             probabilities = _as_probabilities(scores)
             order = np.argsort(-probabilities, kind="stable")[:top]
             by_runtime[name] = tuple(Prediction(labels[i], int(i), float(probabilities[i])) for i in order)
-        with self._stats_lock:
-            self._classifications += 1
         return Classification(
             model_sha256=loaded.manifest.model_sha256,
             model_version=loaded.manifest.version,

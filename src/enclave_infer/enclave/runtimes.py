@@ -62,6 +62,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from enclave_infer.enclave._modelfiles import LinkedFile
 from enclave_infer.errors import EnclaveInferError
 
 __all__ = [
@@ -161,20 +162,19 @@ class _OnnxRuntime:
         return np.asarray(outputs[0])
 
 
-def load_onnx(model: bytes | Path, *, threads: int, no_files_dir: str) -> Runtime:
+def load_onnx(model: bytes | Path | LinkedFile, *, threads: int, no_files_dir: str) -> Runtime:
     """Load an ONNX model (its bytes, or a file holding them) into ONNX Runtime.
 
     ``threads``: the intra-op thread pool's size. ``no_files_dir``: an empty folder that only this
     process can write to; "external data" tensors are looked up there, so a model that needs any
     fails to load (a model given as bytes would otherwise read them from files in the working
-    directory, which the host controls, outside the signed hash). A :class:`~pathlib.Path` in that
-    folder (a link to a memory file, ``enclave/_modelfiles.py``) is loaded from there, which takes
-    half the memory of bytes; any other path is read into memory first, so that files next to it are
-    never consulted.
+    directory, which the host controls, outside the signed hash). A
+    :class:`~enclave_infer.enclave._modelfiles.LinkedFile` (a link to a memory file, alone in a
+    private folder) is loaded by its path, which takes half the memory of bytes; a plain path is
+    read into memory first, so that files next to it are never consulted.
     Raises :class:`RuntimeLoadError` if it is not a valid, self-contained ONNX model with one input.
     """
-    in_place = isinstance(model, Path) and model.parent == Path(no_files_dir)
-    data: bytes | str = str(model) if in_place else _read(model)
+    data: bytes | str = str(model.path) if isinstance(model, LinkedFile) else _read(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = _positive(threads)
     # Idle pool threads sleep instead of spinning: between batches a server has nothing to do, and
@@ -229,7 +229,7 @@ class _TorchRuntime:
         return np.asarray(output.detach().cpu().numpy())
 
 
-def load_torch(model: bytes | Path, *, fmt: str, threads: int) -> Runtime:
+def load_torch(model: bytes | Path | LinkedFile, *, fmt: str, threads: int) -> Runtime:
     """Load a torch model (its bytes, or a file holding them) of format ``fmt``.
 
     ``fmt``: ``"torchscript"`` (a ``torch.jit.save`` archive) is accepted after the checks the module
@@ -406,7 +406,9 @@ def takes_batches(runtime: Runtime, example: NDArray[np.float32], size: int) -> 
     )
 
 
-def _read(model: bytes | Path) -> bytes:
+def _read(model: bytes | Path | LinkedFile) -> bytes:
+    if isinstance(model, LinkedFile):
+        model = model.path
     if isinstance(model, bytes | bytearray | memoryview):
         return bytes(model)
     if isinstance(model, Path):

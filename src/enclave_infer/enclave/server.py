@@ -171,6 +171,10 @@ class _StreamDeadline:
         self._connection.settimeout(None)
 
 
+# Frames that need no slot: the most payload each may carry.
+_SMALL_QUESTIONS = {FrameType.GET_KEYS: 0, FrameType.GET_STATUS: 0, FrameType.GET_EVIDENCE: MAX_NONCE_BYTES}
+
+
 class _Handler(socketserver.StreamRequestHandler):
     server: _UnixServer | _TcpServer
 
@@ -183,6 +187,22 @@ class _Handler(socketserver.StreamRequestHandler):
                 if head is None:
                     return
                 kind, length = head
+                if kind in _SMALL_QUESTIONS:
+                    # keys, status and evidence: small, and answered at once, never queued behind
+                    # inferences (a health check must not time out because the enclave is busy)
+                    if length > _SMALL_QUESTIONS[kind]:
+                        frames.send(
+                            _problem(
+                                Problem.MALFORMED_REQUEST,
+                                f"{kind.name} takes at most {_SMALL_QUESTIONS[kind]} bytes",
+                            )
+                        )
+                        return
+                    payload = frames.payload(length)
+                    if payload is None:
+                        return
+                    frames.send(enclave.answer(kind, payload))
+                    continue
                 # The slot is taken before the payload is read, so at most max_concurrent_requests
                 # payloads are in the enclave's memory at once, however many connections the host
                 # opens, and of them at most MAX_LARGE_FRAMES larger than an image request.

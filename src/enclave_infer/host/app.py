@@ -62,6 +62,8 @@ CLIENT_IDLE_SECONDS = 30.0
 # batches full (it works on limits.max_concurrent_requests at once) without letting a queue grow
 # past what it can answer within a client's patience.
 DEFAULT_MAX_IN_FLIGHT = 64
+# A whole (non-chunked) encapsulated request: an image plus its binary HTTP head and OHTTP framing.
+WHOLE_REQUEST_OVERHEAD = 64 * 1024
 # What a refused client is told to wait, in seconds (RFC 9110 §10.2.3).
 RETRY_AFTER_SECONDS = 1
 _NO_STORE = {"cache-control": "no-store"}
@@ -90,6 +92,7 @@ class _Relay:
         self._enclave = enclave
         self._collateral = collateral
         self._max_request_bytes = enclave.config.limits.max_request_bytes
+        self._max_whole_bytes = enclave.config.limits.max_image_bytes + WHOLE_REQUEST_OVERHEAD
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -186,14 +189,20 @@ class _Relay:
             chunked = chunked_ohttp.MEDIA_TYPE_CHUNKED_REQUEST
             detail = f"content-type must be {ohttp.MEDIA_TYPE_REQUEST} or {chunked}"
             return _problem(Problem.UNSUPPORTED_MEDIA_TYPE.details(detail))
+        # One encapsulated request, held whole: an image and its headers. Anything larger (a model)
+        # streams in the chunked form, which never holds more than a piece.
+        limit = self._max_whole_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_request_bytes:
-            return _problem(self._too_large())
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _problem(self._too_large(limit))
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self._max_request_bytes:
-                return _problem(self._too_large())
+        try:
+            async for chunk in self._pieces(request, limit):
+                body += chunk
+        except _Refused as exc:
+            return _problem(exc.problem)
+        except ClientDisconnect:
+            return _problem(Problem.MALFORMED_REQUEST.details("the client went away"))
         return await self._call(
             FrameType.OHTTP_REQUEST, body, FrameType.OHTTP_RESPONSE, ohttp.MEDIA_TYPE_RESPONSE
         )
@@ -224,7 +233,10 @@ class _Relay:
             return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
         return _answer(reply, data, FrameType.CHUNKED_RESPONSE, chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
 
-    async def _pieces(self, request: Request) -> AsyncIterator[bytes]:
+    async def _pieces(self, request: Request, limit: int | None = None) -> AsyncIterator[bytes]:
+        """The request's body as it arrives, at most ``limit`` bytes (default: a model's upload),
+        from a client that never pauses longer than ``CLIENT_IDLE_SECONDS``."""
+        limit = limit or self._max_request_bytes
         pieces = request.stream().__aiter__()
         total = 0
         while True:
@@ -237,12 +249,12 @@ class _Relay:
                     Problem.REQUEST_TIMEOUT.details(f"no request data for {CLIENT_IDLE_SECONDS:.0f} s")
                 ) from None
             total += len(piece)
-            if total > self._max_request_bytes:
-                raise _Refused(self._too_large())
+            if total > limit:
+                raise _Refused(self._too_large(limit))
             yield piece
 
-    def _too_large(self) -> ProblemDetails:
-        return Problem.TOO_LARGE.details(f"request larger than {self._max_request_bytes} bytes")
+    def _too_large(self, limit: int) -> ProblemDetails:
+        return Problem.TOO_LARGE.details(f"request larger than {limit} bytes")
 
 
 def create_app(

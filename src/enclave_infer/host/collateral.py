@@ -286,6 +286,8 @@ class CollateralKeeper:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=FETCH_TIMEOUT_SECONDS + 5)
 
     def _load_cache(self) -> bool:
         try:
@@ -293,6 +295,11 @@ class CollateralKeeper:
             cached = Collateral(bytes.fromhex(doc["data"]), _iso(doc["next_update"]), str(doc["source"]))
         except (OSError, ValueError, KeyError, TypeError):
             return False
+        if self._tee in ("sgx", "tdx"):  # what the data says, not what the (host-written) file claims
+            try:
+                cached = Collateral(cached.data, dcap_next_update(cached.data), cached.source)
+            except AttestationError:
+                return False
         if cached.refresh_at(self._clock()) <= self._clock():
             return False
         return self._take(Collateral(cached.data, cached.next_update, f"cache ({cached.source})"))
@@ -323,6 +330,9 @@ class CollateralKeeper:
             with self._lock:
                 self._problem = f"the enclave's evidence does not verify with this collateral: {exc}"
                 self._refused = True
+                # Newer collateral refuses this platform (a TCB recovery, a revoked key): the older,
+                # kinder one must not be served on until it expires.
+                self._current = None
             log.error("%s", self._problem)
             return False
         with self._lock:
@@ -344,21 +354,22 @@ class CollateralKeeper:
             log.warning("cannot cache collateral in %s: %s", self._cache, exc.strerror)
 
     def _run(self) -> None:
-        retry = self._first_retry
+        retry, failing = self._first_retry, not self.current
         while not self._stopped:
             current = self.current
-            if current is not None:
+            if current is not None and not failing:
                 wait = max(0.0, (current.refresh_at(self._clock()) - self._clock()).total_seconds())
-            else:
+            else:  # no collateral, or refreshing it failed: back off, even while the old one is valid
                 wait, retry = retry, min(retry * 2, MAX_RETRY_SECONDS)
             self._wake.wait(wait)
             self._wake.clear()
             if self._stopped:
                 return
-            if self._refresh():
-                retry = self._first_retry
-            else:
+            failing = not self._refresh()
+            if failing:
                 log.warning("collateral refresh failed: %s", self.problem)
+            else:
+                retry = self._first_retry
 
 
 def _iso(text: str) -> datetime:

@@ -35,14 +35,17 @@ log = logging.getLogger("enclave_infer.host")
 
 # Idle connections the host keeps open to the enclave (each holds one enclave thread).
 MAX_IDLE_CONNECTIONS = 16
+# Health checks and scrapes within this long of each other share one answer of the enclave's.
+STATUS_CACHE_SECONDS = 1.0
 # A health check or a scrape waits this long for the enclave's status.
 STATUS_TIMEOUT = 2.0
 # How long the enclave may take to start (it loads ONNX Runtime and unseals a model).
 START_TIMEOUT = 120.0
 # Unix socket paths are limited to 108 bytes on Linux.
 _MAX_SOCKET_PATH = 100
-# All the enclave process inherits from the host's environment.
-_PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")
+# All the enclave process inherits from the host's environment (not TMPDIR: the enclave keeps its
+# private folders where the host did not choose).
+_PASSED_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "HOME")
 
 
 class EnclaveProcess:
@@ -75,6 +78,8 @@ class EnclaveProcess:
         # Idle connections for the server's event loop, with the enclave generation they reach.
         self._idle: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._generation = 0
+        self._status_lock = asyncio.Lock()
+        self._status: tuple[EnclaveStatus | None, float] = (None, -STATUS_CACHE_SECONDS)
 
     def _make_data_dir(self) -> None:
         if self.data_dir.exists() and not self.data_dir.is_dir():
@@ -128,7 +133,11 @@ class EnclaveProcess:
             "--log-format", self.log_format,
         ]  # fmt: skip
         env = {k: os.environ[k] for k in _PASSED_ENVIRONMENT if k in os.environ}
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, cwd=self._pycache)
+        # its own session: a terminal's Ctrl-C (and systemd's KillMode=mixed) signals the host alone,
+        # which drains its requests and then stops the enclave
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, env=env, cwd=self._pycache, start_new_session=True
+        )
         self._generation += 1
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -231,13 +240,19 @@ class EnclaveProcess:
         health checks and metrics, so it never starts an enclave that is down."""
         if not self.running:
             return None
-        try:
-            kind, data = await asyncio.wait_for(self.call(FrameType.GET_STATUS, pooled=True), STATUS_TIMEOUT)
-            if kind is not FrameType.STATUS:
-                return None
-            return EnclaveStatus.from_json(json.loads(data))
-        except (TransportError, ProtocolError, TimeoutError, ValueError, RecursionError):
-            return None
+        async with self._status_lock:  # one question at a time, however many probes and scrapers
+            cached, at = self._status
+            if time.monotonic() - at < STATUS_CACHE_SECONDS:
+                return cached
+            try:
+                kind, data = await asyncio.wait_for(
+                    self.call(FrameType.GET_STATUS, pooled=True), STATUS_TIMEOUT
+                )
+                status = EnclaveStatus.from_json(json.loads(data)) if kind is FrameType.STATUS else None
+            except (TransportError, ProtocolError, TimeoutError, ValueError, RecursionError):
+                status = None
+            self._status = (status, time.monotonic())
+            return status
 
     async def call_streaming(self, pieces: AsyncIterator[bytes]) -> tuple[FrameType, bytes]:
         """Relay a chunked request as BEGIN, DATA*, END frames as its ``pieces`` arrive, never
