@@ -349,16 +349,20 @@ def test_sev_snp_via_configfs_tsm_with_certificates_from_the_kds(
         with FakeKds(chip) as kds:
             host = deployments.host("snp-host", address, amd_test_root, kds=kds.url)
             try:
-                assert kds.requests == {kds.vcek_path: 1, kds.chain_path: 1}
+                crl_path = f"/vcek/v1/{chip.product}/crl"
+                assert kds.requests == {kds.vcek_path: 1, kds.chain_path: 1, crl_path: 1}
                 tcb = chip.reported_tcb
                 query = f"blSPL={tcb.bootloader}&teeSPL={tcb.tee}&snpSPL={tcb.snp}&ucodeSPL={tcb.microcode}"
                 assert kds.log[0] == f"{kds.vcek_path}?{query}"
                 assert_logged_report(host, MEASUREMENT, "sev-snp")
-                assert served_collateral(host.url) == ("sev-snp", chip.collateral)  # VCEK, ASK, ARK
+                tee, served = served_collateral(host.url)  # VCEK, ASK, ARK, and AMD's CRL
+                assert tee == "sev-snp" and served.startswith(chip.collateral)
+                assert served.endswith(b"-----END X509 CRL-----\n")
                 constraint = f"C:{MEASUREMENT.hex()} SEC:SECURE"
                 colours.classify_verified(host.url, constraint, amd_test_root, "sev-snp", MEASUREMENT)
                 refused_in_production(host.url, constraint, "not signed by a pinned AMD root")
-                assert kds.requests == {kds.vcek_path: 1, kds.chain_path: 1}
+                crl_path = f"/vcek/v1/{chip.product}/crl"
+                assert kds.requests == {kds.vcek_path: 1, kds.chain_path: 1, crl_path: 1}
             finally:
                 host.stop()
                 enclave.stop()

@@ -8,6 +8,7 @@ TEST-ONLY. It answers the two VCEK paths of AMD's "VCEK Certificate and KDS Inte
   the VCEK, DER (``application/pkix-cert``); ``hwid`` is CHIP_ID in hex (on Turin its first 8
   bytes), either case;
 - ``/vcek/v1/{product}/cert_chain``: the ASK, then the ARK, PEM (``application/x-pem-file``).
+- ``/vcek/v1/{product}/crl``: AMD's CRL for the product, signed by the ARK, DER.
 
 A missing, repeated or unknown query parameter, or an SPL that is not a number from 0 to 255, is
 400; another product, chip or TCB than the emulated one is 404 (AMD's KDS derives a VCEK for any
@@ -21,8 +22,12 @@ from __future__ import annotations
 import threading
 import urllib.parse
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.emulation.snp import EmulatedSnp
 
@@ -98,6 +103,12 @@ class FakeKds:
                 if product != chip.product:
                     return 404, "", b""
                 return 200, "application/x-pem-file", chip.cert_chain_pem
+            case ["", "vcek", "v1", product, "crl"] if not query:
+                if product != chip.product:
+                    return 404, "", b""
+                now = datetime.now(UTC)  # AMD's CRL, current, revoking nothing (DER, as KDS sends it)
+                pem = chip.crl(this_update=now - timedelta(hours=1), next_update=now + timedelta(days=7))
+                return 200, "application/pkix-crl", x509.load_pem_x509_crl(pem).public_bytes(Encoding.DER)
             case ["", "vcek", "v1", product, hwid]:
                 return self._vcek(product, hwid, query)
         return 404, "", b""

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave_infer.attestation import snp
+from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.errors import AttestationError, TransportError, UsageError
 from enclave_infer.host import collateral as hc
 from enclave_infer.host.collateral import Collateral, CollateralKeeper, FileSource, KdsSource
@@ -150,10 +153,14 @@ def test_kds_source_asks_for_the_vcek_of_the_reports_chip_and_tcb() -> None:
     tcb = snp.decode_tcb(parsed.reported_tcb, "Genoa")
     asked: list[str] = []
 
+    crl = x509.load_pem_x509_crl((genoa / "crl_genoa.pem").read_bytes()).public_bytes(Encoding.DER)
+
     def kds(request: httpx.Request) -> httpx.Response:
         asked.append(str(request.url))
         if request.url.path.endswith("/cert_chain"):
             return httpx.Response(200, content=chain)
+        if request.url.path.endswith("/crl"):
+            return httpx.Response(200, content=crl)
         return httpx.Response(200, content=vcek_der)
 
     got = KdsSource("https://kds.test", transport=httpx.MockTransport(kds)).fetch("sev-snp", report)
@@ -161,11 +168,14 @@ def test_kds_source_asks_for_the_vcek_of_the_reports_chip_and_tcb() -> None:
         f"https://kds.test/vcek/v1/Genoa/{parsed.chip_id.hex()}?blSPL={tcb.bootloader}&teeSPL={tcb.tee}"
         f"&snpSPL={tcb.snp}&ucodeSPL={tcb.microcode}",
         "https://kds.test/vcek/v1/Genoa/cert_chain",
+        "https://kds.test/vcek/v1/Genoa/crl",
     ]
     bundle = snp.parse_snp_collateral(got.data)
     assert bundle is not None
     verdict = snp.verify_snp_report(report, got.data, now=datetime(2025, 7, 1, tzinfo=UTC))
-    assert verdict.report.tee == "sev-snp"
+    assert verdict.report.tee == "sev-snp" and verdict.crl_updates is not None  # the CRL came along
+    assert verdict.report.security_level is SecurityLevel.SECURE
+    assert got.next_update <= x509.load_der_x509_crl(crl).next_update_utc
 
     with pytest.raises(TransportError, match="answered 404"):
         KdsSource("https://kds.test", transport=httpx.MockTransport(lambda r: httpx.Response(404))).fetch(

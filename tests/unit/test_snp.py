@@ -355,7 +355,9 @@ def test_debug_policy_is_insecure_and_constraints_say_so() -> None:
 
 
 def test_the_snp_tcb_floor() -> None:
-    genoa = verify_snp_report(vector(GENOA)[0], bundle(vector(GENOA)[1]), now=NOW).report
+    genoa = verify_snp_report(
+        vector(GENOA)[0], bundle(vector(GENOA)[1]), now=NOW, crl=vector(GENOA)[2]
+    ).report
     milan = verify_snp_report(vector(MILAN)[0], bundle(vector(MILAN)[1]), now=NOW).report
     vlek = verify_snp_report(vector(VLEK)[0], bundle(vector(VLEK)[1]), now=NOW).report
     floor = "SNPTCB:bl=2,tee=0,snp=8,ucode=68"
@@ -517,8 +519,12 @@ def turin_report(*, reported: SnpTcb | None = None, family: int = 0x1A) -> bytes
 def test_a_turin_report_with_fmc_and_a_short_hwid() -> None:
     collateral = turin().collateral
     verifier = SnpVerifier({"Turin": turin().ark_der})
-    verdict = verifier.verify(turin_report(), collateral, now=NOW)
+    current = turin().crl(this_update=NOW - timedelta(days=1), next_update=NOW + timedelta(days=1))
+    verdict = verifier.verify(turin_report(), collateral, now=NOW, crl=current)
     assert verdict.product == "Turin" and verdict.product_name == "Turin-B0"
+    # without AMD's CRL, a revoked ASK would pass: at most STALE, and it says why
+    unchecked = verifier.verify(turin_report(), collateral, now=NOW).report
+    assert unchecked.security_level is SecurityLevel.STALE and "no AMD CRL" in unchecked.level_reason
     assert verdict.report.snp_tcb == SnpTcb(fmc=1, bootloader=2, tee=0, snp=5, microcode=200)
     assert verdict.report.security_level is SecurityLevel.SECURE
     constraints.parse(f"C:{'42' * 48} SNPTCB:fmc=1,snp=5").check(verdict.report, now=NOW)

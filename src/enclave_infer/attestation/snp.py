@@ -644,6 +644,9 @@ def _split_certificates(data: bytes) -> list[bytes]:
         for match in _PEM_BLOCK.finditer(data):
             if data[last : match.start()].strip():
                 raise AttestationError("collateral has text outside its PEM blocks")
+            if match[1] == b"X509 CRL":  # AMD's CRL travels in the bundle too (crl_of)
+                last = match.end()
+                continue
             if match[1] != b"CERTIFICATE":
                 raise AttestationError(f"collateral holds a PEM {match[1].decode()!r}, not a CERTIFICATE")
             try:
@@ -665,6 +668,19 @@ def _split_certificates(data: bytes) -> list[bytes]:
         ders.append(data[pos:end])
         pos = end
     return ders
+
+
+def crl_of(data: bytes) -> bytes | None:
+    """AMD's CRL (DER) when a PEM collateral bundle carries one (``X509 CRL``), else None."""
+    blocks = [m for m in _PEM_BLOCK.finditer(data) if m[1] == b"X509 CRL"] if b"-----BEGIN" in data else []
+    if len(blocks) > 1:
+        raise AttestationError("SEV-SNP collateral holds more than one CRL")
+    if not blocks:
+        return None
+    try:
+        return base64.b64decode(re.sub(rb"\s", b"", blocks[0][2]), validate=True)
+    except binascii.Error:
+        raise AttestationError("collateral holds a PEM CRL with invalid base64") from None
 
 
 def parse_snp_collateral(data: bytes) -> SnpCollateral:
@@ -916,6 +932,8 @@ class SnpVerifier:
         product = chain.product
         # 5. the chain's signatures, 6. revocation, 7. the report's signature
         chain.verify_signatures()
+        if crl is None and collateral:
+            crl = crl_of(collateral)
         crl_updates = None if crl is None else _check_crl(crl, chain.ark, chain.intermediate, product, now)
         _verify_report_signature(parsed, vek)
         # 8. what the VCEK/VLEK certifies against what the report says
@@ -931,7 +949,7 @@ class SnpVerifier:
             )
         }
         findings = _findings(parsed, tcb, csp_id, crl_updates is not None, hcl)
-        level, reason = _level(parsed, tcb, key_name)
+        level, reason = _level(parsed, tcb, key_name, crl_updates is not None)
         enclave_report = EnclaveReport(
             tee="sev-snp",
             code_hash=parsed.measurement,
@@ -1120,7 +1138,9 @@ def _below(a: SnpTcb, b: SnpTcb) -> list[str]:
     return [name for name in pa if pa[name] < pb.get(name, 0)]
 
 
-def _level(parsed: AttestationReport, tcb: Mapping[str, SnpTcb], key_name: str) -> tuple[SecurityLevel, str]:
+def _level(
+    parsed: AttestationReport, tcb: Mapping[str, SnpTcb], key_name: str, crl_checked: bool
+) -> tuple[SecurityLevel, str]:
     if parsed.debug:
         return (
             SecurityLevel.INSECURE,
@@ -1133,9 +1153,14 @@ def _level(parsed: AttestationReport, tcb: Mapping[str, SnpTcb], key_name: str) 
             f"({_tcb_text(tcb['committed'])}) in {', '.join(lower)}: signed with a {key_name} for older "
             "firmware than the platform has committed to"
         )
+    if not crl_checked:
+        return SecurityLevel.STALE, (
+            "no AMD CRL given: a revoked ASK or ASVK would pass, so the evidence is at most STALE"
+            " (the host serves KDS's CRL with the certificates; a client may give one with --crl)"
+        )
     return SecurityLevel.SECURE, (
-        f"signature and AMD certificate chain verify; REPORTED_TCB ({_tcb_text(tcb['reported'])}) is the "
-        f"{key_name}'s and not below COMMITTED_TCB"
+        f"signature and AMD certificate chain verify, AMD's CRL revokes neither; REPORTED_TCB"
+        f" ({_tcb_text(tcb['reported'])}) is the {key_name}'s and not below COMMITTED_TCB"
     )
 
 

@@ -23,6 +23,7 @@ verified.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import ssl
@@ -152,13 +153,16 @@ class KdsSource:
         with httpx.Client(timeout=FETCH_TIMEOUT_SECONDS, transport=self._transport, trust_env=False) as http:
             vcek = self._get(http, f"/vcek/v1/{product}/{hwid.hex()}?{query}")
             chain = self._get(http, f"/vcek/v1/{product}/cert_chain")
-        bundle = ssl.DER_cert_to_PEM_cert(vcek).encode() + chain
+            crl = self._get(http, f"/vcek/v1/{product}/crl")  # without it clients see at most STALE
+        bundle = ssl.DER_cert_to_PEM_cert(vcek).encode() + chain + _crl_pem(crl)
         try:
             snp.parse_snp_collateral(bundle)  # the verifier's own reading of it
         except AttestationError as exc:
             raise TransportError(f"{self.url} did not answer with AMD certificates: {exc}") from None
         now = datetime.now(UTC)
-        return Collateral(bundle, now + MAX_REFRESH_INTERVAL + REFRESH_MARGIN, f"KDS {self.url}")
+        until = now + MAX_REFRESH_INTERVAL + REFRESH_MARGIN
+        crl_next = _crl_next_update(crl)
+        return Collateral(bundle, min(until, crl_next) if crl_next else until, f"KDS {self.url}")
 
     def _get(self, http: httpx.Client, path: str) -> bytes:
         try:
@@ -193,6 +197,20 @@ class FileSource:
                 data, datetime.now(UTC) + MAX_REFRESH_INTERVAL + REFRESH_MARGIN, f"file {self.path}"
             )
         return Collateral(data, dcap_next_update(data), f"file {self.path}")
+
+
+def _crl_pem(der: bytes) -> bytes:
+    """AMD's CRL (DER, as KDS sends it) as a PEM block for the collateral bundle."""
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN X509 CRL-----\n{lines}\n-----END X509 CRL-----\n".encode()
+
+
+def _crl_next_update(der: bytes) -> datetime | None:
+    try:
+        return x509.load_der_x509_crl(der).next_update_utc
+    except ValueError:
+        raise TransportError("AMD's KDS did not answer with a CRL") from None
 
 
 def dcap_next_update(collateral: bytes) -> datetime:
