@@ -227,7 +227,9 @@ def _client_open(
     out.put((latencies, failures[0]))
 
 
-def run_clients(target: Callable[..., None], jobs: list[tuple[object, ...]]) -> tuple[list[float], int]:
+def run_clients(
+    target: Callable[..., None], jobs: list[tuple[object, ...]], *, seconds: float
+) -> tuple[list[float], int]:
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=target, args=(*job, out)) for job in jobs]
@@ -236,7 +238,7 @@ def run_clients(target: Callable[..., None], jobs: list[tuple[object, ...]]) -> 
     latencies: list[float] = []
     failures = 0
     for _ in procs:
-        got, failed = out.get(timeout=600)
+        got, failed = out.get(timeout=seconds + 300)  # clients answer when their run is over
         latencies += got
         failures += failed
     for p in procs:
@@ -257,7 +259,7 @@ def closed_loop(server: Server, photos: list[bytes], concurrency: int, seconds: 
     sampler = threading.Thread(target=sample)
     sampler.start()
     jobs = [(server.url, server.constraint, photos, start, stop) for _ in range(concurrency)]
-    latencies, failures = run_clients(_client_closed, jobs)
+    latencies, failures = run_clients(_client_closed, jobs, seconds=stop - time.time())
     sampler.join()
     assert before is not None
     cpu = server.cpu() - before
@@ -272,7 +274,9 @@ def open_loop(server: Server, photos: list[bytes], rate: float, seconds: float) 
     start = time.time() + 3.0
     before = server.cpu()
     latencies, failures = run_clients(
-        _client_open, [(server.url, server.constraint, photos, start, arrivals)]
+        _client_open,
+        [(server.url, server.constraint, photos, start, arrivals)],
+        seconds=start + seconds - time.time(),
     )
     cpu = server.cpu() - before
     return Point(0, len(latencies), seconds, latencies, cpu, failures)
@@ -394,12 +398,17 @@ def provision_by_size(sizes: list[int], labels: Path) -> list[dict[str, float]]:
 def soak(server: Server, photos: list[bytes], seconds: float, concurrency: int) -> dict[str, object]:
     samples: list[tuple[float, int, int]] = []
     stop_sampling = threading.Event()
-    enclave = server.enclave_pid
+    enclaves: set[int] = {server.enclave_pid}  # more than one: the enclave was restarted
 
     def sampler() -> None:
         started = time.monotonic()
         while not stop_sampling.wait(10):
-            samples.append((time.monotonic() - started, rss_kb(server.proc.pid), rss_kb(enclave)))
+            try:
+                enclave = server.enclave_pid
+                enclaves.add(enclave)
+                samples.append((time.monotonic() - started, rss_kb(server.proc.pid), rss_kb(enclave)))
+            except (OSError, StopIteration, RuntimeError):
+                continue  # between an enclave's death and its restart
 
     thread = threading.Thread(target=sampler, daemon=True)
     thread.start()
@@ -417,6 +426,7 @@ def soak(server: Server, photos: list[bytes], seconds: float, concurrency: int) 
         "throughput": point.throughput, "p50_ms": point.percentile(0.5), "p99_ms": point.percentile(0.99),
         "host_rss_mb": [round(s[1] / 1000, 1) for s in samples], "enclave_rss_mb": [round(s[2] / 1000, 1) for s in samples],
         "host_rss_spread_pct": spread(1), "enclave_rss_spread_pct": spread(2),
+        "enclave_processes": len(enclaves),
     }  # fmt: skip
 
 
