@@ -362,8 +362,15 @@ class Client:
                     # if the key really changed (a host that merely claims failure gets no rerun).
                     old_key = self._key
                     self.attest()
-                    if self._key != old_key:
+                    if self._key != old_key and stream is None:
                         continue
+                    if self._key != old_key:  # an upload: it may have been taken before the restart
+                        raise UnavailableError(
+                            reply.status,
+                            "the enclave restarted during the upload; see `enclave-infer model` and provision"
+                            " again if it is not the new version",
+                            Problem.OHTTP_KEY.uri,
+                        )
                 raise _host_error(reply)
             if (
                 attempt == 1

@@ -33,7 +33,8 @@ __all__ = ["EnclaveProcess"]
 
 log = logging.getLogger("enclave_infer.host")
 
-# Idle connections the host keeps open to the enclave (each holds one enclave thread).
+# Idle connections the host keeps open to the enclave, at most (each holds one enclave thread, which
+# under Gramine counts against sgx.max_threads): never more than the enclave works on at once.
 MAX_IDLE_CONNECTIONS = 16
 # Health checks and scrapes within this long of each other share one answer of the enclave's.
 STATUS_CACHE_SECONDS = 1.0
@@ -77,6 +78,7 @@ class EnclaveProcess:
         self.restarts = 0
         # Idle connections for the server's event loop, with the enclave generation they reach.
         self._idle: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._max_idle = min(MAX_IDLE_CONNECTIONS, config.limits.max_concurrent_requests)
         self._generation = 0
         self._status_lock = asyncio.Lock()
         self._status: tuple[EnclaveStatus | None, float] = (None, -STATUS_CACHE_SECONDS)
@@ -219,7 +221,7 @@ class EnclaveProcess:
         except (OSError, asyncio.IncompleteReadError):
             raise TransportError("the enclave closed the connection") from None
         finally:
-            if pooled and done and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            if pooled and done and len(self._idle) < self._max_idle:
                 self._idle.append((self._generation, reader, writer))
             else:
                 writer.close()
