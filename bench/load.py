@@ -421,11 +421,20 @@ def soak(server: Server, photos: list[bytes], seconds: float, concurrency: int) 
         values = [s[i] for s in warm]
         return (max(values) - min(values)) / min(values) * 100
 
+    def drift(i: int) -> float:
+        """Median of the last tenth after warm-up against the first: a trend, not the jitter of the
+        requests in flight at a sample."""
+        values = [s[i] for s in warm]
+        tenth = max(1, len(values) // 10)
+        first, last = statistics.median(values[:tenth]), statistics.median(values[-tenth:])
+        return (last - first) / first * 100
+
     return {
         "seconds": seconds, "images": point.images, "failures": point.failures,
         "throughput": point.throughput, "p50_ms": point.percentile(0.5), "p99_ms": point.percentile(0.99),
         "host_rss_mb": [round(s[1] / 1000, 1) for s in samples], "enclave_rss_mb": [round(s[2] / 1000, 1) for s in samples],
         "host_rss_spread_pct": spread(1), "enclave_rss_spread_pct": spread(2),
+        "host_rss_drift_pct": drift(1), "enclave_rss_drift_pct": drift(2),
         "enclave_processes": len(enclaves),
     }  # fmt: skip
 
