@@ -23,35 +23,25 @@ import threading
 import urllib.parse
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tests.emulation._http import LoopbackServer
 from tests.emulation.snp import EmulatedSnp
 
 __all__ = ["FakeKds"]
 
 
-class FakeKds:
+class FakeKds(LoopbackServer):
     """A KDS for one emulated chip; use it as a context manager. ``port`` 0: any free one."""
 
     def __init__(self, chip: EmulatedSnp, *, port: int = 0) -> None:
         self.chip = chip
-        self.port = port
+        super().__init__(port=port)
         self.requests: Counter[str] = Counter()  # path (without query) -> number of requests
         self.log: list[str] = []  # every request target, in order
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake KDS is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def vcek_path(self) -> str:
@@ -61,37 +51,7 @@ class FakeKds:
     def chain_path(self) -> str:
         return f"/vcek/v1/{self.chip.product}/cert_chain"
 
-    def __enter__(self) -> FakeKds:
-        kds = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, content_type, body = kds._answer(self.path)
-                self.send_response(status)
-                if content_type:
-                    self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # quiet: tests read FakeKds.log instead
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
-
-    def _answer(self, target: str) -> tuple[int, str, bytes]:
+    def answer(self, target: str) -> tuple[int, dict[str, str], bytes]:
         url = urllib.parse.urlsplit(target)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         with self._lock:
@@ -101,31 +61,37 @@ class FakeKds:
         match url.path.split("/"):
             case ["", "vcek", "v1", product, "cert_chain"] if not query:
                 if product != chip.product:
-                    return 404, "", b""
-                return 200, "application/x-pem-file", chip.cert_chain_pem
+                    return 404, {}, b""
+                return 200, {"Content-Type": "application/x-pem-file"}, chip.cert_chain_pem
             case ["", "vcek", "v1", product, "crl"] if not query:
                 if product != chip.product:
-                    return 404, "", b""
+                    return 404, {}, b""
                 now = datetime.now(UTC)  # AMD's CRL, current, revoking nothing (DER, as KDS sends it)
                 pem = chip.crl(this_update=now - timedelta(hours=1), next_update=now + timedelta(days=7))
-                return 200, "application/pkix-crl", x509.load_pem_x509_crl(pem).public_bytes(Encoding.DER)
+                return (
+                    200,
+                    {"Content-Type": "application/pkix-crl"},
+                    x509.load_pem_x509_crl(pem).public_bytes(Encoding.DER),
+                )
             case ["", "vcek", "v1", product, hwid]:
                 return self._vcek(product, hwid, query)
-        return 404, "", b""
+        return 404, {}, b""
 
-    def _vcek(self, product: str, hwid: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+    def _vcek(
+        self, product: str, hwid: str, query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, str], bytes]:
         tcb = self.chip.reported_tcb
         ours = {"blSPL": tcb.bootloader, "teeSPL": tcb.tee, "snpSPL": tcb.snp, "ucodeSPL": tcb.microcode}
         if product == "Turin" and tcb.fmc is not None:
             ours["fmcSPL"] = tcb.fmc
         wanted = {"blSPL", "teeSPL", "snpSPL", "ucodeSPL"} | ({"fmcSPL"} if product == "Turin" else set())
         if set(query) != wanted or any(len(values) != 1 for values in query.values()):
-            return 400, "", b""
+            return 400, {}, b""
         spl = {name: values[0] for name, values in query.items()}
         if not all(value.isdigit() and int(value) <= 255 for value in spl.values()):
-            return 400, "", b""
+            return 400, {}, b""
         if product != self.chip.product or hwid.lower() != self.chip.hwid.hex():
-            return 404, "", b""
+            return 404, {}, b""
         if {name: int(value) for name, value in spl.items()} != ours:
-            return 404, "", b""
-        return 200, "application/pkix-cert", self.chip.vcek_der
+            return 404, {}, b""
+        return 200, {"Content-Type": "application/pkix-cert"}, self.chip.vcek_der

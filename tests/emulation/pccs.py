@@ -28,13 +28,12 @@ import re
 import threading
 import urllib.parse
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Unpack
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.emulation._http import LoopbackServer
 from tests.emulation.dcap import EVALUATION_DATA_NUMBER, Collateral, CollateralOptions, EmulatedDcap
 
 __all__ = ["FakePccs"]
@@ -42,7 +41,7 @@ __all__ = ["FakePccs"]
 FMSPC_PATTERN = re.compile(r"[0-9a-fA-F]{12}")
 
 
-class FakePccs:
+class FakePccs(LoopbackServer):
     """A PCCS for one :class:`EmulatedDcap` platform; use it as a context manager.
 
     It serves the collateral :meth:`EmulatedDcap.collateral_parts` mints with ``options``: the TCB
@@ -53,7 +52,7 @@ class FakePccs:
 
     def __init__(self, dcap: EmulatedDcap, *, port: int = 0, **options: Unpack[CollateralOptions]) -> None:
         self.dcap = dcap
-        self.port = port  # 0: any free one
+        super().__init__(port=port)
         self.evaluation_data_number = options.get("evaluation_data_number", EVALUATION_DATA_NUMBER)
         self.collateral: dict[str, Collateral] = {
             tee: dcap.collateral_parts(tee, **options) for tee in ("sgx", "tdx")
@@ -63,47 +62,8 @@ class FakePccs:
         self.requests: Counter[str] = Counter()  # path (without query) -> number of requests
         self.log: list[str] = []  # every request target, in order
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake PCCS is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> FakePccs:
-        pccs = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status, headers, body = pccs._answer(self.path)
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # quiet: tests read FakePccs.log instead
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
-
-    def _answer(self, target: str) -> tuple[int, dict[str, str], bytes]:
+    def answer(self, target: str) -> tuple[int, dict[str, str], bytes]:
         url = urllib.parse.urlsplit(target)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         with self._lock:
