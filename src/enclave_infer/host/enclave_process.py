@@ -79,6 +79,7 @@ class EnclaveProcess:
         # Idle connections for the server's event loop, with the enclave generation they reach.
         self._idle: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._max_idle = min(MAX_IDLE_CONNECTIONS, config.limits.max_concurrent_requests)
+        self._work_slots: asyncio.Semaphore | None = None  # made in the server's event loop
         self._generation = 0
         self._status_lock = asyncio.Lock()
         self._status: tuple[EnclaveStatus | None, float] = (None, -STATUS_CACHE_SECONDS)
@@ -211,20 +212,29 @@ class EnclaveProcess:
         """Send one frame, return the reply's type and payload. The payload is not copied.
         ``pooled``: reuse an idle connection of this event loop's (the server's own), and keep this
         one for the next request: no connect, and no new enclave thread, per request."""
-        reader, writer = await (self._borrow() if pooled else self.connect())
-        done = False
-        try:
-            await _write_frame(writer, kind, payload)
-            reply = await _read_frame(reader)
-            done = True
-            return reply
-        except (OSError, asyncio.IncompleteReadError):
-            raise TransportError("the enclave closed the connection") from None
-        finally:
-            if pooled and done and len(self._idle) < self._max_idle:
-                self._idle.append((self._generation, reader, writer))
-            else:
-                writer.close()
+        async with self._work() if kind is FrameType.OHTTP_REQUEST else contextlib.nullcontext():
+            reader, writer = await (self._borrow() if pooled else self.connect())
+            done = False
+            try:
+                await _write_frame(writer, kind, payload)
+                reply = await _read_frame(reader)
+                done = True
+                return reply
+            except (OSError, asyncio.IncompleteReadError):
+                raise TransportError("the enclave closed the connection") from None
+            finally:
+                if pooled and done and len(self._idle) < self._max_idle:
+                    self._idle.append((self._generation, reader, writer))
+                else:
+                    writer.close()
+
+    def _work(self) -> asyncio.Semaphore:
+        """Requests that reach the enclave's inference at once, at most what it works on at once:
+        the rest wait here, in the host, rather than as connections, each an enclave thread (which
+        under Gramine count against sgx.max_threads)."""
+        if self._work_slots is None:
+            self._work_slots = asyncio.Semaphore(self.config.limits.max_concurrent_requests)
+        return self._work_slots
 
     async def _borrow(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """An idle connection to the enclave running now, or a new one."""
@@ -261,6 +271,10 @@ class EnclaveProcess:
         holding more than one; stop sending as soon as the enclave answers (it may refuse at the
         head, before the body). Exceptions from ``pieces`` (a stalled or oversized client) end the
         exchange and propagate; the enclave sees the connection close and abandons the request."""
+        async with self._work():
+            return await self._stream(pieces)
+
+    async def _stream(self, pieces: AsyncIterator[bytes]) -> tuple[FrameType, bytes]:
         reader, writer = await self.connect()
         answer = asyncio.ensure_future(_read_frame(reader))
         try:
