@@ -113,7 +113,9 @@ class EnclaveConfig:
     security_version: int = 1
     debug: bool = False
     enclave_size: str = "4G"  # Gramine's sgx.enclave_size
-    max_threads: int = 16  # Gramine's sgx.max_threads
+    # Gramine's sgx.max_threads: a connection thread per request in the enclave (16), ONNX Runtime's
+    # pool (a quarter of this), the batcher, the main thread and Gramine's four helpers fit in 32.
+    max_threads: int = 32
     # Which platform sealing key protects the stored model: "mrenclave" (only this exact enclave
     # can unseal; a code update loses the model) or "mrsigner" (any enclave of this signer and
     # product can, so updates keep it, but so would an older, vulnerable version).

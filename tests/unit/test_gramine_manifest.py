@@ -173,7 +173,7 @@ def test_defaults_render_too(tmp_path: Path) -> None:
     sgx = render(gramine_variables(config(), data_dir=tmp_path, listen_port=7001, out_dir=tmp_path / "o"))[
         "sgx"
     ]
-    assert (sgx["enclave_size"], sgx["max_threads"], sgx["isvprodid"], sgx["isvsvn"]) == ("4G", 16, 1, 1)
+    assert (sgx["enclave_size"], sgx["max_threads"], sgx["isvprodid"], sgx["isvsvn"]) == ("4G", 32, 1, 1)
     assert sgx["debug"] is False
 
 
@@ -292,6 +292,7 @@ def test_template_takes_exactly_the_renderers_variables(variables: dict[str, str
         ({"enclave_size": "3G"}, "power of two"),
         ({"enclave_size": "768M"}, "power of two"),
         ({"max_threads": 2}, "at least 4"),
+        ({"max_threads": 16}, r"max_threads is 16 but the enclave may run 26 threads: one per request"),
     ],
 )
 def test_configs_sgx_cannot_run_are_refused(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
@@ -339,7 +340,10 @@ def test_cli_writes_config_and_prints_defines(tmp_path: Path, capsys: pytest.Cap
     pub = tmp_path / "owner.key.pub"
     pub.write_text(format_public_key(OWNER_KEY))
     toml = tmp_path / "enclave.toml"
-    toml.write_text("product_id = 9\nsecurity_version = 4\nenclave_size = '2G'\nmax_threads = 8\n")
+    toml.write_text(  # 6 requests + ONNX Runtime's 4 + batcher + main + Gramine's 4 = 16 threads
+        "product_id = 9\nsecurity_version = 4\nenclave_size = '2G'\nmax_threads = 16\n"
+        "[limits]\nmax_concurrent_requests = 6\n"
+    )
     out, data = tmp_path / "out dir", tmp_path / "data"  # a space: quoting must survive eval
     argv = ["gramine-manifest", "--owner-public-key", str(pub), "--config", str(toml)]
     argv += ["--data-dir", str(data), "--port", "7100", "--out", str(out)]

@@ -37,6 +37,13 @@ MIN_THREADS = 4
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
+def enclave_threads(config: EnclaveConfig) -> int:
+    """The most threads the enclave runs at once: a connection thread per request in the enclave
+    (the host sends no more at once), ONNX Runtime's intra-op pool (a quarter of max_threads, at
+    most), the batcher, the main thread, and Gramine's own helpers."""
+    return config.limits.max_concurrent_requests + config.max_threads // 4 + 2 + MIN_THREADS
+
+
 def gramine_variables(
     config: EnclaveConfig, *, data_dir: Path, listen_port: int, out_dir: Path
 ) -> dict[str, str]:
@@ -52,6 +59,14 @@ def gramine_variables(
         raise UsageError(
             f"max_threads is {config.max_threads}; Gramine needs at least {MIN_THREADS} "
             "(its own helper threads take thread slots too)"
+        )
+    needed = enclave_threads(config)
+    if config.max_threads < needed:
+        raise UsageError(
+            f"max_threads is {config.max_threads} but the enclave may run {needed} threads: one per request"
+            f" it works on (limits.max_concurrent_requests = {config.limits.max_concurrent_requests}),"
+            f" ONNX Runtime's pool ({config.max_threads // 4}), the batcher, the main thread and Gramine's"
+            f" {MIN_THREADS}; raise max_threads or lower max_concurrent_requests"
         )
 
     if not sys.executable:
