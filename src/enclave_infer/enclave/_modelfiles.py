@@ -52,10 +52,6 @@ class ModelFiles:
             self._buffers = [bytearray() for _ in self._sizes]
         self._index, self._left = 0, self._sizes[0] if self._sizes else 0
 
-    @property
-    def in_memory_files(self) -> bool:
-        return bool(self._fds)
-
     def write(self, data: bytes | memoryview) -> None:
         """The next bytes, which may span the end of one file and the start of the next. The caller
         has checked that they do not exceed the sizes."""
