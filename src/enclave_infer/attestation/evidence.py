@@ -37,7 +37,7 @@ from datetime import datetime
 
 from enclave_infer.attestation import dcap, simulation, snp
 from enclave_infer.attestation.constraints import Constraint
-from enclave_infer.attestation.report import EnclaveReport, report_data_binding
+from enclave_infer.attestation.report import BINDING_LABEL, EnclaveReport, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
 
@@ -171,11 +171,13 @@ def appraise(
     now: datetime,
     collateral: bytes | None = None,
     verifier: Verifier | None = None,
+    label: bytes = BINDING_LABEL,
 ) -> Attestation:
     """Steps 1 to 3: verify the evidence and its binding, without a client policy.
 
     ``collateral``, when given, replaces what the document carries (e.g. the client's own, fetched
-    from its PCCS)."""
+    from its PCCS). ``label``: the purpose the evidence must have been made for (key release binds
+    under labels of its own)."""
     # 1. parse
     evidence = Evidence.decode(document)
     # 2. platform verification, with the verifier's roots
@@ -187,7 +189,7 @@ def appraise(
     except UsageError as exc:
         raise AttestationError(f"enclave configuration in the evidence is invalid: {exc}") from None
     # 3. binding to key configuration, enclave configuration and our nonce
-    expected = report_data_binding(key_config, config.digest(), nonce)
+    expected = report_data_binding(key_config, config.digest(), nonce, label=label)
     if not hmac.compare_digest(report.report_data, expected):
         raise AttestationError(
             "evidence is not bound to this key configuration, configuration and nonce"

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from enclave_infer.errors import AttestationError
 
 __all__ = [
+    "BINDING_LABEL",
     "MAX_NONCE_BYTES",
     "MIN_NONCE_BYTES",
     "DcapCollateral",
@@ -111,8 +112,12 @@ class EnclaveReport:
     dcap_collateral: DcapCollateral | None = None
 
 
-def report_data_binding(key_config: bytes, config_digest: bytes, nonce: bytes) -> bytes:
-    """The 64 bytes an honest enclave puts in its report data for this key, config and nonce."""
+def report_data_binding(
+    key_config: bytes, config_digest: bytes, nonce: bytes, *, label: bytes = BINDING_LABEL
+) -> bytes:
+    """The 64 bytes an honest enclave puts in its report data for this key, config and nonce.
+    ``label``: what the evidence is for; key release (:mod:`enclave_infer.cluster.keyrelease`) binds
+    its own messages under labels of its own, so that no evidence made for one purpose serves another."""
     if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
         raise AttestationError(f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes")
     if len(config_digest) != 32:
@@ -120,7 +125,7 @@ def report_data_binding(key_config: bytes, config_digest: bytes, nonce: bytes) -
     if len(key_config) > 0xFFFF:
         raise AttestationError("key configuration too long")
     return hashlib.sha512(
-        BINDING_LABEL
+        label
         + struct.pack("!H", len(key_config))
         + key_config
         + config_digest

@@ -99,6 +99,7 @@ PROBLEM_ERRORS: Mapping[Problem, type[RemoteError]] = {
     Problem.STORAGE_FULL: EnclaveFailureError,
     Problem.STORAGE_FAILED: EnclaveFailureError,
     Problem.INTERNAL: EnclaveFailureError,
+    Problem.KEY_RELEASE_REFUSED: EnclaveFailureError,  # between enclaves only
 }
 
 

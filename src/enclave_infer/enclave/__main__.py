@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, help="unix socket path, or tcp:127.0.0.1:PORT")
     parser.add_argument("--config", type=Path, required=True, help="canonical enclave configuration (JSON)")
     parser.add_argument("--storage", type=Path, required=True, help="folder for sealed blobs")
+    parser.add_argument(
+        "--cluster-storage",
+        type=Path,
+        help="shared folder of a cluster: join or found one before serving",
+    )
     parser.add_argument("--platform", choices=PLATFORMS, default="auto")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     args = parser.parse_args(argv)
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, EnclaveInferError) as exc:
         print(f"enclave: error: {exc}", file=sys.stderr)
         return 2
-    enclave = Enclave(config, platform, args.storage)
+    enclave = Enclave(config, platform, args.storage, shared=args.cluster_storage)
     with contextlib.suppress(KeyboardInterrupt):
         serve(enclave, listen)
     return 0

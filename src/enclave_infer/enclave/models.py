@@ -12,11 +12,13 @@ Inference: each request decodes and preprocesses its image in its own thread, th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
 import logging
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -66,6 +68,12 @@ log = logging.getLogger("enclave_infer.enclave")
 
 SEALED_MODEL = "model.sealed"
 SEAL_LABEL = b"enclave-infer sealed model v2"
+# A cluster's storage (enclave_infer.cluster) holds one file per version, never overwritten.
+CLUSTER_MODEL = re.compile(r"model-v([1-9][0-9]{0,17})\.sealed")
+
+
+def cluster_model_name(version: int) -> str:
+    return f"model-v{version}.sealed"
 
 
 class ModelError(EnclaveInferError):
@@ -207,6 +215,12 @@ class ModelStore:
         self._decodes = threading.BoundedSemaphore(limits.max_concurrent_decodes)
         self._stats_lock = threading.Lock()
         self._classifications = 0
+        # A cluster member's shared storage, and the lowest version it may serve (use_cluster).
+        self._shared: Path | None = None
+        self.cluster_id: str | None = None
+        self.floor = 0
+        self._reload_lock = threading.Lock()
+        self._refused: set[str] = set()  # files of the shared storage that failed verification
 
     def status(self) -> EnclaveStatus:
         """What the host may know: the served model's public identity, how many answers, and the
@@ -219,6 +233,8 @@ class ModelStore:
             classifications=self._classifications,
             batches=batches.batches,
             batch_sizes={n: count for n, count in enumerate(batches.sizes, start=1) if count},
+            cluster_id=self.cluster_id,
+            version_floor=self.floor if self.cluster_id is not None else None,
         )
 
     # -- provisioning --------------------------------------------------------------------------
@@ -245,9 +261,15 @@ class ModelStore:
         writer = None
         if self._sealer is not None:
             try:
-                self._storage.mkdir(parents=True, exist_ok=True)
                 header = _pack(manifest_bytes, signature)
-                writer = SealedStreamWriter(self._sealer, self._storage / SEALED_MODEL, header, SEAL_LABEL)
+                if self._shared is not None:  # a cluster member: a new file for each version
+                    path = self._shared / cluster_model_name(manifest.version)
+                    writer = SealedStreamWriter(self._sealer, path, header, SEAL_LABEL, exclusive=True)
+                else:
+                    self._storage.mkdir(parents=True, exist_ok=True)
+                    writer = SealedStreamWriter(
+                        self._sealer, self._storage / SEALED_MODEL, header, SEAL_LABEL
+                    )
             except OSError as exc:
                 error = storage_error(exc)
                 log.warning("provision of model version %d refused: %s", manifest.version, error)
@@ -259,24 +281,38 @@ class ModelStore:
         finished meanwhile), run ``commit`` (the sealed file goes into place), swap. Returns the
         version it replaced."""
         with self._provision_lock:
-            self._check_newer(loaded.manifest)
+            self._check_newer(loaded.manifest, upload=commit is not None)
             if commit is not None:
                 try:
                     commit()
+                except FileExistsError:  # another member took this version meanwhile
+                    raise ModelError(
+                        Problem.VERSION_NOT_NEWER,
+                        f"model version {loaded.manifest.version} is already in the cluster's storage",
+                    ) from None
                 except OSError as exc:
                     raise storage_error(exc) from None
             previous, self.current = self.current, loaded
+            self.floor = max(self.floor, loaded.manifest.version)
         m = loaded.manifest
         log.info("serving model version %d sha256 %s", m.version, m.model_sha256)
         return previous.manifest.version if previous is not None else None
 
-    def _check_newer(self, manifest: Manifest) -> None:
+    def _check_newer(self, manifest: Manifest, *, upload: bool = True) -> None:
+        """``upload``: a new version (above the floor); else one from the cluster's storage (at or
+        above it)."""
         current = self.current
         if current is not None and manifest.version <= current.manifest.version:
             raise ModelError(
                 Problem.VERSION_NOT_NEWER,
                 f"model version {manifest.version} is not newer than the served version"
                 f" {current.manifest.version}",
+            )
+        if self._shared is not None and manifest.version < self.floor + upload:
+            raise ModelError(
+                Problem.VERSION_NOT_NEWER,
+                f"model version {manifest.version} is not newer than version {self.floor},"
+                " which a member of the cluster holds",
             )
 
     def model_files(self, manifest: Manifest) -> ModelFiles:
@@ -340,32 +376,100 @@ class ModelStore:
             log.warning("removed an unfinished upload left by a previous run")
         if self._sealer is None or not path.exists():
             return
+        loaded = self._read_sealed(path, self._sealer)
+        if loaded is not None:
+            self.current = loaded
+
+    def _read_sealed(self, path: Path, sealer: Sealer, version: int | None = None) -> LoadedModel | None:
+        """The model of a sealed file, verified and loaded; None (and one log line) if it fails.
+        ``version``: the version the file must hold (a cluster's files are named by version)."""
         try:
             pieces = iter_sealed_stream(
-                self._sealer, path, SEAL_LABEL, max_bytes=self._config.limits.max_model_bytes
+                sealer, path, SEAL_LABEL, max_bytes=self._config.limits.max_model_bytes
             )
             manifest_bytes, signature = _unpack(next(pieces))
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
+            if version is not None and manifest.version != version:
+                raise ModelError(
+                    Problem.INVALID_MANIFEST, "the file's name and its manifest's version differ"
+                )
             # the same path as an upload: hashed as it streams, into memory files, then loaded
             restored = Upload(self, manifest, signature, writer=None)
             try:
                 for piece in pieces:
                     restored.write(piece)
-                self.current = restored.complete(provisioned_at=path.stat().st_mtime)
+                loaded = restored.complete(provisioned_at=path.stat().st_mtime)
             finally:
                 restored.abort(logged=True)
         except DecryptionError:
             log.error(
-                "the sealed model cannot be read: it was sealed under a different measurement (code,"
-                " configuration or platform key) or altered; serving no model: re-provision it"
+                "the sealed model %s cannot be read: it was sealed under a different measurement (code,"
+                " configuration or platform key) or cluster, or altered; serving no model from it:"
+                " re-provision it",
+                path.name,
             )
-            return
+            return None
         except (EnclaveInferError, OSError) as exc:
             # the type only: a runtime's refusal may name the model's operators
             reason = _slug(exc.problem) if isinstance(exc, ModelError) else type(exc).__name__
-            log.error("sealed model in storage failed verification (%s); serving no model", reason)
-            return
+            log.error("sealed model %s failed verification (%s); it is not served", path.name, reason)
+            return None
         log.info("restored sealed model version %d sha256 %s", manifest.version, manifest.model_sha256)
+        return loaded
+
+    # -- clusters ------------------------------------------------------------------------------
+
+    def use_cluster(self, sealer: Sealer, shared: Path, cluster_id: str, floor: int) -> None:
+        """Become a cluster member: models are sealed under the cluster's key into ``shared``, one
+        file per version, and none below ``floor`` (the highest version a live member holds) is
+        served. Loads the newest model there."""
+        with self._provision_lock:
+            self._sealer, self._shared, self.cluster_id = sealer, shared, cluster_id
+            self.floor = max(self.floor, floor)
+        self.reload()
+
+    def reload(self) -> None:
+        """Serve the newest model in the cluster's storage if it is newer than the served one and
+        at or above the floor. A file that fails verification is skipped, and never read again."""
+        shared, sealer = self._shared, self._sealer
+        if shared is None or sealer is None:
+            return
+        with self._reload_lock:
+            try:
+                names = [
+                    (int(m[1]), m[0]) for p in shared.iterdir() if (m := CLUSTER_MODEL.fullmatch(p.name))
+                ]
+            except OSError as exc:
+                log.error("cannot list the cluster's storage: %s", os.strerror(exc.errno or 0))
+                return
+            current = self.current.manifest.version if self.current else 0
+            for version, name in sorted(names, reverse=True):
+                if version <= current:
+                    break
+                if name in self._refused:
+                    continue
+                if version < self.floor:
+                    log.error(
+                        "model version %d in the cluster's storage is below the floor %d (a rollback?);"
+                        " it is not served",
+                        version,
+                        self.floor,
+                    )
+                    self._refused.add(name)
+                    continue
+                loaded = self._read_sealed(shared / name, sealer, version)
+                if loaded is None:
+                    self._refused.add(name)
+                    continue
+                with contextlib.suppress(ModelError):  # a newer one arrived meanwhile
+                    self.install(loaded, commit=None)
+                return
+            if self.current is None and self.floor > 0:
+                log.error(
+                    "no model at or above version %d (the cluster's floor) in the cluster's storage;"
+                    " serving none",
+                    self.floor,
+                )
 
     # -- inference -----------------------------------------------------------------------------
 

@@ -126,10 +126,14 @@ _MAX_CHUNKS = 2**32 - 1
 
 class SealedStreamWriter:
     """Seal ``header`` and then every ``write()`` into ``path``; nothing is in place until
-    :meth:`commit`, and :meth:`abort` (or an exception inside ``with``) leaves no file behind."""
+    :meth:`commit`, and :meth:`abort` (or an exception inside ``with``) leaves no file behind.
+    ``exclusive``: commit never replaces a file already at ``path`` (FileExistsError instead)."""
 
-    def __init__(self, sealer: Sealer, path: Path, header: bytes, label: bytes) -> None:
+    def __init__(
+        self, sealer: Sealer, path: Path, header: bytes, label: bytes, *, exclusive: bool = False
+    ) -> None:
         self._sealer, self._path, self._label = sealer, path, label
+        self._exclusive = exclusive
         # unique, so that two uploads racing each other never write one file
         self._tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.partial")
         self._file = _create_private(self._tmp)  # closed by commit/abort
@@ -160,7 +164,11 @@ class SealedStreamWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self._tmp, self._path)
+        if self._exclusive:
+            os.link(self._tmp, self._path)  # atomic, and refuses to replace
+            self._tmp.unlink()
+        else:
+            os.replace(self._tmp, self._path)
 
     def abort(self) -> None:
         if not self._file.closed:

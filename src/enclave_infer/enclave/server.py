@@ -13,6 +13,7 @@ decodes its image in its connection's thread and then waits for the model store'
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -20,10 +21,12 @@ import socket
 import socketserver
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
-from enclave_infer.attestation.evidence import Evidence
+from enclave_infer.attestation.evidence import Evidence, Verifier
 from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, report_data_binding
+from enclave_infer.cluster import keyrelease
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.gateway import Gateway
@@ -52,20 +55,40 @@ MAX_LARGE_FRAMES = 1
 
 
 class Enclave:
-    """The enclave's state and its answers to the host's three questions."""
+    """The enclave's state and its answers to the host's questions.
 
-    def __init__(self, config: EnclaveConfig, platform: Platform, storage: Path) -> None:
+    ``shared``: the storage of a cluster (:mod:`enclave_infer.cluster`): the enclave serves nothing
+    until it has joined one by attested key release, or founded one; then it answers with the
+    cluster's key and serves the cluster's models from ``shared``. ``verifier``: the roots peers'
+    evidence is verified with (tests only; production roots otherwise)."""
+
+    def __init__(
+        self,
+        config: EnclaveConfig,
+        platform: Platform,
+        storage: Path,
+        *,
+        shared: Path | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
         self.config = config
         self.platform = platform
-        self.key = ohttp.GatewayKey.generate(key_id=1)  # fresh per instance, never leaves
+        # fresh per instance; it leaves only by attested key release, to a member of its cluster
+        self.key = ohttp.GatewayKey.generate(key_id=1)
         self.key_config = self.key.config.encode()
+        self.shared = shared
+        self.cluster: keyrelease.ClusterSecrets | None = None
+        self._pending: keyrelease.PendingJoin | None = None
+        self._cluster_lock = threading.Lock()
+        self._verifier = verifier or Verifier.production()
         try:
             sealer: Sealer | None = Sealer(platform.sealing_key())
         except AttestationError as exc:
             log.warning("%s: provisioned models are kept in memory only, not across restarts", exc)
             sealer = None
         self.store = ModelStore(config, sealer, storage)
-        self.store.restore()
+        if shared is None:  # a cluster member's models are the cluster's, loaded once it joins
+            self.store.restore()
         app = App(
             self.store, max_top_k=config.limits.max_top_k, max_image_bytes=config.limits.max_image_bytes
         )
@@ -77,7 +100,7 @@ class Enclave:
 
     def answer(self, kind: FrameType, payload: bytes) -> bytes:
         if kind is FrameType.GET_STATUS:
-            return framing.encode_frame(FrameType.STATUS, json.dumps(self.store.status().to_json()).encode())
+            return self._status()
         if kind is FrameType.GET_KEYS:
             return framing.encode_frame(FrameType.KEYS, ohttp.encode_key_configs([self.key.config]))
         if kind is FrameType.GET_EVIDENCE:
@@ -90,7 +113,11 @@ class Enclave:
                 self.platform.tee, self.platform.evidence(report_data), self.config.canonical()
             )
             return framing.encode_frame(FrameType.EVIDENCE, document.encode())
+        if kind in _CLUSTER_FRAMES:
+            return self._cluster(kind, payload)
         if kind is FrameType.OHTTP_REQUEST:
+            if self.shared is not None and self.cluster is None:
+                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
             try:
                 return framing.encode_frame(FrameType.OHTTP_RESPONSE, self.gateway.handle(payload))
             except (DecryptionError, ohttp.KeyMismatchError):
@@ -98,6 +125,108 @@ class Enclave:
             except ProtocolError as exc:
                 return _problem(Problem.MALFORMED_REQUEST, f"malformed encapsulated request: {exc}")
         return _problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}")
+
+    # -- clusters ------------------------------------------------------------------------------
+
+    def _cluster(self, kind: FrameType, payload: bytes) -> bytes:
+        if self.shared is None:
+            return _problem(Problem.MALFORMED_REQUEST, "this enclave was not started as a cluster member")
+        try:
+            collateral, message = framing.decode_cluster_payload(payload)
+        except ProtocolError as exc:
+            return _problem(Problem.MALFORMED_REQUEST, str(exc))
+
+        def attest(report_data: bytes) -> bytes:
+            evidence = self.platform.evidence(report_data)
+            return Evidence(self.platform.tee, evidence, self.config.canonical(), collateral).encode()
+
+        now = datetime.now(UTC)  # the host's clock: see the README on key release
+        with self._cluster_lock:
+            try:
+                return self._cluster_locked(kind, message, attest, now)
+            except keyrelease.KeyReleaseError as exc:
+                log.warning("%s", exc)
+                return _problem(Problem.KEY_RELEASE_REFUSED, str(exc))
+            except AttestationError as exc:  # this enclave's own evidence does not verify
+                log.error("key release: this enclave's own evidence does not verify: %s", exc)
+                return _problem(Problem.KEY_RELEASE_REFUSED, f"the enclave's own evidence: {exc}")
+
+    def _cluster_locked(
+        self, kind: FrameType, message: bytes, attest: keyrelease.Attest, now: datetime
+    ) -> bytes:
+        member = self.cluster
+        if kind is FrameType.CLUSTER_RELOAD:
+            if member is None:
+                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
+            self.store.reload()
+            return self._status()
+        if kind is FrameType.CLUSTER_RELEASE:
+            if member is None:
+                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
+            own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
+            if own.tee == "simulation":
+                log.warning("SIMULATION: releasing the cluster's keys on unsigned evidence (INSECURE)")
+            answer = keyrelease.release(
+                message,
+                member.with_floor(self.store.floor),
+                own=own,
+                config=self.config,
+                attest=attest,
+                verifier=self._verifier,
+                now=now,
+            )
+            log.info("released the cluster's keys to a joining enclave")
+            return framing.encode_frame(FrameType.CLUSTER_MESSAGE, answer)
+        if member is not None:  # join, accept, found: already a member
+            return _problem(Problem.MALFORMED_REQUEST, "the enclave is already a member of its cluster")
+        if kind is FrameType.CLUSTER_JOIN:
+            self._pending = keyrelease.join_request(attest, self.config)
+            return framing.encode_frame(FrameType.CLUSTER_MESSAGE, self._pending.request)
+        if kind is FrameType.CLUSTER_ACCEPT:
+            if self._pending is None:
+                return _problem(Problem.MALFORMED_REQUEST, "no join request is waiting for a release")
+            own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
+            secrets = keyrelease.accept(
+                message, self._pending, own=own, config=self.config, verifier=self._verifier, now=now
+            )
+            self._pending = None
+            self._join(secrets, founded=False)
+            return self._status()
+        # CLUSTER_FOUND
+        self._pending = None
+        self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
+        return self._status()
+
+    def _join(self, cluster: keyrelease.ClusterSecrets, *, founded: bool) -> None:
+        assert self.shared is not None
+        self.key = cluster.ohttp_key
+        self.key_config = self.key.config.encode()
+        self.gateway.key = self.key
+        self.cluster = cluster
+        log.info(
+            "%s cluster %s: key configuration SHA-256 %s, model version floor %d",
+            "founded" if founded else "joined",
+            cluster.cluster_id.hex(),
+            hashlib.sha256(self.key_config).hexdigest().upper(),
+            cluster.floor,
+        )
+        sealer = Sealer(cluster.sealing_key, purpose=CLUSTER_SEALING_PURPOSE)
+        self.store.use_cluster(sealer, self.shared, cluster.cluster_id.hex(), cluster.floor)
+
+    def _status(self) -> bytes:
+        return framing.encode_frame(FrameType.STATUS, json.dumps(self.store.status().to_json()).encode())
+
+
+CLUSTER_SEALING_PURPOSE = b"enclave-infer cluster storage v1"
+_CLUSTER_FRAMES = frozenset(
+    {
+        FrameType.CLUSTER_JOIN,
+        FrameType.CLUSTER_RELEASE,
+        FrameType.CLUSTER_ACCEPT,
+        FrameType.CLUSTER_FOUND,
+        FrameType.CLUSTER_RELOAD,
+    }
+)
 
 
 # RFC 9458 §5.3: a request not encrypted to this key (an outdated configuration, or corrupted on

@@ -135,6 +135,8 @@ class Problem(enum.Enum):
     COLLATERAL_UNAVAILABLE = (_OURS + "collateral-unavailable", 503, "Attestation collateral unavailable")
     BAD_GATEWAY = (_OURS + "bad-gateway", 502, "Unexpected answer from the enclave")
     INTERNAL = (_OURS + "internal-error", 500, "Internal enclave error")
+    # between the enclaves of a cluster only (key release): never an answer to a client
+    KEY_RELEASE_REFUSED = (_OURS + "key-release-refused", 403, "Key release refused")
 
     def __init__(self, uri: str, status: int, title: str) -> None:
         self.uri, self.status, self.title = uri, status, title
@@ -362,9 +364,13 @@ class EnclaveStatus:
     classifications: int = 0
     batches: int = 0
     batch_sizes: Mapping[int, int] = field(default_factory=dict)  # batch size -> how many batches
+    # A cluster member (:mod:`enclave_infer.cluster`): its cluster's public id, and the lowest model
+    # version it will serve; None for an enclave on its own, or one that has not joined yet.
+    cluster_id: str | None = None
+    version_floor: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "model": None
             if self.model_sha256 is None
             else {"sha256": self.model_sha256, "version": self.model_version},
@@ -372,11 +378,15 @@ class EnclaveStatus:
             "batches": self.batches,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
         }
+        if self.cluster_id is not None:
+            doc["cluster"] = {"id": self.cluster_id, "version_floor": self.version_floor}
+        return doc
 
     @classmethod
     def from_json(cls, doc: Any) -> EnclaveStatus:
         model = doc.get("model") if isinstance(doc, dict) else None
         sizes = doc.get("batch_sizes", {}) if isinstance(doc, dict) else None
+        cluster = doc.get("cluster") if isinstance(doc, dict) else None
         if not isinstance(sizes, dict) or not all(
             isinstance(k, str) and k.isdigit() and isinstance(v, int) for k, v in sizes.items()
         ):
@@ -387,6 +397,8 @@ class EnclaveStatus:
             classifications=_int(doc, "classifications"),
             batches=_int(doc, "batches"),
             batch_sizes={int(k): v for k, v in sizes.items()},
+            cluster_id=None if cluster is None else _str(cluster, "id"),
+            version_floor=None if cluster is None else _int(cluster, "version_floor"),
         )
 
 

@@ -26,7 +26,9 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "Address",
     "FrameType",
+    "decode_cluster_payload",
     "decode_problem",
+    "encode_cluster_payload",
     "encode_frame",
     "encode_problem",
     "format_address",
@@ -53,11 +55,20 @@ class FrameType(enum.IntEnum):
     CHUNKED_DATA = 0x05
     CHUNKED_END = 0x06
     GET_STATUS = 0x07  # → STATUS: the enclave's public status (JSON), for the host's health and metrics
+    # Clusters (enclave_infer.cluster): each payload is u32 length || the host's collateral for its
+    # own enclave's evidence || the message. Key release messages are public: evidence, and secrets
+    # sealed to an attested enclave.
+    CLUSTER_JOIN = 0x08  # → CLUSTER_MESSAGE: a join request for a member to answer
+    CLUSTER_RELEASE = 0x09  # message: a join request → CLUSTER_MESSAGE: the release
+    CLUSTER_ACCEPT = 0x0A  # message: a release → STATUS, a member now
+    CLUSTER_FOUND = 0x0B  # → STATUS: no member answered; found a new cluster
+    CLUSTER_RELOAD = 0x0C  # → STATUS: load the newest model in the cluster's storage, if newer
     KEYS = 0x81
     EVIDENCE = 0x82
     OHTTP_RESPONSE = 0x83
     CHUNKED_RESPONSE = 0x84
     STATUS = 0x85
+    CLUSTER_MESSAGE = 0x86
     ERROR = 0xFF
 
 
@@ -65,6 +76,24 @@ def encode_frame(kind: FrameType, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_FRAME_BYTES:
         raise ProtocolError("frame too large")
     return HEADER.pack(kind, len(payload)) + payload
+
+
+CLUSTER_PREFIX = struct.Struct("!I")
+
+
+def encode_cluster_payload(collateral: bytes, message: bytes = b"") -> bytes:
+    return CLUSTER_PREFIX.pack(len(collateral)) + collateral + message
+
+
+def decode_cluster_payload(payload: bytes) -> tuple[bytes, bytes]:
+    """(collateral, message) of a cluster frame's payload."""
+    if len(payload) < CLUSTER_PREFIX.size:
+        raise ProtocolError("cluster frame too short")
+    (length,) = CLUSTER_PREFIX.unpack_from(payload)
+    if length > len(payload) - CLUSTER_PREFIX.size:
+        raise ProtocolError("cluster frame: collateral longer than the frame")
+    end = CLUSTER_PREFIX.size + length
+    return payload[CLUSTER_PREFIX.size : end], payload[end:]
 
 
 def parse_header(header: bytes) -> tuple[FrameType, int]:

@@ -282,6 +282,11 @@ class GatewayKey:
     def config(self) -> KeyConfig:
         return self._config
 
+    def private_bytes(self) -> bytes:
+        """``skR`` itself: only for attested key release between enclaves of one cluster, which
+        encrypts it to a verified peer (:mod:`enclave_infer.cluster.keyrelease`)."""
+        return bytes(self._sk_r.to_private_bytes())
+
     def __repr__(self) -> str:
         return f"GatewayKey(config={self._config!r})"
 

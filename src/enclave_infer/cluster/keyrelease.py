@@ -1,0 +1,293 @@
+"""Attested key release: how an enclave joins a cluster and receives its secrets from a member.
+
+Trusted code, pure logic on bytes; the enclave calls it, the hosts carry its messages. The pattern of
+Conclave's KDS, Contrast's coordinator and Trustee's KBS, done enclave to enclave: the secrets go
+only to an enclave that is provably the same code with the same measured configuration, and the
+joiner takes them only from such an enclave (else a host could hand it a key the host knows).
+
+Messages (JSON, binary fields base64)::
+
+    join request   {"version": 1, "key_config": KC, "nonce": N, "evidence": D_j}
+    release        {"version": 1, "sealed": S, "evidence": D_g}
+
+- ``KC``: the RFC 9458 key configuration of a fresh HPKE key pair of the joiner's, used once;
+  ``N``: 32 random bytes of the joiner's.
+- ``D_j``: the joiner's attestation document (:mod:`enclave_infer.attestation.evidence`, with its
+  host's collateral), its report data ``report_data_binding(KC, SHA-256(config), N, label=JOIN_LABEL)``.
+- ``S = hdr || enc || HPKE.Seal(secrets)``: sealed to ``KC`` with RFC 9458's per-message setup under
+  ``RELEASE_INFO``, the additional data SHA-256 of the join request's bytes.
+- ``D_g``: the giver's document, its report data
+  ``report_data_binding(SHA-256(join request) || SHA-256(S), SHA-256(config), N, label=RELEASE_LABEL)``:
+  the giver's platform vouches for this very answer to this very request, and ``N`` makes it fresh.
+- ``secrets`` (:class:`ClusterSecrets`): the cluster id, the OHTTP key pair every member answers
+  with, the key that seals the cluster's model files, and the model version floor.
+
+Each side checks the other with :func:`check_peer`: the same TEE, code hash, signer, product,
+security version, debug flag and configuration as its own, and at least its own security level.
+TDX is refused: its code hash (MRTD) measures the firmware only, and until the runtime measurement
+registers are compared, two TDs with one MRTD may run different code. A replayed join request gains
+nothing: the release is sealed to a key only the joining enclave holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from pyhpke import PyHPKEError
+
+from enclave_infer.attestation.evidence import Attestation, Verifier, appraise
+from enclave_infer.attestation.report import EnclaveReport, report_data_binding
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError, UsageError
+from enclave_infer.protocol import ohttp
+
+__all__ = [
+    "JOIN_LABEL",
+    "RELEASE_LABEL",
+    "ClusterSecrets",
+    "KeyReleaseError",
+    "PendingJoin",
+    "accept",
+    "check_peer",
+    "join_request",
+    "release",
+    "self_report",
+]
+
+VERSION = 1
+JOIN_LABEL = b"enclave-infer key release v1 join\x00"
+RELEASE_LABEL = b"enclave-infer key release v1 release\x00"
+RELEASE_INFO = b"enclave-infer key release v1"
+NONCE_BYTES = 32
+CLUSTER_ID_BYTES = 16
+SEALING_KEY_BYTES = 32
+# Two attestation documents and a few keys: anything larger is not a key release message.
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+# The enclave's own attestation: report data in, its attestation document (with collateral) out.
+Attest = Callable[[bytes], bytes]
+
+
+class KeyReleaseError(AttestationError):
+    """A key release message was refused; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class ClusterSecrets:
+    """What members share. ``floor``: no member serves a model version below it."""
+
+    cluster_id: bytes
+    ohttp_key: ohttp.GatewayKey
+    sealing_key: bytes
+    floor: int
+
+    def __repr__(self) -> str:
+        return f"ClusterSecrets(cluster_id={self.cluster_id.hex()}, floor={self.floor}, <keys hidden>)"
+
+    @classmethod
+    def found(cls, ohttp_key: ohttp.GatewayKey) -> ClusterSecrets:
+        """A new cluster around the founding enclave's own OHTTP key."""
+        return cls(
+            secrets.token_bytes(CLUSTER_ID_BYTES), ohttp_key, secrets.token_bytes(SEALING_KEY_BYTES), 0
+        )
+
+    def with_floor(self, floor: int) -> ClusterSecrets:
+        return ClusterSecrets(self.cluster_id, self.ohttp_key, self.sealing_key, max(self.floor, floor))
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "cluster_id": self.cluster_id.hex(),
+                "ohttp_key_id": self.ohttp_key.config.key_id,
+                "ohttp_private_key": _b64(self.ohttp_key.private_bytes()),
+                "sealing_key": _b64(self.sealing_key),
+                "floor": self.floor,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> ClusterSecrets:
+        try:
+            doc = json.loads(data)
+            cluster_id = bytes.fromhex(doc["cluster_id"])
+            key_id, floor = doc["ohttp_key_id"], doc["floor"]
+            if not (isinstance(key_id, int) and isinstance(floor, int) and 0 <= key_id <= 255 and floor >= 0):
+                raise ValueError
+            key = ohttp.GatewayKey.from_private_bytes(key_id, _unb64(doc["ohttp_private_key"]))
+            sealing_key = _unb64(doc["sealing_key"])
+        except (ValueError, KeyError, TypeError, UsageError, RecursionError):
+            raise KeyReleaseError("key release refused: the released secrets are malformed") from None
+        if len(cluster_id) != CLUSTER_ID_BYTES or len(sealing_key) != SEALING_KEY_BYTES:
+            raise KeyReleaseError("key release refused: the released secrets are malformed")
+        return cls(cluster_id, key, sealing_key, floor)
+
+
+@dataclass(frozen=True)
+class PendingJoin:
+    """The joiner's half of one attempt: its one-time key and nonce, and the request it sent."""
+
+    key: ohttp.GatewayKey
+    nonce: bytes
+    request: bytes
+
+    def __repr__(self) -> str:
+        return "PendingJoin(<key hidden>)"
+
+
+def join_request(attest: Attest, config: EnclaveConfig) -> PendingJoin:
+    """A fresh key pair and nonce, and the join request that carries them with evidence."""
+    key = ohttp.GatewayKey.generate(key_id=0)
+    key_config, nonce = key.config.encode(), secrets.token_bytes(NONCE_BYTES)
+    document = attest(_binding(key_config, config, nonce, JOIN_LABEL))
+    request = _encode({"key_config": key_config, "nonce": nonce, "evidence": document})
+    return PendingJoin(key, nonce, request)
+
+
+def release(
+    request: bytes,
+    cluster: ClusterSecrets,
+    *,
+    own: EnclaveReport,
+    config: EnclaveConfig,
+    attest: Attest,
+    verifier: Verifier,
+    now: datetime,
+) -> bytes:
+    """The giver's answer to a join request: the cluster's secrets sealed to the joiner, with the
+    giver's evidence. Raises :class:`KeyReleaseError` unless the joiner is the same enclave as
+    ``own`` (the giver's own verified report) at the same or a higher security level."""
+    fields = _decode(request, ("key_config", "nonce", "evidence"))
+    key_config, nonce = fields["key_config"], fields["nonce"]
+    if len(nonce) != NONCE_BYTES:
+        raise KeyReleaseError(f"key release refused: the join request's nonce is not {NONCE_BYTES} bytes")
+    try:
+        peer_key = ohttp.KeyConfig.decode(key_config)
+        joiner = appraise(
+            fields["evidence"],
+            key_config=key_config,
+            nonce=nonce,
+            now=now,
+            label=JOIN_LABEL,
+            verifier=verifier,
+        )
+    except (AttestationError, ProtocolError) as exc:
+        raise KeyReleaseError(f"key release refused: the joiner's evidence: {exc}") from None
+    check_peer(own, config, joiner, who="joiner")
+    request_digest = hashlib.sha256(request).digest()
+    try:
+        hdr, enc, context, _ = ohttp.setup_sender(peer_key, RELEASE_INFO, None)
+    except ProtocolError as exc:
+        raise KeyReleaseError(f"key release refused: the joiner's key: {exc}") from None
+    sealed = hdr + enc + context.seal(cluster.encode(), request_digest)
+    bound = request_digest + hashlib.sha256(sealed).digest()
+    document = attest(_binding(bound, config, nonce, RELEASE_LABEL))
+    return _encode({"sealed": sealed, "evidence": document})
+
+
+def accept(
+    answer: bytes,
+    pending: PendingJoin,
+    *,
+    own: EnclaveReport,
+    config: EnclaveConfig,
+    verifier: Verifier,
+    now: datetime,
+) -> ClusterSecrets:
+    """The joiner's check of a release: the giver's evidence verifies, binds this answer to this
+    request, and shows the same enclave as ``own``; only then are the secrets opened."""
+    fields = _decode(answer, ("sealed", "evidence"))
+    sealed = fields["sealed"]
+    request_digest = hashlib.sha256(pending.request).digest()
+    bound = request_digest + hashlib.sha256(sealed).digest()
+    try:
+        giver = appraise(
+            fields["evidence"], key_config=bound, nonce=pending.nonce, now=now, label=RELEASE_LABEL,
+            verifier=verifier,
+        )  # fmt: skip
+    except AttestationError as exc:
+        raise KeyReleaseError(f"key release refused: the giver's evidence: {exc}") from None
+    check_peer(own, config, giver, who="giver")
+    try:
+        _, context, _, ciphertext = ohttp.setup_recipient(pending.key, sealed, RELEASE_INFO)
+        plaintext = context.open(ciphertext, request_digest)
+    except (ProtocolError, DecryptionError, PyHPKEError):
+        raise KeyReleaseError("key release refused: the released secrets do not decrypt") from None
+    return ClusterSecrets.decode(plaintext)
+
+
+def check_peer(own: EnclaveReport, config: EnclaveConfig, peer: Attestation, *, who: str) -> None:
+    """Raise unless ``peer`` is the same enclave as ``own``, at the same or a higher level."""
+    p = peer.report
+    if own.tee == "tdx" or p.tee == "tdx":
+        raise KeyReleaseError(
+            "key release refused: TDX key release needs the runtime measurements (RTMRs) compared,"
+            " which this version does not do"
+        )
+    differences = [
+        name
+        for name, mine, theirs in (
+            ("TEE", own.tee, p.tee),
+            ("code hash", own.code_hash, p.code_hash),
+            ("signer", own.signer, p.signer),
+            ("product id", own.product_id, p.product_id),
+            ("security version", own.security_version, p.security_version),
+            ("debug flag", own.debug, p.debug),
+        )
+        if mine != theirs
+    ]
+    if not hmac.compare_digest(peer.config.canonical(), config.canonical()):
+        differences.append("configuration")
+    if differences:
+        raise KeyReleaseError(f"key release refused: the {who} differs in {', '.join(differences)}")
+    if p.security_level < own.security_level:
+        raise KeyReleaseError(
+            f"key release refused: the {who} is {p.security_level.name}, below this enclave's"
+            f" {own.security_level.name}"
+        )
+
+
+def self_report(attest: Attest, config: EnclaveConfig, *, verifier: Verifier, now: datetime) -> EnclaveReport:
+    """This enclave's own report, verified as a peer would verify it (the baseline of check_peer)."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    probe = b"enclave-infer key release self-check"
+    document = attest(_binding(probe, config, nonce, JOIN_LABEL))
+    return appraise(
+        document, key_config=probe, nonce=nonce, now=now, label=JOIN_LABEL, verifier=verifier
+    ).report
+
+
+def _binding(bound: bytes, config: EnclaveConfig, nonce: bytes, label: bytes) -> bytes:
+    return report_data_binding(bound, config.digest(), nonce, label=label)
+
+
+def _encode(fields: dict[str, bytes]) -> bytes:
+    return json.dumps({"version": VERSION, **{k: _b64(v) for k, v in fields.items()}}).encode()
+
+
+def _decode(message: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise KeyReleaseError("key release refused: message too large")
+    try:
+        doc = json.loads(message)
+        if not isinstance(doc, dict) or doc.get("version") != VERSION or set(doc) != {"version", *names}:
+            raise ValueError
+        return {name: _unb64(doc[name]) for name in names}
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        raise KeyReleaseError("key release refused: malformed message") from None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not base64")
+    return base64.b64decode(text, validate=True)

@@ -1,0 +1,265 @@
+"""Attested key release between enclaves, and the cluster's shared model storage: enclaves in this
+process, their hosts' frames carried by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from enclave_infer.attestation.evidence import Attestation, Evidence
+from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+from enclave_infer.client.owner import public_key_bytes
+from enclave_infer.cluster import keyrelease
+from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.models import ModelError, cluster_model_name
+from enclave_infer.enclave.platform import SimulationPlatform
+from enclave_infer.enclave.server import Enclave
+from enclave_infer.protocol import framing, ohttp
+from enclave_infer.protocol.api import EnclaveStatus, Problem
+from enclave_infer.protocol.framing import FrameType
+from tests.unit.test_sealing import provision
+
+OWNER = Ed25519PrivateKey.generate()
+CONFIG = EnclaveConfig(owner_public_key=public_key_bytes(OWNER))
+
+
+def enclave(tmp_path: Path, name: str, config: EnclaveConfig = CONFIG) -> Enclave:
+    shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)
+    return Enclave(config, SimulationPlatform(config), tmp_path / name, shared=shared)
+
+
+def ask(e: Enclave, kind: FrameType, message: bytes = b"") -> tuple[FrameType, bytes]:
+    reply = e.answer(kind, framing.encode_cluster_payload(b"", message))
+    head, _ = framing.parse_header(reply[: framing.HEADER.size])
+    return head, reply[framing.HEADER.size :]
+
+
+def status(e: Enclave) -> EnclaveStatus:
+    kind, payload = ask(e, FrameType.CLUSTER_RELOAD)
+    assert kind is FrameType.STATUS, payload
+    return EnclaveStatus.from_json(json.loads(payload))
+
+
+def join(joiner: Enclave, giver: Enclave) -> tuple[FrameType, bytes]:
+    """What the joiner's host does: a join request from its enclave, to a member, and back."""
+    kind, request = ask(joiner, FrameType.CLUSTER_JOIN)
+    assert kind is FrameType.CLUSTER_MESSAGE
+    kind, answer = ask(giver, FrameType.CLUSTER_RELEASE, request)
+    if kind is not FrameType.CLUSTER_MESSAGE:
+        return kind, answer
+    return ask(joiner, FrameType.CLUSTER_ACCEPT, answer)
+
+
+def refusal(payload: bytes) -> str:
+    details = framing.decode_problem(payload)
+    assert details.problem is Problem.KEY_RELEASE_REFUSED, details
+    return details.detail
+
+
+def test_a_joiner_gets_the_cluster_key_and_serves_the_model_provisioned_once(tmp_path: Path) -> None:
+    first, second = enclave(tmp_path, "a"), enclave(tmp_path, "b")
+    # before joining, a cluster member answers no client
+    kind, payload = framing.parse_header(first.answer(FrameType.OHTTP_REQUEST, b"x")[:5])[0], b""
+    assert kind is FrameType.ERROR
+    assert ask(first, FrameType.CLUSTER_FOUND)[0] is FrameType.STATUS
+    provision(first.store, OWNER, 1)
+    assert second.key_config != first.key_config
+    kind, payload = join(second, first)
+    assert kind is FrameType.STATUS, payload
+    assert second.key_config == first.key_config  # one key configuration for the whole cluster
+    joined = EnclaveStatus.from_json(json.loads(payload))
+    assert joined.cluster_id == status(first).cluster_id
+    assert (joined.model_version, joined.version_floor) == (1, 1)  # loaded from the shared storage
+    # provisioned once through the second member: the first loads it on reload
+    provision(second.store, OWNER, 2)
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [
+        cluster_model_name(1),
+        cluster_model_name(2),
+    ]
+    assert status(first).model_version == 2
+    # the shared files are sealed: no model byte in plaintext
+    assert first.store.current is not None
+    assert b"red" not in (tmp_path / "shared" / cluster_model_name(2)).read_bytes()
+    # a version taken by another member cannot be provisioned again
+    with pytest.raises(ModelError, match="not newer"):
+        provision(first.store, OWNER, 2)
+
+
+def test_a_joiner_with_another_measurement_gets_nothing(tmp_path: Path) -> None:
+    giver = enclave(tmp_path, "a")
+    ask(giver, FrameType.CLUSTER_FOUND)
+    for other in (
+        dataclasses.replace(CONFIG, product_id=2),  # other code hash and product
+        dataclasses.replace(CONFIG, security_version=CONFIG.security_version + 1),
+        dataclasses.replace(CONFIG, max_threads=CONFIG.max_threads + 1),  # same code, other configuration
+    ):
+        stranger = enclave(tmp_path, f"s{other.digest().hex()[:8]}", other)
+        kind, payload = join(stranger, giver)
+        assert kind is FrameType.ERROR
+        assert "the joiner differs in" in refusal(payload)
+        assert stranger.cluster is None and stranger.key_config != giver.key_config
+
+
+def test_a_release_that_fails_verification_is_refused(tmp_path: Path) -> None:
+    """The joiner's host (or a forged giver) cannot hand it a key the host knows."""
+    giver, joiner = enclave(tmp_path, "a"), enclave(tmp_path, "b")
+    ask(giver, FrameType.CLUSTER_FOUND)
+    kind, request = ask(joiner, FrameType.CLUSTER_JOIN)
+    _, release = ask(giver, FrameType.CLUSTER_RELEASE, request)
+    doc = json.loads(release)
+
+    # 1. secrets the host chose, sealed to the joiner's key, with evidence of an enclave of
+    #    another measurement that does bind them
+    other = dataclasses.replace(CONFIG, product_id=9)
+    forged = forge_release(request, other)
+    # 2. the real release with one byte of the sealed secrets changed
+    sealed = bytearray(json_bytes(doc, "sealed"))
+    sealed[-1] ^= 1
+    tampered = with_field(doc, "sealed", bytes(sealed))
+    # 3. the real giver's evidence, with the host's own secrets spliced in
+    spliced = with_field(doc, "sealed", json_bytes(json.loads(forge_release(request, CONFIG)), "sealed"))
+    # 4. malformed
+    for answer, reason in (
+        (forged, "the giver differs in code hash, product id"),
+        (tampered, "evidence is not bound"),
+        (spliced, "evidence is not bound"),
+        (b"{}", "malformed"),
+    ):
+        kind, payload = ask(joiner, FrameType.CLUSTER_ACCEPT, answer)
+        assert kind is FrameType.ERROR
+        assert reason in refusal(payload)
+        assert joiner.cluster is None
+    # the real one still works afterwards, once
+    assert ask(joiner, FrameType.CLUSTER_ACCEPT, release)[0] is FrameType.STATUS
+    assert joiner.key_config == giver.key_config
+    # a release made for another join request (a replayed answer) is refused by a later joiner
+    late = enclave(tmp_path, "c")
+    ask(late, FrameType.CLUSTER_JOIN)
+    kind, payload = ask(late, FrameType.CLUSTER_ACCEPT, release)
+    assert "not bound" in refusal(payload)
+
+
+def forge_release(request: bytes, config: EnclaveConfig) -> bytes:
+    """A release as a host (or an enclave of another measurement) would make one, with secrets of
+    its own choosing, bound correctly to the request by evidence of ``config``'s enclave."""
+    fields = json.loads(request)
+    joiner_key = ohttp.KeyConfig.decode(json_bytes(fields, "key_config"))
+    nonce = json_bytes(fields, "nonce")
+    secrets = keyrelease.ClusterSecrets.found(ohttp.GatewayKey.generate(1))
+    digest = hashlib.sha256(request).digest()
+    hdr, enc, context, _ = ohttp.setup_sender(joiner_key, keyrelease.RELEASE_INFO, None)
+    sealed = hdr + enc + context.seal(secrets.encode(), digest)
+    from enclave_infer.attestation.report import report_data_binding
+
+    report_data = report_data_binding(
+        digest + hashlib.sha256(sealed).digest(), config.digest(), nonce, label=keyrelease.RELEASE_LABEL
+    )
+    platform = SimulationPlatform(config)
+    evidence = Evidence("simulation", platform.evidence(report_data), config.canonical()).encode()
+    return keyrelease._encode({"sealed": sealed, "evidence": evidence})
+
+
+def json_bytes(doc: dict[str, object], name: str) -> bytes:
+    import base64
+
+    value = doc[name]
+    assert isinstance(value, str)
+    return base64.b64decode(value)
+
+
+def with_field(doc: dict[str, object], name: str, value: bytes) -> bytes:
+    import base64
+
+    return json.dumps({**doc, name: base64.b64encode(value).decode()}).encode()
+
+
+def test_a_restarted_member_learns_the_floor_and_refuses_a_rolled_back_file(tmp_path: Path) -> None:
+    first = enclave(tmp_path, "a")
+    ask(first, FrameType.CLUSTER_FOUND)
+    provision(first.store, OWNER, 1)
+    provision(first.store, OWNER, 2)
+    # the host hides version 2 and restarts a member: it learns floor 2 from its peer and serves
+    # nothing rather than version 1
+    newest = tmp_path / "shared" / cluster_model_name(2)
+    hidden = newest.read_bytes()
+    newest.unlink()
+    restarted = enclave(tmp_path, "b")
+    assert join(restarted, first)[0] is FrameType.STATUS
+    assert status(restarted).model_version is None
+    assert status(restarted).version_floor == 2
+    # the file comes back: it is served
+    newest.write_bytes(hidden)
+    assert status(restarted).model_version == 2
+    # a file renamed to another version is refused
+    (tmp_path / "shared" / cluster_model_name(3)).write_bytes(hidden)
+    assert status(restarted).model_version == 2
+
+
+def test_members_refuse_what_is_not_theirs_to_do(tmp_path: Path) -> None:
+    alone = Enclave(CONFIG, SimulationPlatform(CONFIG), tmp_path / "alone")
+    assert alone.answer(FrameType.CLUSTER_FOUND, framing.encode_cluster_payload(b""))[0] == FrameType.ERROR
+    member, joiner = enclave(tmp_path, "a"), enclave(tmp_path, "b")
+    _, request = ask(joiner, FrameType.CLUSTER_JOIN)
+    # not yet a member: nothing to release
+    kind, payload = ask(member, FrameType.CLUSTER_RELEASE, request)
+    assert framing.decode_problem(payload).problem is Problem.ENCLAVE_UNAVAILABLE
+    ask(member, FrameType.CLUSTER_FOUND)
+    # a member neither joins nor founds again (its key would change under its clients)
+    before = member.key_config
+    for kind in (FrameType.CLUSTER_JOIN, FrameType.CLUSTER_FOUND):
+        assert ask(member, kind)[0] is FrameType.ERROR
+    assert member.key_config == before
+    # a frame whose collateral length runs past its end
+    reply = member.answer(FrameType.CLUSTER_RELEASE, b"\x00\x00\x10\x00abc")
+    assert framing.parse_header(reply[:5])[0] is FrameType.ERROR
+
+
+def report(**changes: object) -> EnclaveReport:
+    base = EnclaveReport(
+        tee="sgx",
+        code_hash=b"c" * 32,
+        signer=b"s" * 32,
+        product_id=1,
+        security_version=1,
+        debug=False,
+        report_data=b"\x00" * 64,
+        security_level=SecurityLevel.SECURE,
+        level_reason="",
+        issued_at=None,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_check_peer_wants_the_same_enclave_at_the_same_level_or_higher() -> None:
+    own = report()
+
+    def peer(**changes: object) -> Attestation:
+        return Attestation(report(**changes), CONFIG, b"")
+
+    keyrelease.check_peer(own, CONFIG, peer(), who="joiner")
+    keyrelease.check_peer(report(security_level=SecurityLevel.STALE), CONFIG, peer(), who="joiner")
+    with pytest.raises(keyrelease.KeyReleaseError, match="STALE, below this enclave's SECURE"):
+        keyrelease.check_peer(own, CONFIG, peer(security_level=SecurityLevel.STALE), who="joiner")
+    with pytest.raises(keyrelease.KeyReleaseError, match="differs in signer, debug flag"):
+        keyrelease.check_peer(own, CONFIG, peer(signer=b"x" * 32, debug=True), who="giver")
+    other = Attestation(report(), dataclasses.replace(CONFIG, max_threads=99), b"")
+    with pytest.raises(keyrelease.KeyReleaseError, match="differs in configuration"):
+        keyrelease.check_peer(own, CONFIG, other, who="giver")
+    # TDX: MRTD is the firmware only; no release until the RTMRs are compared
+    with pytest.raises(keyrelease.KeyReleaseError, match="RTMR"):
+        keyrelease.check_peer(report(tee="tdx"), CONFIG, peer(tee="tdx"), who="joiner")
+
+
+def test_secrets_never_show_in_repr() -> None:
+    secrets = keyrelease.ClusterSecrets.found(ohttp.GatewayKey.generate(1))
+    assert secrets.sealing_key.hex() not in repr(secrets)
+    assert secrets.ohttp_key.private_bytes().hex() not in repr(secrets)
+    assert keyrelease.ClusterSecrets.decode(secrets.encode()).encode() == secrets.encode()
+    with pytest.raises(keyrelease.KeyReleaseError, match="malformed"):
+        keyrelease.ClusterSecrets.decode(b'{"cluster_id": "00"}')
