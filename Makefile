@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[owner,demo,dev]'
+	$(PIP) install -e '.[owner,demo,dev,ray]'
 	touch $@
 
 install: $(STAMP)
@@ -45,7 +45,7 @@ test: $(MODEL) lint typecheck
 # Benchmarks (not tests): run them on a quiet machine; each prints its figures and the README says which.
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)
-	$(PIP) install -e '.[owner,demo,dev,bench]'
+	$(PIP) install -e '.[owner,demo,dev,ray,bench]'
 	touch $@
 
 bench: $(MODEL) $(BENCH_STAMP)

@@ -28,13 +28,22 @@ def test_untrusted_sides_never_import_the_enclave() -> None:
 
 
 def test_trusted_code_never_imports_the_untrusted_sides() -> None:
-    for side in ("enclave", "protocol", "attestation"):
+    for side in ("enclave", "protocol", "attestation", "cluster"):
         for path in (PACKAGE / side).rglob("*.py"):
             bad = {
                 m for m in imported_modules(path)
                 if m.startswith(("enclave_infer.host", "enclave_infer.client", "enclave_infer.cli"))
             }  # fmt: skip
             assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_only_the_ray_deployment_needs_ray_and_nothing_imports_it() -> None:
+    """`enclave-infer serve` is unchanged for users who do not install the ray extra."""
+    for path in PACKAGE.rglob("*.py"):
+        imports = imported_modules(path)
+        assert "enclave_infer.ray_serve" not in imports, path.relative_to(PACKAGE)
+        if path.name != "ray_serve.py":
+            assert not {m for m in imports if m == "ray" or m.startswith("ray.")}, path.relative_to(PACKAGE)
 
 
 def test_attestation_never_imports_the_enclave() -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -34,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="shared folder of a cluster: join or found one before serving",
     )
+    parser.add_argument(
+        "--exit-with-host",
+        action="store_true",
+        help="exit when standard input closes: the host that started this process is gone",
+    )
     parser.add_argument("--platform", choices=PLATFORMS, default="auto")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     args = parser.parse_args(argv)
@@ -50,10 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, EnclaveInferError) as exc:
         print(f"enclave: error: {exc}", file=sys.stderr)
         return 2
+    if args.exit_with_host:
+        threading.Thread(target=_exit_with_host, name="host-watch", daemon=True).start()
     enclave = Enclave(config, platform, args.storage, shared=args.cluster_storage)
     with contextlib.suppress(KeyboardInterrupt):
         serve(enclave, listen)
     return 0
+
+
+def _exit_with_host() -> None:
+    """The host holds the other end of standard input: when it dies, even by SIGKILL, the kernel
+    closes it, and an enclave that nobody relays to any more stops rather than lingering."""
+    with contextlib.suppress(OSError):
+        while sys.stdin.buffer.read(4096):
+            pass
+    log.warning("the host has gone: stopping")
+    os._exit(0)
 
 
 PLATFORMS = ("auto", "simulation", "gramine-sgx", "tsm")

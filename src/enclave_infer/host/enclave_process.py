@@ -58,8 +58,15 @@ class EnclaveProcess:
         platform: str = "auto",
         external: Address | None = None,
         log_format: str = "text",
+        cluster_storage: Path | None = None,
+        restart: bool = True,
     ) -> None:
+        """``cluster_storage``: the shared folder of a cluster (:mod:`enclave_infer.cluster`); the
+        enclave joins or founds one before it serves. ``restart``: start the enclave again when it
+        has died (else requests fail with 503 until whoever runs this host replaces it: Ray)."""
         self.config = config
+        self.cluster_storage = cluster_storage.absolute() if cluster_storage else None
+        self.restart = restart
         self.log_format = log_format
         # absolute: the enclave process runs in a private working directory of its own
         self.data_dir = data_dir.absolute()
@@ -134,17 +141,23 @@ class EnclaveProcess:
             "--storage", str(self.data_dir / "sealed"),
             "--platform", self.platform,
             "--log-format", self.log_format,
+            "--exit-with-host",
         ]  # fmt: skip
+        if self.cluster_storage is not None:
+            cmd += ["--cluster-storage", str(self.cluster_storage)]
         env = {k: os.environ[k] for k in _PASSED_ENVIRONMENT if k in os.environ}
         # its own session: a terminal's Ctrl-C (and systemd's KillMode=mixed) signals the host alone,
         # which drains its requests and then stops the enclave
+        # stdin: a pipe only this host holds; when the host dies, however, the enclave sees it close
+        # and exits (--exit-with-host) instead of lingering, unreachable, in its own session
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, env=env, cwd=self._pycache, start_new_session=True
+            cmd, stdin=subprocess.PIPE, env=env, cwd=self._pycache, start_new_session=True
         )
         self._generation += 1
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                _close_stdin(self._proc)
                 raise TransportError(
                     f"the enclave process exited at start with status {self._proc.returncode}"
                 )
@@ -152,6 +165,8 @@ class EnclaveProcess:
                 return
             time.sleep(0.05)
         self._proc.kill()
+        self._proc.wait()
+        _close_stdin(self._proc)
         raise TransportError(f"the enclave did not start within {START_TIMEOUT:.0f} s")
 
     def ensure_running(self) -> None:
@@ -163,6 +178,7 @@ class EnclaveProcess:
             if self._proc is not None:
                 log.warning("enclave process exited with status %s; restarting it", self._proc.returncode)
                 self.restarts += 1
+                _close_stdin(self._proc)
             self._start_locked()
 
     def stop(self) -> None:
@@ -174,6 +190,8 @@ class EnclaveProcess:
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                     self._proc.wait()
+            if self._proc is not None:
+                _close_stdin(self._proc)
             if self._data_lock is not None:  # only a host that held the data dir owns its socket
                 with contextlib.suppress(OSError):
                     self.socket_path.unlink(missing_ok=True)
@@ -198,7 +216,7 @@ class EnclaveProcess:
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to the enclave, (re)starting it first if it is down."""
         if self.external is None and (self._proc is None or self._proc.poll() is not None):
-            await asyncio.to_thread(self.ensure_running)
+            await self._restart()
         try:
             if isinstance(self.external, tuple):
                 return await asyncio.open_connection(*self.external)
@@ -239,13 +257,18 @@ class EnclaveProcess:
     async def _borrow(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """An idle connection to the enclave running now, or a new one."""
         if self.external is None and (self._proc is None or self._proc.poll() is not None):
-            await asyncio.to_thread(self.ensure_running)  # a restart makes every idle one stale
+            await self._restart()  # a restart makes every idle one stale
         while self._idle:
             generation, reader, writer = self._idle.pop()
             if generation == self._generation and not writer.is_closing() and not reader.at_eof():
                 return reader, writer
             writer.close()
         return await self.connect()
+
+    async def _restart(self) -> None:
+        if not self.restart:
+            raise TransportError("the enclave process has exited; this replica is being replaced")
+        await asyncio.to_thread(self.ensure_running)
 
     async def status(self) -> EnclaveStatus | None:
         """The enclave's public status, or None when it does not answer (down, restarting): for
@@ -295,6 +318,12 @@ class EnclaveProcess:
             if not answer.done():
                 answer.cancel()
             writer.close()
+
+
+def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 async def _write_frame(writer: asyncio.StreamWriter, kind: FrameType, payload: bytes | bytearray) -> None:

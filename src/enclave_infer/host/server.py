@@ -101,31 +101,10 @@ def run(
     listener = _listen(host, port)  # before the enclave starts: a busy port fails fast, in one line
     port = listener.getsockname()[1]  # --port 0: the one the system chose
     enclave = EnclaveProcess(config, data_dir, platform=platform, external=external, log_format=log_format)
-    keeper: CollateralKeeper | None = None
     try:
         enclave.start()
-        tee, evidence = _platform_evidence(enclave)
-        if needs_collateral(tee):
-            # SGX, TDX, SEV-SNP: clients need collateral; without it the host serves no evidence
-
-            def appraise_with(fresh: Collateral) -> None:
-                self_attest(enclave, verifier, fresh.data)
-
-            source = collateral or _default_source(tee)
-            keeper = CollateralKeeper(
-                source,
-                enclave.data_dir / COLLATERAL_CACHE,
-                on_ready=appraise_with,
-                first_retry=collateral_first_retry,
-            )
-            keeper.start(tee, evidence)
-            if keeper.refused:
-                raise AttestationError(keeper.problem)
-        else:
-            self_attest(enclave, verifier)
+        keeper = attest_at_start(enclave, verifier, collateral, first_retry=collateral_first_retry)
     except EnclaveInferError:
-        if keeper is not None:
-            keeper.stop()
         enclave.stop()
         listener.close()
         raise
@@ -157,6 +136,37 @@ def run(
             keeper.stop()
         enclave.stop()
         listener.close()
+
+
+def attest_at_start(
+    enclave: EnclaveProcess,
+    verifier: Verifier,
+    collateral: CollateralSource | None,
+    *,
+    first_retry: float = FIRST_RETRY_SECONDS,
+) -> CollateralKeeper | None:
+    """The started enclave's evidence appraised, as clients will appraise it; for SGX, TDX and
+    SEV-SNP, the collateral kept for it (a keeper fetching in the background). Raises when the
+    evidence does not verify."""
+    tee, evidence = _platform_evidence(enclave)
+    if not needs_collateral(tee):
+        self_attest(enclave, verifier)
+        return None
+
+    def appraise_with(fresh: Collateral) -> None:
+        self_attest(enclave, verifier, fresh.data)
+
+    keeper = CollateralKeeper(
+        collateral or _default_source(tee),
+        enclave.data_dir / COLLATERAL_CACHE,
+        on_ready=appraise_with,
+        first_retry=first_retry,
+    )
+    keeper.start(tee, evidence)
+    if keeper.refused:
+        keeper.stop()
+        raise AttestationError(keeper.problem)
+    return keeper
 
 
 # The collateral cache, in the data dir: public data, signed by Intel or AMD.
