@@ -8,7 +8,7 @@ FUZZ_STAMP := $(VENV)/.fuzz-stamp
 DEMO   := build/demo
 MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
-.PHONY: install demo demo-model test lint typecheck bench bench-sizes soak fuzz clean
+.PHONY: install demo demo-model test lint typecheck bench bench-ray bench-sizes soak fuzz clean
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
@@ -50,6 +50,10 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(MODEL) $(BENCH_STAMP)
 	$(PY) bench/load.py --model $(MODEL) --plot build/bench/load.png --json build/bench/load.json
+
+# Ray Serve: one replica on one core against two on two cores (a local two-node cluster).
+bench-ray: $(MODEL) $(BENCH_STAMP)
+	$(PY) bench/ray_scale.py --model $(MODEL) --json build/bench/ray_scale.json
 
 bench-sizes: $(MODEL) $(BENCH_STAMP)
 	$(PY) bench/load.py --model $(MODEL) --sizes 10,60,250

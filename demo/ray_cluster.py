@@ -556,3 +556,63 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- enclave-infer on the cluster ------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+SERVE_CONFIG = REPO / "deploy" / "ray" / "serve.yaml"
+APP = "enclave-infer"
+# On every `ray start`: the proxy answers 503 + Retry-After for a replica lost mid-request (the SDK
+# retries it), and spreads requests over the replicas of both nodes rather than its own node's first.
+ENCLAVE_INFER_RAY_ENV = {
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "enclave_infer.ray_serve:proxy_middlewares",
+    "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+}
+
+
+def deploy_enclave_infer(
+    cluster: LocalCluster,
+    work: Path,
+    *,
+    config: Path,
+    owner_public_key: Path,
+    replicas: int | None = None,
+    timeout_s: float = 180.0,
+) -> str:
+    """`serve deploy deploy/ray/serve.yaml` as it is, but for this cluster's HTTP port and folders under
+    `work` (and `replicas`, if given); waits until the application runs. Returns its URL."""
+    text = SERVE_CONFIG.read_text()
+    for placeholder, value in (
+        ("build/ray/enclave.toml", str(config)),
+        ("build/ray/owner.key.pub", str(owner_public_key)),
+        ("build/ray/shared", str(work / "shared")),
+        ("build/ray/data", str(work / "data")),
+        ("port: 8000", f"port: {cluster.serve_http_port}"),
+        *((("num_replicas: 2", f"num_replicas: {replicas}"),) if replicas is not None else ()),
+    ):
+        if placeholder not in text:
+            raise ClusterError(f"{SERVE_CONFIG.name} no longer has {placeholder!r}")
+        text = text.replace(placeholder, value)
+    path = work / "serve.yaml"
+    path.write_text(text)
+    done = subprocess.run(
+        [str(cluster.ray_bin_dir / "serve"), "deploy", str(path), "-a", cluster.dashboard_url],
+        env=cluster.env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise ClusterError(f"serve deploy failed: {done.stderr.strip()[-500:]}")
+    cluster.wait_for_app(APP, timeout_s=timeout_s)
+    return f"http://127.0.0.1:{cluster.serve_http_port}"
+
+
+def replica_requests(cluster: LocalCluster) -> dict[str, int]:
+    """Requests each replica relayed (`/v1/ohttp` lines in its Ray access log): "node:replica" -> n."""
+    counts: dict[str, int] = {}
+    for node in (cluster.head, cluster.worker):
+        if node is None:
+            continue
+        for log in Path(node.temp_dir).rglob(f"replica_{APP}_EnclaveHost_*.log"):
+            text = log.read_text(errors="replace")
+            counts[f"{node.role}:{log.stem.rpartition('_')[2]}"] = text.count("/v1/ohttp")
+    return counts

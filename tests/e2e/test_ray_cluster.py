@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from demo.ray_cluster import LocalCluster
+from demo.ray_cluster import APP, ENCLAVE_INFER_RAY_ENV, LocalCluster, deploy_enclave_infer, replica_requests
 
 from enclave_infer import Client, generate_owner_key, load_owner_key
 from enclave_infer.config import EnclaveConfig, load_public_key_file
@@ -30,15 +30,7 @@ from tests.e2e.conftest import COLOUR_LABELS, colour_model, png
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-APP = "enclave-infer"
-# What `make cluster-demo` and deploy/ray/README.md set on `ray start`: the proxy answers 503 for a
-# replica lost mid-request, and spreads requests over both nodes' replicas.
-RAY_ENV = {
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "enclave_infer.ray_serve:proxy_middlewares",
-    "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
-}
 RED, BLUE = png((230, 20, 20)), png((20, 20, 230))
 
 
@@ -91,16 +83,7 @@ class RayApp:
     recorder: Recorder
 
     def replica_logs(self) -> dict[str, int]:
-        """Requests each replica relayed (``/v1/ohttp`` in its Ray access log), by replica."""
-        counts: dict[str, int] = {}
-        for node in (self.cluster.head, self.cluster.worker):
-            if node is None:
-                continue
-            for log in Path(node.temp_dir).rglob(f"replica_{APP}_EnclaveHost_*.log"):
-                counts[f"{node.role}:{log.stem.rpartition('_')[2]}"] = log.read_text(errors="replace").count(
-                    "/v1/ohttp"
-                )
-        return counts
+        return replica_requests(self.cluster)
 
     def enclaves(self) -> set[int]:
         """The enclave processes of this deployment's replicas."""
@@ -154,25 +137,8 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
         work / "enclave.toml", owner_public_key=load_public_key_file(Path(f"{key}.pub"))
     )
     constraint = f"C:{code_hash(config).hex().upper()} SEC:INSECURE"
-    with LocalCluster(BIN, work / "cluster", extra_env=RAY_ENV) as cluster:
-        # deploy/ray/serve.yaml as it is, but for this run's port and folders
-        text = (REPO / "deploy" / "ray" / "serve.yaml").read_text()
-        for placeholder, value in (
-            ("build/ray/enclave.toml", work / "enclave.toml"),
-            ("build/ray/owner.key.pub", f"{key}.pub"),
-            ("build/ray/shared", work / "shared"),
-            ("build/ray/data", work / "data"),
-            ("port: 8000", f"port: {cluster.serve_http_port}"),
-        ):
-            assert placeholder in text
-            text = text.replace(placeholder, str(value))
-        (work / "serve.yaml").write_text(text)
-        deployed = subprocess.run(
-            [BIN / "serve", "deploy", work / "serve.yaml", "-a", cluster.dashboard_url],
-            env=cluster.env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stderr
-        cluster.wait_for_app(APP, timeout_s=180)
+    with LocalCluster(BIN, work / "cluster", extra_env=ENCLAVE_INFER_RAY_ENV) as cluster:
+        deploy_enclave_infer(cluster, work, config=work / "enclave.toml", owner_public_key=Path(f"{key}.pub"))
         recorder = Recorder(("127.0.0.1", cluster.serve_http_port))
         try:
             yield RayApp(cluster, f"http://127.0.0.1:{recorder.port}", constraint, key, work, recorder)

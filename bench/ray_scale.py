@@ -1,0 +1,251 @@
+"""Scale-out on Ray Serve, measured: one replica on one core against two replicas on two cores,
+through the whole path (SDK → Ray's HTTP proxy → replica host → enclave), in one run.
+
+    python bench/ray_scale.py --model build/demo/efficientnet-lite0.onnx [--seconds 20]
+
+A two-node Ray cluster on loopback (demo/ray_cluster.py), each node pinned to its own core with
+`taskset`. Phase A: the worker node is stopped and one replica serves, on the head's core, with the
+proxy. Phase B: the worker node is back and two replicas serve, one per core; the second replica joins
+by key release and loads the model the owner provisioned in phase A. The load generator is closed loop
+(each client sends its next image when the last is answered), in separate processes, unpinned: on this
+2-core machine it shares the cores with the servers, in both phases alike.
+
+CPU per request is read from /proc for each part: the replicas (hosts and their enclaves), Ray's
+proxy, and the rest of Ray (controller, GCS, raylets, dashboard). The paper estimate for 8 and 64
+replicas follows from those per-request and per-second costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from demo.ray_cluster import ENCLAVE_INFER_RAY_ENV, LocalCluster, deploy_enclave_infer  # noqa: E402
+
+PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
+BIN = Path(sys.executable).parent
+TICKS = os.sysconf("SC_CLK_TCK")
+# EfficientNet-Lite0 normalises (x - 127) / 128: as demo/run.py provisions it
+NORMALISE = ("--mean", "0.498039,0.498039,0.498039", "--std", "0.501961,0.501961,0.501961")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def parts(cluster: LocalCluster, work: Path) -> dict[str, list[int]]:
+    """The cluster's processes by part: replicas (hosts and enclaves), the proxy, the rest of Ray."""
+    nodes = [n for n in (cluster.head, cluster.worker) if n is not None and n.alive]
+    ray = {p for n in nodes for p in n.pids()}
+    enclaves = {
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and "enclave_infer.enclave" in (c := cmdline(int(p.name))) and str(work) in c
+    }
+    replicas = {p for p in ray if "ServeReplica" in cmdline(p)}
+    proxy = {p for p in ray if "ProxyActor" in cmdline(p)}
+    controller = {p for p in ray if "ServeController" in cmdline(p)}
+    return {
+        "replicas": sorted(replicas | enclaves),
+        "proxy": sorted(proxy),
+        "controller": sorted(controller),
+        "rest of ray": sorted(ray - replicas - proxy - controller),
+    }
+
+
+def _client(url: str, constraint: str, photos: list[bytes], start: float, stop: float, out: mp.Queue) -> None:
+    from enclave_infer import Client, EnclaveInferError
+
+    latencies, failures = [], 0
+    with Client(url, constraint) as client:
+        client.attest()
+        while time.time() < start:
+            time.sleep(0.001)
+        i = random.randrange(len(photos))
+        while time.time() < stop:
+            t = time.perf_counter()
+            try:
+                client.classify(photos[i % len(photos)])
+                latencies.append(time.perf_counter() - t)
+            except EnclaveInferError:
+                failures += 1
+            i += 1
+    out.put((latencies, failures))
+
+
+def measure(
+    cluster: LocalCluster,
+    work: Path,
+    url: str,
+    constraint: str,
+    photos: list[bytes],
+    clients: int,
+    seconds: float,
+) -> dict[str, object]:
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    start = time.time() + 3.0 + 0.1 * clients
+    stop = start + seconds
+    procs = [
+        ctx.Process(target=_client, args=(url, constraint, photos, start, stop, out)) for _ in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    groups = parts(cluster, work)
+    time.sleep(max(0.0, start - time.time()))
+    before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
+    latencies: list[float] = []
+    failures = 0
+    for _ in procs:
+        got, failed = out.get(timeout=seconds + 120)
+        latencies += got
+        failures += failed
+    after = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
+    for p in procs:
+        p.join()
+    n = len(latencies)
+    latencies.sort()
+    cpu = {name: after[name] - before[name] for name in groups}
+    return {
+        "clients": clients,
+        "requests": n,
+        "failures": failures,
+        "throughput": n / seconds,
+        "p50_ms": 1000 * latencies[n // 2] if n else None,
+        "p99_ms": 1000 * latencies[min(n - 1, int(n * 0.99))] if n else None,
+        "cpu_ms_per_request": {name: 1000 * cpu[name] / max(n, 1) for name in cpu},
+        "cpu_per_second": {name: cpu[name] / seconds for name in cpu},
+    }
+
+
+def provision(url: str, constraint: str, model: Path, owner_key: Path) -> None:
+    cli = str(BIN / "enclave-infer")
+    done = subprocess.run(
+        [cli, "provision", url, constraint, str(model), str(ROOT / "demo" / "imagenet-classes.txt"),
+         "--owner-key", str(owner_key), "--quiet", "--allow-duplicate-labels", *NORMALISE],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"provision failed: {done.stderr}")
+
+
+def wait_for_replicas(cluster: LocalCluster, count: int, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app = cluster.serve_applications().get("applications", {}).get("enclave-infer", {})
+        replicas = app.get("deployments", {}).get("EnclaveHost", {}).get("replicas", [])
+        if [r.get("state") for r in replicas] == ["RUNNING"] * count:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"not {count} replicas running after {timeout} s")
+
+
+def estimate(one: dict[str, object], two: dict[str, object]) -> dict[str, object]:
+    """8 and 64 replicas on paper, from the measured costs: per request, the replica's work and the
+    proxy's; per second, the controller's (it health-checks every replica every 2 s)."""
+    per_request = two["cpu_ms_per_request"]
+    assert isinstance(per_request, dict)
+    replica_ms, proxy_ms = per_request["replicas"], per_request["proxy"]
+    controller = two["cpu_per_second"]
+    assert isinstance(controller, dict)
+    controller_per_replica = controller["controller"] / 2  # cores, per replica
+    per_replica = float(one["throughput"])  # requests/s one replica's core serves, proxy included
+    rows = {}
+    for n in (8, 64):
+        offered = n * 1000 / replica_ms  # requests/s n replica cores could serve, routing aside
+        proxy_cores = offered * proxy_ms / 1000
+        controller_cores = n * controller_per_replica
+        # every core runs a replica and its share of the proxies (EveryNode: one proxy per node)
+        efficiency = replica_ms / (replica_ms + proxy_ms) / (1 + controller_cores / n)
+        rows[str(n)] = {
+            "requests_per_s": round(offered * efficiency),
+            "proxy_cores": round(proxy_cores, 2),
+            "controller_cores": round(controller_cores, 3),
+            "one_head_only_proxy_saturates_at_requests_per_s": round(1000 / proxy_ms),
+            "efficiency": round(efficiency, 3),
+        }
+    return {"measured_requests_per_s_one_replica": round(per_replica, 1), "replicas": rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients-per-replica", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    import skimage
+
+    from enclave_infer.attestation.measurement import code_hash
+    from enclave_infer.client.owner import generate_owner_key
+    from enclave_infer.config import EnclaveConfig, load_public_key_file
+
+    photos = [(Path(skimage.data_dir) / p).read_bytes() for p in PHOTOS]
+    figures: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="ray-scale-") as tmp:
+        work = Path(tmp)
+        generate_owner_key(work / "owner.key")
+        (work / "enclave.toml").write_text("")
+        pub = work / "owner.key.pub"
+        config = EnclaveConfig.load(work / "enclave.toml", owner_public_key=load_public_key_file(pub))
+        constraint = f"C:{code_hash(config).hex()} SEC:INSECURE"
+        with LocalCluster(BIN, work / "cluster", extra_env=ENCLAVE_INFER_RAY_ENV) as cluster:
+            print(f"cluster: two nodes in {cluster.start_seconds['total']:.1f} s", flush=True)
+            cluster.stop_worker()
+            url = deploy_enclave_infer(
+                cluster, work, config=work / "enclave.toml", owner_public_key=pub, replicas=1
+            )
+            provision(url, constraint, args.model, work / "owner.key")
+            print("A: one replica on one core ...", flush=True)
+            measure(cluster, work, url, constraint, photos, args.clients_per_replica, 5.0)  # warm up
+            one = measure(cluster, work, url, constraint, photos, args.clients_per_replica, args.seconds)
+            cluster.start_worker()
+            deploy_enclave_infer(
+                cluster, work, config=work / "enclave.toml", owner_public_key=pub, replicas=2
+            )
+            wait_for_replicas(cluster, 2)
+            print("B: two replicas on two cores ...", flush=True)
+            measure(cluster, work, url, constraint, photos, 2 * args.clients_per_replica, 5.0)
+            two = measure(cluster, work, url, constraint, photos, 2 * args.clients_per_replica, args.seconds)
+    efficiency = float(two["throughput"]) / (2 * float(one["throughput"]))
+    figures = {
+        "one_replica": one,
+        "two_replicas": two,
+        "efficiency": efficiency,
+        "estimate": estimate(one, two),
+    }
+    print(json.dumps(figures, indent=1))
+    print(
+        f"\nthroughput: one replica {one['throughput']:.1f}/s, two replicas {two['throughput']:.1f}/s:"
+        f" {float(two['throughput']) / float(one['throughput']):.2f}×, efficiency {efficiency:.2f}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
