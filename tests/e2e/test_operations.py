@@ -183,6 +183,20 @@ def test_sigterm_drains_requests_in_progress(tmp_path: Path, owner_key: Path, fi
             stop_server(d)
 
 
+def test_an_enclave_whose_host_is_killed_stops_too(tmp_path: Path, owner_key: Path) -> None:
+    """The enclave runs in its own session (Ctrl-C reaches the host alone); a host killed outright
+    (SIGKILL, the OOM killer, a Ray replica replaced) must not leave it running, unreachable."""
+    d = start_server(tmp_path, owner_key)
+    enclaves = enclave_pids(d)
+    assert enclaves
+    d.process.kill()
+    d.process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in enclaves):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{p}").exists() for p in enclaves)
+
+
 def test_an_enclave_crash_under_load_fails_clearly_or_is_retried(
     fresh: Deployment, files: dict[str, Path]
 ) -> None:
