@@ -8,7 +8,7 @@ FUZZ_STAMP := $(VENV)/.fuzz-stamp
 DEMO   := build/demo
 MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
-.PHONY: install demo demo-model test lint typecheck bench bench-ray bench-sizes soak fuzz clean
+.PHONY: install demo demo-model cluster-demo test lint typecheck bench bench-ray bench-sizes soak fuzz clean
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
@@ -31,6 +31,10 @@ demo-model: $(MODEL)
 
 demo: $(MODEL)
 	$(PY) demo/run.py --model $(MODEL) --workdir $(DEMO)
+
+# The same service scaled out: two Ray Serve replicas on a local two-node Ray cluster (deploy/ray/README.md).
+cluster-demo: $(MODEL)
+	$(PY) demo/cluster_demo.py --model $(MODEL) --workdir build/cluster-demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo fuzz

@@ -28,14 +28,15 @@ with atheris.instrument_imports(include=["enclave_infer"]):
 
     from enclave_infer.attestation import dcap, simulation
     from enclave_infer.attestation.evidence import Evidence, Verifier, appraise
-    from enclave_infer.attestation.report import report_data_binding
+    from enclave_infer.attestation.report import attestation_binding
     from enclave_infer.config import EnclaveConfig
     from enclave_infer.protocol import ohttp
 
 CONFIG = EnclaveConfig(owner_public_key=bytes(range(32)))
 KEY_CONFIG = ohttp.GatewayKey(1, bytes(range(1, 33))).config.encode()
 NONCE = bytes(range(16))
-BINDING = report_data_binding(KEY_CONFIG, CONFIG.digest(), NONCE)
+RECEIPT_KEY = bytes(range(32))
+BINDING = attestation_binding(KEY_CONFIG, RECEIPT_KEY, CONFIG.digest(), NONCE)
 DCAP = EmulatedDcap()
 VERIFIER = Verifier(intel_root_ca_der=DCAP.root_ca_der)
 
@@ -48,9 +49,9 @@ SIMULATION = json.loads(
 QUOTES = {"sgx": DCAP.sgx_quote(BINDING), "tdx": DCAP.tdx_quote(BINDING)}
 COLLATERAL = {tee: json.loads(DCAP.collateral(tee)) for tee in QUOTES}
 TEES = ["simulation", "sgx", "tdx", "sev-snp", "nitro", ""]
-KEYS = ("version", "tee", "evidence", "config", "collateral", "format", "code_hash", "report_data",
-        "issued_at", "debug", "product_id", "owner_public_key", "enclave_size", "limits", "max_pixels",
-        "sealing_policy", "tcb_info", "qe_identity", "tcbInfo", "issueDate")  # fmt: skip
+KEYS = ("version", "tee", "evidence", "config", "collateral", "receipt_key", "format", "code_hash",
+        "report_data", "issued_at", "debug", "product_id", "owner_public_key", "enclave_size", "limits",
+        "max_pixels", "sealing_policy", "tcb_info", "qe_identity", "tcbInfo", "issueDate")  # fmt: skip
 
 
 def b64(data: bytes) -> str:
@@ -63,9 +64,10 @@ def edit_text(fdp: atheris.FuzzedDataProvider, text: str) -> str:
 
 def outer(tee: str, evidence: bytes, config: object, collateral: bytes) -> dict[str, object]:
     doc = {
-        "version": 1,
+        "version": 2,
         "tee": tee,
         "evidence": b64(evidence),
+        "receipt_key": b64(RECEIPT_KEY),
         "config": b64(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()),
     }
     if collateral:

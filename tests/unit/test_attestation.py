@@ -7,22 +7,23 @@ import pytest
 
 from enclave_infer.attestation import constraints, evidence, simulation
 from enclave_infer.attestation.measurement import code_hash, trusted_files
-from enclave_infer.attestation.report import SecurityLevel, report_data_binding
+from enclave_infer.attestation.report import SecurityLevel, attestation_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, ConstraintError
 from enclave_infer.protocol import ohttp
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CONFIG = EnclaveConfig(owner_public_key=bytes(range(32)))
+RECEIPT_KEY = b"r" * 32
 
 
 def make_document(key_config: bytes, nonce: bytes, config: EnclaveConfig = CONFIG) -> bytes:
-    report_data = report_data_binding(key_config, config.digest(), nonce)
+    report_data = attestation_binding(key_config, RECEIPT_KEY, config.digest(), nonce)
     sim = simulation.encode(
         code_hash=code_hash(config), signer=b"\x01" * 32, product_id=config.product_id,
         security_version=config.security_version, debug=False, report_data=report_data, issued_at=NOW,
     )  # fmt: skip
-    return evidence.Evidence("simulation", sim, config.canonical()).encode()
+    return evidence.Evidence("simulation", sim, config.canonical(), receipt_key=RECEIPT_KEY).encode()
 
 
 @pytest.fixture
@@ -33,12 +34,13 @@ def key_config() -> bytes:
 def test_binding_is_sha512_of_label_key_config_digest_nonce(key_config: bytes) -> None:
     nonce = b"n" * 32
     expected = hashlib.sha512(
-        b"enclave-infer attestation v1\x00"
+        b"enclave-infer attestation v2\x00"
         + len(key_config).to_bytes(2, "big") + key_config
+        + bytes([32]) + RECEIPT_KEY
         + CONFIG.digest()
         + bytes([32]) + nonce
     ).digest()  # fmt: skip
-    assert report_data_binding(key_config, CONFIG.digest(), nonce) == expected
+    assert attestation_binding(key_config, RECEIPT_KEY, CONFIG.digest(), nonce) == expected
     assert len(expected) == 64
 
 
@@ -84,7 +86,7 @@ def test_config_swapped_in_document_is_refused(key_config: bytes) -> None:
     nonce = b"x" * 32
     doc = evidence.Evidence.decode(make_document(key_config, nonce))
     other = EnclaveConfig(owner_public_key=b"\xff" * 32)
-    forged = evidence.Evidence(doc.tee, doc.evidence, other.canonical()).encode()
+    forged = evidence.Evidence(doc.tee, doc.evidence, other.canonical(), receipt_key=RECEIPT_KEY).encode()
     c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
     with pytest.raises(AttestationError, match="not bound"):
         evidence.verify(forged, key_config=key_config, nonce=nonce, constraint=c, now=NOW)

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave_infer.attestation import constraints, evidence
 from enclave_infer.attestation.dcap import verify_quote
-from enclave_infer.attestation.report import SecurityLevel, report_data_binding
+from enclave_infer.attestation.report import SecurityLevel, attestation_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
 from enclave_infer.enclave.tsm import ConfigfsTsmPlatform, parse_tdx_quote
@@ -465,8 +465,10 @@ def test_evidence_from_the_emulated_platform_appraised_through_a_verifier_that_o
     nonce = b"n" * 32
     fake = fake_gramine(make_quote=lambda i, rd: mint(dcap, "sgx", rd))
     platform = bounded(lambda: GramineSgxPlatform(fake.root))
-    quote = bounded(lambda: platform.evidence(report_data_binding(key_config, config.digest(), nonce)))
-    document = evidence.Evidence("sgx", quote, config.canonical(), dcap.collateral("sgx")).encode()
+    receipt_key = b"r" * 32
+    report_data = attestation_binding(key_config, receipt_key, config.digest(), nonce)
+    quote = bounded(lambda: platform.evidence(report_data))
+    document = evidence.Evidence("sgx", quote, config.canonical(), dcap.collateral("sgx"), receipt_key).encode()
 
     test_root = evidence.Verifier(intel_root_ca_der=dcap.root_ca_der)
     constraint = constraints.parse(f"C:{MRENCLAVE.hex()} S:{MRSIGNER.hex()} PROD:0")

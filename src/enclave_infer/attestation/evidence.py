@@ -2,11 +2,13 @@
 
 Pure logic on bytes. The document is JSON::
 
-    {"version": 1, "tee": "simulation", "evidence": "<base64>", "config": "<base64>",
-     "collateral": "<base64>"}    # collateral: optional
+    {"version": 2, "tee": "simulation", "evidence": "<base64>", "config": "<base64>",
+     "receipt_key": "<base64>", "collateral": "<base64>"}    # collateral: optional
 
-``evidence`` is the platform's own format (simulation JSON, an SGX or TDX DCAP quote, an SEV-SNP
-report or the configfs-tsm container that carries one), ``config`` the canonical measured enclave
+``receipt_key`` is the raw Ed25519 public key the enclave instance signs receipts with (absent from
+the evidence enclaves exchange for key release), and ``evidence`` is the platform's own format
+(simulation JSON, an SGX or TDX DCAP quote, an SEV-SNP report or the configfs-tsm container that
+carries one), ``config`` the canonical measured enclave
 configuration, ``collateral`` what the platform's verifier needs besides (Intel's TCB info, QE
 identity and CRLs for a DCAP quote, as dcap-qvl's JSON; for SEV-SNP a PEM bundle of the VCEK or
 VLEK, ASK or ASVK and ARK, which may be left out when the SNP container carries the host's
@@ -16,9 +18,10 @@ trust in whoever delivers it.
 
 1. parse the document; unknown TEE types are refused;
 2. verify the platform evidence with that TEE's verifier (signature chain, TCB level, ...);
-3. check that the report data equals the binding of (key configuration, configuration digest,
-   nonce): this proves the key we are about to encrypt to, and this configuration, belong to the
-   enclave the evidence describes, and that the evidence is fresh;
+3. check that the report data equals the binding of (key configuration, receipt key,
+   configuration digest, nonce): this proves the key we are about to encrypt to, the key receipts are
+   signed with, and this configuration, belong to the enclave the evidence describes, and that the
+   evidence is fresh;
 4. check the client's constraint.
 
 Every failure raises; a return value means every step passed.
@@ -37,13 +40,13 @@ from datetime import datetime
 
 from enclave_infer.attestation import dcap, simulation, snp
 from enclave_infer.attestation.constraints import Constraint
-from enclave_infer.attestation.report import BINDING_LABEL, EnclaveReport, report_data_binding
+from enclave_infer.attestation.report import EnclaveReport, attestation_binding, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = ["Attestation", "Evidence", "Verifier", "appraise", "verify"]
 
-VERSION = 1
+VERSION = 2
 # An attestation document is small (an SGX quote with certificates is ~5 KB); refuse anything huge.
 MAX_DOCUMENT_BYTES = 256 * 1024
 
@@ -99,6 +102,7 @@ class Evidence:
     evidence: bytes
     config: bytes
     collateral: bytes = b""
+    receipt_key: bytes = b""
 
     def encode(self) -> bytes:
         doc = {
@@ -107,6 +111,8 @@ class Evidence:
             "evidence": base64.b64encode(self.evidence).decode(),
             "config": base64.b64encode(self.config).decode(),
         }
+        if self.receipt_key:
+            doc["receipt_key"] = base64.b64encode(self.receipt_key).decode()
         if self.collateral:
             doc["collateral"] = base64.b64encode(self.collateral).decode()
         return json.dumps(doc).encode()
@@ -120,14 +126,15 @@ class Evidence:
             if not isinstance(doc, dict) or doc.get("version") != VERSION:
                 raise ValueError
             tee, evidence, config = doc["tee"], doc["evidence"], doc["config"]
-            collateral = doc.get("collateral", "")
-            if not all(isinstance(v, str) for v in (tee, evidence, config, collateral)):
+            collateral, receipt_key = doc.get("collateral", ""), doc.get("receipt_key", "")
+            if not all(isinstance(v, str) for v in (tee, evidence, config, collateral, receipt_key)):
                 raise ValueError
             return cls(
                 tee,
                 base64.b64decode(evidence, validate=True),
                 base64.b64decode(config, validate=True),
                 base64.b64decode(collateral, validate=True),
+                base64.b64decode(receipt_key, validate=True),
             )
         except (ValueError, KeyError, UnicodeDecodeError, RecursionError):
             raise AttestationError("malformed attestation document") from None
@@ -140,6 +147,7 @@ class Attestation:
     report: EnclaveReport
     config: EnclaveConfig
     key_config: bytes
+    receipt_key: bytes = b""  # the Ed25519 public key this instance signs receipts with
 
     def summary(self, *, now: datetime) -> str:
         """The report as the Conclave host logs it."""
@@ -171,13 +179,14 @@ def appraise(
     now: datetime,
     collateral: bytes | None = None,
     verifier: Verifier | None = None,
-    label: bytes = BINDING_LABEL,
+    label: bytes | None = None,
 ) -> Attestation:
     """Steps 1 to 3: verify the evidence and its binding, without a client policy.
 
     ``collateral``, when given, replaces what the document carries (e.g. the client's own, fetched
-    from its PCCS). ``label``: the purpose the evidence must have been made for (key release binds
-    under labels of its own)."""
+    from its PCCS). ``label``: None for the evidence clients ask for (bound to the key configuration
+    and the receipt key); else the purpose key release made it for, ``key_config`` then the value it
+    binds."""
     # 1. parse
     evidence = Evidence.decode(document)
     # 2. platform verification, with the verifier's roots
@@ -189,14 +198,19 @@ def appraise(
     except UsageError as exc:
         raise AttestationError(f"enclave configuration in the evidence is invalid: {exc}") from None
     # 3. binding to key configuration, enclave configuration and our nonce
-    expected = report_data_binding(key_config, config.digest(), nonce, label=label)
+    if label is None:
+        expected = attestation_binding(key_config, evidence.receipt_key, config.digest(), nonce)
+    elif evidence.receipt_key:
+        raise AttestationError("key release evidence carries no receipt key")
+    else:
+        expected = report_data_binding(key_config, config.digest(), nonce, label=label)
     if not hmac.compare_digest(report.report_data, expected):
         raise AttestationError(
             "evidence is not bound to this key configuration, configuration and nonce"
             " (stale, replayed or substituted)"
         )
     report = dataclasses.replace(report, owner_key_id=bytes.fromhex(config.owner_key_id))
-    return Attestation(report=report, config=config, key_config=key_config)
+    return Attestation(report=report, config=config, key_config=key_config, receipt_key=evidence.receipt_key)
 
 
 def verify(

@@ -5,14 +5,19 @@ client (which recomputes it and compares).
 
 Report data binding (64 bytes, the size of an SGX/TDX/SNP report-data field)::
 
-    report_data = SHA-512( "enclave-infer attestation v1" || 0x00
+    report_data = SHA-512( "enclave-infer attestation v2" || 0x00
                            || u16(len(key_config)) || key_config
+                           || u8(len(receipt_key)) || receipt_key
                            || SHA-256(canonical enclave configuration)
                            || u8(len(nonce)) || nonce )
 
-``key_config`` is the RFC 9458 §3.1 encoding of the enclave's single key configuration. The
+``key_config`` is the RFC 9458 §3.1 encoding of the enclave's single key configuration;
+``receipt_key`` the raw 32-byte Ed25519 public key this enclave instance signs receipts with. The
 configuration digest is bound too, so that a client that trusts only a signer (``S:``) still learns,
 from the enclave itself, which owner key and limits are in force.
+
+Key release between enclaves (:mod:`enclave_infer.cluster.keyrelease`) binds its own messages with
+:func:`report_data_binding`, the same construction under labels of its own.
 """
 
 from __future__ import annotations
@@ -29,14 +34,17 @@ __all__ = [
     "BINDING_LABEL",
     "MAX_NONCE_BYTES",
     "MIN_NONCE_BYTES",
+    "RECEIPT_KEY_BYTES",
     "DcapCollateral",
     "EnclaveReport",
     "SecurityLevel",
     "SnpTcb",
+    "attestation_binding",
     "report_data_binding",
 ]
 
-BINDING_LABEL = b"enclave-infer attestation v1\x00"
+BINDING_LABEL = b"enclave-infer attestation v2\x00"
+RECEIPT_KEY_BYTES = 32
 # A nonce is the client's freshness proof: 16 bytes are enough to never repeat; 64 is a generous cap.
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
@@ -112,23 +120,32 @@ class EnclaveReport:
     dcap_collateral: DcapCollateral | None = None
 
 
-def report_data_binding(
-    key_config: bytes, config_digest: bytes, nonce: bytes, *, label: bytes = BINDING_LABEL
-) -> bytes:
-    """The 64 bytes an honest enclave puts in its report data for this key, config and nonce.
-    ``label``: what the evidence is for; key release (:mod:`enclave_infer.cluster.keyrelease`) binds
-    its own messages under labels of its own, so that no evidence made for one purpose serves another."""
+def attestation_binding(key_config: bytes, receipt_key: bytes, config_digest: bytes, nonce: bytes) -> bytes:
+    """The 64 bytes an honest enclave puts in the report data of the evidence clients ask for: its
+    key configuration, its receipt key, its configuration and the client's nonce."""
+    if len(receipt_key) != RECEIPT_KEY_BYTES:
+        raise AttestationError(f"receipt key must be {RECEIPT_KEY_BYTES} bytes")
+    if len(key_config) > 0xFFFF:
+        raise AttestationError("key configuration too long")
+    return _binding(
+        BINDING_LABEL,
+        struct.pack("!H", len(key_config)) + key_config + struct.pack("!B", len(receipt_key)) + receipt_key,
+        config_digest,
+        nonce,
+    )
+
+
+def report_data_binding(bound: bytes, config_digest: bytes, nonce: bytes, *, label: bytes) -> bytes:
+    """``SHA-512(label || u16 len || bound || SHA-256(config) || u8 len || nonce)``: evidence made for
+    the purpose ``label`` names (key release), binding ``bound``."""
+    if len(bound) > 0xFFFF:
+        raise AttestationError("bound value too long")
+    return _binding(label, struct.pack("!H", len(bound)) + bound, config_digest, nonce)
+
+
+def _binding(label: bytes, bound: bytes, config_digest: bytes, nonce: bytes) -> bytes:
     if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
         raise AttestationError(f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes")
     if len(config_digest) != 32:
         raise AttestationError("configuration digest must be 32 bytes")
-    if len(key_config) > 0xFFFF:
-        raise AttestationError("key configuration too long")
-    return hashlib.sha512(
-        label
-        + struct.pack("!H", len(key_config))
-        + key_config
-        + config_digest
-        + struct.pack("!B", len(nonce))
-        + nonce
-    ).digest()
+    return hashlib.sha512(label + bound + config_digest + struct.pack("!B", len(nonce)) + nonce).digest()

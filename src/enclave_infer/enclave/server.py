@@ -24,8 +24,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from enclave_infer.attestation.evidence import Evidence, Verifier
-from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, report_data_binding
+from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, attestation_binding
 from enclave_infer.cluster import keyrelease
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
@@ -76,6 +78,9 @@ class Enclave:
         # fresh per instance; it leaves only by attested key release, to a member of its cluster
         self.key = ohttp.GatewayKey.generate(key_id=1)
         self.key_config = self.key.config.encode()
+        # signs receipts; this instance's own (never released), bound into its evidence
+        self.receipt_key = Ed25519PrivateKey.generate()
+        self.receipt_public_key = self.receipt_key.public_key().public_bytes_raw()
         self.shared = shared
         self.cluster: keyrelease.ClusterSecrets | None = None
         self._pending: keyrelease.PendingJoin | None = None
@@ -108,9 +113,14 @@ class Enclave:
                 return _problem(
                     Problem.INVALID_PARAMETER, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
                 )
-            report_data = report_data_binding(self.key_config, self.config.digest(), payload)
+            report_data = attestation_binding(
+                self.key_config, self.receipt_public_key, self.config.digest(), payload
+            )
             document = Evidence(
-                self.platform.tee, self.platform.evidence(report_data), self.config.canonical()
+                self.platform.tee,
+                self.platform.evidence(report_data),
+                self.config.canonical(),
+                receipt_key=self.receipt_public_key,
             )
             return framing.encode_frame(FrameType.EVIDENCE, document.encode())
         if kind in _CLUSTER_FRAMES:
