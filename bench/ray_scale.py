@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -162,31 +163,30 @@ def wait_for_replicas(cluster: LocalCluster, count: int, timeout: float = 180.0)
     raise SystemExit(f"not {count} replicas running after {timeout} s")
 
 
-def estimate(one: dict[str, object], two: dict[str, object]) -> dict[str, object]:
-    """8 and 64 replicas on paper, from the measured costs: per request, the replica's work and the
-    proxy's; per second, the controller's (it health-checks every replica every 2 s)."""
-    per_request = two["cpu_ms_per_request"]
-    assert isinstance(per_request, dict)
-    replica_ms, proxy_ms = per_request["replicas"], per_request["proxy"]
-    controller = two["cpu_per_second"]
-    assert isinstance(controller, dict)
-    controller_per_replica = controller["controller"] / 2  # cores, per replica
-    per_replica = float(one["throughput"])  # requests/s one replica's core serves, proxy included
-    rows = {}
+def estimate(one: dict[str, Any], two: dict[str, Any], efficiency: float) -> dict[str, object]:
+    """8 and 64 replicas on paper, from the measured costs. Routing is O(1) per request (Ray's
+    power-of-two-choices), so per request the proxy costs what it cost here, whatever N; a proxy
+    saturates at 1000 / proxy ms requests/s. With one proxy (HeadOnly, as in serve.yaml) that caps
+    the cluster; with one proxy per node (EveryNode, as in rayservice.yaml) behind a load balancer,
+    each node pays its own proxy's share and N nodes scale as two did here. The controller
+    health-checks every replica: its CPU per replica-second, times N, is what it needs (on the head)."""
+    proxy_ms = float(two["cpu_ms_per_request"]["proxy"])
+    per_replica = float(one["throughput"])  # requests/s one replica serves here, proxy included
+    controller_per_replica = float(two["cpu_per_second"]["controller"]) / 2
+    proxy_cap = 1000 / proxy_ms
+    rows: dict[str, object] = {}
     for n in (8, 64):
-        offered = n * 1000 / replica_ms  # requests/s n replica cores could serve, routing aside
-        proxy_cores = offered * proxy_ms / 1000
-        controller_cores = n * controller_per_replica
-        # every core runs a replica and its share of the proxies (EveryNode: one proxy per node)
-        efficiency = replica_ms / (replica_ms + proxy_ms) / (1 + controller_cores / n)
+        linear = n * per_replica
         rows[str(n)] = {
-            "requests_per_s": round(offered * efficiency),
-            "proxy_cores": round(proxy_cores, 2),
-            "controller_cores": round(controller_cores, 3),
-            "one_head_only_proxy_saturates_at_requests_per_s": round(1000 / proxy_ms),
-            "efficiency": round(efficiency, 3),
+            "linear_requests_per_s": round(linear),
+            "one_proxy_requests_per_s": round(min(linear * efficiency, proxy_cap)),
+            "one_proxy_efficiency": round(min(linear * efficiency, proxy_cap) / linear, 2),
+            "proxy_per_node_requests_per_s": round(linear * efficiency),
+            "proxy_per_node_efficiency": round(efficiency, 2),
+            "proxy_cores_in_all": round(linear * efficiency * proxy_ms / 1000, 1),
+            "controller_cores": round(n * controller_per_replica, 2),
         }
-    return {"measured_requests_per_s_one_replica": round(per_replica, 1), "replicas": rows}
+    return {"proxy_ms_per_request": round(proxy_ms, 2), "one_proxy_saturates_at": round(proxy_cap), "n": rows}
 
 
 def main() -> int:

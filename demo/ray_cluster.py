@@ -115,6 +115,7 @@ class LocalCluster:
         self.start_seconds: dict[str, float] = {}  # how long each phase of `start` took
         self._token = secrets.token_hex(6)
         self._worker_generation = 0
+        self._stale_nodes: set[str] = set()  # ids of nodes killed by stop_worker, perhaps not yet DEAD
         self._temp_dirs: list[Path] = []
         self._cpus = self._choose_cpus() if pin else (None, None)
 
@@ -205,6 +206,8 @@ class LocalCluster:
         notices the dead node by itself, as it would a crashed machine."""
         if self.worker is None:
             return []
+        if self.worker.node_id is not None:
+            self._stale_nodes.add(self.worker.node_id)
         return self._kill_node(self.worker, timeout_s)
 
     def stop(self) -> None:
@@ -375,7 +378,12 @@ class LocalCluster:
         with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (an http:// URL we built)
             body = json.load(resp)
         rows = body.get("data", {}).get("result", {}).get("result", [])
-        return {row["node_ip"]: (row["node_id"], row["state"]) for row in rows}
+        # A node restarted on the same address is a new row; the old one stays, DEAD: the live one wins.
+        nodes: dict[str, tuple[str, str]] = {}
+        for row in sorted(rows, key=lambda r: r["state"] == "ALIVE"):
+            if row["node_id"] not in self._stale_nodes:
+                nodes[row["node_ip"]] = (row["node_id"], row["state"])
+        return nodes
 
     def _wait_for_nodes(self, ips: set[str], deadline: float) -> None:
         last: object = None
