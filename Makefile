@@ -8,7 +8,7 @@ FUZZ_STAMP := $(VENV)/.fuzz-stamp
 DEMO   := build/demo
 MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
-.PHONY: install demo demo-model cluster-demo test lint typecheck bench bench-ray bench-sizes soak fuzz clean
+.PHONY: install demo demo-model cluster-demo test lint typecheck web bench bench-ray bench-sizes soak fuzz clean
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
@@ -35,6 +35,12 @@ demo: $(MODEL)
 # The same service scaled out: two Ray Serve replicas on a local two-node Ray cluster (deploy/ray/README.md).
 cluster-demo: $(MODEL)
 	$(PY) demo/cluster_demo.py --model $(MODEL) --workdir build/cluster-demo
+
+# The browser client (web/README.md): the npm packages web/package-lock.json pins, bundled by esbuild
+# into one page, src/enclave_infer/data/web/enclave-infer.html, which is committed (pip users and the
+# host need no npm). Rebuild it after changing web/; tests/browser checks it was.
+web:
+	cd web && npm ci --ignore-scripts --no-audit --no-fund && node build.mjs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench demo fuzz

@@ -100,7 +100,26 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+    browser_page(work, key, constraint)
     return 0
+
+
+def browser_page(work: Path, key: Path, constraint: str) -> None:
+    """Where to try the browser client (web/README.md): the demo's server has stopped, so say how to
+    start it again on its sealed model, and the page's two addresses, from the host and from disk."""
+    page = work / "enclave-infer.html"
+    url = "http://127.0.0.1:8080"
+    digest, from_disk = cli(
+        "page", "--write", str(page), "--url", url, "--constraint", constraint, capture=True
+    ).splitlines()
+    from_host = cli("page", "--url", url, "--constraint", constraint, capture=True).splitlines()[1]
+    serve = f"enclave-infer serve --port 8080 --data-dir {work / 'data'} --owner-public-key {key}.pub"
+    print(
+        f"demo: to classify in a browser, start the server again (it keeps the provisioned model): {serve}\n"
+        f"demo: then open {from_host}\n"
+        f"demo: or the same page from disk (SHA-256 {digest.split()[0]}): {from_disk}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ __all__ = [
     "Batching",
     "EnclaveConfig",
     "Limits",
+    "Padding",
     "format_public_key",
     "load_public_key_file",
     "owner_key_id",
@@ -105,6 +106,20 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class Padding:
+    """Padding against traffic analysis (``protocol/padding.py``). On: clients pad requests to Padmé
+    lengths, and the enclave pads every answer to a classification to one length per ``top``, so
+    that an observer of the ciphertext learns neither the image's exact size nor, from the answer's
+    length, anything of its labels. Measured, so clients learn it from the attestation."""
+
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise UsageError("padding.enabled must be true or false")
+
+
+@dataclass(frozen=True)
 class EnclaveConfig:
     """Everything about the enclave that is measured besides its code."""
 
@@ -122,6 +137,7 @@ class EnclaveConfig:
     sealing_policy: str = "mrenclave"
     limits: Limits = field(default_factory=Limits)
     batching: Batching = field(default_factory=Batching)
+    padding: Padding = field(default_factory=Padding)
 
     def __post_init__(self) -> None:
         if not isinstance(self.owner_public_key, bytes) or len(self.owner_public_key) != 32:
@@ -150,6 +166,7 @@ class EnclaveConfig:
             "sealing_policy": self.sealing_policy,
             "limits": dataclasses.asdict(self.limits),
             "batching": dataclasses.asdict(self.batching),
+            "padding": dataclasses.asdict(self.padding),
         }
 
     def canonical(self) -> bytes:
@@ -170,10 +187,13 @@ class EnclaveConfig:
             raise UsageError(f"unknown enclave configuration key(s): {', '.join(unknown)}")
         limits = Limits(**_table(doc.pop("limits", {}), "limits", Limits))
         batching = Batching(**_table(doc.pop("batching", {}), "batching", Batching))
+        padding = Padding(**_table(doc.pop("padding", {}), "padding", Padding))
         key = doc.pop("owner_public_key", None)
         if not isinstance(key, str):
             raise UsageError("owner_public_key is required (hex, or the contents of owner.key.pub)")
-        return cls(owner_public_key=_parse_public_key(key), limits=limits, batching=batching, **doc)
+        return cls(
+            owner_public_key=_parse_public_key(key), limits=limits, batching=batching, padding=padding, **doc
+        )
 
     @classmethod
     def from_canonical(cls, data: bytes) -> EnclaveConfig:
@@ -251,7 +271,7 @@ def _parse_public_key(text: str) -> bytes:
     return raw
 
 
-def _table(doc: Any, name: str, cls: type[Limits] | type[Batching]) -> dict[str, Any]:
+def _table(doc: Any, name: str, cls: type[Limits] | type[Batching] | type[Padding]) -> dict[str, Any]:
     """The keys of the ``[name]`` table, checked against the fields of ``cls``."""
     if not isinstance(doc, dict):
         raise UsageError(f"[{name}] must be a table")

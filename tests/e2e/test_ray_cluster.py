@@ -8,10 +8,8 @@ for the module (starting one takes ~25 s).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,50 +25,12 @@ from enclave_infer import Client, generate_owner_key, load_owner_key
 from enclave_infer.config import EnclaveConfig, load_public_key_file
 from enclave_infer.enclave.platform import code_hash
 from tests.e2e.conftest import COLOUR_LABELS, colour_model, png
+from tests.recording import Recorder
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 RED, BLUE = png((230, 20, 20)), png((20, 20, 230))
-
-
-class Recorder:
-    """A TCP relay in front of Ray's HTTP port that keeps every byte it carries, both ways."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self._target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self.bytes = bytearray()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self._target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                with self._lock:
-                    self.bytes += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            src.close()  # each socket is the source of one of the two pipes: closed once
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 @dataclass
@@ -169,7 +129,7 @@ def test_provisioned_once_every_replica_answers_and_ray_sees_no_plaintext(ray_ap
     assert len([n for n in answered if answered[n] > 0]) >= 2, answered  # both replicas answered
     assert {n.partition(":")[0] for n, c in answered.items() if c} == {"head", "worker"}
     # what went past Ray's HTTP port: ciphertext only
-    wire = bytes(ray_app.recorder.bytes)
+    wire = ray_app.recorder.sent + ray_app.recorder.received
     assert b"/v1/ohttp" in wire  # the recorder did see the traffic
     for secret in (RED[60:120], colour_model()[:64], b"grey", b'"label"'):
         assert secret not in wire

@@ -468,7 +468,9 @@ def test_evidence_from_the_emulated_platform_appraised_through_a_verifier_that_o
     receipt_key = b"r" * 32
     report_data = attestation_binding(key_config, receipt_key, config.digest(), nonce)
     quote = bounded(lambda: platform.evidence(report_data))
-    document = evidence.Evidence("sgx", quote, config.canonical(), dcap.collateral("sgx"), receipt_key).encode()
+    document = evidence.Evidence(
+        "sgx", quote, config.canonical(), dcap.collateral("sgx"), receipt_key
+    ).encode()
 
     test_root = evidence.Verifier(intel_root_ca_der=dcap.root_ca_der)
     constraint = constraints.parse(f"C:{MRENCLAVE.hex()} S:{MRSIGNER.hex()} PROD:0")

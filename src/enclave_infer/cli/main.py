@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 import enclave_infer
-from enclave_infer.cli import gramine
+from enclave_infer.cli import gramine, page, receipts
 from enclave_infer.cli._options import (
     add_collateral,
     add_config,
@@ -207,6 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_verify_evidence)
 
     gramine.register(sub)
+    page.register(sub)
+    receipts.register(sub)
 
     c = sub.add_parser("classify", help="classify image files or URLs (no IMAGE: interactive console)")
     add_target(c)
@@ -226,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
         help="which provisioned runtime answers (default: the owner's first); both: side by side",
     )
     c.add_argument("--model-sha256", metavar="HEX", help="refuse to use any model but this one (see `model`)")
+    c.add_argument(
+        "--receipt",
+        type=Path,
+        metavar="DIR",
+        help="ask for a signed receipt per image, verify it, and keep it in DIR (see verify-receipt)",
+    )
     add_collateral(c)
     c.set_defaults(func=_classify)
     return p
@@ -515,13 +523,28 @@ class _Session:
         self._client, self._args = client, args
         self._level = attestation.report.security_level.name
         self.failures = 0
+        self._receipts: set[Path] = set()
+        if args.receipt is not None:
+            try:
+                args.receipt.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot use --receipt {args.receipt}: {exc.strerror}") from None
 
     def classify(self, source: str, *, prefix: bool) -> None:
         args = self._args
         try:
             result = self._client.classify(
-                _load_image(source), top=args.top, runtime=args.runtime or "default"
+                _load_image(source),
+                top=args.top,
+                runtime=args.runtime or "default",
+                receipt=args.receipt is not None,
             )
+            if result.receipt is not None:
+                path = receipts.receipt_path(args.receipt, source, self._receipts)
+                try:
+                    path.write_bytes(result.receipt)
+                except OSError as exc:
+                    raise UsageError(f"cannot write the receipt {path}: {exc.strerror}") from None
         except EnclaveInferError as exc:
             self.failures += 1
             if args.json:

@@ -13,6 +13,7 @@ resend only if the key really changed) and ``date`` (correct the clock by the en
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise, verify
+from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
+from enclave_infer.attestation.receipt import verify as verify_receipt
 from enclave_infer.client._transport import Reply, Transport
 from enclave_infer.client.config import ClientConfig
 from enclave_infer.errors import (
@@ -49,7 +52,7 @@ from enclave_infer.errors import (
     UnavailableError,
     UsageError,
 )
-from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
+from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp, padding
 from enclave_infer.protocol.api import (
     INNER_AUTHORITY,
     INNER_SCHEME,
@@ -64,7 +67,7 @@ from enclave_infer.protocol.api import (
     Route,
     Runtime,
 )
-from enclave_infer.protocol.manifest import Manifest, ModelFile, sf_binary
+from enclave_infer.protocol.manifest import Manifest, ModelFile, parse_sf_binary, sf_binary
 
 __all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral"]
 
@@ -205,20 +208,41 @@ class Client:
     # -- the enclave's API ---------------------------------------------------------------------
 
     def classify(
-        self, image: bytes, *, top: int = 1, runtime: Runtime | str = Runtime.DEFAULT
+        self, image: bytes, *, top: int = 1, runtime: Runtime | str = Runtime.DEFAULT, receipt: bool = False
     ) -> Classification:
-        """Classify one image; with :attr:`Runtime.BOTH`, every provisioned runtime answers."""
+        """Classify one image; with :attr:`Runtime.BOTH`, every provisioned runtime answers. With
+        ``receipt``, the enclave signs a receipt for the answer, which is verified here (evidence,
+        signature, this client's constraint, the image) and returned in ``result.receipt``, ready to
+        keep and to verify again later (``enclave-infer verify-receipt``)."""
         runtime = Runtime.parse(runtime) if isinstance(runtime, str) else runtime
         headers: list[tuple[str, str]] = [("content-type", "application/octet-stream")]
         if self.model_sha256:
             # the enclave refuses the image, before decoding it, unless it serves this model
             headers.append((Header.MODEL_PIN, self.model_sha256))
+        if receipt:
+            headers.append((RECEIPT_HEADER, "?1"))  # RFC 8941 boolean
         path = f"{Route.CLASSIFY}?top={top}&runtime={runtime}"
         # a classification changes nothing: when the service is busy or restarting, ask again
         response = self._retrying(lambda: self.request("POST", path, headers=headers, content=image))
         result = Classification.from_json(_document(response))
         self._check_model(result.model_sha256)
+        if receipt:
+            result = dataclasses.replace(result, receipt=self._receipt(response, image))
         return result
+
+    def _receipt(self, response: bhttp.Response, image: bytes) -> bytes:
+        value = response.header(RECEIPT_HEADER)
+        if value is None:
+            raise ReceiptError("the enclave answered without the receipt asked for")
+        try:
+            signed = Receipt.decode(parse_sf_binary(value))
+        except ProtocolError:
+            raise ReceiptError("the enclave's receipt is not a receipt document") from None
+        kept = dataclasses.replace(signed, response=response.content.decode("utf-8", "replace"))
+        statement, _ = verify_receipt(kept, image=image, constraint=self.constraint, verifier=self._verifier)
+        if statement.model_sha256 != json.loads(response.content)["model"]["sha256"]:
+            raise ReceiptError("the receipt names another model than the answer")
+        return kept.encode()
 
     def model_info(self) -> ModelInfo | None:
         """Public metadata of the served model, or None if none is provisioned."""
@@ -401,7 +425,10 @@ class Client:
         encapsulation) refused: the reply says why."""
         assert self._key is not None
         if stream is None:
-            encapsulated, context = ohttp.encapsulate_request(self._key, bhttp.encode_request(inner))
+            message = bhttp.encode_request(inner)
+            if self.attestation is not None and self.attestation.config.padding.enabled:
+                message = padding.pad(message, padding.padme(len(message)))  # RFC 9292 §3.8
+            encapsulated, context = ohttp.encapsulate_request(self._key, message)
             reply = self._transport.send(
                 "POST", "/v1/ohttp", content=encapsulated, headers={"content-type": ohttp.MEDIA_TYPE_REQUEST}
             )

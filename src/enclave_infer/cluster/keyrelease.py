@@ -31,7 +31,6 @@ nothing: the release is sealed to a key only the joining enclave holds.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -46,7 +45,7 @@ from enclave_infer.attestation.evidence import Attestation, Verifier, appraise
 from enclave_infer.attestation.report import EnclaveReport, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError, UsageError
-from enclave_infer.protocol import ohttp
+from enclave_infer.protocol import b64, ohttp
 
 __all__ = [
     "JOIN_LABEL",
@@ -106,8 +105,8 @@ class ClusterSecrets:
             {
                 "cluster_id": self.cluster_id.hex(),
                 "ohttp_key_id": self.ohttp_key.config.key_id,
-                "ohttp_private_key": _b64(self.ohttp_key.private_bytes()),
-                "sealing_key": _b64(self.sealing_key),
+                "ohttp_private_key": b64.encode(self.ohttp_key.private_bytes()),
+                "sealing_key": b64.encode(self.sealing_key),
                 "floor": self.floor,
             }
         ).encode()
@@ -120,8 +119,8 @@ class ClusterSecrets:
             key_id, floor = doc["ohttp_key_id"], doc["floor"]
             if not (isinstance(key_id, int) and isinstance(floor, int) and 0 <= key_id <= 255 and floor >= 0):
                 raise ValueError
-            key = ohttp.GatewayKey.from_private_bytes(key_id, _unb64(doc["ohttp_private_key"]))
-            sealing_key = _unb64(doc["sealing_key"])
+            key = ohttp.GatewayKey.from_private_bytes(key_id, b64.decode(doc["ohttp_private_key"]))
+            sealing_key = b64.decode(doc["sealing_key"])
         except (ValueError, KeyError, TypeError, UsageError, RecursionError):
             raise KeyReleaseError("key release refused: the released secrets are malformed") from None
         if len(cluster_id) != CLUSTER_ID_BYTES or len(sealing_key) != SEALING_KEY_BYTES:
@@ -268,7 +267,7 @@ def _binding(bound: bytes, config: EnclaveConfig, nonce: bytes, label: bytes) ->
 
 
 def _encode(fields: dict[str, bytes]) -> bytes:
-    return json.dumps({"version": VERSION, **{k: _b64(v) for k, v in fields.items()}}).encode()
+    return json.dumps({"version": VERSION, **{k: b64.encode(v) for k, v in fields.items()}}).encode()
 
 
 def _decode(message: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
@@ -278,16 +277,6 @@ def _decode(message: bytes, names: tuple[str, ...]) -> dict[str, bytes]:
         doc = json.loads(message)
         if not isinstance(doc, dict) or doc.get("version") != VERSION or set(doc) != {"version", *names}:
             raise ValueError
-        return {name: _unb64(doc[name]) for name in names}
+        return {name: b64.decode(doc[name]) for name in names}
     except (ValueError, TypeError, UnicodeDecodeError, RecursionError):
         raise KeyReleaseError("key release refused: malformed message") from None
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: object) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError("not base64")
-    return base64.b64decode(text, validate=True)

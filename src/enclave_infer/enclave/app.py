@@ -16,11 +16,21 @@ import json
 import logging
 from urllib.parse import parse_qs, urlsplit
 
+from enclave_infer.attestation.receipt import RECEIPT_HEADER
 from enclave_infer.enclave.gateway import StreamSink
-from enclave_infer.enclave.models import ModelError, ModelStore, Upload
+from enclave_infer.enclave.models import LoadedModel, ModelError, ModelStore, Upload
+from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.errors import ProtocolError, UsageError
-from enclave_infer.protocol import bhttp
-from enclave_infer.protocol.api import JSON_MEDIA_TYPE, Header, Problem, Route, Runtime
+from enclave_infer.protocol import bhttp, padding
+from enclave_infer.protocol.api import (
+    JSON_MEDIA_TYPE,
+    Classification,
+    Header,
+    Prediction,
+    Problem,
+    Route,
+    Runtime,
+)
 from enclave_infer.protocol.manifest import parse_sf_binary
 
 __all__ = ["App"]
@@ -31,10 +41,26 @@ _ALLOWED = {Route.CLASSIFY: ("POST",), Route.MODEL: ("GET", "PUT")}
 
 
 class App:
-    def __init__(self, store: ModelStore, *, max_top_k: int, max_image_bytes: int) -> None:
+    """``receipts``: signs a receipt for a classification that asks (``receipt: ?1``). ``pad``:
+    answers to a classification are padded to one length per model, ``top`` and runtime choice
+    (:meth:`padded_length`)."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        max_top_k: int,
+        max_image_bytes: int,
+        receipts: Receipts | None = None,
+        pad: bool = False,
+    ) -> None:
         self._store = store
         self._max_top_k = max_top_k
         self._max_image_bytes = max_image_bytes
+        self._receipts = receipts
+        self._pad = pad
+        self._bounds_of: LoadedModel | None = None
+        self._bounds: dict[tuple[int, bool], int] = {}
 
     def open_stream(self, head: bhttp.Request) -> StreamSink:
         """Where the content of a streamed request goes. ``PUT /v1/model`` streams into the model
@@ -123,7 +149,76 @@ class App:
             return Problem.INVALID_PARAMETER.details(str(exc)).response()
         pinned = request.header(Header.MODEL_PIN)
         result = self._store.classify(request.content, int(digits), runtime, pinned=pinned)
-        return _json(200, result.to_json())
+        response = _json(200, result.to_json())
+        if self._receipts is not None and request.header(RECEIPT_HEADER) == "?1":
+            receipt = self._receipts.header(
+                request, response.content, result.model_sha256, result.model_version
+            )
+            response = bhttp.Response(
+                status=200, headers=(*response.headers, receipt), content=response.content
+            )
+        return response
+
+    # -- padding -------------------------------------------------------------------------------
+
+    def padded_length(self, request: bhttp.Request, length: int) -> int | None:
+        """The length the encoded answer (``length`` bytes) to ``request`` is padded to: for a
+        classification, the longest answer the served model could give for its ``top``, runtime
+        choice and receipt, so that every answer of this kind has one length; None: no padding."""
+        if not self._pad or request.method != "POST" or _path(request) != Route.CLASSIFY:
+            return None
+        loaded = self._store.current
+        if loaded is None:
+            bound = 0
+        else:
+            query = parse_qs(urlsplit(request.path).query)
+            top = query.get("top", ["1"])[0]
+            k = min(int(top), self._max_top_k) if top.isascii() and top.isdigit() and len(top) < 6 else 1
+            both = query.get("runtime", [""])[0] == Runtime.BOTH.value
+            wants_receipt = self._receipts is not None and request.header(RECEIPT_HEADER) == "?1"
+            bound = self._bound(loaded, max(k, 1), both, wants_receipt)
+        if length > bound:  # an answer longer than any classification (not expected): whole blocks
+            return -(-length // padding.RESPONSE_BLOCK) * padding.RESPONSE_BLOCK
+        return bound
+
+    def _bound(self, loaded: LoadedModel, top: int, both: bool, wants_receipt: bool) -> int:
+        if wants_receipt and self._receipts is not None:
+            # a receipt's length depends on this instance's evidence (and collateral): not cached
+            m = loaded.manifest
+            probe = bhttp.Request("POST", "", "", "", (), b"")
+            signed = self._receipts.header(probe, b"", m.model_sha256, m.version)
+            return len(bhttp.encode_response(_with_header(self._worst_answer(loaded, top, both), signed)))
+        key = (top, both)
+        if self._bounds_of is not loaded:  # a new model: new bounds
+            self._bounds_of, self._bounds = loaded, {}
+        if key not in self._bounds:
+            self._bounds[key] = len(bhttp.encode_response(self._worst_answer(loaded, top, both)))
+        return self._bounds[key]
+
+    @staticmethod
+    def _worst_answer(loaded: LoadedModel, top: int, both: bool) -> bhttp.Response:
+        """The longest answer ``loaded`` can give: its longest label (as JSON escapes it), its
+        largest index and the longest probability, ``top`` times (for each runtime with ``both``)."""
+        labels, m = loaded.manifest.labels, loaded.manifest
+        longest = max(labels, key=lambda label: len(json.dumps(label)))
+        worst = tuple(
+            Prediction(longest, len(labels) - 1, _LONGEST_PROBABILITY) for _ in range(min(top, len(labels)))
+        )
+        answer = Classification(
+            m.model_sha256, m.version, worst, {name: worst for name in loaded.runtimes} if both else {}
+        )
+        return _json(200, answer.to_json())
+
+
+def _with_header(response: bhttp.Response, header: tuple[str, str]) -> bhttp.Response:
+    return bhttp.Response(
+        status=response.status, headers=(*response.headers, header), content=response.content
+    )
+
+
+_EMPTY = bhttp.Response(status=200, headers=(), content=b"")
+# The longest repr of a float in [0, 1] (23 characters): every probability prints in at most this.
+_LONGEST_PROBABILITY = 2.2250738585072014e-308
 
 
 def _path(request: bhttp.Request) -> str:

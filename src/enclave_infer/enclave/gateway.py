@@ -21,7 +21,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from typing import Protocol
 
 from enclave_infer.errors import ProtocolError
-from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
+from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp, padding
 from enclave_infer.protocol.api import Header, Problem
 
 __all__ = ["MAX_REPLAY_ENTRIES", "REPLAY_WINDOW", "ChunkedExchange", "Gateway", "StreamSink", "StreamingApp"]
@@ -55,18 +55,18 @@ class Gateway:
     def handle(self, encapsulated_request: bytes) -> bytes:
         """Raises DecryptionError / ProtocolError when the request cannot be decapsulated."""
         plaintext, context = ohttp.decapsulate_request(self.key, encapsulated_request)
-        response = self._respond(plaintext, context.enc)
-        return context.encapsulate_response(bhttp.encode_response(response))
-
-    def _respond(self, plaintext: bytes, enc: bytes) -> bhttp.Response:
         try:
-            request = bhttp.decode_request(plaintext)
+            request: bhttp.Request | None = bhttp.decode_request(plaintext)
         except ProtocolError as exc:
-            return Problem.MALFORMED_REQUEST.details(f"malformed binary HTTP request: {exc}").response()
-        refusal = self.admit(request, enc)
-        if refusal is not None:
-            return refusal
-        return self._app(request)
+            request = None
+            response = Problem.MALFORMED_REQUEST.details(f"malformed binary HTTP request: {exc}").response()
+        if request is not None:
+            response = self.admit(request, context.enc) or self._app(request)
+        encoded = bhttp.encode_response(response)
+        target = self._app.padded_length(request, len(encoded)) if request is not None else None
+        if target is not None:
+            encoded = padding.pad(encoded, target)  # RFC 9292 §3.8: zeros after the message
+        return context.encapsulate_response(encoded)
 
     def open_stream(self, head: bhttp.Request) -> StreamSink:
         """The application's sink for the content of an admitted streamed request."""
@@ -179,5 +179,9 @@ class StreamSink(Protocol):
 
 class StreamingApp(Protocol):
     def __call__(self, request: bhttp.Request) -> bhttp.Response: ...
+
+    def padded_length(self, request: bhttp.Request, length: int) -> int | None:
+        """The length to pad the encoded answer (``length`` bytes) to ``request`` to, or None."""
+        ...
 
     def open_stream(self, head: bhttp.Request) -> StreamSink: ...

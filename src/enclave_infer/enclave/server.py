@@ -34,6 +34,7 @@ from enclave_infer.enclave.app import App
 from enclave_infer.enclave.gateway import Gateway
 from enclave_infer.enclave.models import ModelStore
 from enclave_infer.enclave.platform import Platform
+from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.enclave.sealing import Sealer
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
@@ -94,8 +95,13 @@ class Enclave:
         self.store = ModelStore(config, sealer, storage)
         if shared is None:  # a cluster member's models are the cluster's, loaded once it joins
             self.store.restore()
+        self.receipts = Receipts(self.receipt_key, platform, config, lambda: self.key_config)
         app = App(
-            self.store, max_top_k=config.limits.max_top_k, max_image_bytes=config.limits.max_image_bytes
+            self.store,
+            max_top_k=config.limits.max_top_k,
+            max_image_bytes=config.limits.max_image_bytes,
+            receipts=self.receipts,
+            pad=config.padding.enabled,
         )
         self.gateway = Gateway(self.key, app)
         self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
@@ -123,6 +129,9 @@ class Enclave:
                 receipt_key=self.receipt_public_key,
             )
             return framing.encode_frame(FrameType.EVIDENCE, document.encode())
+        if kind is FrameType.SET_COLLATERAL:
+            self.receipts.set_collateral(payload)
+            return self._status()
         if kind in _CLUSTER_FRAMES:
             return self._cluster(kind, payload)
         if kind is FrameType.OHTTP_REQUEST:

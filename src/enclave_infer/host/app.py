@@ -14,7 +14,11 @@ Untrusted code. It sees ciphertext and lengths only.
                            a model provisioned (200 ``{"ready": true}``, else 400 and ``false``)
 ``GET /v2/models/{name}/ready``  ... that model (``default``, or its SHA-256) is served
 ``GET /metrics``           Prometheus metrics (``host/metrics.py``)
+``GET /``                  the browser client (``web/README.md``), under a strict Content-Security-Policy
 =========================  ====================================================================
+
+The first three paths answer CORS (any origin, no credentials, a preflight for ``POST /v1/ohttp``),
+so that the browser client works from a local file or another origin too; no other path does.
 
 Work that reaches the enclave goes through a bounded queue: beyond ``max_in_flight`` requests the
 host answers 503 with ``Retry-After`` at once (the ``overloaded`` problem) rather than letting
@@ -31,15 +35,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.resources
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from enclave_infer.attestation.evidence import Evidence
 from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES
@@ -70,6 +78,10 @@ _NO_STORE = {"cache-control": "no-store"}
 # The problem type's last segment on the host's own answers, for its metrics (not a standard field).
 _PROBLEM_HEADER = "x-problem"
 Handler = Callable[[Request], Awaitable[Response]]
+# The public paths a browser client on any origin reaches (web/README.md), and their methods.
+CORS_PATHS = {"/ohttp-keys": "GET", "/v1/attestation": "GET", "/v1/ohttp": "POST"}
+_CORS = {"access-control-allow-origin": "*", "access-control-expose-headers": "retry-after"}
+PAGE_RESOURCE = ("data", "web", "enclave-infer.html")  # in the package; built from web/ (make web)
 
 
 class _Refused(Exception):
@@ -283,12 +295,71 @@ def create_app(
             Route("/v2/models/{name}/ready", relay.model_ready, methods=["GET"]),
             Route("/v2/models/{name}/versions/{version}/ready", relay.model_ready, methods=["GET"]),
             Route("/metrics", relay.metrics, methods=["GET"]),
+            Route("/", _page_handler(), methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={404: _routing_refusal, 405: _routing_refusal},
     )
     app.router.redirect_slashes = False  # "/healthz/" is no route: a 404 problem, not a 307 to "/healthz"
+    app.add_middleware(_Cors)
     return app
+
+
+class _Cors:
+    """CORS on :data:`CORS_PATHS` alone: any origin, never credentials (nothing there depends on who
+    asks), preflights answered here; every other path answers as if CORS did not exist."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = CORS_PATHS.get(scope["path"]) if scope["type"] == "http" else None
+        if method is None:
+            await self.app(scope, receive, send)
+            return
+        request = Headers(scope=scope)
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in request:
+            headers = {
+                **_CORS,
+                "access-control-allow-methods": method,
+                "access-control-allow-headers": "content-type",
+                "access-control-max-age": "600",
+            }
+            if request.get("access-control-request-private-network") == "true":
+                headers["access-control-allow-private-network"] = "true"  # a host on a private network
+            await Response(status_code=200, headers=headers)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(_CORS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def _page_handler() -> Handler:
+    """``GET /``: the browser client from the package, under its own Content-Security-Policy (the
+    one its meta tag states, which allows its inline script and style by hash) and frame-ancestors."""
+    try:
+        page = importlib.resources.files("enclave_infer").joinpath(*PAGE_RESOURCE).read_bytes()
+    except OSError:
+        page = b""
+    found = re.search(rb'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', page)
+    headers = {
+        "content-security-policy": (found.group(1).decode() if found else "default-src 'none'")
+        + "; frame-ancestors 'none'",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+        "cache-control": "no-cache",
+    }
+
+    async def serve_page(request: Request) -> Response:
+        if found is None:
+            return _problem(Problem.NOT_FOUND.details("this installation carries no web page"))
+        return Response(page, media_type="text/html", headers=headers)
+
+    return serve_page
 
 
 def _routing_refusal(request: Request, exc: Exception) -> Response:

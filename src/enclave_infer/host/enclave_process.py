@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,9 @@ class EnclaveProcess:
         self._pycache: str | None = None
         self._own_socket_dir = socket_path.parent if socket_path.parent != self.data_dir else None
         self.restarts = 0
+        # The collateral for the enclave's evidence (host/collateral.py), handed to every enclave
+        # this host starts, for the receipts it signs: set by whoever keeps it.
+        self._collateral = b""
         # Idle connections for the server's event loop, with the enclave generation they reach.
         self._idle: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._max_idle = min(MAX_IDLE_CONNECTIONS, config.limits.max_concurrent_requests)
@@ -162,12 +166,39 @@ class EnclaveProcess:
                     f"the enclave process exited at start with status {self._proc.returncode}"
                 )
             if self.socket_path.exists():
+                if self._collateral:
+                    self._send_collateral()
                 return
             time.sleep(0.05)
         self._proc.kill()
         self._proc.wait()
         _close_stdin(self._proc)
         raise TransportError(f"the enclave did not start within {START_TIMEOUT:.0f} s")
+
+    def set_collateral(self, collateral: bytes) -> None:
+        """Hand the enclave (and every enclave started later) the collateral its receipts carry."""
+        self._collateral = collateral
+        if self.running:
+            self._send_collateral()
+
+    def _send_collateral(self) -> None:
+        """One SET_COLLATERAL frame on a connection of its own (no event loop needed)."""
+        address = self.external or self.socket_path
+        family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(STATUS_TIMEOUT * 5)
+                sock.connect(address if isinstance(address, tuple) else str(address))
+                sock.sendall(framing.encode_frame(FrameType.SET_COLLATERAL, self._collateral))
+                header = sock.recv(framing.HEADER.size, socket.MSG_WAITALL)
+                length = framing.parse_header(header)[1]
+                while length > 0:
+                    chunk = sock.recv(min(length, 65536))
+                    if not chunk:
+                        break
+                    length -= len(chunk)
+        except (OSError, ProtocolError) as exc:
+            log.warning("could not hand the enclave its collateral for receipts: %s", exc)
 
     def ensure_running(self) -> None:
         if self.external is not None:

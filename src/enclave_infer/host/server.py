@@ -155,6 +155,7 @@ def attest_at_start(
 
     def appraise_with(fresh: Collateral) -> None:
         self_attest(enclave, verifier, fresh.data)
+        enclave.set_collateral(fresh.data)  # receipts carry it, to verify offline
 
     keeper = CollateralKeeper(
         collateral or _default_source(tee),

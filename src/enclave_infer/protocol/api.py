@@ -241,12 +241,15 @@ class Prediction:
 @dataclass(frozen=True)
 class Classification:
     """An answer to ``POST /v1/classify``. ``results`` are the default (or only) runtime's;
-    with :attr:`Runtime.BOTH`, ``by_runtime`` holds every runtime's, side by side."""
+    with :attr:`Runtime.BOTH`, ``by_runtime`` holds every runtime's, side by side. ``receipt``: the
+    signed receipt document for this answer (``attestation/receipt.py``), when one was asked for
+    and verified; not part of the answer's JSON."""
 
     model_sha256: str
     model_version: int
     results: tuple[Prediction, ...]
     by_runtime: Mapping[str, tuple[Prediction, ...]] = field(default_factory=dict)
+    receipt: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -63,6 +63,9 @@ class FrameType(enum.IntEnum):
     CLUSTER_ACCEPT = 0x0A  # message: a release → STATUS, a member now
     CLUSTER_FOUND = 0x0B  # → STATUS: no member answered; found a new cluster
     CLUSTER_RELOAD = 0x0C  # → STATUS: load the newest model in the cluster's storage, if newer
+    # payload: the collateral the host keeps for this enclave's evidence (public, signed by Intel or
+    # AMD), which receipts carry so that they verify offline → STATUS
+    SET_COLLATERAL = 0x0D
     KEYS = 0x81
     EVIDENCE = 0x82
     OHTTP_RESPONSE = 0x83

@@ -1,0 +1,77 @@
+"""``enclave-infer verify-receipt``, and where ``classify --receipt DIR`` keeps receipts.
+
+A receipt (``attestation/receipt.py``) verifies offline, later, on another machine: its evidence as
+of the time it was signed (with the collateral it carries, under the production roots), the binding
+of the signing key, the signature, a constraint, and that an image is the one classified::
+
+    enclave-infer verify-receipt receipts/chelsea.png.receipt.json --image chelsea.png \\
+        --constraint "C:<code hash> SEC:INSECURE"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from enclave_infer.attestation import constraints
+from enclave_infer.attestation.receipt import Receipt, verify
+from enclave_infer.cli._options import read_file
+from enclave_infer.errors import UsageError
+
+__all__ = ["receipt_path", "register"]
+
+SUFFIX = ".receipt.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    r = sub.add_parser(
+        "verify-receipt",
+        help="verify a classification's signed receipt, offline",
+        description="Verify a receipt: the enclave's evidence (as of the receipt's time, with the"
+        " collateral it carries), the signature with the key that evidence binds, a constraint, and"
+        " that an image is the one that was classified. Exit 1 with one line on any failure.",
+    )
+    r.add_argument("receipt", type=Path, metavar="FILE", help="a receipt, as `classify --receipt DIR` writes")
+    r.add_argument("--image", type=Path, help="check that this is the image that was classified")
+    r.add_argument("--constraint", help="check the enclave against this constraint too")
+    r.set_defaults(func=_verify_receipt)
+
+
+def receipt_path(directory: Path, source: str, taken: set[Path]) -> Path:
+    """Where the receipt for the image ``source`` goes: ``DIR/<its file name>.receipt.json``, with a
+    number added when two images share a name."""
+    name = Path(source.rstrip("/")).name or "image"
+    if source == "-":
+        name = "stdin"
+    path, n = directory / f"{name}{SUFFIX}", 1
+    while path in taken:
+        n += 1
+        path = directory / f"{name}.{n}{SUFFIX}"
+    taken.add(path)
+    return path
+
+
+def _verify_receipt(args: argparse.Namespace) -> int:
+    receipt = Receipt.decode(read_file(args.receipt, "receipt"))
+    image = read_file(args.image, "image") if args.image else None
+    constraint = constraints.parse(args.constraint) if args.constraint else None
+    statement, attestation = verify(receipt, image=image, constraint=constraint)
+    report = attestation.report
+    mode = "SIMULATION" if report.tee == "simulation" else report.tee.upper()
+    print(
+        f"receipt verified: signed {statement.time:%Y-%m-%dT%H:%M:%SZ} by enclave"
+        f" {report.code_hash.hex().upper()} ({mode}, {report.security_level.name}),"
+        f" model {statement.model_sha256} version {statement.model_version}"
+    )
+    print(f"  image sha256 {statement.image_sha256}{' (matches --image)' if image is not None else ''}")
+    if receipt.response is not None:
+        try:
+            results = json.loads(receipt.response)["results"]
+            answer = ", ".join(f"{r['label']} ({100 * r['probability']:.1f}%)" for r in results)
+        except (ValueError, KeyError, TypeError):
+            raise UsageError("the receipt's answer is not a classification") from None
+        print(f"  answer: {answer}")
+    if constraint is None:
+        print("  no --constraint given: the enclave's identity above is what the receipt proves")
+    return 0
