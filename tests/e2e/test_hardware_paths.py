@@ -50,7 +50,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer import AttestationError, Client, UnavailableError
-from enclave_infer.attestation.evidence import Verifier
+from enclave_infer.attestation import receipt
+from enclave_infer.attestation.evidence import Evidence, Verifier
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.cli.main import main as cli_main
 from enclave_infer.client.config import ClientConfig
@@ -196,6 +197,28 @@ class Colours:
             if client.model_info() is None:
                 client.provision(self.model, COLOUR_LABELS, self.owner_key)
             assert client.classify(self.red).results[0].label == "red"
+            # a receipt over hardware evidence: the SDK verified it; every byte of the report, and of
+            # a quote up to its PCK chain, is signed, so no change to it goes unnoticed (the PEM
+            # chain a quote embeds is not read when the collateral carries the PCK chain, as the
+            # host's here does: dcap-qvl verifies the one from the collateral)
+            signed = client.classify(self.red, receipt=True).receipt
+            assert signed is not None
+            kept = receipt.Receipt.decode(signed)
+            _, attestation = receipt.verify(kept, image=self.red, verifier=verifier)
+            assert (attestation.report.code_hash, attestation.report.security_level) == (
+                code_hash,
+                SecurityLevel.SECURE,
+            )
+            document = Evidence.decode(kept.evidence)
+            assert document.collateral or tee == "sev-snp"  # the host handed its enclave the collateral
+            platform = document.evidence
+            signed_part = platform.split(b"-----BEGIN CERTIFICATE-----")[0]
+            for i in range(0, len(signed_part), max(1, len(signed_part) // 48)):
+                flipped = bytearray(platform)
+                flipped[i] ^= 0x01
+                forged = dataclasses.replace(document, evidence=bytes(flipped)).encode()
+                with pytest.raises(AttestationError):
+                    receipt.verify(dataclasses.replace(kept, evidence=forged), verifier=verifier)
 
 
 def refused_in_production(url: str, constraint: str, reason: str) -> None:
