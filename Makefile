@@ -8,7 +8,7 @@ FUZZ_STAMP := $(VENV)/.fuzz-stamp
 DEMO   := build/demo
 MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
-.PHONY: install demo demo-model cluster-demo test lint typecheck web bench bench-ray bench-sizes soak fuzz clean
+.PHONY: install demo demo-model cluster-demo test lint typecheck web bench bench-ray bench-padding bench-sizes soak fuzz clean
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
@@ -64,6 +64,10 @@ bench: $(MODEL) $(BENCH_STAMP)
 # Ray Serve: one replica on one core against two on two cores (a local two-node cluster).
 bench-ray: $(MODEL) $(BENCH_STAMP)
 	$(PY) bench/ray_scale.py --model $(MODEL) --json build/bench/ray_scale.json
+
+# Padding: what response and request lengths leak, with padding off and on, side by side.
+bench-padding: $(MODEL) $(BENCH_STAMP)
+	$(PY) bench/padding_leak.py --model $(MODEL) --json build/bench/padding.json
 
 bench-sizes: $(MODEL) $(BENCH_STAMP)
 	$(PY) bench/load.py --model $(MODEL) --sizes 10,60,250
