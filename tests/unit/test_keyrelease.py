@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from enclave_infer.protocol.framing import FrameType
 from tests.unit.test_sealing import provision
 
 OWNER = Ed25519PrivateKey.generate()
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 CONFIG = EnclaveConfig(owner_public_key=public_key_bytes(OWNER))
 
 
@@ -242,18 +244,44 @@ def test_check_peer_wants_the_same_enclave_at_the_same_level_or_higher() -> None
     def peer(**changes: object) -> Attestation:
         return Attestation(report(**changes), CONFIG, b"")
 
-    keyrelease.check_peer(own, CONFIG, peer(), who="joiner")
-    keyrelease.check_peer(report(security_level=SecurityLevel.STALE), CONFIG, peer(), who="joiner")
+    keyrelease.check_peer(own, CONFIG, peer(), who="joiner", now=NOW)
+    keyrelease.check_peer(report(security_level=SecurityLevel.STALE), CONFIG, peer(), who="joiner", now=NOW)
     with pytest.raises(keyrelease.KeyReleaseError, match="STALE, below this enclave's SECURE"):
-        keyrelease.check_peer(own, CONFIG, peer(security_level=SecurityLevel.STALE), who="joiner")
+        keyrelease.check_peer(own, CONFIG, peer(security_level=SecurityLevel.STALE), who="joiner", now=NOW)
     with pytest.raises(keyrelease.KeyReleaseError, match="differs in signer, debug flag"):
-        keyrelease.check_peer(own, CONFIG, peer(signer=b"x" * 32, debug=True), who="giver")
+        keyrelease.check_peer(own, CONFIG, peer(signer=b"x" * 32, debug=True), who="giver", now=NOW)
     other = Attestation(report(), dataclasses.replace(CONFIG, max_threads=99), b"")
     with pytest.raises(keyrelease.KeyReleaseError, match="differs in configuration"):
-        keyrelease.check_peer(own, CONFIG, other, who="giver")
+        keyrelease.check_peer(own, CONFIG, other, who="giver", now=NOW)
     # TDX: MRTD is the firmware only; no release until the RTMRs are compared
     with pytest.raises(keyrelease.KeyReleaseError, match="RTMR"):
-        keyrelease.check_peer(report(tee="tdx"), CONFIG, peer(tee="tdx"), who="joiner")
+        keyrelease.check_peer(report(tee="tdx"), CONFIG, peer(tee="tdx"), who="joiner", now=NOW)
+
+
+def test_check_peer_refuses_an_older_platform() -> None:
+    """A host could present old collateral (from before a TCB recovery or a revocation) that still
+    says SECURE: the peer's collateral must be current, and its TCB no older than the checker's."""
+    from datetime import timedelta
+
+    from enclave_infer.attestation.report import DcapCollateral, SnpTcb
+
+    def collateral(number: int, next_update: datetime) -> DcapCollateral:
+        return DcapCollateral(number, number, next_update, "TCB info", NOW)
+
+    own = report(dcap_collateral=collateral(17, NOW + timedelta(days=20)))
+    fresh = Attestation(report(dcap_collateral=collateral(17, NOW + timedelta(days=20))), CONFIG, b"")
+    keyrelease.check_peer(own, CONFIG, fresh, who="joiner", now=NOW)
+    expired = Attestation(report(dcap_collateral=collateral(17, NOW - timedelta(hours=1))), CONFIG, b"")
+    with pytest.raises(keyrelease.KeyReleaseError, match="collateral expired"):
+        keyrelease.check_peer(own, CONFIG, expired, who="joiner", now=NOW)
+    older = Attestation(report(dcap_collateral=collateral(16, NOW + timedelta(days=20))), CONFIG, b"")
+    with pytest.raises(keyrelease.KeyReleaseError, match="evaluation data number"):
+        keyrelease.check_peer(own, CONFIG, older, who="giver", now=NOW)
+    snp_own = report(tee="sev-snp", snp_tcb=SnpTcb(3, 0, 8, 115))
+    keyrelease.check_peer(snp_own, CONFIG, Attestation(snp_own, CONFIG, b""), who="joiner", now=NOW)
+    behind = Attestation(report(tee="sev-snp", snp_tcb=SnpTcb(3, 0, 8, 114)), CONFIG, b"")
+    with pytest.raises(keyrelease.KeyReleaseError, match="older in microcode"):
+        keyrelease.check_peer(snp_own, CONFIG, behind, who="joiner", now=NOW)
 
 
 def test_secrets_never_show_in_repr() -> None:

@@ -178,7 +178,7 @@ def release(
         )
     except (AttestationError, ProtocolError) as exc:
         raise KeyReleaseError(f"key release refused: the joiner's evidence: {exc}") from None
-    check_peer(own, config, joiner, who="joiner")
+    check_peer(own, config, joiner, who="joiner", now=now)
     request_digest = hashlib.sha256(request).digest()
     try:
         hdr, enc, context, _ = ohttp.setup_sender(peer_key, RELEASE_INFO, None)
@@ -212,7 +212,7 @@ def accept(
         )  # fmt: skip
     except AttestationError as exc:
         raise KeyReleaseError(f"key release refused: the giver's evidence: {exc}") from None
-    check_peer(own, config, giver, who="giver")
+    check_peer(own, config, giver, who="giver", now=now)
     try:
         _, context, _, ciphertext = ohttp.setup_recipient(pending.key, sealed, RELEASE_INFO)
         plaintext = context.open(ciphertext, request_digest)
@@ -221,8 +221,12 @@ def accept(
     return ClusterSecrets.decode(plaintext)
 
 
-def check_peer(own: EnclaveReport, config: EnclaveConfig, peer: Attestation, *, who: str) -> None:
-    """Raise unless ``peer`` is the same enclave as ``own``, at the same or a higher level."""
+def check_peer(
+    own: EnclaveReport, config: EnclaveConfig, peer: Attestation, *, who: str, now: datetime
+) -> None:
+    """Raise unless ``peer`` is the same enclave as ``own``, at the same or a higher level: and, as
+    far as the evidence says, on a platform no older than its own (a client's ``TCBEVAL:``,
+    ``SNPTCB:`` and ``GRACE:`` hold for the replica it attests; Ray may route it to any member)."""
     p = peer.report
     if own.tee == "tdx" or p.tee == "tdx":
         raise KeyReleaseError(
@@ -250,6 +254,39 @@ def check_peer(own: EnclaveReport, config: EnclaveConfig, peer: Attestation, *, 
             f"key release refused: the {who} is {p.security_level.name}, below this enclave's"
             f" {own.security_level.name}"
         )
+    _no_older(own, p, who=who, now=now)
+
+
+def _no_older(own: EnclaveReport, peer: EnclaveReport, *, who: str, now: datetime) -> None:
+    """DCAP: the peer's collateral current (no grace: the peer's host chose it), its TCB evaluation
+    data numbers at least this enclave's; SEV-SNP: every TCB component at least this enclave's."""
+    mine, theirs = own.dcap_collateral, peer.dcap_collateral
+    if theirs is not None:
+        if theirs.expired_for(now) is not None:
+            raise KeyReleaseError(
+                f"key release refused: the {who}'s collateral expired at"
+                f" {theirs.next_update:%Y-%m-%dT%H:%M:%SZ}"
+            )
+        if mine is not None and (
+            theirs.tcb_info_evaluation_data_number < mine.tcb_info_evaluation_data_number
+            or theirs.qe_identity_evaluation_data_number < mine.qe_identity_evaluation_data_number
+        ):
+            raise KeyReleaseError(
+                f"key release refused: the {who}'s collateral is older (TCB evaluation data number) than"
+                " this enclave's"
+            )
+    if own.snp_tcb is not None:
+        if peer.snp_tcb is None:
+            raise KeyReleaseError(f"key release refused: the {who}'s evidence carries no SEV-SNP TCB")
+        older = [
+            name
+            for name in ("bootloader", "tee", "snp", "microcode", "fmc")
+            if (getattr(peer.snp_tcb, name) or 0) < (getattr(own.snp_tcb, name) or 0)
+        ]
+        if older:
+            raise KeyReleaseError(
+                f"key release refused: the {who}'s SEV-SNP TCB is older in {', '.join(older)}"
+            )
 
 
 def self_report(attest: Attest, config: EnclaveConfig, *, verifier: Verifier, now: datetime) -> EnclaveReport:
