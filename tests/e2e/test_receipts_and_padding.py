@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from enclave_infer import Client, ConstraintError
+from enclave_infer import Client, ConstraintError, InvalidImageError
 from enclave_infer.attestation import receipt
 from enclave_infer.client.owner import load_owner_key
 from enclave_infer.protocol import ohttp, padding
@@ -49,7 +49,8 @@ def noise(seed: int) -> bytes:
 
 
 def wire(d: Deployment, images: list[bytes], top: int) -> tuple[list[int], list[int], list[str]]:
-    """Encapsulated request and response lengths of each classification, and its top label."""
+    """Encapsulated request and response lengths of each classification, and its top label (or the
+    refusal's exception name)."""
     requests: list[int] = []
     responses: list[int] = []
     real = httpx.HTTPTransport()
@@ -62,8 +63,13 @@ def wire(d: Deployment, images: list[bytes], top: int) -> tuple[list[int], list[
             responses.append(len(response.content))
         return response
 
+    labels = []
     with Client(d.url, d.constraint, transport=httpx.MockTransport(recording)) as client:
-        labels = [client.classify(image, top=top).results[0].label for image in images]
+        for image in images:
+            try:
+                labels.append(client.classify(image, top=top).results[0].label)
+            except InvalidImageError as exc:
+                labels.append(type(exc).__name__)
     real.close()
     return requests, responses, labels
 
@@ -72,10 +78,10 @@ def test_padding_gives_classifications_one_length_per_top_and_requests_few(
     served: object, deployment: Deployment, unpadded: Deployment
 ) -> None:
     images = [png((230, 20, 20)), png((20, 20, 230)), png((20, 230, 20)), png((128, 128, 128))]
-    images += [noise(seed) for seed in range(12)]
+    images += [noise(seed) for seed in range(12)] + [b"not an image", png((1, 2, 3))[:-40]]
     for top in (1, 3):
         requests, responses, labels = wire(deployment, images, top)
-        assert len(set(labels)) >= 3  # answers differ ...
+        assert len(set(labels)) >= 4 and "InvalidImageError" in labels  # answers and refusals differ ...
         assert len(set(responses)) == 1  # ... and their ciphertexts all have one length
         bare_requests, bare_responses, bare_labels = wire(unpadded, images, top)
         assert bare_labels == labels

@@ -73,6 +73,9 @@ __all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral"]
 
 SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
 
+# A receipt just received must be dated within this many seconds of this client's clock.
+RECEIPT_CLOCK_SKEW = 600.0
+
 # Which exception each problem type raises; one class per type (several types share a class).
 PROBLEM_ERRORS: Mapping[Problem, type[RemoteError]] = {
     Problem.DATE: InvalidRequestError,
@@ -240,6 +243,8 @@ class Client:
             raise ReceiptError("the enclave's receipt is not a receipt document") from None
         kept = dataclasses.replace(signed, response=response.content.decode("utf-8", "replace"))
         statement, _ = verify_receipt(kept, image=image, constraint=self.constraint, verifier=self._verifier)
+        if abs((statement.time - self._now()).total_seconds()) > RECEIPT_CLOCK_SKEW:
+            raise ReceiptError("the receipt is dated too far from now (the enclave's host sets its clock)")
         if statement.model_sha256 != json.loads(response.content)["model"]["sha256"]:
             raise ReceiptError("the receipt names another model than the answer")
         return kept.encode()

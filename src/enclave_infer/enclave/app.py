@@ -123,7 +123,8 @@ class App:
         finally:
             sink.abort()  # a no-op once finished; frees the memory files otherwise
 
-    def _classify(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
+    def _top(self, query: dict[str, list[str]]) -> int | None:
+        """``top`` from the query, or None if it is not an integer from 1 to max_top_k."""
         top_values = query.get("top", ["1"])
         top = top_values[0] if len(top_values) == 1 else ""
         # Leading zeros dropped before int(), which refuses more than 4300 digits (ValueError); a
@@ -135,6 +136,12 @@ class App:
             and len(digits) <= len(str(self._max_top_k))
             and 1 <= int(digits or "0") <= self._max_top_k
         ):
+            return None
+        return int(digits)
+
+    def _classify(self, request: bhttp.Request, query: dict[str, list[str]]) -> bhttp.Response:
+        top = self._top(query)
+        if top is None:
             return Problem.INVALID_PARAMETER.details(
                 f"top must be an integer from 1 to {self._max_top_k}"
             ).response()
@@ -148,7 +155,7 @@ class App:
         except UsageError as exc:
             return Problem.INVALID_PARAMETER.details(str(exc)).response()
         pinned = request.header(Header.MODEL_PIN)
-        result = self._store.classify(request.content, int(digits), runtime, pinned=pinned)
+        result = self._store.classify(request.content, top, runtime, pinned=pinned)
         response = _json(200, result.to_json())
         if self._receipts is not None and request.header(RECEIPT_HEADER) == "?1":
             receipt = self._receipts.header(
@@ -171,12 +178,11 @@ class App:
         if loaded is None:
             bound = 0
         else:
-            query = parse_qs(urlsplit(request.path).query)
-            top = query.get("top", ["1"])[0]
-            k = min(int(top), self._max_top_k) if top.isascii() and top.isdigit() and len(top) < 6 else 1
-            both = query.get("runtime", [""])[0] == Runtime.BOTH.value
+            query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+            top = self._top(query) or 1  # an invalid top is answered with a (short) refusal
+            both = query.get("runtime", [""]) == [Runtime.BOTH.value]
             wants_receipt = self._receipts is not None and request.header(RECEIPT_HEADER) == "?1"
-            bound = self._bound(loaded, max(k, 1), both, wants_receipt)
+            bound = self._bound(loaded, top, both, wants_receipt)
         if length > bound:  # an answer longer than any classification (not expected): whole blocks
             return -(-length // padding.RESPONSE_BLOCK) * padding.RESPONSE_BLOCK
         return bound
@@ -192,7 +198,12 @@ class App:
         if self._bounds_of is not loaded:  # a new model: new bounds
             self._bounds_of, self._bounds = loaded, {}
         if key not in self._bounds:
-            self._bounds[key] = len(bhttp.encode_response(self._worst_answer(loaded, top, both)))
+            # at least MIN_CLASSIFY_RESPONSE, whole blocks: a refusal (a bad image, a date, a pinned
+            # model) must not stand out from an answer by its length
+            longest = max(
+                len(bhttp.encode_response(self._worst_answer(loaded, top, both))), MIN_CLASSIFY_RESPONSE
+            )
+            self._bounds[key] = -(-longest // padding.RESPONSE_BLOCK) * padding.RESPONSE_BLOCK
         return self._bounds[key]
 
     @staticmethod
@@ -216,7 +227,9 @@ def _with_header(response: bhttp.Response, header: tuple[str, str]) -> bhttp.Res
     )
 
 
-_EMPTY = bhttp.Response(status=200, headers=(), content=b"")
+# Every refusal the classification route gives (problem documents: invalid image, date, model pin,
+# too large, runtime, overloaded, internal) encodes in less than this; answers are padded to at least it.
+MIN_CLASSIFY_RESPONSE = 512
 # The longest repr of a float in [0, 1] (23 characters): every probability prints in at most this.
 _LONGEST_PROBABILITY = 2.2250738585072014e-308
 

@@ -409,7 +409,12 @@ class ModelStore:
                 path.name,
             )
             return None
-        except (EnclaveInferError, OSError) as exc:
+        except OSError as exc:
+            if version is not None:  # a cluster's file: perhaps a passing fault of shared storage
+                raise
+            log.error("sealed model %s cannot be read (%s); it is not served", path.name, type(exc).__name__)
+            return None
+        except (EnclaveInferError, MemoryError) as exc:
             # the type only: a runtime's refusal may name the model's operators
             reason = _slug(exc.problem) if isinstance(exc, ModelError) else type(exc).__name__
             log.error("sealed model %s failed verification (%s); it is not served", path.name, reason)
@@ -422,11 +427,10 @@ class ModelStore:
     def use_cluster(self, sealer: Sealer, shared: Path, cluster_id: str, floor: int) -> None:
         """Become a cluster member: models are sealed under the cluster's key into ``shared``, one
         file per version, and none below ``floor`` (the highest version a live member holds) is
-        served. Loads the newest model there."""
+        served. Then :meth:`reload` loads the newest model there."""
         with self._provision_lock:
             self._sealer, self._shared, self.cluster_id = sealer, shared, cluster_id
             self.floor = max(self.floor, floor)
-        self.reload()
 
     def reload(self) -> None:
         """Serve the newest model in the cluster's storage if it is newer than the served one and
@@ -457,7 +461,11 @@ class ModelStore:
                     )
                     self._refused.add(name)
                     continue
-                loaded = self._read_sealed(shared / name, sealer, version)
+                try:
+                    loaded = self._read_sealed(shared / name, sealer, version)
+                except OSError as exc:  # tried again at the next reload
+                    log.warning("cannot read %s from the cluster's storage: %s", name, type(exc).__name__)
+                    continue
                 if loaded is None:
                     self._refused.add(name)
                     continue

@@ -119,6 +119,8 @@ def _create_private(path: Path) -> BinaryIO:
 # chunks of one file cannot be spliced behind the header of another.
 
 STREAM_MAGIC = b"EISTRM1"
+# A header is a signed manifest (at most 8 MiB, protocol/manifest.py) and its signature, sealed.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 STREAM_CHUNK_BYTES = 1024 * 1024
 _PREFIX_BYTES = 7
 _MAX_CHUNKS = 2**32 - 1
@@ -203,6 +205,8 @@ def iter_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: i
         if len(start) != len(STREAM_MAGIC) + 8 or not start.startswith(STREAM_MAGIC):
             raise ProtocolError("not a sealed stream")
         (header_len,) = struct.unpack("!Q", start[len(STREAM_MAGIC) :])
+        if header_len > MAX_HEADER_BYTES:  # read before it is authenticated: bounded first
+            raise ProtocolError("sealed stream header too large")
         if header_len > size:
             raise ProtocolError("sealed stream is truncated")
         header_blob = f.read(header_len)

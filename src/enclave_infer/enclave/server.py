@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from enclave_infer.attestation.evidence import Evidence, Verifier
+from enclave_infer.attestation.evidence import MAX_DOCUMENT_BYTES, Evidence, Verifier
 from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, attestation_binding
 from enclave_infer.cluster import keyrelease
 from enclave_infer.config import EnclaveConfig
@@ -130,6 +130,8 @@ class Enclave:
             )
             return framing.encode_frame(FrameType.EVIDENCE, document.encode())
         if kind is FrameType.SET_COLLATERAL:
+            if len(payload) > MAX_DOCUMENT_BYTES:
+                return _problem(Problem.TOO_LARGE, f"collateral larger than {MAX_DOCUMENT_BYTES} bytes")
             self.receipts.set_collateral(payload)
             return self._status()
         if kind in _CLUSTER_FRAMES:
@@ -162,13 +164,19 @@ class Enclave:
         now = datetime.now(UTC)  # the host's clock: see the README on key release
         with self._cluster_lock:
             try:
-                return self._cluster_locked(kind, message, attest, now)
+                reply = self._cluster_locked(kind, message, attest, now)
             except keyrelease.KeyReleaseError as exc:
                 log.warning("%s", exc)
                 return _problem(Problem.KEY_RELEASE_REFUSED, str(exc))
             except AttestationError as exc:  # this enclave's own evidence does not verify
                 log.error("key release: this enclave's own evidence does not verify: %s", exc)
                 return _problem(Problem.KEY_RELEASE_REFUSED, f"the enclave's own evidence: {exc}")
+        if reply:
+            return reply
+        # a member now, or asked to reload: load the newest model outside the lock, so that releases
+        # to joiners never wait for a model to load
+        self.store.reload()
+        return self._status()
 
     def _cluster_locked(
         self, kind: FrameType, message: bytes, attest: keyrelease.Attest, now: datetime
@@ -177,8 +185,7 @@ class Enclave:
         if kind is FrameType.CLUSTER_RELOAD:
             if member is None:
                 return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
-            self.store.reload()
-            return self._status()
+            return b""  # reload, outside the lock
         if kind is FrameType.CLUSTER_RELEASE:
             if member is None:
                 return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
@@ -210,18 +217,20 @@ class Enclave:
             )
             self._pending = None
             self._join(secrets, founded=False)
-            return self._status()
+            return b""
         # CLUSTER_FOUND
         self._pending = None
         self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
-        return self._status()
+        return b""
 
     def _join(self, cluster: keyrelease.ClusterSecrets, *, founded: bool) -> None:
         assert self.shared is not None
+        sealer = Sealer(cluster.sealing_key, purpose=CLUSTER_SEALING_PURPOSE)
+        self.store.use_cluster(sealer, self.shared, cluster.cluster_id.hex(), cluster.floor)
         self.key = cluster.ohttp_key
         self.key_config = self.key.config.encode()
         self.gateway.key = self.key
-        self.cluster = cluster
+        self.cluster = cluster  # last: from here on the enclave answers clients
         log.info(
             "%s cluster %s: key configuration SHA-256 %s, model version floor %d",
             "founded" if founded else "joined",
@@ -360,6 +369,13 @@ class _Handler(socketserver.StreamRequestHandler):
                     if payload is None:
                         return
                     if kind is FrameType.CHUNKED_BEGIN:
+                        if enclave.shared is not None and enclave.cluster is None:
+                            frames.send(
+                                _problem(
+                                    Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet"
+                                )
+                            )
+                            return
                         if not self._chunked(frames, payload):
                             return
                         continue
