@@ -248,6 +248,9 @@ def test_check_peer_wants_the_same_enclave_at_the_same_level_or_higher() -> None
     keyrelease.check_peer(report(security_level=SecurityLevel.STALE), CONFIG, peer(), who="joiner", now=NOW)
     with pytest.raises(keyrelease.KeyReleaseError, match="STALE, below this enclave's SECURE"):
         keyrelease.check_peer(own, CONFIG, peer(security_level=SecurityLevel.STALE), who="joiner", now=NOW)
+    with pytest.raises(keyrelease.KeyReleaseError, match="differs in platform settings"):
+        # an SNP guest of the same MEASUREMENT launched with a migration agent allowed: another POLICY
+        keyrelease.check_peer(own, CONFIG, peer(platform_settings=b"\x01"), who="joiner", now=NOW)
     with pytest.raises(keyrelease.KeyReleaseError, match="differs in signer, debug flag"):
         keyrelease.check_peer(own, CONFIG, peer(signer=b"x" * 32, debug=True), who="giver", now=NOW)
     other = Attestation(report(), dataclasses.replace(CONFIG, max_threads=99), b"")

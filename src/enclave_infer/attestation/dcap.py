@@ -363,6 +363,13 @@ def verify_quote(
             security_level=level,
             level_reason=reason,
             issued_at=issued_at,
+            platform_settings=json.dumps(
+                {
+                    k: body.get(k)
+                    for k in ("attributes", "misc_select", *(f"reserved{i}" for i in range(1, 5)))
+                },
+                sort_keys=True,
+            ).encode(),
         )
     elif kind in ("TD10", "TD15"):
         td = body.get("base", body) if kind == "TD15" else body

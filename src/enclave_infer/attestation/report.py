@@ -118,6 +118,10 @@ class EnclaveReport:
     snp_tcb: SnpTcb | None = None  # SEV-SNP only: REPORTED_TCB, the level the VCEK/VLEK certifies
     # SGX and TDX only: the collateral's TCB evaluation data numbers and how current it was
     dcap_collateral: DcapCollateral | None = None
+    # What the platform enforces besides the code hash, which key release compares exactly: SGX's
+    # ATTRIBUTES (flags, XFRM), MISCSELECT and the KSS fields (CONFIGID, ISVEXTPRODID, ISVFAMILYID,
+    # in the report body's reserved areas); SEV-SNP's guest POLICY and VMPL. Empty elsewhere.
+    platform_settings: bytes = b""
 
 
 def attestation_binding(key_config: bytes, receipt_key: bytes, config_digest: bytes, nonce: bytes) -> bytes:

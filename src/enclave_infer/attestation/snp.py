@@ -962,6 +962,7 @@ class SnpVerifier:
             level_reason=reason,
             issued_at=crl_updates[0] if crl_updates else None,
             snp_tcb=tcb["reported"],
+            platform_settings=struct.pack("<QI", parsed.policy, parsed.vmpl),
         )
         return SnpVerdict(
             report=enclave_report,

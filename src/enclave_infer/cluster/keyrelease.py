@@ -207,9 +207,13 @@ def accept(
     bound = request_digest + hashlib.sha256(sealed).digest()
     try:
         giver = appraise(
-            fields["evidence"], key_config=bound, nonce=pending.nonce, now=now, label=RELEASE_LABEL,
+            fields["evidence"],
+            key_config=bound,
+            nonce=pending.nonce,
+            now=now,
+            label=RELEASE_LABEL,
             verifier=verifier,
-        )  # fmt: skip
+        )
     except AttestationError as exc:
         raise KeyReleaseError(f"key release refused: the giver's evidence: {exc}") from None
     check_peer(own, config, giver, who="giver", now=now)
@@ -242,6 +246,11 @@ def check_peer(
             ("product id", own.product_id, p.product_id),
             ("security version", own.security_version, p.security_version),
             ("debug flag", own.debug, p.debug),
+            (
+                "platform settings (SGX attributes and KSS, SEV-SNP policy and VMPL)",
+                own.platform_settings,
+                p.platform_settings,
+            ),
         )
         if mine != theirs
     ]
