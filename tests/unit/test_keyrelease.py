@@ -225,6 +225,7 @@ def test_members_refuse_what_is_not_theirs_to_do(tmp_path: Path) -> None:
 def report(**changes: object) -> EnclaveReport:
     base = EnclaveReport(
         tee="sgx",
+        platform_settings=b"{}",
         code_hash=b"c" * 32,
         signer=b"s" * 32,
         product_id=1,
@@ -256,9 +257,14 @@ def test_check_peer_wants_the_same_enclave_at_the_same_level_or_higher() -> None
     other = Attestation(report(), dataclasses.replace(CONFIG, max_threads=99), b"")
     with pytest.raises(keyrelease.KeyReleaseError, match="differs in configuration"):
         keyrelease.check_peer(own, CONFIG, other, who="giver", now=NOW)
-    # TDX: MRTD is the firmware only; no release until the RTMRs are compared
-    with pytest.raises(keyrelease.KeyReleaseError, match="RTMR"):
-        keyrelease.check_peer(report(tee="tdx"), CONFIG, peer(tee="tdx"), who="joiner", now=NOW)
+    # TDX: MRTD is the firmware only; the RTMRs (in the platform settings) must be equal too
+    td = report(tee="tdx", platform_settings=b'{"rt_mr1": "aa"}')
+    keyrelease.check_peer(td, CONFIG, Attestation(td, CONFIG, b""), who="joiner", now=NOW)
+    other_kernel = Attestation(report(tee="tdx", platform_settings=b'{"rt_mr1": "bb"}'), CONFIG, b"")
+    with pytest.raises(keyrelease.KeyReleaseError, match="TDX RTMRs"):
+        keyrelease.check_peer(td, CONFIG, other_kernel, who="joiner", now=NOW)
+    with pytest.raises(keyrelease.KeyReleaseError, match="no platform settings"):
+        keyrelease.check_peer(report(), CONFIG, peer(platform_settings=b""), who="joiner", now=NOW)
 
 
 def test_check_peer_refuses_an_older_platform() -> None:

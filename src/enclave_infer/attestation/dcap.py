@@ -387,6 +387,8 @@ def verify_quote(
             security_level=level,
             level_reason=reason,
             issued_at=issued_at,
+            # MRTD measures the firmware only: what the TD booted (RTMR0-3) and its settings
+            platform_settings=json.dumps({k: td.get(k) for k in TDX_SETTINGS}, sort_keys=True).encode(),
         )
     else:
         raise AttestationError(f"unsupported report type {kind!r}")
@@ -523,6 +525,17 @@ def _crl_next_update(value: object, what: str) -> datetime:
 
 def _insecure(report: EnclaveReport, reason: str) -> EnclaveReport:
     return replace(report, security_level=SecurityLevel.INSECURE, level_reason=reason)
+
+
+# What key release compares between two TDs besides MRTD (attestation/report.py platform_settings):
+# their attributes, XFAM, the host-given configuration ids, and the runtime measurement registers
+# (RTMR0: firmware configuration; RTMR1: kernel; RTMR2: command line and initrd; RTMR3: the guest's).
+# Not the TDX module's identity (MRSEAM, TEE_TCB_SVN): members may run on hosts with other modules,
+# whose security the TCB status already judges.
+TDX_SETTINGS = (
+    "td_attributes", "xfam", "mr_config_id", "mr_owner", "mr_owner_config",
+    "rt_mr0", "rt_mr1", "rt_mr2", "rt_mr3",
+)  # fmt: skip
 
 
 def _hex(doc: Mapping[str, Any], key: str) -> bytes:

@@ -120,7 +120,8 @@ class EnclaveReport:
     dcap_collateral: DcapCollateral | None = None
     # What the platform enforces besides the code hash, which key release compares exactly: SGX's
     # ATTRIBUTES (flags, XFRM), MISCSELECT and the KSS fields (CONFIGID, ISVEXTPRODID, ISVFAMILYID,
-    # in the report body's reserved areas); SEV-SNP's guest POLICY and VMPL. Empty elsewhere.
+    # in the report body's reserved areas); SEV-SNP's guest POLICY and VMPL; TDX's RTMR0-3, TD
+    # attributes, XFAM and MRCONFIGID/MROWNER/MROWNERCONFIG. Empty for simulation.
     platform_settings: bytes = b""
 
 

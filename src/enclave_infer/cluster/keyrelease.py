@@ -23,9 +23,9 @@ Messages (JSON, binary fields base64)::
   with, the key that seals the cluster's model files, and the model version floor.
 
 Each side checks the other with :func:`check_peer`: the same TEE, code hash, signer, product,
-security version, debug flag and configuration as its own, and at least its own security level.
-TDX is refused: its code hash (MRTD) measures the firmware only, and until the runtime measurement
-registers are compared, two TDs with one MRTD may run different code. A replayed join request gains
+security version, debug flag, platform settings (for TDX, whose code hash MRTD measures the firmware
+only, the runtime measurement registers RTMR0-3 too) and configuration as its own, at least its own
+security level, and a platform no older than its own. A replayed join request gains
 nothing: the release is sealed to a key only the joining enclave holds.
 """
 
@@ -232,11 +232,8 @@ def check_peer(
     far as the evidence says, on a platform no older than its own (a client's ``TCBEVAL:``,
     ``SNPTCB:`` and ``GRACE:`` hold for the replica it attests; Ray may route it to any member)."""
     p = peer.report
-    if own.tee == "tdx" or p.tee == "tdx":
-        raise KeyReleaseError(
-            "key release refused: TDX key release needs the runtime measurements (RTMRs) compared,"
-            " which this version does not do"
-        )
+    if p.tee != "simulation" and not p.platform_settings:
+        raise KeyReleaseError(f"key release refused: the {who}'s evidence names no platform settings")
     differences = [
         name
         for name, mine, theirs in (
@@ -247,7 +244,7 @@ def check_peer(
             ("security version", own.security_version, p.security_version),
             ("debug flag", own.debug, p.debug),
             (
-                "platform settings (SGX attributes and KSS, SEV-SNP policy and VMPL)",
+                "platform settings (SGX attributes, KSS; SEV-SNP policy, VMPL; TDX RTMRs, attributes)",
                 own.platform_settings,
                 p.platform_settings,
             ),
