@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from enclave_infer.attestation.evidence import Attestation, Evidence
+from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
 from enclave_infer.client.owner import public_key_bytes
 from enclave_infer.cluster import keyrelease
@@ -20,9 +21,12 @@ from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.models import ModelError, cluster_model_name
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.server import Enclave
+from enclave_infer.enclave.tsm import ConfigfsTsmPlatform
 from enclave_infer.protocol import framing, ohttp
 from enclave_infer.protocol.api import EnclaveStatus, Problem
 from enclave_infer.protocol.framing import FrameType
+from tests.emulation.dcap import EmulatedDcap
+from tests.emulation.pseudofs import FakeTsm
 from tests.unit.test_sealing import provision
 
 OWNER = Ed25519PrivateKey.generate()
@@ -300,3 +304,47 @@ def test_secrets_never_show_in_repr() -> None:
     assert keyrelease.ClusterSecrets.decode(secrets.encode()).encode() == secrets.encode()
     with pytest.raises(keyrelease.KeyReleaseError, match="malformed"):
         keyrelease.ClusterSecrets.decode(b'{"cluster_id": "00"}')
+
+
+def test_tds_release_keys_only_to_a_td_that_booted_the_same(
+    tmp_path: Path, fake_tsm: Callable[..., FakeTsm]
+) -> None:
+    """Real (emulated) TDX quotes under a test root, through the enclave's frames: MRTD pins the
+    firmware only, so a TD with another kernel (RTMR1) gets nothing; one that booted the same joins."""
+    dcap = EmulatedDcap()
+    today = datetime.now(UTC).replace(microsecond=0)
+    collateral = dcap.collateral(
+        "tdx", issue_date=today - timedelta(days=1), next_update=today + timedelta(days=30)
+    )
+    kernel = {"rtmr1": b"\x01" * 48}
+    fake = fake_tsm(
+        provider="tdx_guest",
+        make_outblob=lambda rd: dcap.tdx_quote(rd, rtmrs=(bytes(48), kernel["rtmr1"], bytes(48), bytes(48))),
+    )
+    verifier = Verifier(intel_root_ca_der=dcap.root_ca_der)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    def td(name: str) -> Enclave:
+        return Enclave(
+            CONFIG, ConfigfsTsmPlatform(fake.root), tmp_path / name, shared=shared, verifier=verifier
+        )
+
+    def frame(e: Enclave, kind: FrameType, booted: bytes, message: bytes = b"") -> tuple[FrameType, bytes]:
+        kernel["rtmr1"] = booted  # what this TD's quotes say it booted
+        reply = e.answer(kind, framing.encode_cluster_payload(collateral, message))
+        return framing.parse_header(reply[: framing.HEADER.size])[0], reply[framing.HEADER.size :]
+
+    same, other = b"\x01" * 48, b"\x02" * 48
+    giver = td("giver")
+    assert frame(giver, FrameType.CLUSTER_FOUND, same)[0] is FrameType.STATUS
+    stranger = td("stranger")
+    _, request = frame(stranger, FrameType.CLUSTER_JOIN, other)
+    kind, payload = frame(giver, FrameType.CLUSTER_RELEASE, same, request)
+    assert kind is FrameType.ERROR and "TDX RTMRs" in refusal(payload)
+    joiner = td("joiner")
+    _, request = frame(joiner, FrameType.CLUSTER_JOIN, same)
+    kind, release = frame(giver, FrameType.CLUSTER_RELEASE, same, request)
+    assert kind is FrameType.CLUSTER_MESSAGE
+    assert frame(joiner, FrameType.CLUSTER_ACCEPT, same, release)[0] is FrameType.STATUS
+    assert joiner.key_config == giver.key_config
