@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from enclave_infer.attestation import constraints
@@ -58,6 +59,11 @@ def _verify_receipt(args: argparse.Namespace) -> int:
     constraint = constraints.parse(args.constraint) if args.constraint else None
     statement, attestation = verify(receipt, image=image, constraint=constraint)
     report = attestation.report
+    if report.security_level.name == "INSECURE":  # e.g. simulation: anyone can forge such a receipt
+        print(
+            f"enclave-infer: warning: the receipt's enclave is INSECURE: {report.level_reason}",
+            file=sys.stderr,
+        )
     mode = "SIMULATION" if report.tee == "simulation" else report.tee.upper()
     print(
         f"receipt verified: signed {statement.time:%Y-%m-%dT%H:%M:%SZ} by enclave"
