@@ -53,6 +53,11 @@ JOIN_ATTEMPT_SECONDS = 5.0
 FOUND_AFTER_SECONDS = 10.0
 # Any other replica gives up after this long (its constructor fails; Ray starts another).
 JOIN_TIMEOUT_SECONDS = 180.0
+# After joining, this many more releases (from whichever members Ray picks): the enclave keeps the
+# highest floor. And every so often a member asks again, so that one its host kept from loading a new
+# version stops serving the old one.
+EXTRA_RELEASES = 2
+FLOOR_REFRESH_SECONDS = 30.0
 # How often a host looks for new model files in the shared folder, and whether its enclave lives.
 WATCH_SECONDS = 1.0
 LIVENESS_SECONDS = 0.25
@@ -138,6 +143,8 @@ class EnclaveHost:
                 kind, payload = await self._cluster(FrameType.CLUSTER_ACCEPT, answer)
                 if kind is FrameType.STATUS:
                     log.info("joined the cluster through key release in %.1f s", time.monotonic() - started)
+                    for _ in range(EXTRA_RELEASES):  # the highest floor of several members
+                        await self._release_to_self(release, request)
                     return
                 log.warning("key release: %s", _problem(kind, payload))  # the enclave refused it
             waited = time.monotonic() - started
@@ -149,6 +156,29 @@ class EnclaveHost:
                 return
             if waited >= JOIN_TIMEOUT_SECONDS:
                 raise TransportError(f"no member of the cluster released its keys in {waited:.0f} s")
+
+    async def _release_to_self(self, release: Any, request: bytes) -> None:
+        """One more release for ``request``, from whichever member Ray picks; the enclave takes from
+        it the giver's floor only. Best effort: a failure changes nothing."""
+        try:
+            answer = await asyncio.wait_for(release.remote(request), JOIN_ATTEMPT_SECONDS)
+            kind, payload = await self._cluster(FrameType.CLUSTER_ACCEPT, answer)
+        except Exception as exc:
+            log.info("floor refresh: %s", _one_line(exc))
+            return
+        if kind is not FrameType.STATUS:
+            log.warning("floor refresh: %s", _problem(kind, payload))
+
+    async def _refresh_floor(self) -> None:
+        """Ask a member for a release again: if any holds a newer model version than this enclave
+        serves (its host may have kept it from loading it), the enclave stops serving the old one."""
+        try:
+            kind, request = await self._cluster(FrameType.CLUSTER_JOIN)
+        except (TransportError, ProtocolError):
+            return
+        if kind is FrameType.CLUSTER_MESSAGE:
+            handle = serve.get_deployment_handle(self._deployment, app_name=self._app_name)
+            await self._release_to_self(handle.options(method_name="key_release"), request)
 
     async def _cluster(self, kind: FrameType, message: bytes = b"") -> tuple[FrameType, bytes]:
         current = self._keeper.current if self._keeper is not None else None
@@ -163,7 +193,11 @@ class EnclaveHost:
         it, and Ray starts another, which joins the cluster), rather than answer 503s until the next
         health check."""
         seen: frozenset[str] | None = None
+        refreshed = time.monotonic()
         while True:
+            if time.monotonic() - refreshed > FLOOR_REFRESH_SECONDS:
+                refreshed = time.monotonic()
+                await self._refresh_floor()
             for _ in range(round(WATCH_SECONDS / LIVENESS_SECONDS)):
                 await asyncio.sleep(LIVENESS_SECONDS)
                 if not self._enclave.running:

@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import struct
 import urllib.parse
 from collections.abc import Callable
 from datetime import timedelta
@@ -46,6 +47,7 @@ from tests.emulation.dcap import (
     Platform,
     SignedDocument,
     Tee,
+    sgx_extension,
 )
 from tests.emulation.pccs import FakePccs
 from tests.emulation.pseudofs import FakeGramine, FakeTsm, bounded
@@ -655,3 +657,39 @@ def test_collateral_dates_must_be_readable(dcap: EmulatedDcap) -> None:
     for reason, bad in broken.items():
         with pytest.raises(AttestationError, match=re.escape(reason)):
             verify_quote(quote, json.dumps(bad).encode(), now=NOW, root_ca_der=dcap.root_ca_der)
+
+
+def test_stale_collateral_checks_the_pck_chain_dcap_qvl_verifies() -> None:
+    """``dcap_qvl.get_collateral`` copies the quote's PCK chain into the collateral, and dcap-qvl
+    verifies that copy, not the quote's (unsigned) certification data: with stale collateral, its
+    expiry must be checked, or a quote with another chain spliced in would hide an expired PCK."""
+    from cryptography.hazmat.primitives import serialization as pem_encoding
+
+    from enclave_infer.attestation.dcap import parse_quote_layout
+
+    expiring = EmulatedDcap()
+    expiring.cert_not_after = NOW - 12 * timedelta(hours=1)  # only the PCK certificate expires
+    expiring.pck_certificate = expiring._certificate(
+        "Emulated SGX PCK Certificate",
+        expiring.pck_key,
+        (expiring.pck_ca, expiring.pck_ca_key),
+        crl_url="https://emulated-pcs.invalid/pckcrl",
+        sgx=sgx_extension(expiring.platform),
+    )
+    quote = mint(expiring, "sgx")
+    doc = json.loads(stale(expiring, "sgx"))
+    doc["pck_certificate_chain"] = expiring.pck_chain_pem + "\0"  # as get_collateral copies it
+    collateral = json.dumps(doc).encode()
+    # the quote's own chain swapped for one that is still valid (PCK CA and root: not expired)
+    spliced_pem = (
+        b"".join(c.public_bytes(pem_encoding.Encoding.PEM) for c in (expiring.pck_ca, expiring.root_ca))
+        + b"\0"
+    )
+    layout = parse_quote_layout(quote)
+    start = layout.signature_data.start
+    head = quote[: quote.index(b"-----BEGIN CERTIFICATE-----") - 6]  # up to certification data type, size
+    body = head + struct.pack("<HI", 5, len(spliced_pem)) + spliced_pem
+    spliced = body[: start - 4] + struct.pack("<I", len(body) - start) + body[start:]
+    for candidate in (quote, spliced):
+        with pytest.raises(AttestationError, match="'Emulated SGX PCK Certificate' expired"):
+            verify_quote(candidate, collateral, now=NOW, root_ca_der=expiring.root_ca_der)

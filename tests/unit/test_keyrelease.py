@@ -207,19 +207,49 @@ def test_a_restarted_member_learns_the_floor_and_refuses_a_rolled_back_file(tmp_
     assert status(restarted).model_version == 2
 
 
+def test_a_member_kept_from_a_new_version_learns_the_floor_from_a_peer(tmp_path: Path) -> None:
+    """A host that never tells its member to reload, and hides the new file, cannot keep it serving
+    the old version past a floor refresh: a release from a peer that holds the new one."""
+    first, second = enclave(tmp_path, "a"), enclave(tmp_path, "b")
+    ask(first, FrameType.CLUSTER_FOUND)
+    provision(first.store, OWNER, 1)
+    assert join(second, first)[0] is FrameType.STATUS
+    assert status(second).model_version == 1
+    provision(first.store, OWNER, 2)
+    newest = tmp_path / "shared" / cluster_model_name(2)
+    hidden = newest.read_bytes()
+    newest.unlink()  # the second's host hides it, and sends no reload
+    assert second.store.current is not None and second.store.current.manifest.version == 1
+    kind, payload = join(second, first)  # the refresh: join request, release, accept
+    assert kind is FrameType.STATUS, payload
+    refreshed = EnclaveStatus.from_json(json.loads(payload))
+    assert (refreshed.version_floor, refreshed.model_version) == (2, None)  # version 1 is no longer served
+    assert second.key_config == first.key_config
+    newest.write_bytes(hidden)
+    assert status(second).model_version == 2
+    # a release from another cluster's member only: refused, and nothing changes
+    (tmp_path / "elsewhere").mkdir()
+    other = enclave(tmp_path / "elsewhere", "c")
+    ask(other, FrameType.CLUSTER_FOUND)
+    kind, payload = join(second, other)
+    assert kind is FrameType.ERROR and "another cluster" in refusal(payload)
+    assert second.key_config == first.key_config
+
+
 def test_members_refuse_what_is_not_theirs_to_do(tmp_path: Path) -> None:
     alone = Enclave(CONFIG, SimulationPlatform(CONFIG), tmp_path / "alone")
     assert alone.answer(FrameType.CLUSTER_FOUND, framing.encode_cluster_payload(b""))[0] == FrameType.ERROR
     member, joiner = enclave(tmp_path, "a"), enclave(tmp_path, "b")
     _, request = ask(joiner, FrameType.CLUSTER_JOIN)
     # not yet a member: nothing to release
-    kind, payload = ask(member, FrameType.CLUSTER_RELEASE, request)
+    _, payload = ask(member, FrameType.CLUSTER_RELEASE, request)
     assert framing.decode_problem(payload).problem is Problem.ENCLAVE_UNAVAILABLE
     ask(member, FrameType.CLUSTER_FOUND)
-    # a member neither joins nor founds again (its key would change under its clients)
+    # a member does not found again (its key would change under its clients); it may ask for a
+    # release (a floor refresh), which changes nothing else
     before = member.key_config
-    for kind in (FrameType.CLUSTER_JOIN, FrameType.CLUSTER_FOUND):
-        assert ask(member, kind)[0] is FrameType.ERROR
+    assert ask(member, FrameType.CLUSTER_FOUND)[0] is FrameType.ERROR
+    assert ask(member, FrameType.CLUSTER_JOIN)[0] is FrameType.CLUSTER_MESSAGE
     assert member.key_config == before
     # a frame whose collateral length runs past its end
     reply = member.answer(FrameType.CLUSTER_RELEASE, b"\x00\x00\x10\x00abc")

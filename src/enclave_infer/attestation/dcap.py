@@ -432,7 +432,7 @@ class _CollateralDates:
     issue_dates: Mapping[str, datetime]  # "TCB info", "QE identity"
     next_updates: Mapping[str, datetime]  # the same, "PCK CRL", "root CA CRL"
     evaluation_data_numbers: tuple[int, int]  # TCB info, QE identity
-    issuer_chains: tuple[str, ...]  # PEM: the PCK CRL's, the TCB info's, the QE identity's
+    issuer_chains: tuple[str, ...]  # PEM: the PCK CRL's, TCB info's, QE identity's (and a PCK chain)
 
     @classmethod
     def parse(cls, collateral: bytes) -> _CollateralDates:
@@ -454,6 +454,13 @@ class _CollateralDates:
         )
         if not all(isinstance(c, str) for c in chains):
             raise AttestationError("collateral lacks an issuer chain")
+        # dcap-qvl verifies the PCK chain the collateral carries (get_collateral copies the quote's
+        # there), in preference to the quote's own unsigned copy: its expiry must be checked too
+        pck_chain = doc.get("pck_certificate_chain")
+        if pck_chain is not None:
+            if not isinstance(pck_chain, str):
+                raise AttestationError("collateral's pck_certificate_chain is not PEM text")
+            chains = (*chains, pck_chain)
         return cls(issue_dates, next_updates, (numbers[0], numbers[1]), tuple(str(c) for c in chains))
 
 

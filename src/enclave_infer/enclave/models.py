@@ -432,6 +432,22 @@ class ModelStore:
             self._sealer, self._shared, self.cluster_id = sealer, shared, cluster_id
             self.floor = max(self.floor, floor)
 
+    def raise_floor(self, floor: int) -> None:
+        """A member told of a higher floor (key release) serves nothing below it: a version another
+        member holds is newer than the one served here (its host may have kept it from loading)."""
+        with self._provision_lock:
+            if floor <= self.floor:
+                return
+            self.floor = floor
+            current = self.current
+            if current is not None and current.manifest.version < floor:
+                log.error(
+                    "a member of the cluster holds model version %d: version %d is no longer served",
+                    floor,
+                    current.manifest.version,
+                )
+                self.current = None
+
     def reload(self) -> None:
         """Serve the newest model in the cluster's storage if it is newer than the served one and
         at or above the floor. A file that fails verification is skipped, and never read again."""

@@ -203,24 +203,34 @@ class Enclave:
             )
             log.info("released the cluster's keys to a joining enclave")
             return framing.encode_frame(FrameType.CLUSTER_MESSAGE, answer)
-        if member is not None:  # join, accept, found: already a member
-            return _problem(Problem.MALFORMED_REQUEST, "the enclave is already a member of its cluster")
+        if kind is FrameType.CLUSTER_FOUND:
+            if member is not None:  # its key would change under its clients
+                return _problem(Problem.MALFORMED_REQUEST, "the enclave is already a member of its cluster")
+            self._pending = None
+            self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
+            return b""
         if kind is FrameType.CLUSTER_JOIN:
+            # a member asks too: a release to it tells it the giver's floor (a floor refresh)
             self._pending = keyrelease.join_request(attest, self.config)
             return framing.encode_frame(FrameType.CLUSTER_MESSAGE, self._pending.request)
-        if kind is FrameType.CLUSTER_ACCEPT:
-            if self._pending is None:
-                return _problem(Problem.MALFORMED_REQUEST, "no join request is waiting for a release")
-            own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
-            secrets = keyrelease.accept(
-                message, self._pending, own=own, config=self.config, verifier=self._verifier, now=now
-            )
-            self._pending = None
+        # CLUSTER_ACCEPT
+        if self._pending is None:
+            return _problem(Problem.MALFORMED_REQUEST, "no join request is waiting for a release")
+        own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
+        secrets = keyrelease.accept(
+            message, self._pending, own=own, config=self.config, verifier=self._verifier, now=now
+        )
+        if member is None:
             self._join(secrets, founded=False)
             return b""
-        # CLUSTER_FOUND
-        self._pending = None
-        self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
+        # already a member (a second release for one join request, or a refresh): the floor only
+        if (secrets.cluster_id, secrets.sealing_key, secrets.ohttp_key.private_bytes()) != (
+            member.cluster_id,
+            member.sealing_key,
+            member.ohttp_key.private_bytes(),
+        ):
+            raise keyrelease.KeyReleaseError("key release refused: the giver is a member of another cluster")
+        self.store.raise_floor(secrets.floor)
         return b""
 
     def _join(self, cluster: keyrelease.ClusterSecrets, *, founded: bool) -> None:
