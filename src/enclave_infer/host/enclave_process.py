@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -182,22 +181,10 @@ class EnclaveProcess:
             self._send_collateral()
 
     def _send_collateral(self) -> None:
-        """One SET_COLLATERAL frame on a connection of its own (no event loop needed)."""
-        address = self.external or self.socket_path
-        family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
+        """One SET_COLLATERAL frame (from a thread without an event loop, as ``self_attest`` asks)."""
         try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.settimeout(STATUS_TIMEOUT * 5)
-                sock.connect(address if isinstance(address, tuple) else str(address))
-                sock.sendall(framing.encode_frame(FrameType.SET_COLLATERAL, self._collateral))
-                header = sock.recv(framing.HEADER.size, socket.MSG_WAITALL)
-                length = framing.parse_header(header)[1]
-                while length > 0:
-                    chunk = sock.recv(min(length, 65536))
-                    if not chunk:
-                        break
-                    length -= len(chunk)
-        except (OSError, ProtocolError) as exc:
+            asyncio.run(self.call(FrameType.SET_COLLATERAL, self._collateral))
+        except (TransportError, ProtocolError) as exc:
             log.warning("could not hand the enclave its collateral for receipts: %s", exc)
 
     def ensure_running(self) -> None:
