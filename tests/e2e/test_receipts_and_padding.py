@@ -48,7 +48,9 @@ def noise(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def wire(d: Deployment, images: list[bytes], top: int) -> tuple[list[int], list[int], list[str]]:
+def wire(
+    d: Deployment, images: list[bytes], top: int, *, receipt: bool = False
+) -> tuple[list[int], list[int], list[str]]:
     """Encapsulated request and response lengths of each classification, and its top label (or the
     refusal's exception name)."""
     requests: list[int] = []
@@ -67,7 +69,7 @@ def wire(d: Deployment, images: list[bytes], top: int) -> tuple[list[int], list[
     with Client(d.url, d.constraint, transport=httpx.MockTransport(recording)) as client:
         for image in images:
             try:
-                labels.append(client.classify(image, top=top).results[0].label)
+                labels.append(client.classify(image, top=top, receipt=receipt).results[0].label)
             except InvalidImageError as exc:
                 labels.append(type(exc).__name__)
     real.close()
@@ -92,6 +94,9 @@ def test_padding_gives_classifications_one_length_per_top_and_requests_few(
             assert padded - framing == padding.padme(bare - framing)
             assert padded <= bare * 1.117 + framing
         assert len(set(requests)) < len(set(bare_requests))
+    # answers with a receipt: one length too (longer by the receipt, which is this instance's)
+    _, with_receipts, labels = wire(deployment, images[:6], 1, receipt=True)
+    assert len(set(with_receipts)) == 1 and len(set(labels)) >= 3
 
 
 def test_a_receipt_verifies_offline_and_names_the_image(

@@ -60,7 +60,7 @@ class App:
         self._receipts = receipts
         self._pad = pad
         self._bounds_of: LoadedModel | None = None
-        self._bounds: dict[tuple[int, bool], int] = {}
+        self._bounds: dict[tuple[int, bool, int], int] = {}
 
     def open_stream(self, head: bhttp.Request) -> StreamSink:
         """Where the content of a streamed request goes. ``PUT /v1/model`` streams into the model
@@ -188,21 +188,22 @@ class App:
         return bound
 
     def _bound(self, loaded: LoadedModel, top: int, both: bool, wants_receipt: bool) -> int:
-        if wants_receipt and self._receipts is not None:
-            # a receipt's length depends on this instance's evidence (and collateral): not cached
-            m = loaded.manifest
-            probe = bhttp.Request("POST", "", "", "", (), b"")
-            signed = self._receipts.header(probe, b"", m.model_sha256, m.version)
-            return len(bhttp.encode_response(_with_header(self._worst_answer(loaded, top, both), signed)))
-        key = (top, both)
+        # a receipt's length depends on this instance's evidence (and collateral), nothing else: a
+        # binary HTTP message's length depends only on its fields' lengths
+        m = loaded.manifest
+        receipt = (
+            self._receipts.header_length(m.model_sha256, m.version) if wants_receipt and self._receipts else 0
+        )
+        key = (top, both, receipt)
         if self._bounds_of is not loaded:  # a new model: new bounds
             self._bounds_of, self._bounds = loaded, {}
         if key not in self._bounds:
+            worst = self._worst_answer(loaded, top, both)
+            if receipt:
+                worst = _with_header(worst, (RECEIPT_HEADER, "x" * receipt))
             # at least MIN_CLASSIFY_RESPONSE, whole blocks: a refusal (a bad image, a date, a pinned
             # model) must not stand out from an answer by its length
-            longest = max(
-                len(bhttp.encode_response(self._worst_answer(loaded, top, both))), MIN_CLASSIFY_RESPONSE
-            )
+            longest = max(len(bhttp.encode_response(worst)), MIN_CLASSIFY_RESPONSE)
             self._bounds[key] = -(-longest // padding.RESPONSE_BLOCK) * padding.RESPONSE_BLOCK
         return self._bounds[key]
 

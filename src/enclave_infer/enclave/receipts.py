@@ -41,6 +41,7 @@ class Receipts:
         self._lock = threading.Lock()
         self._collateral = b""
         self._evidence: tuple[bytes, bytes, bytes, bytes] | None = None  # key config, collateral, nonce, doc
+        self._length: tuple[bytes, int, int] | None = None  # evidence document, model version, length
 
     def set_collateral(self, collateral: bytes) -> None:
         """What the host fetched for this platform's evidence (signed by Intel or AMD): receipts carry
@@ -63,6 +64,18 @@ class Receipts:
         key_config, nonce, document = self._current_evidence()
         signed = receipt.sign(self._key, statement, evidence=document, key_config=key_config, nonce=nonce)
         return receipt.RECEIPT_HEADER, sf_binary(signed.encode())
+
+    def header_length(self, model_sha256: str, model_version: int) -> int:
+        """The length of every receipt header this instance gives for this model now: hashes, key,
+        signature and time have fixed sizes, and the evidence is this instance's one. (Padding
+        makes answers with a receipt this much longer, without signing anything per request.)"""
+        document = self._current_evidence()[2]
+        known = self._length
+        if known is None or known[:2] != (document, model_version):
+            probe = bhttp.Request("POST", "", "", "", (), b"")
+            length = len(self.header(probe, b"", model_sha256, model_version)[1])
+            known = self._length = (document, model_version, length)
+        return known[2]
 
     def _current_evidence(self) -> tuple[bytes, bytes, bytes]:
         key_config = self._key_config()
