@@ -76,8 +76,12 @@ class Point:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    """utime + stime of ``pid`` (0 for a process that has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -100,33 +104,50 @@ def children(pid: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, work: Path, model: Path) -> None:
+    """`enclave-infer serve` on CPU 1 in ``work`` with ``config`` as its enclave.toml. ``wait``: until
+    it listens (else call :meth:`wait_listening`, e.g. after starting another one)."""
+
+    def __init__(
+        self,
+        work: Path,
+        model: Path | None = None,
+        *,
+        config: str = CONFIG,
+        options: tuple[str, ...] = ("--max-in-flight", "256"),
+        wait: bool = True,
+    ) -> None:
         from enclave_infer.attestation.measurement import code_hash
         from enclave_infer.client.owner import generate_owner_key
         from enclave_infer.config import EnclaveConfig, load_public_key_file
 
+        work.mkdir(parents=True, exist_ok=True)
         self.work = work
         generate_owner_key(work / "owner.key")
-        (work / "enclave.toml").write_text(CONFIG)
-        config = EnclaveConfig.load(
+        (work / "enclave.toml").write_text(config)
+        self.config = EnclaveConfig.load(
             work / "enclave.toml", owner_public_key=load_public_key_file(work / "owner.key.pub")
         )
-        self.constraint = f"C:{code_hash(config).hex()} SEC:INSECURE"
+        self.constraint = f"C:{code_hash(self.config).hex()} SEC:INSECURE"
         self.log = work / "serve.log"
+        self.url = ""
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 ["taskset", "-c", SERVER_CPU, CLI, "serve", "--port", "0", "--data-dir", str(work / "data"),
                  "--config", str(work / "enclave.toml"), "--owner-public-key", str(work / "owner.key.pub"),
-                 "--max-in-flight", "256"],
+                 *options],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
+        self.model = model
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self) -> None:
         deadline = time.monotonic() + 120
         while not (found := LISTENING.search(self.log.read_text(errors="replace"))):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("server did not start:\n" + self.log.read_text())
             time.sleep(0.1)
         self.url = found.group(1)
-        self.model = model
 
     @property
     def pids(self) -> list[int]:
@@ -155,17 +176,26 @@ class Server:
         return time.perf_counter() - started
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            for pid in children(self.proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            self.proc.kill()
+            self.proc.wait()
 
 
 # -- load generators (separate processes) -------------------------------------------------------
 
 
 def _client_closed(
-    url: str, constraint: str, photos: list[bytes], start: float, stop: float, out: mp.Queue
+    url: str, constraint: str, photos: list[bytes], start: float, stop: float, pin: bool, out: mp.Queue
 ) -> None:
-    os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    """One closed-loop client; ``pin``: on the client CPU (else wherever the system puts it)."""
+    if pin:
+        os.sched_setaffinity(0, {int(CLIENT_CPU)})
     from enclave_infer import Client, EnclaveInferError
 
     latencies, failures = [], 0
@@ -259,7 +289,7 @@ def closed_loop(server: Server, photos: list[bytes], concurrency: int, seconds: 
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    jobs = [(server.url, server.constraint, photos, start, stop) for _ in range(concurrency)]
+    jobs = [(server.url, server.constraint, photos, start, stop, True) for _ in range(concurrency)]
     latencies, failures = run_clients(_client_closed, jobs, seconds=stop - time.time())
     sampler.join()
     assert before is not None

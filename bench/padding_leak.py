@@ -29,10 +29,7 @@ import json
 import math
 import os
 import random
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from load import CLIENT_CPU, Server
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).with_name("enclave-infer"))
 LABELS = ROOT / "demo" / "imagenet-classes.txt"
 # scikit-image's colour photographs: load.py's five, then the rest of its colour images
 PHOTOS = (
@@ -55,9 +52,6 @@ PHOTOS = (
 # EfficientNet-Lite0: (x - 127) / 128 on 0..255 pixels (demo/run.py)
 MEAN = ",".join([f"{127 / 255:.6f}"] * 3)
 STD = ",".join([f"{128 / 255:.6f}"] * 3)
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
-SERVER_CPU, CLIENT_CPU = "1", "0"
-TICKS = os.sysconf("SC_CLK_TCK")
 TOPS = (1, 5)
 SIDES = ("off", "on")
 SHUFFLES = 20  # label permutations for the bias of the plug-in mutual information
@@ -103,76 +97,15 @@ def images(generated: int, seed: int) -> list[tuple[str, bytes]]:
     return out
 
 
-# -- the servers (as bench/load.py starts them) ----------------------------------------------------
+# -- the servers: bench/load.py's, one with padding off ----------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
-    return [int(p) for p in out.split()]
-
-
-class Server:
-    """`enclave-infer serve` on CPU 1, in its own folder, with ``[padding] enabled = padded``."""
-
-    def __init__(self, work: Path, *, padded: bool) -> None:
-        from enclave_infer.attestation.measurement import code_hash
-        from enclave_infer.client.owner import generate_owner_key
-        from enclave_infer.config import EnclaveConfig, load_public_key_file
-
-        work.mkdir(parents=True)
-        self.work, self.padded = work, padded
-        generate_owner_key(work / "owner.key")
-        (work / "enclave.toml").write_text(f"[padding]\nenabled = {'true' if padded else 'false'}\n")
-        config = EnclaveConfig.load(
-            work / "enclave.toml", owner_public_key=load_public_key_file(work / "owner.key.pub")
-        )
-        assert config.padding.enabled is padded
-        self.constraint = f"C:{code_hash(config).hex()} SEC:INSECURE"
-        self.log = work / "serve.log"
-        self.url = ""
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                ["taskset", "-c", SERVER_CPU, CLI, "serve", "--port", "0", "--data-dir", str(work / "data"),
-                 "--config", str(work / "enclave.toml"), "--owner-public-key", str(work / "owner.key.pub")],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def wait_listening(self) -> None:
-        deadline = time.monotonic() + 120
-        while not (found := LISTENING.search(self.log.read_text(errors="replace"))):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("server did not start:\n" + self.log.read_text())
-            time.sleep(0.1)
-        self.url = found.group(1)
-
-    def provision(self, model: Path) -> None:
-        done = subprocess.run(
-            ["taskset", "-c", CLIENT_CPU, CLI, "provision", self.url, self.constraint, str(model), str(LABELS),
-             "--owner-key", str(self.work / "owner.key"), "--quiet", "--allow-duplicate-labels",
-             "--mean", MEAN, "--std", STD],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise SystemExit(f"provision failed: {done.stderr}")
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(p) for p in [self.proc.pid, *children(self.proc.pid)])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            for pid in children(self.proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            self.proc.kill()
-            self.proc.wait()
+def server(work: Path, *, padded: bool) -> Server:
+    """`enclave-infer serve` on CPU 1 with ``[padding] enabled = padded``; not yet listening."""
+    config = f"[padding]\nenabled = {'true' if padded else 'false'}\n"
+    started = Server(work, config=config, options=(), wait=False)
+    assert started.config.padding.enabled is padded
+    return started
 
 
 # -- recording what the host sees ------------------------------------------------------------------
@@ -330,10 +263,10 @@ def measure(model: Path, pictures: list[tuple[str, bytes]], work: Path) -> dict[
     sides: dict[str, Side] = {}
     try:
         for name in SIDES:
-            sides[name] = Side(Server(work / name, padded=name == "on"))
+            sides[name] = Side(server(work / name, padded=name == "on"))
         for side in sides.values():
             side.server.wait_listening()
-            side.server.provision(model)
+            side.server.provision(model, LABELS, "--mean", MEAN, "--std", STD)
         clients = {
             name: Client(
                 side.server.url, side.server.constraint, transport=httpx.MockTransport(side.recorder)

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import os
-import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,20 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from demo.ray_cluster import ENCLAVE_INFER_RAY_ENV, LocalCluster, deploy_enclave_infer  # noqa: E402
+from load import _client_closed, cpu_seconds, run_clients  # noqa: E402
 
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "astronaut.png")
 BIN = Path(sys.executable).parent
-TICKS = os.sysconf("SC_CLK_TCK")
 # EfficientNet-Lite0 normalises (x - 127) / 128: as demo/run.py provisions it
 NORMALISE = ("--mean", "0.498039,0.498039,0.498039", "--std", "0.501961,0.501961,0.501961")
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def cmdline(pid: int) -> str:
@@ -76,26 +66,6 @@ def parts(cluster: LocalCluster, work: Path) -> dict[str, list[int]]:
     }
 
 
-def _client(url: str, constraint: str, photos: list[bytes], start: float, stop: float, out: mp.Queue) -> None:
-    from enclave_infer import Client, EnclaveInferError
-
-    latencies, failures = [], 0
-    with Client(url, constraint) as client:
-        client.attest()
-        while time.time() < start:
-            time.sleep(0.001)
-        i = random.randrange(len(photos))
-        while time.time() < stop:
-            t = time.perf_counter()
-            try:
-                client.classify(photos[i % len(photos)])
-                latencies.append(time.perf_counter() - t)
-            except EnclaveInferError:
-                failures += 1
-            i += 1
-    out.put((latencies, failures))
-
-
 def measure(
     cluster: LocalCluster,
     work: Path,
@@ -105,27 +75,22 @@ def measure(
     clients: int,
     seconds: float,
 ) -> dict[str, object]:
-    ctx = mp.get_context("spawn")
-    out: mp.Queue = ctx.Queue()
-    start = time.time() + 3.0 + 0.1 * clients
+    start = time.time() + 3.0 + 0.1 * clients  # every client attested and waiting
     stop = start + seconds
-    procs = [
-        ctx.Process(target=_client, args=(url, constraint, photos, start, stop, out)) for _ in range(clients)
-    ]
-    for p in procs:
-        p.start()
     groups = parts(cluster, work)
-    time.sleep(max(0.0, start - time.time()))
-    before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
-    latencies: list[float] = []
-    failures = 0
-    for _ in procs:
-        got, failed = out.get(timeout=seconds + 120)
-        latencies += got
-        failures += failed
+    before: dict[str, float] = {}
+
+    def sample() -> None:
+        time.sleep(max(0.0, start - time.time()))
+        before.update({name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()})
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    # load.py's closed-loop clients, unpinned: the two cores are the servers' here
+    jobs = [(url, constraint, photos, start, stop, False) for _ in range(clients)]
+    latencies, failures = run_clients(_client_closed, jobs, seconds=stop - time.time())
+    sampler.join()
     after = {name: sum(cpu_seconds(p) for p in pids) for name, pids in groups.items()}
-    for p in procs:
-        p.join()
     n = len(latencies)
     latencies.sort()
     cpu = {name: after[name] - before[name] for name in groups}
@@ -234,7 +199,7 @@ def main() -> int:
         "one_replica": one,
         "two_replicas": two,
         "efficiency": efficiency,
-        "estimate": estimate(one, two),
+        "estimate": estimate(one, two, efficiency),
     }
     print(json.dumps(figures, indent=1))
     print(
