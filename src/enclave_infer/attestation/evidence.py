@@ -29,7 +29,6 @@ Every failure raises; a return value means every step passed.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import hmac
@@ -43,6 +42,7 @@ from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.report import EnclaveReport, attestation_binding, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
+from enclave_infer.protocol import b64
 
 __all__ = ["Attestation", "Evidence", "Verifier", "appraise", "verify"]
 
@@ -108,13 +108,13 @@ class Evidence:
         doc = {
             "version": VERSION,
             "tee": self.tee,
-            "evidence": base64.b64encode(self.evidence).decode(),
-            "config": base64.b64encode(self.config).decode(),
+            "evidence": b64.encode(self.evidence),
+            "config": b64.encode(self.config),
         }
         if self.receipt_key:
-            doc["receipt_key"] = base64.b64encode(self.receipt_key).decode()
+            doc["receipt_key"] = b64.encode(self.receipt_key)
         if self.collateral:
-            doc["collateral"] = base64.b64encode(self.collateral).decode()
+            doc["collateral"] = b64.encode(self.collateral)
         return json.dumps(doc).encode()
 
     @classmethod
@@ -125,16 +125,15 @@ class Evidence:
             doc = json.loads(data)
             if not isinstance(doc, dict) or doc.get("version") != VERSION:
                 raise ValueError
-            tee, evidence, config = doc["tee"], doc["evidence"], doc["config"]
-            collateral, receipt_key = doc.get("collateral", ""), doc.get("receipt_key", "")
-            if not all(isinstance(v, str) for v in (tee, evidence, config, collateral, receipt_key)):
+            tee = doc["tee"]
+            if not isinstance(tee, str):
                 raise ValueError
             return cls(
                 tee,
-                base64.b64decode(evidence, validate=True),
-                base64.b64decode(config, validate=True),
-                base64.b64decode(collateral, validate=True),
-                base64.b64decode(receipt_key, validate=True),
+                b64.decode(doc["evidence"]),
+                b64.decode(doc["config"]),
+                b64.decode(doc.get("collateral", "")),
+                b64.decode(doc.get("receipt_key", "")),
             )
         except (ValueError, KeyError, UnicodeDecodeError, RecursionError):
             raise AttestationError("malformed attestation document") from None
