@@ -1,4 +1,4 @@
-# enclave-infer: `make demo` and `make test` work in a fresh clone with only Python 3.11 and make.
+# enclave-infer: `make demo` needs Python 3.11 and make; `make test` also Chromium (README: what they need).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

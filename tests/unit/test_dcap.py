@@ -15,12 +15,20 @@ from enclave_infer.attestation import constraints
 from enclave_infer.attestation.dcap import verify_quote
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.errors import AttestationError, ConstraintError
-from tests.shared_vectors import shared_vector_dir
+from tests.shared_vectors import ATTESTATION_VECTORS, shared_vector_dir, shared_vectors_present
 from tests.tamper import flipped, refused_by
 
-VECTORS = shared_vector_dir("sgx-dcap")  # ../shared/vectors/attestation/sgx-dcap, read where it lies
-QUOTE = (VECTORS / "sgx_quote").read_bytes()
-COLLATERAL = (VECTORS / "sgx_quote_collateral.json").read_bytes()
+VECTORS = ATTESTATION_VECTORS / "sgx-dcap"  # ../shared/vectors/attestation/sgx-dcap, read where it lies
+# Read at import when the vectors are there; every test of this module needs them (the fixture below).
+QUOTE = (VECTORS / "sgx_quote").read_bytes() if shared_vectors_present() else b""
+COLLATERAL = (VECTORS / "sgx_quote_collateral.json").read_bytes() if shared_vectors_present() else b""
+
+
+@pytest.fixture(autouse=True)
+def _sgx_vectors() -> None:
+    shared_vector_dir("sgx-dcap")
+
+
 NOW = datetime.fromtimestamp(1750416971, UTC)  # 2025-06-20T10:56:11Z, per the vector's README
 MRENCLAVE = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
 MRSIGNER = "815f42f11cf64430c30bab7816ba596a1da0130c3b028b673133a66cf9a3e0e6"

@@ -3,7 +3,8 @@
 Neither schema refuses a key it does not know (Serve's pydantic models ignore extra keys, the CRD has no
 ``additionalProperties: false``), so both files are also walked key by key against the schema: a
 misspelt key must fail here, not be dropped silently on deploy. The CRD is read from
-``../shared/vectors/kuberay`` beside the repository; a missing folder fails, as for tests/shared_vectors.py.
+``../shared/vectors/kuberay`` beside the repository (tests/shared_vectors.py: skipped in a clone without
+``../shared/vectors``, failed when that folder lacks the CRD).
 """
 
 from __future__ import annotations
@@ -17,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 import yaml
 
-from tests.shared_vectors import REPOSITORY
+from tests.shared_vectors import KUBERAY_VECTORS, REPOSITORY, shared_file
 
 RAY_DEPLOY = REPOSITORY / "deploy" / "ray"
-KUBERAY_VECTORS = REPOSITORY.parent / "shared" / "vectors" / "kuberay"
 
 APPLICATION = "enclave-infer"
 DEPLOYMENT = "EnclaveHost"
@@ -60,13 +59,7 @@ def serve_deploy_schema() -> Any:
 
 def rayservice_schema() -> dict[str, Any]:
     """The ``ray.io/v1`` openAPIV3Schema of KubeRay's RayService CRD, with ObjectMeta for ``metadata``."""
-    path = KUBERAY_VECTORS / "ray.io_rayservices.yaml"
-    if not path.is_file():
-        pytest.fail(
-            f"KubeRay's RayService CRD not found: {path} does not exist. It is read from "
-            "../shared/vectors/kuberay beside the repository checkout (see its README.md).",
-            pytrace=False,
-        )
+    path = shared_file(KUBERAY_VECTORS, "ray.io_rayservices.yaml")
     # 1 MB of YAML: libyaml's loader where PyYAML has it (five times faster).
     crd = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     assert crd["spec"]["names"]["kind"] == "RayService"

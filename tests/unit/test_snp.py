@@ -102,10 +102,6 @@ def rejected(report: bytes, collateral: bytes, *, now: datetime = NOW, crl: byte
     return refused_by(verify_snp_report, report, collateral, now=now, crl=crl)
 
 
-def test_the_vectors_folder_is_beside_the_repository() -> None:
-    assert VECTORS.is_dir(), f"{VECTORS} is missing: shared/vectors must lie beside the repository"
-
-
 # --- what each vector verifies to ---------------------------------------------------------------
 
 
