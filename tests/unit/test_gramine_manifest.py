@@ -21,6 +21,7 @@ import jinja2
 import jinja2.meta
 import pytest
 
+from enclave_infer.attestation.measurement import TRUSTED_CODE_BASE
 from enclave_infer.cli.gramine import CONFIG_NAME, gramine_variables, register, write_inputs
 from enclave_infer.config import EnclaveConfig, format_public_key
 from enclave_infer.errors import UsageError
@@ -186,10 +187,12 @@ def test_trusted_and_allowed_files(tmp_path: Path, variables: dict[str, str]) ->
         f"file:{variables['python_executable']}",
         f"file:{variables['python_stdlib']}/",
         f"file:{variables['site_packages']}/",
-        f"file:{variables['package_dir']}/",
         f"file:{GRAMINE_PKGLIBDIR}/runtime/glibc/",
     ):
         assert required in trusted
+    # of the package, the trusted code base and nothing else: not host/, client/ or cli/
+    package = [t for t in trusted if t.startswith(f"file:{variables['package_dir']}/")]
+    assert package == [f"file:{variables['package_dir']}/{entry}" for entry in TRUSTED_CODE_BASE]
     if variables["pyvenv_cfg"]:
         assert f"file:{variables['pyvenv_cfg']}" in trusted
     sealed = (tmp_path / "data").resolve() / "sealed"
@@ -242,7 +245,8 @@ def test_the_fixed_command_line_finds_everything_inside_the_mounts(variables: di
         if Path(entry).exists():
             assert any(Path(entry).is_relative_to(m) for m in mounted), entry
     trusted_dirs = [Path(t[5:]) for t in manifest["sgx"]["trusted_files"] if t.endswith("/")]
-    assert any(Path(package_file).is_relative_to(d) for d in trusted_dirs)
+    trusted_files = {Path(t[5:]) for t in manifest["sgx"]["trusted_files"] if not t.endswith("/")}
+    assert Path(package_file) in trusted_files or any(Path(package_file).is_relative_to(d) for d in trusted_dirs)
 
 
 def test_outside_a_venv_argv0_is_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

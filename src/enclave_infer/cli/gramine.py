@@ -23,6 +23,7 @@ import sysconfig
 from pathlib import Path
 
 import enclave_infer
+from enclave_infer.attestation.measurement import TRUSTED_CODE_BASE
 from enclave_infer.cli._options import add_config, add_data_dir, load_config
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import UsageError
@@ -124,6 +125,9 @@ def gramine_variables(
         "site_packages": str(site_packages),
         "site_packages_plat": str(site_packages_plat),
         "package_dir": str(package_dir),
+        # the trusted code base, the one list the simulated code hash covers too: the template makes
+        # each entry a trusted file (folders end in /), so the enclave can open no other package file
+        "package_trusted": ",".join(TRUSTED_CODE_BASE),
         "package_root": str(package_root),
         "arch_libdir": _arch_libdir(),
     }
