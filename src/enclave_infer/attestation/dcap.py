@@ -51,6 +51,7 @@ from typing import Any
 
 from cryptography import x509
 
+from enclave_infer.attestation._x509 import PARSE_ERRORS
 from enclave_infer.attestation.constraints import format_duration
 from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel
 from enclave_infer.errors import AttestationError
@@ -478,17 +479,24 @@ def _check_verifiable_when_stale(
     for pem in (layout.pck_chain, *(c.encode() for c in dates.issuer_chains)):
         try:
             certificates = x509.load_pem_x509_certificates(pem)
-        except ValueError:
+            expired = [
+                (_subject(cert), cert.not_valid_after_utc)
+                for cert in certificates
+                if now > cert.not_valid_after_utc
+            ]
+        except PARSE_ERRORS:
             raise AttestationError("a certificate chain of the quote or collateral does not parse") from None
-        for cert in certificates:
-            if now > cert.not_valid_after_utc:
-                names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-                subject = str(names[0].value) if names else cert.subject.rfc4514_string()
-                raise AttestationError(
-                    f"certificate {subject!r} expired at {_when(cert.not_valid_after_utc)}, before "
-                    f"{_when(now)}: stale collateral is verified as of its expiry, but its certificates "
-                    "must be valid now"
-                )
+        if expired:
+            subject, not_after = expired[0]
+            raise AttestationError(
+                f"certificate {subject!r} expired at {_when(not_after)}, before {_when(now)}: stale"
+                " collateral is verified as of its expiry, but its certificates must be valid now"
+            )
+
+
+def _subject(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
 def _json_object(text: bytes, what: str) -> dict[str, Any]:
@@ -523,7 +531,7 @@ def _crl_next_update(value: object, what: str) -> datetime:
     try:
         crl = x509.load_der_x509_crl(bytes.fromhex(value)) if isinstance(value, str) else None
         next_update = None if crl is None else crl.next_update_utc
-    except ValueError:
+    except PARSE_ERRORS:  # the host chose this CRL: e.g. a version cryptography does not know
         next_update = None
     if next_update is None:
         raise AttestationError(f"collateral's {what} is not a DER CRL (hex) with a nextUpdate")

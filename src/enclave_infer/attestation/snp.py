@@ -82,7 +82,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -91,6 +91,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 from enclave_infer.attestation._amd_roots import ARK_PEM, ARK_SHA256
+from enclave_infer.attestation._x509 import PARSE_ERRORS
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.errors import AttestationError, UsageError
 
@@ -245,12 +246,6 @@ HCL_HASHES = {1: "sha256", 2: "sha384", 3: "sha512"}
 HCL_USER_DATA = re.compile(r"[0-9a-fA-F]{128}")
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
-
-
-# What cryptography raises on malformed certificates and CRLs (found by the bit-flip tests): bad
-# DER or values (ValueError), an unknown X.509 version (InvalidVersion), a name attribute of the
-# wrong string type (TypeError), an unknown key type (UnsupportedAlgorithm).
-_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
 
 
 class _Refused(Exception):
@@ -618,7 +613,7 @@ def _load_certificate(der: bytes) -> x509.Certificate:
             cert = x509.load_der_x509_certificate(der)
             # parsed lazily by cryptography: touch what the checks use, so that errors surface here
             cert.public_key(), cert.subject, cert.issuer
-        except _PARSE_ERRORS:
+        except PARSE_ERRORS:
             raise AttestationError("collateral holds a certificate that does not parse") from None
     return cert
 
@@ -1059,7 +1054,7 @@ def _check_crl(
         )
         this_update, next_update, issuer = crl.last_update_utc, crl.next_update_utc, crl.issuer
         _check_signed_layout(crl.public_bytes(Encoding.DER), crl.tbs_certlist_bytes, crl.signature, crl=True)
-    except _PARSE_ERRORS:
+    except PARSE_ERRORS:
         raise AttestationError("CRL does not parse") from None
     except _Refused:
         raise AttestationError("CRL is not signed with RSASSA-PSS SHA-384 as AMD signs") from None
@@ -1079,7 +1074,7 @@ def _check_crl(
         )
     try:
         revoked = crl.get_revoked_certificate_by_serial_number(intermediate.serial_number)
-    except _PARSE_ERRORS:
+    except PARSE_ERRORS:
         raise AttestationError("CRL does not parse") from None
     if revoked is not None:
         raise AttestationError(
