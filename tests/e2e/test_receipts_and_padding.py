@@ -126,6 +126,16 @@ def test_a_receipt_verifies_offline_and_names_the_image(
     # another enclave's constraint
     other = run_cli("verify-receipt", str(kept), "--constraint", "C:" + "00" * 32 + " SEC:INSECURE")
     assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
+    # its answer removed: nothing left to be proof of
+    document = json.loads(kept.read_bytes())
+    del document["response"]
+    stripped = tmp_path / "stripped.receipt.json"
+    stripped.write_text(json.dumps(document))
+    bare = run_cli("verify-receipt", str(stripped), "--constraint", deployment.constraint)
+    assert bare.returncode == 1
+    assert bare.stderr.strip() == (
+        "enclave-infer: error: receipt refused: it carries no answer (the answer it covers was removed)"
+    )
 
 
 def test_any_change_to_a_receipt_is_refused(

@@ -1,16 +1,25 @@
 """Simulation evidence, the report-data binding, and the order of verification steps."""
 
+import dataclasses
 import hashlib
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from enclave_infer.attestation import constraints, evidence, simulation
+from enclave_infer.attestation import constraints, evidence, receipt, simulation
 from enclave_infer.attestation.measurement import code_hash, trusted_files
 from enclave_infer.attestation.report import SecurityLevel, attestation_binding
 from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.platform import SimulationPlatform
+from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.errors import AttestationError, ConstraintError
-from enclave_infer.protocol import ohttp
+from enclave_infer.protocol import bhttp, ohttp
+from enclave_infer.protocol.manifest import parse_sf_binary
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CONFIG = EnclaveConfig(owner_public_key=bytes(range(32)))
@@ -123,3 +132,47 @@ def test_measurement_changes_with_code(tmp_path) -> None:  # type: ignore[no-unt
     gateway = copy / "enclave" / "gateway.py"
     gateway.write_text(gateway.read_text() + "\n# one more line\n")
     assert code_hash(CONFIG, copy) != code_hash(CONFIG)
+
+
+# -- receipts, through the CLI ---------------------------------------------------------------------------
+
+
+def signed_receipt(image: bytes, answer: bytes) -> receipt.Receipt:
+    """What a client keeps: the enclave's signed receipt (a simulation enclave's, signed in this
+    process as the enclave signs it) with the answer it covers added."""
+    key = ohttp.GatewayKey.generate()
+    signer = Receipts(Ed25519PrivateKey.generate(), SimulationPlatform(CONFIG), CONFIG, key.config.encode)
+    request = bhttp.Request("POST", "https", "enclave", "/v1/classify", (), image)
+    _, header = signer.header(request, answer, "ab" * 32, 1)
+    return dataclasses.replace(receipt.Receipt.decode(parse_sf_binary(header)), response=answer.decode())
+
+
+def verify_receipt_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    cli = str(Path(sys.executable).with_name("enclave-infer"))
+    return subprocess.run(
+        [cli, "verify-receipt", *map(str, args)], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def test_verify_receipt_refuses_a_receipt_whose_answer_was_removed(tmp_path: Path) -> None:
+    """The answer is what a receipt is proof of: without it, anyone could put another answer beside
+    the signed statement. verify-receipt passed such a receipt (and printed no answer)."""
+    image, answer = b"an image", b'{"results": [{"label": "cat", "index": 0, "probability": 0.75}]}'
+    kept = signed_receipt(image, answer)
+    (tmp_path / "image").write_bytes(image)
+    whole, stripped = tmp_path / "whole.json", tmp_path / "stripped.json"
+    whole.write_bytes(kept.encode())
+    document = json.loads(kept.encode())
+    del document["response"]
+    stripped.write_text(json.dumps(document))
+    constraint = f"C:{code_hash(CONFIG).hex()} SEC:INSECURE"
+    ok = verify_receipt_cli(whole, "--image", tmp_path / "image", "--constraint", constraint)
+    assert ok.returncode == 0, ok.stderr
+    assert "answer: cat (75.0%)" in ok.stdout
+    refused = verify_receipt_cli(stripped, "--image", tmp_path / "image", "--constraint", constraint)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "enclave-infer: error: receipt refused: it carries no answer (the answer it covers was removed)"
+    )
+    with pytest.raises(receipt.ReceiptError, match="carries no answer"):
+        receipt.verify(dataclasses.replace(kept, response=None), image=image)

@@ -9,7 +9,7 @@ document is JSON::
      "signature": "<base64 Ed25519 signature of 'enclave-infer receipt v1' 0x00 || statement>",
      "evidence": "<base64 attestation document, with collateral>",
      "key_config": "<base64>", "nonce": "<base64>",
-     "response": "<the answer it covers, as JSON text>"}     # added by the client; optional
+     "response": "<the answer it covers, as JSON text>"}     # added by the client
 
 and the statement, canonical JSON (sorted keys, no spaces)::
 
@@ -24,7 +24,11 @@ and the statement, canonical JSON (sorted keys, no spaces)::
   configuration, configuration and ``nonce`` (``attestation.report.attestation_binding``), so a
   verifier trusts the key exactly as far as it trusts the evidence: it appraises the evidence as
   of the receipt's time with its own roots, then checks the signature, its constraint, and that the
-  image (and the answer, when the document carries it) hash to what the statement says.
+  answer (and the image, when it has one) hash to what the statement says.
+- The enclave signs the statement alone and sends the document without ``response`` (the answer
+  travels beside it); the client adds the answer before keeping it. :func:`verify` refuses a
+  document without its answer: a receipt is proof of an answer, and one whose answer was removed
+  proves none (anyone could put another answer beside it and claim it was covered).
 """
 
 from __future__ import annotations
@@ -160,7 +164,10 @@ def verify(
     verifier: Verifier | None = None,
 ) -> tuple[Statement, Attestation]:
     """Evidence (as of the receipt's time), binding, signature, constraint, answer, image: raises
-    :class:`ReceiptError` (or the constraint's ConstraintError) with a one-line reason."""
+    :class:`ReceiptError` (or the constraint's ConstraintError) with a one-line reason. A receipt
+    without the answer it covers is refused."""
+    if receipt.response is None:
+        raise ReceiptError("receipt refused: it carries no answer (the answer it covers was removed)")
     statement = Statement.decode(receipt.statement)
     try:
         attestation = appraise(
@@ -183,8 +190,7 @@ def verify(
         ) from None
     if constraint is not None:
         constraint.check(attestation.report, now=statement.time)
-    answer = receipt.response
-    if answer is not None and hashlib.sha256(answer.encode()).hexdigest() != statement.response_sha256:
+    if hashlib.sha256(receipt.response.encode()).hexdigest() != statement.response_sha256:
         raise ReceiptError("receipt refused: the answer it carries is not the one it covers")
     if image is not None and hashlib.sha256(image).hexdigest() != statement.image_sha256:
         raise ReceiptError("receipt refused: this image is not the one the receipt covers")
