@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from enclave_infer.attestation import constraints
+from enclave_infer.attestation.evidence import Policy, UnsafeNoPolicy, Verifier
 from enclave_infer.attestation.receipt import Receipt, verify
 from enclave_infer.cli._options import read_file
 from enclave_infer.errors import UsageError
@@ -59,7 +60,8 @@ def _verify_receipt(args: argparse.Namespace) -> int:
     receipt = Receipt.decode(read_file(args.receipt, "receipt"))
     image = read_file(args.image, "image") if args.image else None
     constraint = constraints.parse(args.constraint) if args.constraint else None
-    statement, attestation = verify(receipt, image=image, constraint=constraint)
+    policy: Policy = constraint or UnsafeNoPolicy("verify-receipt without --constraint")
+    statement, attestation = verify(receipt, policy, verifier=Verifier.production(), image=image)
     report = attestation.report
     if report.security_level.name == "INSECURE":  # e.g. simulation: anyone can forge such a receipt
         print(
