@@ -80,6 +80,8 @@ SGX_FLAG_DEBUG = 0x02
 TDX_ATTR_DEBUG = 0x01
 # A collateral document (TCB info, QE identity, CRLs, chains) is a few tens of KB.
 MAX_COLLATERAL_BYTES = 1024 * 1024
+# The one limit on a quote's size, for the enclave reading its own (enclave/gramine.py) and for
+# verifiers: Gramine's quote buffer is 8 KB, a TDX quote with its PCK chain about 5 KB.
 MAX_QUOTE_BYTES = 64 * 1024
 # dcap-qvl counts time in whole seconds; verifying "just before" an instant means this much before it.
 BEFORE_EXPIRY = timedelta(seconds=1)

@@ -34,6 +34,7 @@ from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, Policy, UnsafeNoPolicy, Verifier, verify
 from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
 from enclave_infer.attestation.receipt import verify as verify_receipt
+from enclave_infer.attestation.report import NONCE_BYTES
 from enclave_infer.client._transport import Reply, Transport
 from enclave_infer.client.config import ClientConfig
 from enclave_infer.errors import (
@@ -181,7 +182,7 @@ class Client:
         config = next((c for c in configs if _supports(c)), None)
         if config is None:
             raise AttestationError("the enclave offers no supported HPKE suite")
-        nonce = secrets.token_bytes(32)
+        nonce = secrets.token_bytes(NONCE_BYTES)
         document = self._get(f"/v1/attestation?nonce={nonce.hex()}", expect="application/json")
         collateral = self._collateral
         if collateral is None and self._pccs_url is not None:

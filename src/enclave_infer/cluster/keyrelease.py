@@ -43,7 +43,7 @@ from datetime import datetime
 from pyhpke import PyHPKEError
 
 from enclave_infer.attestation.evidence import Attestation, Verifier, verify
-from enclave_infer.attestation.report import EnclaveReport, report_data_binding
+from enclave_infer.attestation.report import NONCE_BYTES, EnclaveReport, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError, UsageError
 from enclave_infer.protocol import b64, ohttp
@@ -65,7 +65,6 @@ VERSION = 1
 JOIN_LABEL = b"enclave-infer key release v1 join\x00"
 RELEASE_LABEL = b"enclave-infer key release v1 release\x00"
 RELEASE_INFO = b"enclave-infer key release v1"
-NONCE_BYTES = 32
 CLUSTER_ID_BYTES = 16
 SEALING_KEY_BYTES = 32
 # Two attestation documents and a few keys: anything larger is not a key release message.

@@ -52,6 +52,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from enclave_infer.attestation.dcap import MAX_QUOTE_BYTES
 from enclave_infer.enclave import _intel_quote, _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
@@ -86,8 +87,6 @@ SGX_FLAG_DEBUG = 0x02  # ATTRIBUTES.FLAGS bit 1
 # Signature data follows the body, prefixed by its u32 length: a v3 quote has at least 436 bytes.
 SIGNATURE_DATA_OFFSET = REPORT_BODY_OFFSET + REPORT_BODY_SIZE + 4  # 436
 
-# Gramine's quote buffer is 8 KB; anything much larger is not a quote.
-MAX_QUOTE_BYTES = 64 * 1024
 MAX_TEXT_BYTES = 64
 
 SEALING_SALT = b"enclave-infer gramine-sgx sealing v1"

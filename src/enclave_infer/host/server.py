@@ -20,6 +20,7 @@ import uvicorn
 
 from enclave_infer import logs
 from enclave_infer.attestation.evidence import Attestation, Evidence, UnsafeNoPolicy, Verifier, verify
+from enclave_infer.attestation.report import NONCE_BYTES
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
 from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, create_app
@@ -47,7 +48,7 @@ DRAIN_SECONDS = 30.0
 async def _fetch_evidence(enclave: EnclaveProcess) -> tuple[bytes, bytes, bytes]:
     """The enclave's key configuration, a fresh nonce, and its evidence document for them."""
     kind, keys = await enclave.call(FrameType.GET_KEYS)
-    nonce = secrets.token_bytes(32)
+    nonce = secrets.token_bytes(NONCE_BYTES)
     kind2, document = await enclave.call(FrameType.GET_EVIDENCE, nonce)
     if kind is not FrameType.KEYS or kind2 is not FrameType.EVIDENCE:
         raise TransportError("the enclave did not answer the start-up attestation")
