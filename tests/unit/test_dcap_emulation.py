@@ -30,11 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave_infer.attestation import constraints, evidence
-from enclave_infer.attestation.dcap import verify_quote
+from enclave_infer.attestation.dcap import parse_sgx_quote_body, parse_tdx_quote, verify_quote
 from enclave_infer.attestation.report import SecurityLevel, attestation_binding
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
-from enclave_infer.enclave.tsm import ConfigfsTsmPlatform, parse_tdx_quote
+from enclave_infer.enclave.gramine import GramineSgxPlatform
+from enclave_infer.enclave.tsm import ConfigfsTsmPlatform
 from enclave_infer.errors import AttestationError, ConstraintError
 from enclave_infer.protocol import ohttp
 from tests.emulation.dcap import (

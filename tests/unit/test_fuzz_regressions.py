@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_infer.attestation import dcap, snp
+from enclave_infer.attestation import dcap, snp, snp_report
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.models import ModelStore
@@ -230,9 +230,14 @@ HCL_CLAIMS_4301_DIGITS = b'{"user-data": "' + b"0" * 128 + b'", "keys": [' + b"9
 
 
 def hcl_report(claims: bytes) -> bytes:
-    size = snp.HCL_RUNTIME_HEADER.size + len(claims)
-    header = snp.HCL_HEADER.pack(b"HCLA", 2, snp.HCL_RUNTIME_OFFSET + size, 2, 0, bytes(12))
-    return header + bytes(snp.REPORT_SIZE) + snp.HCL_RUNTIME_HEADER.pack(size, 1, 2, 1, len(claims)) + claims
+    size = snp_report.HCL_RUNTIME_HEADER.size + len(claims)
+    header = snp_report.HCL_HEADER.pack(b"HCLA", 2, snp_report.HCL_RUNTIME_OFFSET + size, 2, 0, bytes(12))
+    return (
+        header
+        + bytes(snp.REPORT_SIZE)
+        + snp_report.HCL_RUNTIME_HEADER.pack(size, 1, 2, 1, len(claims))
+        + claims
+    )
 
 
 @pytest.mark.parametrize("evidence", [SNP_CONTAINER_4301_DIGITS, hcl_report(HCL_CLAIMS_4301_DIGITS)])

@@ -1,6 +1,9 @@
 """Intel SGX and TDX DCAP quotes: verification with ``dcap-qvl`` and mapping onto security levels.
 
-Pure logic on bytes, used by clients (and by ``enclave-infer verify-evidence``). ``dcap-qvl`` checks
+Pure logic on bytes, used by clients (and by ``enclave-infer verify-evidence``), and the one parser
+of the quote's layout: the enclave's providers (``enclave/gramine.py``, ``enclave/tsm.py``) read
+their own identity from their first quote with :func:`parse_sgx_quote_body` and
+:func:`parse_tdx_quote`, on the same framing checks. ``dcap-qvl`` checks
 the quote's ECDSA signature, the PCK certificate chain up to Intel's SGX Root CA, the CRLs, the
 Quoting Enclave's identity and the platform's TCB level against the collateral (TCB info, QE
 identity, CRLs and their issuer chains), all at a time the caller gives. This module turns its
@@ -57,11 +60,16 @@ from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, Secu
 from enclave_infer.errors import AttestationError
 
 __all__ = [
+    "MAX_QUOTE_BYTES",
     "TCB_LEVELS",
     "QuoteLayout",
     "QuoteVerdict",
+    "SgxReportBody",
+    "TdReportBody",
     "collateral_issue_date",
     "parse_quote_layout",
+    "parse_sgx_quote_body",
+    "parse_tdx_quote",
     "verify_quote",
 ]
 
@@ -115,6 +123,17 @@ CERTIFICATION_DATA_HEADER = struct.Struct("<HI")  # certification data type, siz
 # needs the chain, as dcap-qvl does: 5 is the only inner type accepted.
 CERT_TYPE_PCK_CHAIN = 5
 CERT_TYPE_QE_REPORT = 6
+# SGX report body (sgx_report_body_t in the SGX SDK's sgx_report.h), offsets within the body.
+SGX_BODY_ATTRIBUTES = 48  # FLAGS u64, then XFRM
+SGX_BODY_MRENCLAVE = slice(64, 96)
+SGX_BODY_MRSIGNER = slice(128, 160)
+SGX_BODY_ISV = struct.Struct("<HH")  # ISVPRODID, ISVSVN
+SGX_BODY_ISV_OFFSET = 256
+SGX_BODY_REPORT_DATA = slice(320, 384)
+# TD report body (sgx_report2_body_t in sgx_quote_4.h; v1.5 adds fields after these), within the body.
+TD_BODY_TD_ATTRIBUTES = 120  # u64, bit 0 DEBUG
+TD_BODY_MRTD = slice(136, 184)
+TD_BODY_REPORT_DATA = slice(520, 584)
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,7 @@ class QuoteLayout:
 
     version: int  # 3 (SGX), 4 or 5 (TDX)
     tee: str  # "sgx" or "tdx"
+    body: slice  # the SGX report body or TD report body
     signed_end: int  # header and report body, what the attestation key signs, end here
     signature_data: slice  # after the u32 signature data length
     qe_report: slice
@@ -203,10 +223,10 @@ def parse_quote_layout(quote: bytes) -> QuoteLayout:
     fields = _Fields(quote, HEADER_SIZE, len(quote), "quote")
     if version == 3 and tee_type == TEE_TYPE_SGX:
         tee = "sgx"
-        fields.take(SGX_REPORT_BODY_SIZE, "SGX report body")
+        body = fields.take(SGX_REPORT_BODY_SIZE, "SGX report body")
     elif version == 4 and tee_type == TEE_TYPE_TDX:
         tee = "tdx"
-        fields.take(TD_REPORT10_SIZE, "TD report body")
+        body = fields.take(TD_REPORT10_SIZE, "TD report body")
     elif version == 5 and tee_type == TEE_TYPE_TDX:
         tee = "tdx"
         body_type, body_size = fields.unpack(V5_BODY_DESCRIPTOR, "body descriptor")
@@ -215,7 +235,7 @@ def parse_quote_layout(quote: bytes) -> QuoteLayout:
                 f"DCAP quote v5 body type {body_type} of {body_size} bytes is not a TD report "
                 f"(type 2 of {TD_REPORT10_SIZE} bytes or type 3 of {TD_REPORT15_SIZE})"
             )
-        fields.take(body_size, "TD report body")
+        body = fields.take(body_size, "TD report body")
     else:
         raise AttestationError(
             f"DCAP quote version {version} with TEE type {tee_type:#x} is not supported "
@@ -249,12 +269,79 @@ def parse_quote_layout(quote: bytes) -> QuoteLayout:
     return QuoteLayout(
         version=version,
         tee=tee,
+        body=body,
         signed_end=signed_end,
         signature_data=slice(start, end),
         qe_report=qe_report,
         pck_chain=quote[chain.at : chain.end],
         padding=len(quote) - end,
     )
+
+
+@dataclass(frozen=True)
+class SgxReportBody:
+    """The fields of an SGX quote's report body that identify the enclave; nothing verified."""
+
+    mrenclave: bytes
+    mrsigner: bytes
+    product_id: int
+    security_version: int
+    attributes_flags: int
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.attributes_flags & SGX_FLAG_DEBUG)
+
+
+@dataclass(frozen=True)
+class TdReportBody:
+    """The fields of a TDX quote's TD report body that identify the trust domain; nothing verified."""
+
+    version: int  # the quote's: 4 or 5
+    mrtd: bytes
+    td_attributes: int
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.td_attributes & TDX_ATTR_DEBUG)
+
+
+def parse_sgx_quote_body(quote: bytes) -> SgxReportBody:
+    """The report body of an SGX (v3) quote whose framing :func:`parse_quote_layout` accepts."""
+    layout = _layout_of(quote, "sgx")
+    body = quote[layout.body]
+    product_id, svn = SGX_BODY_ISV.unpack_from(body, SGX_BODY_ISV_OFFSET)
+    return SgxReportBody(
+        mrenclave=body[SGX_BODY_MRENCLAVE],
+        mrsigner=body[SGX_BODY_MRSIGNER],
+        product_id=product_id,
+        security_version=svn,
+        attributes_flags=struct.unpack_from("<Q", body, SGX_BODY_ATTRIBUTES)[0],
+        report_data=body[SGX_BODY_REPORT_DATA],
+    )
+
+
+def parse_tdx_quote(quote: bytes) -> TdReportBody:
+    """The TD report body of a TDX (v4, v5) quote whose framing :func:`parse_quote_layout` accepts."""
+    layout = _layout_of(quote, "tdx")
+    body = quote[layout.body]
+    return TdReportBody(
+        version=layout.version,
+        mrtd=body[TD_BODY_MRTD],
+        td_attributes=struct.unpack_from("<Q", body, TD_BODY_TD_ATTRIBUTES)[0],
+        report_data=body[TD_BODY_REPORT_DATA],
+    )
+
+
+def _layout_of(quote: bytes, tee: str) -> QuoteLayout:
+    if len(quote) > MAX_QUOTE_BYTES:
+        raise AttestationError(f"DCAP quote is {len(quote)} bytes, more than {MAX_QUOTE_BYTES}")
+    layout = parse_quote_layout(quote)
+    if layout.tee != tee:
+        raise AttestationError(f"not a {tee.upper()} quote: a {layout.tee.upper()} quote")
+    return layout
 
 
 class _Fields:
