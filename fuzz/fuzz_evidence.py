@@ -127,8 +127,8 @@ def test_one_input(data: bytes) -> None:
             key_config = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
             nonce = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 70))
             now = datetime.fromtimestamp(fdp.ConsumeIntInRange(0, 2**33), UTC)
-            document = fdp.ConsumeBytes(fdp.remaining_bytes())
-            verify(document, ANY_CODE, verifier=PRODUCTION, key_config=key_config, nonce=nonce, now=now)
+            raw = fdp.ConsumeBytes(fdp.remaining_bytes())
+            verify(raw, ANY_CODE, verifier=PRODUCTION, key_config=key_config, nonce=nonce, now=now)
         elif mode == 2:
             doc, edited = document(fdp)
             try:
