@@ -20,6 +20,7 @@ from _harness import WEIRD_STRINGS, dumps, mutate_doc
 from _tiny import LABELS, image, tiny_model
 
 with atheris.instrument_imports(include=["enclave_infer"]):
+    from enclave_infer.attestation.evidence import Verifier
     from enclave_infer.config import EnclaveConfig, Limits
     from enclave_infer.enclave.platform import SimulationPlatform
     from enclave_infer.enclave.server import Enclave
@@ -61,7 +62,7 @@ def build_enclave() -> Enclave:
     limits = Limits(max_image_bytes=64 * 1024, max_pixels=4096, max_model_bytes=64 * 1024)
     config = EnclaveConfig(owner_public_key=public, limits=limits)
     storage = Path(tempfile.mkdtemp(prefix="fuzz-enclave-"))
-    enclave = Enclave(config, SimulationPlatform(config), storage)
+    enclave = Enclave(config, SimulationPlatform(config), storage, verifier=Verifier.production())
     document = dumps_exact(manifest_document(1))
     request = bhttp.Request(
         "PUT", INNER_SCHEME, INNER_AUTHORITY, "/v1/model", (*signed_headers(document), now_date()), MODEL

@@ -1,4 +1,4 @@
-"""The attestation document a client receives: Evidence.decode, then evidence.appraise with a key
+"""The attestation document a client receives: Evidence.decode, then evidence.verify with a key
 configuration and nonce; inside it the simulation verifier, DCAP (dcap.verify_quote, with garbage and
 with edited quotes and collateral of an emulated Intel platform under a test root), and the measured
 configuration (EnclaveConfig.from_canonical).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ with atheris.instrument_imports(include=["enclave_infer"]):
     from tests.emulation.dcap import NOW, EmulatedDcap
 
     from enclave_infer.attestation import dcap, simulation
-    from enclave_infer.attestation.evidence import Evidence, Verifier, appraise
+    from enclave_infer.attestation.evidence import Evidence, UnsafeNoPolicy, Verifier, verify
     from enclave_infer.attestation.report import attestation_binding
     from enclave_infer.config import EnclaveConfig
     from enclave_infer.protocol import ohttp
@@ -39,6 +40,11 @@ RECEIPT_KEY = bytes(range(32))
 BINDING = attestation_binding(KEY_CONFIG, RECEIPT_KEY, CONFIG.digest(), NONCE)
 DCAP = EmulatedDcap()
 VERIFIER = Verifier(intel_root_ca_der=DCAP.root_ca_der)
+PRODUCTION = Verifier.production()
+# Steps 1 to 3 are what is fuzzed (the constraint language has its own tests): no policy, and its
+# warning, logged for every input, silenced.
+ANY_CODE = UnsafeNoPolicy("fuzzing the verification of evidence")
+logging.getLogger("enclave_infer.attestation.evidence").setLevel(logging.ERROR)
 
 SIMULATION = json.loads(
     simulation.encode(
@@ -121,11 +127,12 @@ def test_one_input(data: bytes) -> None:
             key_config = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 64))
             nonce = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 70))
             now = datetime.fromtimestamp(fdp.ConsumeIntInRange(0, 2**33), UTC)
-            appraise(fdp.ConsumeBytes(fdp.remaining_bytes()), key_config=key_config, nonce=nonce, now=now)
+            raw = fdp.ConsumeBytes(fdp.remaining_bytes())
+            verify(raw, ANY_CODE, verifier=PRODUCTION, key_config=key_config, nonce=nonce, now=now)
         elif mode == 2:
             doc, edited = document(fdp)
             try:
-                appraise(doc, key_config=KEY_CONFIG, nonce=NONCE, now=NOW, verifier=VERIFIER)
+                verify(doc, ANY_CODE, verifier=VERIFIER, key_config=KEY_CONFIG, nonce=NONCE, now=NOW)
             except EnclaveInferError:
                 assert edited, "an unedited document did not appraise"
                 raise

@@ -23,13 +23,16 @@ from _harness import EnclaveInferError, LoggedErrors, main, mutate_bytes
 
 with atheris.instrument_imports(include=["enclave_infer"]):
     from _enclave import build_enclave, chunked_frames, inner_request
-    from enclave_infer.attestation.evidence import appraise
+    from enclave_infer.attestation.constraints import Constraint
+    from enclave_infer.attestation.evidence import Verifier, verify
+    from enclave_infer.attestation.report import SecurityLevel
     from enclave_infer.enclave import server
     from enclave_infer.protocol import bhttp, framing, ohttp
     from enclave_infer.protocol.api import Problem, ProblemDetails
     from enclave_infer.protocol.framing import FrameType
 
 ENCLAVE = build_enclave()
+POLICY = Constraint(code_hashes=frozenset({ENCLAVE.platform.code_hash}), min_level=SecurityLevel.INSECURE)
 BASELINE = ENCLAVE.store.current
 LOGGED = LoggedErrors()
 KINDS = [int(k) for k in FrameType] + [0x00, 0x07, 0x80, 0xFE]
@@ -64,7 +67,14 @@ def check_reply(reply: bytes, context: ohttp.ClientResponseContext | None, nonce
     elif kind is FrameType.EVIDENCE:
         assert nonce is not None
         now = datetime.now(UTC)
-        appraise(payload, key_config=ENCLAVE.key_config, nonce=nonce, now=now)
+        verify(
+            payload,
+            POLICY,
+            verifier=Verifier.production(),
+            key_config=ENCLAVE.key_config,
+            nonce=nonce,
+            now=now,
+        )
     elif kind is FrameType.OHTTP_RESPONSE:
         assert context is not None, "an answer to a request that was not a real client's"
         response = bhttp.decode_response(context.decapsulate_response(payload))

@@ -28,7 +28,7 @@ with atheris.instrument_imports(include=["enclave_infer"]):
     from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509.oid import NameOID
 
-    from enclave_infer.attestation import snp
+    from enclave_infer.attestation import snp, snp_certs, snp_report
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 CHIP = bytes(range(1, 65))
@@ -66,7 +66,7 @@ def _chain() -> tuple[bytes, list[bytes], ec.EllipticCurvePrivateKey, bytes]:
     )  # fmt: skip
     for oid, value in [("2", b"\x16\x08Milan-B0"), ("3.1", b"\x02\x01\x03"), ("3.2", b"\x02\x01\x00"),
                        ("3.3", b"\x02\x01\x08"), ("3.8", b"\x02\x01\x73"), ("4", CHIP)]:  # fmt: skip
-        ext = x509.UnrecognizedExtension(x509.ObjectIdentifier(snp.AMD_OID_ARC + "." + oid), value)
+        ext = x509.UnrecognizedExtension(x509.ObjectIdentifier(snp_certs.AMD_OID_ARC + "." + oid), value)
         builder = builder.add_extension(ext, critical=False)
     vcek = _pss(builder, ask_key)
     crl = _pss(
@@ -138,11 +138,13 @@ def container(raw: bytes, certs: bytes | None) -> bytes:
 
 
 def hcl(claims: bytes, hash_type: int = 1) -> bytes:
-    digest = hashlib.new(snp.HCL_HASHES.get(hash_type, "sha256"), claims).digest()
+    digest = hashlib.new(snp_report.HCL_HASHES.get(hash_type, "sha256"), claims).digest()
     raw = sign(report(digest + bytes(64 - len(digest))))
-    data_size = snp.HCL_RUNTIME_HEADER.size + len(claims)
-    header = snp.HCL_HEADER.pack(b"HCLA", 2, snp.HCL_RUNTIME_OFFSET + data_size, 2, 0, bytes(12))
-    return header + raw + snp.HCL_RUNTIME_HEADER.pack(data_size, 1, 2, hash_type, len(claims)) + claims
+    data_size = snp_report.HCL_RUNTIME_HEADER.size + len(claims)
+    header = snp_report.HCL_HEADER.pack(
+        b"HCLA", 2, snp_report.HCL_RUNTIME_OFFSET + data_size, 2, 0, bytes(12)
+    )
+    return header + raw + snp_report.HCL_RUNTIME_HEADER.pack(data_size, 1, 2, hash_type, len(claims)) + claims
 
 
 def form(fdp: atheris.FuzzedDataProvider) -> tuple[bytes, bytes, bytes | None, bool]:

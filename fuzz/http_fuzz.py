@@ -39,7 +39,8 @@ from schemathesis.generation import GenerationMode
 
 from _tiny import LABELS, image, tiny_model
 from enclave_infer import Client
-from enclave_infer.attestation.evidence import appraise
+from enclave_infer.attestation import constraints
+from enclave_infer.attestation.evidence import Verifier, verify
 from enclave_infer.attestation.measurement import code_hash
 from enclave_infer.client.owner import generate_owner_key, load_owner_key
 from enclave_infer.config import EnclaveConfig, load_public_key_file
@@ -166,7 +167,15 @@ def check_answer(
         return
     if path.startswith("/v1/attestation") and nonce is not None and KEY_CONFIG:
         try:
-            appraise(response.content, key_config=KEY_CONFIG[0], nonce=nonce, now=now())
+            policy, production = constraints.parse(CONSTRAINT[0]), Verifier.production()
+            verify(
+                response.content,
+                policy,
+                verifier=production,
+                key_config=KEY_CONFIG[0],
+                nonce=nonce,
+                now=now(),
+            )
         except EnclaveInferError as exc:
             raise Failure(f"{where}: evidence does not appraise ({exc})") from None
     if context is None:
@@ -199,6 +208,7 @@ def now() -> Any:
 SESSION = requests.Session()
 URL: list[str] = []
 KEY_CONFIG: list[bytes] = []
+CONSTRAINT: list[str] = []  # the server's, once it runs
 DEADLINE: list[float] = []
 
 
@@ -367,6 +377,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fuzz-http-") as folder:
         server = Server(Path(folder))
         URL.append(server.url)
+        CONSTRAINT.append(server.constraint)
         try:
             KEY_CONFIG.append(SESSION.get(server.url + "/ohttp-keys", timeout=30).content[2:])
             with Client(server.url, server.constraint) as owner:  # the tiny model, as an owner provisions it

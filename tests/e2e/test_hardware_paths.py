@@ -50,7 +50,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer import AttestationError, Client, UnavailableError
-from enclave_infer.attestation import receipt
+from enclave_infer.attestation import constraints, receipt
 from enclave_infer.attestation.evidence import Evidence, Verifier
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.cli.main import main as cli_main
@@ -204,12 +204,14 @@ class Colours:
             signed = client.classify(self.red, receipt=True).receipt
             assert signed is not None
             kept = receipt.Receipt.decode(signed)
-            _, attestation = receipt.verify(kept, image=self.red, verifier=verifier)
+            _, attestation = receipt.verify(
+                kept, constraints.parse(constraint), verifier=verifier, image=self.red
+            )
             assert (attestation.report.code_hash, attestation.report.security_level) == (
                 code_hash,
                 SecurityLevel.SECURE,
             )
-            document = Evidence.decode(kept.evidence)
+            document, policy = Evidence.decode(kept.evidence), constraints.parse(constraint)
             assert document.collateral or tee == "sev-snp"  # the host handed its enclave the collateral
             platform = document.evidence
             signed_part = platform.split(b"-----BEGIN CERTIFICATE-----")[0]
@@ -218,7 +220,7 @@ class Colours:
                 flipped[i] ^= 0x01
                 forged = dataclasses.replace(document, evidence=bytes(flipped)).encode()
                 with pytest.raises(AttestationError):
-                    receipt.verify(dataclasses.replace(kept, evidence=forged), verifier=verifier)
+                    receipt.verify(dataclasses.replace(kept, evidence=forged), policy, verifier=verifier)
 
 
 def refused_in_production(url: str, constraint: str, reason: str) -> None:

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from enclave_infer import Client, ConstraintError, InvalidImageError
-from enclave_infer.attestation import receipt
+from enclave_infer.attestation import constraints, receipt
+from enclave_infer.attestation.evidence import Verifier
 from enclave_infer.client.owner import load_owner_key
 from enclave_infer.protocol import ohttp, padding
 
@@ -118,7 +119,9 @@ def test_a_receipt_verifies_offline_and_names_the_image(
     assert ok.returncode == 0, ok.stderr
     assert "receipt verified" in ok.stdout and "answer: red (" in ok.stdout
     # moved to another image
-    moved = run_cli("verify-receipt", str(kept), "--image", str(files["blue"]))
+    moved = run_cli(
+        "verify-receipt", str(kept), "--image", str(files["blue"]), "--constraint", deployment.constraint
+    )
     assert moved.returncode == 1
     assert moved.stderr.strip() == (
         "enclave-infer: error: receipt refused: this image is not the one the receipt covers"
@@ -126,6 +129,16 @@ def test_a_receipt_verifies_offline_and_names_the_image(
     # another enclave's constraint
     other = run_cli("verify-receipt", str(kept), "--constraint", "C:" + "00" * 32 + " SEC:INSECURE")
     assert other.returncode == 1 and len(other.stderr.strip().splitlines()) == 1
+    # its answer removed: nothing left to be proof of
+    document = json.loads(kept.read_bytes())
+    del document["response"]
+    stripped = tmp_path / "stripped.receipt.json"
+    stripped.write_text(json.dumps(document))
+    bare = run_cli("verify-receipt", str(stripped), "--constraint", deployment.constraint)
+    assert bare.returncode == 1
+    assert bare.stderr.strip() == (
+        "enclave-infer: error: receipt refused: it carries no answer (the answer it covers was removed)"
+    )
 
 
 def test_any_change_to_a_receipt_is_refused(
@@ -136,7 +149,8 @@ def test_any_change_to_a_receipt_is_refused(
         result = client.classify(image, receipt=True)
     assert result.receipt is not None
     kept = receipt.Receipt.decode(result.receipt)
-    statement, _ = receipt.verify(kept, image=image)
+    policy, production = constraints.parse(deployment.constraint), Verifier.production()
+    statement, _ = receipt.verify(kept, policy, verifier=production, image=image)
     assert statement.model_sha256 == result.model_sha256
     assert statement.response_sha256 != statement.image_sha256
     document = json.loads(kept.evidence)
@@ -159,7 +173,7 @@ def test_any_change_to_a_receipt_is_refused(
                 raw[position] ^= 0x02
                 forged = dataclasses.replace(kept, **{field: bytes(raw)})
             with pytest.raises((receipt.ReceiptError, ConstraintError)):
-                receipt.verify(forged, image=image)
+                receipt.verify(forged, policy, verifier=production, image=image)
             changed += 1
     assert changed == 21
     # the statement cannot be replaced by another receipt's: signed under this instance's key only
@@ -168,7 +182,7 @@ def test_any_change_to_a_receipt_is_refused(
     assert second is not None
     spliced = dataclasses.replace(kept, statement=receipt.Receipt.decode(second).statement)
     with pytest.raises(receipt.ReceiptError, match="signature does not verify"):
-        receipt.verify(spliced)
+        receipt.verify(spliced, policy, verifier=production)
 
 
 def test_a_receipt_signed_by_another_instance_is_refused(
@@ -187,4 +201,6 @@ def test_a_receipt_signed_by_another_instance_is_refused(
         ours, evidence=theirs.evidence, key_config=theirs.key_config, nonce=theirs.nonce
     )
     with pytest.raises(receipt.ReceiptError, match="signed by another instance"):
-        receipt.verify(presented, image=image)
+        receipt.verify(
+            presented, constraints.parse(unpadded.constraint), verifier=Verifier.production(), image=image
+        )

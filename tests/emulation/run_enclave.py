@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from enclave_infer import logs
+from enclave_infer.attestation.evidence import Verifier
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave import tsm
 from enclave_infer.enclave.gramine import GramineSgxPlatform
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             tsm._mkdir = _mkdir_populated
             tsm._rmdir = _rmdir_with_attributes
             platform = tsm.ConfigfsTsmPlatform(args.root)
-        enclave = Enclave(config, platform, args.storage)
+        enclave = Enclave(config, platform, args.storage, verifier=Verifier.production())
         listen = parse_address(args.listen)
     except (OSError, ValueError, EnclaveInferError) as exc:
         print(f"enclave: error: {exc}", file=sys.stderr)

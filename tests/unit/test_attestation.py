@@ -1,20 +1,31 @@
 """Simulation evidence, the report-data binding, and the order of verification steps."""
 
+import dataclasses
 import hashlib
+import json
+import logging
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from enclave_infer.attestation import constraints, evidence, simulation
+from enclave_infer.attestation import constraints, evidence, receipt, simulation
 from enclave_infer.attestation.measurement import code_hash, trusted_files
 from enclave_infer.attestation.report import SecurityLevel, attestation_binding
 from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.platform import SimulationPlatform
+from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.errors import AttestationError, ConstraintError
-from enclave_infer.protocol import ohttp
+from enclave_infer.protocol import bhttp, ohttp
+from enclave_infer.protocol.manifest import parse_sf_binary
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CONFIG = EnclaveConfig(owner_public_key=bytes(range(32)))
 RECEIPT_KEY = b"r" * 32
+PRODUCTION = evidence.Verifier.production()
 
 
 def make_document(key_config: bytes, nonce: bytes, config: EnclaveConfig = CONFIG) -> bytes:
@@ -48,7 +59,7 @@ def test_verify_accepts_bound_simulation_evidence(key_config: bytes) -> None:
     nonce = b"x" * 32
     c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
     att = evidence.verify(
-        make_document(key_config, nonce), key_config=key_config, nonce=nonce, constraint=c, now=NOW
+        make_document(key_config, nonce), c, verifier=PRODUCTION, key_config=key_config, nonce=nonce, now=NOW
     )
     assert att.report.security_level is SecurityLevel.INSECURE
     assert att.config == CONFIG
@@ -61,7 +72,12 @@ def test_simulation_is_never_secure(key_config: bytes) -> None:
     c = constraints.parse(f"C:{code_hash(CONFIG).hex()}")
     with pytest.raises(ConstraintError, match="INSECURE is below SEC:SECURE"):
         evidence.verify(
-            make_document(key_config, nonce), key_config=key_config, nonce=nonce, constraint=c, now=NOW
+            make_document(key_config, nonce),
+            c,
+            verifier=PRODUCTION,
+            key_config=key_config,
+            nonce=nonce,
+            now=NOW,
         )
 
 
@@ -69,7 +85,7 @@ def test_replayed_evidence_with_other_nonce_is_refused(key_config: bytes) -> Non
     c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
     old = make_document(key_config, b"a" * 32)
     with pytest.raises(AttestationError, match="not bound"):
-        evidence.verify(old, key_config=key_config, nonce=b"b" * 32, constraint=c, now=NOW)
+        evidence.verify(old, c, verifier=PRODUCTION, key_config=key_config, nonce=b"b" * 32, now=NOW)
 
 
 def test_substituted_key_config_is_refused(key_config: bytes) -> None:
@@ -78,7 +94,7 @@ def test_substituted_key_config_is_refused(key_config: bytes) -> None:
     other = ohttp.GatewayKey.generate().config.encode()
     with pytest.raises(AttestationError, match="not bound"):
         evidence.verify(
-            make_document(key_config, nonce), key_config=other, nonce=nonce, constraint=c, now=NOW
+            make_document(key_config, nonce), c, verifier=PRODUCTION, key_config=other, nonce=nonce, now=NOW
         )
 
 
@@ -89,7 +105,7 @@ def test_config_swapped_in_document_is_refused(key_config: bytes) -> None:
     forged = evidence.Evidence(doc.tee, doc.evidence, other.canonical(), receipt_key=RECEIPT_KEY).encode()
     c = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
     with pytest.raises(AttestationError, match="not bound"):
-        evidence.verify(forged, key_config=key_config, nonce=nonce, constraint=c, now=NOW)
+        evidence.verify(forged, c, verifier=PRODUCTION, key_config=key_config, nonce=nonce, now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +114,42 @@ def test_config_swapped_in_document_is_refused(key_config: bytes) -> None:
 def test_malformed_documents(document: bytes, key_config: bytes) -> None:
     c = constraints.parse(f"C:{'00' * 32} SEC:INSECURE")
     with pytest.raises(AttestationError):
-        evidence.verify(document, key_config=key_config, nonce=b"x" * 32, constraint=c, now=NOW)
+        evidence.verify(document, c, verifier=PRODUCTION, key_config=key_config, nonce=b"x" * 32, now=NOW)
+
+
+def test_a_policy_free_verification_is_explicit_and_logged(
+    key_config: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """verify() takes a policy, always: where none applies, the caller names UnsafeNoPolicy and why,
+    and every enclave it lets through is logged as a warning."""
+    nonce = b"x" * 32
+    policy = evidence.UnsafeNoPolicy("a test without a client")
+    with caplog.at_level(logging.WARNING, logger="enclave_infer.attestation.evidence"):
+        att = evidence.verify(
+            make_document(key_config, nonce),
+            policy,
+            verifier=PRODUCTION,
+            key_config=key_config,
+            nonce=nonce,
+            now=NOW,
+        )
+    assert att.config == CONFIG
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert code_hash(CONFIG).hex().upper() in record.getMessage()
+    assert "no policy checked" in record.getMessage() and "a test without a client" in record.getMessage()
+    # the evidence is still verified in full: a wrong nonce is refused, and nothing is logged
+    caplog.clear()
+    with pytest.raises(AttestationError, match="not bound"):
+        evidence.verify(
+            make_document(key_config, nonce),
+            policy,
+            verifier=PRODUCTION,
+            key_config=key_config,
+            nonce=b"y" * 32,
+            now=NOW,
+        )
+    assert not caplog.records
 
 
 def test_measurement_covers_code_and_config() -> None:
@@ -123,3 +174,52 @@ def test_measurement_changes_with_code(tmp_path) -> None:  # type: ignore[no-unt
     gateway = copy / "enclave" / "gateway.py"
     gateway.write_text(gateway.read_text() + "\n# one more line\n")
     assert code_hash(CONFIG, copy) != code_hash(CONFIG)
+
+
+# -- receipts, through the CLI ---------------------------------------------------------------------------
+
+
+def signed_receipt(image: bytes, answer: bytes) -> receipt.Receipt:
+    """What a client keeps: the enclave's signed receipt (a simulation enclave's, signed in this
+    process as the enclave signs it) with the answer it covers added."""
+    key = ohttp.GatewayKey.generate()
+    signer = Receipts(Ed25519PrivateKey.generate(), SimulationPlatform(CONFIG), CONFIG, key.config.encode)
+    request = bhttp.Request("POST", "https", "enclave", "/v1/classify", (), image)
+    _, header = signer.header(request, answer, "ab" * 32, 1)
+    return dataclasses.replace(receipt.Receipt.decode(parse_sf_binary(header)), response=answer.decode())
+
+
+def verify_receipt_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    cli = str(Path(sys.executable).with_name("enclave-infer"))
+    return subprocess.run(
+        [cli, "verify-receipt", *map(str, args)], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def test_verify_receipt_refuses_a_receipt_whose_answer_was_removed(tmp_path: Path) -> None:
+    """The answer is what a receipt is proof of: without it, anyone could put another answer beside
+    the signed statement. verify-receipt passed such a receipt (and printed no answer)."""
+    image, answer = b"an image", b'{"results": [{"label": "cat", "index": 0, "probability": 0.75}]}'
+    kept = signed_receipt(image, answer)
+    (tmp_path / "image").write_bytes(image)
+    whole, stripped = tmp_path / "whole.json", tmp_path / "stripped.json"
+    whole.write_bytes(kept.encode())
+    document = json.loads(kept.encode())
+    del document["response"]
+    stripped.write_text(json.dumps(document))
+    constraint = f"C:{code_hash(CONFIG).hex()} SEC:INSECURE"
+    ok = verify_receipt_cli(whole, "--image", tmp_path / "image", "--constraint", constraint)
+    assert ok.returncode == 0, ok.stderr
+    assert "answer: cat (75.0%)" in ok.stdout
+    refused = verify_receipt_cli(stripped, "--image", tmp_path / "image", "--constraint", constraint)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "enclave-infer: error: receipt refused: it carries no answer (the answer it covers was removed)"
+    )
+    with pytest.raises(receipt.ReceiptError, match="carries no answer"):
+        receipt.verify(
+            dataclasses.replace(kept, response=None),
+            constraints.parse(constraint),
+            verifier=PRODUCTION,
+            image=image,
+        )

@@ -5,7 +5,7 @@ root refuses every one of them.
 The real hardware path is exercised end to end: Gramine's ``/dev/attestation`` and configfs-tsm
 (fake trees, real provider code) hand out minted quotes over the report data written to them, a fake
 PCCS on loopback serves the collateral to dcap-qvl's own client, and ``verify_quote`` with the test
-root (its one seam, ``root_ca_der``) or ``evidence.appraise`` (a verifier that passes it) accepts
+root (its one seam, ``root_ca_der``) or ``evidence.verify`` (a verifier that passes it) accepts
 them. The clock is pinned to :data:`tests.emulation.dcap.NOW`.
 """
 
@@ -30,11 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave_infer.attestation import constraints, evidence
-from enclave_infer.attestation.dcap import verify_quote
+from enclave_infer.attestation.dcap import parse_sgx_quote_body, parse_tdx_quote, verify_quote
 from enclave_infer.attestation.report import SecurityLevel, attestation_binding
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
-from enclave_infer.enclave.tsm import ConfigfsTsmPlatform, parse_tdx_quote
+from enclave_infer.enclave.gramine import GramineSgxPlatform
+from enclave_infer.enclave.tsm import ConfigfsTsmPlatform
 from enclave_infer.errors import AttestationError, ConstraintError
 from enclave_infer.protocol import ohttp
 from tests.emulation.dcap import (
@@ -477,18 +477,22 @@ def test_evidence_from_the_emulated_platform_appraised_through_a_verifier_that_o
     test_root = evidence.Verifier(intel_root_ca_der=dcap.root_ca_der)
     constraint = constraints.parse(f"C:{MRENCLAVE.hex()} S:{MRSIGNER.hex()} PROD:0")
     attestation = evidence.verify(
-        document,
-        key_config=key_config,
-        nonce=nonce,
-        constraint=constraint,
-        now=NOW,
-        verifier=test_root,
+        document, constraint, verifier=test_root, key_config=key_config, nonce=nonce, now=NOW
     )
     assert attestation.config == config and attestation.report.security_level is SecurityLevel.SECURE
     with pytest.raises(AttestationError, match="not bound"):
-        evidence.appraise(document, key_config=key_config, nonce=b"m" * 32, now=NOW, verifier=test_root)
+        evidence.verify(
+            document, constraint, verifier=test_root, key_config=key_config, nonce=b"m" * 32, now=NOW
+        )
     with pytest.raises(AttestationError, match="did not verify"):  # the production verifier: Intel's root
-        evidence.verify(document, key_config=key_config, nonce=nonce, constraint=constraint, now=NOW)
+        evidence.verify(
+            document,
+            constraint,
+            verifier=evidence.Verifier.production(),
+            key_config=key_config,
+            nonce=nonce,
+            now=NOW,
+        )
 
 
 # --- collateral freshness: TCB evaluation data numbers, nextUpdate and GRACE: -------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from enclave_infer.attestation import snp
+from enclave_infer.attestation import dcap, snp, snp_report
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.models import ModelStore
@@ -19,6 +19,7 @@ from enclave_infer.errors import AttestationError, ProtocolError, UsageError
 from enclave_infer.protocol import bhttp
 from enclave_infer.protocol.api import Prediction, Preprocessing, Problem, ProvisionResult
 from enclave_infer.protocol.manifest import Manifest
+from tests.emulation.dcap import NOW, EmulatedDcap
 
 
 def problem_of(response: bhttp.Response) -> Problem | None:
@@ -127,6 +128,31 @@ def test_enclave_size_that_int_refuses(config: bytes) -> None:
         EnclaveConfig.from_canonical(config)
 
 
+def _with_crl_version(crl: bytes, version: int) -> bytes:
+    """``crl`` (DER, v2) with the INTEGER of its TBSCertList's version set to ``version``: the only
+    edit, so that lengths stay as they were."""
+    at = crl.index(b"\x02\x01\x01")  # the first INTEGER in the TBSCertList, its version (1 = v2)
+    return crl[:at] + bytes([0x02, 0x01, version]) + crl[at + 3 :]
+
+
+@pytest.mark.parametrize("crl", ["pck_crl", "root_ca_crl"])
+def test_dcap_collateral_with_a_crl_of_version_17(crl: str) -> None:
+    """After ~4,400 inputs: a DCAP collateral CRL whose version byte is 17. cryptography raises
+    InvalidVersion ("17 is not a valid CRL version"), which is not a ValueError, out of the parsing
+    of the collateral's dates: the host chooses the collateral, so it could make a client's
+    verification fail with a library's exception instead of a verification error."""
+    platform = EmulatedDcap()
+    collateral = json.loads(platform.collateral("sgx"))
+    collateral[crl] = _with_crl_version(bytes.fromhex(collateral[crl]), 17).hex()
+    with pytest.raises(AttestationError, match="is not a DER CRL"):
+        dcap.verify_quote(
+            platform.sgx_quote(bytes(64)),
+            json.dumps(collateral).encode(),
+            now=NOW,
+            root_ca_der=platform.root_ca_der,
+        )
+
+
 # -- fuzz_snp: SEV-SNP evidence ---------------------------------------------------------------------------
 
 # The evidence container with a U+00B2 (SUPERSCRIPT TWO, bytes C2 B2) inside the report's base64.
@@ -204,9 +230,14 @@ HCL_CLAIMS_4301_DIGITS = b'{"user-data": "' + b"0" * 128 + b'", "keys": [' + b"9
 
 
 def hcl_report(claims: bytes) -> bytes:
-    size = snp.HCL_RUNTIME_HEADER.size + len(claims)
-    header = snp.HCL_HEADER.pack(b"HCLA", 2, snp.HCL_RUNTIME_OFFSET + size, 2, 0, bytes(12))
-    return header + bytes(snp.REPORT_SIZE) + snp.HCL_RUNTIME_HEADER.pack(size, 1, 2, 1, len(claims)) + claims
+    size = snp_report.HCL_RUNTIME_HEADER.size + len(claims)
+    header = snp_report.HCL_HEADER.pack(b"HCLA", 2, snp_report.HCL_RUNTIME_OFFSET + size, 2, 0, bytes(12))
+    return (
+        header
+        + bytes(snp.REPORT_SIZE)
+        + snp_report.HCL_RUNTIME_HEADER.pack(size, 1, 2, 1, len(claims))
+        + claims
+    )
 
 
 @pytest.mark.parametrize("evidence", [SNP_CONTAINER_4301_DIGITS, hcl_report(HCL_CLAIMS_4301_DIGITS)])

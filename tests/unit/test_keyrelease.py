@@ -37,7 +37,9 @@ CONFIG = EnclaveConfig(owner_public_key=public_key_bytes(OWNER))
 def enclave(tmp_path: Path, name: str, config: EnclaveConfig = CONFIG) -> Enclave:
     shared = tmp_path / "shared"
     shared.mkdir(exist_ok=True)
-    return Enclave(config, SimulationPlatform(config), tmp_path / name, shared=shared)
+    return Enclave(
+        config, SimulationPlatform(config), tmp_path / name, shared=shared, verifier=Verifier.production()
+    )
 
 
 def ask(e: Enclave, kind: FrameType, message: bytes = b"") -> tuple[FrameType, bytes]:
@@ -237,7 +239,7 @@ def test_a_member_kept_from_a_new_version_learns_the_floor_from_a_peer(tmp_path:
 
 
 def test_members_refuse_what_is_not_theirs_to_do(tmp_path: Path) -> None:
-    alone = Enclave(CONFIG, SimulationPlatform(CONFIG), tmp_path / "alone")
+    alone = Enclave(CONFIG, SimulationPlatform(CONFIG), tmp_path / "alone", verifier=Verifier.production())
     assert alone.answer(FrameType.CLUSTER_FOUND, framing.encode_cluster_payload(b""))[0] == FrameType.ERROR
     member, joiner = enclave(tmp_path, "a"), enclave(tmp_path, "b")
     _, request = ask(joiner, FrameType.CLUSTER_JOIN)

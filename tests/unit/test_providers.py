@@ -2,9 +2,10 @@
 
 The fake ``/dev/attestation`` and configfs-tsm trees (:mod:`tests.emulation.pseudofs`) answer with
 the structural quotes and reports built here: the report data the provider wrote, at the offsets
-the specifications give, and a token signature. Offsets are spelled out as numbers here,
-independently of the modules' constants. (Quotes that also verify are minted in
-``test_dcap_emulation.py``.)
+the specifications give, and token signatures in signature data framed as the specifications
+frame it (the providers read their identity with the clients' own parsers, which check that).
+Offsets are spelled out as numbers here, independently of the modules' constants. (Quotes that
+also verify are minted in ``test_dcap_emulation.py``.)
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from enclave_infer.attestation.snp import decode_snp_evidence, encode_snp_evidence
+from enclave_infer.attestation.dcap import parse_sgx_quote_body, parse_tdx_quote
+from enclave_infer.attestation.snp_report import AttestationReport, decode_snp_evidence, encode_snp_evidence
 from enclave_infer.enclave import gramine, tsm
-from enclave_infer.enclave.gramine import GramineSgxPlatform, parse_sgx_quote_body
-from enclave_infer.enclave.tsm import ConfigfsTsmPlatform, parse_snp_report, parse_tdx_quote
+from enclave_infer.enclave.gramine import GramineSgxPlatform
+from enclave_infer.enclave.tsm import ConfigfsTsmPlatform
 from enclave_infer.errors import AttestationError, UsageError
 from tests.emulation.pseudofs import FakeGramine, FakeTsm, bounded
 
@@ -33,6 +35,18 @@ NONCE_DATA = bytes(range(1, 65))
 # --- quote and report builders, from the specifications' layouts -------------------------------
 
 
+# Certification data type 5: a PEM chain (a token one: nothing verifies it here).
+PCK_CHAIN = b"-----BEGIN CERTIFICATE-----\ntoken\n-----END CERTIFICATE-----\n\x00"
+
+
+def signature_data(version: int) -> bytes:
+    """ISV signature, attestation key, then (v3) QE report, its signature, no authentication data and
+    the PCK chain, or (v4, v5) the same wrapped in certification data type 6."""
+    qe = bytes(384) + b"\xcc" * 64 + struct.pack("<H", 0) + struct.pack("<HI", 5, len(PCK_CHAIN)) + PCK_CHAIN
+    inner = qe if version == 3 else struct.pack("<HI", 6, len(qe)) + qe
+    return b"\xaa" * 64 + b"\xbb" * 64 + inner
+
+
 def sgx_quote(report_data: bytes, *, mrenclave: bytes = MRENCLAVE, flags: int = 0x05) -> bytes:
     """An SGX DCAP v3 quote: 48-byte header, 384-byte report body, signature length and data."""
     header = struct.pack("<HHIHH16s20s", 3, 2, 0, 7, 13, b"\x93\x9a\x72\x33" * 4, b"")
@@ -42,7 +56,7 @@ def sgx_quote(report_data: bytes, *, mrenclave: bytes = MRENCLAVE, flags: int = 
     body[128:160] = MRSIGNER
     struct.pack_into("<HH", body, 256, 0x1234, 5)  # ISVPRODID, ISVSVN
     body[320:384] = report_data
-    signature = b"\xaa" * 200
+    signature = signature_data(3)
     return header + bytes(body) + struct.pack("<I", len(signature)) + signature
 
 
@@ -54,7 +68,7 @@ def tdx_quote(report_data: bytes, *, version: int = 4, attributes: int = 0, mrtd
     body[136:184] = mrtd
     body[520:584] = report_data
     descriptor = b"" if version == 4 else struct.pack("<HI", 3, len(body))
-    signature = b"\xbb" * 300
+    signature = signature_data(version)
     return header + descriptor + bytes(body) + struct.pack("<I", len(signature)) + signature
 
 
@@ -62,6 +76,7 @@ def snp_report(report_data: bytes, *, policy: int = 0x30000) -> bytes:
     """An SEV-SNP ATTESTATION_REPORT (0x4A0 bytes), version 2."""
     report = bytearray(0x4A0)
     struct.pack_into("<II", report, 0x00, 2, 1)  # VERSION, GUEST_SVN
+    struct.pack_into("<I", report, 0x34, 1)  # SIGNATURE_ALGO: ECDSA P-384 with SHA-384
     struct.pack_into("<Q", report, 0x08, policy)  # POLICY (bit 17 is reserved, must be one)
     report[0x50:0x90] = report_data
     report[0x90:0xC0] = SNP_MEASUREMENT
@@ -163,7 +178,7 @@ def test_gramine_quote_naming_another_enclave_is_refused(fake_gramine: Callable[
 
 def test_gramine_truncated_quote(fake_gramine: Callable[..., FakeGramine]) -> None:
     fake = fake_gramine(make_quote=lambda i, rd: sgx_quote(rd)[:300])
-    with pytest.raises(AttestationError, match="truncated"):
+    with pytest.raises(AttestationError, match=r"SGX report body .* runs past the end"):
         bounded(lambda: GramineSgxPlatform(fake.root))
 
 
@@ -178,11 +193,13 @@ def test_parse_sgx_quote_body_rejects_malformed_quotes() -> None:
     body = parse_sgx_quote_body(good)
     assert (body.mrenclave, body.mrsigner, body.report_data) == (MRENCLAVE, MRSIGNER, NONCE_DATA)
     assert (body.product_id, body.security_version, body.attributes_flags) == (0x1234, 5, 0x05)
+    length = len(good) - 436
     cases = {
         "version 4": struct.pack("<H", 4) + good[2:],
         "key type": good[:2] + struct.pack("<H", 3) + good[4:],
-        "claims 201": good[:432] + struct.pack("<I", 201) + good[436:],
-        "truncated": good[:435],
+        f"length {length + 1} runs past": good[:432] + struct.pack("<I", length + 1) + good[436:],
+        "signature data length .* runs past": good[:435],
+        "not a SGX quote": tdx_quote(NONCE_DATA),
     }
     for message, quote in cases.items():
         with pytest.raises(AttestationError, match=message):
@@ -231,7 +248,7 @@ def test_sev_snp_identity_and_evidence(
     )
     report, got_certs = decode_snp_evidence(bounded(lambda: platform.evidence(NONCE_DATA)))
     assert report == snp_report(NONCE_DATA)
-    assert parse_snp_report(report).report_data == NONCE_DATA
+    assert AttestationReport.from_bytes(report).report_data == NONCE_DATA
     assert got_certs == certs
     fake.assert_clean()
 
@@ -302,8 +319,9 @@ def test_parse_tdx_quote_rejects_malformed_quotes() -> None:
         "TEE type 0x0": good[:4] + struct.pack("<I", 0) + good[8:],
         "version 3": struct.pack("<H", 3) + good[2:],
         "key type": good[:2] + struct.pack("<H", 3) + good[4:],
-        "truncated": good[:600],
-        "claims 301": good[: 48 + 584] + struct.pack("<I", 301) + good[48 + 584 + 4 :],
+        "TD report body .* runs past": good[:600],
+        "after its 301-byte signature data": good[: 48 + 584] + struct.pack("<I", 301) + good[48 + 584 + 4 :],
+        "not a TDX quote": sgx_quote(NONCE_DATA),
     }
     for message, quote in cases.items():
         with pytest.raises(AttestationError, match=message):
@@ -315,7 +333,7 @@ def test_parse_tdx_quote_rejects_malformed_quotes() -> None:
 
 def test_snp_report_and_container() -> None:
     report = snp_report(NONCE_DATA)
-    parsed = parse_snp_report(report)
+    parsed = AttestationReport.from_bytes(report)
     assert (parsed.version, parsed.measurement, parsed.report_data, parsed.debug) == (
         2,
         SNP_MEASUREMENT,
@@ -323,9 +341,9 @@ def test_snp_report_and_container() -> None:
         False,
     )
     with pytest.raises(AttestationError, match="1183 bytes"):
-        parse_snp_report(report[:-1])
+        AttestationReport.from_bytes(report[:-1])
     with pytest.raises(AttestationError, match="version 1"):
-        parse_snp_report(struct.pack("<I", 1) + report[4:])
+        AttestationReport.from_bytes(struct.pack("<I", 1) + report[4:])
     assert decode_snp_evidence(encode_snp_evidence(report, b"certs")) == (report, b"certs")
     assert decode_snp_evidence(encode_snp_evidence(report, None)) == (report, None)
     for bad in (

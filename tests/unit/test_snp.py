@@ -391,7 +391,14 @@ def test_evidence_verifier_for_sev_snp() -> None:
     # a real report does not bind this project's key configuration and nonce: step 3 refuses it
     document = evidence.Evidence("sev-snp", report, b"{}", bundle(certs)).encode()
     with pytest.raises(AttestationError, match="enclave configuration in the evidence is invalid"):
-        evidence.appraise(document, key_config=b"k", nonce=bytes(16), now=NOW)
+        evidence.verify(
+            document,
+            evidence.UnsafeNoPolicy("a test"),
+            verifier=production,
+            key_config=b"k",
+            nonce=bytes(16),
+            now=NOW,
+        )
 
 
 def container(report: bytes, certs: bytes | None) -> bytes:

@@ -2,7 +2,8 @@
 
 Pure logic, used by clients: :func:`parse` turns ``"C:<hash> PROD:1 SEC:INSECURE"`` into a
 :class:`Constraint`; :meth:`Constraint.check` raises :class:`ConstraintError` naming the first
-requirement a verified :class:`EnclaveReport` does not meet.
+requirement a verified :class:`EnclaveReport` does not meet. A constraint is the policy
+``evidence.verify`` takes (:meth:`Constraint.verify`).
 
 Tokens (space separated, each at most once unless noted):
 
@@ -40,9 +41,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.errors import ConstraintError, UsageError
+
+if TYPE_CHECKING:  # evidence imports dcap, which imports this module
+    from enclave_infer.attestation.evidence import Attestation
 
 __all__ = ["Constraint", "check_dcap_collateral", "format_duration", "parse"]
 
@@ -85,6 +90,10 @@ class Constraint:
             raise UsageError("constraint names no enclave: give C:<code hash> or S:<signer> PROD:<id>")
         if self.signers and self.product_id is None:
             raise UsageError("S: requires PROD: (a signer signs many products)")
+
+    def verify(self, attestation: Attestation, *, now: datetime) -> None:
+        """As an ``evidence.verify`` policy: :meth:`check` of the attestation's report."""
+        self.check(attestation.report, now=now)
 
     def check(self, report: EnclaveReport, *, now: datetime) -> None:
         """Raise :class:`ConstraintError` unless ``report`` satisfies every requirement."""

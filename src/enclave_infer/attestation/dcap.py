@@ -1,6 +1,9 @@
 """Intel SGX and TDX DCAP quotes: verification with ``dcap-qvl`` and mapping onto security levels.
 
-Pure logic on bytes, used by clients (and by ``enclave-infer verify-evidence``). ``dcap-qvl`` checks
+Pure logic on bytes, used by clients (and by ``enclave-infer verify-evidence``), and the one parser
+of the quote's layout: the enclave's providers (``enclave/gramine.py``, ``enclave/tsm.py``) read
+their own identity from their first quote with :func:`parse_sgx_quote_body` and
+:func:`parse_tdx_quote`, on the same framing checks. ``dcap-qvl`` checks
 the quote's ECDSA signature, the PCK certificate chain up to Intel's SGX Root CA, the CRLs, the
 Quoting Enclave's identity and the platform's TCB level against the collateral (TCB info, QE
 identity, CRLs and their issuer chains), all at a time the caller gives. This module turns its
@@ -51,16 +54,22 @@ from typing import Any
 
 from cryptography import x509
 
+from enclave_infer.attestation._x509 import PARSE_ERRORS
 from enclave_infer.attestation.constraints import format_duration
 from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel
 from enclave_infer.errors import AttestationError
 
 __all__ = [
+    "MAX_QUOTE_BYTES",
     "TCB_LEVELS",
     "QuoteLayout",
     "QuoteVerdict",
+    "SgxReportBody",
+    "TdReportBody",
     "collateral_issue_date",
     "parse_quote_layout",
+    "parse_sgx_quote_body",
+    "parse_tdx_quote",
     "verify_quote",
 ]
 
@@ -79,6 +88,8 @@ SGX_FLAG_DEBUG = 0x02
 TDX_ATTR_DEBUG = 0x01
 # A collateral document (TCB info, QE identity, CRLs, chains) is a few tens of KB.
 MAX_COLLATERAL_BYTES = 1024 * 1024
+# The one limit on a quote's size, for the enclave reading its own (enclave/gramine.py) and for
+# verifiers: Gramine's quote buffer is 8 KB, a TDX quote with its PCK chain about 5 KB.
 MAX_QUOTE_BYTES = 64 * 1024
 # dcap-qvl counts time in whole seconds; verifying "just before" an instant means this much before it.
 BEFORE_EXPIRY = timedelta(seconds=1)
@@ -112,6 +123,17 @@ CERTIFICATION_DATA_HEADER = struct.Struct("<HI")  # certification data type, siz
 # needs the chain, as dcap-qvl does: 5 is the only inner type accepted.
 CERT_TYPE_PCK_CHAIN = 5
 CERT_TYPE_QE_REPORT = 6
+# SGX report body (sgx_report_body_t in the SGX SDK's sgx_report.h), offsets within the body.
+SGX_BODY_ATTRIBUTES = 48  # FLAGS u64, then XFRM
+SGX_BODY_MRENCLAVE = slice(64, 96)
+SGX_BODY_MRSIGNER = slice(128, 160)
+SGX_BODY_ISV = struct.Struct("<HH")  # ISVPRODID, ISVSVN
+SGX_BODY_ISV_OFFSET = 256
+SGX_BODY_REPORT_DATA = slice(320, 384)
+# TD report body (sgx_report2_body_t in sgx_quote_4.h; v1.5 adds fields after these), within the body.
+TD_BODY_TD_ATTRIBUTES = 120  # u64, bit 0 DEBUG
+TD_BODY_MRTD = slice(136, 184)
+TD_BODY_REPORT_DATA = slice(520, 584)
 
 
 @dataclass(frozen=True)
@@ -167,6 +189,7 @@ class QuoteLayout:
 
     version: int  # 3 (SGX), 4 or 5 (TDX)
     tee: str  # "sgx" or "tdx"
+    body: slice  # the SGX report body or TD report body
     signed_end: int  # header and report body, what the attestation key signs, end here
     signature_data: slice  # after the u32 signature data length
     qe_report: slice
@@ -200,10 +223,10 @@ def parse_quote_layout(quote: bytes) -> QuoteLayout:
     fields = _Fields(quote, HEADER_SIZE, len(quote), "quote")
     if version == 3 and tee_type == TEE_TYPE_SGX:
         tee = "sgx"
-        fields.take(SGX_REPORT_BODY_SIZE, "SGX report body")
+        body = fields.take(SGX_REPORT_BODY_SIZE, "SGX report body")
     elif version == 4 and tee_type == TEE_TYPE_TDX:
         tee = "tdx"
-        fields.take(TD_REPORT10_SIZE, "TD report body")
+        body = fields.take(TD_REPORT10_SIZE, "TD report body")
     elif version == 5 and tee_type == TEE_TYPE_TDX:
         tee = "tdx"
         body_type, body_size = fields.unpack(V5_BODY_DESCRIPTOR, "body descriptor")
@@ -212,7 +235,7 @@ def parse_quote_layout(quote: bytes) -> QuoteLayout:
                 f"DCAP quote v5 body type {body_type} of {body_size} bytes is not a TD report "
                 f"(type 2 of {TD_REPORT10_SIZE} bytes or type 3 of {TD_REPORT15_SIZE})"
             )
-        fields.take(body_size, "TD report body")
+        body = fields.take(body_size, "TD report body")
     else:
         raise AttestationError(
             f"DCAP quote version {version} with TEE type {tee_type:#x} is not supported "
@@ -246,12 +269,79 @@ def parse_quote_layout(quote: bytes) -> QuoteLayout:
     return QuoteLayout(
         version=version,
         tee=tee,
+        body=body,
         signed_end=signed_end,
         signature_data=slice(start, end),
         qe_report=qe_report,
         pck_chain=quote[chain.at : chain.end],
         padding=len(quote) - end,
     )
+
+
+@dataclass(frozen=True)
+class SgxReportBody:
+    """The fields of an SGX quote's report body that identify the enclave; nothing verified."""
+
+    mrenclave: bytes
+    mrsigner: bytes
+    product_id: int
+    security_version: int
+    attributes_flags: int
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.attributes_flags & SGX_FLAG_DEBUG)
+
+
+@dataclass(frozen=True)
+class TdReportBody:
+    """The fields of a TDX quote's TD report body that identify the trust domain; nothing verified."""
+
+    version: int  # the quote's: 4 or 5
+    mrtd: bytes
+    td_attributes: int
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.td_attributes & TDX_ATTR_DEBUG)
+
+
+def parse_sgx_quote_body(quote: bytes) -> SgxReportBody:
+    """The report body of an SGX (v3) quote whose framing :func:`parse_quote_layout` accepts."""
+    layout = _layout_of(quote, "sgx")
+    body = quote[layout.body]
+    product_id, svn = SGX_BODY_ISV.unpack_from(body, SGX_BODY_ISV_OFFSET)
+    return SgxReportBody(
+        mrenclave=body[SGX_BODY_MRENCLAVE],
+        mrsigner=body[SGX_BODY_MRSIGNER],
+        product_id=product_id,
+        security_version=svn,
+        attributes_flags=struct.unpack_from("<Q", body, SGX_BODY_ATTRIBUTES)[0],
+        report_data=body[SGX_BODY_REPORT_DATA],
+    )
+
+
+def parse_tdx_quote(quote: bytes) -> TdReportBody:
+    """The TD report body of a TDX (v4, v5) quote whose framing :func:`parse_quote_layout` accepts."""
+    layout = _layout_of(quote, "tdx")
+    body = quote[layout.body]
+    return TdReportBody(
+        version=layout.version,
+        mrtd=body[TD_BODY_MRTD],
+        td_attributes=struct.unpack_from("<Q", body, TD_BODY_TD_ATTRIBUTES)[0],
+        report_data=body[TD_BODY_REPORT_DATA],
+    )
+
+
+def _layout_of(quote: bytes, tee: str) -> QuoteLayout:
+    if len(quote) > MAX_QUOTE_BYTES:
+        raise AttestationError(f"DCAP quote is {len(quote)} bytes, more than {MAX_QUOTE_BYTES}")
+    layout = parse_quote_layout(quote)
+    if layout.tee != tee:
+        raise AttestationError(f"not a {tee.upper()} quote: a {layout.tee.upper()} quote")
+    return layout
 
 
 class _Fields:
@@ -478,17 +568,24 @@ def _check_verifiable_when_stale(
     for pem in (layout.pck_chain, *(c.encode() for c in dates.issuer_chains)):
         try:
             certificates = x509.load_pem_x509_certificates(pem)
-        except ValueError:
+            expired = [
+                (_subject(cert), cert.not_valid_after_utc)
+                for cert in certificates
+                if now > cert.not_valid_after_utc
+            ]
+        except PARSE_ERRORS:
             raise AttestationError("a certificate chain of the quote or collateral does not parse") from None
-        for cert in certificates:
-            if now > cert.not_valid_after_utc:
-                names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-                subject = str(names[0].value) if names else cert.subject.rfc4514_string()
-                raise AttestationError(
-                    f"certificate {subject!r} expired at {_when(cert.not_valid_after_utc)}, before "
-                    f"{_when(now)}: stale collateral is verified as of its expiry, but its certificates "
-                    "must be valid now"
-                )
+        if expired:
+            subject, not_after = expired[0]
+            raise AttestationError(
+                f"certificate {subject!r} expired at {_when(not_after)}, before {_when(now)}: stale"
+                " collateral is verified as of its expiry, but its certificates must be valid now"
+            )
+
+
+def _subject(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
 def _json_object(text: bytes, what: str) -> dict[str, Any]:
@@ -523,7 +620,7 @@ def _crl_next_update(value: object, what: str) -> datetime:
     try:
         crl = x509.load_der_x509_crl(bytes.fromhex(value)) if isinstance(value, str) else None
         next_update = None if crl is None else crl.next_update_utc
-    except ValueError:
+    except PARSE_ERRORS:  # the host chose this CRL: e.g. a version cryptography does not know
         next_update = None
     if next_update is None:
         raise AttestationError(f"collateral's {what} is not a DER CRL (hex) with a nextUpdate")

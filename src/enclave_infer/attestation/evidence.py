@@ -14,7 +14,13 @@ identity and CRLs for a DCAP quote, as dcap-qvl's JSON; for SEV-SNP a PEM bundle
 VLEK, ASK or ASVK and ARK, which may be left out when the SNP container carries the host's
 certificate table). The host may attach collateral: it is signed by Intel or AMD, so it needs no
 trust in whoever delivers it.
-:func:`verify` runs, in order:
+
+:func:`verify` is shaped as sigstore's ``Verifier.verify_artifact``: the document, and a
+:class:`Policy` the caller must give (a :class:`~enclave_infer.attestation.constraints.Constraint`,
+key release's peer check, ...), checked with the roots of a :class:`Verifier` the caller must give
+too (:meth:`Verifier.production` in production, nowhere a default). Where no policy applies (the
+host's check of its own enclave at start, ``attest`` without a constraint) the caller says so with
+:class:`UnsafeNoPolicy`, which logs a warning each time it lets evidence through. It runs, in order:
 
 1. parse the document; unknown TEE types are refused;
 2. verify the platform evidence with that TEE's verifier (signature chain, TCB level, ...);
@@ -22,7 +28,7 @@ trust in whoever delivers it.
    configuration digest, nonce): this proves the key we are about to encrypt to, the key receipts are
    signed with, and this configuration, belong to the enclave the evidence describes, and that the
    evidence is fresh;
-4. check the client's constraint.
+4. check the policy.
 
 Every failure raises; a return value means every step passed.
 """
@@ -33,18 +39,21 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from enclave_infer.attestation import dcap, simulation, snp
-from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.report import EnclaveReport, attestation_binding, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
 from enclave_infer.protocol import b64
 
-__all__ = ["Attestation", "Evidence", "Verifier", "appraise", "verify"]
+__all__ = ["Attestation", "Evidence", "Policy", "UnsafeNoPolicy", "Verifier", "verify"]
+
+log = logging.getLogger(__name__)
 
 VERSION = 2
 # An attestation document is small (an SGX quote with certificates is ~5 KB); refuse anything huge.
@@ -170,18 +179,46 @@ class Attestation:
         )
 
 
-def appraise(
+class Policy(Protocol):
+    """What a verified enclave must be (sigstore's ``VerificationPolicy``): :meth:`verify` raises
+    (ConstraintError, or its own AttestationError subclass) naming the first requirement not met."""
+
+    def verify(self, attestation: Attestation, *, now: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class UnsafeNoPolicy:
+    """No policy: any enclave whose evidence verifies passes. For the few callers that have no
+    policy to apply, which must say why (``reason``); every use is logged as a warning, with the
+    enclave it let through (sigstore's ``UnsafeNoOp``)."""
+
+    reason: str
+
+    def verify(self, attestation: Attestation, *, now: datetime) -> None:
+        log.warning(
+            "no policy checked: enclave %s (%s, %s) is asked nothing beyond evidence that verifies: %s",
+            attestation.report.code_hash.hex().upper(),
+            attestation.report.tee,
+            attestation.report.security_level.name,
+            self.reason,
+        )
+
+
+def verify(
     document: bytes,
+    policy: Policy,
     *,
+    verifier: Verifier,
     key_config: bytes,
     nonce: bytes,
     now: datetime,
     collateral: bytes | None = None,
-    verifier: Verifier | None = None,
     label: bytes | None = None,
 ) -> Attestation:
-    """Steps 1 to 3: verify the evidence and its binding, without a client policy.
+    """The four steps of the module docstring; raises AttestationError (or the policy's
+    ConstraintError), returns only on success.
 
+    ``verifier`` holds the roots; ``policy`` is checked last, on the verified attestation.
     ``collateral``, when given, replaces what the document carries (e.g. the client's own, fetched
     from its PCCS). ``label``: None for the evidence clients ask for (bound to the key configuration
     and the receipt key); else the purpose key release made it for, ``key_config`` then the value it
@@ -189,7 +226,7 @@ def appraise(
     # 1. parse
     evidence = Evidence.decode(document)
     # 2. platform verification, with the verifier's roots
-    report = (verifier or Verifier.production()).platform_report(
+    report = verifier.platform_report(
         evidence.tee, evidence.evidence, collateral if collateral is not None else evidence.collateral, now
     )
     try:
@@ -209,23 +246,9 @@ def appraise(
             " (stale, replayed or substituted)"
         )
     report = dataclasses.replace(report, owner_key_id=bytes.fromhex(config.owner_key_id))
-    return Attestation(report=report, config=config, key_config=key_config, receipt_key=evidence.receipt_key)
-
-
-def verify(
-    document: bytes,
-    *,
-    key_config: bytes,
-    nonce: bytes,
-    constraint: Constraint,
-    now: datetime,
-    collateral: bytes | None = None,
-    verifier: Verifier | None = None,
-) -> Attestation:
-    """All four steps; raises AttestationError or ConstraintError, returns only on success."""
-    attestation = appraise(
-        document, key_config=key_config, nonce=nonce, now=now, collateral=collateral, verifier=verifier
+    attestation = Attestation(
+        report=report, config=config, key_config=key_config, receipt_key=evidence.receipt_key
     )
-    # 4. the client's policy
-    constraint.check(attestation.report, now=now)
+    # 4. the caller's policy
+    policy.verify(attestation, now=now)
     return attestation

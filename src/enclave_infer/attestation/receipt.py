@@ -9,7 +9,7 @@ document is JSON::
      "signature": "<base64 Ed25519 signature of 'enclave-infer receipt v1' 0x00 || statement>",
      "evidence": "<base64 attestation document, with collateral>",
      "key_config": "<base64>", "nonce": "<base64>",
-     "response": "<the answer it covers, as JSON text>"}     # added by the client; optional
+     "response": "<the answer it covers, as JSON text>"}     # added by the client
 
 and the statement, canonical JSON (sorted keys, no spaces)::
 
@@ -23,8 +23,12 @@ and the statement, canonical JSON (sorted keys, no spaces)::
   instance's attestation document, whose report data binds the key with the instance's key
   configuration, configuration and ``nonce`` (``attestation.report.attestation_binding``), so a
   verifier trusts the key exactly as far as it trusts the evidence: it appraises the evidence as
-  of the receipt's time with its own roots, then checks the signature, its constraint, and that the
-  image (and the answer, when the document carries it) hash to what the statement says.
+  of the receipt's time with its own roots and its policy, then checks the signature, and that the
+  answer (and the image, when it has one) hash to what the statement says.
+- The enclave signs the statement alone and sends the document without ``response`` (the answer
+  travels beside it); the client adds the answer before keeping it. :func:`verify` refuses a
+  document without its answer: a receipt is proof of an answer, and one whose answer was removed
+  proves none (anyone could put another answer beside it and claim it was covered).
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from enclave_infer.attestation.constraints import Constraint
-from enclave_infer.attestation.evidence import Attestation, Verifier, appraise
-from enclave_infer.errors import AttestationError
+from enclave_infer.attestation.evidence import Attestation, Policy, Verifier
+from enclave_infer.attestation.evidence import verify as verify_evidence
+from enclave_infer.errors import AttestationError, ConstraintError
 from enclave_infer.protocol import b64
 
 __all__ = ["RECEIPT_HEADER", "RECEIPT_TYPE", "Receipt", "ReceiptError", "Statement", "sign", "verify"]
@@ -153,23 +157,25 @@ def sign(
 
 
 def verify(
-    receipt: Receipt,
-    *,
-    image: bytes | None = None,
-    constraint: Constraint | None = None,
-    verifier: Verifier | None = None,
+    receipt: Receipt, policy: Policy, *, verifier: Verifier, image: bytes | None = None
 ) -> tuple[Statement, Attestation]:
-    """Evidence (as of the receipt's time), binding, signature, constraint, answer, image: raises
-    :class:`ReceiptError` (or the constraint's ConstraintError) with a one-line reason."""
+    """Evidence (as of the receipt's time, with ``verifier``'s roots), binding, policy, signature,
+    answer, image: raises :class:`ReceiptError` (or the policy's ConstraintError) with a one-line
+    reason. A receipt without the answer it covers is refused."""
+    if receipt.response is None:
+        raise ReceiptError("receipt refused: it carries no answer (the answer it covers was removed)")
     statement = Statement.decode(receipt.statement)
     try:
-        attestation = appraise(
+        attestation = verify_evidence(
             receipt.evidence,
+            policy,
+            verifier=verifier,
             key_config=receipt.key_config,
             nonce=receipt.nonce,
             now=statement.time,
-            verifier=verifier,
         )
+    except ConstraintError:
+        raise
     except AttestationError as exc:
         raise ReceiptError(f"receipt refused: its evidence: {exc}") from None
     try:
@@ -181,10 +187,7 @@ def verify(
             "receipt refused: the signature does not verify with the key the evidence binds"
             " (altered, or signed by another instance)"
         ) from None
-    if constraint is not None:
-        constraint.check(attestation.report, now=statement.time)
-    answer = receipt.response
-    if answer is not None and hashlib.sha256(answer.encode()).hexdigest() != statement.response_sha256:
+    if hashlib.sha256(receipt.response.encode()).hexdigest() != statement.response_sha256:
         raise ReceiptError("receipt refused: the answer it carries is not the one it covers")
     if image is not None and hashlib.sha256(image).hexdigest() != statement.image_sha256:
         raise ReceiptError("receipt refused: this image is not the one the receipt covers")

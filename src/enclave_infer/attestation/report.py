@@ -34,6 +34,7 @@ __all__ = [
     "BINDING_LABEL",
     "MAX_NONCE_BYTES",
     "MIN_NONCE_BYTES",
+    "NONCE_BYTES",
     "RECEIPT_KEY_BYTES",
     "DcapCollateral",
     "EnclaveReport",
@@ -45,9 +46,13 @@ __all__ = [
 
 BINDING_LABEL = b"enclave-infer attestation v2\x00"
 RECEIPT_KEY_BYTES = 32
-# A nonce is the client's freshness proof: 16 bytes are enough to never repeat; 64 is a generous cap.
+# The nonce evidence binds is its freshness proof (the one definition of its length): 16 bytes are
+# enough to never repeat, 64 a generous cap; every nonce in this range is accepted, from any client.
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
+# What this project's own verifiers choose (the SDK, the host at start, key release, the enclave for
+# its receipts' evidence): 256 bits, inside the range above.
+NONCE_BYTES = 32
 
 
 class SecurityLevel(enum.IntEnum):

@@ -251,6 +251,7 @@ def _client(args: argparse.Namespace, constraint: str | None) -> Client:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from enclave_infer.attestation.evidence import Verifier
     from enclave_infer.host.server import run
     from enclave_infer.protocol.framing import parse_address
 
@@ -271,6 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
         external=external,
         log_format=args.log_format,
         collateral=_collateral_source(args),
+        verifier=Verifier.production(),
         tls=_tls(args),
         max_in_flight=args.max_in_flight,
         drain_seconds=args.drain_timeout,

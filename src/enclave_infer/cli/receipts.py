@@ -2,7 +2,8 @@
 
 A receipt (``attestation/receipt.py``) verifies offline, later, on another machine: its evidence as
 of the time it was signed (with the collateral it carries, under the production roots), the binding
-of the signing key, the signature, a constraint, and that an image is the one classified::
+of the signing key, the signature, a constraint, the answer it carries (a receipt whose answer was
+removed is refused), and that an image is the one classified::
 
     enclave-infer verify-receipt receipts/chelsea.png.receipt.json --image chelsea.png \\
         --constraint "C:<code hash> SEC:INSECURE"
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from enclave_infer.attestation import constraints
+from enclave_infer.attestation.evidence import Policy, UnsafeNoPolicy, Verifier
 from enclave_infer.attestation.receipt import Receipt, verify
 from enclave_infer.cli._options import read_file
 from enclave_infer.errors import UsageError
@@ -30,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "verify-receipt",
         help="verify a classification's signed receipt, offline",
         description="Verify a receipt: the enclave's evidence (as of the receipt's time, with the"
-        " collateral it carries), the signature with the key that evidence binds, a constraint, and"
-        " that an image is the one that was classified. Exit 1 with one line on any failure.",
+        " collateral it carries), the signature with the key that evidence binds, a constraint, the"
+        " answer it carries, and that an image is the one that was classified. Exit 1 with one line"
+        " on any failure.",
     )
     r.add_argument("receipt", type=Path, metavar="FILE", help="a receipt, as `classify --receipt DIR` writes")
     r.add_argument("--image", type=Path, help="check that this is the image that was classified")
@@ -57,7 +60,8 @@ def _verify_receipt(args: argparse.Namespace) -> int:
     receipt = Receipt.decode(read_file(args.receipt, "receipt"))
     image = read_file(args.image, "image") if args.image else None
     constraint = constraints.parse(args.constraint) if args.constraint else None
-    statement, attestation = verify(receipt, image=image, constraint=constraint)
+    policy: Policy = constraint or UnsafeNoPolicy("verify-receipt without --constraint")
+    statement, attestation = verify(receipt, policy, verifier=Verifier.production(), image=image)
     report = attestation.report
     if report.security_level.name == "INSECURE":  # e.g. simulation: anyone can forge such a receipt
         print(
@@ -71,13 +75,12 @@ def _verify_receipt(args: argparse.Namespace) -> int:
         f" model {statement.model_sha256} version {statement.model_version}"
     )
     print(f"  image sha256 {statement.image_sha256}{' (matches --image)' if image is not None else ''}")
-    if receipt.response is not None:
-        try:
-            results = json.loads(receipt.response)["results"]
-            answer = ", ".join(f"{r['label']} ({100 * r['probability']:.1f}%)" for r in results)
-        except (ValueError, KeyError, TypeError):
-            raise UsageError("the receipt's answer is not a classification") from None
-        print(f"  answer: {answer}")
+    try:  # verify() refuses a receipt without its answer
+        results = json.loads(receipt.response or "")["results"]
+        answer = ", ".join(f"{r['label']} ({100 * r['probability']:.1f}%)" for r in results)
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("the receipt's answer is not a classification") from None
+    print(f"  answer: {answer}")
     if constraint is None:
         print("  no --constraint given: the enclave's identity above is what the receipt proves")
     return 0

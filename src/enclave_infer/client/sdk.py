@@ -31,9 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.constraints import Constraint
-from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise, verify
+from enclave_infer.attestation.evidence import Attestation, Evidence, Policy, UnsafeNoPolicy, Verifier, verify
 from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
 from enclave_infer.attestation.receipt import verify as verify_receipt
+from enclave_infer.attestation.report import NONCE_BYTES
 from enclave_infer.client._transport import Reply, Transport
 from enclave_infer.client.config import ClientConfig
 from enclave_infer.errors import (
@@ -75,6 +76,8 @@ SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AE
 
 # A receipt just received must be dated within this many seconds of this client's clock.
 RECEIPT_CLOCK_SKEW = 600.0
+# The roots a client verifies evidence with unless code gives others: Intel's and AMD's, pinned.
+PRODUCTION = Verifier.production()
 
 # Which exception each problem type raises; one class per type (several types share a class).
 PROBLEM_ERRORS: Mapping[Problem, type[RemoteError]] = {
@@ -123,10 +126,10 @@ class Client:
         collateral: bytes | None = None,
         pccs_url: str | None = None,
         model_sha256: str | None = None,
-        verifier: Verifier | None = None,
+        verifier: Verifier = PRODUCTION,
     ) -> None:
         """``constraint`` None only for :meth:`inspect`: such a client never sends anything.
-        ``verifier``: the roots evidence is verified with (default :meth:`Verifier.production`).
+        ``verifier``: the roots evidence is verified with (:meth:`Verifier.production` unless given).
         ``collateral``: the DCAP collateral to verify a quote with (dcap-qvl JSON), instead of
         what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote.
         ``model_sha256``: send images only to, and accept answers only from, that model."""
@@ -142,7 +145,7 @@ class Client:
         self._now = now or (lambda: datetime.now(UTC))
         self._collateral = collateral
         self._pccs_url = pccs_url
-        self._verifier = verifier or Verifier.production()
+        self._verifier = verifier
         self._key: ohttp.KeyConfig | None = None
         self._clock_offset = 0.0
         self.attestation: Attestation | None = None
@@ -179,32 +182,27 @@ class Client:
         config = next((c for c in configs if _supports(c)), None)
         if config is None:
             raise AttestationError("the enclave offers no supported HPKE suite")
-        nonce = secrets.token_bytes(32)
+        nonce = secrets.token_bytes(NONCE_BYTES)
         document = self._get(f"/v1/attestation?nonce={nonce.hex()}", expect="application/json")
         collateral = self._collateral
         if collateral is None and self._pccs_url is not None:
             evidence = Evidence.decode(document)
             if evidence.tee in ("sgx", "tdx"):
                 collateral = fetch_collateral(self._pccs_url, evidence.evidence, timeout=self.config.timeout)
-        key_config, now = config.encode(), self._now()
-        if constraint is None:
-            return appraise(
-                document,
-                key_config=key_config,
-                nonce=nonce,
-                now=now,
-                collateral=collateral,
-                verifier=self._verifier,
-            )
+        policy: Policy = constraint or UnsafeNoPolicy(
+            "inspect: a report to read, nothing sent to the enclave"
+        )
         attestation = verify(
             document,
-            key_config=key_config,
-            nonce=nonce,
-            constraint=constraint,
-            now=now,
-            collateral=collateral,
+            policy,
             verifier=self._verifier,
+            key_config=config.encode(),
+            nonce=nonce,
+            now=self._now(),
+            collateral=collateral,
         )
+        if constraint is None:
+            return attestation
         self._key, self.attestation = config, attestation
         return attestation
 
@@ -242,7 +240,9 @@ class Client:
         except ProtocolError:
             raise ReceiptError("the enclave's receipt is not a receipt document") from None
         kept = dataclasses.replace(signed, response=response.content.decode("utf-8", "replace"))
-        statement, _ = verify_receipt(kept, image=image, constraint=self.constraint, verifier=self._verifier)
+        if self.constraint is None:  # classify() attests first, which needs one
+            raise UsageError("no enclave constraint: the client will not talk to an unchecked enclave")
+        statement, _ = verify_receipt(kept, self.constraint, verifier=self._verifier, image=image)
         if abs((statement.time - self._now()).total_seconds()) > RECEIPT_CLOCK_SKEW:
             raise ReceiptError("the receipt is dated too far from now (the enclave's host sets its clock)")
         if statement.model_sha256 != json.loads(response.content)["model"]["sha256"]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +42,8 @@ from datetime import datetime
 
 from pyhpke import PyHPKEError
 
-from enclave_infer.attestation.evidence import Attestation, Verifier, appraise
-from enclave_infer.attestation.report import EnclaveReport, report_data_binding
+from enclave_infer.attestation.evidence import Attestation, Verifier, verify
+from enclave_infer.attestation.report import NONCE_BYTES, EnclaveReport, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError, UsageError
 from enclave_infer.protocol import b64, ohttp
@@ -64,7 +65,6 @@ VERSION = 1
 JOIN_LABEL = b"enclave-infer key release v1 join\x00"
 RELEASE_LABEL = b"enclave-infer key release v1 release\x00"
 RELEASE_INFO = b"enclave-infer key release v1"
-NONCE_BYTES = 32
 CLUSTER_ID_BYTES = 16
 SEALING_KEY_BYTES = 32
 # Two attestation documents and a few keys: anything larger is not a key release message.
@@ -72,6 +72,9 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 
 # The enclave's own attestation: report data in, its attestation document (with collateral) out.
 Attest = Callable[[bytes], bytes]
+
+
+log = logging.getLogger(__name__)
 
 
 class KeyReleaseError(AttestationError):
@@ -168,17 +171,19 @@ def release(
         raise KeyReleaseError(f"key release refused: the join request's nonce is not {NONCE_BYTES} bytes")
     try:
         peer_key = ohttp.KeyConfig.decode(key_config)
-        joiner = appraise(
+        verify(
             fields["evidence"],
+            _SamePeer(own, config, "joiner"),
+            verifier=verifier,
             key_config=key_config,
             nonce=nonce,
             now=now,
             label=JOIN_LABEL,
-            verifier=verifier,
         )
+    except KeyReleaseError:
+        raise
     except (AttestationError, ProtocolError) as exc:
         raise KeyReleaseError(f"key release refused: the joiner's evidence: {exc}") from None
-    check_peer(own, config, joiner, who="joiner", now=now)
     request_digest = hashlib.sha256(request).digest()
     try:
         hdr, enc, context, _ = ohttp.setup_sender(peer_key, RELEASE_INFO, None)
@@ -206,17 +211,19 @@ def accept(
     request_digest = hashlib.sha256(pending.request).digest()
     bound = request_digest + hashlib.sha256(sealed).digest()
     try:
-        giver = appraise(
+        verify(
             fields["evidence"],
+            _SamePeer(own, config, "giver"),
+            verifier=verifier,
             key_config=bound,
             nonce=pending.nonce,
             now=now,
             label=RELEASE_LABEL,
-            verifier=verifier,
         )
+    except KeyReleaseError:
+        raise
     except AttestationError as exc:
         raise KeyReleaseError(f"key release refused: the giver's evidence: {exc}") from None
-    check_peer(own, config, giver, who="giver", now=now)
     try:
         _, context, _, ciphertext = ohttp.setup_recipient(pending.key, sealed, RELEASE_INFO)
         plaintext = context.open(ciphertext, request_digest)
@@ -300,9 +307,33 @@ def self_report(attest: Attest, config: EnclaveConfig, *, verifier: Verifier, no
     nonce = secrets.token_bytes(NONCE_BYTES)
     probe = b"enclave-infer key release self-check"
     document = attest(_binding(probe, config, nonce, JOIN_LABEL))
-    return appraise(
-        document, key_config=probe, nonce=nonce, now=now, label=JOIN_LABEL, verifier=verifier
+    return verify(
+        document, _OWN_EVIDENCE, verifier=verifier, key_config=probe, nonce=nonce, now=now, label=JOIN_LABEL
     ).report
+
+
+@dataclass(frozen=True)
+class _SamePeer:
+    """Key release's policy: :func:`check_peer` against this enclave's own report."""
+
+    own: EnclaveReport
+    config: EnclaveConfig
+    who: str
+
+    def verify(self, attestation: Attestation, *, now: datetime) -> None:
+        check_peer(self.own, self.config, attestation, who=self.who, now=now)
+
+
+class _OwnEvidence:
+    """No policy, explicitly: :func:`self_report`'s evidence is this enclave's own, made a moment ago
+    by its own platform, and is the baseline peers are compared with; there is nothing to compare
+    it with."""
+
+    def verify(self, attestation: Attestation, *, now: datetime) -> None:
+        log.debug("own evidence verified as a peer would verify it (the key release baseline)")
+
+
+_OWN_EVIDENCE = _OwnEvidence()
 
 
 def _binding(bound: bytes, config: EnclaveConfig, nonce: bytes, label: bytes) -> bytes:

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from enclave_infer import logs
+from enclave_infer.attestation.evidence import Verifier
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.platform import Platform, SimulationPlatform
 from enclave_infer.enclave.server import Enclave, serve
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.exit_with_host:
         threading.Thread(target=_exit_with_host, name="host-watch", daemon=True).start()
-    enclave = Enclave(config, platform, args.storage, shared=args.cluster_storage)
+    enclave = Enclave(
+        config, platform, args.storage, shared=args.cluster_storage, verifier=Verifier.production()
+    )
     with contextlib.suppress(KeyboardInterrupt):
         serve(enclave, listen)
     return 0

@@ -23,45 +23,29 @@ These pseudo-files are process-local but not thread-safe (Gramine's words), so t
 serialises its own use of them with a lock, and checks that every quote it reads back carries the
 report data it wrote.
 
-Quote layout (Intel SGX DCAP "ECDSA Quote Library API", quote format v3; the same layout as
-``sgx_quote3_t`` in ``QuoteGeneration/quote_wrapper/common/inc/sgx_quote_3.h`` and
-``sgx_report_body_t`` in the SGX SDK's ``sgx_report.h``)::
-
-    0    header (48)      version u16 = 3, att_key_type u16 = 2 (ECDSA-256-with-P-256), ...
-    48   report body (384)
-           +48  ATTRIBUTES (16): FLAGS u64 LE, then XFRM; FLAGS bit 1 = DEBUG
-           +64  MRENCLAVE (32)
-           +128 MRSIGNER (32)
-           +256 ISVPRODID u16 LE
-           +258 ISVSVN u16 LE
-           +320 REPORTDATA (64)
-    432  signature_data_len u32 LE
-    436  signature data (ECDSA signature, attestation key, QE report, certification data)
-
-Only what the enclave needs to know about itself is parsed here; verifying the quote (signature,
-PCK chain, TCB level) is the client's job (:mod:`enclave_infer.attestation.dcap`).
+Each quote is parsed with :func:`enclave_infer.attestation.dcap.parse_sgx_quote_body`, the framing
+checks and SGX report body offsets clients use too (quote format v3); only what the enclave needs to
+know about itself is read, and verifying the quote (signature, PCK chain, TCB level) is the
+client's job.
 """
 
 from __future__ import annotations
 
-import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from enclave_infer.enclave import _intel_quote, _pseudofs
+from enclave_infer.attestation.dcap import MAX_QUOTE_BYTES, SgxReportBody, parse_sgx_quote_body
+from enclave_infer.enclave import _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
     "DEFAULT_ROOT",
     "SEALING_POLICIES",
     "GramineSgxPlatform",
-    "SgxReportBody",
     "available",
-    "parse_sgx_quote_body",
 ]
 
 DEFAULT_ROOT = Path("/dev/attestation")
@@ -69,69 +53,9 @@ SEALING_POLICIES = ("mrenclave", "mrsigner")
 
 REPORT_DATA_SIZE = 64
 SEAL_KEY_SIZE = 16  # Gramine's special keys are raw 128-bit SGX sealing keys
-
-# Quote v3 header (sgx_quote_header_t): the fields all Intel quotes share, in _intel_quote.
-SGX_QUOTE_VERSION = 3
-# Report body (sgx_report_body_t), offsets relative to the start of the body.
-REPORT_BODY_OFFSET = _intel_quote.HEADER_SIZE
-REPORT_BODY_SIZE = 384
-BODY_ATTRIBUTES_OFFSET = 48
-BODY_MRENCLAVE_OFFSET = 64
-BODY_MRSIGNER_OFFSET = 128
-BODY_ISVPRODID_OFFSET = 256
-BODY_ISVSVN_OFFSET = 258
-BODY_REPORT_DATA_OFFSET = 320
-MEASUREMENT_SIZE = 32
-SGX_FLAG_DEBUG = 0x02  # ATTRIBUTES.FLAGS bit 1
-# Signature data follows the body, prefixed by its u32 length: a v3 quote has at least 436 bytes.
-SIGNATURE_DATA_OFFSET = REPORT_BODY_OFFSET + REPORT_BODY_SIZE + 4  # 436
-
-# Gramine's quote buffer is 8 KB; anything much larger is not a quote.
-MAX_QUOTE_BYTES = 64 * 1024
 MAX_TEXT_BYTES = 64
 
 SEALING_SALT = b"enclave-infer gramine-sgx sealing v1"
-
-
-@dataclass(frozen=True)
-class SgxReportBody:
-    """The fields of an SGX DCAP quote's report body that identify the enclave."""
-
-    mrenclave: bytes
-    mrsigner: bytes
-    product_id: int
-    security_version: int
-    attributes_flags: int
-    report_data: bytes
-
-    @property
-    def debug(self) -> bool:
-        return bool(self.attributes_flags & SGX_FLAG_DEBUG)
-
-
-def parse_sgx_quote_body(quote: bytes) -> SgxReportBody:
-    """The report body of an SGX DCAP (v3, ECDSA P-256) quote; structure only, no signature check."""
-    if len(quote) < SIGNATURE_DATA_OFFSET:
-        raise AttestationError(f"SGX quote truncated: {len(quote)} bytes, a v3 quote has at least 436")
-    version, att_key_type, _ = _intel_quote.HEADER.unpack_from(quote)
-    if version != SGX_QUOTE_VERSION:
-        raise AttestationError(f"SGX quote version {version} is not supported (expected 3, DCAP)")
-    if att_key_type != _intel_quote.ATT_KEY_TYPE_ECDSA_P256:
-        raise AttestationError(f"SGX quote attestation key type {att_key_type} is not ECDSA P-256")
-    body = _intel_quote.report_body(
-        quote, REPORT_BODY_OFFSET, REPORT_BODY_SIZE, tee="SGX", body="report body"
-    )
-    (flags,) = struct.unpack_from("<Q", body, BODY_ATTRIBUTES_OFFSET)
-    (product_id,) = struct.unpack_from("<H", body, BODY_ISVPRODID_OFFSET)
-    (svn,) = struct.unpack_from("<H", body, BODY_ISVSVN_OFFSET)
-    return SgxReportBody(
-        mrenclave=body[BODY_MRENCLAVE_OFFSET : BODY_MRENCLAVE_OFFSET + MEASUREMENT_SIZE],
-        mrsigner=body[BODY_MRSIGNER_OFFSET : BODY_MRSIGNER_OFFSET + MEASUREMENT_SIZE],
-        product_id=product_id,
-        security_version=svn,
-        attributes_flags=flags,
-        report_data=body[BODY_REPORT_DATA_OFFSET : BODY_REPORT_DATA_OFFSET + REPORT_DATA_SIZE],
-    )
 
 
 def available(root: Path = DEFAULT_ROOT) -> bool:

@@ -17,15 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.attestation import receipt
 from enclave_infer.attestation.evidence import Evidence
-from enclave_infer.attestation.report import attestation_binding
+from enclave_infer.attestation.report import NONCE_BYTES, attestation_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.platform import Platform
 from enclave_infer.protocol import bhttp
 from enclave_infer.protocol.manifest import sf_binary
 
 __all__ = ["Receipts"]
-
-NONCE_BYTES = 32
 
 
 class Receipts:

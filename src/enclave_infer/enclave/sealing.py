@@ -25,7 +25,7 @@ from enclave_infer.errors import DecryptionError, ProtocolError
 __all__ = ["Sealer"]
 
 MAGIC = b"EISEAL1"
-NONCE_BYTES = 12
+GCM_NONCE_BYTES = 12  # AES-GCM's nonce (NIST SP 800-38D), not an attestation nonce
 
 
 class Sealer:
@@ -49,14 +49,14 @@ class Sealer:
             raise DecryptionError() from None
 
     def seal(self, plaintext: bytes, label: bytes) -> bytes:
-        nonce = secrets.token_bytes(NONCE_BYTES)
+        nonce = secrets.token_bytes(GCM_NONCE_BYTES)
         return MAGIC + nonce + self._aead.encrypt(nonce, plaintext, label)
 
     def unseal(self, blob: bytes, label: bytes) -> bytes:
-        if len(blob) < len(MAGIC) + NONCE_BYTES + 16 or not blob.startswith(MAGIC):
+        if len(blob) < len(MAGIC) + GCM_NONCE_BYTES + 16 or not blob.startswith(MAGIC):
             raise ProtocolError("not a sealed blob")
-        nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
-        return self.decrypt(nonce, blob[len(MAGIC) + NONCE_BYTES :], label)
+        nonce = blob[len(MAGIC) : len(MAGIC) + GCM_NONCE_BYTES]
+        return self.decrypt(nonce, blob[len(MAGIC) + GCM_NONCE_BYTES :], label)
 
     def write(self, path: Path, parts: Sequence[tuple[bytes, bytes]]) -> None:
         """Seal each (plaintext, label) part on its own, so that a large part is never copied

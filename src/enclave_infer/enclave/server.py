@@ -63,7 +63,7 @@ class Enclave:
     ``shared``: the storage of a cluster (:mod:`enclave_infer.cluster`): the enclave serves nothing
     until it has joined one by attested key release, or founded one; then it answers with the
     cluster's key and serves the cluster's models from ``shared``. ``verifier``: the roots peers'
-    evidence is verified with (tests only; production roots otherwise)."""
+    evidence is verified with (:meth:`Verifier.production`, or a test's own roots)."""
 
     def __init__(
         self,
@@ -72,7 +72,7 @@ class Enclave:
         storage: Path,
         *,
         shared: Path | None = None,
-        verifier: Verifier | None = None,
+        verifier: Verifier,
     ) -> None:
         self.config = config
         self.platform = platform
@@ -86,7 +86,7 @@ class Enclave:
         self.cluster: keyrelease.ClusterSecrets | None = None
         self._pending: keyrelease.PendingJoin | None = None
         self._cluster_lock = threading.Lock()
-        self._verifier = verifier or Verifier.production()
+        self._verifier = verifier
         try:
             sealer: Sealer | None = Sealer(platform.sealing_key())
         except AttestationError as exc:

@@ -19,7 +19,8 @@ from pathlib import Path
 import uvicorn
 
 from enclave_infer import logs
-from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise
+from enclave_infer.attestation.evidence import Attestation, Evidence, UnsafeNoPolicy, Verifier, verify
+from enclave_infer.attestation.report import NONCE_BYTES
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
 from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, create_app
@@ -47,24 +48,31 @@ DRAIN_SECONDS = 30.0
 async def _fetch_evidence(enclave: EnclaveProcess) -> tuple[bytes, bytes, bytes]:
     """The enclave's key configuration, a fresh nonce, and its evidence document for them."""
     kind, keys = await enclave.call(FrameType.GET_KEYS)
-    nonce = secrets.token_bytes(32)
+    nonce = secrets.token_bytes(NONCE_BYTES)
     kind2, document = await enclave.call(FrameType.GET_EVIDENCE, nonce)
     if kind is not FrameType.KEYS or kind2 is not FrameType.EVIDENCE:
         raise TransportError("the enclave did not answer the start-up attestation")
     return ohttp.decode_key_configs(keys)[0].encode(), nonce, document
 
 
+_NO_CLIENT_POLICY = UnsafeNoPolicy(
+    "the host's check of its own enclave at start; clients check their constraints"
+)
+
+
 def self_attest(enclave: EnclaveProcess, verifier: Verifier, collateral: bytes | None = None) -> Attestation:
     """What the Conclave host does at start: fetch its enclave's evidence, appraise it with the
-    collateral the host serves, and log the report. Raises when it does not verify."""
+    collateral the host serves, and log the report. Raises when it does not verify. The host has no
+    policy of its own (each client checks its constraint), and says so in its log."""
     key_config, nonce, document = asyncio.run(_fetch_evidence(enclave))
-    attestation = appraise(
+    attestation = verify(
         document,
+        _NO_CLIENT_POLICY,
+        verifier=verifier,
         key_config=key_config,
         nonce=nonce,
         now=datetime.now(UTC),
         collateral=collateral,
-        verifier=verifier,
     )
     if attestation.report.tee == "simulation":
         log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
@@ -82,7 +90,7 @@ def run(
     external: Address | None = None,
     log_format: str = "text",
     collateral: CollateralSource | None = None,
-    verifier: Verifier | None = None,
+    verifier: Verifier,
     tls: tuple[Path, Path] | None = None,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     drain_seconds: float = DRAIN_SECONDS,
@@ -90,14 +98,13 @@ def run(
 ) -> None:
     """``collateral``: where the host gets collateral for its enclave's evidence (default: Intel's
     PCS for SGX and TDX, AMD's KDS for SEV-SNP). ``verifier``: the roots the host appraises its own
-    enclave with at start (default :meth:`Verifier.production`; only code, never an option, sets
-    another). ``tls``: (certificate chain, private key) PEM files to serve HTTPS with.
+    enclave with at start (:meth:`Verifier.production`; only code, never an option, gives another).
+    ``tls``: (certificate chain, private key) PEM files to serve HTTPS with.
     ``max_in_flight``: requests at once before 503. ``drain_seconds``: how long SIGTERM waits for
     requests in progress before the enclave stops. ``collateral_first_retry``: seconds before the
     first retry of a failed collateral fetch (then doubling); tests shorten it."""
     started = time.monotonic()
     logs.configure("host", log_format)
-    verifier = verifier or Verifier.production()
     listener = _listen(host, port)  # before the enclave starts: a busy port fails fast, in one line
     port = listener.getsockname()[1]  # --port 0: the one the system chose
     enclave = EnclaveProcess(config, data_dir, platform=platform, external=external, log_format=log_format)
