@@ -246,7 +246,9 @@ def test_the_fixed_command_line_finds_everything_inside_the_mounts(variables: di
             assert any(Path(entry).is_relative_to(m) for m in mounted), entry
     trusted_dirs = [Path(t[5:]) for t in manifest["sgx"]["trusted_files"] if t.endswith("/")]
     trusted_files = {Path(t[5:]) for t in manifest["sgx"]["trusted_files"] if not t.endswith("/")}
-    assert Path(package_file) in trusted_files or any(Path(package_file).is_relative_to(d) for d in trusted_dirs)
+    assert Path(package_file) in trusted_files or any(
+        Path(package_file).is_relative_to(d) for d in trusted_dirs
+    )
 
 
 def test_outside_a_venv_argv0_is_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
