@@ -141,7 +141,7 @@ class EnclaveHost:
                 await asyncio.sleep(1.0)
             if answer is not None:
                 kind, payload = await self._cluster(FrameType.CLUSTER_ACCEPT, answer)
-                if kind is FrameType.STATUS:
+                if kind is FrameType.CLUSTER_JOINED:
                     log.info("joined the cluster through key release in %.1f s", time.monotonic() - started)
                     for _ in range(EXTRA_RELEASES):  # the highest floor of several members
                         await self._release_to_self(release, request)
@@ -150,7 +150,7 @@ class EnclaveHost:
             waited = time.monotonic() - started
             if self._rank == 0 and waited >= FOUND_AFTER_SECONDS:
                 kind, payload = await self._cluster(FrameType.CLUSTER_FOUND)
-                if kind is not FrameType.STATUS:
+                if kind is not FrameType.CLUSTER_FOUNDED:
                     raise TransportError(f"the enclave could not found a cluster: {_problem(kind, payload)}")
                 log.info("no member answered in %.0f s: founded a new cluster", waited)
                 return
@@ -166,7 +166,7 @@ class EnclaveHost:
         except Exception as exc:
             log.info("floor refresh: %s", _one_line(exc))
             return
-        if kind is not FrameType.STATUS:
+        if kind is not FrameType.CLUSTER_JOINED:
             log.warning("floor refresh: %s", _problem(kind, payload))
 
     async def _refresh_floor(self) -> None:
@@ -211,10 +211,10 @@ class EnclaveHost:
             if names == seen:
                 continue
             try:
-                kind, _ = await self._cluster(FrameType.CLUSTER_RELOAD)
+                kind, _ = await self._cluster(FrameType.CLUSTER_RELOAD, framing.ClusterAction.RELOAD.value)
             except (TransportError, ProtocolError):
                 continue
-            if kind is FrameType.STATUS:
+            if kind is FrameType.CLUSTER_CHECKED:
                 seen = names
 
     # -- Ray's hooks -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from enclave_infer.enclave.sealing import Sealer
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
 from enclave_infer.protocol.api import Problem
-from enclave_infer.protocol.framing import Address, FrameType, format_address
+from enclave_infer.protocol.framing import Address, Cap, FrameType, format_address
 
 __all__ = ["Enclave", "serve"]
 
@@ -108,54 +109,112 @@ class Enclave:
         self.large_frames = threading.BoundedSemaphore(MAX_LARGE_FRAMES)
         self.max_frame_bytes = config.limits.max_request_bytes
         self.max_image_frame_bytes = config.limits.max_image_bytes + IMAGE_REQUEST_OVERHEAD
+        self._caps = {
+            Cap.EMPTY: 0,
+            Cap.NONCE: MAX_NONCE_BYTES,
+            Cap.DOCUMENT: MAX_DOCUMENT_BYTES,
+            Cap.CLUSTER: framing.CLUSTER_PREFIX.size + MAX_DOCUMENT_BYTES + keyrelease.MAX_MESSAGE_BYTES,
+            Cap.REQUEST: config.limits.max_request_bytes,
+        }
+        # what answers each request of framing.REQUESTS (but CHUNKED_BEGIN, a stream: _Handler)
+        self._handlers: dict[FrameType, Callable[[bytes], bytes]] = {
+            FrameType.GET_KEYS: self._keys,
+            FrameType.GET_EVIDENCE: self._evidence,
+            FrameType.GET_STATUS: self._status,
+            FrameType.SET_COLLATERAL: self._set_collateral,
+            FrameType.OHTTP_REQUEST: self._ohttp,
+            **{kind: self._cluster_handler(kind) for kind, spec in framing.REQUESTS.items() if spec.cluster},
+        }
+
+    # -- the frames: dispatched by framing.REQUESTS -----------------------------------------------
+
+    def cap(self, spec: framing.Spec) -> int:
+        """The most payload a request of ``spec`` may carry, in bytes."""
+        return self._caps[spec.cap]
+
+    def refusal(self, kind: FrameType) -> bytes | None:
+        """The ERROR frame for a request this enclave does not take (not a request, a cluster frame
+        to an enclave that serves alone, a client's request before the enclave joined its cluster),
+        or None. The one place these are checked, from the frame's row in ``framing.REQUESTS``."""
+        spec = framing.REQUESTS.get(kind)
+        if spec is None:
+            return _problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}")
+        if spec.cluster and self.shared is None:
+            return _problem(Problem.MALFORMED_REQUEST, "this enclave was not started as a cluster member")
+        if spec.joined and self.shared is not None and self.cluster is None:
+            return _problem(Problem.ENCLAVE_UNAVAILABLE, NOT_JOINED_DETAIL)
+        return None
 
     def answer(self, kind: FrameType, payload: bytes) -> bytes:
-        if kind is FrameType.GET_STATUS:
-            return self._status()
-        if kind is FrameType.GET_KEYS:
-            return framing.encode_frame(FrameType.KEYS, ohttp.encode_key_configs([self.key.config]))
-        if kind is FrameType.GET_EVIDENCE:
-            if not MIN_NONCE_BYTES <= len(payload) <= MAX_NONCE_BYTES:
-                return _problem(
-                    Problem.INVALID_PARAMETER, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
-                )
-            report_data = attestation_binding(
-                self.key_config, self.receipt_public_key, self.config.digest(), payload
+        """The reply frame to one request frame (a chunked request streams: :class:`_Handler`)."""
+        refusal = self.refusal(kind)
+        if refusal is not None:
+            return refusal
+        spec = framing.REQUESTS[kind]
+        handler = self._handlers.get(kind)
+        if handler is None:  # CHUNKED_BEGIN: its stream is read by the connection's handler
+            return _problem(Problem.MALFORMED_REQUEST, f"{kind.name} opens a stream on a connection")
+        if len(payload) > self.cap(spec):
+            return _problem(Problem.TOO_LARGE, f"{kind.name} takes at most {self.cap(spec)} bytes")
+        try:
+            return framing.encode_frame(spec.reply, handler(payload))
+        except _Refused as exc:
+            return exc.frame
+        except Exception as exc:  # never let one request take the enclave down
+            log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
+            return _problem(Problem.INTERNAL, "internal enclave error")
+
+    def _keys(self, payload: bytes) -> bytes:
+        return ohttp.encode_key_configs([self.key.config])
+
+    def _evidence(self, nonce: bytes) -> bytes:
+        if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+            raise _Refused(
+                Problem.INVALID_PARAMETER, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
             )
-            document = Evidence(
-                self.platform.tee,
-                self.platform.evidence(report_data),
-                self.config.canonical(),
-                receipt_key=self.receipt_public_key,
-            )
-            return framing.encode_frame(FrameType.EVIDENCE, document.encode())
-        if kind is FrameType.SET_COLLATERAL:
-            if len(payload) > MAX_DOCUMENT_BYTES:
-                return _problem(Problem.TOO_LARGE, f"collateral larger than {MAX_DOCUMENT_BYTES} bytes")
-            self.receipts.set_collateral(payload)
-            return self._status()
-        if kind in _CLUSTER_FRAMES:
-            return self._cluster(kind, payload)
-        if kind is FrameType.OHTTP_REQUEST:
-            if self.shared is not None and self.cluster is None:
-                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
-            try:
-                return framing.encode_frame(FrameType.OHTTP_RESPONSE, self.gateway.handle(payload))
-            except (DecryptionError, ohttp.KeyMismatchError):
-                return _problem(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL)
-            except ProtocolError as exc:
-                return _problem(Problem.MALFORMED_REQUEST, f"malformed encapsulated request: {exc}")
-        return _problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}")
+        report_data = attestation_binding(
+            self.key_config, self.receipt_public_key, self.config.digest(), nonce
+        )
+        document = Evidence(
+            self.platform.tee,
+            self.platform.evidence(report_data),
+            self.config.canonical(),
+            receipt_key=self.receipt_public_key,
+        )
+        return document.encode()
+
+    def _status(self, payload: bytes = b"") -> bytes:
+        return json.dumps(self.store.status().to_json()).encode()
+
+    def _set_collateral(self, collateral: bytes) -> bytes:
+        self.receipts.set_collateral(collateral)
+        return b""
+
+    def _ohttp(self, request: bytes) -> bytes:
+        try:
+            return self.gateway.handle(request)
+        except (DecryptionError, ohttp.KeyMismatchError):
+            raise _Refused(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL) from None
+        except ProtocolError as exc:
+            raise _Refused(Problem.MALFORMED_REQUEST, f"malformed encapsulated request: {exc}") from None
 
     # -- clusters ------------------------------------------------------------------------------
 
+    def _cluster_handler(self, kind: FrameType) -> Callable[[bytes], bytes]:
+        return lambda payload: self._cluster(kind, payload)
+
     def _cluster(self, kind: FrameType, payload: bytes) -> bytes:
-        if self.shared is None:
-            return _problem(Problem.MALFORMED_REQUEST, "this enclave was not started as a cluster member")
         try:
             collateral, message = framing.decode_cluster_payload(payload)
         except ProtocolError as exc:
-            return _problem(Problem.MALFORMED_REQUEST, str(exc))
+            raise _Refused(Problem.MALFORMED_REQUEST, str(exc)) from None
+        if kind is FrameType.CLUSTER_RELOAD:
+            try:
+                framing.ClusterAction(message)
+            except ValueError:
+                raise _Refused(Problem.MALFORMED_REQUEST, "CLUSTER_RELOAD without a known action") from None
+            self.store.reload()
+            return b""
 
         def attest(report_data: bytes) -> bytes:
             evidence = self.platform.evidence(report_data)
@@ -164,31 +223,26 @@ class Enclave:
         now = datetime.now(UTC)  # the host's clock: see the README on key release
         with self._cluster_lock:
             try:
-                reply = self._cluster_locked(kind, message, attest, now)
+                reply, joined = self._cluster_locked(kind, message, attest, now)
             except keyrelease.KeyReleaseError as exc:
                 log.warning("%s", exc)
-                return _problem(Problem.KEY_RELEASE_REFUSED, str(exc))
+                raise _Refused(Problem.KEY_RELEASE_REFUSED, str(exc)) from None
             except AttestationError as exc:  # this enclave's own evidence does not verify
                 log.error("key release: this enclave's own evidence does not verify: %s", exc)
-                return _problem(Problem.KEY_RELEASE_REFUSED, f"the enclave's own evidence: {exc}")
-        if reply:
-            return reply
-        # a member now, or asked to reload: load the newest model outside the lock, so that releases
-        # to joiners never wait for a model to load
-        self.store.reload()
-        return self._status()
+                raise _Refused(Problem.KEY_RELEASE_REFUSED, f"the enclave's own evidence: {exc}") from None
+        if joined:
+            # a member now: load the newest model outside the lock, so that releases to joiners
+            # never wait for a model to load
+            self.store.reload()
+        return reply
 
     def _cluster_locked(
         self, kind: FrameType, message: bytes, attest: keyrelease.Attest, now: datetime
-    ) -> bytes:
+    ) -> tuple[bytes, bool]:
+        """The reply's payload, and whether the enclave has just joined (or founded) its cluster."""
         member = self.cluster
-        if kind is FrameType.CLUSTER_RELOAD:
-            if member is None:
-                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
-            return b""  # reload, outside the lock
         if kind is FrameType.CLUSTER_RELEASE:
-            if member is None:
-                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
+            assert member is not None  # the frame's row: joined
             own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
             if own.tee == "simulation":
                 log.warning("SIMULATION: releasing the cluster's keys on unsigned evidence (INSECURE)")
@@ -202,27 +256,27 @@ class Enclave:
                 now=now,
             )
             log.info("released the cluster's keys to a joining enclave")
-            return framing.encode_frame(FrameType.CLUSTER_MESSAGE, answer)
+            return answer, False
         if kind is FrameType.CLUSTER_FOUND:
             if member is not None:  # its key would change under its clients
-                return _problem(Problem.MALFORMED_REQUEST, "the enclave is already a member of its cluster")
+                raise _Refused(Problem.MALFORMED_REQUEST, "the enclave is already a member of its cluster")
             self._pending = None
             self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
-            return b""
+            return b"", True
         if kind is FrameType.CLUSTER_JOIN:
             # a member asks too: a release to it tells it the giver's floor (a floor refresh)
             self._pending = keyrelease.join_request(attest, self.config)
-            return framing.encode_frame(FrameType.CLUSTER_MESSAGE, self._pending.request)
-        # CLUSTER_ACCEPT
+            return self._pending.request, False
+        assert kind is FrameType.CLUSTER_ACCEPT
         if self._pending is None:
-            return _problem(Problem.MALFORMED_REQUEST, "no join request is waiting for a release")
+            raise _Refused(Problem.MALFORMED_REQUEST, "no join request is waiting for a release")
         own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
         secrets = keyrelease.accept(
             message, self._pending, own=own, config=self.config, verifier=self._verifier, now=now
         )
         if member is None:
             self._join(secrets, founded=False)
-            return b""
+            return b"", True
         # already a member (a second release for one join request, or a refresh): the floor only
         if (secrets.cluster_id, secrets.sealing_key, secrets.ohttp_key.private_bytes()) != (
             member.cluster_id,
@@ -231,7 +285,7 @@ class Enclave:
         ):
             raise keyrelease.KeyReleaseError("key release refused: the giver is a member of another cluster")
         self.store.raise_floor(secrets.floor)
-        return b""
+        return b"", False
 
     def _join(self, cluster: keyrelease.ClusterSecrets, *, founded: bool) -> None:
         assert self.shared is not None
@@ -248,23 +302,10 @@ class Enclave:
             hashlib.sha256(self.key_config).hexdigest().upper(),
             cluster.floor,
         )
-        sealer = Sealer(cluster.sealing_key, purpose=CLUSTER_SEALING_PURPOSE)
-        self.store.use_cluster(sealer, self.shared, cluster.cluster_id.hex(), cluster.floor)
-
-    def _status(self) -> bytes:
-        return framing.encode_frame(FrameType.STATUS, json.dumps(self.store.status().to_json()).encode())
 
 
 CLUSTER_SEALING_PURPOSE = b"enclave-infer cluster storage v1"
-_CLUSTER_FRAMES = frozenset(
-    {
-        FrameType.CLUSTER_JOIN,
-        FrameType.CLUSTER_RELEASE,
-        FrameType.CLUSTER_ACCEPT,
-        FrameType.CLUSTER_FOUND,
-        FrameType.CLUSTER_RELOAD,
-    }
-)
+NOT_JOINED_DETAIL = "the enclave has not joined its cluster yet"
 
 
 # RFC 9458 §5.3: a request not encrypted to this key (an outdated configuration, or corrupted on
@@ -275,6 +316,14 @@ KEY_PROBLEM_DETAIL = "the request is not encrypted to this enclave's key configu
 
 def _problem(problem: Problem, detail: str) -> bytes:
     return framing.encode_problem(problem.details(detail))
+
+
+class _Refused(Exception):
+    """A request frame is answered with ``problem``: raised by the frame handlers."""
+
+    def __init__(self, problem: Problem, detail: str) -> None:
+        super().__init__(detail)
+        self.frame = _problem(problem, detail)
 
 
 class _FrameError(Exception):
@@ -338,8 +387,7 @@ class _StreamDeadline:
         self._connection.settimeout(None)
 
 
-# Frames that need no slot: the most payload each may carry.
-_SMALL_QUESTIONS = {FrameType.GET_KEYS: 0, FrameType.GET_STATUS: 0, FrameType.GET_EVIDENCE: MAX_NONCE_BYTES}
+_CHUNKED_REPLY = framing.REQUESTS[FrameType.CHUNKED_BEGIN].reply
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -354,46 +402,39 @@ class _Handler(socketserver.StreamRequestHandler):
                 if head is None:
                     return
                 kind, length = head
-                if kind in _SMALL_QUESTIONS:
-                    # keys, status and evidence: small, and answered at once, never queued behind
-                    # inferences (a health check must not time out because the enclave is busy)
-                    if length > _SMALL_QUESTIONS[kind]:
-                        frames.send(
-                            _problem(
-                                Problem.MALFORMED_REQUEST,
-                                f"{kind.name} takes at most {_SMALL_QUESTIONS[kind]} bytes",
-                            )
-                        )
-                        return
-                    payload = frames.payload(length)
-                    if payload is None:
-                        return
-                    frames.send(enclave.answer(kind, payload))
-                    continue
-                # The slot is taken before the payload is read, so at most max_concurrent_requests
-                # payloads are in the enclave's memory at once, however many connections the host
-                # opens, and of them at most MAX_LARGE_FRAMES larger than an image request.
+                spec = framing.REQUESTS.get(kind)
+                if spec is None:  # not a request: the host is broken, and the payload unread
+                    frames.send(_problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}"))
+                    return
+                if length > enclave.cap(spec):
+                    frames.send(
+                        _problem(Problem.TOO_LARGE, f"{kind.name} takes at most {enclave.cap(spec)} bytes")
+                    )
+                    return
+                # Keys, status, evidence and collateral take no slot: small, and answered at once,
+                # never queued behind inferences (a health check must not time out because the
+                # enclave is busy). For the rest, the slot is taken before the payload is read, so at
+                # most max_concurrent_requests payloads are in the enclave's memory at once, however
+                # many connections the host opens, and of them at most MAX_LARGE_FRAMES larger than
+                # an image request.
                 large = length > enclave.max_image_frame_bytes
-                with enclave.slots, enclave.large_frames if large else contextlib.nullcontext():
+                with contextlib.ExitStack() as held:
+                    if spec.slot:
+                        held.enter_context(enclave.slots)
+                    if large:
+                        held.enter_context(enclave.large_frames)
                     payload = frames.payload(length)
                     if payload is None:
                         return
                     if kind is FrameType.CHUNKED_BEGIN:
-                        if enclave.shared is not None and enclave.cluster is None:
-                            frames.send(
-                                _problem(
-                                    Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet"
-                                )
-                            )
+                        refusal = enclave.refusal(kind)
+                        if refusal is not None:
+                            frames.send(refusal)
                             return
                         if not self._chunked(frames, payload):
                             return
                         continue
-                    try:
-                        reply = enclave.answer(kind, payload)
-                    except Exception as exc:  # never let one request take the enclave down
-                        log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
-                        reply = _problem(Problem.INTERNAL, "internal enclave error")
+                    reply = enclave.answer(kind, payload)
                     del payload
                 frames.send(reply)
         except _FrameError as exc:
@@ -413,7 +454,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 if not answered:
                     early = exchange.feed(payload)
                     if early is not None:
-                        frames.send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, early))
+                        frames.send(framing.encode_frame(_CHUNKED_REPLY, early))
                         answered = True
                 frame = frames.next()
                 if frame is None:
@@ -431,7 +472,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     return False
                 if kind is FrameType.CHUNKED_END:
                     if not answered:
-                        frames.send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, exchange.finish()))
+                        frames.send(framing.encode_frame(_CHUNKED_REPLY, exchange.finish()))
                     return True
                 if kind is not FrameType.CHUNKED_DATA:
                     frames.send(

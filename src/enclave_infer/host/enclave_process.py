@@ -245,7 +245,8 @@ class EnclaveProcess:
     async def call(
         self, kind: FrameType, payload: bytes | bytearray = b"", *, pooled: bool = False
     ) -> tuple[FrameType, bytes]:
-        """Send one frame, return the reply's type and payload. The payload is not copied.
+        """Send one frame, return the reply's type and payload: the reply ``framing.REQUESTS`` names
+        for ``kind``, or ERROR (anything else raises :class:`ProtocolError`). The payload is not copied.
         ``pooled``: reuse an idle connection of this event loop's (the server's own), and keep this
         one for the next request: no connect, and no new enclave thread, per request."""
         async with self._work() if kind is FrameType.OHTTP_REQUEST else contextlib.nullcontext():
@@ -254,6 +255,7 @@ class EnclaveProcess:
             try:
                 await _write_frame(writer, kind, payload)
                 reply = await _read_frame(reader)
+                framing.check_reply(kind, reply[0])  # the row of framing.REQUESTS, or ERROR
                 done = True
                 return reply
             except (OSError, asyncio.IncompleteReadError):
@@ -329,7 +331,9 @@ class EnclaveProcess:
                 if kind is FrameType.CHUNKED_BEGIN:  # an empty body still opens and closes a stream
                     await _write_frame(writer, kind, b"")
                 await _write_frame(writer, FrameType.CHUNKED_END, b"")
-            return await answer
+            reply = await answer
+            framing.check_reply(FrameType.CHUNKED_BEGIN, reply[0])
+            return reply
         except (OSError, asyncio.IncompleteReadError):
             raise TransportError("the enclave closed the connection") from None
         finally:
