@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ray.serve import Application
 
 from enclave_infer import logs
 from enclave_infer.attestation.evidence import Verifier
+from enclave_infer.cluster.storage import model_files
 from enclave_infer.config import EnclaveConfig, load_public_key_file
 from enclave_infer.errors import EnclaveInferError, ProtocolError, TransportError, UsageError
 from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, create_app
@@ -61,7 +61,6 @@ FLOOR_REFRESH_SECONDS = 30.0
 # How often a host looks for new model files in the shared folder, and whether its enclave lives.
 WATCH_SECONDS = 1.0
 LIVENESS_SECONDS = 0.25
-_MODEL_FILE = re.compile(r"model-v[0-9]+\.sealed")
 
 
 class KeyReleaseRefused(Exception):
@@ -204,7 +203,7 @@ class EnclaveHost:
                     log.error("the enclave process has exited: stopping this replica for Ray to replace")
                     os._exit(1)
             try:
-                names = await asyncio.to_thread(_model_files, self._shared)
+                names = await asyncio.to_thread(model_files, self._shared)
             except OSError as exc:
                 log.warning("cannot list the shared folder: %s", exc.strerror)
                 continue
@@ -310,10 +309,6 @@ def build(args: dict[str, Any]) -> Application:
     for name in ("config", "owner_public_key", "shared_dir", "data_dir"):
         kwargs[name] = str(Path(kwargs[name]).absolute())  # the builder's working directory
     return EnclaveHostDeployment.bind(**kwargs)
-
-
-def _model_files(shared: Path) -> frozenset[str]:
-    return frozenset(p.name for p in shared.iterdir() if _MODEL_FILE.fullmatch(p.name))
 
 
 def _problem(kind: FrameType, payload: bytes) -> str:

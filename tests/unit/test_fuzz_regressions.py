@@ -14,6 +14,7 @@ import pytest
 from enclave_infer.attestation import snp
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.models import ModelStore
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.server import Enclave
@@ -45,8 +46,9 @@ def test_classify_top_with_more_digits_than_int_converts(
 ) -> None:
     """int() refuses strings of over 4300 digits with ValueError: the enclave answered internal-error
     (500) and logged it, instead of invalid-parameter."""
-    store = ModelStore(EnclaveConfig(owner_public_key=bytes(32)), None, tmp_path)
-    app = App(store, max_top_k=20, max_image_bytes=1 << 20)
+    config = EnclaveConfig(owner_public_key=bytes(32))
+    store = ModelStore(config, None, tmp_path)
+    app = App(store, Classifier(config, store.state), max_top_k=20, max_image_bytes=1 << 20)
     with caplog.at_level(logging.ERROR, logger="enclave_infer"):
         response = app(bhttp.decode_request(CLASSIFY_TOP_5000_DIGITS))
     assert response.status == 400

@@ -17,8 +17,9 @@ from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
 from enclave_infer.client.owner import public_key_bytes
 from enclave_infer.cluster import keyrelease
+from enclave_infer.cluster.storage import model_file_name as cluster_model_name
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.enclave.models import ModelError, cluster_model_name
+from enclave_infer.enclave.models import ModelError
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.server import Enclave
 from enclave_infer.enclave.tsm import ConfigfsTsmPlatform

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.client.owner import public_key_bytes
 from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.models import SEALED_MODEL, ModelError, ModelStore
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.sealing import Sealer
@@ -42,8 +43,12 @@ def test_seal_round_trip_and_tamper(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.partial"))
 
 
+def again_config(key: Ed25519PrivateKey) -> EnclaveConfig:
+    return EnclaveConfig(owner_public_key=public_key_bytes(key))
+
+
 def make_store(tmp_path: Path, key: Ed25519PrivateKey) -> ModelStore:
-    config = EnclaveConfig(owner_public_key=public_key_bytes(key))
+    config = again_config(key)
     return ModelStore(config, Sealer(SimulationPlatform(config).sealing_key()), tmp_path / "sealed")
 
 
@@ -71,7 +76,7 @@ def test_restart_serves_the_sealed_model(tmp_path: Path) -> None:
     again = make_store(tmp_path, key)
     again.restore()
     assert again.current is not None and again.current.manifest.version == 3
-    assert again.classify(png((250, 0, 0)), 1).results[0].label == "red"
+    assert Classifier(again_config(key), again.state).classify(png((250, 0, 0)), 1).results[0].label == "red"
     with pytest.raises(ModelError, match="not newer"):
         provision(again, key, 3)
 
@@ -89,7 +94,7 @@ def test_tampered_storage_serves_no_model(tmp_path: Path, caplog: pytest.LogCapt
     assert store.current is None
     assert "cannot be read" in caplog.text and "re-provision" in caplog.text
     with pytest.raises(ModelError, match="no model has been provisioned"):
-        store.classify(png((0, 0, 0)), 1)
+        Classifier(again_config(key), store.state).classify(png((0, 0, 0)), 1)
 
 
 def test_a_configuration_change_says_to_re_provision(

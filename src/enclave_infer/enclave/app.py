@@ -17,6 +17,7 @@ import logging
 from urllib.parse import parse_qs, urlsplit
 
 from enclave_infer.attestation.receipt import RECEIPT_HEADER
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.gateway import StreamSink
 from enclave_infer.enclave.models import LoadedModel, ModelError, ModelStore, Upload
 from enclave_infer.enclave.receipts import Receipts
@@ -48,6 +49,7 @@ class App:
     def __init__(
         self,
         store: ModelStore,
+        classifier: Classifier,
         *,
         max_top_k: int,
         max_image_bytes: int,
@@ -55,6 +57,7 @@ class App:
         pad: bool = False,
     ) -> None:
         self._store = store
+        self._classifier = classifier
         self._max_top_k = max_top_k
         self._max_image_bytes = max_image_bytes
         self._receipts = receipts
@@ -155,7 +158,7 @@ class App:
         except UsageError as exc:
             return Problem.INVALID_PARAMETER.details(str(exc)).response()
         pinned = request.header(Header.MODEL_PIN)
-        result = self._store.classify(request.content, top, runtime, pinned=pinned)
+        result = self._classifier.classify(request.content, top, runtime, pinned=pinned)
         response = _json(200, result.to_json())
         if self._receipts is not None and request.header(RECEIPT_HEADER) == "?1":
             receipt = self._receipts.header(

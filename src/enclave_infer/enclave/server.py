@@ -32,14 +32,16 @@ from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, a
 from enclave_infer.cluster import keyrelease
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.gateway import Gateway
-from enclave_infer.enclave.models import ModelStore
+from enclave_infer.enclave.models import LoadedModel, ModelStore
 from enclave_infer.enclave.platform import Platform
 from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.enclave.sealing import Sealer
+from enclave_infer.enclave.state import AlreadyJoined, OtherCluster, TrustedState
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
-from enclave_infer.protocol.api import Problem
+from enclave_infer.protocol.api import EnclaveStatus, Problem
 from enclave_infer.protocol.framing import Address, Cap, FrameType, format_address
 
 __all__ = ["Enclave", "serve"]
@@ -78,13 +80,13 @@ class Enclave:
         self.config = config
         self.platform = platform
         # fresh per instance; it leaves only by attested key release, to a member of its cluster
-        self.key = ohttp.GatewayKey.generate(key_id=1)
-        self.key_config = self.key.config.encode()
+        self._own_key = ohttp.GatewayKey.generate(key_id=1)
         # signs receipts; this instance's own (never released), bound into its evidence
         self.receipt_key = Ed25519PrivateKey.generate()
         self.receipt_public_key = self.receipt_key.public_key().public_bytes_raw()
         self.shared = shared
-        self.cluster: keyrelease.ClusterSecrets | None = None
+        # the served model, the version floor and the cluster: changed only by its checked methods
+        self.state: TrustedState[LoadedModel] = TrustedState()
         self._pending: keyrelease.PendingJoin | None = None
         self._cluster_lock = threading.Lock()
         self._verifier = verifier or Verifier.production()
@@ -93,18 +95,20 @@ class Enclave:
         except AttestationError as exc:
             log.warning("%s: provisioned models are kept in memory only, not across restarts", exc)
             sealer = None
-        self.store = ModelStore(config, sealer, storage)
+        self.store = ModelStore(config, sealer, storage, state=self.state, shared=shared)
         if shared is None:  # a cluster member's models are the cluster's, loaded once it joins
             self.store.restore()
+        self.classifier = Classifier(config, self.state)
         self.receipts = Receipts(self.receipt_key, platform, config, lambda: self.key_config)
         app = App(
             self.store,
+            self.classifier,
             max_top_k=config.limits.max_top_k,
             max_image_bytes=config.limits.max_image_bytes,
             receipts=self.receipts,
             pad=config.padding.enabled,
         )
-        self.gateway = Gateway(self.key, app)
+        self.gateway = Gateway(lambda: self.key, app)
         self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
         self.large_frames = threading.BoundedSemaphore(MAX_LARGE_FRAMES)
         self.max_frame_bytes = config.limits.max_request_bytes
@@ -125,6 +129,21 @@ class Enclave:
             FrameType.OHTTP_REQUEST: self._ohttp,
             **{kind: self._cluster_handler(kind) for kind, spec in framing.REQUESTS.items() if spec.cluster},
         }
+
+    @property
+    def cluster(self) -> keyrelease.ClusterSecrets | None:
+        """The cluster this enclave has joined (or founded), if any."""
+        return self.state.cluster
+
+    @property
+    def key(self) -> ohttp.GatewayKey:
+        """The OHTTP key the enclave answers with: its own, or its cluster's once it has joined."""
+        cluster = self.state.cluster
+        return cluster.ohttp_key if cluster is not None else self._own_key
+
+    @property
+    def key_config(self) -> bytes:
+        return self.key.config.encode()
 
     # -- the frames: dispatched by framing.REQUESTS -----------------------------------------------
 
@@ -183,8 +202,22 @@ class Enclave:
         )
         return document.encode()
 
-    def _status(self, payload: bytes = b"") -> bytes:
-        return json.dumps(self.store.status().to_json()).encode()
+    def status(self) -> EnclaveStatus:
+        """What the host may know: the served model's public identity, how many answers, and the
+        sizes of the batches inference ran."""
+        loaded, cluster, batches = self.state.model, self.state.cluster, self.classifier.batch_stats()
+        return EnclaveStatus(
+            model_sha256=loaded.manifest.model_sha256 if loaded else None,
+            model_version=loaded.version if loaded else None,
+            classifications=self.classifier.classifications,
+            batches=batches.batches,
+            batch_sizes={n: count for n, count in enumerate(batches.sizes, start=1) if count},
+            cluster_id=cluster.cluster_id.hex() if cluster is not None else None,
+            version_floor=self.state.floor if cluster is not None else None,
+        )
+
+    def _status(self, payload: bytes) -> bytes:
+        return json.dumps(self.status().to_json()).encode()
 
     def _set_collateral(self, collateral: bytes) -> bytes:
         self.receipts.set_collateral(collateral)
@@ -248,7 +281,7 @@ class Enclave:
                 log.warning("SIMULATION: releasing the cluster's keys on unsigned evidence (INSECURE)")
             answer = keyrelease.release(
                 message,
-                member.with_floor(self.store.floor),
+                member.with_floor(self.state.floor),
                 own=own,
                 config=self.config,
                 attest=attest,
@@ -258,8 +291,6 @@ class Enclave:
             log.info("released the cluster's keys to a joining enclave")
             return answer, False
         if kind is FrameType.CLUSTER_FOUND:
-            if member is not None:  # its key would change under its clients
-                raise _Refused(Problem.MALFORMED_REQUEST, "the enclave is already a member of its cluster")
             self._pending = None
             self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
             return b"", True
@@ -278,23 +309,19 @@ class Enclave:
             self._join(secrets, founded=False)
             return b"", True
         # already a member (a second release for one join request, or a refresh): the floor only
-        if (secrets.cluster_id, secrets.sealing_key, secrets.ohttp_key.private_bytes()) != (
-            member.cluster_id,
-            member.sealing_key,
-            member.ohttp_key.private_bytes(),
-        ):
-            raise keyrelease.KeyReleaseError("key release refused: the giver is a member of another cluster")
-        self.store.raise_floor(secrets.floor)
+        try:
+            _dropped(self.state.refresh(secrets), secrets.floor)
+        except OtherCluster as exc:
+            raise keyrelease.KeyReleaseError(str(exc)) from None
         return b"", False
 
     def _join(self, cluster: keyrelease.ClusterSecrets, *, founded: bool) -> None:
-        assert self.shared is not None
-        sealer = Sealer(cluster.sealing_key, purpose=CLUSTER_SEALING_PURPOSE)
-        self.store.use_cluster(sealer, self.shared, cluster.cluster_id.hex(), cluster.floor)
-        self.key = cluster.ohttp_key
-        self.key_config = self.key.config.encode()
-        self.gateway.key = self.key
-        self.cluster = cluster  # last: from here on the enclave answers clients
+        """One transition of the state: from here on the enclave answers with the cluster's key,
+        seals into the cluster's storage and serves nothing below the cluster's floor."""
+        try:
+            _dropped(self.state.join(cluster), cluster.floor)
+        except AlreadyJoined as exc:  # founding again: its key would change under its clients
+            raise _Refused(Problem.MALFORMED_REQUEST, str(exc)) from None
         log.info(
             "%s cluster %s: key configuration SHA-256 %s, model version floor %d",
             "founded" if founded else "joined",
@@ -304,7 +331,16 @@ class Enclave:
         )
 
 
-CLUSTER_SEALING_PURPOSE = b"enclave-infer cluster storage v1"
+def _dropped(model: LoadedModel | None, floor: int) -> None:
+    """Log a served model that a higher floor ended."""
+    if model is not None:
+        log.error(
+            "a member of the cluster holds model version %d: version %d is no longer served",
+            floor,
+            model.version,
+        )
+
+
 NOT_JOINED_DETAIL = "the enclave has not joined its cluster yet"
 
 
