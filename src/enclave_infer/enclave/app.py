@@ -5,9 +5,9 @@ JSON of ``protocol/api.py``'s result types; refusals are RFC 9457 problem docume
 encrypted, so they may speak plainly to the client; nothing here is logged but versions, problem
 types and public hashes.
 
-A model upload (``PUT /v1/model``) takes one path however it arrives: :meth:`App.open_stream` opens
-a sink that checks the signed manifest at the head, then hashes and seals the body as it streams in.
-A non-chunked request is the same sink fed its whole body at once.
+A model upload (``PUT /v1/model``) is the one request that streams (chunked OHTTP, as clients send
+it): :meth:`App.open_stream` opens a sink that checks the signed manifest at the head, then hashes and
+seals the body as it streams in. Any other streamed request, and an upload sent whole, is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ __all__ = ["App"]
 log = logging.getLogger("enclave_infer.enclave")
 
 _ALLOWED = {Route.CLASSIFY: ("POST",), Route.MODEL: ("GET", "PUT")}
+ONLY_UPLOADS_STREAM = "only a model upload (PUT /v1/model) may be sent chunked; send this request whole"
+UPLOADS_STREAM = "a model upload (PUT /v1/model) must be sent chunked (message/ohttp-chunked-req)"
 
 
 class App:
@@ -66,25 +68,25 @@ class App:
         self._bounds: dict[tuple[int, bool, int], int] = {}
 
     def open_stream(self, head: bhttp.Request) -> StreamSink:
-        """Where the content of a streamed request goes. ``PUT /v1/model`` streams into the model
-        store, checked and sealed as it arrives; any other request is gathered, up to the size of
-        an image, and answered by :meth:`__call__`."""
-        if head.method == "PUT" and _path(head) == Route.MODEL:
-            manifest, signature = head.header(Header.MANIFEST), head.header(Header.MANIFEST_SIGNATURE)
-            if manifest is None or signature is None:
-                return _Answer(
-                    Problem.INVALID_MANIFEST.details(
-                        "PUT /v1/model needs manifest and manifest-signature headers"
-                    ).response()
-                )
-            try:
-                upload = self._store.begin(parse_sf_binary(manifest), parse_sf_binary(signature))
-            except ModelError as exc:
-                return _Answer(exc.details.response())
-            except ProtocolError as exc:
-                return _Answer(Problem.INVALID_MANIFEST.details(str(exc)).response())
-            return _UploadSink(upload)
-        return _Gathered(self, head, limit=self._max_image_bytes)
+        """Where the content of a streamed request goes: a model upload's, into the model store,
+        checked and sealed as it arrives, once its manifest's signature has verified. Anything else
+        is answered at once (the enclave then drops the stream)."""
+        if head.method != "PUT" or _path(head) != Route.MODEL:
+            return _Answer(Problem.MALFORMED_REQUEST.details(ONLY_UPLOADS_STREAM).response())
+        manifest, signature = head.header(Header.MANIFEST), head.header(Header.MANIFEST_SIGNATURE)
+        if manifest is None or signature is None:
+            return _Answer(
+                Problem.INVALID_MANIFEST.details(
+                    "PUT /v1/model needs manifest and manifest-signature headers"
+                ).response()
+            )
+        try:
+            upload = self._store.begin(parse_sf_binary(manifest), parse_sf_binary(signature))
+        except ModelError as exc:
+            return _Answer(exc.details.response())
+        except ProtocolError as exc:
+            return _Answer(Problem.INVALID_MANIFEST.details(str(exc)).response())
+        return _UploadSink(upload)
 
     def __call__(self, request: bhttp.Request) -> bhttp.Response:
         try:
@@ -118,13 +120,8 @@ class App:
             if loaded is None:
                 return Problem.NO_MODEL.details("no model has been provisioned yet").response()
             return _json(200, loaded.info().to_json())
-        # A whole (non-chunked) upload takes the streamed path too, in one piece.
-        sink = self.open_stream(request)
-        try:
-            early = sink.write(request.content)
-            return early if early is not None else sink.finish()
-        finally:
-            sink.abort()  # a no-op once finished; frees the memory files otherwise
+        # PUT: a model upload streams (chunked OHTTP); no client sends one whole
+        return Problem.MALFORMED_REQUEST.details(UPLOADS_STREAM).response()
 
     def _top(self, query: dict[str, list[str]]) -> int | None:
         """``top`` from the query, or None if it is not an integer from 1 to max_top_k."""
@@ -293,27 +290,6 @@ class _UploadSink:
             reason = f"{reason} ({exc.details.detail})"
         log.warning("provision of model version %d refused: %s", version, reason)
         self._upload.abort(logged=True)
-
-
-class _Gathered:
-    def __init__(self, app: App, head: bhttp.Request, *, limit: int) -> None:
-        self._app, self._head, self._limit = app, head, limit
-        self._content = bytearray()
-
-    def write(self, piece: bytes) -> bhttp.Response | None:
-        self._content += piece
-        if len(self._content) > self._limit:
-            return Problem.TOO_LARGE.details(f"request body larger than {self._limit} bytes").response()
-        return None
-
-    def finish(self) -> bhttp.Response:
-        h = self._head
-        return self._app(
-            bhttp.Request(h.method, h.scheme, h.authority, h.path, h.headers, bytes(self._content))
-        )
-
-    def abort(self) -> None:
-        self._content.clear()
 
 
 def _json(status: int, doc: object) -> bhttp.Response:

@@ -34,6 +34,7 @@ from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.gateway import Gateway
+from enclave_infer.enclave.limits import ServerLimits
 from enclave_infer.enclave.models import LoadedModel, ModelStore
 from enclave_infer.enclave.platform import Platform
 from enclave_infer.enclave.receipts import Receipts
@@ -42,22 +43,13 @@ from enclave_infer.enclave.state import AlreadyJoined, OtherCluster, TrustedStat
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
 from enclave_infer.protocol.api import EnclaveStatus, Problem
-from enclave_infer.protocol.framing import Address, Cap, FrameType, format_address
+from enclave_infer.protocol.framing import Address, Cap, FrameType, Slot, format_address
 
 __all__ = ["Enclave", "serve"]
 
 log = logging.getLogger("enclave_infer.enclave")
 
-# A chunked request may pause this long between frames, and last this long in all: 512 MiB at
-# 0.5 MB/s fits in the total; a stalled or trickling stream cannot hold a slot for longer.
-STREAM_IDLE_SECONDS = 60.0
-MAX_STREAM_SECONDS = 1800.0
-# A frame longer than an image plus this much (binary HTTP framing and headers, the OHTTP header,
-# encapsulated key and tag) is, from any honest client, a whole model upload (up to max_request_bytes).
-# One such frame is read at a time, so that the many slots batching wants do not multiply the
-# memory those frames can take; the one upload with the highest version wins anyway.
-IMAGE_REQUEST_OVERHEAD = 64 * 1024
-MAX_LARGE_FRAMES = 1
+DEFAULT_LIMITS = ServerLimits()
 
 
 class Enclave:
@@ -66,7 +58,8 @@ class Enclave:
     ``shared``: the storage of a cluster (:mod:`enclave_infer.cluster`): the enclave serves nothing
     until it has joined one by attested key release, or founded one; then it answers with the
     cluster's key and serves the cluster's models from ``shared``. ``verifier``: the roots peers'
-    evidence is verified with (tests only; production roots otherwise)."""
+    evidence is verified with (tests only; production roots otherwise). ``limits``: how long and how
+    slowly the host may keep the enclave busy."""
 
     def __init__(
         self,
@@ -76,8 +69,10 @@ class Enclave:
         *,
         shared: Path | None = None,
         verifier: Verifier | None = None,
+        limits: ServerLimits = DEFAULT_LIMITS,
     ) -> None:
         self.config = config
+        self.limits = limits
         self.platform = platform
         # fresh per instance; it leaves only by attested key release, to a member of its cluster
         self._own_key = ohttp.GatewayKey.generate(key_id=1)
@@ -110,9 +105,10 @@ class Enclave:
         )
         self.gateway = Gateway(lambda: self.key, app)
         self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
-        self.large_frames = threading.BoundedSemaphore(MAX_LARGE_FRAMES)
+        self.stream_slots = threading.BoundedSemaphore(framing.STREAM_SLOTS)
+        self.large_frames = threading.BoundedSemaphore(limits.max_large_frames)
         self.max_frame_bytes = config.limits.max_request_bytes
-        self.max_image_frame_bytes = config.limits.max_image_bytes + IMAGE_REQUEST_OVERHEAD
+        self.max_image_frame_bytes = config.limits.max_image_bytes + limits.image_request_overhead
         self._caps = {
             Cap.EMPTY: 0,
             Cap.NONCE: MAX_NONCE_BYTES,
@@ -407,17 +403,29 @@ class _Frames:
             pass  # the host went away; nothing to tell it
 
 
-class _StreamDeadline:
-    """A chunked request's two deadlines: a pause between frames (enforced by the socket's timeout)
-    and the whole stream's duration (checked after each frame)."""
+class _StreamPace:
+    """A chunked request's deadlines (:class:`ServerLimits`): a pause between frames, the whole
+    stream's duration, and its minimum rate after a grace period. The socket's timeout is set before
+    each read to whichever comes first, so that a read blocked on a trickle ends in time."""
 
-    def __init__(self, connection: socket.socket, *, idle: float, total: float) -> None:
-        self._connection, self._total = connection, total
+    def __init__(self, connection: socket.socket, limits: ServerLimits) -> None:
+        self._connection, self._limits = connection, limits
         self._started = time.monotonic()
-        connection.settimeout(idle)
+        connection.settimeout(limits.stream_idle_seconds)
 
-    def expired(self) -> bool:
-        return time.monotonic() - self._started > self._total
+    def late(self, received: int) -> str | None:
+        """Why the stream, having delivered ``received`` bytes, must end now; None while in time.
+        Else sets the socket's timeout for the next read."""
+        limits, now = self._limits, time.monotonic()
+        if now - self._started > limits.max_stream_seconds:
+            return f"request took longer than {limits.max_stream_seconds:.0f} s"
+        # the latest time the next bytes may arrive and keep the stream at the minimum rate
+        due = self._started + limits.stream_grace_seconds + received / limits.min_stream_bytes_per_second
+        if now > due:
+            return f"request slower than {limits.min_stream_bytes_per_second} bytes/s"
+        until = min(limits.stream_idle_seconds, due - now, self._started + limits.max_stream_seconds - now)
+        self._connection.settimeout(max(until, 0.001))
+        return None
 
     def close(self) -> None:
         self._connection.settimeout(None)
@@ -450,13 +458,16 @@ class _Handler(socketserver.StreamRequestHandler):
                 # Keys, status, evidence and collateral take no slot: small, and answered at once,
                 # never queued behind inferences (a health check must not time out because the
                 # enclave is busy). For the rest, the slot is taken before the payload is read, so at
-                # most max_concurrent_requests payloads are in the enclave's memory at once, however
-                # many connections the host opens, and of them at most MAX_LARGE_FRAMES larger than
-                # an image request.
+                # most max_concurrent_requests payloads (and STREAM_SLOTS streams) are in the
+                # enclave's memory at once, however many connections the host opens, and of them at
+                # most max_large_frames larger than an image request. A stream never takes a work
+                # slot: however many the host relays, classifications go on.
                 large = length > enclave.max_image_frame_bytes
                 with contextlib.ExitStack() as held:
-                    if spec.slot:
+                    if spec.slot is Slot.WORK:
                         held.enter_context(enclave.slots)
+                    elif spec.slot is Slot.STREAM:
+                        held.enter_context(enclave.stream_slots)
                     if large:
                         held.enter_context(enclave.large_frames)
                     payload = frames.payload(length)
@@ -477,38 +488,32 @@ class _Handler(socketserver.StreamRequestHandler):
             frames.send(exc.reply)
 
     def _chunked(self, frames: _Frames, first: bytes) -> bool:
-        """A chunked request, BEGIN already read: feed DATA frames through until END, answer once
-        (early if the answer is known early). Returns False when the connection is finished."""
+        """A chunked request, BEGIN already read: feed DATA frames through until END, answer once.
+        Returns False when the connection is finished. A stream is answered and dropped as soon as
+        its answer is known (its head is no signed owner upload: the signature is checked on the
+        first chunk that completes the head), and dropped when it stalls, trickles below the
+        minimum rate, or outlasts the total deadline: it gives its slot back."""
         enclave = self.server.enclave
         exchange = enclave.gateway.begin_chunked()
-        answered, total, payload = False, len(first), first
-        # A stream holds a slot: one that stalls, or trickles past the deadline, gives it back
-        # (and a held-back final chunk can no longer make an old upload go live days later).
-        deadline = _StreamDeadline(self.connection, idle=STREAM_IDLE_SECONDS, total=MAX_STREAM_SECONDS)
+        total, payload = len(first), first
+        pace = _StreamPace(self.connection, enclave.limits)
         try:
             while True:
-                if not answered:
-                    early = exchange.feed(payload)
-                    if early is not None:
-                        frames.send(framing.encode_frame(_CHUNKED_REPLY, early))
-                        answered = True
+                early = exchange.feed(payload)
+                if early is not None:
+                    frames.send(framing.encode_frame(_CHUNKED_REPLY, early))
+                    return False  # the host stops sending; nothing more is read
+                late = pace.late(total)
+                if late is not None:
+                    frames.send(_problem(Problem.REQUEST_TIMEOUT, late))
+                    return False
                 frame = frames.next()
                 if frame is None:
                     return False  # the host went away mid-stream: the upload is abandoned
                 kind, payload = frame
                 total += len(payload)
-                if deadline.expired():
-                    if not answered:
-                        frames.send(
-                            _problem(
-                                Problem.REQUEST_TIMEOUT,
-                                f"request took longer than {MAX_STREAM_SECONDS:.0f} s",
-                            )
-                        )
-                    return False
                 if kind is FrameType.CHUNKED_END:
-                    if not answered:
-                        frames.send(framing.encode_frame(_CHUNKED_REPLY, exchange.finish()))
+                    frames.send(framing.encode_frame(_CHUNKED_REPLY, exchange.finish()))
                     return True
                 if kind is not FrameType.CHUNKED_DATA:
                     frames.send(
@@ -517,13 +522,15 @@ class _Handler(socketserver.StreamRequestHandler):
                         )
                     )
                     return False
-                if total > enclave.max_frame_bytes and not answered:
+                if total > enclave.max_frame_bytes:
                     frames.send(
                         _problem(Problem.TOO_LARGE, f"request larger than {enclave.max_frame_bytes} bytes")
                     )
                     return False
         except TimeoutError:
-            return False  # stalled: the upload is abandoned, the slot freed
+            late = pace.late(total)
+            frames.send(_problem(Problem.REQUEST_TIMEOUT, late or "the request stalled"))
+            return False  # stalled or too slow: the upload is abandoned, the slot freed
         except (DecryptionError, ohttp.KeyMismatchError):
             frames.send(_problem(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL))
             return False
@@ -538,7 +545,7 @@ class _Handler(socketserver.StreamRequestHandler):
             frames.send(_problem(Problem.INTERNAL, "internal enclave error"))
             return False
         finally:
-            deadline.close()
+            pace.close()
             exchange.abort()  # a no-op once the upload has finished
 
 

@@ -90,6 +90,7 @@ class EnclaveProcess:
         self._idle: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._max_idle = min(MAX_IDLE_CONNECTIONS, config.limits.max_concurrent_requests)
         self._work_slots: asyncio.Semaphore | None = None  # made in the server's event loop
+        self._stream_slots: asyncio.Semaphore | None = None
         self._generation = 0
         self._status_lock = asyncio.Lock()
         self._status: tuple[EnclaveStatus | None, float] = (None, -STATUS_CACHE_SECONDS)
@@ -274,6 +275,12 @@ class EnclaveProcess:
             self._work_slots = asyncio.Semaphore(self.config.limits.max_concurrent_requests)
         return self._work_slots
 
+    def _streams(self) -> asyncio.Semaphore:
+        """Chunked requests relayed at once: at most what the enclave reads at once."""
+        if self._stream_slots is None:
+            self._stream_slots = asyncio.Semaphore(framing.STREAM_SLOTS)
+        return self._stream_slots
+
     async def _borrow(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """An idle connection to the enclave running now, or a new one."""
         if self.external is None and (self._proc is None or self._proc.poll() is not None):
@@ -314,7 +321,7 @@ class EnclaveProcess:
         holding more than one; stop sending as soon as the enclave answers (it may refuse at the
         head, before the body). Exceptions from ``pieces`` (a stalled or oversized client) end the
         exchange and propagate; the enclave sees the connection close and abandons the request."""
-        async with self._work():
+        async with self._streams():  # never a work slot: streams cannot stall classifications
             return await self._stream(pieces)
 
     async def _stream(self, pieces: AsyncIterator[bytes]) -> tuple[FrameType, bytes]:

@@ -7,21 +7,21 @@ check must not wait behind inferences), whether the enclave must have joined its
 it, and which frame type answers it. Any request may instead be answered with ERROR. Pure logic
 on bytes; both sides do their own socket I/O.
 
-=================  ========  ====  ======  ==============  ==========================================
-request            payload   slot  joined  reply           meaning
-=================  ========  ====  ======  ==============  ==========================================
-GET_KEYS           empty     no    no      KEYS            ``application/ohttp-keys``
-GET_EVIDENCE       nonce     no    no      EVIDENCE        the attestation document for a nonce
-GET_STATUS         empty     no    no      STATUS          :class:`~.api.EnclaveStatus`, JSON
-SET_COLLATERAL     document  no    no      COLLATERAL_SET  the collateral receipts carry
-OHTTP_REQUEST      request   yes   yes     OHTTP_RESPONSE  ``message/ohttp-req`` → ``-res``
-CHUNKED_BEGIN      request   yes   yes     CHUNKED_RESP…   a chunked request: BEGIN, DATA*, END
-CLUSTER_JOIN       cluster   yes   no      CLUSTER_MESSAGE a join request for a member to answer
-CLUSTER_RELEASE    cluster   yes   yes     CLUSTER_MESSAGE message: a join request → the release
-CLUSTER_ACCEPT     cluster   yes   no      CLUSTER_JOINED  message: a release; a member now
-CLUSTER_FOUND      cluster   yes   no      CLUSTER_FOUNDED no member answered: found a cluster
-CLUSTER_RELOAD     cluster   yes   yes     CLUSTER_CHECKED message: a :class:`ClusterAction`
-=================  ========  ====  ======  ==============  ==========================================
+=================  ========  ======  ======  ==============  ========================================
+request            payload   slot    joined  reply           meaning
+=================  ========  ======  ======  ==============  ========================================
+GET_KEYS           empty     none    no      KEYS            ``application/ohttp-keys``
+GET_EVIDENCE       nonce     none    no      EVIDENCE        the attestation document for a nonce
+GET_STATUS         empty     none    no      STATUS          :class:`~.api.EnclaveStatus`, JSON
+SET_COLLATERAL     document  none    no      COLLATERAL_SET  the collateral receipts carry
+OHTTP_REQUEST      request   work    yes     OHTTP_RESPONSE  ``message/ohttp-req`` → ``-res``
+CHUNKED_BEGIN      request   stream  yes     CHUNKED_RESP…   a model upload: BEGIN, DATA*, END
+CLUSTER_JOIN       cluster   work    no      CLUSTER_MESSAGE a join request for a member to answer
+CLUSTER_RELEASE    cluster   work    yes     CLUSTER_MESSAGE message: a join request → the release
+CLUSTER_ACCEPT     cluster   work    no      CLUSTER_JOINED  message: a release; a member now
+CLUSTER_FOUND      cluster   work    no      CLUSTER_FOUNDED no member answered: found a cluster
+CLUSTER_RELOAD     cluster   work    yes     CLUSTER_CHECKED message: a :class:`ClusterAction`
+=================  ========  ======  ======  ==============  ========================================
 
 "joined": an enclave started as a cluster member refuses the request with ``enclave-unavailable``
 until it has joined its cluster (an enclave that serves alone is always "joined"). The CLUSTER_*
@@ -55,10 +55,12 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "REQUESTS",
     "STREAM_FRAMES",
+    "STREAM_SLOTS",
     "Address",
     "Cap",
     "ClusterAction",
     "FrameType",
+    "Slot",
     "Spec",
     "check_reply",
     "decode_cluster_payload",
@@ -108,6 +110,20 @@ class FrameType(enum.IntEnum):
     ERROR = 0xFF
 
 
+class Slot(enum.Enum):
+    """What a request holds in the enclave while it is read and answered."""
+
+    NONE = "none"  # nothing: small, answered at once (a health check never waits behind inferences)
+    WORK = "work"  # one of limits.max_concurrent_requests work slots
+    STREAM = "stream"  # one of STREAM_SLOTS, never a work slot: a stream cannot stall classifications
+
+
+# Chunked requests (model uploads: the owner's, one at a time, the highest version wins anyway) the
+# enclave reads at once; the host relays no more than this many either. A stream keeps its slot only
+# while its first chunk shows a signed owner upload and it keeps a minimum rate (enclave/limits.py).
+STREAM_SLOTS = 2
+
+
 class Cap(enum.Enum):
     """How large a request's payload may be; the enclave holds the numbers (they come from the
     attestation formats and from the measured configuration, which this module does not know)."""
@@ -124,7 +140,7 @@ class Spec:
     """One row of :data:`REQUESTS`."""
 
     cap: Cap
-    slot: bool  # takes one of the enclave's work slots while it is read and answered
+    slot: Slot  # what it holds while it is read and answered
     joined: bool  # a cluster member answers it only once it has joined its cluster
     cluster: bool  # only for an enclave started as a cluster member (the payload is a cluster payload)
     reply: FrameType
@@ -133,34 +149,36 @@ class Spec:
 _S = Spec
 REQUESTS: Mapping[FrameType, Spec] = MappingProxyType(
     {
-        FrameType.GET_KEYS: _S(Cap.EMPTY, slot=False, joined=False, cluster=False, reply=FrameType.KEYS),
+        FrameType.GET_KEYS: _S(Cap.EMPTY, slot=Slot.NONE, joined=False, cluster=False, reply=FrameType.KEYS),
         FrameType.GET_EVIDENCE: _S(
-            Cap.NONCE, slot=False, joined=False, cluster=False, reply=FrameType.EVIDENCE
+            Cap.NONCE, slot=Slot.NONE, joined=False, cluster=False, reply=FrameType.EVIDENCE
         ),
-        FrameType.GET_STATUS: _S(Cap.EMPTY, slot=False, joined=False, cluster=False, reply=FrameType.STATUS),
+        FrameType.GET_STATUS: _S(
+            Cap.EMPTY, slot=Slot.NONE, joined=False, cluster=False, reply=FrameType.STATUS
+        ),
         FrameType.SET_COLLATERAL: _S(
-            Cap.DOCUMENT, slot=False, joined=False, cluster=False, reply=FrameType.COLLATERAL_SET
+            Cap.DOCUMENT, slot=Slot.NONE, joined=False, cluster=False, reply=FrameType.COLLATERAL_SET
         ),
         FrameType.OHTTP_REQUEST: _S(
-            Cap.REQUEST, slot=True, joined=True, cluster=False, reply=FrameType.OHTTP_RESPONSE
+            Cap.REQUEST, slot=Slot.WORK, joined=True, cluster=False, reply=FrameType.OHTTP_RESPONSE
         ),
         FrameType.CHUNKED_BEGIN: _S(
-            Cap.REQUEST, slot=True, joined=True, cluster=False, reply=FrameType.CHUNKED_RESPONSE
+            Cap.REQUEST, slot=Slot.STREAM, joined=True, cluster=False, reply=FrameType.CHUNKED_RESPONSE
         ),
         FrameType.CLUSTER_JOIN: _S(
-            Cap.CLUSTER, slot=True, joined=False, cluster=True, reply=FrameType.CLUSTER_MESSAGE
+            Cap.CLUSTER, slot=Slot.WORK, joined=False, cluster=True, reply=FrameType.CLUSTER_MESSAGE
         ),
         FrameType.CLUSTER_RELEASE: _S(
-            Cap.CLUSTER, slot=True, joined=True, cluster=True, reply=FrameType.CLUSTER_MESSAGE
+            Cap.CLUSTER, slot=Slot.WORK, joined=True, cluster=True, reply=FrameType.CLUSTER_MESSAGE
         ),
         FrameType.CLUSTER_ACCEPT: _S(
-            Cap.CLUSTER, slot=True, joined=False, cluster=True, reply=FrameType.CLUSTER_JOINED
+            Cap.CLUSTER, slot=Slot.WORK, joined=False, cluster=True, reply=FrameType.CLUSTER_JOINED
         ),
         FrameType.CLUSTER_FOUND: _S(
-            Cap.CLUSTER, slot=True, joined=False, cluster=True, reply=FrameType.CLUSTER_FOUNDED
+            Cap.CLUSTER, slot=Slot.WORK, joined=False, cluster=True, reply=FrameType.CLUSTER_FOUNDED
         ),
         FrameType.CLUSTER_RELOAD: _S(
-            Cap.CLUSTER, slot=True, joined=True, cluster=True, reply=FrameType.CLUSTER_CHECKED
+            Cap.CLUSTER, slot=Slot.WORK, joined=True, cluster=True, reply=FrameType.CLUSTER_CHECKED
         ),
     }
 )
