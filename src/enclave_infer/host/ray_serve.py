@@ -241,7 +241,7 @@ class ReplicaLost:
     proxy then sends nothing, and its server a bare 500) gets 503 ``enclave-unavailable`` with
     Retry-After, as the single-machine host answers when its enclave is down, so clients retry it
     (on another replica). Installed with ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
-    enclave_infer.ray_serve:proxy_middlewares`` in the environment of ``ray start``."""
+    enclave_infer.host.ray_serve:proxy_middlewares`` in the environment of ``ray start``."""
 
     def __init__(self, app: Any) -> None:
         self._app = app
@@ -301,7 +301,7 @@ def build(args: dict[str, Any]) -> Application:
     missing = {"config", "owner_public_key", "shared_dir", "data_dir"} - set(args)
     if unknown or missing:
         raise UsageError(
-            f"enclave_infer.ray_serve:build args: unknown {sorted(unknown)}, missing {sorted(missing)}"
+            f"enclave_infer.host.ray_serve:build args: unknown {sorted(unknown)}, missing {sorted(missing)}"
         )
     kwargs = dict(args)
     if "max_in_flight" in kwargs:
