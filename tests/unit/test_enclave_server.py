@@ -188,7 +188,7 @@ def test_a_stream_that_is_no_signed_upload_is_answered_and_dropped_at_its_head(t
         assert reply is not None
         key = ohttp.decode_key_configs(reply[1])[0]
         forged = (("manifest", ":e30=:"), ("manifest-signature", ":" + "A" * 86 + "==:"))
-        for head in (_inner("PUT", "/v1/model", forged), _inner("POST", "/v1/classify")):
+        for head in (_inner("PUT", "/v1/model", forged), _inner("PUT", "/v1/model")):
             encoder = chunked_ohttp.ChunkedRequestEncoder(key)
             with _connect(process.socket_path) as stream:
                 header = encoder.header()

@@ -7,7 +7,8 @@ types and public hashes.
 
 A model upload (``PUT /v1/model``) is the one request that streams (chunked OHTTP, as clients send
 it): :meth:`App.open_stream` opens a sink that checks the signed manifest at the head, then hashes and
-seals the body as it streams in. Any other streamed request, and an upload sent whole, is refused.
+seals the body as it streams in. Any other streamed request is gathered up to an image's size and
+answered as if sent whole; an upload sent whole is refused.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ __all__ = ["App"]
 log = logging.getLogger("enclave_infer.enclave")
 
 _ALLOWED = {Route.CLASSIFY: ("POST",), Route.MODEL: ("GET", "PUT")}
-ONLY_UPLOADS_STREAM = "only a model upload (PUT /v1/model) may be sent chunked; send this request whole"
 UPLOADS_STREAM = "a model upload (PUT /v1/model) must be sent chunked (message/ohttp-chunked-req)"
 
 
@@ -69,10 +69,11 @@ class App:
 
     def open_stream(self, head: bhttp.Request) -> StreamSink:
         """Where the content of a streamed request goes: a model upload's, into the model store,
-        checked and sealed as it arrives, once its manifest's signature has verified. Anything else
-        is answered at once (the enclave then drops the stream)."""
+        checked and sealed as it arrives, once its manifest's signature has verified (else it is
+        answered at once, and the enclave drops the stream); any other request's is gathered, up to
+        the size of an image, and answered by :meth:`__call__`."""
         if head.method != "PUT" or _path(head) != Route.MODEL:
-            return _Answer(Problem.MALFORMED_REQUEST.details(ONLY_UPLOADS_STREAM).response())
+            return _Gathered(self, head, limit=self._max_image_bytes)
         manifest, signature = head.header(Header.MANIFEST), head.header(Header.MANIFEST_SIGNATURE)
         if manifest is None or signature is None:
             return _Answer(
@@ -290,6 +291,27 @@ class _UploadSink:
             reason = f"{reason} ({exc.details.detail})"
         log.warning("provision of model version %d refused: %s", version, reason)
         self._upload.abort(logged=True)
+
+
+class _Gathered:
+    def __init__(self, app: App, head: bhttp.Request, *, limit: int) -> None:
+        self._app, self._head, self._limit = app, head, limit
+        self._content = bytearray()
+
+    def write(self, piece: bytes) -> bhttp.Response | None:
+        self._content += piece
+        if len(self._content) > self._limit:
+            return Problem.TOO_LARGE.details(f"request body larger than {self._limit} bytes").response()
+        return None
+
+    def finish(self) -> bhttp.Response:
+        h = self._head
+        return self._app(
+            bhttp.Request(h.method, h.scheme, h.authority, h.path, h.headers, bytes(self._content))
+        )
+
+    def abort(self) -> None:
+        self._content.clear()
 
 
 def _json(status: int, doc: object) -> bhttp.Response:

@@ -490,9 +490,9 @@ class _Handler(socketserver.StreamRequestHandler):
     def _chunked(self, frames: _Frames, first: bytes) -> bool:
         """A chunked request, BEGIN already read: feed DATA frames through until END, answer once.
         Returns False when the connection is finished. A stream is answered and dropped as soon as
-        its answer is known (its head is no signed owner upload: the signature is checked on the
-        first chunk that completes the head), and dropped when it stalls, trickles below the
-        minimum rate, or outlasts the total deadline: it gives its slot back."""
+        its answer is known (an upload whose manifest signature fails: checked on the chunk that
+        completes the head; any other request over an image's size), and dropped when it stalls,
+        trickles below the minimum rate, or outlasts the total deadline: it gives its slot back."""
         enclave = self.server.enclave
         exchange = enclave.gateway.begin_chunked()
         total, payload = len(first), first
