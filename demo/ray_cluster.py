@@ -574,7 +574,7 @@ APP = "enclave-infer"
 # On every `ray start`: the proxy answers 503 + Retry-After for a replica lost mid-request (the SDK
 # retries it), and spreads requests over the replicas of both nodes rather than its own node's first.
 ENCLAVE_INFER_RAY_ENV = {
-    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "enclave_infer.ray_serve:proxy_middlewares",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "enclave_infer.host.ray_serve:proxy_middlewares",
     "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
 }
 

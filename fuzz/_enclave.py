@@ -24,9 +24,9 @@ with atheris.instrument_imports(include=["enclave_infer"]):
     from enclave_infer.config import EnclaveConfig, Limits
     from enclave_infer.enclave.platform import SimulationPlatform
     from enclave_infer.enclave.server import Enclave
-    from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp
+    from enclave_infer.protocol import bhttp, chunked_ohttp
     from enclave_infer.protocol.api import INNER_AUTHORITY, INNER_SCHEME, Preprocessing
-    from enclave_infer.protocol.framing import FrameType, encode_frame, parse_header
+    from enclave_infer.protocol.framing import FrameType, encode_frame
     from enclave_infer.protocol.manifest import MANIFEST_TYPE, SIGNATURE_CONTEXT, sf_binary
 
 __all__ = ["LABELS", "OWNER", "build_enclave", "chunked_frames", "inner_request", "tiny_model"]
@@ -67,10 +67,13 @@ def build_enclave() -> Enclave:
     request = bhttp.Request(
         "PUT", INNER_SCHEME, INNER_AUTHORITY, "/v1/model", (*signed_headers(document), now_date()), MODEL
     )
-    sent, context = ohttp.encapsulate_request(enclave.key.config, bhttp.encode_request(request))
-    reply = enclave.answer(FrameType.OHTTP_REQUEST, sent)
-    assert parse_header(reply[:5])[0] is FrameType.OHTTP_RESPONSE
-    response = bhttp.decode_response(context.decapsulate_response(reply[5:]))
+    encoder = chunked_ohttp.ChunkedRequestEncoder(enclave.key.config)
+    exchange = enclave.gateway.begin_chunked()  # an upload streams, as a client sends it
+    assert exchange.feed(encoder.header() + encoder.chunk(bhttp.encode_request_head(request))) is None
+    assert exchange.feed(encoder.chunk(bhttp.encode_content_chunk(MODEL))) is None
+    exchange.feed(encoder.final(bhttp.encode_request_end()))
+    decoder = encoder.response_decoder()
+    response = bhttp.decode_response(b"".join(decoder.feed(exchange.finish())) + decoder.finish())
     assert response.status == 201, response
     return enclave
 

@@ -15,6 +15,7 @@ nonce; the enclave logs no error (its handlers turn unexpected exceptions into a
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 
 import atheris
@@ -28,7 +29,7 @@ with atheris.instrument_imports(include=["enclave_infer"]):
     from enclave_infer.attestation.report import SecurityLevel
     from enclave_infer.enclave import server
     from enclave_infer.protocol import bhttp, framing, ohttp
-    from enclave_infer.protocol.api import Problem, ProblemDetails
+    from enclave_infer.protocol.api import EnclaveStatus, Problem, ProblemDetails
     from enclave_infer.protocol.framing import FrameType
 
 ENCLAVE = build_enclave()
@@ -58,8 +59,14 @@ def split_frames(stream: bytes) -> list[tuple[FrameType, bytes]]:
     return frames
 
 
-def check_reply(reply: bytes, context: ohttp.ClientResponseContext | None, nonce: bytes | None) -> None:
+def check_reply(
+    request: FrameType, reply: bytes, context: ohttp.ClientResponseContext | None, nonce: bytes | None
+) -> None:
     ((kind, payload),) = split_frames(reply)
+    if request in framing.REQUESTS:  # the reply its row names, or ERROR
+        framing.check_reply(request, kind)
+    else:
+        assert kind is FrameType.ERROR, f"{request!r} is no request, yet answered with {kind!r}"
     if kind is FrameType.ERROR:
         check_problem(framing.decode_problem(payload))
     elif kind is FrameType.KEYS:
@@ -75,6 +82,10 @@ def check_reply(reply: bytes, context: ohttp.ClientResponseContext | None, nonce
             nonce=nonce,
             now=now,
         )
+    elif kind is FrameType.STATUS:
+        EnclaveStatus.from_json(json.loads(payload))
+    elif kind is FrameType.COLLATERAL_SET:
+        assert payload == b""
     elif kind is FrameType.OHTTP_RESPONSE:
         assert context is not None, "an answer to a request that was not a real client's"
         response = bhttp.decode_response(context.decapsulate_response(payload))
@@ -126,7 +137,7 @@ def answers(fdp: atheris.FuzzedDataProvider) -> None:
             payload, context = previous  # a replay: answered, with a refusal inside
         else:
             payload = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 128))
-        check_reply(ENCLAVE.answer(kind, payload), context, nonce)
+        check_reply(kind, ENCLAVE.answer(kind, payload), context, nonce)
 
 
 class _Connection:
@@ -196,7 +207,9 @@ def test_one_input(data: bytes) -> None:
     except EnclaveInferError as exc:
         raise AssertionError(f"{type(exc).__name__}: {exc}") from None
     finally:
-        ENCLAVE.store.current = BASELINE  # a provision that went through is undone: inputs stay independent
+        # a provision that went through is undone, so that inputs stay independent: the harness
+        # alone rewinds the trusted state, which the enclave only ever moves forward
+        ENCLAVE.state._model = BASELINE
     LOGGED.check()
 
 

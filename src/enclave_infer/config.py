@@ -231,6 +231,12 @@ class EnclaveConfig:
     def owner_key_id(self) -> str:
         return owner_key_id(self.owner_public_key)
 
+    @property
+    def batch_size(self) -> int:
+        """The most images one batch holds: ``batching.max_batch_size``, never more than there are
+        requests in the enclave (``limits.max_concurrent_requests``)."""
+        return min(self.batching.max_batch_size, self.limits.max_concurrent_requests)
+
 
 def owner_key_id(public_key: bytes) -> str:
     """SHA-256 of the raw owner public key, hex: the value of the ``OWNER:`` constraint."""

@@ -19,6 +19,7 @@ from enclave_infer.attestation.measurement import code_hash
 from enclave_infer.client.owner import public_key_bytes
 from enclave_infer.config import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, Batching, EnclaveConfig, Limits
 from enclave_infer.enclave.batching import FAILED_MESSAGE, Batcher, BatchQueue, BatchStats, Pending
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.models import LoadedModel, ModelError, ModelStore
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.preprocess import decode_image, to_tensor
@@ -399,24 +400,37 @@ def config(**batching: int) -> EnclaveConfig:
     )
 
 
-@pytest.fixture
-def stores(tmp_path: Path) -> Iterator[Callable[..., ModelStore]]:
-    made: list[ModelStore] = []
+class Served:
+    """A sealed store and the classifier that serves what its state holds, as the enclave has them."""
 
-    def make(cfg: EnclaveConfig | None = None) -> ModelStore:
+    def __init__(self, store: ModelStore, classifier: Classifier) -> None:
+        self.store, self.classifier = store, classifier
+        self.begin, self.install = store.begin, store.install
+        self.classify, self.batch_stats = classifier.classify, classifier.batch_stats
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self.store.current
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    made: list[Served] = []
+
+    def make(cfg: EnclaveConfig | None = None) -> Served:
         cfg = cfg or config()
         store = ModelStore(
             cfg, Sealer(SimulationPlatform(cfg).sealing_key()), tmp_path / f"sealed{len(made)}"
         )
-        made.append(store)
-        return store
+        made.append(Served(store, Classifier(cfg, store.state)))
+        return made[-1]
 
     yield make
-    for store in made:
-        store.close()
+    for served in made:
+        served.classifier.close()
 
 
-def provision(store: ModelStore, files: list[tuple[str, bytes]], labels: list[str], version: int = 1) -> None:
+def provision(store: Served, files: list[tuple[str, bytes]], labels: list[str], version: int = 1) -> None:
     model = b"".join(data for _, data in files)
     described = tuple(ModelFile(fmt, hashlib.sha256(data).hexdigest(), len(data)) for fmt, data in files)
     pending = store.begin(*Manifest(described, tuple(labels), {}, version).sign(OWNER))
@@ -464,7 +478,7 @@ def assert_same(batched: Classification, alone: Classification) -> None:
 
 
 def test_concurrent_requests_are_batched_and_get_what_they_get_alone(
-    stores: Callable[..., ModelStore],
+    stores: Callable[..., Served],
 ) -> None:
     store = stores()
     provision(store, [("onnx", colour_model())], COLOUR_LABELS)
@@ -489,7 +503,7 @@ def test_concurrent_requests_are_batched_and_get_what_they_get_alone(
     ids=["fixed-batch-of-one", "batching-off"],
 )
 def test_one_image_at_a_time_for_a_fixed_batch_model_or_with_batching_off(
-    stores: Callable[..., ModelStore], model: bytes, settings: dict[str, int]
+    stores: Callable[..., Served], model: bytes, settings: dict[str, int]
 ) -> None:
     store = stores(config(**settings))
     provision(store, [("onnx", model)], COLOUR_LABELS)
@@ -499,9 +513,7 @@ def test_one_image_at_a_time_for_a_fixed_batch_model_or_with_batching_off(
     assert store.batch_stats().sizes[0] == 4 and sum(store.batch_stats().sizes[1:]) == 0
 
 
-def test_both_runtimes_batch_and_agree_with_one_by_one(
-    stores: Callable[..., ModelStore], tmp_path: Path
-) -> None:
+def test_both_runtimes_batch_and_agree_with_one_by_one(stores: Callable[..., Served], tmp_path: Path) -> None:
     pytest.importorskip("torch")
     import torch
 
@@ -531,7 +543,7 @@ def fake_model(runtime: FakeRuntime, version: int) -> LoadedModel:
     return LoadedModel(manifest, b"", Preprocessing(), {"onnx": runtime}, frozenset({"onnx"}), 0.0)
 
 
-def test_a_provision_while_images_wait_never_mixes_models(stores: Callable[..., ModelStore]) -> None:
+def test_a_provision_while_images_wait_never_mixes_models(stores: Callable[..., Served]) -> None:
     gate = threading.Event()
     old_runtime, new_runtime = FakeRuntime(gate=gate), FakeRuntime()
     store = stores(config(max_queue_delay_us=0))

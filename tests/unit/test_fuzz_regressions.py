@@ -14,10 +14,14 @@ import pytest
 from enclave_infer.attestation import dcap, snp, snp_report
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.models import ModelStore
+from enclave_infer.enclave.platform import SimulationPlatform
+from enclave_infer.enclave.server import Enclave
 from enclave_infer.errors import AttestationError, ProtocolError, UsageError
-from enclave_infer.protocol import bhttp
+from enclave_infer.protocol import bhttp, framing
 from enclave_infer.protocol.api import Prediction, Preprocessing, Problem, ProvisionResult
+from enclave_infer.protocol.framing import FrameType
 from enclave_infer.protocol.manifest import Manifest
 from tests.emulation.dcap import NOW, EmulatedDcap
 
@@ -43,8 +47,9 @@ def test_classify_top_with_more_digits_than_int_converts(
 ) -> None:
     """int() refuses strings of over 4300 digits with ValueError: the enclave answered internal-error
     (500) and logged it, instead of invalid-parameter."""
-    store = ModelStore(EnclaveConfig(owner_public_key=bytes(32)), None, tmp_path)
-    app = App(store, max_top_k=20, max_image_bytes=1 << 20)
+    config = EnclaveConfig(owner_public_key=bytes(32))
+    store = ModelStore(config, None, tmp_path)
+    app = App(store, Classifier(config, store.state), max_top_k=20, max_image_bytes=1 << 20)
     with caplog.at_level(logging.ERROR, logger="enclave_infer"):
         response = app(bhttp.decode_request(CLASSIFY_TOP_5000_DIGITS))
     assert response.status == 400
@@ -53,6 +58,26 @@ def test_classify_top_with_more_digits_than_int_converts(
     # leading zeros still count for nothing, however many
     request = bhttp.Request("POST", "https", "enclave", "/v1/classify?top=" + "0" * 5000 + "3", (), b"x")
     assert problem_of(app(request)) is Problem.NO_MODEL
+
+
+# SET_COLLATERAL with 26 bytes that are no collateral (the first input of `make fuzz`'s frames target).
+SET_COLLATERAL_GARBAGE = (
+    b"x\x9f\x19\x0e\x98\x19\x18\x9a\xf0\xc1*\xf1\xd1\xdaP\xfa\x05\xe1\xa0\xb5]\xc4\x88\xbe\x03t"
+)
+
+
+def test_set_collateral_is_acknowledged_with_its_own_reply_type(tmp_path: Path) -> None:
+    """The enclave acknowledged SET_COLLATERAL (and three cluster frames) with STATUS, the answer to
+    GET_STATUS, and the harness's oracle took STATUS for no request's reply ("unexpected reply
+    STATUS"). Each request now has its reply type in framing.REQUESTS, which both sides check."""
+    config = EnclaveConfig(owner_public_key=bytes(32))
+    enclave = Enclave(config, SimulationPlatform(config), tmp_path)
+    reply = enclave.answer(FrameType.SET_COLLATERAL, SET_COLLATERAL_GARBAGE)
+    kind, length = framing.parse_header(reply[: framing.HEADER.size])
+    assert (kind, length) == (FrameType.COLLATERAL_SET, 0)
+    framing.check_reply(FrameType.SET_COLLATERAL, kind)
+    with pytest.raises(ProtocolError):
+        framing.check_reply(FrameType.SET_COLLATERAL, FrameType.STATUS)
 
 
 # -- fuzz_manifest: the owner's signed manifest ----------------------------------------------------------

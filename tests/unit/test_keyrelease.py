@@ -17,8 +17,9 @@ from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
 from enclave_infer.client.owner import public_key_bytes
 from enclave_infer.cluster import keyrelease
+from enclave_infer.cluster.storage import model_file_name as cluster_model_name
 from enclave_infer.config import EnclaveConfig
-from enclave_infer.enclave.models import ModelError, cluster_model_name
+from enclave_infer.enclave.models import ModelError
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.server import Enclave
 from enclave_infer.enclave.tsm import ConfigfsTsmPlatform
@@ -49,9 +50,12 @@ def ask(e: Enclave, kind: FrameType, message: bytes = b"") -> tuple[FrameType, b
 
 
 def status(e: Enclave) -> EnclaveStatus:
-    kind, payload = ask(e, FrameType.CLUSTER_RELOAD)
-    assert kind is FrameType.STATUS, payload
-    return EnclaveStatus.from_json(json.loads(payload))
+    """The member's status after its host asked it to reload the cluster's newest model."""
+    kind, payload = ask(e, FrameType.CLUSTER_RELOAD, framing.ClusterAction.RELOAD.value)
+    assert (kind, payload) == (FrameType.CLUSTER_CHECKED, b""), payload
+    reply = e.answer(FrameType.GET_STATUS, b"")
+    assert framing.parse_header(reply[: framing.HEADER.size])[0] is FrameType.STATUS
+    return EnclaveStatus.from_json(json.loads(reply[framing.HEADER.size :]))
 
 
 def join(joiner: Enclave, giver: Enclave) -> tuple[FrameType, bytes]:
@@ -75,13 +79,13 @@ def test_a_joiner_gets_the_cluster_key_and_serves_the_model_provisioned_once(tmp
     # before joining, a cluster member answers no client
     kind, payload = framing.parse_header(first.answer(FrameType.OHTTP_REQUEST, b"x")[:5])[0], b""
     assert kind is FrameType.ERROR
-    assert ask(first, FrameType.CLUSTER_FOUND)[0] is FrameType.STATUS
+    assert ask(first, FrameType.CLUSTER_FOUND)[0] is FrameType.CLUSTER_FOUNDED
     provision(first.store, OWNER, 1)
     assert second.key_config != first.key_config
     kind, payload = join(second, first)
-    assert kind is FrameType.STATUS, payload
+    assert kind is FrameType.CLUSTER_JOINED, payload
     assert second.key_config == first.key_config  # one key configuration for the whole cluster
-    joined = EnclaveStatus.from_json(json.loads(payload))
+    joined = status(second)
     assert joined.cluster_id == status(first).cluster_id
     assert (joined.model_version, joined.version_floor) == (1, 1)  # loaded from the shared storage
     # provisioned once through the second member: the first loads it on reload
@@ -144,7 +148,7 @@ def test_a_release_that_fails_verification_is_refused(tmp_path: Path) -> None:
         assert reason in refusal(payload)
         assert joiner.cluster is None
     # the real one still works afterwards, once
-    assert ask(joiner, FrameType.CLUSTER_ACCEPT, release)[0] is FrameType.STATUS
+    assert ask(joiner, FrameType.CLUSTER_ACCEPT, release)[0] is FrameType.CLUSTER_JOINED
     assert joiner.key_config == giver.key_config
     # a release made for another join request (a replayed answer) is refused by a later joiner
     late = enclave(tmp_path, "c")
@@ -198,7 +202,7 @@ def test_a_restarted_member_learns_the_floor_and_refuses_a_rolled_back_file(tmp_
     hidden = newest.read_bytes()
     newest.unlink()
     restarted = enclave(tmp_path, "b")
-    assert join(restarted, first)[0] is FrameType.STATUS
+    assert join(restarted, first)[0] is FrameType.CLUSTER_JOINED
     assert status(restarted).model_version is None
     assert status(restarted).version_floor == 2
     # the file comes back: it is served
@@ -215,7 +219,7 @@ def test_a_member_kept_from_a_new_version_learns_the_floor_from_a_peer(tmp_path:
     first, second = enclave(tmp_path, "a"), enclave(tmp_path, "b")
     ask(first, FrameType.CLUSTER_FOUND)
     provision(first.store, OWNER, 1)
-    assert join(second, first)[0] is FrameType.STATUS
+    assert join(second, first)[0] is FrameType.CLUSTER_JOINED
     assert status(second).model_version == 1
     provision(first.store, OWNER, 2)
     newest = tmp_path / "shared" / cluster_model_name(2)
@@ -223,8 +227,8 @@ def test_a_member_kept_from_a_new_version_learns_the_floor_from_a_peer(tmp_path:
     newest.unlink()  # the second's host hides it, and sends no reload
     assert second.store.current is not None and second.store.current.manifest.version == 1
     kind, payload = join(second, first)  # the refresh: join request, release, accept
-    assert kind is FrameType.STATUS, payload
-    refreshed = EnclaveStatus.from_json(json.loads(payload))
+    assert kind is FrameType.CLUSTER_JOINED, payload
+    refreshed = status(second)
     assert (refreshed.version_floor, refreshed.model_version) == (2, None)  # version 1 is no longer served
     assert second.key_config == first.key_config
     newest.write_bytes(hidden)
@@ -256,6 +260,10 @@ def test_members_refuse_what_is_not_theirs_to_do(tmp_path: Path) -> None:
     # a frame whose collateral length runs past its end
     reply = member.answer(FrameType.CLUSTER_RELEASE, b"\x00\x00\x10\x00abc")
     assert framing.parse_header(reply[:5])[0] is FrameType.ERROR
+    # a reload without its action (an empty message meant "reload" once) or with an unknown one
+    for message in (b"", b"\x02", framing.ClusterAction.RELOAD.value + b"\x00"):
+        _, payload = ask(member, FrameType.CLUSTER_RELOAD, message)
+        assert framing.decode_problem(payload).problem is Problem.MALFORMED_REQUEST
 
 
 def report(**changes: object) -> EnclaveReport:
@@ -369,7 +377,7 @@ def test_tds_release_keys_only_to_a_td_that_booted_the_same(
 
     same, other = b"\x01" * 48, b"\x02" * 48
     giver = td("giver")
-    assert frame(giver, FrameType.CLUSTER_FOUND, same)[0] is FrameType.STATUS
+    assert frame(giver, FrameType.CLUSTER_FOUND, same)[0] is FrameType.CLUSTER_FOUNDED
     stranger = td("stranger")
     _, request = frame(stranger, FrameType.CLUSTER_JOIN, other)
     kind, payload = frame(giver, FrameType.CLUSTER_RELEASE, same, request)
@@ -378,5 +386,5 @@ def test_tds_release_keys_only_to_a_td_that_booted_the_same(
     _, request = frame(joiner, FrameType.CLUSTER_JOIN, same)
     kind, release = frame(giver, FrameType.CLUSTER_RELEASE, same, request)
     assert kind is FrameType.CLUSTER_MESSAGE
-    assert frame(joiner, FrameType.CLUSTER_ACCEPT, same, release)[0] is FrameType.STATUS
+    assert frame(joiner, FrameType.CLUSTER_ACCEPT, same, release)[0] is FrameType.CLUSTER_JOINED
     assert joiner.key_config == giver.key_config

@@ -94,9 +94,21 @@ def test_only_the_ray_deployment_needs_ray_and_nothing_imports_it() -> None:
     """`enclave-infer serve` is unchanged for users who do not install the ray extra."""
     for path in PACKAGE.rglob("*.py"):
         imports = imported_modules(path)
-        assert "enclave_infer.ray_serve" not in imports, path.relative_to(PACKAGE)
+        assert "enclave_infer.host.ray_serve" not in imports, path.relative_to(PACKAGE)
         if path.name != "ray_serve.py":
             assert not {m for m in imports if m == "ray" or m.startswith("ray.")}, path.relative_to(PACKAGE)
+
+
+def test_the_ray_deployment_is_untrusted_host_code_and_importing_the_host_needs_no_ray() -> None:
+    import subprocess
+    import sys
+
+    from enclave_infer.attestation.measurement import UNTRUSTED_SUBPACKAGES
+
+    assert not (PACKAGE / "ray_serve.py").exists()
+    assert (PACKAGE / "host" / "ray_serve.py").exists() and "host" in UNTRUSTED_SUBPACKAGES  # not measured
+    code = "import sys, enclave_infer.host, enclave_infer.host.app; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_attestation_never_imports_the_enclave() -> None:

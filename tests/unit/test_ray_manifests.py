@@ -26,7 +26,7 @@ RAY_DEPLOY = REPOSITORY / "deploy" / "ray"
 
 APPLICATION = "enclave-infer"
 DEPLOYMENT = "EnclaveHost"
-IMPORT_PATH = "enclave_infer.ray_serve:build"
+IMPORT_PATH = "enclave_infer.host.ray_serve:build"
 BUILDER_ARGS = {"config", "owner_public_key", "shared_dir", "data_dir", "platform"}
 PLATFORMS = {"auto", "simulation", "gramine-sgx", "tsm"}
 

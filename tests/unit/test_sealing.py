@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.client.owner import public_key_bytes
 from enclave_infer.config import EnclaveConfig
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.models import SEALED_MODEL, ModelError, ModelStore
 from enclave_infer.enclave.platform import SimulationPlatform
-from enclave_infer.enclave.sealing import Sealer
+from enclave_infer.enclave.sealing import Sealer, iter_sealed_stream
 from enclave_infer.errors import DecryptionError, ProtocolError
 from enclave_infer.protocol.manifest import Manifest, ModelFile
 from tests.e2e.conftest import COLOUR_LABELS, colour_model, png
@@ -42,8 +44,19 @@ def test_seal_round_trip_and_tamper(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.partial"))
 
 
+def read_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: int) -> tuple[bytes, bytes]:
+    """(header, body) of a sealed stream, gathered from the pieces the enclave reads one by one."""
+    pieces = iter_sealed_stream(sealer, path, label, max_bytes=max_bytes)
+    header = next(pieces)
+    return header, b"".join(pieces)
+
+
+def again_config(key: Ed25519PrivateKey) -> EnclaveConfig:
+    return EnclaveConfig(owner_public_key=public_key_bytes(key))
+
+
 def make_store(tmp_path: Path, key: Ed25519PrivateKey) -> ModelStore:
-    config = EnclaveConfig(owner_public_key=public_key_bytes(key))
+    config = again_config(key)
     return ModelStore(config, Sealer(SimulationPlatform(config).sealing_key()), tmp_path / "sealed")
 
 
@@ -71,7 +84,7 @@ def test_restart_serves_the_sealed_model(tmp_path: Path) -> None:
     again = make_store(tmp_path, key)
     again.restore()
     assert again.current is not None and again.current.manifest.version == 3
-    assert again.classify(png((250, 0, 0)), 1).results[0].label == "red"
+    assert Classifier(again_config(key), again.state).classify(png((250, 0, 0)), 1).results[0].label == "red"
     with pytest.raises(ModelError, match="not newer"):
         provision(again, key, 3)
 
@@ -89,7 +102,7 @@ def test_tampered_storage_serves_no_model(tmp_path: Path, caplog: pytest.LogCapt
     assert store.current is None
     assert "cannot be read" in caplog.text and "re-provision" in caplog.text
     with pytest.raises(ModelError, match="no model has been provisioned"):
-        store.classify(png((0, 0, 0)), 1)
+        Classifier(again_config(key), store.state).classify(png((0, 0, 0)), 1)
 
 
 def test_a_configuration_change_says_to_re_provision(
@@ -177,9 +190,9 @@ def test_sealed_stream_round_trip_and_tamper(tmp_path: Path) -> None:
             w.write(body[i : i + 70_000])
         w.commit()
     assert not list(tmp_path.glob("*.partial"))
-    assert sealing.read_sealed_stream(sealer, path, b"L", max_bytes=len(body)) == (b"manifest", body)
+    assert read_stream(sealer, path, b"L", max_bytes=len(body)) == (b"manifest", body)
     with pytest.raises(ProtocolError, match="larger than"):
-        sealing.read_sealed_stream(sealer, path, b"L", max_bytes=len(body) - 1)
+        read_stream(sealer, path, b"L", max_bytes=len(body) - 1)
     data = path.read_bytes()
     chunk = 4 + sealing.STREAM_CHUNK_BYTES + 16
     first = len(data) - 3 * chunk - (4 + 12345 + 16)  # offset of the first body chunk
@@ -195,7 +208,7 @@ def test_sealed_stream_round_trip_and_tamper(tmp_path: Path) -> None:
     for name, tampered in variants.items():
         path.write_bytes(tampered)
         with pytest.raises((DecryptionError, ProtocolError)):
-            sealing.read_sealed_stream(sealer, path, b"L", max_bytes=len(body))
+            read_stream(sealer, path, b"L", max_bytes=len(body))
         assert name
     with sealing.SealedStreamWriter(sealer, tmp_path / "aborted", b"h", b"L") as w:
         w.write(b"x" * 10)
@@ -237,4 +250,20 @@ def test_sealed_stream_chunks_cannot_be_spliced_behind_another_header(tmp_path: 
     spliced = tmp_path / "spliced"
     spliced.write_bytes(blob_a[:header_end] + blob_b[header_end:])  # A's header, B's prefix and chunks
     with pytest.raises(DecryptionError):
-        sealing.read_sealed_stream(sealer, spliced, b"L", max_bytes=10**6)
+        read_stream(sealer, spliced, b"L", max_bytes=10**6)
+
+
+def test_an_enclave_leaves_no_folder_in_the_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every enclave start left an empty folder in /tmp (ONNX Runtime's external-data folder, made
+    when the store was built and never removed: the enclave exits with os._exit)."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    key = Ed25519PrivateKey.generate()
+    provision(make_store(tmp_path, key), key, 1)
+    again = make_store(tmp_path, key)
+    again.restore()
+    assert again.current is not None
+    assert sorted(p.name for p in temp.iterdir()) == []

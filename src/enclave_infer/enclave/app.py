@@ -5,9 +5,10 @@ JSON of ``protocol/api.py``'s result types; refusals are RFC 9457 problem docume
 encrypted, so they may speak plainly to the client; nothing here is logged but versions, problem
 types and public hashes.
 
-A model upload (``PUT /v1/model``) takes one path however it arrives: :meth:`App.open_stream` opens
-a sink that checks the signed manifest at the head, then hashes and seals the body as it streams in.
-A non-chunked request is the same sink fed its whole body at once.
+A model upload (``PUT /v1/model``) is the one request that streams (chunked OHTTP, as clients send
+it): :meth:`App.open_stream` opens a sink that checks the signed manifest at the head, then hashes and
+seals the body as it streams in. Any other streamed request is gathered up to an image's size and
+answered as if sent whole; an upload sent whole is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 from urllib.parse import parse_qs, urlsplit
 
 from enclave_infer.attestation.receipt import RECEIPT_HEADER
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.gateway import StreamSink
 from enclave_infer.enclave.models import LoadedModel, ModelError, ModelStore, Upload
 from enclave_infer.enclave.receipts import Receipts
@@ -38,6 +40,7 @@ __all__ = ["App"]
 log = logging.getLogger("enclave_infer.enclave")
 
 _ALLOWED = {Route.CLASSIFY: ("POST",), Route.MODEL: ("GET", "PUT")}
+UPLOADS_STREAM = "a model upload (PUT /v1/model) must be sent chunked (message/ohttp-chunked-req)"
 
 
 class App:
@@ -48,6 +51,7 @@ class App:
     def __init__(
         self,
         store: ModelStore,
+        classifier: Classifier,
         *,
         max_top_k: int,
         max_image_bytes: int,
@@ -55,6 +59,7 @@ class App:
         pad: bool = False,
     ) -> None:
         self._store = store
+        self._classifier = classifier
         self._max_top_k = max_top_k
         self._max_image_bytes = max_image_bytes
         self._receipts = receipts
@@ -63,25 +68,26 @@ class App:
         self._bounds: dict[tuple[int, bool, int], int] = {}
 
     def open_stream(self, head: bhttp.Request) -> StreamSink:
-        """Where the content of a streamed request goes. ``PUT /v1/model`` streams into the model
-        store, checked and sealed as it arrives; any other request is gathered, up to the size of
-        an image, and answered by :meth:`__call__`."""
-        if head.method == "PUT" and _path(head) == Route.MODEL:
-            manifest, signature = head.header(Header.MANIFEST), head.header(Header.MANIFEST_SIGNATURE)
-            if manifest is None or signature is None:
-                return _Answer(
-                    Problem.INVALID_MANIFEST.details(
-                        "PUT /v1/model needs manifest and manifest-signature headers"
-                    ).response()
-                )
-            try:
-                upload = self._store.begin(parse_sf_binary(manifest), parse_sf_binary(signature))
-            except ModelError as exc:
-                return _Answer(exc.details.response())
-            except ProtocolError as exc:
-                return _Answer(Problem.INVALID_MANIFEST.details(str(exc)).response())
-            return _UploadSink(upload)
-        return _Gathered(self, head, limit=self._max_image_bytes)
+        """Where the content of a streamed request goes: a model upload's, into the model store,
+        checked and sealed as it arrives, once its manifest's signature has verified (else it is
+        answered at once, and the enclave drops the stream); any other request's is gathered, up to
+        the size of an image, and answered by :meth:`__call__`."""
+        if head.method != "PUT" or _path(head) != Route.MODEL:
+            return _Gathered(self, head, limit=self._max_image_bytes)
+        manifest, signature = head.header(Header.MANIFEST), head.header(Header.MANIFEST_SIGNATURE)
+        if manifest is None or signature is None:
+            return _Answer(
+                Problem.INVALID_MANIFEST.details(
+                    "PUT /v1/model needs manifest and manifest-signature headers"
+                ).response()
+            )
+        try:
+            upload = self._store.begin(parse_sf_binary(manifest), parse_sf_binary(signature))
+        except ModelError as exc:
+            return _Answer(exc.details.response())
+        except ProtocolError as exc:
+            return _Answer(Problem.INVALID_MANIFEST.details(str(exc)).response())
+        return _UploadSink(upload)
 
     def __call__(self, request: bhttp.Request) -> bhttp.Response:
         try:
@@ -115,13 +121,8 @@ class App:
             if loaded is None:
                 return Problem.NO_MODEL.details("no model has been provisioned yet").response()
             return _json(200, loaded.info().to_json())
-        # A whole (non-chunked) upload takes the streamed path too, in one piece.
-        sink = self.open_stream(request)
-        try:
-            early = sink.write(request.content)
-            return early if early is not None else sink.finish()
-        finally:
-            sink.abort()  # a no-op once finished; frees the memory files otherwise
+        # PUT: a model upload streams (chunked OHTTP); no client sends one whole
+        return Problem.MALFORMED_REQUEST.details(UPLOADS_STREAM).response()
 
     def _top(self, query: dict[str, list[str]]) -> int | None:
         """``top`` from the query, or None if it is not an integer from 1 to max_top_k."""
@@ -155,7 +156,7 @@ class App:
         except UsageError as exc:
             return Problem.INVALID_PARAMETER.details(str(exc)).response()
         pinned = request.header(Header.MODEL_PIN)
-        result = self._store.classify(request.content, top, runtime, pinned=pinned)
+        result = self._classifier.classify(request.content, top, runtime, pinned=pinned)
         response = _json(200, result.to_json())
         if self._receipts is not None and request.header(RECEIPT_HEADER) == "?1":
             receipt = self._receipts.header(

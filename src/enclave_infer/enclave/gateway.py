@@ -34,20 +34,26 @@ MAX_REPLAY_ENTRIES = 200_000
 
 
 class Gateway:
+    """``key``: the key the gateway answers with now (an enclave's own, until it joins a cluster)."""
+
     def __init__(
         self,
-        key: ohttp.GatewayKey,
+        key: Callable[[], ohttp.GatewayKey],
         app: StreamingApp,
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.key = key
+        self._key = key
         self._app = app
         self._clock = clock  # compared with request dates
         self._monotonic = monotonic  # ages replay-cache entries: stepping the wall clock cannot flush it
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def key(self) -> ohttp.GatewayKey:
+        return self._key()
 
     def begin_chunked(self) -> ChunkedExchange:
         return ChunkedExchange(self)

@@ -1,13 +1,14 @@
-"""The model being served: provisioning, sealing, restoring and inference.
+"""The sealed model store: provisioning, sealing, restoring, and reloading from a cluster's storage.
 
-Trusted code. A provision is accepted only if, in order: the manifest's signature verifies under the
-owner key of the measured configuration; its version exceeds the current one; the model bytes have
-the size and SHA-256 the manifest names; the preprocessing is valid; ONNX Runtime loads the model and
-a trial run yields one score per label; and the model is sealed to storage. Only then does the new
-model replace the old one, in one assignment. Any failure leaves the served model untouched.
-
-Inference: each request decodes and preprocesses its image in its own thread, then waits for the
-:class:`~enclave_infer.enclave.batching.Batcher` to run it in a batch with others of the same model.
+Trusted code; the I/O around the trusted state (:mod:`enclave_infer.enclave.state`), which decides
+what may be served. A provision is accepted only if, in order: the manifest's signature verifies
+under the owner key of the measured configuration; the state accepts its version as newer; the
+model bytes have the size and SHA-256 the manifest names; the preprocessing is valid; ONNX Runtime
+loads the model and a trial run yields one score per label; and the model is sealed to storage
+(alone: one file, replaced; in a cluster: one file per version in the shared folder,
+:mod:`enclave_infer.cluster.storage`). Only then does the state serve the new model, in one
+transition. Any failure leaves the served model untouched. Classification is
+:mod:`enclave_infer.enclave.classifier`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import hashlib
 import itertools
 import logging
 import os
-import re
 import struct
 import tempfile
 import threading
@@ -27,16 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from enclave_infer.cluster.storage import CLUSTER_SEALING_PURPOSE, ClusterStorage
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave._modelfiles import ModelFiles
-from enclave_infer.enclave.batching import Batcher, BatchStats
-from enclave_infer.enclave.preprocess import ImageError, decode_image, to_tensor
 from enclave_infer.enclave.runtimes import (
-    InferenceError,
+    Runtime as LoadedRuntime,
+)
+from enclave_infer.enclave.runtimes import (
     RuntimeLoadError,
     check_scores,
     load_onnx,
@@ -44,36 +44,22 @@ from enclave_infer.enclave.runtimes import (
     takes_batches,
     torch_available,
 )
-from enclave_infer.enclave.runtimes import (
-    Runtime as LoadedRuntime,
-)
 from enclave_infer.enclave.sealing import SealedStreamWriter, Sealer, iter_sealed_stream
+from enclave_infer.enclave.state import TrustedState, VersionNotNewer
 from enclave_infer.errors import DecryptionError, EnclaveInferError, ProtocolError, UsageError
-from enclave_infer.protocol.api import (
-    Classification,
-    EnclaveStatus,
-    ModelInfo,
-    Prediction,
-    Preprocessing,
-    Problem,
-    ProblemDetails,
-    ProvisionResult,
-    Runtime,
-)
-from enclave_infer.protocol.manifest import Manifest
+from enclave_infer.protocol.api import ModelInfo, Preprocessing, Problem, ProblemDetails, ProvisionResult
+from enclave_infer.protocol.manifest import BadSignature, Manifest
 
 __all__ = ["LoadedModel", "ModelError", "ModelStore", "Upload"]
 
 log = logging.getLogger("enclave_infer.enclave")
 
+# The one sealed file of an enclave that serves alone (a cluster's: cluster/storage.py).
 SEALED_MODEL = "model.sealed"
 SEAL_LABEL = b"enclave-infer sealed model v2"
-# A cluster's storage (enclave_infer.cluster) holds one file per version, never overwritten.
-CLUSTER_MODEL = re.compile(r"model-v([1-9][0-9]{0,17})\.sealed")
-
-
-def cluster_model_name(version: int) -> str:
-    return f"model-v{version}.sealed"
+# Where ONNX Runtime looks for "external data" while it loads a model: a fresh empty folder per load,
+# removed right after it (so that no enclave start leaves a folder behind).
+NO_FILES_PREFIX = "enclave-infer-no-external-data-"
 
 
 class ModelError(EnclaveInferError):
@@ -108,6 +94,10 @@ class LoadedModel:
     runtimes: dict[str, LoadedRuntime]  # "onnx", "torch": the first is the default
     batched: frozenset[str]  # the runtimes that take several images per run (takes_batches)
     provisioned_at: float
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
 
     def info(self) -> ModelInfo:
         m = self.manifest
@@ -198,44 +188,32 @@ class Upload:
 
 
 class ModelStore:
-    def __init__(self, config: EnclaveConfig, sealer: Sealer | None, storage: Path) -> None:
-        """``sealer`` None: the platform has no sealing key; models live in memory only."""
+    """Provisions, restores and reloads models; what is served is ``state``'s to decide."""
+
+    def __init__(
+        self,
+        config: EnclaveConfig,
+        sealer: Sealer | None,
+        storage: Path,
+        *,
+        state: TrustedState[LoadedModel] | None = None,
+        shared: Path | None = None,
+    ) -> None:
+        """``sealer`` None: the platform has no sealing key; models live in memory only.
+        ``shared``: the storage of the cluster the enclave joins (through ``state``)."""
         self._config = config
         self._sealer = sealer
         self._storage = storage
+        self.state: TrustedState[LoadedModel] = state if state is not None else TrustedState()
+        self._cluster = ClusterStorage(shared) if shared is not None else None
+        self._cluster_sealer: tuple[bytes, Sealer] | None = None  # (the cluster's sealing key, its Sealer)
         self._provision_lock = threading.Lock()
-        self._no_files = tempfile.mkdtemp(prefix="enclave-infer-no-external-data-")
-        self.current: LoadedModel | None = None
-        limits, batching = config.limits, config.batching
-        # A batch never holds more images than there are requests in the enclave.
-        self._batcher = Batcher(
-            max_batch_size=min(batching.max_batch_size, limits.max_concurrent_requests),
-            max_queue_delay_us=batching.max_queue_delay_us,
-        )
-        self._decodes = threading.BoundedSemaphore(limits.max_concurrent_decodes)
-        self._stats_lock = threading.Lock()
-        self._classifications = 0
-        # A cluster member's shared storage, and the lowest version it may serve (use_cluster).
-        self._shared: Path | None = None
-        self.cluster_id: str | None = None
-        self.floor = 0
         self._reload_lock = threading.Lock()
-        self._refused: set[str] = set()  # files of the shared storage that failed verification
 
-    def status(self) -> EnclaveStatus:
-        """What the host may know: the served model's public identity, how many answers, and the
-        sizes of the batches inference ran."""
-        loaded = self.current
-        batches = self._batcher.stats()
-        return EnclaveStatus(
-            model_sha256=loaded.manifest.model_sha256 if loaded else None,
-            model_version=loaded.manifest.version if loaded else None,
-            classifications=self._classifications,
-            batches=batches.batches,
-            batch_sizes={n: count for n, count in enumerate(batches.sizes, start=1) if count},
-            cluster_id=self.cluster_id,
-            version_floor=self.floor if self.cluster_id is not None else None,
-        )
+    @property
+    def current(self) -> LoadedModel | None:
+        """The served model."""
+        return self.state.model
 
     # -- provisioning --------------------------------------------------------------------------
 
@@ -244,12 +222,14 @@ class ModelStore:
         is accepted. The model becomes live only in :meth:`Upload.finish`."""
         try:
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
+        except BadSignature as exc:
+            log.warning("provision refused: %s", _slug(Problem.INVALID_SIGNATURE))
+            raise ModelError(Problem.INVALID_SIGNATURE, str(exc)) from None
         except ProtocolError as exc:
-            problem = Problem.INVALID_SIGNATURE if "signature" in str(exc) else Problem.INVALID_MANIFEST
-            log.warning("provision refused: %s", problem.uri.rpartition(":")[2])
-            raise ModelError(problem, str(exc)) from None
+            log.warning("provision refused: %s", _slug(Problem.INVALID_MANIFEST))
+            raise ModelError(Problem.INVALID_MANIFEST, str(exc)) from None
         try:
-            self._check_newer(manifest)
+            self._check_newer(manifest.version, upload=True)
             if manifest.model_size > self._config.limits.max_model_bytes:
                 raise ModelError(
                     Problem.TOO_LARGE, f"model is larger than {self._config.limits.max_model_bytes} bytes"
@@ -259,17 +239,16 @@ class ModelStore:
             log.warning("provision of model version %d refused: %s", manifest.version, _slug(exc.problem))
             raise
         writer = None
-        if self._sealer is not None:
+        sealer = self._sealer_now()
+        if sealer is not None:
             try:
                 header = _pack(manifest_bytes, signature)
-                if self._shared is not None:  # a cluster member: a new file for each version
-                    path = self._shared / cluster_model_name(manifest.version)
-                    writer = SealedStreamWriter(self._sealer, path, header, SEAL_LABEL, exclusive=True)
+                if self._cluster is not None:  # a cluster member: a new file for each version
+                    path = self._cluster.path(manifest.version)
+                    writer = SealedStreamWriter(sealer, path, header, SEAL_LABEL, exclusive=True)
                 else:
                     self._storage.mkdir(parents=True, exist_ok=True)
-                    writer = SealedStreamWriter(
-                        self._sealer, self._storage / SEALED_MODEL, header, SEAL_LABEL
-                    )
+                    writer = SealedStreamWriter(sealer, self._storage / SEALED_MODEL, header, SEAL_LABEL)
             except OSError as exc:
                 error = storage_error(exc)
                 log.warning("provision of model version %d refused: %s", manifest.version, error)
@@ -277,43 +256,50 @@ class ModelStore:
         return Upload(self, manifest, signature, writer)
 
     def install(self, loaded: LoadedModel, *, commit: Callable[[], None] | None) -> int | None:
-        """Make ``loaded`` the served model: check again that it is newer (another upload may have
-        finished meanwhile), run ``commit`` (the sealed file goes into place), swap. Returns the
-        version it replaced."""
+        """Make ``loaded`` the served model: the state checks that it is newer (another upload may
+        have finished meanwhile), ``commit`` puts the sealed file in place, the state serves it.
+        Returns the version it replaced."""
+        upload = commit is not None
         with self._provision_lock:
-            self._check_newer(loaded.manifest, upload=commit is not None)
+            self._check_newer(loaded.version, upload=upload)
             if commit is not None:
                 try:
                     commit()
                 except FileExistsError:  # another member took this version meanwhile
                     raise ModelError(
                         Problem.VERSION_NOT_NEWER,
-                        f"model version {loaded.manifest.version} is already in the cluster's storage",
+                        f"model version {loaded.version} is already in the cluster's storage",
                     ) from None
                 except OSError as exc:
                     raise storage_error(exc) from None
-            previous, self.current = self.current, loaded
-            self.floor = max(self.floor, loaded.manifest.version)
+            try:
+                previous = self.state.install(loaded, upload=upload)
+            except VersionNotNewer as exc:  # a release raised the floor meanwhile
+                raise ModelError(Problem.VERSION_NOT_NEWER, str(exc)) from None
         m = loaded.manifest
         log.info("serving model version %d sha256 %s", m.version, m.model_sha256)
-        return previous.manifest.version if previous is not None else None
+        return previous.version if previous is not None else None
 
-    def _check_newer(self, manifest: Manifest, *, upload: bool = True) -> None:
-        """``upload``: a new version (above the floor); else one from the cluster's storage (at or
-        above it)."""
-        current = self.current
-        if current is not None and manifest.version <= current.manifest.version:
-            raise ModelError(
-                Problem.VERSION_NOT_NEWER,
-                f"model version {manifest.version} is not newer than the served version"
-                f" {current.manifest.version}",
+    def _check_newer(self, version: int, *, upload: bool) -> None:
+        try:
+            self.state.check_newer(version, upload=upload)
+        except VersionNotNewer as exc:
+            raise ModelError(Problem.VERSION_NOT_NEWER, str(exc)) from None
+
+    def _sealer_now(self) -> Sealer | None:
+        """What seals models now: the cluster's key once the enclave has joined its cluster, else
+        the platform's (None: no sealing key)."""
+        if self._cluster is None:
+            return self._sealer
+        cluster = self.state.cluster
+        if cluster is None:
+            return None
+        if self._cluster_sealer is None or self._cluster_sealer[0] != cluster.sealing_key:
+            self._cluster_sealer = (
+                cluster.sealing_key,
+                Sealer(cluster.sealing_key, purpose=CLUSTER_SEALING_PURPOSE),
             )
-        if self._shared is not None and manifest.version < self.floor + upload:
-            raise ModelError(
-                Problem.VERSION_NOT_NEWER,
-                f"model version {manifest.version} is not newer than version {self.floor},"
-                " which a member of the cluster holds",
-            )
+        return self._cluster_sealer[1]
 
     def model_files(self, manifest: Manifest) -> ModelFiles:
         """Where the plaintext of ``manifest``'s files goes while they arrive (memory only)."""
@@ -342,7 +328,8 @@ class ModelStore:
             part = files.source(index)
             try:
                 if f.format == "onnx":
-                    runtime = load_onnx(part, threads=threads, no_files_dir=self._no_files)
+                    with tempfile.TemporaryDirectory(prefix=NO_FILES_PREFIX) as no_files:
+                        runtime = load_onnx(part, threads=threads, no_files_dir=no_files)
                 elif torch_available():
                     runtime = load_torch(part, fmt=f.format, threads=threads)
                 else:
@@ -354,7 +341,7 @@ class ModelStore:
             except RuntimeLoadError as exc:
                 raise ModelError(Problem.INVALID_MODEL, str(exc)) from None
             runtimes[runtime.name] = runtime
-            size = self._batcher.max_batch_size
+            size = self._config.batch_size
             if size > 1:
                 if takes_batches(runtime, example, size):
                     batched.add(runtime.name)
@@ -378,7 +365,7 @@ class ModelStore:
             return
         loaded = self._read_sealed(path, self._sealer)
         if loaded is not None:
-            self.current = loaded
+            self.state.install(loaded, upload=False)
 
     def _read_sealed(self, path: Path, sealer: Sealer, version: int | None = None) -> LoadedModel | None:
         """The model of a sealed file, verified and loaded; None (and one log line) if it fails.
@@ -424,150 +411,40 @@ class ModelStore:
 
     # -- clusters ------------------------------------------------------------------------------
 
-    def use_cluster(self, sealer: Sealer, shared: Path, cluster_id: str, floor: int) -> None:
-        """Become a cluster member: models are sealed under the cluster's key into ``shared``, one
-        file per version, and none below ``floor`` (the highest version a live member holds) is
-        served. Then :meth:`reload` loads the newest model there."""
-        with self._provision_lock:
-            self._sealer, self._shared, self.cluster_id = sealer, shared, cluster_id
-            self.floor = max(self.floor, floor)
-
-    def raise_floor(self, floor: int) -> None:
-        """A member told of a higher floor (key release) serves nothing below it: a version another
-        member holds is newer than the one served here (its host may have kept it from loading)."""
-        with self._provision_lock:
-            if floor <= self.floor:
-                return
-            self.floor = floor
-            current = self.current
-            if current is not None and current.manifest.version < floor:
-                log.error(
-                    "a member of the cluster holds model version %d: version %d is no longer served",
-                    floor,
-                    current.manifest.version,
-                )
-                self.current = None
-
     def reload(self) -> None:
-        """Serve the newest model in the cluster's storage if it is newer than the served one and
-        at or above the floor. A file that fails verification is skipped, and never read again."""
-        shared, sealer = self._shared, self._sealer
-        if shared is None or sealer is None:
+        """Serve the newest model in the cluster's storage if the state takes it (newer than the
+        served one, at or above the floor). A file that fails verification is never read again."""
+        storage, sealer = self._cluster, self._sealer_now()
+        if storage is None or sealer is None:
             return
         with self._reload_lock:
             try:
-                names = [
-                    (int(m[1]), m[0]) for p in shared.iterdir() if (m := CLUSTER_MODEL.fullmatch(p.name))
-                ]
+                versions = storage.versions()
             except OSError as exc:
                 log.error("cannot list the cluster's storage: %s", os.strerror(exc.errno or 0))
                 return
-            current = self.current.manifest.version if self.current else 0
-            for version, name in sorted(names, reverse=True):
-                if version <= current:
-                    break
-                if name in self._refused:
-                    continue
-                if version < self.floor:
-                    log.error(
-                        "model version %d in the cluster's storage is below the floor %d (a rollback?);"
-                        " it is not served",
-                        version,
-                        self.floor,
-                    )
-                    self._refused.add(name)
-                    continue
+            current = self.current.version if self.current else 0
+            for version in storage.candidates(versions, current=current, floor=self.state.floor):
+                path = storage.path(version)
                 try:
-                    loaded = self._read_sealed(shared / name, sealer, version)
+                    loaded = self._read_sealed(path, sealer, version)
                 except OSError as exc:  # tried again at the next reload
-                    log.warning("cannot read %s from the cluster's storage: %s", name, type(exc).__name__)
+                    log.warning(
+                        "cannot read %s from the cluster's storage: %s", path.name, type(exc).__name__
+                    )
                     continue
                 if loaded is None:
-                    self._refused.add(name)
+                    storage.refuse(version)
                     continue
                 with contextlib.suppress(ModelError):  # a newer one arrived meanwhile
                     self.install(loaded, commit=None)
                 return
-            if self.current is None and self.floor > 0:
+            if self.current is None and self.state.floor > 0:
                 log.error(
                     "no model at or above version %d (the cluster's floor) in the cluster's storage;"
                     " serving none",
-                    self.floor,
+                    self.state.floor,
                 )
-
-    # -- inference -----------------------------------------------------------------------------
-
-    def classify(
-        self, image: bytes, top: int, runtime: Runtime = Runtime.DEFAULT, *, pinned: str | None = None
-    ) -> Classification:
-        """``runtime``: the first the owner provisioned, one by name, or every runtime side by side
-        (:attr:`Runtime.BOTH`), as the Mystikos sample does."""
-        with self._stats_lock:  # every request, whatever its outcome: the count says nothing of it
-            self._classifications += 1
-        loaded = self.current
-        if loaded is None:
-            raise ModelError(Problem.NO_MODEL, "no model has been provisioned yet")
-        if pinned is not None and pinned.lower() != loaded.manifest.model_sha256:
-            # before the image is even decoded: a pinned client's image meets no other model
-            raise ModelError(
-                Problem.MODEL_PIN_MISMATCH,
-                f"the enclave serves model {loaded.manifest.model_sha256}, not the pinned {pinned}",
-            )
-        if runtime is Runtime.DEFAULT:
-            names = [next(iter(loaded.runtimes))]
-        elif runtime is Runtime.BOTH:
-            names = list(loaded.runtimes)
-        elif runtime.value in loaded.runtimes:
-            names = [runtime.value]
-        else:
-            have = ", ".join(loaded.runtimes)
-            raise ModelError(
-                Problem.RUNTIME_NOT_PROVISIONED,
-                f"runtime {runtime.value!r} is not provisioned; this model has {have}",
-            )
-        if len(image) > self._config.limits.max_image_bytes:
-            raise ModelError(
-                Problem.TOO_LARGE, f"image is larger than {self._config.limits.max_image_bytes} bytes"
-            )
-        # The image is decoded here, in the request's own thread, alongside the others; a bad one
-        # fails this request only and never reaches a batch. The image runs against `loaded`, the
-        # model its pin was checked against, even if a provision swaps in another meanwhile.
-        with self._batcher.incoming():
-            try:
-                with self._decodes:
-                    pixels = decode_image(image, max_pixels=self._config.limits.max_pixels)
-                    tensor = to_tensor(pixels, loaded.preprocessing)
-                    del pixels  # freed before the next decode may start
-            except ImageError as exc:
-                raise ModelError(Problem.INVALID_IMAGE, str(exc)) from None
-            waiting = [
-                self._batcher.submit(loaded.runtimes[name], tensor, batched=name in loaded.batched)
-                for name in names
-            ]
-        by_runtime: dict[str, tuple[Prediction, ...]] = {}
-        labels = loaded.manifest.labels
-        for name, pending in zip(names, waiting, strict=True):
-            try:
-                scores = np.asarray(pending.result()[0], dtype=np.float64)
-            except InferenceError as exc:
-                raise ModelError(Problem.INFERENCE_FAILED, str(exc)) from None
-            probabilities = _as_probabilities(scores)
-            order = np.argsort(-probabilities, kind="stable")[:top]
-            by_runtime[name] = tuple(Prediction(labels[i], int(i), float(probabilities[i])) for i in order)
-        return Classification(
-            model_sha256=loaded.manifest.model_sha256,
-            model_version=loaded.manifest.version,
-            results=by_runtime[names[0]],
-            by_runtime=by_runtime if runtime is Runtime.BOTH else {},
-        )
-
-    def batch_stats(self) -> BatchStats:
-        """How many batches of each size inference has run, for metrics."""
-        return self._batcher.stats()
-
-    def close(self) -> None:
-        """Run the images already queued and stop the batcher's thread; classify then fails."""
-        self._batcher.close()
 
 
 def _preprocessing(manifest: Manifest) -> Preprocessing:
@@ -580,14 +457,6 @@ def _preprocessing(manifest: Manifest) -> Preprocessing:
 def _slug(problem: Problem) -> str:
     """The problem type's last segment, for one-line logs: ``version-not-newer``."""
     return problem.uri.rpartition(":")[2].rpartition("#")[2]
-
-
-def _as_probabilities(scores: np.ndarray[Any, np.dtype[np.float64]]) -> np.ndarray[Any, np.dtype[np.float64]]:
-    # A model that already ends in softmax gives a distribution; anything else is logits.
-    if scores.min() >= 0.0 and abs(float(scores.sum()) - 1.0) < 1e-3:
-        return scores
-    exp = np.exp(scores - scores.max())
-    return np.asarray(exp / exp.sum(), dtype=np.float64)
 
 
 def _pack(manifest: bytes, signature: bytes) -> bytes:

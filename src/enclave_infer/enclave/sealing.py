@@ -134,7 +134,7 @@ class SealedStreamWriter:
     def __init__(
         self, sealer: Sealer, path: Path, header: bytes, label: bytes, *, exclusive: bool = False
     ) -> None:
-        self._sealer, self._path, self._label = sealer, path, label
+        self._sealer, self._path = sealer, path
         self._exclusive = exclusive
         # unique, so that two uploads racing each other never write one file
         self._tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.partial")
@@ -184,14 +184,6 @@ class SealedStreamWriter:
         sealed = self._sealer.encrypt(nonce, chunk, self._aad)
         self._file.write(struct.pack("!I", len(sealed)) + sealed)
         self._counter += 1
-
-
-def read_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: int) -> tuple[bytes, bytes]:
-    """(header, body) of a file :class:`SealedStreamWriter` committed: :func:`iter_sealed_stream`,
-    gathered."""
-    pieces = iter_sealed_stream(sealer, path, label, max_bytes=max_bytes)
-    header = next(pieces)
-    return header, b"".join(pieces)
 
 
 def iter_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: int) -> Iterator[bytes]:

@@ -21,6 +21,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,30 +32,24 @@ from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, a
 from enclave_infer.cluster import keyrelease
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
+from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.gateway import Gateway
-from enclave_infer.enclave.models import ModelStore
+from enclave_infer.enclave.limits import ServerLimits
+from enclave_infer.enclave.models import LoadedModel, ModelStore
 from enclave_infer.enclave.platform import Platform
 from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.enclave.sealing import Sealer
+from enclave_infer.enclave.state import AlreadyJoined, OtherCluster, TrustedState
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
-from enclave_infer.protocol.api import Problem
-from enclave_infer.protocol.framing import Address, FrameType, format_address
+from enclave_infer.protocol.api import EnclaveStatus, Problem
+from enclave_infer.protocol.framing import Address, Cap, FrameType, Slot, format_address
 
 __all__ = ["Enclave", "serve"]
 
 log = logging.getLogger("enclave_infer.enclave")
 
-# A chunked request may pause this long between frames, and last this long in all: 512 MiB at
-# 0.5 MB/s fits in the total; a stalled or trickling stream cannot hold a slot for longer.
-STREAM_IDLE_SECONDS = 60.0
-MAX_STREAM_SECONDS = 1800.0
-# A frame longer than an image plus this much (binary HTTP framing and headers, the OHTTP header,
-# encapsulated key and tag) is, from any honest client, a whole model upload (up to max_request_bytes).
-# One such frame is read at a time, so that the many slots batching wants do not multiply the
-# memory those frames can take; the one upload with the highest version wins anyway.
-IMAGE_REQUEST_OVERHEAD = 64 * 1024
-MAX_LARGE_FRAMES = 1
+DEFAULT_LIMITS = ServerLimits()
 
 
 class Enclave:
@@ -63,7 +58,8 @@ class Enclave:
     ``shared``: the storage of a cluster (:mod:`enclave_infer.cluster`): the enclave serves nothing
     until it has joined one by attested key release, or founded one; then it answers with the
     cluster's key and serves the cluster's models from ``shared``. ``verifier``: the roots peers'
-    evidence is verified with (:meth:`Verifier.production`, or a test's own roots)."""
+    evidence is verified with (:meth:`Verifier.production`, or a test's own roots). ``limits``: how
+    long and how slowly the host may keep the enclave busy."""
 
     def __init__(
         self,
@@ -73,17 +69,19 @@ class Enclave:
         *,
         shared: Path | None = None,
         verifier: Verifier,
+        limits: ServerLimits = DEFAULT_LIMITS,
     ) -> None:
         self.config = config
+        self.limits = limits
         self.platform = platform
         # fresh per instance; it leaves only by attested key release, to a member of its cluster
-        self.key = ohttp.GatewayKey.generate(key_id=1)
-        self.key_config = self.key.config.encode()
+        self._own_key = ohttp.GatewayKey.generate(key_id=1)
         # signs receipts; this instance's own (never released), bound into its evidence
         self.receipt_key = Ed25519PrivateKey.generate()
         self.receipt_public_key = self.receipt_key.public_key().public_bytes_raw()
         self.shared = shared
-        self.cluster: keyrelease.ClusterSecrets | None = None
+        # the served model, the version floor and the cluster: changed only by its checked methods
+        self.state: TrustedState[LoadedModel] = TrustedState()
         self._pending: keyrelease.PendingJoin | None = None
         self._cluster_lock = threading.Lock()
         self._verifier = verifier
@@ -92,70 +90,160 @@ class Enclave:
         except AttestationError as exc:
             log.warning("%s: provisioned models are kept in memory only, not across restarts", exc)
             sealer = None
-        self.store = ModelStore(config, sealer, storage)
+        self.store = ModelStore(config, sealer, storage, state=self.state, shared=shared)
         if shared is None:  # a cluster member's models are the cluster's, loaded once it joins
             self.store.restore()
+        self.classifier = Classifier(config, self.state)
         self.receipts = Receipts(self.receipt_key, platform, config, lambda: self.key_config)
         app = App(
             self.store,
+            self.classifier,
             max_top_k=config.limits.max_top_k,
             max_image_bytes=config.limits.max_image_bytes,
             receipts=self.receipts,
             pad=config.padding.enabled,
         )
-        self.gateway = Gateway(self.key, app)
+        self.gateway = Gateway(lambda: self.key, app)
         self.slots = threading.BoundedSemaphore(config.limits.max_concurrent_requests)
-        self.large_frames = threading.BoundedSemaphore(MAX_LARGE_FRAMES)
+        self.stream_slots = threading.BoundedSemaphore(framing.STREAM_SLOTS)
+        self.large_frames = threading.BoundedSemaphore(limits.max_large_frames)
         self.max_frame_bytes = config.limits.max_request_bytes
-        self.max_image_frame_bytes = config.limits.max_image_bytes + IMAGE_REQUEST_OVERHEAD
+        self.max_image_frame_bytes = config.limits.max_image_bytes + limits.image_request_overhead
+        self._caps = {
+            Cap.EMPTY: 0,
+            Cap.NONCE: MAX_NONCE_BYTES,
+            Cap.DOCUMENT: MAX_DOCUMENT_BYTES,
+            Cap.CLUSTER: framing.CLUSTER_PREFIX.size + MAX_DOCUMENT_BYTES + keyrelease.MAX_MESSAGE_BYTES,
+            Cap.REQUEST: config.limits.max_request_bytes,
+        }
+        # what answers each request of framing.REQUESTS (but CHUNKED_BEGIN, a stream: _Handler)
+        self._handlers: dict[FrameType, Callable[[bytes], bytes]] = {
+            FrameType.GET_KEYS: self._keys,
+            FrameType.GET_EVIDENCE: self._evidence,
+            FrameType.GET_STATUS: self._status,
+            FrameType.SET_COLLATERAL: self._set_collateral,
+            FrameType.OHTTP_REQUEST: self._ohttp,
+            **{kind: self._cluster_handler(kind) for kind, spec in framing.REQUESTS.items() if spec.cluster},
+        }
+
+    @property
+    def cluster(self) -> keyrelease.ClusterSecrets | None:
+        """The cluster this enclave has joined (or founded), if any."""
+        return self.state.cluster
+
+    @property
+    def key(self) -> ohttp.GatewayKey:
+        """The OHTTP key the enclave answers with: its own, or its cluster's once it has joined."""
+        cluster = self.state.cluster
+        return cluster.ohttp_key if cluster is not None else self._own_key
+
+    @property
+    def key_config(self) -> bytes:
+        return self.key.config.encode()
+
+    # -- the frames: dispatched by framing.REQUESTS -----------------------------------------------
+
+    def cap(self, spec: framing.Spec) -> int:
+        """The most payload a request of ``spec`` may carry, in bytes."""
+        return self._caps[spec.cap]
+
+    def refusal(self, kind: FrameType) -> bytes | None:
+        """The ERROR frame for a request this enclave does not take (not a request, a cluster frame
+        to an enclave that serves alone, a client's request before the enclave joined its cluster),
+        or None. The one place these are checked, from the frame's row in ``framing.REQUESTS``."""
+        spec = framing.REQUESTS.get(kind)
+        if spec is None:
+            return _problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}")
+        if spec.cluster and self.shared is None:
+            return _problem(Problem.MALFORMED_REQUEST, "this enclave was not started as a cluster member")
+        if spec.joined and self.shared is not None and self.cluster is None:
+            return _problem(Problem.ENCLAVE_UNAVAILABLE, NOT_JOINED_DETAIL)
+        return None
 
     def answer(self, kind: FrameType, payload: bytes) -> bytes:
-        if kind is FrameType.GET_STATUS:
-            return self._status()
-        if kind is FrameType.GET_KEYS:
-            return framing.encode_frame(FrameType.KEYS, ohttp.encode_key_configs([self.key.config]))
-        if kind is FrameType.GET_EVIDENCE:
-            if not MIN_NONCE_BYTES <= len(payload) <= MAX_NONCE_BYTES:
-                return _problem(
-                    Problem.INVALID_PARAMETER, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
-                )
-            report_data = attestation_binding(
-                self.key_config, self.receipt_public_key, self.config.digest(), payload
+        """The reply frame to one request frame (a chunked request streams: :class:`_Handler`)."""
+        refusal = self.refusal(kind)
+        if refusal is not None:
+            return refusal
+        spec = framing.REQUESTS[kind]
+        handler = self._handlers.get(kind)
+        if handler is None:  # CHUNKED_BEGIN: its stream is read by the connection's handler
+            return _problem(Problem.MALFORMED_REQUEST, f"{kind.name} opens a stream on a connection")
+        if len(payload) > self.cap(spec):
+            return _problem(Problem.TOO_LARGE, f"{kind.name} takes at most {self.cap(spec)} bytes")
+        try:
+            return framing.encode_frame(spec.reply, handler(payload))
+        except _Refused as exc:
+            return exc.frame
+        except Exception as exc:  # never let one request take the enclave down
+            log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
+            return _problem(Problem.INTERNAL, "internal enclave error")
+
+    def _keys(self, payload: bytes) -> bytes:
+        return ohttp.encode_key_configs([self.key.config])
+
+    def _evidence(self, nonce: bytes) -> bytes:
+        if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
+            raise _Refused(
+                Problem.INVALID_PARAMETER, f"nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes"
             )
-            document = Evidence(
-                self.platform.tee,
-                self.platform.evidence(report_data),
-                self.config.canonical(),
-                receipt_key=self.receipt_public_key,
-            )
-            return framing.encode_frame(FrameType.EVIDENCE, document.encode())
-        if kind is FrameType.SET_COLLATERAL:
-            if len(payload) > MAX_DOCUMENT_BYTES:
-                return _problem(Problem.TOO_LARGE, f"collateral larger than {MAX_DOCUMENT_BYTES} bytes")
-            self.receipts.set_collateral(payload)
-            return self._status()
-        if kind in _CLUSTER_FRAMES:
-            return self._cluster(kind, payload)
-        if kind is FrameType.OHTTP_REQUEST:
-            if self.shared is not None and self.cluster is None:
-                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
-            try:
-                return framing.encode_frame(FrameType.OHTTP_RESPONSE, self.gateway.handle(payload))
-            except (DecryptionError, ohttp.KeyMismatchError):
-                return _problem(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL)
-            except ProtocolError as exc:
-                return _problem(Problem.MALFORMED_REQUEST, f"malformed encapsulated request: {exc}")
-        return _problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}")
+        report_data = attestation_binding(
+            self.key_config, self.receipt_public_key, self.config.digest(), nonce
+        )
+        document = Evidence(
+            self.platform.tee,
+            self.platform.evidence(report_data),
+            self.config.canonical(),
+            receipt_key=self.receipt_public_key,
+        )
+        return document.encode()
+
+    def status(self) -> EnclaveStatus:
+        """What the host may know: the served model's public identity, how many answers, and the
+        sizes of the batches inference ran."""
+        loaded, cluster, batches = self.state.model, self.state.cluster, self.classifier.batch_stats()
+        return EnclaveStatus(
+            model_sha256=loaded.manifest.model_sha256 if loaded else None,
+            model_version=loaded.version if loaded else None,
+            classifications=self.classifier.classifications,
+            batches=batches.batches,
+            batch_sizes={n: count for n, count in enumerate(batches.sizes, start=1) if count},
+            cluster_id=cluster.cluster_id.hex() if cluster is not None else None,
+            version_floor=self.state.floor if cluster is not None else None,
+        )
+
+    def _status(self, payload: bytes) -> bytes:
+        return json.dumps(self.status().to_json()).encode()
+
+    def _set_collateral(self, collateral: bytes) -> bytes:
+        self.receipts.set_collateral(collateral)
+        return b""
+
+    def _ohttp(self, request: bytes) -> bytes:
+        try:
+            return self.gateway.handle(request)
+        except (DecryptionError, ohttp.KeyMismatchError):
+            raise _Refused(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL) from None
+        except ProtocolError as exc:
+            raise _Refused(Problem.MALFORMED_REQUEST, f"malformed encapsulated request: {exc}") from None
 
     # -- clusters ------------------------------------------------------------------------------
 
+    def _cluster_handler(self, kind: FrameType) -> Callable[[bytes], bytes]:
+        return lambda payload: self._cluster(kind, payload)
+
     def _cluster(self, kind: FrameType, payload: bytes) -> bytes:
-        if self.shared is None:
-            return _problem(Problem.MALFORMED_REQUEST, "this enclave was not started as a cluster member")
         try:
             collateral, message = framing.decode_cluster_payload(payload)
         except ProtocolError as exc:
-            return _problem(Problem.MALFORMED_REQUEST, str(exc))
+            raise _Refused(Problem.MALFORMED_REQUEST, str(exc)) from None
+        if kind is FrameType.CLUSTER_RELOAD:
+            try:
+                framing.ClusterAction(message)
+            except ValueError:
+                raise _Refused(Problem.MALFORMED_REQUEST, "CLUSTER_RELOAD without a known action") from None
+            self.store.reload()
+            return b""
 
         def attest(report_data: bytes) -> bytes:
             evidence = self.platform.evidence(report_data)
@@ -164,37 +252,32 @@ class Enclave:
         now = datetime.now(UTC)  # the host's clock: see the README on key release
         with self._cluster_lock:
             try:
-                reply = self._cluster_locked(kind, message, attest, now)
+                reply, joined = self._cluster_locked(kind, message, attest, now)
             except keyrelease.KeyReleaseError as exc:
                 log.warning("%s", exc)
-                return _problem(Problem.KEY_RELEASE_REFUSED, str(exc))
+                raise _Refused(Problem.KEY_RELEASE_REFUSED, str(exc)) from None
             except AttestationError as exc:  # this enclave's own evidence does not verify
                 log.error("key release: this enclave's own evidence does not verify: %s", exc)
-                return _problem(Problem.KEY_RELEASE_REFUSED, f"the enclave's own evidence: {exc}")
-        if reply:
-            return reply
-        # a member now, or asked to reload: load the newest model outside the lock, so that releases
-        # to joiners never wait for a model to load
-        self.store.reload()
-        return self._status()
+                raise _Refused(Problem.KEY_RELEASE_REFUSED, f"the enclave's own evidence: {exc}") from None
+        if joined:
+            # a member now: load the newest model outside the lock, so that releases to joiners
+            # never wait for a model to load
+            self.store.reload()
+        return reply
 
     def _cluster_locked(
         self, kind: FrameType, message: bytes, attest: keyrelease.Attest, now: datetime
-    ) -> bytes:
+    ) -> tuple[bytes, bool]:
+        """The reply's payload, and whether the enclave has just joined (or founded) its cluster."""
         member = self.cluster
-        if kind is FrameType.CLUSTER_RELOAD:
-            if member is None:
-                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
-            return b""  # reload, outside the lock
         if kind is FrameType.CLUSTER_RELEASE:
-            if member is None:
-                return _problem(Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet")
+            assert member is not None  # the frame's row: joined
             own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
             if own.tee == "simulation":
                 log.warning("SIMULATION: releasing the cluster's keys on unsigned evidence (INSECURE)")
             answer = keyrelease.release(
                 message,
-                member.with_floor(self.store.floor),
+                member.with_floor(self.state.floor),
                 own=own,
                 config=self.config,
                 attest=attest,
@@ -202,45 +285,39 @@ class Enclave:
                 now=now,
             )
             log.info("released the cluster's keys to a joining enclave")
-            return framing.encode_frame(FrameType.CLUSTER_MESSAGE, answer)
+            return answer, False
         if kind is FrameType.CLUSTER_FOUND:
-            if member is not None:  # its key would change under its clients
-                return _problem(Problem.MALFORMED_REQUEST, "the enclave is already a member of its cluster")
             self._pending = None
             self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
-            return b""
+            return b"", True
         if kind is FrameType.CLUSTER_JOIN:
             # a member asks too: a release to it tells it the giver's floor (a floor refresh)
             self._pending = keyrelease.join_request(attest, self.config)
-            return framing.encode_frame(FrameType.CLUSTER_MESSAGE, self._pending.request)
-        # CLUSTER_ACCEPT
+            return self._pending.request, False
+        assert kind is FrameType.CLUSTER_ACCEPT
         if self._pending is None:
-            return _problem(Problem.MALFORMED_REQUEST, "no join request is waiting for a release")
+            raise _Refused(Problem.MALFORMED_REQUEST, "no join request is waiting for a release")
         own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
         secrets = keyrelease.accept(
             message, self._pending, own=own, config=self.config, verifier=self._verifier, now=now
         )
         if member is None:
             self._join(secrets, founded=False)
-            return b""
+            return b"", True
         # already a member (a second release for one join request, or a refresh): the floor only
-        if (secrets.cluster_id, secrets.sealing_key, secrets.ohttp_key.private_bytes()) != (
-            member.cluster_id,
-            member.sealing_key,
-            member.ohttp_key.private_bytes(),
-        ):
-            raise keyrelease.KeyReleaseError("key release refused: the giver is a member of another cluster")
-        self.store.raise_floor(secrets.floor)
-        return b""
+        try:
+            _dropped(self.state.refresh(secrets), secrets.floor)
+        except OtherCluster as exc:
+            raise keyrelease.KeyReleaseError(str(exc)) from None
+        return b"", False
 
     def _join(self, cluster: keyrelease.ClusterSecrets, *, founded: bool) -> None:
-        assert self.shared is not None
-        sealer = Sealer(cluster.sealing_key, purpose=CLUSTER_SEALING_PURPOSE)
-        self.store.use_cluster(sealer, self.shared, cluster.cluster_id.hex(), cluster.floor)
-        self.key = cluster.ohttp_key
-        self.key_config = self.key.config.encode()
-        self.gateway.key = self.key
-        self.cluster = cluster  # last: from here on the enclave answers clients
+        """One transition of the state: from here on the enclave answers with the cluster's key,
+        seals into the cluster's storage and serves nothing below the cluster's floor."""
+        try:
+            _dropped(self.state.join(cluster), cluster.floor)
+        except AlreadyJoined as exc:  # founding again: its key would change under its clients
+            raise _Refused(Problem.MALFORMED_REQUEST, str(exc)) from None
         log.info(
             "%s cluster %s: key configuration SHA-256 %s, model version floor %d",
             "founded" if founded else "joined",
@@ -248,23 +325,19 @@ class Enclave:
             hashlib.sha256(self.key_config).hexdigest().upper(),
             cluster.floor,
         )
-        sealer = Sealer(cluster.sealing_key, purpose=CLUSTER_SEALING_PURPOSE)
-        self.store.use_cluster(sealer, self.shared, cluster.cluster_id.hex(), cluster.floor)
-
-    def _status(self) -> bytes:
-        return framing.encode_frame(FrameType.STATUS, json.dumps(self.store.status().to_json()).encode())
 
 
-CLUSTER_SEALING_PURPOSE = b"enclave-infer cluster storage v1"
-_CLUSTER_FRAMES = frozenset(
-    {
-        FrameType.CLUSTER_JOIN,
-        FrameType.CLUSTER_RELEASE,
-        FrameType.CLUSTER_ACCEPT,
-        FrameType.CLUSTER_FOUND,
-        FrameType.CLUSTER_RELOAD,
-    }
-)
+def _dropped(model: LoadedModel | None, floor: int) -> None:
+    """Log a served model that a higher floor ended."""
+    if model is not None:
+        log.error(
+            "a member of the cluster holds model version %d: version %d is no longer served",
+            floor,
+            model.version,
+        )
+
+
+NOT_JOINED_DETAIL = "the enclave has not joined its cluster yet"
 
 
 # RFC 9458 §5.3: a request not encrypted to this key (an outdated configuration, or corrupted on
@@ -275,6 +348,14 @@ KEY_PROBLEM_DETAIL = "the request is not encrypted to this enclave's key configu
 
 def _problem(problem: Problem, detail: str) -> bytes:
     return framing.encode_problem(problem.details(detail))
+
+
+class _Refused(Exception):
+    """A request frame is answered with ``problem``: raised by the frame handlers."""
+
+    def __init__(self, problem: Problem, detail: str) -> None:
+        super().__init__(detail)
+        self.frame = _problem(problem, detail)
 
 
 class _FrameError(Exception):
@@ -322,24 +403,35 @@ class _Frames:
             pass  # the host went away; nothing to tell it
 
 
-class _StreamDeadline:
-    """A chunked request's two deadlines: a pause between frames (enforced by the socket's timeout)
-    and the whole stream's duration (checked after each frame)."""
+class _StreamPace:
+    """A chunked request's deadlines (:class:`ServerLimits`): a pause between frames, the whole
+    stream's duration, and its minimum rate after a grace period. The socket's timeout is set before
+    each read to whichever comes first, so that a read blocked on a trickle ends in time."""
 
-    def __init__(self, connection: socket.socket, *, idle: float, total: float) -> None:
-        self._connection, self._total = connection, total
+    def __init__(self, connection: socket.socket, limits: ServerLimits) -> None:
+        self._connection, self._limits = connection, limits
         self._started = time.monotonic()
-        connection.settimeout(idle)
+        connection.settimeout(limits.stream_idle_seconds)
 
-    def expired(self) -> bool:
-        return time.monotonic() - self._started > self._total
+    def late(self, received: int) -> str | None:
+        """Why the stream, having delivered ``received`` bytes, must end now; None while in time.
+        Else sets the socket's timeout for the next read."""
+        limits, now = self._limits, time.monotonic()
+        if now - self._started > limits.max_stream_seconds:
+            return f"request took longer than {limits.max_stream_seconds:.0f} s"
+        # the latest time the next bytes may arrive and keep the stream at the minimum rate
+        due = self._started + limits.stream_grace_seconds + received / limits.min_stream_bytes_per_second
+        if now > due:
+            return f"request slower than {limits.min_stream_bytes_per_second} bytes/s"
+        until = min(limits.stream_idle_seconds, due - now, self._started + limits.max_stream_seconds - now)
+        self._connection.settimeout(max(until, 0.001))
+        return None
 
     def close(self) -> None:
         self._connection.settimeout(None)
 
 
-# Frames that need no slot: the most payload each may carry.
-_SMALL_QUESTIONS = {FrameType.GET_KEYS: 0, FrameType.GET_STATUS: 0, FrameType.GET_EVIDENCE: MAX_NONCE_BYTES}
+_CHUNKED_REPLY = framing.REQUESTS[FrameType.CHUNKED_BEGIN].reply
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -354,84 +446,74 @@ class _Handler(socketserver.StreamRequestHandler):
                 if head is None:
                     return
                 kind, length = head
-                if kind in _SMALL_QUESTIONS:
-                    # keys, status and evidence: small, and answered at once, never queued behind
-                    # inferences (a health check must not time out because the enclave is busy)
-                    if length > _SMALL_QUESTIONS[kind]:
-                        frames.send(
-                            _problem(
-                                Problem.MALFORMED_REQUEST,
-                                f"{kind.name} takes at most {_SMALL_QUESTIONS[kind]} bytes",
-                            )
-                        )
-                        return
-                    payload = frames.payload(length)
-                    if payload is None:
-                        return
-                    frames.send(enclave.answer(kind, payload))
-                    continue
-                # The slot is taken before the payload is read, so at most max_concurrent_requests
-                # payloads are in the enclave's memory at once, however many connections the host
-                # opens, and of them at most MAX_LARGE_FRAMES larger than an image request.
+                spec = framing.REQUESTS.get(kind)
+                if spec is None:  # not a request: the host is broken, and the payload unread
+                    frames.send(_problem(Problem.MALFORMED_REQUEST, f"unexpected frame {kind.name}"))
+                    return
+                if length > enclave.cap(spec):
+                    frames.send(
+                        _problem(Problem.TOO_LARGE, f"{kind.name} takes at most {enclave.cap(spec)} bytes")
+                    )
+                    return
+                # Keys, status, evidence and collateral take no slot: small, and answered at once,
+                # never queued behind inferences (a health check must not time out because the
+                # enclave is busy). For the rest, the slot is taken before the payload is read, so at
+                # most max_concurrent_requests payloads (and STREAM_SLOTS streams) are in the
+                # enclave's memory at once, however many connections the host opens, and of them at
+                # most max_large_frames larger than an image request. A stream never takes a work
+                # slot: however many the host relays, classifications go on.
                 large = length > enclave.max_image_frame_bytes
-                with enclave.slots, enclave.large_frames if large else contextlib.nullcontext():
+                with contextlib.ExitStack() as held:
+                    if spec.slot is Slot.WORK:
+                        held.enter_context(enclave.slots)
+                    elif spec.slot is Slot.STREAM:
+                        held.enter_context(enclave.stream_slots)
+                    if large:
+                        held.enter_context(enclave.large_frames)
                     payload = frames.payload(length)
                     if payload is None:
                         return
                     if kind is FrameType.CHUNKED_BEGIN:
-                        if enclave.shared is not None and enclave.cluster is None:
-                            frames.send(
-                                _problem(
-                                    Problem.ENCLAVE_UNAVAILABLE, "the enclave has not joined its cluster yet"
-                                )
-                            )
+                        refusal = enclave.refusal(kind)
+                        if refusal is not None:
+                            frames.send(refusal)
                             return
                         if not self._chunked(frames, payload):
                             return
                         continue
-                    try:
-                        reply = enclave.answer(kind, payload)
-                    except Exception as exc:  # never let one request take the enclave down
-                        log.error("internal error while answering %s: %s", kind.name, type(exc).__name__)
-                        reply = _problem(Problem.INTERNAL, "internal enclave error")
+                    reply = enclave.answer(kind, payload)
                     del payload
                 frames.send(reply)
         except _FrameError as exc:
             frames.send(exc.reply)
 
     def _chunked(self, frames: _Frames, first: bytes) -> bool:
-        """A chunked request, BEGIN already read: feed DATA frames through until END, answer once
-        (early if the answer is known early). Returns False when the connection is finished."""
+        """A chunked request, BEGIN already read: feed DATA frames through until END, answer once.
+        Returns False when the connection is finished. A stream is answered and dropped as soon as
+        its answer is known (an upload whose manifest signature fails: checked on the chunk that
+        completes the head; any other request over an image's size), and dropped when it stalls,
+        trickles below the minimum rate, or outlasts the total deadline: it gives its slot back."""
         enclave = self.server.enclave
         exchange = enclave.gateway.begin_chunked()
-        answered, total, payload = False, len(first), first
-        # A stream holds a slot: one that stalls, or trickles past the deadline, gives it back
-        # (and a held-back final chunk can no longer make an old upload go live days later).
-        deadline = _StreamDeadline(self.connection, idle=STREAM_IDLE_SECONDS, total=MAX_STREAM_SECONDS)
+        total, payload = len(first), first
+        pace = _StreamPace(self.connection, enclave.limits)
         try:
             while True:
-                if not answered:
-                    early = exchange.feed(payload)
-                    if early is not None:
-                        frames.send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, early))
-                        answered = True
+                early = exchange.feed(payload)
+                if early is not None:
+                    frames.send(framing.encode_frame(_CHUNKED_REPLY, early))
+                    return False  # the host stops sending; nothing more is read
+                late = pace.late(total)
+                if late is not None:
+                    frames.send(_problem(Problem.REQUEST_TIMEOUT, late))
+                    return False
                 frame = frames.next()
                 if frame is None:
                     return False  # the host went away mid-stream: the upload is abandoned
                 kind, payload = frame
                 total += len(payload)
-                if deadline.expired():
-                    if not answered:
-                        frames.send(
-                            _problem(
-                                Problem.REQUEST_TIMEOUT,
-                                f"request took longer than {MAX_STREAM_SECONDS:.0f} s",
-                            )
-                        )
-                    return False
                 if kind is FrameType.CHUNKED_END:
-                    if not answered:
-                        frames.send(framing.encode_frame(FrameType.CHUNKED_RESPONSE, exchange.finish()))
+                    frames.send(framing.encode_frame(_CHUNKED_REPLY, exchange.finish()))
                     return True
                 if kind is not FrameType.CHUNKED_DATA:
                     frames.send(
@@ -440,13 +522,15 @@ class _Handler(socketserver.StreamRequestHandler):
                         )
                     )
                     return False
-                if total > enclave.max_frame_bytes and not answered:
+                if total > enclave.max_frame_bytes:
                     frames.send(
                         _problem(Problem.TOO_LARGE, f"request larger than {enclave.max_frame_bytes} bytes")
                     )
                     return False
         except TimeoutError:
-            return False  # stalled: the upload is abandoned, the slot freed
+            late = pace.late(total)
+            frames.send(_problem(Problem.REQUEST_TIMEOUT, late or "the request stalled"))
+            return False  # stalled or too slow: the upload is abandoned, the slot freed
         except (DecryptionError, ohttp.KeyMismatchError):
             frames.send(_problem(Problem.OHTTP_KEY, KEY_PROBLEM_DETAIL))
             return False
@@ -461,7 +545,7 @@ class _Handler(socketserver.StreamRequestHandler):
             frames.send(_problem(Problem.INTERNAL, "internal enclave error"))
             return False
         finally:
-            deadline.close()
+            pace.close()
             exchange.abort()  # a no-op once the upload has finished
 
 

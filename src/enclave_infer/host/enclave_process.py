@@ -90,6 +90,7 @@ class EnclaveProcess:
         self._idle: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._max_idle = min(MAX_IDLE_CONNECTIONS, config.limits.max_concurrent_requests)
         self._work_slots: asyncio.Semaphore | None = None  # made in the server's event loop
+        self._stream_slots: asyncio.Semaphore | None = None
         self._generation = 0
         self._status_lock = asyncio.Lock()
         self._status: tuple[EnclaveStatus | None, float] = (None, -STATUS_CACHE_SECONDS)
@@ -245,7 +246,8 @@ class EnclaveProcess:
     async def call(
         self, kind: FrameType, payload: bytes | bytearray = b"", *, pooled: bool = False
     ) -> tuple[FrameType, bytes]:
-        """Send one frame, return the reply's type and payload. The payload is not copied.
+        """Send one frame, return the reply's type and payload: the reply ``framing.REQUESTS`` names
+        for ``kind``, or ERROR (anything else raises :class:`ProtocolError`). The payload is not copied.
         ``pooled``: reuse an idle connection of this event loop's (the server's own), and keep this
         one for the next request: no connect, and no new enclave thread, per request."""
         async with self._work() if kind is FrameType.OHTTP_REQUEST else contextlib.nullcontext():
@@ -254,6 +256,7 @@ class EnclaveProcess:
             try:
                 await _write_frame(writer, kind, payload)
                 reply = await _read_frame(reader)
+                framing.check_reply(kind, reply[0])  # the row of framing.REQUESTS, or ERROR
                 done = True
                 return reply
             except (OSError, asyncio.IncompleteReadError):
@@ -271,6 +274,12 @@ class EnclaveProcess:
         if self._work_slots is None:
             self._work_slots = asyncio.Semaphore(self.config.limits.max_concurrent_requests)
         return self._work_slots
+
+    def _streams(self) -> asyncio.Semaphore:
+        """Chunked requests relayed at once: at most what the enclave reads at once."""
+        if self._stream_slots is None:
+            self._stream_slots = asyncio.Semaphore(framing.STREAM_SLOTS)
+        return self._stream_slots
 
     async def _borrow(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """An idle connection to the enclave running now, or a new one."""
@@ -312,7 +321,7 @@ class EnclaveProcess:
         holding more than one; stop sending as soon as the enclave answers (it may refuse at the
         head, before the body). Exceptions from ``pieces`` (a stalled or oversized client) end the
         exchange and propagate; the enclave sees the connection close and abandons the request."""
-        async with self._work():
+        async with self._streams():  # never a work slot: streams cannot stall classifications
             return await self._stream(pieces)
 
     async def _stream(self, pieces: AsyncIterator[bytes]) -> tuple[FrameType, bytes]:
@@ -329,7 +338,9 @@ class EnclaveProcess:
                 if kind is FrameType.CHUNKED_BEGIN:  # an empty body still opens and closes a stream
                     await _write_frame(writer, kind, b"")
                 await _write_frame(writer, FrameType.CHUNKED_END, b"")
-            return await answer
+            reply = await answer
+            framing.check_reply(FrameType.CHUNKED_BEGIN, reply[0])
+            return reply
         except (OSError, asyncio.IncompleteReadError):
             raise TransportError("the enclave closed the connection") from None
         finally:

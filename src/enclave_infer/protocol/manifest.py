@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from enclave_infer.errors import ProtocolError
 
-__all__ = ["MODEL_FORMATS", "Manifest", "ModelFile", "parse_sf_binary", "sf_binary"]
+__all__ = ["MODEL_FORMATS", "BadSignature", "Manifest", "ModelFile", "parse_sf_binary", "sf_binary"]
 
 MANIFEST_TYPE = "enclave-infer model manifest v2"
 SIGNATURE_CONTEXT = MANIFEST_TYPE.encode() + b"\x00"
@@ -36,6 +36,11 @@ MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 256
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class BadSignature(ProtocolError):
+    """The manifest's signature does not verify under the owner key (a malformed manifest raises
+    plain :class:`ProtocolError`)."""
 
 
 @dataclass(frozen=True)
@@ -145,11 +150,11 @@ class Manifest:
 
     @classmethod
     def verify(cls, data: bytes, signature: bytes, owner_public_key: bytes) -> Manifest:
-        """Check the owner's signature, then parse. Raises ProtocolError on either failure."""
+        """Check the owner's signature (:class:`BadSignature`), then parse (:class:`ProtocolError`)."""
         try:
             Ed25519PublicKey.from_public_bytes(owner_public_key).verify(signature, SIGNATURE_CONTEXT + data)
         except (InvalidSignature, ValueError):
-            raise ProtocolError("manifest signature does not verify under the enclave's owner key") from None
+            raise BadSignature("manifest signature does not verify under the enclave's owner key") from None
         return cls.decode(data)
 
 

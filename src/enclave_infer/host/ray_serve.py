@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ray.serve import Application
 
 from enclave_infer import logs
 from enclave_infer.attestation.evidence import Verifier
+from enclave_infer.cluster.storage import model_files
 from enclave_infer.config import EnclaveConfig, load_public_key_file
 from enclave_infer.errors import EnclaveInferError, ProtocolError, TransportError, UsageError
 from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, create_app
@@ -61,7 +61,6 @@ FLOOR_REFRESH_SECONDS = 30.0
 # How often a host looks for new model files in the shared folder, and whether its enclave lives.
 WATCH_SECONDS = 1.0
 LIVENESS_SECONDS = 0.25
-_MODEL_FILE = re.compile(r"model-v[0-9]+\.sealed")
 
 
 class KeyReleaseRefused(Exception):
@@ -141,7 +140,7 @@ class EnclaveHost:
                 await asyncio.sleep(1.0)
             if answer is not None:
                 kind, payload = await self._cluster(FrameType.CLUSTER_ACCEPT, answer)
-                if kind is FrameType.STATUS:
+                if kind is FrameType.CLUSTER_JOINED:
                     log.info("joined the cluster through key release in %.1f s", time.monotonic() - started)
                     for _ in range(EXTRA_RELEASES):  # the highest floor of several members
                         await self._release_to_self(release, request)
@@ -150,7 +149,7 @@ class EnclaveHost:
             waited = time.monotonic() - started
             if self._rank == 0 and waited >= FOUND_AFTER_SECONDS:
                 kind, payload = await self._cluster(FrameType.CLUSTER_FOUND)
-                if kind is not FrameType.STATUS:
+                if kind is not FrameType.CLUSTER_FOUNDED:
                     raise TransportError(f"the enclave could not found a cluster: {_problem(kind, payload)}")
                 log.info("no member answered in %.0f s: founded a new cluster", waited)
                 return
@@ -166,7 +165,7 @@ class EnclaveHost:
         except Exception as exc:
             log.info("floor refresh: %s", _one_line(exc))
             return
-        if kind is not FrameType.STATUS:
+        if kind is not FrameType.CLUSTER_JOINED:
             log.warning("floor refresh: %s", _problem(kind, payload))
 
     async def _refresh_floor(self) -> None:
@@ -204,17 +203,17 @@ class EnclaveHost:
                     log.error("the enclave process has exited: stopping this replica for Ray to replace")
                     os._exit(1)
             try:
-                names = await asyncio.to_thread(_model_files, self._shared)
+                names = await asyncio.to_thread(model_files, self._shared)
             except OSError as exc:
                 log.warning("cannot list the shared folder: %s", exc.strerror)
                 continue
             if names == seen:
                 continue
             try:
-                kind, _ = await self._cluster(FrameType.CLUSTER_RELOAD)
+                kind, _ = await self._cluster(FrameType.CLUSTER_RELOAD, framing.ClusterAction.RELOAD.value)
             except (TransportError, ProtocolError):
                 continue
-            if kind is FrameType.STATUS:
+            if kind is FrameType.CLUSTER_CHECKED:
                 seen = names
 
     # -- Ray's hooks -----------------------------------------------------------------------------
@@ -242,7 +241,7 @@ class ReplicaLost:
     proxy then sends nothing, and its server a bare 500) gets 503 ``enclave-unavailable`` with
     Retry-After, as the single-machine host answers when its enclave is down, so clients retry it
     (on another replica). Installed with ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
-    enclave_infer.ray_serve:proxy_middlewares`` in the environment of ``ray start``."""
+    enclave_infer.host.ray_serve:proxy_middlewares`` in the environment of ``ray start``."""
 
     def __init__(self, app: Any) -> None:
         self._app = app
@@ -302,7 +301,7 @@ def build(args: dict[str, Any]) -> Application:
     missing = {"config", "owner_public_key", "shared_dir", "data_dir"} - set(args)
     if unknown or missing:
         raise UsageError(
-            f"enclave_infer.ray_serve:build args: unknown {sorted(unknown)}, missing {sorted(missing)}"
+            f"enclave_infer.host.ray_serve:build args: unknown {sorted(unknown)}, missing {sorted(missing)}"
         )
     kwargs = dict(args)
     if "max_in_flight" in kwargs:
@@ -310,10 +309,6 @@ def build(args: dict[str, Any]) -> Application:
     for name in ("config", "owner_public_key", "shared_dir", "data_dir"):
         kwargs[name] = str(Path(kwargs[name]).absolute())  # the builder's working directory
     return EnclaveHostDeployment.bind(**kwargs)
-
-
-def _model_files(shared: Path) -> frozenset[str]:
-    return frozenset(p.name for p in shared.iterdir() if _MODEL_FILE.fullmatch(p.name))
 
 
 def _problem(kind: FrameType, payload: bytes) -> str:

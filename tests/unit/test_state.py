@@ -1,0 +1,111 @@
+"""The enclave's trusted state moves forward only by its checked transitions (enclave/state.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from enclave_infer.cluster.keyrelease import ClusterSecrets
+from enclave_infer.cluster.storage import ClusterStorage, model_file_name, version_of
+from enclave_infer.enclave.state import (
+    AlreadyJoined,
+    OtherCluster,
+    TransitionRefused,
+    TrustedState,
+    VersionNotNewer,
+)
+from enclave_infer.protocol import ohttp
+
+
+@dataclass(frozen=True)
+class Model:
+    version: int
+
+
+def cluster(floor: int = 0) -> ClusterSecrets:
+    return ClusterSecrets.found(ohttp.GatewayKey.generate(1)).with_floor(floor)
+
+
+def test_a_version_not_above_the_served_one_is_refused_and_changes_nothing() -> None:
+    state: TrustedState[Model] = TrustedState()
+    assert state.install(Model(2), upload=True) is None
+    for version in (1, 2):
+        with pytest.raises(VersionNotNewer):
+            state.check_newer(version, upload=True)
+        with pytest.raises(VersionNotNewer):
+            state.install(Model(version), upload=False)
+    assert state.model == Model(2)
+    assert state.install(Model(3), upload=True) == Model(2)
+    assert (state.model, state.floor) == (Model(3), 3)
+
+
+def test_the_floor_only_rises_and_ends_a_model_below_it() -> None:
+    state: TrustedState[Model] = TrustedState()
+    state.join(cluster())
+    state.install(Model(2), upload=True)
+    assert state.raise_floor(1) is None and state.floor == 2  # lower: nothing changes
+    assert state.raise_floor(5) == Model(2)  # the served model is below it: no longer served
+    assert (state.model, state.floor) == (None, 5)
+    assert state.raise_floor(4) is None and state.floor == 5
+
+
+def test_in_a_cluster_an_upload_must_exceed_the_floor_and_a_stored_file_reach_it() -> None:
+    state: TrustedState[Model] = TrustedState()
+    state.join(cluster(floor=3))
+    with pytest.raises(VersionNotNewer, match="a member of the cluster holds"):
+        state.check_newer(3, upload=True)  # a member holds version 3: a new upload must be newer
+    state.check_newer(3, upload=False)  # the cluster's own file of version 3 may be loaded
+    with pytest.raises(VersionNotNewer):
+        state.install(Model(2), upload=False)
+    alone: TrustedState[Model] = TrustedState()
+    alone.raise_floor(3)
+    alone.check_newer(1, upload=True)  # the floor is a cluster's: an enclave alone has none
+
+
+def test_joining_is_one_step_and_happens_once() -> None:
+    state: TrustedState[Model] = TrustedState()
+    first = cluster(floor=4)
+    state.join(first)
+    assert (state.cluster, state.floor) == (first, 4)  # secrets and floor together
+    for again in (first, cluster()):
+        with pytest.raises(AlreadyJoined):
+            state.join(again)
+    assert state.cluster is first
+
+
+def test_a_refresh_takes_the_floor_of_its_own_cluster_only() -> None:
+    state: TrustedState[Model] = TrustedState()
+    with pytest.raises(TransitionRefused):
+        state.refresh(cluster(floor=2))  # not a member yet
+    own = cluster()
+    state.join(own)
+    state.install(Model(1), upload=True)
+    with pytest.raises(OtherCluster):
+        state.refresh(cluster(floor=9))
+    assert (state.model, state.floor) == (Model(1), 1)
+    assert state.refresh(own.with_floor(2)) == Model(1)
+    assert (state.model, state.floor, state.cluster) == (None, 2, own)
+
+
+def test_the_cluster_storage_names_one_file_per_version() -> None:
+    assert model_file_name(12) == "model-v12.sealed" and version_of("model-v12.sealed") == 12
+    for name in (
+        "model-v0.sealed",
+        "model-v012.sealed",
+        "model-v1.sealed.partial",
+        "model.sealed",
+        "model-v1e3.sealed",
+    ):
+        assert version_of(name) is None, name
+    with pytest.raises(ValueError):
+        model_file_name(0)
+
+
+def test_the_cluster_storage_offers_newer_versions_at_or_above_the_floor_newest_first(tmp_path: Path) -> None:
+    storage = ClusterStorage(tmp_path)
+    assert list(storage.candidates([1, 2, 3, 4, 5], current=2, floor=4)) == [5, 4]
+    assert storage.refused(3)  # below the floor: a rollback, never tried again
+    storage.refuse(5)
+    assert list(storage.candidates([1, 2, 3, 4, 5], current=2, floor=0)) == [4]
