@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from enclave_infer.attestation.evidence import Verifier
 from enclave_infer.config import EnclaveConfig, Limits
 from enclave_infer.enclave import server
 from enclave_infer.enclave.limits import ServerLimits
@@ -48,7 +49,11 @@ def _enclave(tmp_path: Path, *, shared: bool = False) -> server.Enclave:
     folder = tmp_path / "shared"
     folder.mkdir(exist_ok=True)
     return server.Enclave(
-        config, SimulationPlatform(config), tmp_path / "sealed", shared=folder if shared else None
+        config,
+        SimulationPlatform(config),
+        tmp_path / "sealed",
+        shared=folder if shared else None,
+        verifier=Verifier.production(),
     )
 
 
@@ -206,7 +211,9 @@ def test_a_stream_that_is_no_signed_upload_is_answered_and_dropped_at_its_head(t
 def test_a_stream_below_the_minimum_rate_is_dropped(tmp_path: Path) -> None:
     config = EnclaveConfig(owner_public_key=bytes(range(32)))
     limits = ServerLimits(stream_grace_seconds=0.0, min_stream_bytes_per_second=1 << 30)
-    enclave = server.Enclave(config, SimulationPlatform(config), tmp_path / "sealed", limits=limits)
+    enclave = server.Enclave(
+        config, SimulationPlatform(config), tmp_path / "sealed", limits=limits, verifier=Verifier.production()
+    )
     listener = server._UnixServer(str(tmp_path / "e.sock"), server._Handler)
     listener.enclave = enclave
     thread = threading.Thread(target=listener.serve_forever, daemon=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from enclave_infer.attestation import dcap, snp, snp_report
+from enclave_infer.attestation.evidence import Verifier
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
 from enclave_infer.enclave.classifier import Classifier
@@ -71,7 +72,7 @@ def test_set_collateral_is_acknowledged_with_its_own_reply_type(tmp_path: Path) 
     GET_STATUS, and the harness's oracle took STATUS for no request's reply ("unexpected reply
     STATUS"). Each request now has its reply type in framing.REQUESTS, which both sides check."""
     config = EnclaveConfig(owner_public_key=bytes(32))
-    enclave = Enclave(config, SimulationPlatform(config), tmp_path)
+    enclave = Enclave(config, SimulationPlatform(config), tmp_path, verifier=Verifier.production())
     reply = enclave.answer(FrameType.SET_COLLATERAL, SET_COLLATERAL_GARBAGE)
     kind, length = framing.parse_header(reply[: framing.HEADER.size])
     assert (kind, length) == (FrameType.COLLATERAL_SET, 0)
