@@ -113,6 +113,7 @@ class Problem(enum.Enum):
     METHOD_NOT_ALLOWED = (_OURS + "method-not-allowed", 405, "Method not allowed")
     UNSUPPORTED_MEDIA_TYPE = (_OURS + "unsupported-media-type", 415, "Unsupported media type")
     TOO_LARGE = (_OURS + "too-large", 413, "Content too large")
+    HEADERS_TOO_LARGE = (_OURS + "headers-too-large", 431, "Request header fields too large")
     REQUEST_TIMEOUT = (_OURS + "request-timeout", 408, "Request timeout")
     REPLAYED = (_OURS + "replayed-request", 400, "Replayed request")
     # Classification
