@@ -4,8 +4,11 @@ connections and time."""
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import select
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -70,3 +73,52 @@ def test_an_oversized_header_block_is_refused_at_once_with_431(host: Deployment)
     assert b"urn:enclave-infer:problem:headers-too-large" in answer
     assert sent < 4 * MiB  # refused once past the limit, not after reading it all
     assert httpx.get(host.url + "/v2/health/live").status_code == 200
+
+
+def closed_within(socks: list[socket.socket], seconds: float) -> int:
+    """How many of ``socks`` the host closed within ``seconds`` (all of them read to their end)."""
+    open_ = set(socks)
+    deadline = time.monotonic() + seconds
+    while open_ and time.monotonic() < deadline:
+        readable, _, _ = select.select(list(open_), [], [], 0.5)
+        for sock in readable:
+            try:
+                if not sock.recv(65536):
+                    open_.discard(sock)
+            except ConnectionResetError:
+                open_.discard(sock)
+    return len(socks) - len(open_)
+
+
+def test_idle_and_half_sent_connections_are_closed(host: Deployment) -> None:
+    """They were held for ever: about 1,000 of them took every descriptor the service had."""
+    where = address(host)
+    idle = [socket.create_connection(where) for _ in range(100)]
+    half = [socket.create_connection(where) for _ in range(100)]
+    try:
+        for sock in half:
+            sock.sendall(b"POST /v1/ohttp HTTP/1.1\r\nhost: enclave\r\n")
+        assert closed_within(idle + half, 20) == 200  # HEAD_SECONDS, 10 s
+    finally:
+        for sock in idle + half:
+            sock.close()
+    assert httpx.get(host.url + "/v2/health/live").status_code == 200
+
+
+def test_running_out_of_descriptors_is_refused_aloud_and_logged_once(host: Deployment) -> None:
+    """Past the open-file limit the service answered nothing, and said nothing in its log."""
+    resource.prlimit(host.process.pid, resource.RLIMIT_NOFILE, (300, 300))  # 172 connections at most
+    where = address(host)
+    held = [socket.create_connection(where) for _ in range(400)]
+    try:
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"G")  # a head begun
+        probe = httpx.get(host.url + "/v2/health/live", timeout=10)
+        assert probe.status_code == 503 and probe.headers["retry-after"] == "1"
+        assert closed_within(held, 20) == 400  # refused at once, or closed after HEAD_SECONDS
+    finally:
+        for sock in held:
+            sock.close()
+    assert httpx.get(host.url + "/v2/health/live").status_code == 200
+    assert host.log_text().count("connections open") == 1

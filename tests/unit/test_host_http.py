@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -158,3 +161,39 @@ def test_connections_beyond_the_open_file_limit_are_refused_with_retry_after(par
         for sock in held:
             sock.close()
         running.stop()
+
+
+CHILD = """
+import asyncio, logging, resource, socket, sys
+from enclave_infer.host.server import ConnectionLimits, http_server
+logging.basicConfig(level=logging.WARNING)
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+async def app(scope, receive, send):
+    pass
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen(128)
+print(sock.getsockname()[1], flush=True)
+server = http_server(app, host="127.0.0.1", port=0, limits=ConnectionLimits(fd_reserve=0), parser="h11")
+server.config.loop = "asyncio"
+server.run(sockets=[sock])
+"""
+
+
+def test_running_out_of_descriptors_on_accept_is_logged_once_a_burst() -> None:
+    """asyncio logs a traceback for every failed accept: tens of thousands of lines a second."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(80)]
+        time.sleep(1.5)  # asyncio retries the accept every second
+        for sock in held:
+            sock.close()
+    finally:
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=20)
+    assert err.count("out of file descriptors") == 1
+    assert "Traceback" not in err
