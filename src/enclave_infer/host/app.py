@@ -21,8 +21,8 @@ The first three paths answer CORS (any origin, no credentials, a preflight for `
 so that the browser client works from a local file or another origin too; no other path does.
 
 Work that reaches the enclave goes through a bounded queue: beyond ``max_in_flight`` requests the
-host answers 503 with ``Retry-After`` at once (the ``overloaded`` problem) rather than letting
-latency grow without bound.
+host answers 503 at once (the ``overloaded`` problem) rather than letting latency grow without
+bound. Every 503 the host sends carries ``Retry-After``.
 
 Errors are plain HTTP with an RFC 9457 problem document (``application/problem+json``) of a type
 from ``protocol/api.py``: the enclave's own refusals of undecryptable requests (RFC 9458's
@@ -72,7 +72,8 @@ CLIENT_IDLE_SECONDS = 30.0
 DEFAULT_MAX_IN_FLIGHT = 64
 # A whole (non-chunked) encapsulated request: an image plus its binary HTTP head and OHTTP framing.
 WHOLE_REQUEST_OVERHEAD = 64 * 1024
-# What a refused client is told to wait, in seconds (RFC 9110 §10.2.3).
+# What a client refused with 503 is told to wait, in seconds (RFC 9110 §10.2.3): an enclave restarts
+# and an overload passes in about that long; the SDK backs off further with jitter.
 RETRY_AFTER_SECONDS = 1
 _NO_STORE = {"cache-control": "no-store"}
 # The problem type's last segment on the host's own answers, for its metrics (not a standard field).
@@ -117,7 +118,7 @@ class _Relay:
             if self._in_flight >= self._max_in_flight:
                 self._metrics.overloaded.inc()
                 detail = f"more than {self._max_in_flight} requests in progress; retry shortly"
-                response = _problem(Problem.OVERLOADED.details(detail), retry_after=RETRY_AFTER_SECONDS)
+                response = _problem(Problem.OVERLOADED.details(detail))
             else:
                 self._in_flight += 1
                 self._metrics.in_flight.set(self._in_flight)
@@ -385,10 +386,12 @@ def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -
     return Response(data, media_type=media_type, headers=_NO_STORE)
 
 
-def _problem(problem: ProblemDetails, *, retry_after: int | None = None) -> Response:
+def _problem(problem: ProblemDetails) -> Response:
+    """``problem`` as the host's answer; a 503 (the host or its enclave busy or down, collateral
+    missing) says when to retry (RFC 9110 §10.2.3), as the SDK expects."""
     headers = {**_NO_STORE, _PROBLEM_HEADER: problem.type.rpartition(":")[2].rpartition("#")[2]}
-    if retry_after is not None:
-        headers["retry-after"] = str(retry_after)
+    if problem.status == 503:
+        headers["retry-after"] = str(RETRY_AFTER_SECONDS)
     return Response(
         problem.encode(), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )

@@ -41,7 +41,7 @@ from enclave_infer import logs
 from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
-from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, create_app
+from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, RETRY_AFTER_SECONDS, create_app
 from enclave_infer.host.collateral import (
     FIRST_RETRY_SECONDS,
     Collateral,
@@ -340,7 +340,7 @@ class _Guarded:
                     len(self.connections) - 1,
                 )
             detail = "too many connections open; retry shortly"
-            self._answer(Problem.OVERLOADED.details(detail), retry_after=1, linger=False)
+            self._answer(Problem.OVERLOADED.details(detail), retry_after=RETRY_AFTER_SECONDS, linger=False)
             return
         self._await_head()
 
