@@ -8,6 +8,7 @@ import contextlib
 import resource
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from .conftest import Deployment, start_server, stop_server
+from enclave_infer import Client, ClientConfig, RemoteError
+from enclave_infer.client.owner import load_owner_key
+
+from .conftest import COLOUR_LABELS, Deployment, png, start_server, stop_server
 
 KiB = 1024
 MiB = 1024 * KiB
+RED = png((230, 20, 20))
 
 
 @pytest.fixture
@@ -122,3 +127,75 @@ def test_running_out_of_descriptors_is_refused_aloud_and_logged_once(host: Deplo
             sock.close()
     assert httpx.get(host.url + "/v2/health/live").status_code == 200
     assert host.log_text().count("connections open") == 1
+
+
+def provision(d: Deployment, files: dict[str, Path]) -> None:
+    with Client(d.url, d.constraint) as c:
+        c.provision(files["model"].read_bytes(), COLOUR_LABELS, load_owner_key(d.owner_key))
+
+
+def trickle(socks: list[socket.socket], seconds: float, every: float = 1.0) -> threading.Thread:
+    """Send each of ``socks`` one byte every ``every`` seconds, for ``seconds``, in a thread."""
+
+    def run() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.send(b"a")
+            time.sleep(every)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_trickled_bodies_do_not_hold_the_hosts_places(host: Deployment, files: dict[str, Path]) -> None:
+    """64 bodies sent a byte every 10 s made every route answer 503 for as long as they went on."""
+    provision(host, files)
+    head = (
+        b"POST /v1/ohttp HTTP/1.1\r\nhost: enclave\r\n"
+        b"content-type: message/ohttp-req\r\ncontent-length: 9000\r\n\r\n"
+    )
+    slow = [socket.create_connection(address(host)) for _ in range(16)]  # four times --max-in-flight
+    try:
+        for sock in slow:
+            sock.sendall(head)
+        sender = trickle(slow, 4)
+        time.sleep(1)
+        served = 0
+        with Client(host.url, host.constraint, config=ClientConfig(retries=0)) as c:
+            while sender.is_alive():
+                assert c.classify(RED).results[0].label == "red"
+                served += 1
+        assert served >= 3
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_stream_that_trickles_is_dropped(host: Deployment, files: dict[str, Path]) -> None:
+    """A chunked request that sends a few bytes every two seconds kept its place for ever."""
+    provision(host, files)
+    outcomes: list[int] = []
+
+    def body() -> Iterator[bytes]:
+        for _ in range(10):  # 20 s: past the grace, never idle
+            yield b"x" * 4
+            time.sleep(2)
+
+    def send() -> None:
+        with Client(host.url, host.constraint, config=ClientConfig(retries=0)) as c:
+            try:
+                outcomes.append(c.request("POST", "/v1/classify?top=1", stream=body).status)
+            except RemoteError as exc:
+                outcomes.append(exc.status)
+
+    streams = [threading.Thread(target=send) for _ in range(4)]  # every place of the host's
+    for t in streams:
+        t.start()
+    for t in streams:
+        t.join(30)  # BODY_GRACE_SECONDS, and then at once
+    assert outcomes == [408] * 4
+    with Client(host.url, host.constraint) as c:
+        assert c.classify(RED).results[0].label == "red"

@@ -39,7 +39,7 @@ import importlib.resources
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
@@ -64,8 +64,17 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("enclave_infer.host")
 
-# How long a streaming client may pause before the host gives up on it (and frees its slot).
+# How long a client may pause its body before the host gives up on it.
 CLIENT_IDLE_SECONDS = 30.0
+# However it pauses, a body must then arrive at this average rate once its first BODY_GRACE_SECONDS
+# are over: a phone on a poor link sends far faster; a trickle of a byte every 10 s, which held a
+# slot for ever, is dropped after the grace. A 512 MiB model takes 18 h at this rate: no upload is
+# cut short; a stream holds a slot only while it keeps moving.
+MIN_BODY_BYTES_PER_SECOND = 8 * 1024
+BODY_GRACE_SECONDS = 10.0
+# A whole request (an image) is held in memory until it is in, so it must be in within this long
+# (16 MiB in a minute: 2.2 Mbit/s); it takes no slot until then, so a slow one holds only memory.
+WHOLE_BODY_SECONDS = 60.0
 # Requests the host works on at once before it refuses more with 503: enough to keep the enclave's
 # batches full (it works on limits.max_concurrent_requests at once) without letting a queue grow
 # past what it can answer within a client's patience.
@@ -111,22 +120,14 @@ class _Relay:
         self._in_flight = 0
 
     def counted(self, route: str, handler: Handler) -> Handler:
-        """``handler`` behind the bounded queue, timed and counted by outcome."""
+        """``handler``, timed and counted by outcome."""
 
         async def run(request: Request) -> Response:
             started = time.monotonic()
-            if self._in_flight >= self._max_in_flight:
-                self._metrics.overloaded.inc()
-                detail = f"more than {self._max_in_flight} requests in progress; retry shortly"
-                response = _problem(Problem.OVERLOADED.details(detail))
-            else:
-                self._in_flight += 1
-                self._metrics.in_flight.set(self._in_flight)
-                try:
-                    response = await handler(request)
-                finally:
-                    self._in_flight -= 1
-                    self._metrics.in_flight.set(self._in_flight)
+            try:
+                response = await handler(request)
+            except _Refused as exc:
+                response = _problem(exc.problem)
             problem = response.headers.get(_PROBLEM_HEADER, "")
             self._metrics.requests.labels(route, str(response.status_code), problem).inc()
             self._metrics.latency.labels(route).observe(time.monotonic() - started)
@@ -164,6 +165,23 @@ class _Relay:
             collateral_expiry=current.next_update.timestamp() if current is not None else None,
         )
         return Response(self._metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the ``max_in_flight`` places of work that reaches the enclave, held while it does;
+        none free: the ``overloaded`` problem at once. A whole request takes one only once its body
+        is in, a chunked one while it streams (at :data:`MIN_BODY_BYTES_PER_SECOND` at least)."""
+        if self._in_flight >= self._max_in_flight:
+            self._metrics.overloaded.inc()
+            detail = f"more than {self._max_in_flight} requests in progress; retry shortly"
+            raise _Refused(Problem.OVERLOADED.details(detail))
+        self._in_flight += 1
+        self._metrics.in_flight.set(self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._metrics.in_flight.set(self._in_flight)
 
     def _attestation_ready(self) -> bool:
         return self._enclave.running and (self._collateral is None or self._collateral.current is not None)
@@ -210,10 +228,8 @@ class _Relay:
             return _problem(self._too_large(limit))
         body = bytearray()
         try:
-            async for chunk in self._pieces(request, limit):
+            async for chunk in self._pieces(request, limit, within=WHOLE_BODY_SECONDS):
                 body += chunk
-        except _Refused as exc:
-            return _problem(exc.problem)
         except ClientDisconnect:
             return _problem(Problem.MALFORMED_REQUEST.details("the client went away"))
         return await self._call(
@@ -228,7 +244,8 @@ class _Relay:
         self, kind: FrameType, payload: bytes | bytearray, expect: FrameType, media_type: str
     ) -> Response:
         try:
-            reply, data = await self._enclave.call(kind, payload, pooled=True)
+            with self._slot():
+                reply, data = await self._enclave.call(kind, payload, pooled=True)
         except (TransportError, ProtocolError) as exc:
             return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
         return _answer(reply, data, expect, media_type)
@@ -236,9 +253,8 @@ class _Relay:
     async def _chunked(self, request: Request) -> Response:
         """Relay a chunked request as it arrives; the client's pauses and size are bounded."""
         try:
-            reply, data = await self._enclave.call_streaming(self._pieces(request))
-        except _Refused as exc:
-            return _problem(exc.problem)
+            with self._slot():
+                reply, data = await self._enclave.call_streaming(self._pieces(request))
         except ClientDisconnect:
             # nobody reads this; the enclave sees the stream end and abandons the upload
             return _problem(Problem.MALFORMED_REQUEST.details("the client went away"))
@@ -246,21 +262,35 @@ class _Relay:
             return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
         return _answer(reply, data, FrameType.CHUNKED_RESPONSE, chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
 
-    async def _pieces(self, request: Request, limit: int | None = None) -> AsyncIterator[bytes]:
+    async def _pieces(
+        self, request: Request, limit: int | None = None, *, within: float | None = None
+    ) -> AsyncIterator[bytes]:
         """The request's body as it arrives, at most ``limit`` bytes (default: a model's upload),
-        from a client that never pauses longer than ``CLIENT_IDLE_SECONDS``."""
+        all of it ``within`` seconds if given, from a client that never pauses longer than
+        :data:`CLIENT_IDLE_SECONDS` nor falls below :data:`MIN_BODY_BYTES_PER_SECOND` after
+        :data:`BODY_GRACE_SECONDS`: a client that stalls or trickles gives its place back."""
         limit = limit or self._max_request_bytes
         pieces = request.stream().__aiter__()
+        started = time.monotonic()
         total = 0
         while True:
-            try:  # a client that stalls gives its enclave slot back
-                piece = await asyncio.wait_for(pieces.__anext__(), CLIENT_IDLE_SECONDS)
+            now = time.monotonic()
+            waits = {
+                f"no request data for {CLIENT_IDLE_SECONDS:g} s": CLIENT_IDLE_SECONDS,
+                f"request data slower than {MIN_BODY_BYTES_PER_SECOND} bytes/s": started
+                + BODY_GRACE_SECONDS
+                + total / MIN_BODY_BYTES_PER_SECOND
+                - now,
+            }
+            if within is not None:
+                waits[f"request not received within {within:g} s"] = started + within - now
+            reason, wait = min(waits.items(), key=lambda item: item[1])
+            try:
+                piece = await asyncio.wait_for(pieces.__anext__(), max(wait, 0.0))
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise _Refused(
-                    Problem.REQUEST_TIMEOUT.details(f"no request data for {CLIENT_IDLE_SECONDS:.0f} s")
-                ) from None
+                raise _Refused(Problem.REQUEST_TIMEOUT.details(reason)) from None
             total += len(piece)
             if total > limit:
                 raise _Refused(self._too_large(limit))
