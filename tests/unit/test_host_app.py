@@ -63,3 +63,15 @@ def test_enclave_unavailable_carries_retry_after(method: str, path: str, headers
     assert answer.status_code == 503
     assert Problem.from_uri(answer.json()["type"]) is Problem.ENCLAVE_UNAVAILABLE
     assert answer.headers["retry-after"] == "1"
+
+
+def test_readiness_says_why_it_is_not_ready() -> None:
+    """Readiness answered 400 and ``{"ready": false}``, however different the causes."""
+    answer = send("GET", "/v2/health/ready")
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "ready": False,
+        "reason": "the enclave process is down (the next request starts it again)",
+    }
+    answer = send("GET", "/v2/models/default/ready")
+    assert answer.status_code == 400 and answer.json()["reason"].startswith("the enclave process is down")

@@ -8,10 +8,12 @@ Untrusted code. It sees ciphertext and lengths only.
                            collateral the host keeps for it (``host/collateral.py``)
 ``POST /v1/ohttp``         ``message/ohttp-req`` in, ``message/ohttp-res`` out (RFC 9458 §4), or
                            the chunked forms, streamed (draft-ietf-ohai-chunked-ohttp)
-``GET /healthz``           whether the enclave process is up
+``GET /healthz``           the host runs (200), and its enclave process: ``{"status": "ok"}`` while it
+                           is up, ``"starting"`` while not, and how often it was ``restarts``-ed
 ``GET /v2/health/live``    KServe Open Inference Protocol: the host runs (200 ``{"live": true}``)
 ``GET /v2/health/ready``   ... the service can answer: enclave up and attested, collateral current,
-                           a model provisioned (200 ``{"ready": true}``, else 400 and ``false``)
+                           a cluster joined if it has one, a model provisioned (200
+                           ``{"ready": true}``, else 400, ``false`` and the ``reason``)
 ``GET /v2/models/{name}/ready``  ... that model (``default``, or its SHA-256) is served
 ``GET /metrics``           Prometheus metrics (``host/metrics.py``)
 ``GET /``                  the browser client (``web/README.md``), under a strict Content-Security-Policy
@@ -40,6 +42,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
@@ -57,7 +60,7 @@ from enclave_infer.host.enclave_process import EnclaveProcess
 from enclave_infer.host.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from enclave_infer.host.metrics import Metrics
 from enclave_infer.protocol import chunked_ohttp, framing, ohttp
-from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
+from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, EnclaveStatus, Problem, ProblemDetails
 from enclave_infer.protocol.framing import FrameType
 
 __all__ = ["create_app"]
@@ -140,21 +143,33 @@ class _Relay:
 
     async def ready(self, request: Request) -> Response:
         status = await self._enclave.status()
-        ready = status is not None and status.model_sha256 is not None and self._attestation_ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
+        return _readiness({}, self._not_ready(status))
 
     async def model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
         version = request.path_params.get("version")
         status = await self._enclave.status()
-        ready = (
-            status is not None
-            and status.model_sha256 is not None
-            and name in ("default", status.model_sha256)
-            and (version is None or version == str(status.model_version))
-            and self._attestation_ready()
-        )
-        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 400)
+        reason = self._not_ready(status)
+        if reason is None and status is not None:
+            if name not in ("default", status.model_sha256):
+                reason = f"{name[:100]} is not the served model (default, or {status.model_sha256})"
+            elif version is not None and version != str(status.model_version):
+                reason = f"version {version[:20]} is not served (version {status.model_version} is)"
+        return _readiness({"name": name}, reason)
+
+    def _not_ready(self, status: EnclaveStatus | None) -> str | None:
+        """Why the service cannot answer classifications now, for operators; None when it can."""
+        if not self._enclave.running:
+            return "the enclave process is down (the next request starts it again)"
+        if status is None:
+            return "the enclave does not answer"
+        if self._collateral is not None and self._collateral.current is None:
+            return f"no current attestation collateral: {self._collateral.problem or 'expired'}"
+        if self._enclave.cluster_storage is not None and status.cluster_id is None:
+            return "not yet a member of the cluster (key release from a peer pending)"
+        if status.model_sha256 is None:
+            return "no model provisioned yet"
+        return None
 
     async def metrics(self, request: Request) -> Response:
         current = self._collateral.current if self._collateral is not None else None
@@ -402,6 +417,14 @@ def _routing_refusal(request: Request, exc: Exception) -> Response:
         response.headers.update(exc.headers or {})  # Allow (RFC 9110 §15.5.6)
         return response
     return _problem(Problem.NOT_FOUND.details(f"no such resource {path}"))
+
+
+def _readiness(body: dict[str, Any], reason: str | None) -> Response:
+    """A KServe Open Inference Protocol readiness answer (200 ready, 400 not), with the reason
+    when not ready."""
+    if reason is None:
+        return JSONResponse({**body, "ready": True})
+    return JSONResponse({**body, "ready": False, "reason": reason}, status_code=400)
 
 
 def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -> Response:
