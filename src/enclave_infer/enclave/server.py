@@ -38,7 +38,7 @@ from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.enclave.sealing import Sealer
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
-from enclave_infer.protocol.api import Problem
+from enclave_infer.protocol.api import REQUEST_OVERHEAD_BYTES, Problem
 from enclave_infer.protocol.framing import Address, FrameType, format_address
 
 __all__ = ["Enclave", "serve"]
@@ -53,7 +53,7 @@ MAX_STREAM_SECONDS = 1800.0
 # encapsulated key and tag) is, from any honest client, a whole model upload (up to max_request_bytes).
 # One such frame is read at a time, so that the many slots batching wants do not multiply the
 # memory those frames can take; the one upload with the highest version wins anyway.
-IMAGE_REQUEST_OVERHEAD = 64 * 1024
+IMAGE_REQUEST_OVERHEAD = REQUEST_OVERHEAD_BYTES
 MAX_LARGE_FRAMES = 1
 
 

@@ -60,7 +60,14 @@ from enclave_infer.host.enclave_process import EnclaveProcess
 from enclave_infer.host.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from enclave_infer.host.metrics import Metrics
 from enclave_infer.protocol import chunked_ohttp, framing, ohttp
-from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, EnclaveStatus, Problem, ProblemDetails
+from enclave_infer.protocol.api import (
+    PROBLEM_MEDIA_TYPE,
+    REQUEST_OVERHEAD_BYTES,
+    EnclaveStatus,
+    Problem,
+    ProblemDetails,
+    slug,
+)
 from enclave_infer.protocol.framing import FrameType
 
 __all__ = ["create_app"]
@@ -82,8 +89,6 @@ WHOLE_BODY_SECONDS = 60.0
 # batches full (it works on limits.max_concurrent_requests at once) without letting a queue grow
 # past what it can answer within a client's patience.
 DEFAULT_MAX_IN_FLIGHT = 64
-# A whole (non-chunked) encapsulated request: an image plus its binary HTTP head and OHTTP framing.
-WHOLE_REQUEST_OVERHEAD = 64 * 1024
 # What a client refused with 503 is told to wait, in seconds (RFC 9110 §10.2.3): an enclave restarts
 # and an overload passes in about that long; the SDK backs off further with jitter.
 RETRY_AFTER_SECONDS = 1
@@ -117,7 +122,7 @@ class _Relay:
         self._enclave = enclave
         self._collateral = collateral
         self._max_request_bytes = enclave.config.limits.max_request_bytes
-        self._max_whole_bytes = enclave.config.limits.max_image_bytes + WHOLE_REQUEST_OVERHEAD
+        self._max_whole_bytes = enclave.config.limits.max_image_bytes + REQUEST_OVERHEAD_BYTES
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._in_flight = 0
@@ -442,7 +447,7 @@ def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -
 def _problem(problem: ProblemDetails) -> Response:
     """``problem`` as the host's answer; a 503 (the host or its enclave busy or down, collateral
     missing) says when to retry (RFC 9110 §10.2.3), as the SDK expects."""
-    headers = {**_NO_STORE, _PROBLEM_HEADER: problem.type.rpartition(":")[2].rpartition("#")[2]}
+    headers = {**_NO_STORE, _PROBLEM_HEADER: slug(problem.type)}
     if problem.status == 503:
         headers["retry-after"] = str(RETRY_AFTER_SECONDS)
     return Response(

@@ -55,6 +55,10 @@ INNER_AUTHORITY: Final = "enclave"
 INNER_SCHEME: Final = "https"
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 JSON_MEDIA_TYPE: Final = "application/json"
+# An encapsulated image request is an image plus at most this much: its binary HTTP head and
+# padding, the OHTTP header, encapsulated key and tag. The host's cap on a whole request and the
+# enclave's on an image frame are an image's limit plus this.
+REQUEST_OVERHEAD_BYTES: Final = 64 * 1024
 # A problem document is a few hundred bytes; a peer's longer one is refused, its detail shortened.
 MAX_PROBLEM_BYTES: Final = 16 * 1024
 MAX_DETAIL_CHARS: Final = 500
@@ -146,11 +150,22 @@ class Problem(enum.Enum):
     def from_uri(cls, uri: str) -> Problem | None:
         return _BY_URI.get(uri)
 
+    @property
+    def slug(self) -> str:
+        """The type's short name, its URI's last segment (``overloaded``, ``ohttp-key``): for logs
+        and metric labels."""
+        return slug(self.uri)
+
     def details(self, detail: str, **extensions: str | int) -> ProblemDetails:
         return ProblemDetails(self.uri, self.status, self.title, detail, dict(extensions))
 
 
 _BY_URI: Final = {p.uri: p for p in Problem}
+
+
+def slug(uri: str) -> str:
+    """A problem type URI's last segment, for a type this version may not know (a peer's)."""
+    return uri.rpartition(":")[2].rpartition("#")[2]
 
 
 @dataclass(frozen=True)
