@@ -83,7 +83,10 @@ def test_health_follows_the_open_inference_protocol(fresh: Deployment, files: di
     url = fresh.url
     assert httpx.get(url + "/v2/health/live").json() == {"live": True}
     not_yet = httpx.get(url + "/v2/health/ready")  # attested, but no model yet
-    assert (not_yet.status_code, not_yet.json()) == (400, {"ready": False})
+    assert (not_yet.status_code, not_yet.json()) == (
+        400,
+        {"ready": False, "reason": "no model provisioned yet"},
+    )
     info = provision(fresh, files["model"].read_bytes())
     assert eventually(lambda: httpx.get(url + "/v2/health/ready").json() == {"ready": True})
     for name in ("default", info.sha256):
@@ -91,10 +94,18 @@ def test_health_follows_the_open_inference_protocol(fresh: Deployment, files: di
         assert (reply.status_code, reply.json()) == (200, {"name": name, "ready": True})
     assert httpx.get(f"{url}/v2/models/default/versions/{info.version}/ready").status_code == 200
     assert httpx.get(f"{url}/v2/models/default/versions/{info.version + 1}/ready").status_code == 400
-    assert httpx.get(f"{url}/v2/models/resnet50/ready").json() == {"name": "resnet50", "ready": False}
+    other = httpx.get(f"{url}/v2/models/resnet50/ready").json()
+    assert other == {
+        "name": "resnet50",
+        "ready": False,
+        "reason": f"resnet50 is not the served model (default, or {info.sha256})",
+    }
     for pid in enclave_pids(fresh):  # the enclave is down until the next request restarts it
         os.kill(pid, signal.SIGKILL)
     assert eventually(lambda: httpx.get(url + "/v2/health/ready").status_code == 400)
+    down = httpx.get(url + "/v2/health/ready").json()["reason"]
+    assert down == "the enclave process is down (the next request starts it again)"
+    assert httpx.get(url + "/healthz").json() == {"status": "starting", "restarts": 0}
     assert httpx.get(url + "/v2/health/live").status_code == 200
 
 

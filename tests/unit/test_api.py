@@ -119,6 +119,11 @@ def test_every_problem_has_a_stable_unique_uri_and_an_error_status() -> None:
     )
 
 
+def test_a_problems_short_name_is_its_uris_last_segment() -> None:
+    assert Problem.OVERLOADED.slug == "overloaded" and Problem.OHTTP_KEY.slug == "ohttp-key"
+    assert len({p.slug for p in Problem}) == len(Problem)
+
+
 @pytest.mark.parametrize(
     ("problem", "error"),
     [

@@ -26,3 +26,12 @@ def test_the_systemd_unit_runs_a_serve_the_cli_accepts() -> None:
     # SIGTERM drains for --drain-timeout (30 s by default): systemd must wait longer than that
     stop = int(next(line for line in text.splitlines() if line.startswith("TimeoutStopSec=")).split("=")[1])
     assert "KillSignal=SIGTERM" in text and stop > args.drain_timeout
+
+
+def test_the_systemd_unit_allows_connections_beyond_the_default_open_file_limit() -> None:
+    """systemd's default soft limit of 1,024 descriptors was used up by about 1,000 idle connections."""
+    from enclave_infer.host.server import FD_RESERVE
+
+    text = (DEPLOY / "systemd" / "enclave-infer.service").read_text()
+    [limit] = [int(line.split("=")[1]) for line in text.splitlines() if line.startswith("LimitNOFILE=")]
+    assert limit - FD_RESERVE >= 60_000

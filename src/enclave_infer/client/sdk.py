@@ -91,6 +91,7 @@ PROBLEM_ERRORS: Mapping[Problem, type[RemoteError]] = {
     Problem.REPLAYED: InvalidRequestError,
     Problem.RUNTIME_NOT_PROVISIONED: InvalidRequestError,
     Problem.TOO_LARGE: TooLargeError,
+    Problem.HEADERS_TOO_LARGE: TooLargeError,
     Problem.INVALID_IMAGE: InvalidImageError,
     Problem.NO_MODEL: NoModelError,
     Problem.MODEL_PIN_MISMATCH: ModelPinError,

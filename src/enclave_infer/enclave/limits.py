@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from enclave_infer.protocol.api import REQUEST_OVERHEAD_BYTES
+
 __all__ = ["ServerLimits"]
 
 
@@ -28,8 +30,9 @@ class ServerLimits:
     min_stream_bytes_per_second: int = 32 * 1024
     stream_grace_seconds: float = 10.0
     # A frame longer than an image plus this much (binary HTTP framing and headers, the OHTTP
-    # header, encapsulated key and tag) is, from any honest client, a model upload.
-    image_request_overhead: int = 64 * 1024
+    # header, encapsulated key and tag) is, from any honest client, a model upload: the one
+    # definition the host's whole-body bound uses too.
+    image_request_overhead: int = REQUEST_OVERHEAD_BYTES
     # Frames larger than an image request read at once: one, so that the many slots batching wants
     # do not multiply the memory those frames can take (the highest version wins anyway).
     max_large_frames: int = 1

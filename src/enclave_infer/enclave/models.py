@@ -456,7 +456,7 @@ def _preprocessing(manifest: Manifest) -> Preprocessing:
 
 def _slug(problem: Problem) -> str:
     """The problem type's last segment, for one-line logs: ``version-not-newer``."""
-    return problem.uri.rpartition(":")[2].rpartition("#")[2]
+    return problem.slug
 
 
 def _pack(manifest: bytes, signature: bytes) -> bytes:

@@ -8,10 +8,12 @@ Untrusted code. It sees ciphertext and lengths only.
                            collateral the host keeps for it (``host/collateral.py``)
 ``POST /v1/ohttp``         ``message/ohttp-req`` in, ``message/ohttp-res`` out (RFC 9458 §4), or
                            the chunked forms, streamed (draft-ietf-ohai-chunked-ohttp)
-``GET /healthz``           whether the enclave process is up
+``GET /healthz``           the host runs (200), and its enclave process: ``{"status": "ok"}`` while it
+                           is up, ``"starting"`` while not, and how often it was ``restarts``-ed
 ``GET /v2/health/live``    KServe Open Inference Protocol: the host runs (200 ``{"live": true}``)
 ``GET /v2/health/ready``   ... the service can answer: enclave up and attested, collateral current,
-                           a model provisioned (200 ``{"ready": true}``, else 400 and ``false``)
+                           a cluster joined if it has one, a model provisioned (200
+                           ``{"ready": true}``, else 400, ``false`` and the ``reason``)
 ``GET /v2/models/{name}/ready``  ... that model (``default``, or its SHA-256) is served
 ``GET /metrics``           Prometheus metrics (``host/metrics.py``)
 ``GET /``                  the browser client (``web/README.md``), under a strict Content-Security-Policy
@@ -21,8 +23,8 @@ The first three paths answer CORS (any origin, no credentials, a preflight for `
 so that the browser client works from a local file or another origin too; no other path does.
 
 Work that reaches the enclave goes through a bounded queue: beyond ``max_in_flight`` requests the
-host answers 503 with ``Retry-After`` at once (the ``overloaded`` problem) rather than letting
-latency grow without bound.
+host answers 503 at once (the ``overloaded`` problem) rather than letting latency grow without
+bound. Every 503 the host sends carries ``Retry-After``.
 
 Errors are plain HTTP with an RFC 9457 problem document (``application/problem+json``) of a type
 from ``protocol/api.py``: the enclave's own refusals of undecryptable requests (RFC 9458's
@@ -39,7 +41,8 @@ import importlib.resources
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
@@ -57,22 +60,37 @@ from enclave_infer.host.enclave_process import EnclaveProcess
 from enclave_infer.host.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from enclave_infer.host.metrics import Metrics
 from enclave_infer.protocol import chunked_ohttp, framing, ohttp
-from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, Problem, ProblemDetails
+from enclave_infer.protocol.api import (
+    PROBLEM_MEDIA_TYPE,
+    REQUEST_OVERHEAD_BYTES,
+    EnclaveStatus,
+    Problem,
+    ProblemDetails,
+    slug,
+)
 from enclave_infer.protocol.framing import FrameType
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("enclave_infer.host")
 
-# How long a streaming client may pause before the host gives up on it (and frees its slot).
+# How long a client may pause its body before the host gives up on it.
 CLIENT_IDLE_SECONDS = 30.0
+# However it pauses, a body must then arrive at this average rate once its first BODY_GRACE_SECONDS
+# are over: a phone on a poor link sends far faster; a trickle of a byte every 10 s, which held a
+# slot for ever, is dropped after the grace. A 512 MiB model takes 18 h at this rate: no upload is
+# cut short; a stream holds a slot only while it keeps moving.
+MIN_BODY_BYTES_PER_SECOND = 8 * 1024
+BODY_GRACE_SECONDS = 10.0
+# A whole request (an image) is held in memory until it is in, so it must be in within this long
+# (16 MiB in a minute: 2.2 Mbit/s); it takes no slot until then, so a slow one holds only memory.
+WHOLE_BODY_SECONDS = 60.0
 # Requests the host works on at once before it refuses more with 503: enough to keep the enclave's
 # batches full (it works on limits.max_concurrent_requests at once) without letting a queue grow
 # past what it can answer within a client's patience.
 DEFAULT_MAX_IN_FLIGHT = 64
-# A whole (non-chunked) encapsulated request: an image plus its binary HTTP head and OHTTP framing.
-WHOLE_REQUEST_OVERHEAD = 64 * 1024
-# What a refused client is told to wait, in seconds (RFC 9110 §10.2.3).
+# What a client refused with 503 is told to wait, in seconds (RFC 9110 §10.2.3): an enclave restarts
+# and an overload passes in about that long; the SDK backs off further with jitter.
 RETRY_AFTER_SECONDS = 1
 _NO_STORE = {"cache-control": "no-store"}
 # The problem type's last segment on the host's own answers, for its metrics (not a standard field).
@@ -104,28 +122,20 @@ class _Relay:
         self._enclave = enclave
         self._collateral = collateral
         self._max_request_bytes = enclave.config.limits.max_request_bytes
-        self._max_whole_bytes = enclave.config.limits.max_image_bytes + WHOLE_REQUEST_OVERHEAD
+        self._max_whole_bytes = enclave.config.limits.max_image_bytes + REQUEST_OVERHEAD_BYTES
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
     def counted(self, route: str, handler: Handler) -> Handler:
-        """``handler`` behind the bounded queue, timed and counted by outcome."""
+        """``handler``, timed and counted by outcome."""
 
         async def run(request: Request) -> Response:
             started = time.monotonic()
-            if self._in_flight >= self._max_in_flight:
-                self._metrics.overloaded.inc()
-                detail = f"more than {self._max_in_flight} requests in progress; retry shortly"
-                response = _problem(Problem.OVERLOADED.details(detail), retry_after=RETRY_AFTER_SECONDS)
-            else:
-                self._in_flight += 1
-                self._metrics.in_flight.set(self._in_flight)
-                try:
-                    response = await handler(request)
-                finally:
-                    self._in_flight -= 1
-                    self._metrics.in_flight.set(self._in_flight)
+            try:
+                response = await handler(request)
+            except _Refused as exc:
+                response = _problem(exc.problem)
             problem = response.headers.get(_PROBLEM_HEADER, "")
             self._metrics.requests.labels(route, str(response.status_code), problem).inc()
             self._metrics.latency.labels(route).observe(time.monotonic() - started)
@@ -138,21 +148,33 @@ class _Relay:
 
     async def ready(self, request: Request) -> Response:
         status = await self._enclave.status()
-        ready = status is not None and status.model_sha256 is not None and self._attestation_ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 400)
+        return _readiness({}, self._not_ready(status))
 
     async def model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
         version = request.path_params.get("version")
         status = await self._enclave.status()
-        ready = (
-            status is not None
-            and status.model_sha256 is not None
-            and name in ("default", status.model_sha256)
-            and (version is None or version == str(status.model_version))
-            and self._attestation_ready()
-        )
-        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 400)
+        reason = self._not_ready(status)
+        if reason is None and status is not None:
+            if name not in ("default", status.model_sha256):
+                reason = f"{name[:100]} is not the served model (default, or {status.model_sha256})"
+            elif version is not None and version != str(status.model_version):
+                reason = f"version {version[:20]} is not served (version {status.model_version} is)"
+        return _readiness({"name": name}, reason)
+
+    def _not_ready(self, status: EnclaveStatus | None) -> str | None:
+        """Why the service cannot answer classifications now, for operators; None when it can."""
+        if not self._enclave.running:
+            return "the enclave process is down (the next request starts it again)"
+        if status is None:
+            return "the enclave does not answer"
+        if self._collateral is not None and self._collateral.current is None:
+            return f"no current attestation collateral: {self._collateral.problem or 'expired'}"
+        if self._enclave.cluster_storage is not None and status.cluster_id is None:
+            return "not yet a member of the cluster (key release from a peer pending)"
+        if status.model_sha256 is None:
+            return "no model provisioned yet"
+        return None
 
     async def metrics(self, request: Request) -> Response:
         current = self._collateral.current if self._collateral is not None else None
@@ -163,6 +185,23 @@ class _Relay:
             collateral_expiry=current.next_update.timestamp() if current is not None else None,
         )
         return Response(self._metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the ``max_in_flight`` places of work that reaches the enclave, held while it does;
+        none free: the ``overloaded`` problem at once. A whole request takes one only once its body
+        is in, a chunked one while it streams (at :data:`MIN_BODY_BYTES_PER_SECOND` at least)."""
+        if self._in_flight >= self._max_in_flight:
+            self._metrics.overloaded.inc()
+            detail = f"more than {self._max_in_flight} requests in progress; retry shortly"
+            raise _Refused(Problem.OVERLOADED.details(detail))
+        self._in_flight += 1
+        self._metrics.in_flight.set(self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._metrics.in_flight.set(self._in_flight)
 
     def _attestation_ready(self) -> bool:
         return self._enclave.running and (self._collateral is None or self._collateral.current is not None)
@@ -209,10 +248,8 @@ class _Relay:
             return _problem(self._too_large(limit))
         body = bytearray()
         try:
-            async for chunk in self._pieces(request, limit):
+            async for chunk in self._pieces(request, limit, within=WHOLE_BODY_SECONDS):
                 body += chunk
-        except _Refused as exc:
-            return _problem(exc.problem)
         except ClientDisconnect:
             return _problem(Problem.MALFORMED_REQUEST.details("the client went away"))
         return await self._call(
@@ -227,7 +264,8 @@ class _Relay:
         self, kind: FrameType, payload: bytes | bytearray, expect: FrameType, media_type: str
     ) -> Response:
         try:
-            reply, data = await self._enclave.call(kind, payload, pooled=True)
+            with self._slot():
+                reply, data = await self._enclave.call(kind, payload, pooled=True)
         except (TransportError, ProtocolError) as exc:
             return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
         return _answer(reply, data, expect, media_type)
@@ -235,9 +273,8 @@ class _Relay:
     async def _chunked(self, request: Request) -> Response:
         """Relay a chunked request as it arrives; the client's pauses and size are bounded."""
         try:
-            reply, data = await self._enclave.call_streaming(self._pieces(request))
-        except _Refused as exc:
-            return _problem(exc.problem)
+            with self._slot():
+                reply, data = await self._enclave.call_streaming(self._pieces(request))
         except ClientDisconnect:
             # nobody reads this; the enclave sees the stream end and abandons the upload
             return _problem(Problem.MALFORMED_REQUEST.details("the client went away"))
@@ -245,21 +282,35 @@ class _Relay:
             return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
         return _answer(reply, data, FrameType.CHUNKED_RESPONSE, chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
 
-    async def _pieces(self, request: Request, limit: int | None = None) -> AsyncIterator[bytes]:
+    async def _pieces(
+        self, request: Request, limit: int | None = None, *, within: float | None = None
+    ) -> AsyncIterator[bytes]:
         """The request's body as it arrives, at most ``limit`` bytes (default: a model's upload),
-        from a client that never pauses longer than ``CLIENT_IDLE_SECONDS``."""
+        all of it ``within`` seconds if given, from a client that never pauses longer than
+        :data:`CLIENT_IDLE_SECONDS` nor falls below :data:`MIN_BODY_BYTES_PER_SECOND` after
+        :data:`BODY_GRACE_SECONDS`: a client that stalls or trickles gives its place back."""
         limit = limit or self._max_request_bytes
         pieces = request.stream().__aiter__()
+        started = time.monotonic()
         total = 0
         while True:
-            try:  # a client that stalls gives its enclave slot back
-                piece = await asyncio.wait_for(pieces.__anext__(), CLIENT_IDLE_SECONDS)
+            now = time.monotonic()
+            waits = {
+                f"no request data for {CLIENT_IDLE_SECONDS:g} s": CLIENT_IDLE_SECONDS,
+                f"request data slower than {MIN_BODY_BYTES_PER_SECOND} bytes/s": started
+                + BODY_GRACE_SECONDS
+                + total / MIN_BODY_BYTES_PER_SECOND
+                - now,
+            }
+            if within is not None:
+                waits[f"request not received within {within:g} s"] = started + within - now
+            reason, wait = min(waits.items(), key=lambda item: item[1])
+            try:
+                piece = await asyncio.wait_for(pieces.__anext__(), max(wait, 0.0))
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise _Refused(
-                    Problem.REQUEST_TIMEOUT.details(f"no request data for {CLIENT_IDLE_SECONDS:.0f} s")
-                ) from None
+                raise _Refused(Problem.REQUEST_TIMEOUT.details(reason)) from None
             total += len(piece)
             if total > limit:
                 raise _Refused(self._too_large(limit))
@@ -373,6 +424,14 @@ def _routing_refusal(request: Request, exc: Exception) -> Response:
     return _problem(Problem.NOT_FOUND.details(f"no such resource {path}"))
 
 
+def _readiness(body: dict[str, Any], reason: str | None) -> Response:
+    """A KServe Open Inference Protocol readiness answer (200 ready, 400 not), with the reason
+    when not ready."""
+    if reason is None:
+        return JSONResponse({**body, "ready": True})
+    return JSONResponse({**body, "ready": False, "reason": reason}, status_code=400)
+
+
 def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -> Response:
     """The enclave's reply frame as the host's HTTP answer: relayed bytes, or its problem."""
     if reply is FrameType.ERROR:
@@ -385,10 +444,12 @@ def _answer(reply: FrameType, data: bytes, expect: FrameType, media_type: str) -
     return Response(data, media_type=media_type, headers=_NO_STORE)
 
 
-def _problem(problem: ProblemDetails, *, retry_after: int | None = None) -> Response:
-    headers = {**_NO_STORE, _PROBLEM_HEADER: problem.type.rpartition(":")[2].rpartition("#")[2]}
-    if retry_after is not None:
-        headers["retry-after"] = str(retry_after)
+def _problem(problem: ProblemDetails) -> Response:
+    """``problem`` as the host's answer; a 503 (the host or its enclave busy or down, collateral
+    missing) says when to retry (RFC 9110 §10.2.3), as the SDK expects."""
+    headers = {**_NO_STORE, _PROBLEM_HEADER: slug(problem.type)}
+    if problem.status == 503:
+        headers["retry-after"] = str(RETRY_AFTER_SECONDS)
     return Response(
         problem.encode(), status_code=problem.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
     )

@@ -8,7 +8,7 @@ derived from an image, a label or a model's content.
 ======================================================  =========================================
 ``enclave_infer_requests_total{route,code,problem}``    answers by route, HTTP status, problem type
 ``enclave_infer_request_duration_seconds{route}``       time to answer, histogram
-``enclave_infer_requests_in_flight``                    requests the host is working on (the queue)
+``enclave_infer_requests_in_flight``                    requests at the enclave (not bodies still arriving)
 ``enclave_infer_requests_refused_overload_total``       requests refused at once with 503 (queue full)
 ``enclave_infer_enclave_restarts_total``                enclave processes restarted after a crash
 ``enclave_infer_enclave_up``                            1 while the enclave process answers
@@ -57,7 +57,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("enclave_infer_requests_in_flight", "Requests being worked on", registry=r)
+        self.in_flight = Gauge("enclave_infer_requests_in_flight", "Requests at the enclave", registry=r)
         self.overloaded = Counter(
             "enclave_infer_requests_refused_overload",
             "Requests refused with 503 because the queue was full",

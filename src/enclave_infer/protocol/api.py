@@ -55,6 +55,10 @@ INNER_AUTHORITY: Final = "enclave"
 INNER_SCHEME: Final = "https"
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 JSON_MEDIA_TYPE: Final = "application/json"
+# An encapsulated image request is an image plus at most this much: its binary HTTP head and
+# padding, the OHTTP header, encapsulated key and tag. The host's cap on a whole request and the
+# enclave's on an image frame are an image's limit plus this.
+REQUEST_OVERHEAD_BYTES: Final = 64 * 1024
 # A problem document is a few hundred bytes; a peer's longer one is refused, its detail shortened.
 MAX_PROBLEM_BYTES: Final = 16 * 1024
 MAX_DETAIL_CHARS: Final = 500
@@ -113,6 +117,7 @@ class Problem(enum.Enum):
     METHOD_NOT_ALLOWED = (_OURS + "method-not-allowed", 405, "Method not allowed")
     UNSUPPORTED_MEDIA_TYPE = (_OURS + "unsupported-media-type", 415, "Unsupported media type")
     TOO_LARGE = (_OURS + "too-large", 413, "Content too large")
+    HEADERS_TOO_LARGE = (_OURS + "headers-too-large", 431, "Request header fields too large")
     REQUEST_TIMEOUT = (_OURS + "request-timeout", 408, "Request timeout")
     REPLAYED = (_OURS + "replayed-request", 400, "Replayed request")
     # Classification
@@ -145,11 +150,22 @@ class Problem(enum.Enum):
     def from_uri(cls, uri: str) -> Problem | None:
         return _BY_URI.get(uri)
 
+    @property
+    def slug(self) -> str:
+        """The type's short name, its URI's last segment (``overloaded``, ``ohttp-key``): for logs
+        and metric labels."""
+        return slug(self.uri)
+
     def details(self, detail: str, **extensions: str | int) -> ProblemDetails:
         return ProblemDetails(self.uri, self.status, self.title, detail, dict(extensions))
 
 
 _BY_URI: Final = {p.uri: p for p in Problem}
+
+
+def slug(uri: str) -> str:
+    """A problem type URI's last segment, for a type this version may not know (a peer's)."""
+    return uri.rpartition(":")[2].rpartition("#")[2]
 
 
 @dataclass(frozen=True)
