@@ -175,12 +175,13 @@ def test_trickled_bodies_do_not_hold_the_hosts_places(host: Deployment, files: d
 
 
 def test_a_stream_that_trickles_is_dropped(host: Deployment, files: dict[str, Path]) -> None:
-    """A chunked request that sends a few bytes every two seconds kept its place for ever."""
+    """A chunked request that sends a few bytes every two seconds kept its place for ever, and as
+    many of them as the host has places stopped every classification."""
     provision(host, files)
     outcomes: list[int] = []
 
     def body() -> Iterator[bytes]:
-        for _ in range(10):  # 20 s: past the grace, never idle
+        for _ in range(15):  # 30 s: never idle, and longer than two graces one after the other
             yield b"x" * 4
             time.sleep(2)
 
@@ -191,11 +192,16 @@ def test_a_stream_that_trickles_is_dropped(host: Deployment, files: dict[str, Pa
             except RemoteError as exc:
                 outcomes.append(exc.status)
 
-    streams = [threading.Thread(target=send) for _ in range(4)]  # every place of the host's
+    streams = [threading.Thread(target=send) for _ in range(4)]  # as many as the host's places
     for t in streams:
         t.start()
+    time.sleep(1)
+    served = 0
+    with Client(host.url, host.constraint, config=ClientConfig(retries=0)) as c:
+        while any(t.is_alive() for t in streams):
+            assert c.classify(RED).results[0].label == "red"  # streams hold no place of theirs
+            served += 1
     for t in streams:
-        t.join(30)  # BODY_GRACE_SECONDS, and then at once
+        t.join(45)  # two streams at once (STREAM_SLOTS), each dropped after BODY_GRACE_SECONDS
     assert outcomes == [408] * 4
-    with Client(host.url, host.constraint) as c:
-        assert c.classify(RED).results[0].label == "red"
+    assert served >= 3

@@ -126,6 +126,7 @@ class _Relay:
         self._metrics = metrics
         self._max_in_flight = max_in_flight
         self._in_flight = 0
+        self._streams_open = 0
 
     def counted(self, route: str, handler: Handler) -> Handler:
         """``handler``, timed and counted by outcome."""
@@ -190,7 +191,7 @@ class _Relay:
     def _slot(self) -> Iterator[None]:
         """One of the ``max_in_flight`` places of work that reaches the enclave, held while it does;
         none free: the ``overloaded`` problem at once. A whole request takes one only once its body
-        is in, a chunked one while it streams (at :data:`MIN_BODY_BYTES_PER_SECOND` at least)."""
+        is in; a chunked one never (:meth:`_chunked`)."""
         if self._in_flight >= self._max_in_flight:
             self._metrics.overloaded.inc()
             detail = f"more than {self._max_in_flight} requests in progress; retry shortly"
@@ -271,15 +272,27 @@ class _Relay:
         return _answer(reply, data, expect, media_type)
 
     async def _chunked(self, request: Request) -> Response:
-        """Relay a chunked request as it arrives; the client's pauses and size are bounded."""
+        """Relay a chunked request as it arrives; the client's pauses and size are bounded.
+
+        A stream takes none of the ``max_in_flight`` places whole requests need: it waits for one of
+        the enclave's stream slots (``framing.STREAM_SLOTS``) holding only its connection, and its
+        pace is measured from when it has one. At most ``max_in_flight`` streams are open at once;
+        beyond, the ``overloaded`` problem at once. So streams, however slow or many, never hold
+        what a classification needs."""
+        if self._streams_open >= self._max_in_flight:
+            self._metrics.overloaded.inc()
+            detail = f"more than {self._max_in_flight} streamed requests in progress; retry shortly"
+            return _problem(Problem.OVERLOADED.details(detail))
+        self._streams_open += 1
         try:
-            with self._slot():
-                reply, data = await self._enclave.call_streaming(self._pieces(request))
+            reply, data = await self._enclave.call_streaming(self._pieces(request))
         except ClientDisconnect:
             # nobody reads this; the enclave sees the stream end and abandons the upload
             return _problem(Problem.MALFORMED_REQUEST.details("the client went away"))
         except (TransportError, ProtocolError) as exc:
             return _problem(Problem.ENCLAVE_UNAVAILABLE.details(str(exc)))
+        finally:
+            self._streams_open -= 1
         return _answer(reply, data, FrameType.CHUNKED_RESPONSE, chunked_ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
 
     async def _pieces(
