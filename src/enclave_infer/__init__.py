@@ -53,7 +53,8 @@ if TYPE_CHECKING:
         Runtime,
     )
 
-__version__ = "0.2.0"
+# The installed distribution's version (``__getattr__`` reads the package metadata on first use).
+__version__: str
 
 __all__ = [
     "Attestation",
@@ -115,10 +116,23 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name in _LAZY:
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'enclave_infer' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed distribution's version: one number, ``version`` in pyproject.toml. Read on
+    first use, not at import: the enclave imports this package and never needs it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("enclave-infer")
+    except PackageNotFoundError:  # the sources on sys.path, not installed
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:
