@@ -240,11 +240,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace, constraint: str | None) -> Client:
+    from enclave_infer.client.config import ClientConfig
     from enclave_infer.client.sdk import Client
 
     collateral = read_file(args.collateral, "collateral") if args.collateral else None
     pinned = getattr(args, "model_sha256", None)
-    return Client(args.url, constraint, collateral=collateral, pccs_url=args.pccs, model_sha256=pinned)
+    config = ClientConfig(ca_file=args.cacert)
+    return Client(
+        args.url, constraint, config=config, collateral=collateral, pccs_url=args.pccs, model_sha256=pinned
+    )
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -690,16 +694,18 @@ def _load_image(source: str) -> bytes:
 
 def _fetch(url: str) -> bytes:
     """Fetch an image on the client's side: the host never sees the URL."""
+    from enclave_infer.client._transport import connection_failure
     from enclave_infer.client.config import ClientConfig
 
-    limit = ClientConfig().max_fetch_bytes
+    limit, timeout = ClientConfig().max_fetch_bytes, ClientConfig().fetch_timeout
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=ClientConfig().fetch_timeout) as reply:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as reply:
             if reply.status_code != 200:
                 raise UsageError(f"{url}: answered {reply.status_code}")
             return b"".join(_capped(reply.iter_bytes(), url, limit))
     except httpx.HTTPError as exc:
-        raise UsageError(f"cannot fetch {url}: {type(exc).__name__}") from None
+        why = connection_failure(exc, url, timeout, trust_hint="SSL_CERT_FILE=FILE")
+        raise UsageError(f"cannot fetch {url}: {why}") from None
 
 
 def _capped(chunks: Iterator[bytes], url: str, limit: int) -> Iterator[bytes]:
