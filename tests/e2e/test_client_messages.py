@@ -152,7 +152,14 @@ def test_unreachable_host_says_why_in_words(files: dict[str, Path]) -> None:
     )
 
 
-def test_a_missing_image_is_named_once(served: ModelInfo, deployment: Deployment) -> None:
+def test_an_image_is_named_once(served: ModelInfo, deployment: Deployment, web_server: str) -> None:
     out = run_cli("classify", deployment.url, deployment.constraint, "nope.png")
     assert out.returncode == 1
     assert only_line(out.stderr) == f"{ERROR}nope.png: no such file"
+    for url, why in (
+        (f"{web_server}/cat.png", "answered 404"),
+        ("http://127.0.0.1:9/cat.png", "connection refused (nothing listens on port 9)"),
+    ):
+        out = run_cli("classify", deployment.url, deployment.constraint, url)
+        assert out.returncode == 1
+        assert only_line(out.stderr) == f"{ERROR}{url}: {why}"

@@ -453,6 +453,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
+    from enclave_infer.client._text import count
     from enclave_infer.client.owner import build_preprocessing, load_owner_key, read_labels
     from enclave_infer.client.progress import Progress
 
@@ -493,7 +494,7 @@ def _provision(args: argparse.Namespace) -> int:
     model = result.model
     replaced = f", replacing version {result.replaced_version}" if result.replaced_version is not None else ""
     print(
-        f"provisioned model version {model.version} (sha256 {model.sha256}, {model.labels} labels,"
+        f"provisioned model version {model.version} (sha256 {model.sha256}, {count(model.labels, 'label')},"
         f" runtimes: {', '.join(model.runtimes)}{replaced})"
     )
     return 0
@@ -549,12 +550,12 @@ class _Session:
                     path.write_bytes(result.receipt)
                 except OSError as exc:
                     raise UsageError(f"cannot write the receipt {path}: {exc.strerror}") from None
-        except EnclaveInferError as exc:
+        except EnclaveInferError as exc:  # the message does not name the image: it is named here, once
             self.failures += 1
             if args.json:
                 print(json.dumps({"image": source, "error": str(exc)}), flush=True)
             else:
-                _error(f"{source}: {exc}")
+                _error(f"{source or repr(source)}: {exc}")
             return
         if args.json:
             print(
@@ -635,14 +636,14 @@ def _model_files(
         raise UsageError(f"model file {path} is not a regular file")
     size, channels, layout = preprocessing.crop, preprocessing.channels, preprocessing.layout
     if runtime == "onnx" and path.suffix.lower() == ".onnx":
+        from enclave_infer.client._tooling import ExternalDataError
         from enclave_infer.client.convert import check_onnx
 
         try:
             # a local one-line error beats an upload the enclave refuses
             check_onnx(path, input_size=size, channels=channels, layout=layout, classes=classes)
-        except UsageError as exc:
-            if "external data" not in str(exc):
-                raise
+        except ExternalDataError:
+            pass
         else:
             yield {"onnx": path}
             return
@@ -669,26 +670,28 @@ def _joined(values: tuple[float, ...]) -> str:
 
 
 def _load_image(source: str) -> bytes:
+    """The image's bytes. Errors say what is wrong without naming ``source``, which the caller does."""
     if source == "-":
         data = sys.stdin.buffer.read()
         if not data:
-            raise UsageError("-: standard input is empty")
+            raise UsageError("standard input is empty")
         return data
     if source.startswith(("http://", "https://")):
         return _fetch(source)
     scheme = urlsplit(source).scheme
     if len(scheme) > 1 and "://" in source:  # not a Windows drive letter
-        raise UsageError(
-            f"{source}: unsupported URL scheme {scheme}:// (use a file path, http:// or https://)"
-        )
+        raise UsageError(f"unsupported URL scheme {scheme}:// (use a file path, http:// or https://)")
     path = Path(source).expanduser()
     if not source or not path.exists():
-        raise UsageError(f"{source or repr(source)}: no such file")
+        raise UsageError("no such file")
     if not path.is_file():
-        raise UsageError(f"{source}: not a regular file")
-    data = read_file(path, "image")
+        raise UsageError("not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read it: {exc.strerror}") from None
     if not data:
-        raise UsageError(f"{source}: the file is empty")
+        raise UsageError("the file is empty")
     return data
 
 
@@ -701,19 +704,18 @@ def _fetch(url: str) -> bytes:
     try:
         with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as reply:
             if reply.status_code != 200:
-                raise UsageError(f"{url}: answered {reply.status_code}")
-            return b"".join(_capped(reply.iter_bytes(), url, limit))
+                raise UsageError(f"answered {reply.status_code}")
+            return b"".join(_capped(reply.iter_bytes(), limit))
     except httpx.HTTPError as exc:
-        why = connection_failure(exc, url, timeout, trust_hint="SSL_CERT_FILE=FILE")
-        raise UsageError(f"cannot fetch {url}: {why}") from None
+        raise UsageError(connection_failure(exc, url, timeout, trust_hint="SSL_CERT_FILE=FILE")) from None
 
 
-def _capped(chunks: Iterator[bytes], url: str, limit: int) -> Iterator[bytes]:
+def _capped(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
     total = 0
     for chunk in chunks:
         total += len(chunk)
         if total > limit:
-            raise UsageError(f"{url}: image larger than {limit} bytes")
+            raise UsageError(f"an image larger than {limit} bytes")
         yield chunk
 
 
