@@ -10,18 +10,28 @@ import ipaddress
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from enclave_infer import Client, ClientConfig, ModelInfo, TransportError, UsageError
+from enclave_infer import (
+    Client,
+    ClientConfig,
+    ModelInfo,
+    OverloadedError,
+    Problem,
+    TransportError,
+    UsageError,
+)
 
-from .conftest import CLI, Deployment, run_cli, start_server, stop_server
+from .conftest import CLI, Deployment, png, run_cli, start_server, stop_server
 
 ERROR = "enclave-infer: error: "
 
@@ -163,3 +173,108 @@ def test_an_image_is_named_once(served: ModelInfo, deployment: Deployment, web_s
         out = run_cli("classify", deployment.url, deployment.constraint, url)
         assert out.returncode == 1
         assert only_line(out.stderr) == f"{ERROR}{url}: {why}"
+
+
+class Relay:
+    """A reverse proxy on loopback in front of a real host that first refuses, for each path named in
+    ``refusals``, as many requests as it lists, with that problem and ``Retry-After``: a host that
+    is busy, or whose enclave is restarting, as the client meets one."""
+
+    def __init__(self, upstream: str, refusals: dict[str, list[tuple[Problem, int]]]) -> None:
+        self.refusals = {path: list(items) for path, items in refusals.items()}
+        self.seen: list[tuple[str, int]] = []
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._relay()
+
+            def do_POST(self) -> None:
+                self._relay()
+
+            def _relay(self) -> None:
+                path = self.path.split("?")[0]
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                pending = relay.refusals.get(path)
+                if pending:
+                    problem, seconds = pending.pop(0)
+                    relay.seen.append((path, problem.status))
+                    document = problem.details("refused by the test's relay").encode()
+                    self.send_response(problem.status)
+                    self.send_header("content-type", "application/problem+json")
+                    self.send_header("retry-after", str(seconds))
+                    self.send_header("content-length", str(len(document)))
+                    self.end_headers()
+                    self.wfile.write(document)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+                answer = httpx.request(self.command, upstream + self.path, content=body, headers=headers)
+                relay.seen.append((path, answer.status_code))
+                self.send_response(answer.status_code)
+                for name in ("content-type", "retry-after"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("content-length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Relay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def test_the_command_retries_a_busy_host_at_the_attestation_step(
+    served: ModelInfo, deployment: Deployment, files: dict[str, Path]
+) -> None:
+    busy = [(Problem.OVERLOADED, 1)]
+    refusals = {"/ohttp-keys": busy, "/v1/attestation": busy}
+    with Relay(deployment.url, refusals) as relay:
+        out = run_cli("classify", relay.url, deployment.constraint, str(files["red"]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{files['red']}: red (")
+    assert relay.seen[:4] == [("/ohttp-keys", 503), ("/ohttp-keys", 200), ("/v1/attestation", 503),
+                              ("/v1/attestation", 200)]  # fmt: skip
+
+
+def test_the_sdk_waits_as_long_as_retry_after_says(
+    served: ModelInfo, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``enclave-unavailable`` (the enclave restarting) with Retry-After, on every kind of request:
+    each is sent again, never sooner than the host asked."""
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    restarting = [(Problem.ENCLAVE_UNAVAILABLE, 2)]
+    refusals = {"/ohttp-keys": restarting, "/v1/attestation": restarting, "/v1/ohttp": restarting * 2}
+    with Relay(deployment.url, refusals) as relay, Client(relay.url, deployment.constraint) as client:
+        assert client.model_info() == served
+        assert client.classify(png((230, 20, 20))).results[0].label == "red"
+    assert len(waits) == 4 and all(wait >= 2 for wait in waits)
+    assert [status for _, status in relay.seen].count(503) == 4
+
+
+def test_a_retry_after_longer_than_the_client_waits_is_raised_at_once(deployment: Deployment) -> None:
+    with (
+        Relay(deployment.url, {"/ohttp-keys": [(Problem.OVERLOADED, 3600)]}) as relay,
+        Client(relay.url, deployment.constraint) as client,
+        pytest.raises(OverloadedError) as info,
+    ):
+        client.attest()
+    assert info.value.retry_after == 3600 and relay.seen == [("/ohttp-keys", 503)]

@@ -421,6 +421,15 @@ def test_provision_a_torch_pickle(deployment: Deployment, files: dict[str, Path]
     before = served_model(deployment)
     out = provision(deployment, files, model=pickle)
     assert out.returncode == 0, out.stderr
+    # the converted files are the upload's only: the lines that name them say so first
+    stages = [line for line in out.stderr.splitlines() if not line.startswith("enclave-infer: warning: ")]
+    assert stages[0] == (
+        "enclave-infer: converting tiny-pretrained.pt for the upload, into a temporary folder removed"
+        " afterwards:"
+    )
+    assert stages[1:] and all(line.startswith("enclave-infer:   ") for line in stages[1:])
+    assert any("tiny-pretrained.onnx" in line for line in stages[1:])
+    assert not (tmp_path / "tiny-pretrained.onnx").exists()
     after = served_model(deployment)
     assert after is not None and after.sha256 != (before.sha256 if before else None)
     out = run_cli(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -651,6 +652,11 @@ def _model_files(
     from enclave_infer.client.export import export_formats
 
     wanted = {"onnx", "torch"} if runtime == "both" else {runtime}
+    step: Callable[[str], None] | None = None
+    if stage is not None:
+        # the files named below are made for the upload only: say so, so that nobody looks for them
+        stage(f"converting {path.name} for the upload, into a temporary folder removed afterwards:")
+        step = functools.partial(_indented, stage)
     with tempfile.TemporaryDirectory(prefix="enclave-infer-convert-") as tmp:
         made = export_formats(
             path,
@@ -660,9 +666,13 @@ def _model_files(
             channels=channels,
             layout=layout,
             classes=classes,
-            progress=stage,
+            progress=step,
         )
         yield {fmt: made[fmt] for fmt in ("onnx", "torchscript") if fmt in made}
+
+
+def _indented(stage: Callable[[str], None], text: str) -> None:
+    stage(f"  {text}")
 
 
 def _joined(values: tuple[float, ...]) -> str:
