@@ -41,7 +41,7 @@ from _tiny import LABELS, image, tiny_model
 from enclave_infer import Client
 from enclave_infer.attestation.evidence import appraise
 from enclave_infer.attestation.measurement import code_hash
-from enclave_infer.client.owner import generate_owner_key, load_owner_key
+from enclave_infer.client._owner import generate_owner_key, load_owner_key
 from enclave_infer.config import EnclaveConfig, load_public_key_file
 from enclave_infer.errors import EnclaveInferError
 from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp

@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from enclave_infer.attestation.constraints import parse as parse_constraint
     from enclave_infer.attestation.evidence import Attestation, Verifier
     from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
-    from enclave_infer.client.config import ClientConfig
-    from enclave_infer.client.owner import generate_owner_key, load_owner_key
-    from enclave_infer.client.sdk import Client
+    from enclave_infer.client._config import ClientConfig
+    from enclave_infer.client._owner import generate_owner_key, load_owner_key
+    from enclave_infer.client._sdk import Client
     from enclave_infer.protocol.api import (
         Classification,
         ModelInfo,
@@ -97,8 +97,8 @@ __all__ = [
 _LAZY = {
     "Attestation": ("enclave_infer.attestation.evidence", "Attestation"),
     "Classification": ("enclave_infer.protocol.api", "Classification"),
-    "Client": ("enclave_infer.client.sdk", "Client"),
-    "ClientConfig": ("enclave_infer.client.config", "ClientConfig"),
+    "Client": ("enclave_infer.client._sdk", "Client"),
+    "ClientConfig": ("enclave_infer.client._config", "ClientConfig"),
     "Constraint": ("enclave_infer.attestation.constraints", "Constraint"),
     "EnclaveReport": ("enclave_infer.attestation.report", "EnclaveReport"),
     "ModelInfo": ("enclave_infer.protocol.api", "ModelInfo"),
@@ -109,8 +109,8 @@ _LAZY = {
     "Runtime": ("enclave_infer.protocol.api", "Runtime"),
     "Verifier": ("enclave_infer.attestation.evidence", "Verifier"),
     "SecurityLevel": ("enclave_infer.attestation.report", "SecurityLevel"),
-    "generate_owner_key": ("enclave_infer.client.owner", "generate_owner_key"),
-    "load_owner_key": ("enclave_infer.client.owner", "load_owner_key"),
+    "generate_owner_key": ("enclave_infer.client._owner", "generate_owner_key"),
+    "load_owner_key": ("enclave_infer.client._owner", "load_owner_key"),
     "parse_constraint": ("enclave_infer.attestation.constraints", "parse"),
 }
 

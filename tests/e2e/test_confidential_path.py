@@ -24,7 +24,7 @@ from enclave_infer import (
     RemoteError,
     TransportError,
 )
-from enclave_infer.client.owner import generate_owner_key, load_owner_key
+from enclave_infer.client._owner import generate_owner_key, load_owner_key
 from enclave_infer.protocol import bhttp, ohttp
 
 from .conftest import CLI as CLI_PATH
@@ -318,7 +318,7 @@ def test_a_request_dated_outside_the_window_gets_the_date_problem(deployment: De
 def test_the_sdk_corrects_its_clock_by_the_date_problem(
     served: ModelInfo, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import enclave_infer.client.sdk as sdk
+    import enclave_infer.client._sdk as sdk
 
     real = time.time
     monkeypatch.setattr(sdk.time, "time", lambda: real() - 3600)  # the client's clock is an hour slow

@@ -54,8 +54,8 @@ from enclave_infer.attestation import receipt
 from enclave_infer.attestation.evidence import Evidence, Verifier
 from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.cli.main import main as cli_main
-from enclave_infer.client.config import ClientConfig
-from enclave_infer.client.owner import load_owner_key
+from enclave_infer.client._config import ClientConfig
+from enclave_infer.client._owner import load_owner_key
 from enclave_infer.config import EnclaveConfig, Limits, load_public_key_file
 from enclave_infer.errors import UsageError
 from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, Problem

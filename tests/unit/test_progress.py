@@ -2,8 +2,8 @@ import io
 
 import pytest
 
+from enclave_infer.client._progress import Progress
 from enclave_infer.client._text import clock, count, duration
-from enclave_infer.client.progress import Progress
 
 
 class Tty(io.StringIO):

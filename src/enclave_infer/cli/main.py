@@ -36,7 +36,7 @@ from enclave_infer.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
     from enclave_infer.attestation.evidence import Attestation
-    from enclave_infer.client.sdk import Client
+    from enclave_infer.client._sdk import Client
     from enclave_infer.host.collateral import CollateralSource
     from enclave_infer.protocol.api import Classification, Preprocessing
 
@@ -241,8 +241,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace, constraint: str | None) -> Client:
-    from enclave_infer.client.config import ClientConfig
-    from enclave_infer.client.sdk import Client
+    from enclave_infer.client._config import ClientConfig
+    from enclave_infer.client._sdk import Client
 
     collateral = read_file(args.collateral, "collateral") if args.collateral else None
     pinned = getattr(args, "model_sha256", None)
@@ -357,7 +357,7 @@ def _verify_evidence(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from enclave_infer.attestation import constraints, dcap, snp
-    from enclave_infer.client.sdk import fetch_collateral
+    from enclave_infer.client._sdk import fetch_collateral
     from enclave_infer.errors import AttestationError
 
     constraint = constraints.parse(args.constraint) if args.constraint else None
@@ -443,7 +443,7 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from enclave_infer.client.owner import generate_owner_key
+    from enclave_infer.client._owner import generate_owner_key
 
     if not args.path.name or args.path.is_dir():
         raise UsageError(f"keygen needs a file name, got {str(args.path)!r}")
@@ -454,9 +454,9 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
+    from enclave_infer.client._owner import build_preprocessing, load_owner_key, read_labels
+    from enclave_infer.client._progress import Progress
     from enclave_infer.client._text import count
-    from enclave_infer.client.owner import build_preprocessing, load_owner_key, read_labels
-    from enclave_infer.client.progress import Progress
 
     key = load_owner_key(args.owner_key)
     labels = read_labels(args.labels, allow_duplicates=args.allow_duplicate_labels)
@@ -707,8 +707,8 @@ def _load_image(source: str) -> bytes:
 
 def _fetch(url: str) -> bytes:
     """Fetch an image on the client's side: the host never sees the URL."""
+    from enclave_infer.client._config import ClientConfig
     from enclave_infer.client._transport import connection_failure
-    from enclave_infer.client.config import ClientConfig
 
     limit, timeout = ClientConfig().max_fetch_bytes, ClientConfig().fetch_timeout
     try:

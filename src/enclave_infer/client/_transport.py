@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from enclave_infer.client._config import ClientConfig
 from enclave_infer.client._text import duration
-from enclave_infer.client.config import ClientConfig
 from enclave_infer.errors import ProtocolError, TransportError, UsageError
 from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, ProblemDetails
 

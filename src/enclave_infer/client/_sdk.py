@@ -1,6 +1,7 @@
-"""The Python SDK for model owners and image submitters.
+"""The Python SDK for model owners and image submitters: :class:`enclave_infer.Client`.
 
-Client-side code (trusted by its user, not by the enclave). :class:`Client` verifies the enclave's
+Client-side code (trusted by its user, not by the enclave), private: users import from
+``enclave_infer``. :class:`Client` verifies the enclave's
 evidence against the user's constraint before it sends anything, then speaks to the enclave's own
 API (``protocol/api.py``) through Oblivious HTTP: every request is a binary-HTTP message (RFC 9292)
 encapsulated to the attested key (RFC 9458); the host in between sees ciphertext.
@@ -37,9 +38,9 @@ from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier, appraise, verify
 from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
 from enclave_infer.attestation.receipt import verify as verify_receipt
+from enclave_infer.client._config import ClientConfig
 from enclave_infer.client._text import duration
 from enclave_infer.client._transport import Reply, Transport, retry_after
-from enclave_infer.client.config import ClientConfig
 from enclave_infer.errors import (
     AttestationError,
     EnclaveFailureError,
