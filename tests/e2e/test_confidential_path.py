@@ -490,7 +490,10 @@ def test_cli_usage_errors_are_one_line(
     out = run_cli("classify", d, c, "--top", "2", str(files["red"]), str(files["blue"]))
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 4
-    assert "warning: the enclave is INSECURE" in out.stderr
+    assert out.stderr.splitlines() == [
+        "enclave-infer: warning: the enclave is INSECURE (simulation mode: no hardware root of trust, the"
+        " evidence is unsigned), accepted because the constraint says SEC:INSECURE"
+    ]
     cases = [
         (["classify", d, c, str(files["red"]), "--top", "21"], "--top must be at most 20 for this enclave"),
         (["classify", d, c, str(tmp_path)], "not a regular file"),

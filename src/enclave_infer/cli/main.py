@@ -614,7 +614,12 @@ def _lines(result: Classification) -> list[str]:
 def _warn_if_insecure(attestation: Attestation) -> None:
     report = attestation.report
     if report.security_level.name == "INSECURE":
-        print(f"enclave-infer: warning: the enclave is INSECURE: {report.level_reason}", file=sys.stderr)
+        # it was accepted: the constraint holds, so it says SEC:INSECURE; say why that matters
+        print(
+            f"enclave-infer: warning: the enclave is INSECURE ({report.level_reason}),"
+            " accepted because the constraint says SEC:INSECURE",
+            file=sys.stderr,
+        )
 
 
 # -- helpers -------------------------------------------------------------------------------------
