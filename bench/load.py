@@ -117,7 +117,7 @@ class Server:
         wait: bool = True,
     ) -> None:
         from enclave_infer.attestation.measurement import code_hash
-        from enclave_infer.client.owner import generate_owner_key
+        from enclave_infer.client._owner import generate_owner_key
         from enclave_infer.config import EnclaveConfig, load_public_key_file
 
         work.mkdir(parents=True, exist_ok=True)

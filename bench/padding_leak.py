@@ -425,7 +425,7 @@ def main() -> int:
           f" in {time.perf_counter() - started:.1f} s", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         sides = measure(args.model, pictures, Path(tmp))
-    from enclave_infer.client.owner import read_labels
+    from enclave_infer.client._owner import read_labels
 
     figures = summarise(sides, args.seed, read_labels(LABELS, allow_duplicates=True))
     report(figures)

@@ -164,7 +164,7 @@ def main() -> int:
     import skimage
 
     from enclave_infer.attestation.measurement import code_hash
-    from enclave_infer.client.owner import generate_owner_key
+    from enclave_infer.client._owner import generate_owner_key
     from enclave_infer.config import EnclaveConfig, load_public_key_file
 
     photos = [(Path(skimage.data_dir) / p).read_bytes() for p in PHOTOS]

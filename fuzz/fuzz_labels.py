@@ -14,7 +14,7 @@ import atheris
 from _harness import WEIRD_STRINGS, EnclaveInferError, main
 
 with atheris.instrument_imports(include=["enclave_infer"]):
-    from enclave_infer.client.owner import parse_labels, read_labels
+    from enclave_infer.client._owner import parse_labels, read_labels
     from enclave_infer.protocol.manifest import Manifest, ModelFile
 
 # read_labels opens a path: an in-memory file, so that nothing is left on disk when libFuzzer exits

@@ -42,7 +42,7 @@ from enclave_infer import Client
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.evidence import Verifier, verify
 from enclave_infer.attestation.measurement import code_hash
-from enclave_infer.client.owner import generate_owner_key, load_owner_key
+from enclave_infer.client._owner import generate_owner_key, load_owner_key
 from enclave_infer.config import EnclaveConfig, load_public_key_file
 from enclave_infer.errors import EnclaveInferError
 from enclave_infer.protocol import bhttp, chunked_ohttp, ohttp

@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from enclave_infer.attestation.constraints import parse as parse_constraint
     from enclave_infer.attestation.evidence import Attestation, Verifier
     from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
-    from enclave_infer.client.config import ClientConfig
-    from enclave_infer.client.owner import generate_owner_key, load_owner_key
-    from enclave_infer.client.sdk import Client
+    from enclave_infer.client._config import ClientConfig
+    from enclave_infer.client._owner import generate_owner_key, load_owner_key
+    from enclave_infer.client._sdk import Client
     from enclave_infer.protocol.api import (
         Classification,
         ModelInfo,
@@ -53,7 +53,8 @@ if TYPE_CHECKING:
         Runtime,
     )
 
-__version__ = "0.2.0"
+# The installed distribution's version (``__getattr__`` reads the package metadata on first use).
+__version__: str
 
 __all__ = [
     "Attestation",
@@ -96,8 +97,8 @@ __all__ = [
 _LAZY = {
     "Attestation": ("enclave_infer.attestation.evidence", "Attestation"),
     "Classification": ("enclave_infer.protocol.api", "Classification"),
-    "Client": ("enclave_infer.client.sdk", "Client"),
-    "ClientConfig": ("enclave_infer.client.config", "ClientConfig"),
+    "Client": ("enclave_infer.client._sdk", "Client"),
+    "ClientConfig": ("enclave_infer.client._config", "ClientConfig"),
     "Constraint": ("enclave_infer.attestation.constraints", "Constraint"),
     "EnclaveReport": ("enclave_infer.attestation.report", "EnclaveReport"),
     "ModelInfo": ("enclave_infer.protocol.api", "ModelInfo"),
@@ -108,17 +109,30 @@ _LAZY = {
     "Runtime": ("enclave_infer.protocol.api", "Runtime"),
     "Verifier": ("enclave_infer.attestation.evidence", "Verifier"),
     "SecurityLevel": ("enclave_infer.attestation.report", "SecurityLevel"),
-    "generate_owner_key": ("enclave_infer.client.owner", "generate_owner_key"),
-    "load_owner_key": ("enclave_infer.client.owner", "load_owner_key"),
+    "generate_owner_key": ("enclave_infer.client._owner", "generate_owner_key"),
+    "load_owner_key": ("enclave_infer.client._owner", "load_owner_key"),
     "parse_constraint": ("enclave_infer.attestation.constraints", "parse"),
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name in _LAZY:
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'enclave_infer' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed distribution's version: one number, ``version`` in pyproject.toml. Read on
+    first use, not at import: the enclave imports this package and never needs it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("enclave-infer")
+    except PackageNotFoundError:  # the sources on sys.path, not installed
+        return "0+unknown"
 
 
 def __dir__() -> list[str]:

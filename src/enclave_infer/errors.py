@@ -82,12 +82,16 @@ class TransportError(EnclaveInferError):
 
 class RemoteError(EnclaveInferError):
     """The enclave or the host refused a request. ``status`` is the HTTP status, ``problem`` the
-    RFC 9457 problem type URI (empty when the peer sent none)."""
+    RFC 9457 problem type URI (empty when the peer sent none), ``retry_after`` the seconds the host
+    asked to wait before trying again (its ``Retry-After``; None when it sent none)."""
 
-    def __init__(self, status: int, message: str, problem: str = "") -> None:
+    def __init__(
+        self, status: int, message: str, problem: str = "", retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.problem = problem
+        self.retry_after = retry_after
 
 
 class InvalidRequestError(RemoteError):
@@ -112,12 +116,6 @@ class ProvisionRefusedError(RemoteError):
 
 class OverloadedError(RemoteError):
     """The service is too busy; the same request may succeed later (``retry_after`` seconds)."""
-
-    def __init__(
-        self, status: int, message: str, problem: str = "", retry_after: float | None = None
-    ) -> None:
-        super().__init__(status, message, problem)
-        self.retry_after = retry_after
 
 
 class UnavailableError(RemoteError):

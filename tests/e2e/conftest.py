@@ -22,7 +22,7 @@ from PIL import Image
 
 from enclave_infer import Client, ModelInfo
 from enclave_infer.attestation.measurement import code_hash
-from enclave_infer.client.owner import generate_owner_key, load_owner_key
+from enclave_infer.client._owner import generate_owner_key, load_owner_key
 from enclave_infer.config import EnclaveConfig, load_public_key_file
 
 CLI = str(Path(sys.executable).with_name("enclave-infer"))

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from enclave_infer import Client, ClientConfig, RemoteError
-from enclave_infer.client.owner import load_owner_key
+from enclave_infer.client._owner import load_owner_key
 
 from .conftest import COLOUR_LABELS, Deployment, png, start_server, stop_server
 
@@ -188,7 +188,7 @@ def test_a_stream_that_trickles_is_dropped(host: Deployment, files: dict[str, Pa
     def send() -> None:
         with Client(host.url, host.constraint, config=ClientConfig(retries=0)) as c:
             try:
-                outcomes.append(c.request("POST", "/v1/classify?top=1", stream=body).status)
+                outcomes.append(c._request("POST", "/v1/classify?top=1", stream=body).status)
             except RemoteError as exc:
                 outcomes.append(exc.status)
 

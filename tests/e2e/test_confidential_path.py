@@ -24,7 +24,7 @@ from enclave_infer import (
     RemoteError,
     TransportError,
 )
-from enclave_infer.client.owner import generate_owner_key, load_owner_key
+from enclave_infer.client._owner import generate_owner_key, load_owner_key
 from enclave_infer.protocol import bhttp, ohttp
 
 from .conftest import CLI as CLI_PATH
@@ -177,7 +177,7 @@ def test_console_in_a_pipe(served: ModelInfo, deployment: Deployment, files: dic
         run_cli("classify", deployment.url, deployment.constraint, "--json", str(files["red"])).stdout
     )
     assert docs[0].keys() == batch[0].keys() and docs[0]["results"] == batch[0]["results"]
-    assert docs[1] == {"image": "nope.png", "error": "nope.png: no such file"}
+    assert docs[1] == {"image": "nope.png", "error": "no such file"}  # the name once
     assert out.returncode == 1
 
 
@@ -318,7 +318,7 @@ def test_a_request_dated_outside_the_window_gets_the_date_problem(deployment: De
 def test_the_sdk_corrects_its_clock_by_the_date_problem(
     served: ModelInfo, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import enclave_infer.client.sdk as sdk
+    import enclave_infer.client._sdk as sdk
 
     real = time.time
     monkeypatch.setattr(sdk.time, "time", lambda: real() - 3600)  # the client's clock is an hour slow
@@ -421,6 +421,15 @@ def test_provision_a_torch_pickle(deployment: Deployment, files: dict[str, Path]
     before = served_model(deployment)
     out = provision(deployment, files, model=pickle)
     assert out.returncode == 0, out.stderr
+    # the converted files are the upload's only: the lines that name them say so first
+    stages = [line for line in out.stderr.splitlines() if not line.startswith("enclave-infer: warning: ")]
+    assert stages[0] == (
+        "enclave-infer: converting tiny-pretrained.pt for the upload, into a temporary folder removed"
+        " afterwards:"
+    )
+    assert stages[1:] and all(line.startswith("enclave-infer:   ") for line in stages[1:])
+    assert any("tiny-pretrained.onnx" in line for line in stages[1:])
+    assert not (tmp_path / "tiny-pretrained.onnx").exists()
     after = served_model(deployment)
     assert after is not None and after.sha256 != (before.sha256 if before else None)
     out = run_cli(
@@ -481,7 +490,10 @@ def test_cli_usage_errors_are_one_line(
     out = run_cli("classify", d, c, "--top", "2", str(files["red"]), str(files["blue"]))
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 4
-    assert "warning: the enclave is INSECURE" in out.stderr
+    assert out.stderr.splitlines() == [
+        "enclave-infer: warning: the enclave is INSECURE (simulation mode: no hardware root of trust, the"
+        " evidence is unsigned), accepted because the constraint says SEC:INSECURE"
+    ]
     cases = [
         (["classify", d, c, str(files["red"]), "--top", "21"], "--top must be at most 20 for this enclave"),
         (["classify", d, c, str(tmp_path)], "not a regular file"),

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from enclave_infer import Client, ClientConfig, ModelInfo, OverloadedError, UnavailableError
-from enclave_infer.client.owner import load_owner_key
+from enclave_infer.client._owner import load_owner_key
 
 from .conftest import COLOUR_LABELS, Deployment, png, start_server, stop_server
 
@@ -141,7 +141,7 @@ def test_overload_is_refused_at_once_with_retry_after(fresh: Deployment, files: 
 
     def hold() -> None:  # a client that trickles its image: it holds one of the two places for ~2 s
         with Client(fresh.url, fresh.constraint) as c:
-            holding.append(c.request("POST", "/v1/classify?top=1", stream=slowly(RED, 0.5)).status)
+            holding.append(c._request("POST", "/v1/classify?top=1", stream=slowly(RED, 0.5)).status)
 
     threads = [threading.Thread(target=hold) for _ in range(2)]
     for t in threads:
@@ -175,7 +175,7 @@ def test_sigterm_drains_requests_in_progress(tmp_path: Path, owner_key: Path, fi
             c.attest()
             slow = threading.Thread(
                 target=lambda: answers.append(
-                    c.request("POST", "/v1/classify?top=1", stream=slowly(RED, 0.5)).status
+                    c._request("POST", "/v1/classify?top=1", stream=slowly(RED, 0.5)).status
                 )
             )
             slow.start()

@@ -18,7 +18,7 @@ from PIL import Image
 from enclave_infer import Client, ConstraintError, InvalidImageError
 from enclave_infer.attestation import constraints, receipt
 from enclave_infer.attestation.evidence import Verifier
-from enclave_infer.client.owner import load_owner_key
+from enclave_infer.client._owner import load_owner_key
 from enclave_infer.protocol import ohttp, padding
 
 from .conftest import COLOUR_LABELS, Deployment, png, run_cli, start_server, stop_server

@@ -26,7 +26,7 @@ from enclave_infer import (
     UnavailableError,
     UsageError,
 )
-from enclave_infer.client import sdk
+from enclave_infer.client import _sdk as sdk
 from enclave_infer.client._transport import Reply
 from enclave_infer.errors import ProtocolError
 from enclave_infer.protocol.api import ProblemDetails

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper, numpy_helper
 
 from enclave_infer.attestation.measurement import code_hash
-from enclave_infer.client.owner import public_key_bytes
+from enclave_infer.client._owner import public_key_bytes
 from enclave_infer.config import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, Batching, EnclaveConfig, Limits
 from enclave_infer.enclave.batching import FAILED_MESSAGE, Batcher, BatchQueue, BatchStats, Pending
 from enclave_infer.enclave.classifier import Classifier

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.attestation.evidence import Attestation, Evidence, Verifier
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
-from enclave_infer.client.owner import public_key_bytes
+from enclave_infer.client._owner import public_key_bytes
 from enclave_infer.cluster import keyrelease
 from enclave_infer.cluster.storage import model_file_name as cluster_model_name
 from enclave_infer.config import EnclaveConfig

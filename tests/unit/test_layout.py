@@ -149,8 +149,30 @@ def test_every_subpackage_says_it_is_internal_and_which_side_it_is_on() -> None:
 
 
 def test_every_exception_the_sdk_maps_a_problem_to_is_public() -> None:
-    from enclave_infer.client.sdk import PROBLEM_ERRORS
+    from enclave_infer.client._sdk import PROBLEM_ERRORS
     from enclave_infer.protocol.api import Problem
 
     assert set(PROBLEM_ERRORS) == set(Problem)  # every problem type has its one class
     assert {cls.__name__ for cls in PROBLEM_ERRORS.values()} <= PUBLIC
+
+
+# The owner's model export tools (convert.py, export.py) are the client modules with public functions.
+CLIENT_PUBLIC_MODULES = {"__init__", "convert", "export"}
+
+
+def test_the_client_modules_are_private_and_so_is_the_request_plumbing() -> None:
+    """As httpx: users import from ``enclave_infer``; a module they might import by mistake has an
+    underscore name, and the client's raw OHTTP request is not a method they can call."""
+    modules = {path.stem for path in (PACKAGE / "client").glob("*.py")}
+    assert modules - CLIENT_PUBLIC_MODULES, modules
+    assert all(name.startswith("_") for name in modules - CLIENT_PUBLIC_MODULES), modules
+    public_methods = {name for name in vars(enclave_infer.Client) if not name.startswith("_")}
+    assert public_methods == {
+        "attest",
+        "classify",
+        "close",
+        "inspect",
+        "model_info",
+        "provision",
+        "provision_file",
+    }

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from enclave_infer.client._model_input import ModelInput, input_mismatch, output_mismatch, run_failure
-from enclave_infer.client.owner import MAX_LABELS_FILE_BYTES, build_preprocessing, parse_labels, read_labels
+from enclave_infer.client._owner import MAX_LABELS_FILE_BYTES, build_preprocessing, parse_labels, read_labels
 from enclave_infer.errors import UsageError
 from enclave_infer.protocol.api import Preprocessing
 from enclave_infer.protocol.manifest import MAX_LABEL_CHARS, MAX_LABELS, Manifest, ModelFile

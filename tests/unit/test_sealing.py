@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from enclave_infer.client.owner import public_key_bytes
+from enclave_infer.client._owner import public_key_bytes
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.classifier import Classifier
 from enclave_infer.enclave.models import SEALED_MODEL, ModelError, ModelStore

@@ -15,8 +15,16 @@ __all__ = ["add_collateral", "add_config", "add_data_dir", "add_target", "load_c
 
 
 def add_target(p: argparse.ArgumentParser, *, constraint_optional: bool = False) -> None:
-    """URL and CONSTRAINT: where the host is and what its enclave must be."""
+    """URL and CONSTRAINT: where the host is and what its enclave must be; ``--cacert``: the
+    certificate an https:// host's must chain to."""
     p.add_argument("url", metavar="URL", help="the host, e.g. http://127.0.0.1:8080")
+    p.add_argument(
+        "--cacert",
+        type=Path,
+        metavar="FILE",
+        help="trust an https:// host whose certificate chains to one in FILE (PEM), such as a "
+        "self-signed one, instead of the usual roots (default: certifi's, or $SSL_CERT_FILE's)",
+    )
     if constraint_optional:
         p.add_argument("constraint", metavar="CONSTRAINT", nargs="?", help="if given, say whether it holds")
     else:

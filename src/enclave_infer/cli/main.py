@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ from enclave_infer.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
     from enclave_infer.attestation.evidence import Attestation
-    from enclave_infer.client.sdk import Client
+    from enclave_infer.client._sdk import Client
     from enclave_infer.host.collateral import CollateralSource
     from enclave_infer.protocol.api import Classification, Preprocessing
 
@@ -240,11 +241,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace, constraint: str | None) -> Client:
-    from enclave_infer.client.sdk import Client
+    from enclave_infer.client._config import ClientConfig
+    from enclave_infer.client._sdk import Client
 
     collateral = read_file(args.collateral, "collateral") if args.collateral else None
     pinned = getattr(args, "model_sha256", None)
-    return Client(args.url, constraint, collateral=collateral, pccs_url=args.pccs, model_sha256=pinned)
+    config = ClientConfig(ca_file=args.cacert)
+    return Client(
+        args.url, constraint, config=config, collateral=collateral, pccs_url=args.pccs, model_sha256=pinned
+    )
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -354,7 +359,7 @@ def _verify_evidence(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from enclave_infer.attestation import constraints, dcap, snp
-    from enclave_infer.client.sdk import fetch_collateral
+    from enclave_infer.client._sdk import fetch_collateral
     from enclave_infer.errors import AttestationError
 
     constraint = constraints.parse(args.constraint) if args.constraint else None
@@ -440,7 +445,7 @@ def _measure(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from enclave_infer.client.owner import generate_owner_key
+    from enclave_infer.client._owner import generate_owner_key
 
     if not args.path.name or args.path.is_dir():
         raise UsageError(f"keygen needs a file name, got {str(args.path)!r}")
@@ -451,8 +456,9 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from enclave_infer.client.owner import build_preprocessing, load_owner_key, read_labels
-    from enclave_infer.client.progress import Progress
+    from enclave_infer.client._owner import build_preprocessing, load_owner_key, read_labels
+    from enclave_infer.client._progress import Progress
+    from enclave_infer.client._text import count
 
     key = load_owner_key(args.owner_key)
     labels = read_labels(args.labels, allow_duplicates=args.allow_duplicate_labels)
@@ -491,7 +497,7 @@ def _provision(args: argparse.Namespace) -> int:
     model = result.model
     replaced = f", replacing version {result.replaced_version}" if result.replaced_version is not None else ""
     print(
-        f"provisioned model version {model.version} (sha256 {model.sha256}, {model.labels} labels,"
+        f"provisioned model version {model.version} (sha256 {model.sha256}, {count(model.labels, 'label')},"
         f" runtimes: {', '.join(model.runtimes)}{replaced})"
     )
     return 0
@@ -547,12 +553,12 @@ class _Session:
                     path.write_bytes(result.receipt)
                 except OSError as exc:
                     raise UsageError(f"cannot write the receipt {path}: {exc.strerror}") from None
-        except EnclaveInferError as exc:
+        except EnclaveInferError as exc:  # the message does not name the image: it is named here, once
             self.failures += 1
             if args.json:
                 print(json.dumps({"image": source, "error": str(exc)}), flush=True)
             else:
-                _error(f"{source}: {exc}")
+                _error(f"{source or repr(source)}: {exc}")
             return
         if args.json:
             print(
@@ -610,7 +616,12 @@ def _lines(result: Classification) -> list[str]:
 def _warn_if_insecure(attestation: Attestation) -> None:
     report = attestation.report
     if report.security_level.name == "INSECURE":
-        print(f"enclave-infer: warning: the enclave is INSECURE: {report.level_reason}", file=sys.stderr)
+        # it was accepted: the constraint holds, so it says SEC:INSECURE; say why that matters
+        print(
+            f"enclave-infer: warning: the enclave is INSECURE ({report.level_reason}),"
+            " accepted because the constraint says SEC:INSECURE",
+            file=sys.stderr,
+        )
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -633,14 +644,14 @@ def _model_files(
         raise UsageError(f"model file {path} is not a regular file")
     size, channels, layout = preprocessing.crop, preprocessing.channels, preprocessing.layout
     if runtime == "onnx" and path.suffix.lower() == ".onnx":
+        from enclave_infer.client._tooling import ExternalDataError
         from enclave_infer.client.convert import check_onnx
 
         try:
             # a local one-line error beats an upload the enclave refuses
             check_onnx(path, input_size=size, channels=channels, layout=layout, classes=classes)
-        except UsageError as exc:
-            if "external data" not in str(exc):
-                raise
+        except ExternalDataError:
+            pass
         else:
             yield {"onnx": path}
             return
@@ -648,6 +659,11 @@ def _model_files(
     from enclave_infer.client.export import export_formats
 
     wanted = {"onnx", "torch"} if runtime == "both" else {runtime}
+    step: Callable[[str], None] | None = None
+    if stage is not None:
+        # the files named below are made for the upload only: say so, so that nobody looks for them
+        stage(f"converting {path.name} for the upload, into a temporary folder removed afterwards:")
+        step = functools.partial(_indented, stage)
     with tempfile.TemporaryDirectory(prefix="enclave-infer-convert-") as tmp:
         made = export_formats(
             path,
@@ -657,9 +673,13 @@ def _model_files(
             channels=channels,
             layout=layout,
             classes=classes,
-            progress=stage,
+            progress=step,
         )
         yield {fmt: made[fmt] for fmt in ("onnx", "torchscript") if fmt in made}
+
+
+def _indented(stage: Callable[[str], None], text: str) -> None:
+    stage(f"  {text}")
 
 
 def _joined(values: tuple[float, ...]) -> str:
@@ -667,49 +687,52 @@ def _joined(values: tuple[float, ...]) -> str:
 
 
 def _load_image(source: str) -> bytes:
+    """The image's bytes. Errors say what is wrong without naming ``source``, which the caller does."""
     if source == "-":
         data = sys.stdin.buffer.read()
         if not data:
-            raise UsageError("-: standard input is empty")
+            raise UsageError("standard input is empty")
         return data
     if source.startswith(("http://", "https://")):
         return _fetch(source)
     scheme = urlsplit(source).scheme
     if len(scheme) > 1 and "://" in source:  # not a Windows drive letter
-        raise UsageError(
-            f"{source}: unsupported URL scheme {scheme}:// (use a file path, http:// or https://)"
-        )
+        raise UsageError(f"unsupported URL scheme {scheme}:// (use a file path, http:// or https://)")
     path = Path(source).expanduser()
     if not source or not path.exists():
-        raise UsageError(f"{source or repr(source)}: no such file")
+        raise UsageError("no such file")
     if not path.is_file():
-        raise UsageError(f"{source}: not a regular file")
-    data = read_file(path, "image")
+        raise UsageError("not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read it: {exc.strerror}") from None
     if not data:
-        raise UsageError(f"{source}: the file is empty")
+        raise UsageError("the file is empty")
     return data
 
 
 def _fetch(url: str) -> bytes:
     """Fetch an image on the client's side: the host never sees the URL."""
-    from enclave_infer.client.config import ClientConfig
+    from enclave_infer.client._config import ClientConfig
+    from enclave_infer.client._transport import connection_failure
 
-    limit = ClientConfig().max_fetch_bytes
+    limit, timeout = ClientConfig().max_fetch_bytes, ClientConfig().fetch_timeout
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=ClientConfig().fetch_timeout) as reply:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as reply:
             if reply.status_code != 200:
-                raise UsageError(f"{url}: answered {reply.status_code}")
-            return b"".join(_capped(reply.iter_bytes(), url, limit))
+                raise UsageError(f"answered {reply.status_code}")
+            return b"".join(_capped(reply.iter_bytes(), limit))
     except httpx.HTTPError as exc:
-        raise UsageError(f"cannot fetch {url}: {type(exc).__name__}") from None
+        raise UsageError(connection_failure(exc, url, timeout, trust_hint="SSL_CERT_FILE=FILE")) from None
 
 
-def _capped(chunks: Iterator[bytes], url: str, limit: int) -> Iterator[bytes]:
+def _capped(chunks: Iterator[bytes], limit: int) -> Iterator[bytes]:
     total = 0
     for chunk in chunks:
         total += len(chunk)
         if total > limit:
-            raise UsageError(f"{url}: image larger than {limit} bytes")
+            raise UsageError(f"an image larger than {limit} bytes")
         yield chunk
 
 

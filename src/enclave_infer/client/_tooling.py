@@ -9,7 +9,8 @@ check raises :class:`~enclave_infer.errors.UsageError` with a one-line message.
   run once by :func:`check_runs` on :func:`example_batch`), :func:`write_onnx` (one self-contained ONNX
   file, with input :data:`INPUT_NAME` and output :data:`OUTPUT_NAME`, checked against torch).
 * ONNX files: :func:`check_onnx_file` and :func:`uses_external_data`, within :data:`MAX_ONNX_BYTES`
-  (:data:`MAX_WEIGHT_BYTES` for the weights).
+  (:data:`MAX_WEIGHT_BYTES` for the weights); a file with external data raises
+  :class:`ExternalDataError`.
 * Files: :func:`check_destination`, :func:`atomic_output` (written next to the destination, renamed
   into place), :func:`copy_model`.
 * Torch's tools: :func:`tool_errors` and :func:`first_line` turn their errors into one line,
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_ONNX_BYTES",
     "MAX_WEIGHT_BYTES",
     "OUTPUT_NAME",
+    "ExternalDataError",
     "atomic_output",
     "check_destination",
     "check_onnx_file",
@@ -57,6 +59,12 @@ __all__ = [
     "uses_external_data",
     "write_onnx",
 ]
+
+
+class ExternalDataError(UsageError):
+    """An ONNX file keeps its weights in external data files: valid, but not one self-contained file
+    (the owner's tooling can fold it into one; the enclave takes exactly one)."""
+
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -302,7 +310,7 @@ def check_onnx_file(
     except Exception as exc:
         raise UsageError(f"{shown}: not an ONNX model ({type(exc).__name__}: {first_line(exc)})") from exc
     if uses_external_data(model.graph):
-        raise UsageError(
+        raise ExternalDataError(
             f"{shown}: the ONNX model keeps weights in external data files; it must be one "
             "self-contained file (re-save it with onnx.save(model, path, save_as_external_data=False))"
         )

@@ -1,4 +1,4 @@
-"""A one-line progress bar for uploads: bytes, rate, ETA. Client-side, on stderr.
+"""A one-line progress bar for uploads: bytes, rate, time left (``m:ss``). Client-side, on stderr.
 
 Shown only on a terminal and never with ``--quiet``; anywhere else it prints nothing, so logs and
 pipes stay clean.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 from typing import TextIO
+
+from enclave_infer.client._text import clock
 
 __all__ = ["Progress"]
 
@@ -48,6 +50,6 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 and self.done < self.total else 0.0
         self.stream.write(
             f"\r{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-            f"{self.done / 1e6:7.1f}/{self.total / 1e6:.1f} MB  {rate / 1e6:6.1f} MB/s  ETA {eta:4.0f}s"
+            f"{self.done / 1e6:7.1f}/{self.total / 1e6:.1f} MB  {rate / 1e6:6.1f} MB/s  ETA {clock(eta):>7}"
         )
         self.stream.flush()

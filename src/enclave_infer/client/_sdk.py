@@ -1,6 +1,7 @@
-"""The Python SDK for model owners and image submitters.
+"""The Python SDK for model owners and image submitters: :class:`enclave_infer.Client`.
 
-Client-side code (trusted by its user, not by the enclave). :class:`Client` verifies the enclave's
+Client-side code (trusted by its user, not by the enclave), private: users import from
+``enclave_infer``. :class:`Client` verifies the enclave's
 evidence against the user's constraint before it sends anything, then speaks to the enclave's own
 API (``protocol/api.py``) through Oblivious HTTP: every request is a binary-HTTP message (RFC 9292)
 encapsulated to the attested key (RFC 9458); the host in between sees ciphertext.
@@ -9,6 +10,9 @@ Answers come back as the typed results of ``protocol/api.py``; refusals as the e
 their RFC 9457 problem type maps to (:data:`PROBLEM_ERRORS`). Two problems are handled here, each
 with one retry: RFC 9458's ``ohttp-key`` (the enclave restarted with a new key: attest again, and
 resend only if the key really changed) and ``date`` (correct the clock by the enclave's ``date``).
+Requests that change nothing (attestation, model metadata, classifications) are sent again on a 503
+``overloaded`` or ``enclave-unavailable``, after a backoff never shorter than the host's
+``Retry-After`` (:class:`ClientConfig` says how often and how long).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,8 +39,9 @@ from enclave_infer.attestation.evidence import Attestation, Evidence, Policy, Un
 from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
 from enclave_infer.attestation.receipt import verify as verify_receipt
 from enclave_infer.attestation.report import NONCE_BYTES
-from enclave_infer.client._transport import Reply, Transport
-from enclave_infer.client.config import ClientConfig
+from enclave_infer.client._config import ClientConfig
+from enclave_infer.client._text import duration
+from enclave_infer.client._transport import Reply, Transport, retry_after
 from enclave_infer.errors import (
     AttestationError,
     EnclaveFailureError,
@@ -73,6 +78,8 @@ from enclave_infer.protocol.manifest import Manifest, ModelFile, parse_sf_binary
 __all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral"]
 
 SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
+
+_T = TypeVar("_T")
 
 # A receipt just received must be dated within this many seconds of this client's clock.
 RECEIPT_CLOCK_SKEW = 600.0
@@ -175,7 +182,7 @@ class Client:
         return self._attest(None)
 
     def _attest(self, constraint: Constraint | None) -> Attestation:
-        keys = self._get("/ohttp-keys", expect=ohttp.MEDIA_TYPE_KEYS)
+        keys = self._retrying(lambda: self._get("/ohttp-keys", expect=ohttp.MEDIA_TYPE_KEYS))
         try:
             configs = ohttp.decode_key_configs(keys)
         except ProtocolError as exc:
@@ -184,7 +191,9 @@ class Client:
         if config is None:
             raise AttestationError("the enclave offers no supported HPKE suite")
         nonce = secrets.token_bytes(NONCE_BYTES)
-        document = self._get(f"/v1/attestation?nonce={nonce.hex()}", expect="application/json")
+        document = self._retrying(
+            lambda: self._get(f"/v1/attestation?nonce={nonce.hex()}", expect="application/json")
+        )
         collateral = self._collateral
         if collateral is None and self._pccs_url is not None:
             evidence = Evidence.decode(document)
@@ -225,7 +234,7 @@ class Client:
             headers.append((RECEIPT_HEADER, "?1"))  # RFC 8941 boolean
         path = f"{Route.CLASSIFY}?top={top}&runtime={runtime}"
         # a classification changes nothing: when the service is busy or restarting, ask again
-        response = self._retrying(lambda: self.request("POST", path, headers=headers, content=image))
+        response = self._retrying(lambda: self._request("POST", path, headers=headers, content=image))
         result = Classification.from_json(_document(response))
         self._check_model(result.model_sha256)
         if receipt:
@@ -253,7 +262,7 @@ class Client:
     def model_info(self) -> ModelInfo | None:
         """Public metadata of the served model, or None if none is provisioned."""
         try:
-            return ModelInfo.from_json(_document(self.request("GET", Route.MODEL)))
+            return ModelInfo.from_json(_document(self._retrying(lambda: self._request("GET", Route.MODEL))))
         except NoModelError:
             return None
 
@@ -331,7 +340,7 @@ class Client:
                         progress(len(piece))
                     yield piece
 
-        response = self.request(
+        response = self._request(
             "PUT",
             Route.MODEL,
             headers=(
@@ -343,22 +352,31 @@ class Client:
         )
         return ProvisionResult.from_json(_document(response))
 
-    def _retrying(self, send: Callable[[], bhttp.Response]) -> bhttp.Response:
-        """``send()``, again after a backoff with jitter when the host answers 503 (busy, or its
-        enclave restarting), at most ``config.retries`` more times."""
-        config = self.config
-        for attempt in range(config.retries + 1):
+    def _retrying(self, send: Callable[[], _T]) -> _T:
+        """``send()``, again after a backoff when the host answers 503 ``overloaded`` or
+        ``enclave-unavailable``, at most ``config.retries`` more times (:class:`ClientConfig`)."""
+        for attempt in range(self.config.retries + 1):
             try:
                 return send()
             except (OverloadedError, UnavailableError) as exc:
-                if attempt == config.retries or exc.status != 503:
+                wait = self._backoff(attempt, exc)
+                if wait is None:
                     raise
-                ceiling = min(config.retry_backoff_max, config.retry_backoff * 2**attempt)
-                wait = random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
-                if isinstance(exc, OverloadedError) and exc.retry_after is not None:
-                    wait = max(wait, min(exc.retry_after, config.retry_backoff_max))
                 time.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int, exc: RemoteError) -> float | None:
+        """Seconds to wait before sending again after ``exc``, or None not to: exponential backoff
+        with full jitter, never shorter than the host's ``Retry-After``; None after the last
+        attempt, for anything but a 503, and when ``Retry-After`` is longer than the client waits."""
+        config = self.config
+        if attempt == config.retries or exc.status != 503:
+            return None
+        if exc.retry_after is not None and exc.retry_after > config.max_retry_after:
+            return None
+        ceiling = min(config.retry_backoff_max, config.retry_backoff * 2**attempt)
+        jitter = random.uniform(0, ceiling)  # noqa: S311 - jitter, not a secret
+        return max(jitter, exc.retry_after or 0.0)
 
     def _check_model(self, served: str) -> None:
         if self.model_sha256 is not None and served.lower() != self.model_sha256:
@@ -367,7 +385,7 @@ class Client:
 
     # -- Oblivious HTTP ------------------------------------------------------------------------
 
-    def request(
+    def _request(
         self,
         method: str,
         path: str,
@@ -465,12 +483,21 @@ class Client:
         return reply, bhttp.decode_response(plaintext)
 
     def _get(self, path: str, *, expect: str) -> bytes:
+        """A plain GET to the host (the attestation routes); answers in its own words when what
+        answers is not an enclave-infer host (a web server without the routes, a wrong port)."""
         reply = self._transport.send("GET", path)
+        route = path.split("?")[0]
         if reply.status != 200:
+            if reply.problem() is None:
+                raise _error(None, reply.status, reply.retry_after, self._not_ours(route, reply))
             raise _host_error(reply)
         if reply.media_type != expect:
-            raise AttestationError(f"{self.url}{path.split('?')[0]} did not answer with {expect}")
+            raise AttestationError(f"{self._not_ours(route, reply)}, not with {expect}")
         return reply.body
+
+    def _not_ours(self, route: str, reply: Reply) -> str:
+        media = reply.media_type or "no content type"
+        return f"{self.url} is not an enclave-infer host: GET {route} answered {reply.status} ({media})"
 
 
 class _Source:
@@ -514,10 +541,13 @@ def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = ClientConf
 
     try:
         collateral = asyncio.run(fetch())
-    except (ValueError, RuntimeError, OSError, TimeoutError) as exc:
+    except TimeoutError:
         raise TransportError(
-            f"cannot fetch collateral from {pccs_url}: {str(exc)[:200] or 'timed out'}"
+            f"cannot fetch collateral from {pccs_url}: no answer within {duration(timeout)}"
         ) from None
+    except (ValueError, RuntimeError, OSError) as exc:
+        why = str(exc)[:200] or "the request failed"
+        raise TransportError(f"cannot fetch collateral from {pccs_url}: {why}") from None
     return str(collateral.to_json()).encode()
 
 
@@ -543,23 +573,31 @@ def _details(response: bhttp.Response) -> ProblemDetails | None:
         return None
 
 
-def _error(details: ProblemDetails | None, status: int, retry_after: float | None = None) -> RemoteError:
-    """The exception a problem maps to (:data:`PROBLEM_ERRORS`); RemoteError for unknown types."""
-    message = str(details) if details is not None else f"answered {status} without a problem document"
-    kind = details.problem if details is not None else None
-    uri = details.type if details is not None else ""
-    cls = PROBLEM_ERRORS.get(kind, RemoteError) if kind is not None else RemoteError
-    if cls is OverloadedError:
-        return OverloadedError(status, message, uri, retry_after)
-    return cls(status, message, uri)
+def _error(
+    details: ProblemDetails | None, status: int, retry_after: float | None = None, message: str = ""
+) -> RemoteError:
+    """The exception a problem maps to (:data:`PROBLEM_ERRORS`); RemoteError for unknown types and
+    for answers without a problem document (``message`` says what answered)."""
+    if details is None:
+        message = message or f"answered {status} without a problem document"
+        return RemoteError(status, message, "", retry_after)
+    cls = PROBLEM_ERRORS.get(details.problem, RemoteError) if details.problem is not None else RemoteError
+    return cls(status, str(details), details.type, retry_after)
 
 
 def _host_error(reply: Reply) -> RemoteError:
-    return _error(reply.problem(), reply.status, reply.retry_after)
+    """The host's refusal (or the enclave's, outside the encapsulation)."""
+    details = reply.problem()
+    if details is None:
+        media = reply.media_type or "no content type"
+        where = reply.url or "the host"
+        return _error(None, reply.status, reply.retry_after, f"{where} answered {reply.status} ({media})")
+    return _error(details, reply.status, reply.retry_after)
 
 
 def _enclave_error(response: bhttp.Response) -> RemoteError:
-    return _error(_details(response), response.status)
+    """The enclave's refusal, inside the encapsulation."""
+    return _error(_details(response), response.status, retry_after(response.header("retry-after") or ""))
 
 
 def _document(response: bhttp.Response) -> Any:

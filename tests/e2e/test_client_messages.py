@@ -1,0 +1,280 @@
+"""What the command and the SDK say when they cannot talk to an enclave: TLS trust, the wrong scheme,
+a web server that is not enclave-infer, a busy host. Real processes and servers on loopback."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import http.server
+import ipaddress
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from enclave_infer import (
+    Client,
+    ClientConfig,
+    ModelInfo,
+    OverloadedError,
+    Problem,
+    TransportError,
+    UsageError,
+)
+
+from .conftest import CLI, Deployment, png, run_cli, start_server, stop_server
+
+ERROR = "enclave-infer: error: "
+
+
+def self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as an operator makes one for a test."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = workdir / "host.crt", workdir / "host.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory, owner_key: Path) -> Iterator[tuple[Deployment, Path]]:
+    """``serve --tls-cert --tls-key`` with a self-signed certificate, and that certificate."""
+    workdir = tmp_path_factory.mktemp("tls")
+    cert, key = self_signed(workdir)
+    d = start_server(workdir, owner_key, extra=("--tls-cert", str(cert), "--tls-key", str(key)))
+    assert d.url.startswith("https://")
+    yield d, cert
+    stop_server(d)
+
+
+def only_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if not line.startswith("enclave-infer: warning: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_an_untrusted_certificate_is_named_with_how_to_trust_it(tls: tuple[Deployment, Path]) -> None:
+    d, cert = tls
+    out = run_cli("attest", d.url, d.constraint)
+    assert out.returncode == 1
+    assert only_line(out.stderr) == (
+        f"{ERROR}cannot reach {d.url}: its TLS certificate is not trusted (self-signed certificate); if this "
+        "is the right server, trust that certificate, or the CA that issued it, with --cacert FILE "
+        "(ClientConfig(ca_file=...) in Python) or SSL_CERT_FILE=FILE"
+    )
+    out = run_cli("attest", d.url, d.constraint, "--cacert", str(cert))
+    assert out.returncode == 0, out.stderr
+    assert f"Constraint holds: {d.constraint}" in out.stdout
+    by_env = subprocess.run(
+        [CLI, "attest", d.url, d.constraint], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "SSL_CERT_FILE": str(cert)},
+    )  # fmt: skip
+    assert by_env.returncode == 0, by_env.stderr  # httpx reads SSL_CERT_FILE
+    with Client(d.url, d.constraint, config=ClientConfig(ca_file=cert)) as client:
+        assert client.attest().report.code_hash.hex().upper() == d.code_hash
+    with Client(d.url, d.constraint) as client, pytest.raises(TransportError, match="not trusted"):
+        client.attest()
+
+
+def test_a_ca_file_that_holds_no_certificate_is_a_usage_error(tls: tuple[Deployment, Path]) -> None:
+    d, cert = tls
+    out = run_cli("attest", d.url, "--cacert", str(cert.with_name("missing.crt")))
+    assert (
+        only_line(out.stderr)
+        == f"{ERROR}{cert.with_name('missing.crt')}: no such file (a CA certificate to trust, PEM)"
+    )
+    key = cert.with_name("host.key")
+    out = run_cli("attest", d.url, "--cacert", str(key))
+    assert only_line(out.stderr) == f"{ERROR}{key}: no PEM certificate in it"
+    with pytest.raises(UsageError):
+        Client(d.url, d.constraint, config=ClientConfig(ca_file=key))
+
+
+def test_the_wrong_scheme_is_named_both_ways(tls: tuple[Deployment, Path], deployment: Deployment) -> None:
+    d, _ = tls
+    plain_to_tls = d.url.replace("https://", "http://")
+    out = run_cli("attest", plain_to_tls)
+    assert only_line(out.stderr) == f"{ERROR}cannot reach {plain_to_tls}: it speaks TLS: use {d.url}"
+    tls_to_plain = deployment.url.replace("http://", "https://")
+    out = run_cli("attest", tls_to_plain)
+    assert only_line(out.stderr) == (
+        f"{ERROR}cannot reach {tls_to_plain}: it does not speak TLS (it answers in plain HTTP): "
+        f"use {deployment.url}"
+    )
+
+
+@pytest.fixture
+def web_server(tmp_path: Path) -> Iterator[str]:
+    """A plain web server (not enclave-infer) serving a folder with one photo."""
+    (tmp_path / "index.html").write_text("<html>hello</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{web.server_address[1]}"
+    web.shutdown()
+    web.server_close()
+    thread.join()
+
+
+def test_a_plain_web_server_is_named(web_server: str, deployment: Deployment, files: dict[str, Path]) -> None:
+    out = run_cli("classify", web_server, deployment.constraint, str(files["red"]))
+    assert out.returncode == 1
+    assert only_line(out.stderr) == (
+        f"{ERROR}{web_server} is not an enclave-infer host: GET /ohttp-keys answered 404 (text/html)"
+    )
+
+
+def test_unreachable_host_says_why_in_words(files: dict[str, Path]) -> None:
+    out = run_cli("classify", "http://127.0.0.1:9", "C:" + "00" * 32 + " SEC:INSECURE", str(files["red"]))
+    assert only_line(out.stderr) == (
+        f"{ERROR}cannot reach http://127.0.0.1:9: connection refused (nothing listens on port 9)"
+    )
+
+
+def test_an_image_is_named_once(served: ModelInfo, deployment: Deployment, web_server: str) -> None:
+    out = run_cli("classify", deployment.url, deployment.constraint, "nope.png")
+    assert out.returncode == 1
+    assert only_line(out.stderr) == f"{ERROR}nope.png: no such file"
+    for url, why in (
+        (f"{web_server}/cat.png", "answered 404"),
+        ("http://127.0.0.1:9/cat.png", "connection refused (nothing listens on port 9)"),
+    ):
+        out = run_cli("classify", deployment.url, deployment.constraint, url)
+        assert out.returncode == 1
+        assert only_line(out.stderr) == f"{ERROR}{url}: {why}"
+
+
+class Relay:
+    """A reverse proxy on loopback in front of a real host that first refuses, for each path named in
+    ``refusals``, as many requests as it lists, with that problem and ``Retry-After``: a host that
+    is busy, or whose enclave is restarting, as the client meets one."""
+
+    def __init__(self, upstream: str, refusals: dict[str, list[tuple[Problem, int]]]) -> None:
+        self.refusals = {path: list(items) for path, items in refusals.items()}
+        self.seen: list[tuple[str, int]] = []
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._relay()
+
+            def do_POST(self) -> None:
+                self._relay()
+
+            def _relay(self) -> None:
+                path = self.path.split("?")[0]
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                pending = relay.refusals.get(path)
+                if pending:
+                    problem, seconds = pending.pop(0)
+                    relay.seen.append((path, problem.status))
+                    document = problem.details("refused by the test's relay").encode()
+                    self.send_response(problem.status)
+                    self.send_header("content-type", "application/problem+json")
+                    self.send_header("retry-after", str(seconds))
+                    self.send_header("content-length", str(len(document)))
+                    self.end_headers()
+                    self.wfile.write(document)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+                answer = httpx.request(self.command, upstream + self.path, content=body, headers=headers)
+                relay.seen.append((path, answer.status_code))
+                self.send_response(answer.status_code)
+                for name in ("content-type", "retry-after"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("content-length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Relay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def test_the_command_retries_a_busy_host_at_the_attestation_step(
+    served: ModelInfo, deployment: Deployment, files: dict[str, Path]
+) -> None:
+    busy = [(Problem.OVERLOADED, 1)]
+    refusals = {"/ohttp-keys": busy, "/v1/attestation": busy}
+    with Relay(deployment.url, refusals) as relay:
+        out = run_cli("classify", relay.url, deployment.constraint, str(files["red"]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{files['red']}: red (")
+    assert relay.seen[:4] == [("/ohttp-keys", 503), ("/ohttp-keys", 200), ("/v1/attestation", 503),
+                              ("/v1/attestation", 200)]  # fmt: skip
+
+
+def test_the_sdk_waits_as_long_as_retry_after_says(
+    served: ModelInfo, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``enclave-unavailable`` (the enclave restarting) with Retry-After, on every kind of request:
+    each is sent again, never sooner than the host asked."""
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    restarting = [(Problem.ENCLAVE_UNAVAILABLE, 2)]
+    refusals = {"/ohttp-keys": restarting, "/v1/attestation": restarting, "/v1/ohttp": restarting * 2}
+    with Relay(deployment.url, refusals) as relay, Client(relay.url, deployment.constraint) as client:
+        assert client.model_info() == served
+        assert client.classify(png((230, 20, 20))).results[0].label == "red"
+    assert len(waits) == 4 and all(wait >= 2 for wait in waits)
+    assert [status for _, status in relay.seen].count(503) == 4
+
+
+def test_a_retry_after_longer_than_the_client_waits_is_raised_at_once(deployment: Deployment) -> None:
+    with (
+        Relay(deployment.url, {"/ohttp-keys": [(Problem.OVERLOADED, 3600)]}) as relay,
+        Client(relay.url, deployment.constraint) as client,
+        pytest.raises(OverloadedError) as info,
+    ):
+        client.attest()
+    assert info.value.retry_after == 3600 and relay.seen == [("/ohttp-keys", 503)]
