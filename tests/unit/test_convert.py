@@ -272,8 +272,28 @@ def test_pickle_whose_code_is_missing(tmp_path: Path, monkeypatch: pytest.Monkey
     src = tmp_path / "model.pt"
     torch.save(module.Net(), src)
     monkeypatch.delitem(sys.modules, "owner_models_for_test")
-    with pytest.raises(UsageError, match=r"cannot be imported.*PYTHONPATH"):
+    with pytest.raises(UsageError, match=r"no module named 'owner_models_for_test'.*PYTHONPATH"):
         load_pickled_model(src)
+
+
+def test_pickle_of_a_class_defined_in_the_saving_script(tmp_path: Path) -> None:
+    """The class lives in the script's __main__, which no other program can import: the message
+    says what works instead (export in that script, or move the class into a module)."""
+    src = tmp_path / "model.pt"
+    script = (
+        "import sys, torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x.mean(dim=(2, 3))\n"
+        "torch.save(Net(), sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(src)], check=True, timeout=120)
+    with pytest.raises(UsageError) as info:
+        load_pickled_model(src)
+    message = str(info.value)
+    assert "class Net was defined in the script that saved it" in message
+    assert "torch.onnx.export(model.eval()" in message and "move Net into a module" in message
+    assert "PYTHONPATH" not in message and "\n" not in message
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,9 @@ def load_pickled_model(path: Path) -> torch.nn.Module:
     is the only way such a file loads). That is acceptable here and nowhere else: this runs on the
     owner's machine, on the owner's own file. The enclave never unpickles anything; it only ever
     receives the ONNX file this module writes. The model's classes must be importable (the same
-    modules on ``sys.path`` as when it was saved). Returns the module on the CPU, in eval mode.
+    modules on ``sys.path`` as when it was saved); a class defined in the saving script itself
+    (``__main__``) never is, and the message says what to do instead. Returns the module on the CPU,
+    in eval mode.
 
     Raises :class:`~enclave_infer.errors.UsageError` if the file is missing, is not a torch pickle,
     or holds something other than a ``torch.nn.Module`` (a ``state_dict``, for instance).
@@ -120,11 +122,27 @@ def load_pickled_model(path: Path) -> torch.nn.Module:
         raise UsageError(f"{path}: no such file")
     try:
         # The owner's own file, on the owner's machine; see the docstring. Never in the enclave.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (ModuleNotFoundError, AttributeError) as exc:
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_pickle_module())
+    except _ClassInMain as exc:
+        # The script that saved the model defined its class; here __main__ is this tool, which
+        # does not define it, and nothing can make a script's __main__ importable elsewhere.
+        raise UsageError(
+            f"{path}: the model's class {exc.name} was defined in the script that saved it (module "
+            "__main__), which no other program can import; in that script, export the model instead: "
+            "torch.onnx.export(model.eval(), (torch.randn(2, 3, 224, 224),), 'model.onnx', "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},)) and provision model.onnx (with your "
+            f"input's size); or move {exc.name} into a module of its own, import it from there, "
+            "and save the model again"
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"{path}: the pickled model's code cannot be imported (no module named {exc.name!r}); "
+            "install that module, or put the folder that holds it on PYTHONPATH"
+        ) from exc
+    except AttributeError as exc:
         raise UsageError(
             f"{path}: the pickled model's code cannot be imported ({first_line(exc)}); "
-            "put the module that defines the model class on PYTHONPATH"
+            "the module that defines the model class is not the one it was saved with"
         ) from exc
     except Exception as exc:
         raise UsageError(
@@ -141,6 +159,32 @@ def load_pickled_model(path: Path) -> torch.nn.Module:
         article = "an" if kind[:1].lower() in "aeiou" else "a"
         raise UsageError(f"{path}: holds {article} {kind}, not a torch.nn.Module{hint}")
     return obj.eval()
+
+
+class _ClassInMain(Exception):
+    """A pickle names a class of ``__main__`` that this process's ``__main__`` lacks."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _pickle_module() -> Any:
+    """A ``pickle`` for :func:`torch.load` whose unpickler raises :class:`_ClassInMain` for a class
+    of the saving script's ``__main__``, rather than pickle's AttributeError text."""
+    import pickle
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return super().find_class(module, name)
+            except AttributeError:
+                if module == "__main__":
+                    raise _ClassInMain(name) from None
+                raise
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle")
 
 
 def check_onnx(
