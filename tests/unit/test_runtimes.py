@@ -434,3 +434,23 @@ def test_torchscript_with_forward_hooks_is_refused() -> None:
     hooked.register_forward_pre_hook(_leak)
     with pytest.raises(runtimes.RuntimeLoadError, match="forward hooks"):
         runtimes.load_torch(_scripted(hooked), fmt="torchscript", threads=1)
+
+
+def test_a_deflate_bomb_is_refused_before_anything_inflates(models: dict[str, Path]) -> None:
+    """Each deflated entry below the bound, their sum above it: refused from the central directory,
+    before the archive check reads (inflates) any code."""
+    with zipfile.ZipFile(models["torchscript"]) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    root = next(iter(entries)).partition("/")[0]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for name, data in entries.items():
+            bomb.writestr(name, data)
+        for i in range(3):  # 3 x 30 MiB of blanks, about 90 kB deflated
+            bomb.writestr(f"{root}/code/__torch__/pad{i}.py", b" " * (30 * 2**20))
+    data = buffer.getvalue()
+    assert len(data) < 2**20
+    with pytest.raises(
+        RuntimeLoadError, match=r"^the TorchScript archive's compressed entries inflate to more than 64 MiB$"
+    ):
+        load_torch(data, fmt="torchscript", threads=1)

@@ -29,7 +29,8 @@ does not ship, in pytorch's repository; the refusals are exercised in tests/unit
   loading (``import.cpp``, ``obj_loader``), and ``forward`` may call any registered operator, among
   them ``aten::save`` (writes a file), ``aten::from_file`` (reads one) and ``prim::Print`` (writes to
   stdout, i.e. to the host). Hence two checks around :func:`torch.jit.load`: before it, the archive
-  must be a plain TorchScript zip (one folder, stored or deflated entries, no legacy ``model.json``)
+  must be a plain TorchScript zip (one folder, stored or deflated entries that inflate to at most
+  :data:`MAX_INFLATED_BYTES` together, no legacy ``model.json``)
   whose code defines no ``__setstate__`` and uses no ``torch.classes`` objects (so that loading runs
   nothing of the model's); after it, every operator ``forward`` can reach (inlined, through every
   branch and loop) must come from ``aten``/``prim`` and not be one that does I/O or escapes
@@ -112,7 +113,14 @@ _DENIED_OPERATORS = frozenset(
     }
 )
 _ALLOWED_NAMESPACES = ("aten", "prim")
-_MAX_INFLATED_BYTES = 64 * 2**20
+# What the deflated entries of a TorchScript archive may inflate to, together. torch deflates only
+# code, its debug records and small pickles (tensors are stored as they are, and so bounded by the
+# model's size): a few MB for the largest models. Without a bound on the sum, a 0.6 MB archive of
+# many deflated entries inflated to 1 GB in the enclave (each entry was capped, their sum not).
+MAX_INFLATED_BYTES = 64 * 2**20
+INFLATES_TOO_MUCH_MESSAGE = (
+    f"the TorchScript archive's compressed entries inflate to more than {MAX_INFLATED_BYTES // 2**20} MiB"
+)
 _SETSTATE = re.compile(rb"\b__setstate__\b")
 _TORCH_LOCK = threading.Lock()
 
@@ -283,12 +291,18 @@ def _check_torchscript_archive(data: bytes) -> None:
             code = [info for info in infos if info.filename.startswith(f"{root}/code/")]
             if not required <= set(names) or not code or f"{root}/model.json" in names:
                 raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-            # torch stores tensors and deflates code; a deflated entry may not inflate past a bound.
+            # torch stores tensors and deflates code: the deflated entries together may not inflate
+            # past a bound. The sizes are the central directory's, which both zipfile and torch's
+            # reader (miniz) allocate and hold the inflated data to.
+            inflated = 0
             for info in infos:
                 if info.compress_type == zipfile.ZIP_STORED:
                     continue
-                if info.compress_type != zipfile.ZIP_DEFLATED or info.file_size > _MAX_INFLATED_BYTES:
+                if info.compress_type != zipfile.ZIP_DEFLATED:
                     raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
+                inflated += info.file_size
+                if inflated > MAX_INFLATED_BYTES:
+                    raise RuntimeLoadError(INFLATES_TOO_MUCH_MESSAGE)
             for info in code:
                 if not info.filename.endswith(".py"):
                     continue
