@@ -9,7 +9,7 @@ the expected format with :class:`RuntimeLoadError`, whose message is one line an
   own kernels. torch is imported only here, and only when a torch model is loaded, so an enclave
   image without torch serves ONNX as before (:func:`torch_available`).
 * :func:`check_scores`: the trial run that shows a loaded model accepts the manifest's input and
-  yields one score per label.
+  yields one finite score per label, for a blank and a pseudo-random image.
 * :func:`takes_batches`: whether a loaded model may be given several images in one run (its input
   has no fixed batch of one, and a trial batch gives each image the scores it gets alone).
 
@@ -28,13 +28,16 @@ does not ship, in pytorch's repository; the refusals are exercised in tests/unit
   ``code/`` is TorchScript source that is compiled on load, a class's ``__setstate__`` *runs* during
   loading (``import.cpp``, ``obj_loader``), and ``forward`` may call any registered operator, among
   them ``aten::save`` (writes a file), ``aten::from_file`` (reads one) and ``prim::Print`` (writes to
-  stdout, i.e. to the host). Hence two checks around :func:`torch.jit.load`: before it, the archive
-  must be a plain TorchScript zip (one folder, stored or deflated entries that inflate to at most
-  :data:`MAX_INFLATED_BYTES` together, no legacy ``model.json``)
+  stdout, i.e. to the host). Hence two checks around :func:`torch.jit.load`, both in
+  :mod:`enclave_infer.protocol.modelcheck` (which the owner's tooling applies too, before an
+  upload): before it, the archive must be a plain TorchScript zip (one folder, stored or deflated
+  entries that inflate to at most ``MAX_INFLATED_BYTES`` together, no legacy ``model.json``)
   whose code defines no ``__setstate__`` and uses no ``torch.classes`` objects (so that loading runs
   nothing of the model's); after it, every operator ``forward`` can reach (inlined, through every
   branch and loop) must come from ``aten``/``prim`` and not be one that does I/O or escapes
-  inspection. The C++ parsers themselves (zip reader, unpickler, TorchScript compiler), like ONNX
+  inspection, and the module, frozen in eval mode (``torch.jit.freeze``: training branches gone),
+  must write to none of its attributes or tensors; the frozen module is the one served.
+  The C++ parsers themselves (zip reader, unpickler, TorchScript compiler), like ONNX
   Runtime's protobuf parser, still see the bytes: the owner's signature is what keeps them trusted.
 * ``torch.export.load`` is NOT accepted: it can run arbitrary code from the file.
   ``torch/export/pt2_archive/_package.py`` unpickles any weight or constant whose JSON config says
@@ -52,10 +55,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import re
 import threading
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,6 +66,13 @@ from numpy.typing import NDArray
 
 from enclave_infer.enclave._modelfiles import LinkedFile
 from enclave_infer.errors import EnclaveInferError
+from enclave_infer.protocol.modelcheck import (
+    ModelRefused,
+    audit_torchscript,
+    check_finite,
+    check_torchscript_archive,
+    trial_inputs,
+)
 
 __all__ = [
     "TORCH_FORMATS",
@@ -83,45 +91,13 @@ TORCH_FORMATS = ("torchscript", "exported_program")
 
 EXTERNAL_DATA_MESSAGE = "the model keeps tensors in external data files; send one self-contained file"
 NOT_ONNX_MESSAGE = "the model is not a valid ONNX model"
-NOT_TORCHSCRIPT_MESSAGE = "the model is not a valid TorchScript archive"
+NOT_TORCHSCRIPT_MESSAGE = "the model is not a valid TorchScript archive"  # as modelcheck says it
 EXPORTED_PROGRAM_MESSAGE = (
     "ExportedProgram (.pt2) models are not accepted: torch.export.load can run code from the file; "
     "send a TorchScript archive or ONNX"
 )
 BAD_INPUT_MESSAGE = "the model does not accept a preprocessed image of the manifest's size"
 
-# Operators a TorchScript forward may not use: they touch files, print (stdout and stderr go to the
-# host), call Python, index memory without bounds checks, or call code the audit cannot see
-# (methods of objects that are not inlined, and with-statements' __enter__/__exit__).
-_DENIED_OPERATORS = frozenset(
-    {
-        "aten::save",
-        "aten::from_file",
-        "aten::warn",
-        "aten::_print",
-        "aten::_unsafe_index",
-        "aten::_unsafe_index_put",
-        "aten::_unsafe_masked_index",
-        "aten::_unsafe_masked_index_put_accumulate",
-        "prim::Print",
-        "prim::PythonOp",
-        "prim::IgnoredPythonOp",
-        "prim::CallMethod",
-        "prim::CallFunction",
-        "prim::Enter",
-        "prim::Exit",
-    }
-)
-_ALLOWED_NAMESPACES = ("aten", "prim")
-# What the deflated entries of a TorchScript archive may inflate to, together. torch deflates only
-# code, its debug records and small pickles (tensors are stored as they are, and so bounded by the
-# model's size): a few MB for the largest models. Without a bound on the sum, a 0.6 MB archive of
-# many deflated entries inflated to 1 GB in the enclave (each entry was capped, their sum not).
-MAX_INFLATED_BYTES = 64 * 2**20
-INFLATES_TOO_MUCH_MESSAGE = (
-    f"the TorchScript archive's compressed entries inflate to more than {MAX_INFLATED_BYTES // 2**20} MiB"
-)
-_SETSTATE = re.compile(rb"\b__setstate__\b")
 _TORCH_LOCK = threading.Lock()
 
 
@@ -252,7 +228,10 @@ def load_torch(model: bytes | Path | LinkedFile, *, fmt: str, threads: int) -> R
         raise RuntimeLoadError(f"unknown torch model format {fmt!r}; expected 'torchscript'")
     threads = _positive(threads)
     data = _read(model)
-    _check_torchscript_archive(data)
+    try:
+        check_torchscript_archive(data)
+    except ModelRefused as exc:
+        raise RuntimeLoadError(str(exc)) from None
     try:
         import torch
     except ImportError:
@@ -267,123 +246,43 @@ def load_torch(model: bytes | Path | LinkedFile, *, fmt: str, threads: int) -> R
                 module = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception:  # RuntimeError from C++ for most problems, a few other types for the rest
             raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
-        _audit_torchscript(module)
-        module.eval()  # sets the `training` attributes from Python; runs none of the model's code
+        try:
+            module = audit_torchscript(module)  # frozen in eval mode: what was audited is served
+        except ModelRefused as exc:
+            raise RuntimeLoadError(str(exc)) from None
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     return _TorchRuntime(module, torch)
-
-
-def _check_torchscript_archive(data: bytes) -> None:
-    """Refuse, before torch parses anything, what is not a plain TorchScript archive, or one whose
-    loading would run code of the model's (``__setstate__``) or build ``torch.classes`` objects."""
-    if data[:4] != b"PK\x03\x04":  # torch writes a local file header first; pickles start with 0x80
-        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            infos = archive.infolist()
-            names = [info.filename for info in infos]
-            roots = {name.partition("/")[0] for name in names}
-            if len(roots) != 1 or len(set(names)) != len(names) or any("/" not in name for name in names):
-                raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-            root = roots.pop()
-            required = {f"{root}/data.pkl", f"{root}/constants.pkl", f"{root}/version"}
-            code = [info for info in infos if info.filename.startswith(f"{root}/code/")]
-            if not required <= set(names) or not code or f"{root}/model.json" in names:
-                raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-            # torch stores tensors and deflates code: the deflated entries together may not inflate
-            # past a bound. The sizes are the central directory's, which both zipfile and torch's
-            # reader (miniz) allocate and hold the inflated data to.
-            inflated = 0
-            for info in infos:
-                if info.compress_type == zipfile.ZIP_STORED:
-                    continue
-                if info.compress_type != zipfile.ZIP_DEFLATED:
-                    raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-                inflated += info.file_size
-                if inflated > MAX_INFLATED_BYTES:
-                    raise RuntimeLoadError(INFLATES_TOO_MUCH_MESSAGE)
-            for info in code:
-                if not info.filename.endswith(".py"):
-                    continue
-                source = archive.read(info)
-                if _SETSTATE.search(source):
-                    raise RuntimeLoadError(
-                        "the TorchScript model defines __setstate__, which would run while it loads"
-                    )
-                if b"torch.classes" in source:
-                    raise RuntimeLoadError("the TorchScript model uses torch.classes objects")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError):
-        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
-
-
-def _audit_torchscript(module: Any) -> None:
-    """Refuse a loaded module whose forward can reach an operator outside aten/prim, one in
-    :data:`_DENIED_OPERATORS`, or a call that inlining did not resolve."""
-    if not hasattr(module, "_c") or not module._c._has_method("forward"):
-        raise RuntimeLoadError("the TorchScript model has no forward method")
-    for submodule in module.modules():
-        # The archive check already refused source that defines __setstate__; this catches an
-        # archive that zipfile and torch's own zip reader would read differently.
-        if submodule._c._has_method("__setstate__"):
-            raise RuntimeLoadError(
-                "the TorchScript model defines __setstate__, code that runs while it loads"
-            )
-        # Hooks run around forward with code the graph audit below does not see (a pre-hook
-        # could save every input); a served model has none.
-        if submodule._c._get_forward_hooks() or submodule._c._get_forward_pre_hooks():
-            raise RuntimeLoadError("the TorchScript model has forward hooks, which this enclave does not run")
-    try:
-        graph = module.inlined_graph
-    except Exception:
-        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
-    blocks = [graph.block()]
-    while blocks:
-        for node in blocks.pop().nodes():
-            kind = node.kind()
-            if kind.partition("::")[0] not in _ALLOWED_NAMESPACES or kind in _DENIED_OPERATORS:
-                raise RuntimeLoadError(f"the TorchScript model uses {kind}, which this enclave does not run")
-            if kind == "prim::CreateObject" and "torch.classes" in node.output().type().str():
-                raise RuntimeLoadError("the TorchScript model uses torch.classes objects")
-            # A served model must be a pure function of its input: state kept from one request to
-            # the next could hand one client's image to the next caller.
-            if kind == "prim::SetAttr":
-                raise RuntimeLoadError("the TorchScript model changes its own attributes, keeping state")
-            if _in_place(kind) and any(i.node().kind() == "prim::GetAttr" for i in node.inputs()):
-                raise RuntimeLoadError("the TorchScript model writes to its own tensors, keeping state")
-            blocks.extend(node.blocks())
-            for attribute in node.attributeNames():
-                kind_of = node.kindOf(attribute)
-                if kind_of == "g":
-                    blocks.append(node.g(attribute).block())
-                elif kind_of == "gs":
-                    blocks.extend(subgraph.block() for subgraph in node.gs(attribute))
-
-
-def _in_place(kind: str) -> bool:
-    """aten's in-place operators end in one underscore (``aten::add_``, ``aten::copy_``)."""
-    name = kind.partition("::")[2]
-    return name.endswith("_") and not name.endswith("__")
 
 
 # -- both --------------------------------------------------------------------------------------
 
 
 def check_scores(runtime: Runtime, example: NDArray[np.float32], classes: int) -> None:
-    """Run ``example`` (a preprocessed image of the manifest's size, zeros will do) through
-    ``runtime`` and check that it yields ``(1, classes)`` float scores; else :class:`RuntimeLoadError`."""
-    try:
-        scores = runtime.run(example)
-    except _OutputError as exc:
-        raise RuntimeLoadError(str(exc)) from None
-    except Exception:
-        raise RuntimeLoadError(BAD_INPUT_MESSAGE) from None
-    if np.shape(scores) != (1, classes):
-        raise RuntimeLoadError(
-            f"model output shape {np.shape(scores)}, expected (1, {classes}) for its labels"
-        )
-    if not np.issubdtype(np.asarray(scores).dtype, np.floating):
-        raise RuntimeLoadError(f"model output is {np.asarray(scores).dtype}, expected floating-point scores")
+    """The load trial: run ``runtime`` on inputs of ``example``'s shape (a preprocessed image of the
+    manifest's size; its values are not used), a blank image and a fixed pseudo-random one
+    (:func:`~enclave_infer.protocol.modelcheck.trial_inputs`), and check that each yields ``(1,
+    classes)`` finite float scores; else :class:`RuntimeLoadError`. A model whose scores are NaN or
+    infinite (a damaged weight will do) would fail every classification."""
+    for trial in trial_inputs(np.shape(example)):
+        try:
+            scores = runtime.run(trial)
+        except _OutputError as exc:
+            raise RuntimeLoadError(str(exc)) from None
+        except Exception:
+            raise RuntimeLoadError(BAD_INPUT_MESSAGE) from None
+        if np.shape(scores) != (1, classes):
+            raise RuntimeLoadError(
+                f"model output shape {np.shape(scores)}, expected (1, {classes}) for its labels"
+            )
+        if not np.issubdtype(np.asarray(scores).dtype, np.floating):
+            raise RuntimeLoadError(
+                f"model output is {np.asarray(scores).dtype}, expected floating-point scores"
+            )
+        try:
+            check_finite(scores)
+        except ModelRefused as exc:
+            raise RuntimeLoadError(str(exc)) from None
 
 
 # A model that mixes the images of a batch (statistics over the batch axis) gives them scores that differ
