@@ -30,7 +30,7 @@ from enclave_infer.client.export import (
     export_torchscript,
 )
 from enclave_infer.enclave.preprocess import decode_image, to_tensor
-from enclave_infer.enclave.runtimes import check_scores, load_onnx, load_torch
+from enclave_infer.enclave.runtimes import RuntimeLoadError, check_scores, load_onnx, load_torch
 from enclave_infer.errors import UsageError
 from enclave_infer.protocol.api import Preprocessing
 from tests.helpers import (
@@ -41,6 +41,7 @@ from tests.helpers import (
     ValueDependent,
     images,
     png,
+    poison_onnx,
     run_torch,
     split_onnx,
 )
@@ -440,3 +441,58 @@ def test_progress_names_each_step(files: dict[str, Path], tmp_path: Path) -> Non
     stages.clear()
     export_formats(files["torchscript"], tmp_path / "ts", {"torch"}, input_size=SIZE, progress=stages.append)
     assert stages == ["checking model.torchscript.pt", "writing model.torchscript.pt"]
+
+
+# --- what the enclave would refuse, refused before the upload ------------------------------------
+
+
+def test_a_model_with_a_nan_weight_is_refused_before_the_upload(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    poisoned = tmp_path / "nan.onnx"
+    poison_onnx(files["onnx"], poisoned)
+    for classes in (CLASSES, None):
+        with pytest.raises(UsageError, match=r"not finite \(NaN or infinity\): the enclave refuses it"):
+            export_formats(poisoned, tmp_path / "out", {"onnx"}, input_size=SIZE, classes=classes)
+    broken = TinyCNN(CLASSES).eval()
+    with torch.no_grad():
+        broken.fc.bias[0] = float("nan")
+    for export in (export_onnx, export_torchscript):
+        with pytest.raises(UsageError, match="not finite"):
+            export(broken, tmp_path / "broken.model", input_size=SIZE)
+    assert not (tmp_path / "broken.model").exists()
+
+
+def _scripted_file(module: torch.nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(module.eval()), str(path))
+    return path
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.mean((2, 3)).repeat(1, 2)[:, :4] * self.calls  # CLASSES
+
+
+def test_a_scripted_model_is_checked_as_the_enclave_does(model: TinyCNN, tmp_path: Path) -> None:
+    """A scripted batch norm model goes through (the enclave serves it frozen in eval mode); one that
+    counts its calls in an attribute is refused here, before the upload, with what to do."""
+    scripted = _scripted_file(model, tmp_path / "bn.torchscript.pt")
+    out = export_formats(scripted, tmp_path / "out", {"torch"}, input_size=SIZE, classes=CLASSES)
+    np.testing.assert_allclose(
+        run_enclave(out["torchscript"], tmp_path, inputs(2)), expected(model, inputs(2)), atol=1e-5
+    )
+    counting = _scripted_file(_Counting(), tmp_path / "counting.torchscript.pt")
+    with pytest.raises(UsageError) as info:
+        export_formats(counting, tmp_path / "out2", {"torch"}, input_size=SIZE, classes=CLASSES)
+    message = str(info.value)
+    assert "keeping state, which the enclave refuses" in message and "torch.jit.trace(model.eval()" in message
+    assert not (tmp_path / "out2" / "counting.torchscript.pt").exists()
+    with pytest.raises(RuntimeLoadError, match="keeping state"):  # what the enclave would have said
+        load_torch(counting, fmt="torchscript", threads=1)

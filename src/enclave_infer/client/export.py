@@ -51,6 +51,12 @@ from enclave_infer.client._tooling import (
 )
 from enclave_infer.client.convert import load_pickled_model
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.modelcheck import (
+    ModelRefused,
+    Refusal,
+    audit_torchscript,
+    check_torchscript_archive,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -336,6 +342,7 @@ def _export_torchscript(
             report(f"checking {dest.name} against the model")
             reloaded = _load_torchscript(tmp, shown=dest)
             _compare(reloaded, model, shown=dest, want=want, what="TorchScript archive")
+            _check_for_enclave(tmp, reloaded, shown=dest)
 
 
 def _accepted(runtime: str | None) -> str:
@@ -487,7 +494,41 @@ def _copy_torchscript(
             ) from exc
         if not isinstance(out, torch.Tensor) or output_mismatch(tuple(out.shape), batch, classes):
             raise UsageError(f"{src}: the TorchScript model must return one (batch, classes) tensor")
+    _check_for_enclave(src, module, shown=src)
     copy_model(src, dest, report=report)
+
+
+# What to do about each refusal of the enclave's TorchScript policy (protocol/modelcheck.py).
+_TORCHSCRIPT_FIXES = {
+    Refusal.NOT_TORCHSCRIPT: "save the model with torch.jit.save",
+    Refusal.INFLATES_TOO_MUCH: "save the model again with torch.jit.save, or send it as ONNX",
+    Refusal.RUNS_ON_LOAD: (
+        "the enclave runs no model code while loading: remove __setstate__ and torch.classes objects, "
+        "or send the model as ONNX (--runtime onnx)"
+    ),
+    Refusal.NO_FORWARD: "script or trace a module whose forward takes the image batch",
+    Refusal.HOOKS: "remove the forward hooks (handle.remove()) before saving the model",
+    Refusal.OPERATOR: (
+        "the enclave runs only pure tensor operations: remove printing, file access and Python calls "
+        "from forward, or send the model as ONNX (--runtime onnx)"
+    ),
+    Refusal.KEEPS_STATE: (
+        "a served model must not keep anything from one image to the next: remove the writes to self "
+        "(attributes, buffers) that forward makes in eval mode, or trace the model "
+        "(torch.jit.trace(model.eval(), example)), or send it as ONNX (--runtime onnx)"
+    ),
+}
+
+
+def _check_for_enclave(path: Path, module: Any, *, shown: Path) -> None:
+    """Refuse here, before the upload, the TorchScript archive ``path`` (loaded as ``module``) that
+    the enclave's torch runtime would refuse, saying what to do."""
+    try:
+        check_torchscript_archive(path.read_bytes())
+        audit_torchscript(module)
+    except ModelRefused as exc:
+        fix = _TORCHSCRIPT_FIXES.get(exc.reason, "send the model as ONNX (--runtime onnx)")
+        raise UsageError(f"{shown}: {exc}, which the enclave refuses; {fix}") from None
 
 
 def _program_module(
