@@ -48,7 +48,9 @@ does not ship, in pytorch's repository; the refusals are exercised in tests/unit
   (``deserialize_torch_artifact``), evaluates every symbolic-shape string with ``sympy.sympify``
   (Python ``eval``, ``GraphModuleDeserializer._parse_sym_expr``) and resolves node targets by
   ``getattr`` from the ``torch`` module, so a graph can call e.g. ``torch.os.system``
-  (``deserialize_operator``). An ExportedProgram is refused before any of its bytes are parsed.
+  (``deserialize_operator``). A manifest names no such format (``protocol/manifest.py``), so an
+  ExportedProgram never reaches a loader here; its bytes labelled as TorchScript fail the archive
+  check before torch parses them.
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ from enclave_infer.protocol.modelcheck import (
 )
 
 __all__ = [
-    "TORCH_FORMATS",
     "InferenceError",
     "Runtime",
     "RuntimeLoadError",
@@ -86,16 +87,9 @@ __all__ = [
     "torch_available",
 ]
 
-# The torch formats load_torch knows; only the first is accepted (the module docstring says why).
-TORCH_FORMATS = ("torchscript", "exported_program")
-
 EXTERNAL_DATA_MESSAGE = "the model keeps tensors in external data files; send one self-contained file"
 NOT_ONNX_MESSAGE = "the model is not a valid ONNX model"
 NOT_TORCHSCRIPT_MESSAGE = "the model is not a valid TorchScript archive"  # as modelcheck says it
-EXPORTED_PROGRAM_MESSAGE = (
-    "ExportedProgram (.pt2) models are not accepted: torch.export.load can run code from the file; "
-    "send a TorchScript archive or ONNX"
-)
 BAD_INPUT_MESSAGE = "the model does not accept a preprocessed image of the manifest's size"
 
 _TORCH_LOCK = threading.Lock()
@@ -214,18 +208,16 @@ class _TorchRuntime:
 
 
 def load_torch(model: bytes | Path | LinkedFile, *, fmt: str, threads: int) -> Runtime:
-    """Load a torch model (its bytes, or a file holding them) of format ``fmt``.
-
-    ``fmt``: ``"torchscript"`` (a ``torch.jit.save`` archive) is accepted after the checks the module
-    docstring describes; ``"exported_program"`` (``torch.export.save``) is always refused, before
-    torch is imported, because ``torch.export.load`` can run arbitrary code from the file.
-    ``threads``: torch's intra-op thread count (process-wide; set when a model is loaded, never per
-    inference). Raises :class:`RuntimeLoadError`; no torch exception escapes.
+    """Load a torch model (its bytes, or a file holding them) of format ``fmt``, which must be
+    ``"torchscript"`` (a ``torch.jit.save`` archive), after the checks the module docstring
+    describes. No other torch format reaches here: a manifest names only ONNX and TorchScript files
+    (an ExportedProgram, whose loader runs code from the file, is refused there, and its bytes
+    labelled as TorchScript fail the archive check). ``threads``: torch's intra-op thread count
+    (process-wide; set when a model is loaded, never per inference). Raises
+    :class:`RuntimeLoadError`; no torch exception escapes.
     """
-    if fmt == "exported_program":
-        raise RuntimeLoadError(EXPORTED_PROGRAM_MESSAGE)
     if fmt != "torchscript":
-        raise RuntimeLoadError(f"unknown torch model format {fmt!r}; expected 'torchscript'")
+        raise RuntimeLoadError(f"the torch runtime loads TorchScript archives, not {fmt!r}")
     threads = _positive(threads)
     data = _read(model)
     try:
