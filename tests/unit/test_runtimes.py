@@ -32,7 +32,9 @@ from enclave_infer.enclave.runtimes import (
     load_torch,
     torch_available,
 )
-from enclave_infer.protocol.api import Preprocessing
+from enclave_infer.errors import ProtocolError
+from enclave_infer.protocol.api import Preprocessing, Runtime
+from enclave_infer.protocol.manifest import ModelFile, ModelFormat
 from enclave_infer.protocol.modelcheck import ModelRefused, Refusal, audit_torchscript
 from tests.helpers import TinyCNN, TwoOutputs, png, poison_onnx, split_onnx, sqrt_onnx
 
@@ -551,3 +553,16 @@ class _StateInEvalOnly(torch.nn.Module):
 def test_a_model_that_writes_state_in_eval_mode_is_still_refused(make: type[torch.nn.Module]) -> None:
     with pytest.raises(RuntimeLoadError, match="keeping state"):
         load_torch(_scripted(make().eval()), fmt="torchscript", threads=1)
+
+
+def test_each_model_format_is_served_by_one_runtime(models: dict[str, Path], no_files: str) -> None:
+    assert [fmt.runtime for fmt in ModelFormat] == [Runtime.ONNX, Runtime.TORCH]
+    assert ModelFormat.serving(Runtime.TORCH) is ModelFormat.TORCHSCRIPT
+    with pytest.raises(ValueError, match="serves no one format"):
+        ModelFormat.serving(Runtime.BOTH)
+    onnx_runtime = load_onnx(models["onnx"], threads=1, no_files_dir=no_files)
+    torch_runtime = load_torch(models["torchscript"], fmt=ModelFormat.TORCHSCRIPT, threads=1)
+    assert (onnx_runtime.name, torch_runtime.name) == (Runtime.ONNX, Runtime.TORCH)
+    with pytest.raises(ProtocolError, match="format must be one of onnx, torchscript"):
+        ModelFile("exported_program", "0" * 64, 1)  # type: ignore[arg-type]
+    assert ModelFile("onnx", "0" * 64, 1).format is ModelFormat.ONNX  # type: ignore[arg-type]

@@ -631,14 +631,13 @@ def _model_files(
         raise UsageError(f"model file {path} is not a regular file")
     size, channels, layout = preprocessing.crop, preprocessing.channels, preprocessing.layout
     if runtime == "onnx" and path.suffix.lower() == ".onnx":
-        from enclave_infer.client.convert import check_onnx
+        from enclave_infer.client.convert import ExternalDataError, check_onnx
 
         try:
             # a local one-line error beats an upload the enclave refuses
             check_onnx(path, input_size=size, channels=channels, layout=layout, classes=classes)
-        except UsageError as exc:
-            if "external data" not in str(exc):
-                raise
+        except ExternalDataError:
+            pass
         else:
             yield {"onnx": path}
             return
@@ -657,7 +656,7 @@ def _model_files(
             classes=classes,
             progress=stage,
         )
-        yield {fmt: made[fmt] for fmt in ("onnx", "torchscript") if fmt in made}
+        yield {fmt.value: made_path for fmt, made_path in made.items()}
 
 
 def _joined(values: tuple[float, ...]) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_ONNX_BYTES",
     "MAX_WEIGHT_BYTES",
     "OUTPUT_NAME",
+    "ExternalDataError",
     "atomic_output",
     "check_destination",
     "check_onnx_file",
@@ -61,6 +62,12 @@ __all__ = [
     "uses_external_data",
     "write_onnx",
 ]
+
+
+class ExternalDataError(UsageError):
+    """An ONNX file keeps tensors in external data files, which the enclave refuses; the owner's
+    tooling can fold them into one file (:func:`~enclave_infer.client.export.export_formats`)."""
+
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -324,7 +331,7 @@ def check_onnx_file(
     except Exception as exc:
         raise UsageError(f"{shown}: not an ONNX model ({type(exc).__name__}: {first_line(exc)})") from exc
     if uses_external_data(model.graph):
-        raise UsageError(
+        raise ExternalDataError(
             f"{shown}: the ONNX model keeps weights in external data files; it must be one "
             "self-contained file (re-save it with onnx.save(model, path, save_as_external_data=False))"
         )

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enclave_infer.client._model_input import ModelInput
-from enclave_infer.client._tooling import check_onnx_file, copy_model, first_line, silent, write_onnx
+from enclave_infer.client._tooling import (
+    ExternalDataError,
+    check_onnx_file,
+    copy_model,
+    first_line,
+    silent,
+    write_onnx,
+)
 from enclave_infer.errors import UsageError
 
 if TYPE_CHECKING:
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMO_PREPROCESSING",
+    "ExternalDataError",
     "build_demo_model",
     "check_onnx",
     "convert_to_onnx",

@@ -23,6 +23,7 @@ model's scores must match. ``progress`` is called with a short line before each 
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import warnings
 import zipfile
@@ -51,6 +52,8 @@ from enclave_infer.client._tooling import (
 )
 from enclave_infer.client.convert import load_pickled_model
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.api import Runtime
+from enclave_infer.protocol.manifest import ModelFormat
 from enclave_infer.protocol.modelcheck import (
     ModelRefused,
     Refusal,
@@ -72,10 +75,20 @@ __all__ = [
     "export_torchscript",
 ]
 
-RUNTIMES = ("onnx", "torch")
+# The runtimes a file can be made for: each serves one ModelFormat (protocol/manifest.py).
+RUNTIMES = (Runtime.ONNX, Runtime.TORCH)
 
-# What detect_format() answers.
-ONNX, PICKLE, TORCHSCRIPT, EXPORTED_PROGRAM = "onnx", "pickle", "torchscript", "exported_program"
+
+class SourceFormat(enum.StrEnum):
+    """What :func:`detect_format` answers: the kinds of model file the owner may give."""
+
+    ONNX = "onnx"
+    PICKLE = "pickle"
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported_program"
+
+
+ONNX, PICKLE, TORCHSCRIPT, EXPORTED_PROGRAM = SourceFormat
 
 
 @dataclass(frozen=True)
@@ -84,14 +97,14 @@ class OwnerFormat:
     runtime from it: ``onnx`` and ``torch`` say how, or are None where it cannot (``why_not`` says
     why). The enclave itself only ever receives ONNX files and TorchScript archives."""
 
-    kind: str  # what detect_format() answers
+    kind: SourceFormat
     name: str  # what messages and README.md call it
     onnx: str | None
     torch: str | None
     why_not: str = ""
 
-    def how(self, runtime: str) -> str | None:
-        return self.onnx if runtime == "onnx" else self.torch
+    def how(self, runtime: Runtime) -> str | None:
+        return self.onnx if runtime is Runtime.ONNX else self.torch
 
 
 OWNER_FORMATS: tuple[OwnerFormat, ...] = (
@@ -125,7 +138,7 @@ OWNER_FORMATS: tuple[OwnerFormat, ...] = (
 )
 _FORMATS = {fmt.kind: fmt for fmt in OWNER_FORMATS}
 # What each runtime's file is, in messages.
-_RUNTIME_FILES = {"onnx": "an ONNX file", "torch": "a TorchScript archive"}
+_RUNTIME_FILES = {Runtime.ONNX: "an ONNX file", Runtime.TORCH: "a TorchScript archive"}
 
 _TOLERANCE = 1e-5
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -198,7 +211,7 @@ def export_program(
             _compare(reloaded.module(), model, shown=dest, want=want, what="ExportedProgram")
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path) -> SourceFormat:
     """What the owner's model file is, from its content: ``"onnx"``, ``"pickle"`` (``torch.save``,
     zip or legacy), ``"torchscript"`` (``torch.jit.save``) or ``"exported_program"``
     (``torch.export.save``). Raises :class:`~enclave_infer.errors.UsageError` for anything else."""
@@ -221,14 +234,14 @@ def detect_format(path: Path) -> str:
 def export_formats(
     src: Path,
     out_dir: Path,
-    runtimes: Set[str],
+    runtimes: Set[Runtime | str],
     *,
     input_size: int = 224,
     channels: int = 3,
     layout: str = "NCHW",
     classes: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, Path]:
+) -> dict[ModelFormat, Path]:
     """Produce, in ``out_dir``, the files the enclave serves with each of ``runtimes``.
 
     ``src`` is the owner's model file, recognised by content (:func:`detect_format`): an ONNX model,
@@ -257,6 +270,7 @@ def export_formats(
         raise UsageError(
             f"runtimes must be some of {', '.join(RUNTIMES)}, got {', '.join(unknown) or 'none'}"
         )
+    wanted_runtimes = {Runtime(name) for name in wanted}
     want = ModelInput(input_size, channels, layout)
     report = progress or silent
     if not src.is_file():
@@ -264,7 +278,7 @@ def export_formats(
     kind = detect_format(src)
     fmt = _FORMATS[kind]
     for runtime in RUNTIMES:
-        if runtime in wanted and fmt.how(runtime) is None:
+        if runtime in wanted_runtimes and fmt.how(runtime) is None:
             raise UsageError(
                 f"{src}: {fmt.name} cannot be turned into {_RUNTIME_FILES[runtime]} ({fmt.why_not}); "
                 f"for the {runtime} runtime give {_accepted(runtime)}"
@@ -276,14 +290,14 @@ def export_formats(
     except OSError as exc:
         raise UsageError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from exc
     stem = src.stem.removesuffix(".torchscript")
-    results: dict[str, Path] = {}
+    results: dict[ModelFormat, Path] = {}
     module: torch.nn.Module | None = None
     if kind == PICKLE:
         report(f"loading the pickle {src.name} (this runs its code)")
         module = load_pickled_model(src)
         check_runs(module, want, classes, shown=src)
 
-    if "onnx" in wanted:
+    if Runtime.ONNX in wanted_runtimes:
         dest = out_dir / f"{stem}.onnx"
         if kind == ONNX:
             _fold_onnx(src, dest, want, classes=classes, report=report)
@@ -294,15 +308,15 @@ def export_formats(
         else:
             program = _program_module(src, want, classes=classes, report=report)
             write_onnx(program, dest, want, classes=classes, report=report)
-        results[ONNX] = dest
+        results[ModelFormat.ONNX] = dest
 
-    if "torch" in wanted:
+    if Runtime.TORCH in wanted_runtimes:
         dest = out_dir / f"{stem}.torchscript.pt"
         if module is not None:
             _export_torchscript(module, dest, want, classes=classes, report=report)
         else:
             _copy_torchscript(src, dest, want, classes=classes, report=report)
-        results[TORCHSCRIPT] = dest
+        results[ModelFormat.TORCHSCRIPT] = dest
     return results
 
 
@@ -345,7 +359,7 @@ def _export_torchscript(
             _check_for_enclave(tmp, reloaded, shown=dest)
 
 
-def _accepted(runtime: str | None) -> str:
+def _accepted(runtime: Runtime | None) -> str:
     """The owner's files :data:`OWNER_FORMATS` can make ``runtime``'s file from (None: any runtime),
     as a phrase: "a torch.save(model) pickle or a TorchScript archive (torch.jit.save)"."""
     names = [fmt.name for fmt in OWNER_FORMATS if runtime is None or fmt.how(runtime) is not None]
@@ -355,7 +369,7 @@ def _accepted(runtime: str | None) -> str:
 # -- formats -----------------------------------------------------------------------------------
 
 
-def _zip_format(path: Path) -> str:
+def _zip_format(path: Path) -> SourceFormat:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()

@@ -131,9 +131,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageError("the image could not be decoded: out of memory") from None
     except Exception as exc:  # every other Pillow failure; its message may quote header bytes
         # Deliberately `from None`: Pillow's own message can contain bytes of the file, and a
-        # chained traceback would carry them into logs outside the enclave.
-        if isinstance(exc, OSError | EOFError) and "truncated" in str(exc).lower():
-            raise ImageError("the image data is truncated") from None
+        # chained traceback would carry them into logs outside the enclave. Pillow has no type for
+        # a truncated file: it raises a plain OSError, as for corrupt data (and its decoders signal
+        # the end of the pixel data the same way whether the file ended or the image data did), so
+        # the two share one message rather than be told apart by Pillow's text.
+        if isinstance(exc, OSError | EOFError):
+            raise ImageError("the image data is truncated or corrupt and cannot be decoded") from None
         raise ImageError(f"the image data is corrupt and cannot be decoded ({type(exc).__name__})") from None
 
 

@@ -68,6 +68,8 @@ from numpy.typing import NDArray
 
 from enclave_infer.enclave._modelfiles import LinkedFile
 from enclave_infer.errors import EnclaveInferError
+from enclave_infer.protocol import api
+from enclave_infer.protocol.manifest import ModelFormat
 from enclave_infer.protocol.modelcheck import (
     ModelRefused,
     audit_torchscript,
@@ -90,6 +92,7 @@ __all__ = [
 EXTERNAL_DATA_MESSAGE = "the model keeps tensors in external data files; send one self-contained file"
 NOT_ONNX_MESSAGE = "the model is not a valid ONNX model"
 NOT_TORCHSCRIPT_MESSAGE = "the model is not a valid TorchScript archive"  # as modelcheck says it
+_ORT_FAIL = ort.capi.onnxruntime_pybind11_state.Fail
 BAD_INPUT_MESSAGE = "the model does not accept a preprocessed image of the manifest's size"
 
 _TORCH_LOCK = threading.Lock()
@@ -115,7 +118,7 @@ class Runtime(Protocol):
     ``(batch, classes)``. Safe to call from several threads at once. ``declared_batch``: the batch
     size the model's input declares, None when it is symbolic or not declared (TorchScript)."""
 
-    name: str
+    name: api.Runtime
     declared_batch: int | None
 
     def run(self, tensor: NDArray[np.float32]) -> NDArray[Any]: ...
@@ -125,7 +128,7 @@ class Runtime(Protocol):
 
 
 class _OnnxRuntime:
-    name = "onnx"
+    name = ModelFormat.ONNX.runtime
 
     def __init__(self, session: ort.InferenceSession, input_name: str, declared_batch: int | None) -> None:
         self.session = session
@@ -163,7 +166,11 @@ def load_onnx(model: bytes | Path | LinkedFile, *, threads: int, no_files_dir: s
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own types, several of them, for bad models
-        if "external data" in str(exc).lower():
+        # The one decision on message text here, because ONNX Runtime allows no other: a tensor in
+        # external data fails with its generic status type (Fail, as do many other failures), and
+        # the model cannot be parsed without ONNX Runtime (the enclave has no onnx package). Either
+        # way the model is refused; the text only chooses which of two messages the owner reads.
+        if isinstance(exc, _ORT_FAIL) and "external data" in str(exc).lower():
             raise RuntimeLoadError(EXTERNAL_DATA_MESSAGE) from None
         raise RuntimeLoadError(NOT_ONNX_MESSAGE) from None
     inputs = session.get_inputs()
@@ -183,7 +190,7 @@ def torch_available() -> bool:
 
 
 class _TorchRuntime:
-    name = "torch"
+    name = ModelFormat.TORCHSCRIPT.runtime
     declared_batch: int | None = None  # a TorchScript module declares no input shape: takes_batches tries one
 
     def __init__(self, module: Any, torch: Any) -> None:
@@ -216,7 +223,7 @@ def load_torch(model: bytes | Path | LinkedFile, *, fmt: str, threads: int) -> R
     (process-wide; set when a model is loaded, never per inference). Raises
     :class:`RuntimeLoadError`; no torch exception escapes.
     """
-    if fmt != "torchscript":
+    if fmt != ModelFormat.TORCHSCRIPT:
         raise RuntimeLoadError(f"the torch runtime loads TorchScript archives, not {fmt!r}")
     threads = _positive(threads)
     data = _read(model)
