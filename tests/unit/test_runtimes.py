@@ -20,8 +20,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from enclave_infer.client.convert import export_onnx
-from enclave_infer.client.export import export_program, export_torchscript
+from enclave_infer.client.export import ModelInput, export_onnx, export_program, export_torchscript
 from enclave_infer.enclave import runtimes
 from enclave_infer.enclave.preprocess import decode_image, to_tensor
 from enclave_infer.enclave.runtimes import (
@@ -81,9 +80,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "torchscript": folder / "m.ts.pt",
         "exported_program": folder / "m.pt2",
     }
-    export_onnx(model, paths["onnx"], input_size=SIZE)
-    export_torchscript(model, paths["torchscript"], input_size=SIZE)
-    export_program(model, paths["exported_program"], input_size=SIZE)
+    export_onnx(model, paths["onnx"], ModelInput(SIZE))
+    export_torchscript(model, paths["torchscript"], ModelInput(SIZE))
+    export_program(model, paths["exported_program"], ModelInput(SIZE))
     return paths
 
 

@@ -629,33 +629,22 @@ def _model_files(
         raise UsageError(f"model file {path} does not exist")
     if not path.is_file():
         raise UsageError(f"model file {path} is not a regular file")
-    size, channels, layout = preprocessing.crop, preprocessing.channels, preprocessing.layout
-    if runtime == "onnx" and path.suffix.lower() == ".onnx":
-        from enclave_infer.client.convert import ExternalDataError, check_onnx
+    from enclave_infer.client.export import ExternalDataError, ModelInput, check_onnx, export_formats
 
+    want = ModelInput(preprocessing.crop, preprocessing.channels, preprocessing.layout)
+    if runtime == "onnx" and path.suffix.lower() == ".onnx":
         try:
             # a local one-line error beats an upload the enclave refuses
-            check_onnx(path, input_size=size, channels=channels, layout=layout, classes=classes)
+            check_onnx(path, want, classes=classes)
         except ExternalDataError:
             pass
         else:
             yield {"onnx": path}
             return
         # weights in external data files: fold them into one self-contained file below
-    from enclave_infer.client.export import export_formats
-
     wanted = {"onnx", "torch"} if runtime == "both" else {runtime}
     with tempfile.TemporaryDirectory(prefix="enclave-infer-convert-") as tmp:
-        made = export_formats(
-            path,
-            Path(tmp),
-            wanted,
-            input_size=size,
-            channels=channels,
-            layout=layout,
-            classes=classes,
-            progress=stage,
-        )
+        made = export_formats(path, Path(tmp), wanted, want, classes=classes, progress=stage)
         yield {fmt.value: made_path for fmt, made_path in made.items()}
 
 

@@ -1,4 +1,4 @@
-"""The owner-side toolkit shared by convert.py and export.py: export, check and write model files.
+"""The owner-side toolkit of the exporters (export.py): export, check and write model files.
 
 Client side of the trust boundary: runs on the model owner's own machine (untrusted by the enclave,
 which only ever receives the files written here), never in the enclave, and never imports it. torch,
@@ -94,7 +94,7 @@ def write_onnx(
     opset: int | None = None,
 ) -> None:
     """Export ``model`` to ``dest`` as one self-contained ONNX file taking ``want``, checked against
-    torch: :func:`~enclave_infer.client.convert.export_onnx` (which documents it) with its arguments
+    torch: :func:`~enclave_infer.client.export.export_onnx` (which documents it) with its arguments
     checked."""
     import torch
 
