@@ -6,8 +6,9 @@ the expected format with :class:`RuntimeLoadError`, whose message is one line an
 
 * :func:`load_onnx`: ONNX Runtime, the default, and the only runtime the enclave needs to ship.
 * :func:`load_torch`: a TorchScript archive (``torch.jit.save``), for owners who want PyTorch's
-  own kernels. torch is imported only here, and only when a torch model is loaded, so an enclave
-  image without torch serves ONNX as before (:func:`torch_available`).
+  own kernels. torch is imported only when a torch model is loaded (here and by the TorchScript
+  checks of :mod:`enclave_infer.protocol.modelcheck`), so an enclave image without torch serves
+  ONNX as before (:func:`torch_available`).
 * :func:`check_scores`: the trial run that shows a loaded model accepts the manifest's input and
   yields one finite score per label, for a blank and a pseudo-random image.
 * :func:`takes_batches`: whether a loaded model may be given several images in one run (its input
