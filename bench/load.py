@@ -320,7 +320,7 @@ def _in_process(model: str, photos: list[bytes], concurrency: int, seconds: floa
     os.sched_setaffinity(0, {int(SERVER_CPU)})
     import onnxruntime as ort
 
-    from enclave_infer.client.convert import DEMO_PREPROCESSING
+    from enclave_infer.client.export import DEMO_PREPROCESSING
     from enclave_infer.enclave.preprocess import decode_image, to_tensor
     from enclave_infer.protocol.api import Preprocessing
 

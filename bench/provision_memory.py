@@ -99,7 +99,7 @@ def enclave_pid(host_pid: int) -> int:
 def run(work: Path) -> dict[str, Any]:
     import torch
 
-    from enclave_infer.client.convert import convert_to_onnx
+    from enclave_infer.client.export import convert_to_onnx
 
     figures: dict[str, Any] = {}
     torch.manual_seed(0)

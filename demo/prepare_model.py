@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from enclave_infer.client.convert import build_demo_model, export_onnx
+from enclave_infer.client.export import build_demo_model, export_onnx
 
 
 def main() -> int:

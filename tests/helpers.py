@@ -134,3 +134,34 @@ def tiny_onnx(path: Path, inputs: list[int | str], outputs: list[int | str]) -> 
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, str(path))
+
+
+def poison_onnx(src: Path, dest: Path) -> None:
+    """The ONNX model ``src`` with 4 bytes of its largest float weight flipped to a NaN (what a
+    damaged file gives), written to ``dest``: every score it gives is NaN."""
+    model = onnx.load(str(src))
+    tensor = max(
+        (t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT),
+        key=lambda t: int(np.prod(t.dims)),
+    )
+    values = numpy_helper.to_array(tensor).copy()
+    values.reshape(-1).view(np.uint32)[0] = 0xFFFFFFFF
+    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    onnx.save(model, str(dest))
+
+
+def sqrt_onnx(path: Path, classes: int = 3) -> None:
+    """An ONNX model whose scores are the mean square roots of its input channels: finite for a blank
+    image, NaN for one with negative values (any normalised photo)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sqrt", ["input"], ["roots"]),
+            helper.make_node("GlobalAveragePool", ["roots"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"], axis=1),
+        ],
+        "sqrt",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", classes, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))

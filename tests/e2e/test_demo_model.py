@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from enclave_infer import Client, ProvisionRefusedError
+from enclave_infer.client._owner import load_owner_key, read_labels
+
 from .conftest import Deployment, run_cli, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +23,24 @@ def test_efficientnet_lite0_classifies_the_photos(tmp_path: Path, owner_key: Pat
         pytest.skip("build/demo/efficientnet-lite0.onnx not built: run `make test`, which builds it first")
     skimage = pytest.importorskip("skimage")
     d: Deployment = start_server(tmp_path, owner_key)
+    normalise = ("--mean", ",".join([str(127 / 255)] * 3), "--std", ",".join([str(128 / 255)] * 3))
     try:
+        # A damaged copy (4 bytes of a weight flipped to a NaN) is refused before the upload by the
+        # owner's tooling, and by the enclave's load trial when uploaded all the same.
+        from tests.helpers import poison_onnx
+
+        damaged = tmp_path / "damaged.onnx"
+        poison_onnx(MODEL, damaged)
+        out = run_cli(
+            "provision", d.url, d.constraint, str(damaged), str(LABELS), "--owner-key", str(owner_key),
+            "--allow-duplicate-labels", *normalise,
+        )  # fmt: skip
+        assert out.returncode != 0 and "not finite (NaN or infinity): the enclave refuses it" in out.stderr
+        labels = read_labels(LABELS, allow_duplicates=True)
+        with Client(d.url, d.constraint) as client:
+            with pytest.raises(ProvisionRefusedError, match=r"not finite \(NaN or infinity\)"):
+                client.provision(damaged.read_bytes(), labels, load_owner_key(owner_key))
+            assert client.model_info() is None
         out = run_cli(
             "provision", d.url, d.constraint, str(MODEL), str(LABELS), "--owner-key", str(owner_key),
             "--allow-duplicate-labels",

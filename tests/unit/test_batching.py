@@ -517,13 +517,13 @@ def test_both_runtimes_batch_and_agree_with_one_by_one(stores: Callable[..., Ser
     pytest.importorskip("torch")
     import torch
 
-    from enclave_infer.client.convert import export_onnx
+    from enclave_infer.client.export import export_onnx
     from tests.helpers import TinyCNN
 
     torch.manual_seed(0)
     model = TinyCNN(4).eval()
     onnx_path = tmp_path / "tiny.onnx"
-    export_onnx(model, onnx_path, input_size=224)
+    export_onnx(model, onnx_path)
     store = stores()
     provision(
         store, [("onnx", onnx_path.read_bytes()), ("torchscript", torchscript(model, 224))], list("abcd")

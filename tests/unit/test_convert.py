@@ -22,9 +22,10 @@ import onnxruntime
 import torch
 from torch import nn
 
-import enclave_infer.client.convert as convert
-from enclave_infer.client.convert import (
+import enclave_infer.client.export as convert
+from enclave_infer.client.export import (
     DEMO_PREPROCESSING,
+    ModelInput,
     build_demo_model,
     check_onnx,
     convert_to_onnx,
@@ -103,7 +104,7 @@ def softmax(logits: NDArray[np.float32]) -> NDArray[np.float64]:
 def test_module_imports_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None\n"
-        "import enclave_infer.client.convert as c\n"
+        "import enclave_infer.client.export as c\n"
         "assert c.DEMO_PREPROCESSING['crop'] == 224\n"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -113,7 +114,7 @@ def test_module_imports_without_torch() -> None:
 def test_export_tiny_cnn_matches_torch(tmp_path: Path) -> None:
     model = TinyCNN(10)
     dest = tmp_path / "small.onnx"
-    export_onnx(model, dest, input_size=64)
+    export_onnx(model, dest, ModelInput(64))
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.onnx"]  # one file, no leftovers
     proto = onnx.load(str(dest))
@@ -132,16 +133,16 @@ def test_export_tiny_cnn_matches_torch(tmp_path: Path) -> None:
 
 def test_export_restores_training_mode(tmp_path: Path) -> None:
     model = TinyCNN(10).train()
-    export_onnx(model, tmp_path / "m.onnx", input_size=32)
+    export_onnx(model, tmp_path / "m.onnx", ModelInput(32))
     assert model.training
     eval_model = TinyCNN(10).eval()
-    export_onnx(eval_model, tmp_path / "e.onnx", input_size=32)
+    export_onnx(eval_model, tmp_path / "e.onnx", ModelInput(32))
     assert not eval_model.training
 
 
 def test_export_with_explicit_opset(tmp_path: Path) -> None:
     dest = tmp_path / "m.onnx"
-    export_onnx(TinyCNN(10), dest, input_size=32, opset=18)
+    export_onnx(TinyCNN(10), dest, ModelInput(32), opset=18)
     versions = {o.domain: o.version for o in onnx.load(str(dest)).opset_import}
     assert versions[""] == 18
 
@@ -149,7 +150,7 @@ def test_export_with_explicit_opset(tmp_path: Path) -> None:
 def test_export_overwrites_existing_file(tmp_path: Path) -> None:
     dest = tmp_path / "m.onnx"
     dest.write_bytes(b"old")
-    export_onnx(TinyCNN(10), dest, input_size=32)
+    export_onnx(TinyCNN(10), dest, ModelInput(32))
     onnx.checker.check_model(onnx.load(str(dest)))
 
 
@@ -167,7 +168,7 @@ def test_export_refuses_models_the_enclave_cannot_serve(
 ) -> None:
     dest = tmp_path / "m.onnx"
     with pytest.raises(UsageError, match=fragment) as info:
-        export_onnx(model, dest, input_size=16)
+        export_onnx(model, dest, ModelInput(16))
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
 
@@ -177,7 +178,7 @@ def test_export_argument_errors(tmp_path: Path) -> None:
         export_onnx({"weights": 1}, tmp_path / "m.onnx")  # type: ignore[arg-type]
     for size in (0, -1, True, 10_000):
         with pytest.raises(UsageError, match="input_size"):
-            export_onnx(TinyCNN(10), tmp_path / "m.onnx", input_size=size)
+            export_onnx(TinyCNN(10), tmp_path / "m.onnx", ModelInput(size))
     with pytest.raises(UsageError, match="opset"):
         export_onnx(TinyCNN(10), tmp_path / "m.onnx", opset=0)
     with pytest.raises(UsageError, match="no such directory"):
@@ -217,7 +218,7 @@ def test_convert_whole_model_pickle(tmp_path: Path) -> None:
     src = tmp_path / "model.pt"
     torch.save(model, src)
     dest = tmp_path / "model.onnx"
-    convert_to_onnx(src, dest, input_size=48)
+    convert_to_onnx(src, dest, ModelInput(48))
     x = images(3, 48)
     np.testing.assert_allclose(run_onnx(dest, x), run_torch(model, x), atol=1e-4, rtol=0)
 
@@ -233,7 +234,7 @@ def test_load_pickled_model_other_suffixes(tmp_path: Path, suffix: str) -> None:
 
 def test_convert_onnx_file_is_validated_and_copied(tmp_path: Path) -> None:
     src = tmp_path / "given.onnx"
-    export_onnx(TinyCNN(10), src, input_size=32)
+    export_onnx(TinyCNN(10), src, ModelInput(32))
     dest = tmp_path / "out" / "model.onnx"
     dest.parent.mkdir()
     convert_to_onnx(src, dest)
@@ -244,7 +245,7 @@ def test_convert_onnx_file_is_validated_and_copied(tmp_path: Path) -> None:
 
 def test_convert_onnx_with_external_data_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "given.onnx"
-    export_onnx(TinyCNN(10), src, input_size=32)
+    export_onnx(TinyCNN(10), src, ModelInput(32))
     split = tmp_path / "split.onnx"
     split_onnx(src, split)
     with pytest.raises(UsageError, match="external data"):
@@ -272,8 +273,28 @@ def test_pickle_whose_code_is_missing(tmp_path: Path, monkeypatch: pytest.Monkey
     src = tmp_path / "model.pt"
     torch.save(module.Net(), src)
     monkeypatch.delitem(sys.modules, "owner_models_for_test")
-    with pytest.raises(UsageError, match=r"cannot be imported.*PYTHONPATH"):
+    with pytest.raises(UsageError, match=r"no module named 'owner_models_for_test'.*PYTHONPATH"):
         load_pickled_model(src)
+
+
+def test_pickle_of_a_class_defined_in_the_saving_script(tmp_path: Path) -> None:
+    """The class lives in the script's __main__, which no other program can import: the message
+    says what works instead (export in that script, or move the class into a module)."""
+    src = tmp_path / "model.pt"
+    script = (
+        "import sys, torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x.mean(dim=(2, 3))\n"
+        "torch.save(Net(), sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(src)], check=True, timeout=120)
+    with pytest.raises(UsageError) as info:
+        load_pickled_model(src)
+    message = str(info.value)
+    assert "class Net was defined in the script that saved it" in message
+    assert "torch.onnx.export(model.eval()" in message and "move Net into a module" in message
+    assert "PYTHONPATH" not in message and "\n" not in message
 
 
 @pytest.mark.parametrize(
@@ -328,50 +349,50 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("inputs", "options", "message"),
+    ("inputs", "want", "message"),
     [
         (
             [1, 3, 299, 299],
-            {"input_size": 224},
+            ModelInput(224),
             "the model takes input 1x3x299x299 but preprocessing crops to 224: "
             "pass --crop 299 (and a --resize of at least 299)",
         ),
         (
             [1, 1, 28, 28],
-            {"input_size": 28},
+            ModelInput(28),
             "the model takes input 1x1x28x28 but preprocessing gives Nx3x28x28: pass --grayscale",
         ),
         (
             ["N", 3, 28, 28],
-            {"input_size": 28, "channels": 1},
+            ModelInput(28, channels=1),
             "the model takes input Nx3x28x28 but preprocessing gives Nx1x28x28: leave out --grayscale",
         ),
         (
             [1, 32, 32, 3],
-            {"input_size": 32},
+            ModelInput(32),
             "the model takes input 1x32x32x3 (channels last) but preprocessing gives Nx3x32x32: "
             "pass --layout NHWC",
         ),
         (
             [1, 3, 32, 32],
-            {"input_size": 32, "layout": "NHWC"},
+            ModelInput(32, layout="NHWC"),
             "the model takes input 1x3x32x32 (channels first) but preprocessing gives Nx32x32x3: "
             "pass --layout NCHW",
         ),
         (
             [1, 4, 32, 32],
-            {"input_size": 32},
+            ModelInput(32),
             "the model takes input 1x4x32x32 but preprocessing gives Nx3x32x32: "
             "the enclave gives 1 (grey) or 3 (colour) channels, not 4",
         ),
         (
             [1, 3, 32, 48],
-            {"input_size": 32},
+            ModelInput(32),
             "the model takes input 1x3x32x48, which is not square; the enclave centre-crops square images",
         ),
         (
             [8, 3, 32, 32],
-            {"input_size": 32},
+            ModelInput(32),
             "the model takes only batches of 8; the enclave gives one image at a time: "
             "export it with a dynamic batch (or a batch of 1)",
         ),
@@ -388,27 +409,27 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
     ],
 )
 def test_check_onnx_says_what_the_model_takes(
-    tmp_path: Path, inputs: list[int | str], options: dict[str, object], message: str
+    tmp_path: Path, inputs: list[int | str], want: ModelInput, message: str
 ) -> None:
     path = tmp_path / "given.onnx"
     tiny_onnx(path, inputs, [inputs[0], 5])
     with pytest.raises(UsageError) as info:
-        check_onnx(path, **options)  # type: ignore[arg-type]
+        check_onnx(path, want)
     assert str(info.value) == f"{path}: {message}"
-    check_onnx(path)  # without input_size only the file itself is checked
+    check_onnx(path)  # without want only the file itself is checked
 
 
 def test_check_onnx_accepts_what_fits(tmp_path: Path) -> None:
-    for inputs, options in [
-        (["N", 3, 32, 32], {"input_size": 32}),
-        ([1, 3, 32, 32], {"input_size": 32, "classes": 5}),
-        (["N", 1, 28, 28], {"input_size": 28, "channels": 1}),
-        ([1, 32, 32, 3], {"input_size": 32, "layout": "NHWC"}),
-        (["N", 3, "H", "W"], {"input_size": 300, "classes": 5}),  # symbolic sizes: run once to count
+    for inputs, want, classes in [
+        (["N", 3, 32, 32], ModelInput(32), None),
+        ([1, 3, 32, 32], ModelInput(32), 5),
+        (["N", 1, 28, 28], ModelInput(28, channels=1), None),
+        ([1, 32, 32, 3], ModelInput(32, layout="NHWC"), None),
+        (["N", 3, "H", "W"], ModelInput(300), 5),  # symbolic sizes: run once to count
     ]:
         path = tmp_path / "m.onnx"
         tiny_onnx(path, inputs, [inputs[0], 5])
-        check_onnx(path, **options)  # type: ignore[arg-type]
+        check_onnx(path, want, classes=classes)
 
 
 def test_check_onnx_counts_the_scores(tmp_path: Path) -> None:
@@ -417,7 +438,7 @@ def test_check_onnx_counts_the_scores(tmp_path: Path) -> None:
     tiny_onnx(symbolic, ["N", 3, 32, 32], ["N", "classes"])  # known only by running it
     for path in (declared, symbolic):
         with pytest.raises(UsageError) as info:
-            check_onnx(path, input_size=32, classes=1000)
+            check_onnx(path, ModelInput(32), classes=1000)
         assert str(info.value) == f"{path}: the model gives 5 scores per image but there are 1000 labels"
 
 

@@ -20,8 +20,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from enclave_infer.client.convert import export_onnx
-from enclave_infer.client.export import export_program, export_torchscript
+from enclave_infer.client.export import ModelInput, export_onnx, export_program, export_torchscript
 from enclave_infer.enclave import runtimes
 from enclave_infer.enclave.preprocess import decode_image, to_tensor
 from enclave_infer.enclave.runtimes import (
@@ -32,8 +31,11 @@ from enclave_infer.enclave.runtimes import (
     load_torch,
     torch_available,
 )
-from enclave_infer.protocol.api import Preprocessing
-from tests.helpers import TinyCNN, TwoOutputs, png, split_onnx
+from enclave_infer.errors import ProtocolError
+from enclave_infer.protocol.api import Preprocessing, Runtime
+from enclave_infer.protocol.manifest import ModelFile, ModelFormat
+from enclave_infer.protocol.modelcheck import ModelRefused, Refusal, audit_torchscript
+from tests.helpers import TinyCNN, TwoOutputs, png, poison_onnx, split_onnx, sqrt_onnx
 
 SIZE = 32
 CLASSES = 5
@@ -78,9 +80,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "torchscript": folder / "m.ts.pt",
         "exported_program": folder / "m.pt2",
     }
-    export_onnx(model, paths["onnx"], input_size=SIZE)
-    export_torchscript(model, paths["torchscript"], input_size=SIZE)
-    export_program(model, paths["exported_program"], input_size=SIZE)
+    export_onnx(model, paths["onnx"], ModelInput(SIZE))
+    export_torchscript(model, paths["torchscript"], ModelInput(SIZE))
+    export_program(model, paths["exported_program"], ModelInput(SIZE))
     return paths
 
 
@@ -283,7 +285,7 @@ def _evil_program(program: Path, how: str) -> bytes:
 @pytest.mark.parametrize("how", ["pickle", "sympify"])
 def test_exported_programs_are_refused_unread(models: dict[str, Path], how: str) -> None:
     for data in (models["exported_program"].read_bytes(), _evil_program(models["exported_program"], how)):
-        with pytest.raises(RuntimeLoadError, match=r"ExportedProgram .* not accepted"):
+        with pytest.raises(RuntimeLoadError, match="loads TorchScript archives, not 'exported_program'"):
             load_torch(data, fmt="exported_program", threads=1)
         with pytest.raises(RuntimeLoadError, match="not a valid TorchScript archive"):
             load_torch(data, fmt="torchscript", threads=1)
@@ -301,7 +303,7 @@ def test_why_torch_export_load_is_refused(models: dict[str, Path], how: str) -> 
 
 
 def test_load_torch_unknown_format(models: dict[str, Path]) -> None:
-    with pytest.raises(RuntimeLoadError, match="unknown torch model format 'pickle'"):
+    with pytest.raises(RuntimeLoadError, match="loads TorchScript archives, not 'pickle'"):
         load_torch(models["torchscript"], fmt="pickle", threads=1)
     with pytest.raises(ValueError, match="threads"):
         load_torch(models["torchscript"], fmt="torchscript", threads=0)
@@ -392,8 +394,9 @@ def test_audit_reaches_into_branches() -> None:
         scripted = torch.jit.script(Printing())
     graph = scripted.inlined_graph
     assert all(node.kind() != "prim::Print" for node in graph.nodes())  # only inside the prim::If
-    with pytest.raises(RuntimeLoadError, match="prim::Print"):
-        runtimes._audit_torchscript(scripted)
+    with pytest.raises(ModelRefused, match="prim::Print") as info:
+        audit_torchscript(scripted)
+    assert info.value.reason is Refusal.OPERATOR
 
 
 def _scripted(module: torch.nn.Module) -> bytes:
@@ -434,3 +437,131 @@ def test_torchscript_with_forward_hooks_is_refused() -> None:
     hooked.register_forward_pre_hook(_leak)
     with pytest.raises(runtimes.RuntimeLoadError, match="forward hooks"):
         runtimes.load_torch(_scripted(hooked), fmt="torchscript", threads=1)
+
+
+def test_a_deflate_bomb_is_refused_before_anything_inflates(models: dict[str, Path]) -> None:
+    """Each deflated entry below the bound, their sum above it: refused from the central directory,
+    before the archive check reads (inflates) any code."""
+    with zipfile.ZipFile(models["torchscript"]) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    root = next(iter(entries)).partition("/")[0]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for name, data in entries.items():
+            bomb.writestr(name, data)
+        for i in range(3):  # 3 x 30 MiB of blanks, about 90 kB deflated
+            bomb.writestr(f"{root}/code/__torch__/pad{i}.py", b" " * (30 * 2**20))
+    data = buffer.getvalue()
+    assert len(data) < 2**20
+    with pytest.raises(
+        RuntimeLoadError, match=r"^the TorchScript archive's compressed entries inflate to more than 64 MiB$"
+    ):
+        load_torch(data, fmt="torchscript", threads=1)
+
+
+# --- the load trial: finite scores ---------------------------------------------------------------
+
+NOT_FINITE = r"^the model's scores for a trial image are not finite \(NaN or infinity\)$"
+
+
+def test_a_model_with_a_nan_weight_is_refused(models: dict[str, Path], no_files: str, tmp_path: Path) -> None:
+    poisoned = tmp_path / "nan.onnx"
+    poison_onnx(models["onnx"], poisoned)
+    runtime = load_onnx(poisoned, threads=1, no_files_dir=no_files)  # it loads: ONNX Runtime cannot tell
+    example = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
+    assert np.isnan(runtime.run(photo())).all()  # and would fail every classification
+    with pytest.raises(RuntimeLoadError, match=NOT_FINITE):
+        check_scores(runtime, example, CLASSES)
+    model = TinyCNN(CLASSES).eval()
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("inf")
+    with warnings_ignored():
+        traced = torch.jit.trace(model, torch.zeros(1, 3, SIZE, SIZE))  # type: ignore[no-untyped-call]
+    runtime = load_torch(torchscript_bytes(traced), fmt="torchscript", threads=1)
+    with pytest.raises(RuntimeLoadError, match=NOT_FINITE):
+        check_scores(runtime, example, CLASSES)
+
+
+def test_the_trial_is_not_only_a_blank_image(no_files: str, tmp_path: Path) -> None:
+    path = tmp_path / "sqrt.onnx"
+    sqrt_onnx(path)
+    runtime = load_onnx(path, threads=1, no_files_dir=no_files)
+    example = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
+    assert np.isfinite(runtime.run(example)).all()  # a blank image alone would pass it
+    with pytest.raises(RuntimeLoadError, match=NOT_FINITE):
+        check_scores(runtime, example, 3)
+
+
+# --- scripted models: eval mode is what is checked ---------------------------------------------
+
+
+def test_scripted_batch_norm_in_eval_mode_is_served(models: dict[str, Path]) -> None:
+    """torch.jit.script keeps BatchNorm's training branch (num_batches_tracked.add_(1)); frozen in
+    eval mode, that branch is gone and the model keeps no state. Same scores as the traced one."""
+    model = TinyCNN(CLASSES).eval()
+    with warnings_ignored():
+        scripted = torch.jit.script(model)
+    runtime = load_torch(torchscript_bytes(scripted), fmt="torchscript", threads=1)
+    check_scores(runtime, np.zeros((1, 3, SIZE, SIZE), dtype=np.float32), CLASSES)
+    tensor = photo()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(tensor)).numpy()
+    np.testing.assert_allclose(runtime.run(tensor), expected, atol=1e-5, rtol=0)
+
+
+class _Counting(torch.nn.Module):
+    """Counts its calls in an attribute, in eval mode too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.flatten(1)[:, :4] * self.calls
+
+
+class _WritesThroughAView(torch.nn.Module):
+    """Keeps the last image's pixels in a row of a buffer: the write goes through a view of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("prev", torch.zeros(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.flatten(1)[:, :4]
+        out = y + self.prev[0]
+        self.prev[0] = y[0]
+        return out
+
+
+class _StateInEvalOnly(torch.nn.Module):
+    """Writes a buffer only when not training: freezing keeps that branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("seen", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.seen.add_(1)
+        return x.flatten(1)[:, :4] + self.seen
+
+
+@pytest.mark.parametrize("make", [_Stateful, _Counting, _WritesThroughAView, _StateInEvalOnly])
+def test_a_model_that_writes_state_in_eval_mode_is_still_refused(make: type[torch.nn.Module]) -> None:
+    with pytest.raises(RuntimeLoadError, match="keeping state"):
+        load_torch(_scripted(make().eval()), fmt="torchscript", threads=1)
+
+
+def test_each_model_format_is_served_by_one_runtime(models: dict[str, Path], no_files: str) -> None:
+    assert [fmt.runtime for fmt in ModelFormat] == [Runtime.ONNX, Runtime.TORCH]
+    assert ModelFormat.serving(Runtime.TORCH) is ModelFormat.TORCHSCRIPT
+    with pytest.raises(ValueError, match="serves no one format"):
+        ModelFormat.serving(Runtime.BOTH)
+    onnx_runtime = load_onnx(models["onnx"], threads=1, no_files_dir=no_files)
+    torch_runtime = load_torch(models["torchscript"], fmt=ModelFormat.TORCHSCRIPT, threads=1)
+    assert (onnx_runtime.name, torch_runtime.name) == (Runtime.ONNX, Runtime.TORCH)
+    with pytest.raises(ProtocolError, match="format must be one of onnx, torchscript"):
+        ModelFile("exported_program", "0" * 64, 1)  # type: ignore[arg-type]
+    assert ModelFile("onnx", "0" * 64, 1).format is ModelFormat.ONNX  # type: ignore[arg-type]

@@ -642,22 +642,19 @@ def _model_files(
         raise UsageError(f"model file {path} does not exist")
     if not path.is_file():
         raise UsageError(f"model file {path} is not a regular file")
-    size, channels, layout = preprocessing.crop, preprocessing.channels, preprocessing.layout
-    if runtime == "onnx" and path.suffix.lower() == ".onnx":
-        from enclave_infer.client._tooling import ExternalDataError
-        from enclave_infer.client.convert import check_onnx
+    from enclave_infer.client.export import ExternalDataError, ModelInput, check_onnx, export_formats
 
+    want = ModelInput(preprocessing.crop, preprocessing.channels, preprocessing.layout)
+    if runtime == "onnx" and path.suffix.lower() == ".onnx":
         try:
             # a local one-line error beats an upload the enclave refuses
-            check_onnx(path, input_size=size, channels=channels, layout=layout, classes=classes)
+            check_onnx(path, want, classes=classes)
         except ExternalDataError:
             pass
         else:
             yield {"onnx": path}
             return
         # weights in external data files: fold them into one self-contained file below
-    from enclave_infer.client.export import export_formats
-
     wanted = {"onnx", "torch"} if runtime == "both" else {runtime}
     step: Callable[[str], None] | None = None
     if stage is not None:
@@ -665,17 +662,8 @@ def _model_files(
         stage(f"converting {path.name} for the upload, into a temporary folder removed afterwards:")
         step = functools.partial(_indented, stage)
     with tempfile.TemporaryDirectory(prefix="enclave-infer-convert-") as tmp:
-        made = export_formats(
-            path,
-            Path(tmp),
-            wanted,
-            input_size=size,
-            channels=channels,
-            layout=layout,
-            classes=classes,
-            progress=step,
-        )
-        yield {fmt: made[fmt] for fmt in ("onnx", "torchscript") if fmt in made}
+        made = export_formats(path, Path(tmp), wanted, want, classes=classes, progress=step)
+        yield {fmt.value: made_path for fmt, made_path in made.items()}
 
 
 def _indented(stage: Callable[[str], None], text: str) -> None:

@@ -128,3 +128,7 @@ def _text(dims: Sequence[Dim], *, batch_name: str = "N") -> str:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+DEFAULT_INPUT = ModelInput()
+"""224 x 224 colour images, channels first: what the enclave gives a model unless told otherwise."""

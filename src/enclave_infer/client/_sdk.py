@@ -73,7 +73,7 @@ from enclave_infer.protocol.api import (
     Route,
     Runtime,
 )
-from enclave_infer.protocol.manifest import Manifest, ModelFile, parse_sf_binary, sf_binary
+from enclave_infer.protocol.manifest import Manifest, ModelFile, ModelFormat, parse_sf_binary, sf_binary
 
 __all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral"]
 
@@ -511,7 +511,7 @@ class _Source:
         for piece in self.pieces(piece_bytes):
             digest.update(piece)
             size += len(piece)
-        return ModelFile(fmt, digest.hexdigest(), size)
+        return ModelFile(ModelFormat.parse(fmt), digest.hexdigest(), size)
 
     def pieces(self, piece_bytes: int) -> Iterator[bytes]:
         with self._opener(self._what) as f:

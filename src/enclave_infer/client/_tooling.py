@@ -1,4 +1,4 @@
-"""The owner-side toolkit shared by convert.py and export.py: export, check and write model files.
+"""The owner-side toolkit of the exporters (export.py): export, check and write model files.
 
 Client side of the trust boundary: runs on the model owner's own machine (untrusted by the enclave,
 which only ever receives the files written here), never in the enclave, and never imports it. torch,
@@ -32,8 +32,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from enclave_infer.client._model_input import ModelInput, input_mismatch, output_mismatch, run_failure
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.modelcheck import ModelRefused, check_finite, trial_inputs
 
 if TYPE_CHECKING:
     import onnx
@@ -52,6 +55,7 @@ __all__ = [
     "copy_model",
     "example_batch",
     "exporting",
+    "finite",
     "first_line",
     "quiet_exporter",
     "silent",
@@ -62,12 +66,18 @@ __all__ = [
 
 
 class ExternalDataError(UsageError):
-    """An ONNX file keeps its weights in external data files: valid, but not one self-contained file
-    (the owner's tooling can fold it into one; the enclave takes exactly one)."""
+    """An ONNX file keeps tensors in external data files, which the enclave refuses; the owner's
+    tooling can fold them into one file (:func:`~enclave_infer.client.export.export_formats`)."""
 
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+
+# What to do about a model whose scores are not finite, which the enclave refuses.
+NOT_FINITE_FIX = (
+    "the enclave refuses it; a weight is NaN or infinite (a damaged file?) or the model overflows: "
+    "export it again from a model whose outputs are finite"
+)
 
 # A protobuf message, and so an ONNX file with its weights inside, cannot reach 2 GiB. Leave room for
 # the graph itself next to the weights.
@@ -85,7 +95,7 @@ def write_onnx(
     opset: int | None = None,
 ) -> None:
     """Export ``model`` to ``dest`` as one self-contained ONNX file taking ``want``, checked against
-    torch: :func:`~enclave_infer.client.convert.export_onnx` (which documents it) with its arguments
+    torch: :func:`~enclave_infer.client.export.export_onnx` (which documents it) with its arguments
     checked."""
     import torch
 
@@ -163,15 +173,18 @@ def example_batch(want: ModelInput, batch: int, *, seed: int) -> torch.Tensor:
 def check_runs(
     model: Callable[[Any], Any], want: ModelInput, classes: int | None, *, shown: Path | None = None
 ) -> None:
-    """Run ``model`` on a batch of 2 of what the enclave gives it: it must take it and return one
-    ``(2, classes)`` tensor. Refuses, in one line saying what it takes and what to pass, a model
-    that does not, before any exporter or tracer sees it."""
+    """Run ``model`` on a batch of 2 of what the enclave gives it, the enclave's own trial images
+    (:func:`~enclave_infer.protocol.modelcheck.trial_inputs`: a blank one and a pseudo-random one):
+    it must take them and return one ``(2, classes)`` tensor of finite scores. Refuses, in one line
+    saying what it takes and what to pass, a model that does not, before any exporter or tracer sees
+    it."""
     import torch
 
     prefix = f"{shown}: " if shown is not None else ""
+    trials = torch.from_numpy(np.concatenate(list(trial_inputs(want.shape(1)))))
     try:
         with torch.no_grad():
-            out = model(example_batch(want, 2, seed=2))
+            out = model(trials)
     except Exception as exc:
         error = f"{type(exc).__name__}: {first_line(exc)}"
         channels = _first_conv_channels(model)
@@ -181,6 +194,15 @@ def check_runs(
     problem = output_mismatch(tuple(out.shape), 2, classes)
     if problem is not None:
         raise UsageError(prefix + problem)
+    finite(out.detach().float().numpy(), prefix=prefix)
+
+
+def finite(scores: Any, *, prefix: str) -> None:
+    """Refuse, before the upload, scores the enclave's load trial would refuse: NaN or infinite."""
+    try:
+        check_finite(scores)
+    except ModelRefused as exc:
+        raise UsageError(f"{prefix}{exc}: {NOT_FINITE_FIX}") from None
 
 
 def _first_conv_channels(model: object) -> int | None:
@@ -352,10 +374,12 @@ def check_onnx_file(
                 f"{shown}: the model takes only batches of {dims[0]}; the enclave gives one image at "
                 "a time: export it with a dynamic batch (or a batch of 1)"
             )
+    scores = _dims(outputs[0].type.tensor_type)
+    if want is not None:  # the enclave's load trial, here: its shape where undeclared, finite scores
+        ran = _onnx_trial(path, shown=shown, want=want)
+        if scores is None or None in scores[1:]:
+            scores = ran
     if classes is not None:
-        scores = _dims(outputs[0].type.tensor_type)
-        if (scores is None or None in scores[1:]) and want is not None:  # not declared: run it once
-            scores = _onnx_output_shape(path, shown=shown, want=want)
         problem = output_mismatch(scores or [None, None], 1, classes)
         if problem is not None:
             raise UsageError(f"{shown}: {problem}")
@@ -368,21 +392,26 @@ def _dims(tensor_type: onnx.TypeProto.Tensor) -> list[int | None] | None:
     return [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
 
 
-def _onnx_output_shape(path: Path, *, shown: Path, want: ModelInput) -> list[int | None]:
-    """The output shape of the ONNX model ``path`` for one blank image of ``want``'s shape."""
+def _onnx_trial(path: Path, *, shown: Path, want: ModelInput) -> list[int | None]:
+    """Run the ONNX model ``path`` with ONNX Runtime on the enclave's trial images of ``want``'s
+    shape (:func:`~enclave_infer.protocol.modelcheck.trial_inputs`); refuse non-finite scores, and
+    return the output's shape for one image."""
     try:
         import onnxruntime
     except ImportError:
         return [None, None]  # cannot tell here; the enclave checks it when it loads the model
-    import numpy as np
-
+    shape: list[int | None] = [None, None]
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (scores,) = session.run(None, {session.get_inputs()[0].name: np.zeros(want.shape(1), np.float32)})
+        name = session.get_inputs()[0].name
+        runs = [session.run(None, {name: trial})[0] for trial in trial_inputs(want.shape(1))]
     except Exception as exc:
         error = f"{type(exc).__name__}: {first_line(exc)}"
         raise UsageError(f"{shown}: {run_failure(want, 1, error)}") from exc
-    return list(np.shape(scores))
+    for scores in runs:
+        shape = list(np.shape(scores))
+        finite(scores, prefix=f"{shown}: ")
+    return shape
 
 
 def _compare_with_torch(path: Path, model: torch.nn.Module, *, shown: Path, want: ModelInput) -> None:

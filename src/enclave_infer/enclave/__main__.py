@@ -12,13 +12,13 @@ import logging
 import os
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 from enclave_infer import logs
 from enclave_infer.attestation.evidence import Verifier
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.platform import Platform, SimulationPlatform
+from enclave_infer.enclave.preprocess import quiet_pillow
 from enclave_infer.enclave.server import Enclave, serve
 from enclave_infer.errors import EnclaveInferError
 from enclave_infer.logs import LOG_FORMATS
@@ -46,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     args = parser.parse_args(argv)
     logs.configure("enclave", args.log_format)
-    # Pillow warns on stderr, with the pixel count, for images near its bomb limit: raise instead
-    # (decode_image turns it into its own refusal), so that nothing of an image reaches the host.
-    from PIL import Image
-
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    # Pillow's warnings and log records quote the images it decodes, and stderr goes to the host:
+    # nothing of an image may leave, so Pillow says nothing outside this process.
+    quiet_pillow()
     try:
         listen = parse_address(args.listen)
         config = EnclaveConfig.from_canonical(args.config.read_bytes())

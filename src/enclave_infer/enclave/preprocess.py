@@ -28,7 +28,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from enclave_infer.errors import UsageError
 from enclave_infer.protocol.api import Preprocessing
 
-__all__ = ["ACCEPTED_FORMATS", "ImageError", "decode_image", "to_tensor"]
+__all__ = ["ACCEPTED_FORMATS", "ImageError", "decode_image", "quiet_pillow", "to_tensor"]
 
 # The Pillow formats an upload may be in. Pillow can open about forty formats, and every parser
 # that runs on attacker-chosen bytes inside the enclave is attack surface: several plugins are rarely
@@ -48,6 +48,28 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 # crop window, which keeps memory at crop x crop and differs from resize-then-crop by at most one
 # 8-bit level in a few percent of pixels.
 _MAX_EXACT_RESIZE_PIXELS = 1 << 22
+
+
+def quiet_pillow() -> None:
+    """Keep everything Pillow says about an image inside this process: what it warns (``Corrupt
+    EXIF data. Expecting to read 2 bytes but only got 0``, ``Tag data larger than file. Skipping tag
+    270``) and logs quotes the image, and the enclave's stderr goes to the host's log.
+
+    Process-wide, called once at the enclave's start (filters set per call would race between the
+    threads that decode): Pillow's warnings are ignored, except :class:`PIL.Image.DecompressionBombWarning`,
+    which is raised so that :func:`decode_image` turns it into its own refusal; Pillow's loggers
+    (``PIL`` and its children) write nowhere. An image's problems reach a client only as
+    :class:`ImageError`'s fixed messages."""
+    import logging
+    import warnings
+
+    # The later filter is matched first: the bomb warning becomes an error, the rest are dropped.
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    pil = logging.getLogger("PIL")
+    pil.handlers[:] = [logging.NullHandler()]
+    pil.propagate = False
+    pil.setLevel(logging.CRITICAL + 1)
 
 
 class ImageError(ValueError):
@@ -109,9 +131,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise ImageError("the image could not be decoded: out of memory") from None
     except Exception as exc:  # every other Pillow failure; its message may quote header bytes
         # Deliberately `from None`: Pillow's own message can contain bytes of the file, and a
-        # chained traceback would carry them into logs outside the enclave.
-        if isinstance(exc, OSError | EOFError) and "truncated" in str(exc).lower():
-            raise ImageError("the image data is truncated") from None
+        # chained traceback would carry them into logs outside the enclave. Pillow has no type for
+        # a truncated file: it raises a plain OSError, as for corrupt data (and its decoders signal
+        # the end of the pixel data the same way whether the file ended or the image data did), so
+        # the two share one message rather than be told apart by Pillow's text.
+        if isinstance(exc, OSError | EOFError):
+            raise ImageError("the image data is truncated or corrupt and cannot be decoded") from None
         raise ImageError(f"the image data is corrupt and cannot be decoded ({type(exc).__name__})") from None
 
 

@@ -6,10 +6,11 @@ the expected format with :class:`RuntimeLoadError`, whose message is one line an
 
 * :func:`load_onnx`: ONNX Runtime, the default, and the only runtime the enclave needs to ship.
 * :func:`load_torch`: a TorchScript archive (``torch.jit.save``), for owners who want PyTorch's
-  own kernels. torch is imported only here, and only when a torch model is loaded, so an enclave
-  image without torch serves ONNX as before (:func:`torch_available`).
+  own kernels. torch is imported only when a torch model is loaded (here and by the TorchScript
+  checks of :mod:`enclave_infer.protocol.modelcheck`), so an enclave image without torch serves
+  ONNX as before (:func:`torch_available`).
 * :func:`check_scores`: the trial run that shows a loaded model accepts the manifest's input and
-  yields one score per label.
+  yields one finite score per label, for a blank and a pseudo-random image.
 * :func:`takes_batches`: whether a loaded model may be given several images in one run (its input
   has no fixed batch of one, and a trial batch gives each image the scores it gets alone).
 
@@ -28,12 +29,16 @@ does not ship, in pytorch's repository; the refusals are exercised in tests/unit
   ``code/`` is TorchScript source that is compiled on load, a class's ``__setstate__`` *runs* during
   loading (``import.cpp``, ``obj_loader``), and ``forward`` may call any registered operator, among
   them ``aten::save`` (writes a file), ``aten::from_file`` (reads one) and ``prim::Print`` (writes to
-  stdout, i.e. to the host). Hence two checks around :func:`torch.jit.load`: before it, the archive
-  must be a plain TorchScript zip (one folder, stored or deflated entries, no legacy ``model.json``)
+  stdout, i.e. to the host). Hence two checks around :func:`torch.jit.load`, both in
+  :mod:`enclave_infer.protocol.modelcheck` (which the owner's tooling applies too, before an
+  upload): before it, the archive must be a plain TorchScript zip (one folder, stored or deflated
+  entries that inflate to at most ``MAX_INFLATED_BYTES`` together, no legacy ``model.json``)
   whose code defines no ``__setstate__`` and uses no ``torch.classes`` objects (so that loading runs
   nothing of the model's); after it, every operator ``forward`` can reach (inlined, through every
   branch and loop) must come from ``aten``/``prim`` and not be one that does I/O or escapes
-  inspection. The C++ parsers themselves (zip reader, unpickler, TorchScript compiler), like ONNX
+  inspection, and the module, frozen in eval mode (``torch.jit.freeze``: training branches gone),
+  must write to none of its attributes or tensors; the frozen module is the one served.
+  The C++ parsers themselves (zip reader, unpickler, TorchScript compiler), like ONNX
   Runtime's protobuf parser, still see the bytes: the owner's signature is what keeps them trusted.
 * ``torch.export.load`` is NOT accepted: it can run arbitrary code from the file.
   ``torch/export/pt2_archive/_package.py`` unpickles any weight or constant whose JSON config says
@@ -44,17 +49,17 @@ does not ship, in pytorch's repository; the refusals are exercised in tests/unit
   (``deserialize_torch_artifact``), evaluates every symbolic-shape string with ``sympy.sympify``
   (Python ``eval``, ``GraphModuleDeserializer._parse_sym_expr``) and resolves node targets by
   ``getattr`` from the ``torch`` module, so a graph can call e.g. ``torch.os.system``
-  (``deserialize_operator``). An ExportedProgram is refused before any of its bytes are parsed.
+  (``deserialize_operator``). A manifest names no such format (``protocol/manifest.py``), so an
+  ExportedProgram never reaches a loader here; its bytes labelled as TorchScript fail the archive
+  check before torch parses them.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import io
-import re
 import threading
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,9 +69,17 @@ from numpy.typing import NDArray
 
 from enclave_infer.enclave._modelfiles import LinkedFile
 from enclave_infer.errors import EnclaveInferError
+from enclave_infer.protocol import api
+from enclave_infer.protocol.manifest import ModelFormat
+from enclave_infer.protocol.modelcheck import (
+    ModelRefused,
+    audit_torchscript,
+    check_finite,
+    check_torchscript_archive,
+    trial_inputs,
+)
 
 __all__ = [
-    "TORCH_FORMATS",
     "InferenceError",
     "Runtime",
     "RuntimeLoadError",
@@ -77,43 +90,12 @@ __all__ = [
     "torch_available",
 ]
 
-# The torch formats load_torch knows; only the first is accepted (the module docstring says why).
-TORCH_FORMATS = ("torchscript", "exported_program")
-
 EXTERNAL_DATA_MESSAGE = "the model keeps tensors in external data files; send one self-contained file"
 NOT_ONNX_MESSAGE = "the model is not a valid ONNX model"
-NOT_TORCHSCRIPT_MESSAGE = "the model is not a valid TorchScript archive"
-EXPORTED_PROGRAM_MESSAGE = (
-    "ExportedProgram (.pt2) models are not accepted: torch.export.load can run code from the file; "
-    "send a TorchScript archive or ONNX"
-)
+NOT_TORCHSCRIPT_MESSAGE = "the model is not a valid TorchScript archive"  # as modelcheck says it
+_ORT_FAIL = ort.capi.onnxruntime_pybind11_state.Fail
 BAD_INPUT_MESSAGE = "the model does not accept a preprocessed image of the manifest's size"
 
-# Operators a TorchScript forward may not use: they touch files, print (stdout and stderr go to the
-# host), call Python, index memory without bounds checks, or call code the audit cannot see
-# (methods of objects that are not inlined, and with-statements' __enter__/__exit__).
-_DENIED_OPERATORS = frozenset(
-    {
-        "aten::save",
-        "aten::from_file",
-        "aten::warn",
-        "aten::_print",
-        "aten::_unsafe_index",
-        "aten::_unsafe_index_put",
-        "aten::_unsafe_masked_index",
-        "aten::_unsafe_masked_index_put_accumulate",
-        "prim::Print",
-        "prim::PythonOp",
-        "prim::IgnoredPythonOp",
-        "prim::CallMethod",
-        "prim::CallFunction",
-        "prim::Enter",
-        "prim::Exit",
-    }
-)
-_ALLOWED_NAMESPACES = ("aten", "prim")
-_MAX_INFLATED_BYTES = 64 * 2**20
-_SETSTATE = re.compile(rb"\b__setstate__\b")
 _TORCH_LOCK = threading.Lock()
 
 
@@ -137,7 +119,7 @@ class Runtime(Protocol):
     ``(batch, classes)``. Safe to call from several threads at once. ``declared_batch``: the batch
     size the model's input declares, None when it is symbolic or not declared (TorchScript)."""
 
-    name: str
+    name: api.Runtime
     declared_batch: int | None
 
     def run(self, tensor: NDArray[np.float32]) -> NDArray[Any]: ...
@@ -147,7 +129,7 @@ class Runtime(Protocol):
 
 
 class _OnnxRuntime:
-    name = "onnx"
+    name = ModelFormat.ONNX.runtime
 
     def __init__(self, session: ort.InferenceSession, input_name: str, declared_batch: int | None) -> None:
         self.session = session
@@ -185,7 +167,11 @@ def load_onnx(model: bytes | Path | LinkedFile, *, threads: int, no_files_dir: s
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own types, several of them, for bad models
-        if "external data" in str(exc).lower():
+        # The one decision on message text here, because ONNX Runtime allows no other: a tensor in
+        # external data fails with its generic status type (Fail, as do many other failures), and
+        # the model cannot be parsed without ONNX Runtime (the enclave has no onnx package). Either
+        # way the model is refused; the text only chooses which of two messages the owner reads.
+        if isinstance(exc, _ORT_FAIL) and "external data" in str(exc).lower():
             raise RuntimeLoadError(EXTERNAL_DATA_MESSAGE) from None
         raise RuntimeLoadError(NOT_ONNX_MESSAGE) from None
     inputs = session.get_inputs()
@@ -205,7 +191,7 @@ def torch_available() -> bool:
 
 
 class _TorchRuntime:
-    name = "torch"
+    name = ModelFormat.TORCHSCRIPT.runtime
     declared_batch: int | None = None  # a TorchScript module declares no input shape: takes_batches tries one
 
     def __init__(self, module: Any, torch: Any) -> None:
@@ -230,21 +216,22 @@ class _TorchRuntime:
 
 
 def load_torch(model: bytes | Path | LinkedFile, *, fmt: str, threads: int) -> Runtime:
-    """Load a torch model (its bytes, or a file holding them) of format ``fmt``.
-
-    ``fmt``: ``"torchscript"`` (a ``torch.jit.save`` archive) is accepted after the checks the module
-    docstring describes; ``"exported_program"`` (``torch.export.save``) is always refused, before
-    torch is imported, because ``torch.export.load`` can run arbitrary code from the file.
-    ``threads``: torch's intra-op thread count (process-wide; set when a model is loaded, never per
-    inference). Raises :class:`RuntimeLoadError`; no torch exception escapes.
+    """Load a torch model (its bytes, or a file holding them) of format ``fmt``, which must be
+    ``"torchscript"`` (a ``torch.jit.save`` archive), after the checks the module docstring
+    describes. No other torch format reaches here: a manifest names only ONNX and TorchScript files
+    (an ExportedProgram, whose loader runs code from the file, is refused there, and its bytes
+    labelled as TorchScript fail the archive check). ``threads``: torch's intra-op thread count
+    (process-wide; set when a model is loaded, never per inference). Raises
+    :class:`RuntimeLoadError`; no torch exception escapes.
     """
-    if fmt == "exported_program":
-        raise RuntimeLoadError(EXPORTED_PROGRAM_MESSAGE)
-    if fmt != "torchscript":
-        raise RuntimeLoadError(f"unknown torch model format {fmt!r}; expected 'torchscript'")
+    if fmt != ModelFormat.TORCHSCRIPT:
+        raise RuntimeLoadError(f"the torch runtime loads TorchScript archives, not {fmt!r}")
     threads = _positive(threads)
     data = _read(model)
-    _check_torchscript_archive(data)
+    try:
+        check_torchscript_archive(data)
+    except ModelRefused as exc:
+        raise RuntimeLoadError(str(exc)) from None
     try:
         import torch
     except ImportError:
@@ -259,117 +246,43 @@ def load_torch(model: bytes | Path | LinkedFile, *, fmt: str, threads: int) -> R
                 module = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception:  # RuntimeError from C++ for most problems, a few other types for the rest
             raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
-        _audit_torchscript(module)
-        module.eval()  # sets the `training` attributes from Python; runs none of the model's code
+        try:
+            module = audit_torchscript(module)  # frozen in eval mode: what was audited is served
+        except ModelRefused as exc:
+            raise RuntimeLoadError(str(exc)) from None
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     return _TorchRuntime(module, torch)
-
-
-def _check_torchscript_archive(data: bytes) -> None:
-    """Refuse, before torch parses anything, what is not a plain TorchScript archive, or one whose
-    loading would run code of the model's (``__setstate__``) or build ``torch.classes`` objects."""
-    if data[:4] != b"PK\x03\x04":  # torch writes a local file header first; pickles start with 0x80
-        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            infos = archive.infolist()
-            names = [info.filename for info in infos]
-            roots = {name.partition("/")[0] for name in names}
-            if len(roots) != 1 or len(set(names)) != len(names) or any("/" not in name for name in names):
-                raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-            root = roots.pop()
-            required = {f"{root}/data.pkl", f"{root}/constants.pkl", f"{root}/version"}
-            code = [info for info in infos if info.filename.startswith(f"{root}/code/")]
-            if not required <= set(names) or not code or f"{root}/model.json" in names:
-                raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-            # torch stores tensors and deflates code; a deflated entry may not inflate past a bound.
-            for info in infos:
-                if info.compress_type == zipfile.ZIP_STORED:
-                    continue
-                if info.compress_type != zipfile.ZIP_DEFLATED or info.file_size > _MAX_INFLATED_BYTES:
-                    raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE)
-            for info in code:
-                if not info.filename.endswith(".py"):
-                    continue
-                source = archive.read(info)
-                if _SETSTATE.search(source):
-                    raise RuntimeLoadError(
-                        "the TorchScript model defines __setstate__, which would run while it loads"
-                    )
-                if b"torch.classes" in source:
-                    raise RuntimeLoadError("the TorchScript model uses torch.classes objects")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError):
-        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
-
-
-def _audit_torchscript(module: Any) -> None:
-    """Refuse a loaded module whose forward can reach an operator outside aten/prim, one in
-    :data:`_DENIED_OPERATORS`, or a call that inlining did not resolve."""
-    if not hasattr(module, "_c") or not module._c._has_method("forward"):
-        raise RuntimeLoadError("the TorchScript model has no forward method")
-    for submodule in module.modules():
-        # The archive check already refused source that defines __setstate__; this catches an
-        # archive that zipfile and torch's own zip reader would read differently.
-        if submodule._c._has_method("__setstate__"):
-            raise RuntimeLoadError(
-                "the TorchScript model defines __setstate__, code that runs while it loads"
-            )
-        # Hooks run around forward with code the graph audit below does not see (a pre-hook
-        # could save every input); a served model has none.
-        if submodule._c._get_forward_hooks() or submodule._c._get_forward_pre_hooks():
-            raise RuntimeLoadError("the TorchScript model has forward hooks, which this enclave does not run")
-    try:
-        graph = module.inlined_graph
-    except Exception:
-        raise RuntimeLoadError(NOT_TORCHSCRIPT_MESSAGE) from None
-    blocks = [graph.block()]
-    while blocks:
-        for node in blocks.pop().nodes():
-            kind = node.kind()
-            if kind.partition("::")[0] not in _ALLOWED_NAMESPACES or kind in _DENIED_OPERATORS:
-                raise RuntimeLoadError(f"the TorchScript model uses {kind}, which this enclave does not run")
-            if kind == "prim::CreateObject" and "torch.classes" in node.output().type().str():
-                raise RuntimeLoadError("the TorchScript model uses torch.classes objects")
-            # A served model must be a pure function of its input: state kept from one request to
-            # the next could hand one client's image to the next caller.
-            if kind == "prim::SetAttr":
-                raise RuntimeLoadError("the TorchScript model changes its own attributes, keeping state")
-            if _in_place(kind) and any(i.node().kind() == "prim::GetAttr" for i in node.inputs()):
-                raise RuntimeLoadError("the TorchScript model writes to its own tensors, keeping state")
-            blocks.extend(node.blocks())
-            for attribute in node.attributeNames():
-                kind_of = node.kindOf(attribute)
-                if kind_of == "g":
-                    blocks.append(node.g(attribute).block())
-                elif kind_of == "gs":
-                    blocks.extend(subgraph.block() for subgraph in node.gs(attribute))
-
-
-def _in_place(kind: str) -> bool:
-    """aten's in-place operators end in one underscore (``aten::add_``, ``aten::copy_``)."""
-    name = kind.partition("::")[2]
-    return name.endswith("_") and not name.endswith("__")
 
 
 # -- both --------------------------------------------------------------------------------------
 
 
 def check_scores(runtime: Runtime, example: NDArray[np.float32], classes: int) -> None:
-    """Run ``example`` (a preprocessed image of the manifest's size, zeros will do) through
-    ``runtime`` and check that it yields ``(1, classes)`` float scores; else :class:`RuntimeLoadError`."""
-    try:
-        scores = runtime.run(example)
-    except _OutputError as exc:
-        raise RuntimeLoadError(str(exc)) from None
-    except Exception:
-        raise RuntimeLoadError(BAD_INPUT_MESSAGE) from None
-    if np.shape(scores) != (1, classes):
-        raise RuntimeLoadError(
-            f"model output shape {np.shape(scores)}, expected (1, {classes}) for its labels"
-        )
-    if not np.issubdtype(np.asarray(scores).dtype, np.floating):
-        raise RuntimeLoadError(f"model output is {np.asarray(scores).dtype}, expected floating-point scores")
+    """The load trial: run ``runtime`` on inputs of ``example``'s shape (a preprocessed image of the
+    manifest's size; its values are not used), a blank image and a fixed pseudo-random one
+    (:func:`~enclave_infer.protocol.modelcheck.trial_inputs`), and check that each yields ``(1,
+    classes)`` finite float scores; else :class:`RuntimeLoadError`. A model whose scores are NaN or
+    infinite (a damaged weight will do) would fail every classification."""
+    for trial in trial_inputs(np.shape(example)):
+        try:
+            scores = runtime.run(trial)
+        except _OutputError as exc:
+            raise RuntimeLoadError(str(exc)) from None
+        except Exception:
+            raise RuntimeLoadError(BAD_INPUT_MESSAGE) from None
+        if np.shape(scores) != (1, classes):
+            raise RuntimeLoadError(
+                f"model output shape {np.shape(scores)}, expected (1, {classes}) for its labels"
+            )
+        if not np.issubdtype(np.asarray(scores).dtype, np.floating):
+            raise RuntimeLoadError(
+                f"model output is {np.asarray(scores).dtype}, expected floating-point scores"
+            )
+        try:
+            check_finite(scores)
+        except ModelRefused as exc:
+            raise RuntimeLoadError(str(exc)) from None
 
 
 # A model that mixes the images of a batch (statistics over the batch axis) gives them scores that differ

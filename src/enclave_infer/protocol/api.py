@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from enclave_infer.errors import ProtocolError, UsageError
 from enclave_infer.protocol import bhttp
-from enclave_infer.protocol.manifest import ModelFile
+from enclave_infer.protocol.manifest import ModelFile, ModelFormat
 
 __all__ = [
     "INNER_AUTHORITY",
@@ -337,7 +337,8 @@ class ModelInfo:
             raise ProtocolError("model metadata: files and runtimes must be lists")
         try:
             parsed_files = tuple(
-                ModelFile(_str(f, "format"), _str(f, "sha256"), _int(f, "size")) for f in files
+                ModelFile(ModelFormat.parse(_str(f, "format")), _str(f, "sha256"), _int(f, "size"))
+                for f in files
             )
             preprocessing = Preprocessing.from_json(_dict(doc, "preprocessing"))
             when = datetime.strptime(_str(doc, "provisioned_at"), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

@@ -12,25 +12,26 @@ it pins every file, the labels, the preprocessing and the version at once.
 from __future__ import annotations
 
 import base64
+import enum
 import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from enclave_infer.errors import ProtocolError
 
-__all__ = ["MODEL_FORMATS", "BadSignature", "Manifest", "ModelFile", "parse_sf_binary", "sf_binary"]
+if TYPE_CHECKING:
+    from enclave_infer.protocol.api import Runtime
+
+__all__ = ["BadSignature", "Manifest", "ModelFile", "ModelFormat", "parse_sf_binary", "sf_binary"]
 
 MANIFEST_TYPE = "enclave-infer model manifest v2"
 SIGNATURE_CONTEXT = MANIFEST_TYPE.encode() + b"\x00"
-# ONNX (for ONNX Runtime) and TorchScript archives (for PyTorch, where the enclave has it); never
-# pickles, and never torch.export programs, whose loader runs code from the file.
-MODEL_FORMATS = ("onnx", "torchscript")
 # 1000 ImageNet labels are ~21 KB; 100k labels of 64 bytes bound the manifest at a few MB.
 MAX_LABELS = 100_000
 MAX_LABEL_CHARS = 256
@@ -43,9 +44,40 @@ class BadSignature(ProtocolError):
     plain :class:`ProtocolError`)."""
 
 
+class ModelFormat(enum.StrEnum):
+    """A model file's format, as a manifest names it, each served by one :attr:`runtime`: ONNX (by
+    ONNX Runtime) and TorchScript archives (by PyTorch, where the enclave has it); never pickles,
+    and never torch.export programs, whose loader runs code from the file."""
+
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+
+    @property
+    def runtime(self) -> Runtime:
+        """The :class:`~enclave_infer.protocol.api.Runtime` that serves a file of this format."""
+        from enclave_infer.protocol.api import Runtime  # api imports this module: not at its top
+
+        return Runtime.ONNX if self is ModelFormat.ONNX else Runtime.TORCH
+
+    @classmethod
+    def serving(cls, runtime: Runtime) -> ModelFormat:
+        """The format of the file ``runtime`` (ONNX or TORCH) serves; ValueError for the others."""
+        for fmt in cls:
+            if fmt.runtime is runtime:
+                return fmt
+        raise ValueError(f"the {runtime} runtime serves no one format")
+
+    @classmethod
+    def parse(cls, text: str) -> ModelFormat:
+        try:
+            return cls(text)
+        except ValueError:
+            raise ProtocolError(f"manifest: a file's format must be one of {', '.join(cls)}") from None
+
+
 @dataclass(frozen=True)
 class ModelFile:
-    format: str
+    format: ModelFormat
     sha256: str
     size: int
 
@@ -54,8 +86,7 @@ class ModelFile:
             raise ProtocolError("manifest: a file's sha256 must be 64 lowercase hex digits")
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size <= 0:
             raise ProtocolError("manifest: a file's size must be a positive integer")
-        if self.format not in MODEL_FORMATS:
-            raise ProtocolError(f"manifest: a file's format must be one of {', '.join(MODEL_FORMATS)}")
+        object.__setattr__(self, "format", ModelFormat.parse(self.format))
 
 
 @dataclass(frozen=True)
@@ -76,7 +107,7 @@ class Manifest:
         return sum(f.size for f in self.files)
 
     @property
-    def formats(self) -> tuple[str, ...]:
+    def formats(self) -> tuple[ModelFormat, ...]:
         return tuple(f.format for f in self.files)
 
     def __post_init__(self) -> None:
