@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from enclave_infer.attestation.constraints import Constraint
     from enclave_infer.attestation.constraints import parse as parse_constraint
     from enclave_infer.attestation.evidence import Attestation, Verifier
-    from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+    from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, Tee
     from enclave_infer.client._config import ClientConfig
     from enclave_infer.client._owner import generate_owner_key, load_owner_key
     from enclave_infer.client._sdk import Client
@@ -83,6 +83,7 @@ __all__ = [
     "RemoteError",
     "Runtime",
     "SecurityLevel",
+    "Tee",
     "TooLargeError",
     "TransportError",
     "UnavailableError",
@@ -109,6 +110,7 @@ _LAZY = {
     "Runtime": ("enclave_infer.protocol.api", "Runtime"),
     "Verifier": ("enclave_infer.attestation.evidence", "Verifier"),
     "SecurityLevel": ("enclave_infer.attestation.report", "SecurityLevel"),
+    "Tee": ("enclave_infer.attestation.report", "Tee"),
     "generate_owner_key": ("enclave_infer.client._owner", "generate_owner_key"),
     "load_owner_key": ("enclave_infer.client._owner", "load_owner_key"),
     "parse_constraint": ("enclave_infer.attestation.constraints", "parse"),

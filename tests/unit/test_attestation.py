@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.attestation import constraints, evidence, receipt, simulation
 from enclave_infer.attestation.measurement import code_hash, trusted_files
-from enclave_infer.attestation.report import SecurityLevel, attestation_binding
+from enclave_infer.attestation.report import SecurityLevel, Tee, attestation_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.receipts import Receipts
@@ -34,7 +34,7 @@ def make_document(key_config: bytes, nonce: bytes, config: EnclaveConfig = CONFI
         code_hash=code_hash(config), signer=b"\x01" * 32, product_id=config.product_id,
         security_version=config.security_version, debug=False, report_data=report_data, issued_at=NOW,
     )  # fmt: skip
-    return evidence.Evidence("simulation", sim, config.canonical(), receipt_key=RECEIPT_KEY).encode()
+    return evidence.Evidence(Tee.SIMULATION, sim, config.canonical(), receipt_key=RECEIPT_KEY).encode()
 
 
 @pytest.fixture
@@ -115,6 +115,37 @@ def test_malformed_documents(document: bytes, key_config: bytes) -> None:
     c = constraints.parse(f"C:{'00' * 32} SEC:INSECURE")
     with pytest.raises(AttestationError):
         evidence.verify(document, c, verifier=PRODUCTION, key_config=key_config, nonce=b"x" * 32, now=NOW)
+
+
+@pytest.mark.parametrize("tee", list(Tee))
+def test_each_tee_round_trips_through_the_document_with_its_wire_name(tee: Tee) -> None:
+    """The enum is the wire's string: the document carries exactly the name it carried as a plain
+    string, and decoding gives back the member, not a string."""
+    document = evidence.Evidence(tee, b"evidence", b"config", b"collateral", RECEIPT_KEY).encode()
+    assert json.loads(document)["tee"] == tee.value
+    assert document == json.dumps(
+        {"version": 2, "tee": tee.value, "evidence": "ZXZpZGVuY2U=", "config": "Y29uZmln",
+         "receipt_key": "cnJycnJycnJycnJycnJycnJycnJycnJycnJycnJycnI=", "collateral": "Y29sbGF0ZXJhbA=="}
+    ).encode()  # fmt: skip
+    decoded = evidence.Evidence.decode(document)
+    assert decoded.tee is tee
+    assert decoded == evidence.Evidence(tee, b"evidence", b"config", b"collateral", RECEIPT_KEY)
+    assert Tee.parse(tee.value) is tee
+
+
+@pytest.mark.parametrize("name", ["sev", "SGX", "sev_snp", "", 3, None, ["sgx"]])
+def test_an_unknown_tee_is_refused_as_an_attestation_error(name: object, key_config: bytes) -> None:
+    """A TEE name this verifier does not know, from the wire: AttestationError naming it, from
+    decoding already (never a ValueError from the enum)."""
+    document = json.dumps({"version": 2, "tee": name, "evidence": "", "config": ""}).encode()
+    with pytest.raises(AttestationError, match="unknown TEE type") as refused:
+        evidence.Evidence.decode(document)
+    assert type(refused.value) is AttestationError
+    c = constraints.parse(f"C:{'00' * 32} SEC:INSECURE")
+    with pytest.raises(AttestationError, match="unknown TEE type"):
+        evidence.verify(document, c, verifier=PRODUCTION, key_config=key_config, nonce=b"x" * 32, now=NOW)
+    with pytest.raises(AttestationError, match="unknown TEE type"):
+        Tee.parse(name)
 
 
 def test_a_policy_free_verification_is_explicit_and_logged(
@@ -223,3 +254,14 @@ def test_verify_receipt_refuses_a_receipt_whose_answer_was_removed(tmp_path: Pat
             verifier=PRODUCTION,
             image=image,
         )
+
+
+def test_a_receipt_whose_evidence_names_an_unknown_tee_is_refused() -> None:
+    kept = signed_receipt(b"an image", b'{"results": []}')
+    document = json.loads(kept.evidence)
+    assert document["tee"] == "simulation"
+    document["tee"] = "sev"
+    forged = dataclasses.replace(kept, evidence=json.dumps(document).encode())
+    policy = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
+    with pytest.raises(receipt.ReceiptError, match="its evidence: unknown TEE type 'sev'"):
+        receipt.verify(forged, policy, verifier=PRODUCTION, image=b"an image")

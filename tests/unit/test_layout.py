@@ -122,7 +122,7 @@ PUBLIC = {
     "Client", "ClientConfig", "Classification", "Prediction", "ModelInfo", "ProvisionResult", "Preprocessing",
     "Runtime", "Problem",
     # attestation
-    "Attestation", "Constraint", "EnclaveReport", "SecurityLevel", "Verifier", "parse_constraint",
+    "Attestation", "Constraint", "EnclaveReport", "SecurityLevel", "Tee", "Verifier", "parse_constraint",
     # the model owner's key
     "generate_owner_key", "load_owner_key",
     # errors

@@ -10,9 +10,9 @@ import pytest
 
 from enclave_infer.client._model_input import ModelInput, input_mismatch, output_mismatch, run_failure
 from enclave_infer.client._owner import MAX_LABELS_FILE_BYTES, build_preprocessing, parse_labels, read_labels
-from enclave_infer.errors import UsageError
+from enclave_infer.errors import ProtocolError, UsageError
 from enclave_infer.protocol.api import Preprocessing
-from enclave_infer.protocol.manifest import MAX_LABEL_CHARS, MAX_LABELS, Manifest, ModelFile
+from enclave_infer.protocol.manifest import MANIFEST_TYPE, MAX_LABEL_CHARS, MAX_LABELS, Manifest, ModelFile
 
 # --- labels ---------------------------------------------------------------------------------------
 
@@ -79,6 +79,16 @@ def test_labels_limits_are_the_manifests() -> None:
     with pytest.raises(UsageError) as info:
         parse_labels("".join(f"c{i}\n" for i in range(MAX_LABELS + 1)), "l")
     assert str(info.value) == f"l: {MAX_LABELS + 1} lines; a model may have at most {MAX_LABELS} labels"
+
+
+def test_a_manifest_of_another_type_is_refused_naming_the_type_this_one_reads() -> None:
+    """The refusal named "manifest v1" while the type read is v2."""
+    manifest = Manifest((ModelFile("onnx", "0" * 64, 1),), ("cat",), {}, 1)
+    assert Manifest.decode(manifest.encode()) == manifest
+    older = manifest.encode().replace(MANIFEST_TYPE.encode(), b"enclave-infer model manifest v1")
+    with pytest.raises(ProtocolError) as info:
+        Manifest.decode(older)
+    assert str(info.value) == "not an enclave-infer model manifest v2" == f"not an {MANIFEST_TYPE}"
 
 
 def test_read_labels(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ from cryptography import x509
 
 from enclave_infer.attestation._x509 import PARSE_ERRORS
 from enclave_infer.attestation.constraints import format_duration
-from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel
+from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel, Tee
 from enclave_infer.errors import AttestationError
 
 __all__ = [
@@ -188,7 +188,7 @@ class QuoteLayout:
     """Where the parts of an SGX or TDX DCAP quote lie, its framing checked; nothing verified."""
 
     version: int  # 3 (SGX), 4 or 5 (TDX)
-    tee: str  # "sgx" or "tdx"
+    tee: Tee  # SGX or TDX
     body: slice  # the SGX report body or TD report body
     signed_end: int  # header and report body, what the attestation key signs, end here
     signature_data: slice  # after the u32 signature data length
@@ -222,13 +222,13 @@ def parse_quote_layout(quote: bytes) -> QuoteLayout:
         )
     fields = _Fields(quote, HEADER_SIZE, len(quote), "quote")
     if version == 3 and tee_type == TEE_TYPE_SGX:
-        tee = "sgx"
+        tee = Tee.SGX
         body = fields.take(SGX_REPORT_BODY_SIZE, "SGX report body")
     elif version == 4 and tee_type == TEE_TYPE_TDX:
-        tee = "tdx"
+        tee = Tee.TDX
         body = fields.take(TD_REPORT10_SIZE, "TD report body")
     elif version == 5 and tee_type == TEE_TYPE_TDX:
-        tee = "tdx"
+        tee = Tee.TDX
         body_type, body_size = fields.unpack(V5_BODY_DESCRIPTOR, "body descriptor")
         if V5_TD_BODIES.get(body_type) != body_size:
             raise AttestationError(
@@ -310,7 +310,7 @@ class TdReportBody:
 
 def parse_sgx_quote_body(quote: bytes) -> SgxReportBody:
     """The report body of an SGX (v3) quote whose framing :func:`parse_quote_layout` accepts."""
-    layout = _layout_of(quote, "sgx")
+    layout = _layout_of(quote, Tee.SGX)
     body = quote[layout.body]
     product_id, svn = SGX_BODY_ISV.unpack_from(body, SGX_BODY_ISV_OFFSET)
     return SgxReportBody(
@@ -325,7 +325,7 @@ def parse_sgx_quote_body(quote: bytes) -> SgxReportBody:
 
 def parse_tdx_quote(quote: bytes) -> TdReportBody:
     """The TD report body of a TDX (v4, v5) quote whose framing :func:`parse_quote_layout` accepts."""
-    layout = _layout_of(quote, "tdx")
+    layout = _layout_of(quote, Tee.TDX)
     body = quote[layout.body]
     return TdReportBody(
         version=layout.version,
@@ -335,7 +335,7 @@ def parse_tdx_quote(quote: bytes) -> TdReportBody:
     )
 
 
-def _layout_of(quote: bytes, tee: str) -> QuoteLayout:
+def _layout_of(quote: bytes, tee: Tee) -> QuoteLayout:
     if len(quote) > MAX_QUOTE_BYTES:
         raise AttestationError(f"DCAP quote is {len(quote)} bytes, more than {MAX_QUOTE_BYTES}")
     layout = parse_quote_layout(quote)
@@ -443,7 +443,7 @@ def verify_quote(
         mrenclave, mrsigner = _hex(body, "mr_enclave"), _hex(body, "mr_signer")
         measurements = {"mrenclave": mrenclave.hex(), "mrsigner": mrsigner.hex()}
         report = EnclaveReport(
-            tee="sgx",
+            tee=Tee.SGX,
             code_hash=mrenclave,
             signer=mrsigner,
             product_id=_int(body, "isv_prod_id"),
@@ -467,7 +467,7 @@ def verify_quote(
         mrtd = _hex(td, "mr_td")
         measurements = {"mrtd": mrtd.hex(), **{f"rtmr{i}": _hex(td, f"rt_mr{i}").hex() for i in range(4)}}
         report = EnclaveReport(
-            tee="tdx",
+            tee=Tee.TDX,
             code_hash=mrtd,
             signer=b"",  # a TD has no MRSIGNER: pin it by MRTD (C:)
             product_id=0,

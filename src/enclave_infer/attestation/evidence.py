@@ -22,7 +22,7 @@ too (:meth:`Verifier.production` in production, nowhere a default). Where no pol
 host's check of its own enclave at start, ``attest`` without a constraint) the caller says so with
 :class:`UnsafeNoPolicy`, which logs a warning each time it lets evidence through. It runs, in order:
 
-1. parse the document; unknown TEE types are refused;
+1. parse the document; an unknown TEE type is refused (:meth:`~.report.Tee.parse`);
 2. verify the platform evidence with that TEE's verifier (signature chain, TCB level, ...);
 3. check that the report data equals the binding of (key configuration, receipt key,
    configuration digest, nonce): this proves the key we are about to encrypt to, the key receipts are
@@ -46,7 +46,7 @@ from datetime import datetime
 from typing import Protocol
 
 from enclave_infer.attestation import dcap, simulation, snp
-from enclave_infer.attestation.report import EnclaveReport, attestation_binding, report_data_binding
+from enclave_infer.attestation.report import EnclaveReport, Tee, attestation_binding, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
 from enclave_infer.protocol import b64
@@ -75,12 +75,12 @@ class Verifier:
     def production(cls) -> Verifier:
         return cls()
 
-    def platform_report(self, tee: str, evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
+    def platform_report(self, tee: Tee, evidence: bytes, collateral: bytes, now: datetime) -> EnclaveReport:
         """Verify the platform's own evidence; raises AttestationError. ``tee`` is what the document
         claims, and the evidence must be of that kind."""
-        if tee == "simulation":
+        if tee == Tee.SIMULATION:
             report = simulation.verify(evidence)
-        elif tee in ("sgx", "tdx"):
+        elif tee in (Tee.SGX, Tee.TDX):
             if not collateral:
                 raise AttestationError(
                     "DCAP evidence without collateral: the host attached none;"
@@ -89,7 +89,7 @@ class Verifier:
             report = dcap.verify_quote(
                 evidence, collateral, now=now, root_ca_der=self.intel_root_ca_der
             ).report
-        elif tee == "sev-snp":
+        elif tee == Tee.SEV_SNP:
             verifier = (
                 snp.SnpVerifier.production() if self.snp_roots is None else _snp_verifier(self.snp_roots)
             )
@@ -107,7 +107,7 @@ def _snp_verifier(roots: Mapping[str, bytes]) -> snp.SnpVerifier:
 
 @dataclass(frozen=True)
 class Evidence:
-    tee: str
+    tee: Tee
     evidence: bytes
     config: bytes
     collateral: bytes = b""
@@ -134,9 +134,7 @@ class Evidence:
             doc = json.loads(data)
             if not isinstance(doc, dict) or doc.get("version") != VERSION:
                 raise ValueError
-            tee = doc["tee"]
-            if not isinstance(tee, str):
-                raise ValueError
+            tee = Tee.parse(doc["tee"])
             return cls(
                 tee,
                 b64.decode(doc["evidence"]),
@@ -160,7 +158,7 @@ class Attestation:
     def summary(self, *, now: datetime) -> str:
         """The report as the Conclave host logs it."""
         r = self.report
-        mode = "SIMULATION" if r.tee == "simulation" else ("DEBUG" if r.debug else "RELEASE")
+        mode = "SIMULATION" if r.tee == Tee.SIMULATION else ("DEBUG" if r.debug else "RELEASE")
         key_id = self.key_config[0] if self.key_config else 0
         key_digest = hashlib.sha256(self.key_config).hexdigest()
         return "\n".join(

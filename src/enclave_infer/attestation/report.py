@@ -40,6 +40,7 @@ __all__ = [
     "EnclaveReport",
     "SecurityLevel",
     "SnpTcb",
+    "Tee",
     "attestation_binding",
     "report_data_binding",
 ]
@@ -53,6 +54,26 @@ MAX_NONCE_BYTES = 64
 # What this project's own verifiers choose (the SDK, the host at start, key release, the enclave for
 # its receipts' evidence): 256 bits, inside the range above.
 NONCE_BYTES = 32
+
+
+class Tee(enum.StrEnum):
+    """The trusted execution environments evidence can come from. The value is the name the wire
+    carries (the attestation document's ``tee``, hence receipts too) and messages print."""
+
+    SIMULATION = "simulation"
+    SGX = "sgx"
+    TDX = "tdx"
+    SEV_SNP = "sev-snp"
+
+    @classmethod
+    def parse(cls, name: object) -> Tee:
+        """The TEE a document names; raises AttestationError for anything else."""
+        if isinstance(name, str):
+            for tee in cls:
+                if tee.value == name:
+                    return tee
+        known = ", ".join(tee.value for tee in cls)
+        raise AttestationError(f"unknown TEE type {name!r} (this verifier knows {known})")
 
 
 class SecurityLevel(enum.IntEnum):
@@ -109,7 +130,7 @@ class DcapCollateral:
 class EnclaveReport:
     """The verified facts about an enclave instance. Only verifiers construct these."""
 
-    tee: str  # "simulation", "sgx", "tdx", "sev-snp"
+    tee: Tee
     code_hash: bytes  # MRENCLAVE, MRTD, the SEV-SNP MEASUREMENT or the simulated measurement
     signer: bytes  # MRSIGNER or the simulated signer
     product_id: int

@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
+from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, Tee
 from enclave_infer.errors import AttestationError
 
 __all__ = ["FORMAT", "INSECURE_REASON", "encode", "verify"]
@@ -54,7 +54,7 @@ def verify(evidence: bytes) -> EnclaveReport:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise AttestationError("not simulation evidence of a known version")
     return EnclaveReport(
-        tee="simulation",
+        tee=Tee.SIMULATION,
         code_hash=_hex(doc, "code_hash", 32),
         signer=_hex(doc, "signer", 32),
         product_id=_int(doc, "product_id"),

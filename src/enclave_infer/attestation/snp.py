@@ -84,7 +84,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave_infer.attestation._amd_roots import ARK_PEM, ARK_SHA256
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
+from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb, Tee
 from enclave_infer.attestation.snp_certs import (
     MAX_COLLATERAL_BYTES,
     MAX_COLLATERAL_CERTS,
@@ -354,7 +354,7 @@ class SnpVerifier:
         findings = _findings(parsed, tcb, csp_id, crl_updates is not None, hcl)
         level, reason = _level(parsed, tcb, key_name, crl_updates is not None)
         enclave_report = EnclaveReport(
-            tee="sev-snp",
+            tee=Tee.SEV_SNP,
             code_hash=parsed.measurement,
             signer=b"",  # no MRSIGNER: pin by MEASUREMENT (C:)
             product_id=0,

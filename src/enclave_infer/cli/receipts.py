@@ -19,6 +19,7 @@ from pathlib import Path
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.evidence import Policy, UnsafeNoPolicy, Verifier
 from enclave_infer.attestation.receipt import Receipt, verify
+from enclave_infer.attestation.report import SecurityLevel
 from enclave_infer.cli._options import read_file
 from enclave_infer.errors import UsageError
 
@@ -63,12 +64,12 @@ def _verify_receipt(args: argparse.Namespace) -> int:
     policy: Policy = constraint or UnsafeNoPolicy("verify-receipt without --constraint")
     statement, attestation = verify(receipt, policy, verifier=Verifier.production(), image=image)
     report = attestation.report
-    if report.security_level.name == "INSECURE":  # e.g. simulation: anyone can forge such a receipt
+    if report.security_level is SecurityLevel.INSECURE:  # e.g. simulation: anyone can forge such a receipt
         print(
             f"enclave-infer: warning: the receipt's enclave is INSECURE: {report.level_reason}",
             file=sys.stderr,
         )
-    mode = "SIMULATION" if report.tee == "simulation" else report.tee.upper()
+    mode = report.tee.upper()  # SIMULATION, SGX, TDX, SEV-SNP
     print(
         f"receipt verified: signed {statement.time:%Y-%m-%dT%H:%M:%SZ} by enclave"
         f" {report.code_hash.hex().upper()} ({mode}, {report.security_level.name}),"

@@ -38,7 +38,7 @@ from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, Policy, UnsafeNoPolicy, Verifier, verify
 from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
 from enclave_infer.attestation.receipt import verify as verify_receipt
-from enclave_infer.attestation.report import NONCE_BYTES
+from enclave_infer.attestation.report import NONCE_BYTES, Tee
 from enclave_infer.client._config import ClientConfig
 from enclave_infer.client._text import duration
 from enclave_infer.client._transport import Reply, Transport, retry_after
@@ -197,7 +197,7 @@ class Client:
         collateral = self._collateral
         if collateral is None and self._pccs_url is not None:
             evidence = Evidence.decode(document)
-            if evidence.tee in ("sgx", "tdx"):
+            if evidence.tee in (Tee.SGX, Tee.TDX):
                 collateral = fetch_collateral(self._pccs_url, evidence.evidence, timeout=self.config.timeout)
         policy: Policy = constraint or UnsafeNoPolicy(
             "inspect: a report to read, nothing sent to the enclave"

@@ -43,7 +43,7 @@ from datetime import datetime
 from pyhpke import PyHPKEError
 
 from enclave_infer.attestation.evidence import Attestation, Verifier, verify
-from enclave_infer.attestation.report import NONCE_BYTES, EnclaveReport, report_data_binding
+from enclave_infer.attestation.report import NONCE_BYTES, EnclaveReport, Tee, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError, UsageError
 from enclave_infer.protocol import b64, ohttp
@@ -239,7 +239,7 @@ def check_peer(
     far as the evidence says, on a platform no older than its own (a client's ``TCBEVAL:``,
     ``SNPTCB:`` and ``GRACE:`` hold for the replica it attests; Ray may route it to any member)."""
     p = peer.report
-    if p.tee != "simulation" and not p.platform_settings:
+    if p.tee != Tee.SIMULATION and not p.platform_settings:
         raise KeyReleaseError(f"key release refused: the {who}'s evidence names no platform settings")
     differences = [
         name

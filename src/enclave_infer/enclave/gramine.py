@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enclave_infer.attestation.dcap import MAX_QUOTE_BYTES, SgxReportBody, parse_sgx_quote_body
+from enclave_infer.attestation.report import Tee
 from enclave_infer.enclave import _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
@@ -71,7 +72,7 @@ def available(root: Path = DEFAULT_ROOT) -> bool:
 class GramineSgxPlatform:
     """SGX DCAP quotes and sealing keys through Gramine's ``/dev/attestation``."""
 
-    tee = "sgx"
+    tee = Tee.SGX
 
     def __init__(self, root: Path = DEFAULT_ROOT, *, sealing_policy: str = "mrenclave") -> None:
         if sealing_policy not in SEALING_POLICIES:

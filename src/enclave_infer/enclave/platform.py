@@ -15,13 +15,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enclave_infer.attestation import simulation
 from enclave_infer.attestation.measurement import SIMULATION_SIGNER, code_hash
+from enclave_infer.attestation.report import Tee
 from enclave_infer.config import EnclaveConfig
 
 __all__ = ["Platform", "SimulationPlatform"]
 
 
 class Platform(Protocol):
-    tee: str
+    tee: Tee
     code_hash: bytes
     signer: bytes
 
@@ -37,7 +38,7 @@ class Platform(Protocol):
 class SimulationPlatform:
     """INSECURE: a plain process pretending to be a TEE. Logged loudly by whoever starts it."""
 
-    tee = "simulation"
+    tee = Tee.SIMULATION
 
     def __init__(self, config: EnclaveConfig, *, now: Callable[[], datetime] | None = None) -> None:
         self._config = config

@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_infer.attestation.evidence import MAX_DOCUMENT_BYTES, Evidence, Verifier
-from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, attestation_binding
+from enclave_infer.attestation.report import MAX_NONCE_BYTES, MIN_NONCE_BYTES, Tee, attestation_binding
 from enclave_infer.cluster import keyrelease
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave.app import App
@@ -273,7 +273,7 @@ class Enclave:
         if kind is FrameType.CLUSTER_RELEASE:
             assert member is not None  # the frame's row: joined
             own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
-            if own.tee == "simulation":
+            if own.tee == Tee.SIMULATION:
                 log.warning("SIMULATION: releasing the cluster's keys on unsigned evidence (INSECURE)")
             answer = keyrelease.release(
                 message,

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import overload
 
 from enclave_infer.attestation.dcap import parse_tdx_quote
+from enclave_infer.attestation.report import Tee
 from enclave_infer.attestation.snp_report import AttestationReport, encode_snp_evidence
 from enclave_infer.enclave import _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
@@ -63,7 +64,8 @@ __all__ = [
 ]
 
 DEFAULT_ROOT = Path("/sys/kernel/config/tsm/report")
-PROVIDER_TEES = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
+# configfs-tsm's provider names (the kernel drivers') and the TEE each one reports from
+PROVIDER_TEES = {"tdx_guest": Tee.TDX, "sev_guest": Tee.SEV_SNP}
 REPORT_DATA_SIZE = 64
 
 # The kernel caps outblob and auxblob at TSM_REPORT_OUTBLOB_MAX (include/linux/tsm.h): 32 KiB at
@@ -111,7 +113,7 @@ class ConfigfsTsmPlatform:
             )
         # One report, with zero report data, tells us what we are and who we are.
         tee, _, measurement, debug = self._evidence(bytes(REPORT_DATA_SIZE))
-        self.tee: str = tee
+        self.tee: Tee = tee
         self.code_hash: bytes = measurement
         self.signer: bytes = b""  # neither TDX nor SEV-SNP has an MRSIGNER
         self.product_id: int = 0
@@ -154,13 +156,13 @@ class ConfigfsTsmPlatform:
             raise _os_error(exc, entry, "removing the configfs-tsm entry") from None
         return report
 
-    def _evidence(self, report_data: bytes) -> tuple[str, bytes, bytes, bool]:
+    def _evidence(self, report_data: bytes) -> tuple[Tee, bytes, bytes, bool]:
         report = self.request(report_data)
         tee = PROVIDER_TEES.get(report.provider)
-        if tee == "tdx":
+        if tee == Tee.TDX:
             quote = parse_tdx_quote(report.outblob)
             evidence, measurement, debug, carried = report.outblob, quote.mrtd, quote.debug, quote.report_data
-        elif tee == "sev-snp":
+        elif tee == Tee.SEV_SNP:
             snp = AttestationReport.from_bytes(report.outblob)
             evidence = encode_snp_evidence(report.outblob, report.auxblob)
             measurement, debug, carried = snp.measurement, snp.debug, snp.report_data

@@ -38,6 +38,7 @@ import httpx
 from cryptography import x509
 
 from enclave_infer.attestation import snp
+from enclave_infer.attestation.report import Tee
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
 
 __all__ = [
@@ -70,8 +71,8 @@ MAX_COLLATERAL_BYTES = 1024 * 1024
 FETCH_TIMEOUT_SECONDS = 30.0
 
 
-def needs_collateral(tee: str) -> bool:
-    return tee in ("sgx", "tdx", "sev-snp")
+def needs_collateral(tee: Tee) -> bool:
+    return tee in (Tee.SGX, Tee.TDX, Tee.SEV_SNP)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Collateral:
 
 
 class CollateralSource(Protocol):
-    def fetch(self, tee: str, evidence: bytes) -> Collateral:
+    def fetch(self, tee: Tee, evidence: bytes) -> Collateral:
         """Collateral for ``evidence``; raises EnclaveInferError with a one-line reason."""
         ...
 
@@ -96,8 +97,8 @@ class PccsSource:
     def __init__(self, url: str = DEFAULT_PCS_URL) -> None:
         self.url = url
 
-    def fetch(self, tee: str, evidence: bytes) -> Collateral:
-        if tee not in ("sgx", "tdx"):
+    def fetch(self, tee: Tee, evidence: bytes) -> Collateral:
+        if tee not in (Tee.SGX, Tee.TDX):
             raise UsageError(
                 f"--pccs serves DCAP collateral (SGX, TDX), not {tee}: use --kds or --collateral"
             )
@@ -127,8 +128,8 @@ class KdsSource:
         self.url = url.rstrip("/")
         self._transport = transport
 
-    def fetch(self, tee: str, evidence: bytes) -> Collateral:
-        if tee != "sev-snp":
+    def fetch(self, tee: Tee, evidence: bytes) -> Collateral:
+        if tee != Tee.SEV_SNP:
             raise UsageError(
                 f"--kds serves SEV-SNP certificates, not {tee} collateral: use --pccs or --collateral"
             )
@@ -186,12 +187,12 @@ class FileSource:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def fetch(self, tee: str, evidence: bytes) -> Collateral:
+    def fetch(self, tee: Tee, evidence: bytes) -> Collateral:
         try:
             data = self.path.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read --collateral {self.path}: {exc.strerror}") from None
-        if tee == "sev-snp":
+        if tee == Tee.SEV_SNP:
             snp.parse_snp_collateral(data)
             return Collateral(
                 data, datetime.now(UTC) + MAX_REFRESH_INTERVAL + REFRESH_MARGIN, f"file {self.path}"
@@ -262,7 +263,8 @@ class CollateralKeeper:
         self._stopped = False
         self._refused = False
         self._thread: threading.Thread | None = None
-        self._tee, self._evidence = "", b""
+        self._tee: Tee | None = None  # start() says which TEE, with its evidence
+        self._evidence = b""
 
     @property
     def current(self) -> Collateral | None:
@@ -285,7 +287,7 @@ class CollateralKeeper:
         with self._lock:
             return self._refused
 
-    def start(self, tee: str, evidence: bytes) -> bool:
+    def start(self, tee: Tee, evidence: bytes) -> bool:
         """Get collateral for ``evidence`` now if possible; keep it current from then on. Returns
         whether there is collateral to serve."""
         self._tee, self._evidence = tee, evidence
@@ -313,7 +315,7 @@ class CollateralKeeper:
             cached = Collateral(bytes.fromhex(doc["data"]), _iso(doc["next_update"]), str(doc["source"]))
         except (OSError, ValueError, KeyError, TypeError):
             return False
-        if self._tee in ("sgx", "tdx"):  # what the data says, not what the (host-written) file claims
+        if self._tee in (Tee.SGX, Tee.TDX):  # what the data says, not what the (host-written) file claims
             try:
                 cached = Collateral(cached.data, dcap_next_update(cached.data), cached.source)
             except AttestationError:
@@ -323,6 +325,7 @@ class CollateralKeeper:
         return self._take(Collateral(cached.data, cached.next_update, f"cache ({cached.source})"))
 
     def _refresh(self) -> bool:
+        assert self._tee is not None, "start() first"
         try:
             collateral = self._source.fetch(self._tee, self._evidence)
         except EnclaveInferError as exc:

@@ -39,7 +39,7 @@ import uvicorn
 
 from enclave_infer import logs
 from enclave_infer.attestation.evidence import Attestation, Evidence, UnsafeNoPolicy, Verifier, verify
-from enclave_infer.attestation.report import NONCE_BYTES
+from enclave_infer.attestation.report import NONCE_BYTES, Tee
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, EnclaveInferError, TransportError, UsageError
 from enclave_infer.host.app import DEFAULT_MAX_IN_FLIGHT, RETRY_AFTER_SECONDS, create_app
@@ -108,7 +108,7 @@ def self_attest(enclave: EnclaveProcess, verifier: Verifier, collateral: bytes |
         now=datetime.now(UTC),
         collateral=collateral,
     )
-    if attestation.report.tee == "simulation":
+    if attestation.report.tee == Tee.SIMULATION:
         log.warning("SIMULATION MODE: no hardware TEE; the enclave's evidence is INSECURE")
     log.info("%s", attestation.summary(now=datetime.now(UTC)))
     return attestation
@@ -204,15 +204,15 @@ def attest_at_start(
 COLLATERAL_CACHE = "collateral.json"
 
 
-def _platform_evidence(enclave: EnclaveProcess) -> tuple[str, bytes]:
+def _platform_evidence(enclave: EnclaveProcess) -> tuple[Tee, bytes]:
     """The TEE type and the platform evidence of the running enclave (for its collateral)."""
     document = asyncio.run(_fetch_evidence(enclave))[2]
     parsed = Evidence.decode(document)
     return parsed.tee, parsed.evidence
 
 
-def _default_source(tee: str) -> CollateralSource:
-    return KdsSource() if tee == "sev-snp" else PccsSource()
+def _default_source(tee: Tee) -> CollateralSource:
+    return KdsSource() if tee == Tee.SEV_SNP else PccsSource()
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ class Manifest:
         try:
             doc = json.loads(data)
             if not isinstance(doc, dict) or doc.get("type") != MANIFEST_TYPE:
-                raise ProtocolError("not an enclave-infer model manifest v1")
+                raise ProtocolError(f"not an {MANIFEST_TYPE}")
             if set(doc) != {"type", "files", "labels", "preprocessing", "version"}:
                 raise ProtocolError("manifest: unexpected or missing fields")
             files = doc["files"]
