@@ -16,6 +16,7 @@ model from it; the server joins the cluster through it.
 
 from __future__ import annotations
 
+import hmac
 import threading
 from typing import Generic, Protocol, TypeVar
 
@@ -109,11 +110,9 @@ class TrustedState(Generic[M]):
             own = self._cluster
             if own is None:
                 raise TransitionRefused("the enclave is not a member of a cluster yet")
-            if (secrets.cluster_id, secrets.sealing_key, secrets.ohttp_key.private_bytes()) != (
-                own.cluster_id,
-                own.sealing_key,
-                own.ohttp_key.private_bytes(),
-            ):
+            given = secrets.cluster_id + secrets.sealing_key + secrets.ohttp_key.private_bytes()
+            held = own.cluster_id + own.sealing_key + own.ohttp_key.private_bytes()
+            if not hmac.compare_digest(given, held):  # secrets: compared in constant time
                 raise OtherCluster("key release refused: the giver is a member of another cluster")
             return self._raise_floor(secrets.floor)
 
