@@ -1,7 +1,10 @@
 """Evidence providers and sealing keys: what the enclave asks of the platform it runs on.
 
-Trusted code. Only the simulated platform exists so far; it measures the enclave the way
-``enclave-infer measure`` does and signs nothing, so its evidence is always assessed INSECURE.
+Trusted code. :class:`Platform` is what the enclave needs of one; the implementations are the
+simulated platform here (it measures the enclave the way ``enclave-infer measure`` does and signs
+nothing, so its evidence is always assessed INSECURE), Gramine-SGX (``enclave/gramine.py``:
+``/dev/attestation``) and confidential VMs through the kernel's configfs-tsm (``enclave/tsm.py``: TDX
+and SEV-SNP).
 """
 
 from __future__ import annotations
