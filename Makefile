@@ -45,8 +45,8 @@ web:
 	cd web && npm ci --ignore-scripts --no-audit --no-fund && node build.mjs
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench demo fuzz
-	$(VENV)/bin/ruff format --check src tests bench demo fuzz
+	$(VENV)/bin/ruff check src tests bench demo fuzz image
+	$(VENV)/bin/ruff format --check src tests bench demo fuzz image
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -68,6 +68,7 @@ ENV = {
     "LANG": "C.UTF-8",
 }
 PORT = 8080
+PREFS = "etc/apt/preferences.d/lock.pref"  # the lock as apt preferences, during the build only
 
 
 def say(text: str) -> None:
@@ -75,7 +76,9 @@ def say(text: str) -> None:
 
 
 def run(*argv: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
-    done = subprocess.run([str(a) for a in argv], check=True, text=True, stdout=subprocess.PIPE, env=env, cwd=cwd)
+    done = subprocess.run(
+        [str(a) for a in argv], check=True, text=True, stdout=subprocess.PIPE, env=env, cwd=cwd
+    )
     return done.stdout
 
 
@@ -143,7 +146,8 @@ def build_own_wheel(cache: Path, dist: Path, epoch: int) -> Path:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
         subprocess.run(
-            [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir", str(dist), str(src)],
+            [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+             "--wheel-dir", str(dist), str(src)],
             check=True, env={**env, "TMPDIR": tmp},
         )  # fmt: skip
     (wheel,) = dist.glob("enclave_infer-*.whl")
@@ -163,7 +167,9 @@ def mmdebstrap(rootfs: Path, epoch: int, lock: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prefs = Path(tmp) / "lock.pref"
         prefs.write_text(
-            "".join(f"Package: {n}\nPin: version {v}\nPin-Priority: 1001\n\n" for n, v in sorted(lock.items()))
+            "".join(
+                f"Package: {n}\nPin: version {v}\nPin-Priority: 1001\n\n" for n, v in sorted(lock.items())
+            )
         )
         argv = [
             "mmdebstrap", "--mode=root", "--variant=essential", "--format=directory", "--quiet",
@@ -173,12 +179,14 @@ def mmdebstrap(rootfs: Path, epoch: int, lock: dict[str, str]) -> None:
             "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
             *[f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES],
             f"--include={','.join(PACKAGES)}",
-            f"--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && cp {prefs} \"$1/etc/apt/preferences.d/lock.pref\"",
+            f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {prefs} "$1/{PREFS}"',
             SUITE, str(rootfs), *MIRRORS,
         ]  # fmt: skip
         log = rootfs.parent / "mmdebstrap.log"
         with log.open("w") as f:
-            done = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+            done = subprocess.run(
+                argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+            )
         if done.returncode:
             sys.exit(f"build_rootfs: mmdebstrap failed (status {done.returncode}); see {log}")
 
@@ -203,10 +211,11 @@ def install_python(rootfs: Path, cache: Path, own_wheel: Path) -> None:
     version = own_wheel.name.split("-")[1]
     own = f"enclave-infer=={version} --hash=sha256:{sha256(own_wheel)}"
     (staging / "requirements.txt").write_text("\n".join([*requirements, own]) + "\n")
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "PIP_CONFIG_FILE": "/dev/null",
-           "LANG": "C.UTF-8"}  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+           "PIP_CONFIG_FILE": "/dev/null", "LANG": "C.UTF-8"}  # fmt: skip
     subprocess.run(
-        ["/usr/sbin/chroot", str(rootfs), f"{VENV}/bin/python", f"/tmp/wheels/{pip_wheel.name}/pip", "install",
+        ["/usr/sbin/chroot", str(rootfs), f"{VENV}/bin/python", f"/tmp/wheels/{pip_wheel.name}/pip",
+         "install",
          "--quiet", "--disable-pip-version-check", "--no-index", "--find-links", "/tmp/wheels",
          "--require-hashes", "--only-binary=:all:", "--no-deps", "--no-compile", "--no-cache-dir",
          "-r", "/tmp/wheels/requirements.txt"],
@@ -237,7 +246,7 @@ def configure(rootfs: Path) -> None:
              "data_dir": DATA_DIR, "sealed_dir": SEALED_DIR, "config": CONFIG}  # fmt: skip
     (share / "entrypoint.json").write_text(json.dumps(entry, indent=2) + "\n")
     # Written by mmdebstrap from the build machine, or by apt for the build: not part of the image.
-    for leftover in ("etc/hostname", "etc/resolv.conf", "etc/apt/preferences.d/lock.pref"):
+    for leftover in ("etc/hostname", "etc/resolv.conf", PREFS):
         (rootfs / leftover).unlink(missing_ok=True)
     for node in (rootfs / "dev").iterdir():
         if node.is_dir() and not node.is_symlink():
@@ -257,7 +266,9 @@ def configure(rootfs: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--relock", action="store_true", help="write image/debian.lock from this build")
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "image-cache" / "wheels")
@@ -281,7 +292,9 @@ def main() -> int:
     mmdebstrap(rootfs, epoch, lock)
     got = installed(rootfs)
     if args.relock:
-        header = f"# generated by image/build_rootfs.py --relock ({SUITE}); Debian packages at these versions\n"
+        header = (
+            f"# generated by image/build_rootfs.py --relock ({SUITE}); Debian packages at these versions\n"
+        )
         (HERE / "debian.lock").write_text(header + "".join(f"{n}={v}\n" for n, v in sorted(got.items())))
         say(f"wrote image/debian.lock: {len(got)} packages")
     elif got != lock:
@@ -303,7 +316,9 @@ def main() -> int:
         "locks": {name: sha256(HERE / name) for name in ("debian.lock", "requirements.lock", "tools.lock")},
     }  # fmt: skip
     (out / "rootfs.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    say(f"rootfs.tar {(out / 'rootfs.tar').stat().st_size / 1e6:.1f} MB in {time.monotonic() - started:.0f} s")
+    say(
+        f"rootfs.tar {(out / 'rootfs.tar').stat().st_size / 1e6:.1f} MB in {time.monotonic() - started:.0f} s"
+    )
     return 0
 
 

@@ -42,7 +42,7 @@ def members(path: Path) -> dict[str, tuple[object, ...]]:
     """Name -> (type, mode, uid, gid, mtime, size, link, content digest) of a tar's members."""
     opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
     out: dict[str, tuple[object, ...]] = {}
-    with opener(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:  # type: ignore[operator]
+    with opener(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for m in tar:
             digest = ""
             if m.isfile():
@@ -66,10 +66,14 @@ def first_member_difference(a: Path, b: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
-    parser.add_argument("--ignore", action="append", default=list(DEFAULT_IGNORE), help="top-level name to skip")
+    parser.add_argument(
+        "--ignore", action="append", default=list(DEFAULT_IGNORE), help="top-level name to skip"
+    )
     args = parser.parse_args()
     fa, fb = files(args.a, tuple(args.ignore)), files(args.b, tuple(args.ignore))
     differing = 0

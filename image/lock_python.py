@@ -43,7 +43,9 @@ def download(requirements: list[str], target: list[str]) -> list[str]:
                 sys.exit(f"lock_python: {wheel.name} is not a wheel")
             name, version = wheel.name.split("-")[:2]
             digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-            lines.append(f"{name.lower().replace('_', '-')}=={version} --hash=sha256:{digest}  # {wheel.name}")
+            lines.append(
+                f"{name.lower().replace('_', '-')}=={version} --hash=sha256:{digest}  # {wheel.name}"
+            )
     return sorted(lines)
 
 

@@ -77,7 +77,8 @@ def write_layout(out: Path) -> dict[str, str]:
             "Labels": {"org.opencontainers.image.version": version},
         },
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{info['rootfs_tar_sha256']}"]},
-        "history": [{"created": created, "created_by": "image/build_rootfs.py: Debian bookworm (debian.lock), "
+        "history": [{"created": created,
+                     "created_by": "image/build_rootfs.py: Debian bookworm (debian.lock), "
                      "wheels (requirements.lock), enclave-infer " + version}],
     }  # fmt: skip
     config_desc = {"mediaType": CONFIG, **put_blob(blobs, canonical(config))}
@@ -86,7 +87,10 @@ def write_layout(out: Path) -> dict[str, str]:
         "mediaType": MANIFEST,
         "config": config_desc,
         "layers": [layer],
-        "annotations": {"org.opencontainers.image.created": created, "org.opencontainers.image.version": version},
+        "annotations": {
+            "org.opencontainers.image.created": created,
+            "org.opencontainers.image.version": version,
+        },
     }
     manifest_desc = {"mediaType": MANIFEST, **put_blob(blobs, canonical(manifest))}
     ref = f"{NAME}:{version}"

@@ -49,7 +49,10 @@ def main() -> int:
     oci = json.loads((out / "oci.json").read_text())
     uki_path = out / "uki.json"
     uki = json.loads(uki_path.read_text()) if uki_path.exists() else {}
-    artifacts = {name: artifact(out, name) for name in ("rootfs.tar", oci["archive"], f"dist/{rootfs['wheel']['name']}")}
+    artifacts = {
+        name: artifact(out, name)
+        for name in ("rootfs.tar", oci["archive"], f"dist/{rootfs['wheel']['name']}")
+    }
     for name in uki.get("artifacts", []):
         artifacts[name] = artifact(out, name)
     release = {
@@ -58,10 +61,16 @@ def main() -> int:
         "version": oci["ref"].split(":")[1],
         "source_date_epoch": rootfs["source_date_epoch"],
         "artifacts": dict(sorted(artifacts.items())),
-        "oci": {k: oci[k] for k in ("ref", "manifest_digest", "config_digest", "layer_digest", "layer_diff_id")},
+        "oci": {
+            k: oci[k] for k in ("ref", "manifest_digest", "config_digest", "layer_digest", "layer_diff_id")
+        },
         "entrypoint": rootfs["entrypoint"] + rootfs["cmd"],
         "locks": rootfs["locks"],
-        "debian": {"suite": rootfs["suite"], "mirrors": rootfs["mirrors"], "packages": rootfs["debian_packages"]},
+        "debian": {
+            "suite": rootfs["suite"],
+            "mirrors": rootfs["mirrors"],
+            "packages": rootfs["debian_packages"],
+        },
         "python_wheels": wheels(),
         "enclave_infer_wheel": rootfs["wheel"],
         "kernel_cmdline": uki.get("kernel_cmdline"),

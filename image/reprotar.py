@@ -82,7 +82,10 @@ def write_tar_file(root: Path, target: Path, epoch: int) -> None:
 
 def gzip_file(source: Path, target: Path) -> None:
     """SOURCE gzipped to TARGET with no name and mtime 0 in the header."""
-    with source.open("rb") as src, target.open("wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL) as gz:
-            while chunk := src.read(1 << 20):
-                gz.write(chunk)
+    with (
+        source.open("rb") as src,
+        target.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL) as gz,
+    ):
+        while chunk := src.read(1 << 20):
+            gz.write(chunk)

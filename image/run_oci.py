@@ -62,7 +62,10 @@ def inner(bundle: Path, sealed: Path, host: str, port: int) -> int:
     mount("--make-rprivate", "/")
     mount("--bind", str(rootfs), str(rootfs))
     mount("-o", "remount,bind,ro", str(rootfs))
-    inside = lambda p: str(rootfs / str(p).lstrip("/"))  # noqa: E731
+
+    def inside(path: str | Path) -> str:
+        return str(rootfs / str(path).lstrip("/"))
+
     mount("-t", "tmpfs", "-o", f"mode=0700,uid={uid},gid={gid},size=64m", "tmpfs", inside(data_dir))
     os.mkdir(inside(data_dir / "sealed"), 0o700)  # the mount point, in the tmpfs as in the VM
     mount("--bind", str(sealed), inside(data_dir / "sealed"))
@@ -139,10 +142,17 @@ def stop(server: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, default=ROOT / "build" / "image", help="the build's output folder")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--image", type=Path, default=ROOT / "build" / "image", help="the build's output folder"
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "build" / "demo" / "efficientnet-lite0.onnx")
-    parser.add_argument("--inner", nargs=4, metavar=("BUNDLE", "SEALED", "HOST", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help="where to unpack and run (default: IMAGE/run)")
+    parser.add_argument(
+        "--inner", nargs=4, metavar=("BUNDLE", "SEALED", "HOST", "PORT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.inner:
         bundle, sealed, host, port = args.inner
@@ -151,7 +161,7 @@ def main() -> int:
         sys.exit("run_oci: run as root (unshare, mount, chroot)")
     out = args.image.resolve()
     ref = json.loads((out / "oci.json").read_text())["ref"]
-    work = out / "run"
+    work = (args.workdir or out / "run").resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     say(f"unpacking {out / 'oci'}:{ref}")
@@ -168,7 +178,9 @@ def main() -> int:
     uid, gid = process["user"]["uid"], process["user"]["gid"]
     for path in (sealed, sealed / "owner.key.pub"):
         os.chown(path, uid, gid)
-    code_hash = cli("measure", "--owner-public-key", f"{key}.pub", "--config", str(HERE / "enclave.toml")).strip()
+    code_hash = cli(
+        "measure", "--owner-public-key", f"{key}.pub", "--config", str(HERE / "enclave.toml")
+    ).strip()
     constraint = f"C:{code_hash} SEC:INSECURE"
     say(f"constraint computed from the source: {constraint}")
 
@@ -185,14 +197,15 @@ def main() -> int:
         try:
             ready = wait_ready(url, server, log)
             say(f"the image's server answers on {url} ({ready:.1f} s from start to ready; log {log})")
-            cli("provision", url, constraint, str(args.model), str(ROOT / "demo" / "imagenet-classes.txt"),
-                "--owner-key", str(key), "--mean", MEAN, "--std", STD, "--allow-duplicate-labels")  # fmt: skip
+            labels = ROOT / "demo" / "imagenet-classes.txt"
+            cli("provision", url, constraint, str(args.model), str(labels), "--owner-key", str(key),
+                "--mean", MEAN, "--std", STD, "--allow-duplicate-labels")  # fmt: skip
             say("provisioned the demo model (sealed in the image's sealed folder)")
             import skimage
 
             photos = []
             for name in PHOTOS:
-                shutil.copy(Path(skimage.data_dir) / name, work / name)
+                shutil.copy(Path(skimage.data_dir) / name, work / name)  # type: ignore[attr-defined]
                 photos.append(str(work / name))
             print(cli("classify", url, constraint, *photos), end="")
         finally:
