@@ -182,7 +182,8 @@ def mmdebstrap(rootfs: Path, epoch: int, lock: dict[str, str]) -> None:
             f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {prefs} "$1/{PREFS}"',
             SUITE, str(rootfs), *MIRRORS,
         ]  # fmt: skip
-        log = rootfs.parent / "mmdebstrap.log"
+        log = rootfs.parent / "logs" / "mmdebstrap.log"  # logs/: not an artifact, not compared
+        log.parent.mkdir(exist_ok=True)
         with log.open("w") as f:
             done = subprocess.run(
                 argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}

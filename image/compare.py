@@ -16,8 +16,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-# The unpacked tree is compared through rootfs.tar, which carries it with its metadata.
-DEFAULT_IGNORE = ("rootfs", "dist", "run")
+# The unpacked tree is compared through rootfs.tar, which carries it with its metadata; logs/ and
+# run/ (image/run_oci.py's folder) are not artifacts.
+DEFAULT_IGNORE = ("rootfs", "logs", "run")
 
 
 def files(root: Path, ignore: tuple[str, ...]) -> dict[str, Path]:
