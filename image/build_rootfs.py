@@ -279,10 +279,10 @@ def main() -> int:
     started = time.monotonic()
     epoch = source_date_epoch()
     out: Path = args.out.resolve()
+    if (out / "SOURCE_DATE_EPOCH").exists() or (out / "rootfs").exists():
+        shutil.rmtree(out)  # a previous build's folder: every artifact is made again, none left stale
     out.mkdir(parents=True, exist_ok=True)
     rootfs = out / "rootfs"
-    if rootfs.exists():
-        shutil.rmtree(rootfs)
     say(f"SOURCE_DATE_EPOCH={epoch}")
     fetch_wheels(args.cache)
     own_wheel = build_own_wheel(args.cache, out / "dist", epoch)
