@@ -307,6 +307,7 @@ def main() -> int:
     reprotar.write_tar_file(rootfs, out / "rootfs.tar", epoch)
     (out / "SOURCE_DATE_EPOCH").write_text(f"{epoch}\n")
     info = {
+        "source_commit": run("git", "-C", ROOT, "rev-parse", "HEAD").strip(),
         "source_date_epoch": epoch,
         "suite": SUITE,
         "mirrors": MIRRORS,

@@ -59,6 +59,7 @@ def main() -> int:
         "release_manifest_version": 1,
         "name": "enclave-infer",
         "version": oci["ref"].split(":")[1],
+        "source_commit": rootfs["source_commit"],
         "source_date_epoch": rootfs["source_date_epoch"],
         "artifacts": dict(sorted(artifacts.items())),
         "oci": {

@@ -4,6 +4,7 @@ builds give the same artifacts. `make test` never builds an image: the first tes
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +18,19 @@ IMAGE = ROOT / "build" / "image"
 MODEL = ROOT / "build" / "demo" / "efficientnet-lite0.onnx"
 
 
+def _built_from_head() -> None:
+    """The image's code hash is computed from this checkout's source: an image of another commit
+    would (rightly) be refused, so it is not tested."""
+    if not (IMAGE / "oci.json").exists():
+        pytest.skip("no built image in build/image: `make image` (as root) builds it; `make test` never does")
+    built = json.loads((IMAGE / "rootfs.json").read_text()).get("source_commit")
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
+    if built != head.strip():
+        pytest.skip("build/image was built from another commit than HEAD: `make image` rebuilds it")
+
+
 def _need_root_and(*tools: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("the image tests run as root (unshare, mount, chroot, mmdebstrap --mode=root)")
@@ -27,8 +41,7 @@ def _need_root_and(*tools: str) -> None:
 
 @pytest.mark.slow
 def test_the_oci_image_classifies_without_a_container_engine(tmp_path: Path) -> None:
-    if not (IMAGE / "oci.json").exists():
-        pytest.skip("no built image in build/image: `make image` (as root) builds it; `make test` never does")
+    _built_from_head()
     if not MODEL.exists():
         pytest.skip("build/demo/efficientnet-lite0.onnx not built: run `make test`, which builds it first")
     _need_root_and("umoci", "unshare", "mount")
@@ -45,6 +58,21 @@ def test_the_oci_image_classifies_without_a_container_engine(tmp_path: Path) -> 
     ]
     # the model was sealed into the folder the image's sealed mount came from, not into its tmpfs
     assert (tmp_path / "run" / "sealed" / "model.sealed").exists()
+
+
+def test_skopeo_reads_the_layout_and_the_archive(tmp_path: Path) -> None:
+    _built_from_head()
+    _need_root_and("skopeo")
+    oci = json.loads((IMAGE / "oci.json").read_text())
+    inspect = subprocess.run(
+        ["skopeo", "inspect", f"oci:{IMAGE / 'oci'}:{oci['ref']}"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(inspect.stdout)["Digest"] == oci["manifest_digest"]
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", f"oci-archive:{IMAGE / oci['archive']}", f"dir:{tmp_path / 'copy'}"],
+        check=True,
+    )
+    assert (tmp_path / "copy" / oci["layer_digest"].removeprefix("sha256:")).exists()
 
 
 @pytest.mark.slow
