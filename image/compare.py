@@ -78,22 +78,27 @@ def main() -> int:
     args = parser.parse_args()
     fa, fb = files(args.a, tuple(args.ignore)), files(args.b, tuple(args.ignore))
     differing = 0
+    first = ""
     for name in sorted(set(fa) | set(fb)):
         if name not in fa or name not in fb:
             print(f"only in {args.a if name in fa else args.b}: {name}")
             differing += 1
+            first = first or name
             continue
         da, db = sha256(fa[name]), sha256(fb[name])
         if da == db:
             print(f"same       {da}  {name}")
             continue
         differing += 1
+        first = first or name
         print(f"DIFFERENT  {da} != {db}  {name}")
         if name.endswith((".tar", ".tar.gz")) or "blobs/sha256/" in name:
             detail = first_member_difference(fa[name], fb[name])
             if detail:
                 print(f"           {detail}")
     print(f"compare: {len(set(fa) | set(fb)) - differing} files identical, {differing} differ")
+    if first:
+        print(f"compare: first differing file: {first}")
     return 1 if differing else 0
 
 
