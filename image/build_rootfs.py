@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,13 @@ def configure(rootfs: Path) -> None:
     for folder in ("tmp", "run", "var/tmp"):
         for entry_path in (rootfs / folder).iterdir():
             shutil.rmtree(entry_path) if entry_path.is_dir() else entry_path.unlink()
+    # No way up from the service's user: the set-user-ID and set-group-ID bits go (su, newgrp,
+    # unix_chkpwd in Essential's set); the service never needs them.
+    for path in rootfs.rglob("*"):
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            say(f"removed the set-id bit of /{path.relative_to(rootfs)}")
     pycache = [p for p in rootfs.rglob("__pycache__") if p.is_dir()]
     for p in pycache:
         shutil.rmtree(p)
