@@ -12,6 +12,8 @@ MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
+# The released image: root file system, OCI image (make image, image-tools, oci-demo: image/README.md).
+include image/image.mk
 
 # torch is installed first and pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -43,8 +45,8 @@ web:
 	cd web && npm ci --ignore-scripts --no-audit --no-fund && node build.mjs
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench demo fuzz
-	$(VENV)/bin/ruff format --check src tests bench demo fuzz
+	$(VENV)/bin/ruff check src tests bench demo fuzz image
+	$(VENV)/bin/ruff format --check src tests bench demo fuzz image
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

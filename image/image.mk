@@ -1,0 +1,36 @@
+# The released image (image/README.md): one root file system from pinned inputs, shipped as an OCI
+# image (and, by image/uki/, as a UKI for confidential VMs). Run as root; none of it is part of `make test`.
+IMAGE_OUT ?= build/image
+IMAGE_PY  ?= python3
+
+.PHONY: image-tools image-lock image rootfs image-oci oci-demo image-twice
+
+# The build's tools, from Debian (what the project's image build needs and nothing else).
+image-tools:
+	apt-get update
+	apt-get install -y --no-install-recommends mmdebstrap umoci skopeo erofs-utils git python3-pip
+
+# Move the pins: resolve the Python wheels again and rewrite image/debian.lock from a fresh build.
+image-lock:
+	$(IMAGE_PY) image/lock_python.py
+	$(IMAGE_PY) image/build_rootfs.py $(IMAGE_OUT) --relock
+
+rootfs:
+	$(IMAGE_PY) image/build_rootfs.py $(IMAGE_OUT)
+
+image-oci: rootfs
+	$(IMAGE_PY) image/oci.py $(IMAGE_OUT)
+
+# Other parts add themselves as prerequisites (image: image-uki); the manifest is written last.
+image: image-oci
+	$(IMAGE_PY) image/release.py $(IMAGE_OUT)
+
+# Two builds in two folders, compared file by file (the first differing file, and member, named).
+image-twice:
+	$(MAKE) image IMAGE_OUT=build/image-a
+	$(MAKE) image IMAGE_OUT=build/image-b
+	$(IMAGE_PY) image/compare.py build/image-a build/image-b
+
+# The OCI image run here without a container engine (unshare + chroot), classifying the demo photos.
+oci-demo: $(MODEL)
+	$(PY) image/run_oci.py --image $(IMAGE_OUT) --model $(MODEL)

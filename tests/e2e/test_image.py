@@ -1,0 +1,95 @@
+"""The released image (image/README.md): the OCI image classifies without a container engine, and two
+builds give the same artifacts. `make test` never builds an image: the first test runs only where
+`make image` has built one, the second only when asked to build (ENCLAVE_INFER_IMAGE_BUILD=1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = ROOT / "build" / "image"
+MODEL = ROOT / "build" / "demo" / "efficientnet-lite0.onnx"
+
+
+def _built_from_head() -> None:
+    """The image's code hash is computed from this checkout's source: an image of another commit
+    would (rightly) be refused, so it is not tested."""
+    if not (IMAGE / "oci.json").exists():
+        pytest.skip("no built image in build/image: `make image` (as root) builds it; `make test` never does")
+    built = json.loads((IMAGE / "rootfs.json").read_text()).get("source_commit")
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
+    if built != head.strip():
+        pytest.skip("build/image was built from another commit than HEAD: `make image` rebuilds it")
+
+
+def _need_root_and(*tools: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the image tests run as root (unshare, mount, chroot, mmdebstrap --mode=root)")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"image tools missing ({', '.join(missing)}): `make image-tools` installs them")
+
+
+@pytest.mark.slow
+def test_the_oci_image_classifies_without_a_container_engine(tmp_path: Path) -> None:
+    _built_from_head()
+    if not MODEL.exists():
+        pytest.skip("build/demo/efficientnet-lite0.onnx not built: run `make test`, which builds it first")
+    _need_root_and("umoci", "unshare", "mount")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "image" / "run_oci.py"), "--image", str(IMAGE), "--model", str(MODEL),
+         "--workdir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.rsplit("/", 1)[1] for line in lines] == [
+        "chelsea.png: tiger cat (37.9%)",
+        "coffee.png: espresso (95.7%)",
+    ]
+    # the model was sealed into the folder the image's sealed mount came from, not into its tmpfs
+    assert (tmp_path / "run" / "sealed" / "model.sealed").exists()
+
+
+def test_skopeo_reads_the_layout_and_the_archive(tmp_path: Path) -> None:
+    _built_from_head()
+    _need_root_and("skopeo")
+    oci = json.loads((IMAGE / "oci.json").read_text())
+    inspect = subprocess.run(
+        ["skopeo", "inspect", f"oci:{IMAGE / 'oci'}:{oci['ref']}"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(inspect.stdout)["Digest"] == oci["manifest_digest"]
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", f"oci-archive:{IMAGE / oci['archive']}", f"dir:{tmp_path / 'copy'}"],
+        check=True,
+    )
+    assert (tmp_path / "copy" / oci["layer_digest"].removeprefix("sha256:")).exists()
+
+
+@pytest.mark.slow
+def test_two_builds_give_the_same_artifacts(tmp_path: Path) -> None:
+    if os.environ.get("ENCLAVE_INFER_IMAGE_BUILD") != "1":
+        pytest.skip(
+            "builds the image twice (~2 min, network for Debian packages): set ENCLAVE_INFER_IMAGE_BUILD=1"
+        )
+    _need_root_and("mmdebstrap", "git")
+    for out in (tmp_path / "a", tmp_path / "b"):
+        for step in ("build_rootfs.py", "oci.py", "release.py"):
+            subprocess.run(
+                [sys.executable, str(ROOT / "image" / step), str(out)], check=True, capture_output=True
+            )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "image" / "compare.py"), str(tmp_path / "a"), str(tmp_path / "b")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    assert "release.json" in done.stdout and "enclave-infer.oci.tar" in done.stdout
