@@ -1,0 +1,202 @@
+"""Boot the confidential-VM image here and classify through it: `make vm-demo`.
+
+    python3 image/vm_demo.py --image build/image/uki [--accel tcg|kvm] [--dev]
+
+QEMU boots the UKI (OUT/uki.efi, on a small FAT ESP as EFI/BOOT/BOOTX64.EFI) with Debian's OVMF and a
+software TPM (swtpm), the root volume (OUT/root.img, erofs + dm-verity) read-only as the first virtio disk
+and a data disk (the sealed model) as the second. The network is QEMU's user mode with `restrict=on`:
+the guest reaches nothing; the one way in is the service's port forwarded from 127.0.0.1. Then, as
+demo/run.py does against a local server, the host's venv provisions the demo model as its owner and
+classifies the demo photos through the VM, and the power-on-to-ready time is printed.
+
+TCG by default: on these machines /dev/kvm opens but a nested guest hangs, which no quick probe tells
+apart from a slow boot; `--accel kvm` (or ENCLAVE_VM_ACCEL=kvm) uses KVM where it works.
+`--dev` boots a root built with `build_uki.py --rootfs dev` (busybox httpd): it only waits for the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+SERVICE_UID = 10001  # the image's enclave-infer user (image/README: what is inside the root)
+READY_TIMEOUT = {"tcg": 300.0, "kvm": 120.0}  # seconds from power-on; the budget is 60 s under TCG
+
+
+def say(text: str) -> None:
+    print(f"vm-demo: {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_esp(uki: Path, esp: Path) -> None:
+    """A FAT ESP holding the UKI at the removable-media path OVMF boots without any boot entry."""
+    esp.unlink(missing_ok=True)
+    size_kib = ((uki.stat().st_size * 2) // (1 << 20) + 16) * 1024
+    subprocess.run(["mkfs.fat", "-C", "-i", "454e4349", "--invariant", "-n", "ESP", str(esp), str(size_kib)],
+                   check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    subprocess.run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], check=True, env=env)
+    subprocess.run(["mcopy", "-i", str(esp), str(uki), "::/EFI/BOOT/BOOTX64.EFI"], check=True, env=env)
+
+
+def make_data_disk(disk: Path, owner_pub: Path | None) -> None:
+    """The data disk: ext4 with the owner's public key (the operator puts it there), owned by the service."""
+    disk.unlink(missing_ok=True)
+    with disk.open("wb") as f:
+        f.truncate(256 << 20)
+    if owner_pub is None:
+        return  # blank: the guest formats it on first boot
+    seed = disk.with_suffix(".d")
+    shutil.rmtree(seed, ignore_errors=True)
+    seed.mkdir()
+    shutil.copyfile(owner_pub, seed / "owner.key.pub")
+    os.chown(seed / "owner.key.pub", SERVICE_UID, SERVICE_UID)
+    os.chmod(seed / "owner.key.pub", 0o644)
+    subprocess.run(["mkfs.ext4", "-q", "-L", "enclave-data", "-d", str(seed), "-E",
+                    f"root_owner={SERVICE_UID}:{SERVICE_UID}", str(disk)], check=True)
+
+
+def start_swtpm(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    state = work / "tpm"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir()
+    sock = work / "swtpm.sock"
+    sock.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+         "--ctrl", f"type=unixio,path={sock}", "--flags", "not-need-init,startup-clear",
+         "--log", f"file={work / 'swtpm.log'}"])
+    for _ in range(100):
+        if sock.exists():
+            return proc, sock
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("vm-demo: swtpm did not open its socket")
+
+
+def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int) -> list[str]:
+    return [
+        "qemu-system-x86_64", "-machine", "q35", "-accel", accel,
+        "-cpu", "host" if accel == "kvm" else "max", "-smp", "2", "-m", "2048",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={work / 'vars.fd'}",
+        "-chardev", f"socket,id=chrtpm,path={sock}",
+        "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
+        # The ESP on the AHCI controller, so that the guest's first virtio disk is the root.
+        "-drive", f"if=none,id=esp,format=raw,file={work / 'esp.img'}",
+        "-device", "ide-hd,drive=esp,bus=ide.0,bootindex=0",
+        "-drive", f"if=none,id=root,format=raw,readonly=on,file={image / 'root.img'}",
+        "-device", "virtio-blk-pci,drive=root",
+        "-drive", f"if=none,id=data,format=raw,file={work / 'data.img'}",
+        "-device", "virtio-blk-pci,drive=data",
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:8080",
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
+        "-display", "none", "-monitor", "none", "-serial", f"file:{work / 'console.log'}",
+        "-no-reboot",
+    ]
+
+
+def wait_ready(url: str, vm: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if vm.poll() is not None:
+            sys.exit(f"vm-demo: the VM stopped (status {vm.returncode}); see its console log")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    sys.exit(f"vm-demo: the service did not answer {url} within {timeout:.0f} s")
+
+
+def cli(*args: str, capture: bool = False) -> str:
+    exe = REPO / ".venv/bin/enclave-infer"
+    done = subprocess.run([str(exe), *args], check=False, text=True, capture_output=capture)
+    if done.returncode:
+        sys.exit(f"vm-demo: enclave-infer {args[0]} failed ({done.returncode}): {done.stderr if capture else ''}")
+    return done.stdout if capture else ""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", type=Path, default=Path("build/image/uki"), help="build_uki.py's output folder")
+    ap.add_argument("--work", type=Path, default=Path("build/vm-demo"))
+    ap.add_argument("--accel", choices=["tcg", "kvm"], default=os.environ.get("ENCLAVE_VM_ACCEL", "tcg"))
+    ap.add_argument("--model", type=Path, default=REPO / "build/demo/efficientnet-lite0.onnx")
+    ap.add_argument("--dev", action="store_true", help="the busybox development root: wait for the port only")
+    ap.add_argument("--keep", action="store_true", help="leave the VM running until interrupted")
+    args = ap.parse_args()
+    work: Path = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    image: Path = args.image
+
+    make_esp(image / "uki.efi", work / "esp.img")
+    shutil.copyfile(OVMF_VARS, work / "vars.fd")
+    key = work / "owner.key"
+    constraint = ""
+    if not args.dev:
+        say("the model owner makes a signing key; the operator puts its public half on the data disk")
+        cli("keygen", str(key), capture=True)
+        make_data_disk(work / "data.img", key.with_suffix(".key.pub"))
+    else:
+        make_data_disk(work / "data.img", None)
+    tpm, sock = start_swtpm(work)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    say(f"booting {image / 'uki.efi'} under {args.accel.upper()} (console: {work / 'console.log'})")
+    t0 = time.monotonic()
+    vm = subprocess.Popen(qemu_command(args.accel, work, image, sock, port))
+    try:
+        wait_ready(url + ("/" if args.dev else "/healthz"), vm, READY_TIMEOUT[args.accel])
+        ready = time.monotonic() - t0
+        say(f"power-on to ready {ready:.1f} s ({args.accel.upper()})")
+        if not args.dev:
+            code_hash = vm_code_hash(key)
+            constraint = f"C:{code_hash} SEC:INSECURE"
+            say(f"constraint: {constraint}")
+            say("the owner provisions EfficientNet-Lite0 (ONNX) and the ImageNet labels into the VM")
+            cli("provision", url, constraint, str(args.model), str(REPO / "demo/imagenet-classes.txt"),
+                "--owner-key", str(key), "--mean", "0.498039,0.498039,0.498039",
+                "--std", "0.501961,0.501961,0.501961", "--allow-duplicate-labels", capture=True)
+            photos = [str(p) for p in sorted((REPO / "build/demo/run").glob("*.png"))]
+            say("a submitter classifies the demo photos through the VM")
+            print(cli("classify", url, constraint, *photos, capture=True), end="")
+        if args.keep:
+            say(f"the VM serves {url}; Ctrl-C stops it")
+            vm.wait()
+    finally:
+        vm.terminate()
+        try:
+            vm.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            vm.kill()
+        tpm.terminate()
+        tpm.wait(timeout=10)
+    return 0
+
+
+def vm_code_hash(key: Path) -> str:
+    return cli("measure", "--owner-public-key", str(key.with_suffix(".key.pub")),
+               "--config", str(REPO / "image/enclave.toml"), capture=True).strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
