@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ LIBS = [
     "libc.so.6", "libm.so.6",
 ]
 # Fixed so that two builds agree; they identify nothing secret.
-EPOCH = 1700000000  # 2023-11-14T22:13:20Z, the files' timestamp in every image
+EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))  # every file's timestamp in every image
 EROFS_UUID = "6e636c61-7665-4000-8000-000000000001"
 VERITY_UUID = "6e636c61-7665-4000-8000-000000000002"
 VERITY_SALT = hashlib.sha256(b"enclave-infer root verity salt v1").hexdigest()
@@ -256,6 +257,26 @@ def uki(stub: Path, sections: list[tuple[str, Path]], out: Path) -> None:
         end = vma + path.stat().st_size
     out.unlink(missing_ok=True)
     run("objcopy", *args, str(stub), str(out))
+    out.write_bytes(pe_deterministic(out.read_bytes()))
+
+
+def pe_deterministic(image: bytes) -> bytes:
+    """objcopy stamps the PE header with the time of the build: put the stub's 0 back and recompute the
+    header checksum (the PE algorithm: 16-bit one's-complement sum of the file, plus its length)."""
+    data = bytearray(image)
+    pe = struct.unpack_from("<I", data, 0x3C)[0]
+    if data[pe:pe + 4] != b"PE\0\0":
+        sys.exit("build_uki: objcopy did not write a PE image")
+    struct.pack_into("<I", data, pe + 8, 0)  # COFF TimeDateStamp
+    checksum_at = pe + 24 + 64  # OptionalHeader.CheckSum (same offset in PE32 and PE32+)
+    struct.pack_into("<I", data, checksum_at, 0)
+    padded = bytes(data) + b"\0" * (len(data) % 2)
+    total = 0
+    for (word,) in struct.iter_unpack("<H", padded):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    struct.pack_into("<I", data, checksum_at, (total & 0xFFFF) + len(data))
+    return bytes(data)
 
 
 def project_version() -> str:
