@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 SERVICE_UID = 10001  # the image's enclave-infer user (image/README: what is inside the root)
+PHOTOS = ("chelsea.png", "coffee.png")
 READY_TIMEOUT = {"tcg": 300.0, "kvm": 120.0}  # seconds from power-on; the budget is 60 s under TCG
 
 
@@ -92,7 +93,7 @@ def start_swtpm(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
 def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int) -> list[str]:
     return [
         "qemu-system-x86_64", "-machine", "q35", "-accel", accel,
-        "-cpu", "host" if accel == "kvm" else "max", "-smp", "2", "-m", "2048",
+        "-cpu", "host" if accel == "kvm" else "max,la57=off", "-smp", "2", "-m", "2048",
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
         "-drive", f"if=pflash,format=raw,unit=1,file={work / 'vars.fd'}",
         "-chardev", f"socket,id=chrtpm,path={sock}",
@@ -169,16 +170,19 @@ def main() -> int:
         ready = time.monotonic() - t0
         say(f"power-on to ready {ready:.1f} s ({args.accel.upper()})")
         if not args.dev:
-            code_hash = vm_code_hash(key)
+            code_hash = vm_code_hash(key, enclave_toml(image))
             constraint = f"C:{code_hash} SEC:INSECURE"
             say(f"constraint: {constraint}")
             say("the owner provisions EfficientNet-Lite0 (ONNX) and the ImageNet labels into the VM")
             cli("provision", url, constraint, str(args.model), str(REPO / "demo/imagenet-classes.txt"),
                 "--owner-key", str(key), "--mean", "0.498039,0.498039,0.498039",
                 "--std", "0.501961,0.501961,0.501961", "--allow-duplicate-labels", capture=True)
-            photos = [str(p) for p in sorted((REPO / "build/demo/run").glob("*.png"))]
+            import skimage  # the demo photos, as demo/run.py takes them (the host venv's wheel)
+
+            photos = [str(Path(skimage.data_dir) / name) for name in PHOTOS]
             say("a submitter classifies the demo photos through the VM")
-            print(cli("classify", url, constraint, *photos, capture=True), end="")
+            for line in cli("classify", url, constraint, *photos, capture=True).splitlines():
+                print(line.replace(str(Path(skimage.data_dir)) + "/", ""))
         if args.keep:
             say(f"the VM serves {url}; Ctrl-C stops it")
             vm.wait()
@@ -193,9 +197,18 @@ def main() -> int:
     return 0
 
 
-def vm_code_hash(key: Path) -> str:
+def enclave_toml(image: Path) -> Path:
+    """The measured configuration inside the image (build_uki.py leaves the root it read in work/)."""
+    for p in (image / "work/rootfs/etc/enclave-infer/enclave.toml", REPO / "image/enclave.toml"):
+        if p.exists():
+            return p
+    sys.exit("vm-demo: no enclave.toml: build the image first")
+
+
+def vm_code_hash(key: Path, config: Path) -> str:
+    """What the owner and the submitter pin, computed offline from the same code and configuration."""
     return cli("measure", "--owner-public-key", str(key.with_suffix(".key.pub")),
-               "--config", str(REPO / "image/enclave.toml"), capture=True).strip()
+               "--config", str(config), capture=True).strip()
 
 
 if __name__ == "__main__":

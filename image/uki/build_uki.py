@@ -27,6 +27,7 @@ import json
 import lzma
 import os
 import re
+import shlex
 import shutil
 import stat
 import struct
@@ -152,6 +153,26 @@ def root_volume(tree: Path, out: Path) -> dict[str, object]:
     if not m:
         sys.exit(f"build_uki: no root hash in veritysetup's output:\n{text}")
     return {"erofs_bytes": size, "data_blocks": blocks, "root_hash": m.group(1), "salt": VERITY_SALT}
+
+
+ENTRYPOINT_JSON = "usr/local/share/enclave-infer/entrypoint.json"
+
+
+def entrypoint_sh(tree: Path) -> bytes:
+    """The service as the root file system describes it (its OCI entrypoint, cmd, env and user), as an
+    sh fragment for /init: util-linux's setpriv (in the root) drops to the service's user, every
+    capability and the right to gain privileges, then execs the service as PID 1."""
+    spec = json.loads((tree / ENTRYPOINT_JSON).read_text())
+    uid, gid = (int(x) for x in spec["user"].split(":"))
+    argv = ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--", *spec["entrypoint"], *spec["cmd"]]
+    lines = [
+        "# Made by build_uki.py from the root's " + ENTRYPOINT_JSON,
+        f"DATA_DIR={shlex.quote(spec['data_dir'])} SERVICE_UID={uid} SERVICE_GID={gid}",
+        *(f"export {k}={shlex.quote(v)}" for k, v in sorted(spec["env"].items())),
+        "set -- " + " ".join(shlex.quote(a) for a in argv),
+    ]
+    return ("\n".join(lines) + "\n").encode()
 
 
 # ---- the initrd -------------------------------------------------------------------------------
@@ -288,8 +309,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rootfs", type=Path, required=True, help="the root file system: a folder, a tarball, or `dev` (busybox httpd only)")
     ap.add_argument("--out", type=Path, default=Path("build/uki"))
-    ap.add_argument("--entrypoint", type=Path, default=HERE / "entrypoint.sh",
-                    help="sh fragment the initrd sources before switch_root: `set -- COMMAND...` and exports")
+    ap.add_argument("--entrypoint", type=Path,
+                    help="sh fragment the initrd sources before switch_root (`set -- COMMAND...`, DATA_DIR, "
+                         "SERVICE_UID, SERVICE_GID, exports); default: made from the root's " + ENTRYPOINT_JSON)
     ap.add_argument("--cmdline-extra", default="", help="appended to the kernel command line")
     args = ap.parse_args()
     out: Path = args.out
@@ -304,7 +326,9 @@ def main() -> int:
     verity = root_volume(tree, out / "root.img")
 
     print("build_uki: initrd", file=sys.stderr)
-    (out / "initrd.img").write_bytes(initrd(staging, work, args.entrypoint.read_bytes()))
+    fragment = args.entrypoint.read_bytes() if args.entrypoint else entrypoint_sh(tree)
+    (work / "entrypoint").write_bytes(fragment)
+    (out / "initrd.img").write_bytes(initrd(staging, work, fragment))
 
     cmdline = (f"console=ttyS0 roothash={verity['root_hash']} verity.salt={verity['salt']} "
                f"verity.blocks={verity['data_blocks']} panic=-1 {args.cmdline_extra}").strip()
