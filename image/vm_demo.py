@@ -1,9 +1,9 @@
 """Boot the confidential-VM image here and classify through it: `make vm-demo`.
 
-    python3 image/vm_demo.py --image build/image/uki [--accel tcg|kvm] [--dev]
+    python3 image/vm_demo.py --image build/image [--accel tcg|kvm] [--dev]
 
-QEMU boots the UKI (OUT/uki.efi, on a small FAT ESP as EFI/BOOT/BOOTX64.EFI) with Debian's OVMF and a
-software TPM (swtpm), the root volume (OUT/root.img, erofs + dm-verity) read-only as the first virtio disk
+QEMU boots the UKI (OUT/uki/enclave-infer.efi, on a small FAT ESP as EFI/BOOT/BOOTX64.EFI) with Debian's
+OVMF and a software TPM (swtpm), the root volume (OUT/uki/rootfs.verity.img, erofs + dm-verity) read-only as the first virtio disk
 and a data disk (the sealed model) as the second. The network is QEMU's user mode with `restrict=on`:
 the guest reaches nothing; the one way in is the service's port forwarded from 127.0.0.1. Then, as
 demo/run.py does against a local server, the host's venv provisions the demo model as its owner and
@@ -101,7 +101,7 @@ def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int) -> 
         # The ESP on the AHCI controller, so that the guest's first virtio disk is the root.
         "-drive", f"if=none,id=esp,format=raw,file={work / 'esp.img'}",
         "-device", "ide-hd,drive=esp,bus=ide.0,bootindex=0",
-        "-drive", f"if=none,id=root,format=raw,readonly=on,file={image / 'root.img'}",
+        "-drive", f"if=none,id=root,format=raw,readonly=on,file={image / 'uki/rootfs.verity.img'}",
         "-device", "virtio-blk-pci,drive=root",
         "-drive", f"if=none,id=data,format=raw,file={work / 'data.img'}",
         "-device", "virtio-blk-pci,drive=data",
@@ -137,7 +137,7 @@ def cli(*args: str, capture: bool = False) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", type=Path, default=Path("build/image/uki"), help="build_uki.py's output folder")
+    ap.add_argument("--image", type=Path, default=Path("build/image"), help="the release folder (OUT)")
     ap.add_argument("--work", type=Path, default=Path("build/vm-demo"))
     ap.add_argument("--accel", choices=["tcg", "kvm"], default=os.environ.get("ENCLAVE_VM_ACCEL", "tcg"))
     ap.add_argument("--model", type=Path, default=REPO / "build/demo/efficientnet-lite0.onnx")
@@ -149,7 +149,7 @@ def main() -> int:
     work.mkdir(parents=True)
     image: Path = args.image
 
-    make_esp(image / "uki.efi", work / "esp.img")
+    make_esp(image / "uki/enclave-infer.efi", work / "esp.img")
     shutil.copyfile(OVMF_VARS, work / "vars.fd")
     key = work / "owner.key"
     constraint = ""
@@ -162,7 +162,7 @@ def main() -> int:
     tpm, sock = start_swtpm(work)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    say(f"booting {image / 'uki.efi'} under {args.accel.upper()} (console: {work / 'console.log'})")
+    say(f"booting {image / 'uki/enclave-infer.efi'} under {args.accel.upper()} (console: {work / 'console.log'})")
     t0 = time.monotonic()
     vm = subprocess.Popen(qemu_command(args.accel, work, image, sock, port))
     try:
@@ -198,8 +198,8 @@ def main() -> int:
 
 
 def enclave_toml(image: Path) -> Path:
-    """The measured configuration inside the image (build_uki.py leaves the root it read in work/)."""
-    for p in (image / "work/rootfs/etc/enclave-infer/enclave.toml", REPO / "image/enclave.toml"):
+    """The measured configuration inside the image (the root file system's tree beside it, else the source)."""
+    for p in (image / "rootfs/etc/enclave-infer/enclave.toml", REPO / "image/enclave.toml"):
         if p.exists():
             return p
     sys.exit("vm-demo: no enclave.toml: build the image first")

@@ -1,18 +1,19 @@
 """Build the confidential-VM image from a root file system: root volume, initrd and UKI.
 
-    python3 image/uki/build_uki.py --rootfs TREE_OR_TAR --out build/uki [--entrypoint FILE]
+    python3 image/uki/build_uki.py --rootfs TREE_OR_TAR --out build/image [--entrypoint FILE]
 
-Writes to OUT:
-  root.img     the root file system as erofs (lz4hc), its dm-verity hash tree appended after its last
-               data block (veritysetup --hash-offset), so one disk carries both;
-  initrd.img   a gzip'd newc cpio: busybox-static, dmsetup and its libraries, the kernel modules the
-               boot needs (decompressed, in dependency order), init.sh as /init;
-  uki.efi      systemd-stub (systemd-boot-efi) + .osrel + .cmdline + .initrd + .linux, the kernel
-               command line carrying the verity root hash, salt and size;
-  uki.json     what was built: digests, sizes, the command line, the root hash, the package versions.
+Writes to OUT/uki/:
+  rootfs.verity.img  the root file system as erofs (lz4hc), its dm-verity hash tree appended after its
+                     last data block (veritysetup --hash-offset), so one disk carries both;
+  initrd.img         a gzip'd newc cpio: busybox-static, dmsetup and its libraries, the kernel modules the
+                     boot needs (decompressed, in dependency order), init.sh as /init;
+  enclave-infer.efi  the UKI: systemd-stub (systemd-boot-efi) + .osrel + .cmdline + .initrd + .linux, the
+                     kernel command line carrying the verity root hash, salt and size;
+and OUT/uki.json, the part of the release manifest image/release.py merges: the artifacts, the kernel
+command line, the verity root hash, the sections' sizes and digests, the package versions.
 
 Inputs are pinned: the Debian packages in packages.txt (fetched with apt-get download NAME=VERSION into
-OUT/deb, which apt checks against the signed Release file), the root file system given, and fixed
+CACHE/deb, which apt checks against the signed Release file), the root file system given, and fixed
 timestamps, UUIDs and salt. Two builds from the same inputs give the same bytes; the tools (erofs-utils,
 veritysetup, objcopy, gzip via Python's zlib) are the build machine's Debian 12 ones.
 Needs root for nothing but extracting a root file system tarball with its owners.
@@ -52,6 +53,7 @@ EROFS_UUID = "6e636c61-7665-4000-8000-000000000001"
 VERITY_UUID = "6e636c61-7665-4000-8000-000000000002"
 VERITY_SALT = hashlib.sha256(b"enclave-infer root verity salt v1").hexdigest()
 BLOCK = 4096
+UKI, INITRD, ROOT_IMG = "enclave-infer.efi", "initrd.img", "rootfs.verity.img"
 
 
 def run(*cmd: str, **kw: object) -> str:
@@ -307,28 +309,31 @@ def project_version() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rootfs", type=Path, required=True, help="the root file system: a folder, a tarball, or `dev` (busybox httpd only)")
-    ap.add_argument("--out", type=Path, default=Path("build/uki"))
+    ap.add_argument("--rootfs", type=Path, required=True,
+                    help="the root file system: a folder, a tarball, or `dev` (busybox httpd only)")
+    ap.add_argument("--out", type=Path, default=Path("build/image"), help="the release folder (OUT)")
+    ap.add_argument("--cache", type=Path, default=Path("build/uki-cache"),
+                    help="the pinned .deb files and the scratch folder (not part of the release)")
     ap.add_argument("--entrypoint", type=Path,
                     help="sh fragment the initrd sources before switch_root (`set -- COMMAND...`, DATA_DIR, "
                          "SERVICE_UID, SERVICE_GID, exports); default: made from the root's " + ENTRYPOINT_JSON)
     ap.add_argument("--cmdline-extra", default="", help="appended to the kernel command line")
     args = ap.parse_args()
-    out: Path = args.out
+    out: Path = args.out / "uki"
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
-    work.mkdir(exist_ok=True)
+    work: Path = args.cache / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
 
-    debs = fetch(out / "deb")
+    debs = fetch(args.cache / "deb")
     staging = stage(debs, work)
     tree = rootfs_tree(args.rootfs, work)
     print(f"build_uki: root volume from {args.rootfs}", file=sys.stderr)
-    verity = root_volume(tree, out / "root.img")
+    verity = root_volume(tree, out / ROOT_IMG)
 
     print("build_uki: initrd", file=sys.stderr)
     fragment = args.entrypoint.read_bytes() if args.entrypoint else entrypoint_sh(tree)
-    (work / "entrypoint").write_bytes(fragment)
-    (out / "initrd.img").write_bytes(initrd(staging, work, fragment))
+    (out / INITRD).write_bytes(initrd(staging, work, fragment))
 
     cmdline = (f"console=ttyS0 roothash={verity['root_hash']} verity.salt={verity['salt']} "
                f"verity.blocks={verity['data_blocks']} panic=-1 {args.cmdline_extra}").strip()
@@ -341,22 +346,30 @@ def main() -> int:
     shutil.copyfile(staging / "boot" / f"vmlinuz-{KERNEL_VERSION}", work / "linux")
     stub = staging / "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
     print("build_uki: UKI", file=sys.stderr)
-    uki(stub, [(".osrel", work / "osrel"), (".cmdline", work / "cmdline"),
-               (".initrd", out / "initrd.img"), (".linux", work / "linux")], out / "uki.efi")
+    sections = [(".osrel", work / "osrel"), (".cmdline", work / "cmdline"),
+                (".initrd", out / INITRD), (".linux", work / "linux")]
+    uki(stub, sections, out / UKI)
 
-    report = {
-        "uki.efi": {"sha256": sha256(out / "uki.efi"), "bytes": (out / "uki.efi").stat().st_size},
-        "initrd.img": {"sha256": sha256(out / "initrd.img"), "bytes": (out / "initrd.img").stat().st_size},
-        "linux": {"sha256": sha256(work / "linux"), "bytes": (work / "linux").stat().st_size},
-        "root.img": {"sha256": sha256(out / "root.img"), "bytes": (out / "root.img").stat().st_size},
-        "cmdline": cmdline,
-        "verity": verity,
-        "kernel": KERNEL_VERSION,
-        "packages": packages(),
-        "package_sha256": {n: sha256(p) for n, p in sorted(debs.items())},
+    sizes = {name: path.stat().st_size for name, path in sections}
+    fragment_json = {
+        # What image/release.py hashes and copies into release.json (paths relative to OUT).
+        "artifacts": [f"uki/{UKI}", f"uki/{ROOT_IMG}", f"uki/{INITRD}"],
+        "kernel_cmdline": cmdline,
+        "verity_root_hash": verity["root_hash"],
+        "uki": {
+            "verity": verity,
+            "section_bytes": sizes,
+            "section_sha256": {name: sha256(path) for name, path in sections},
+            "kernel": KERNEL_VERSION,
+            "stub": f"systemd-boot-efi {packages()['systemd-boot-efi']}",
+            "packages": packages(),
+            "package_sha256": {n: sha256(p) for n, p in sorted(debs.items())},
+        },
     }
-    (out / "uki.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(json.dumps({k: report[k] for k in ("uki.efi", "initrd.img", "root.img")}), file=sys.stderr)
+    (args.out / "uki.json").write_text(json.dumps(fragment_json, indent=2, sort_keys=True) + "\n")
+    for name in (UKI, INITRD, ROOT_IMG):
+        print(f"build_uki: {out / name}: {(out / name).stat().st_size} bytes, sha256 {sha256(out / name)}",
+              file=sys.stderr)
     return 0
 
 
