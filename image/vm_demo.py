@@ -117,9 +117,33 @@ def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int) -> 
     ]
 
 
-def wait_ready(url: str, vm: subprocess.Popen[bytes], timeout: float) -> None:
+# Console lines whose first appearance times the boot's stages (seconds from power-on).
+MILESTONES = {
+    "OVMF starts the UKI": "BdsDxe: starting",
+    "the stub measured the initrd": "EFI stub: Measured initrd",
+    "the initrd's /init runs": "init: started",
+    "the verified root is mounted": "starting the service",
+    "the service listens": "Started enclave-infer",
+}
+
+
+def watch_console(console: Path, t0: float, seen: dict[str, float]) -> None:
+    """Record when each milestone first shows on the serial console."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        return
+    for name, marker in MILESTONES.items():
+        if name not in seen and marker in text:
+            seen[name] = time.monotonic() - t0
+
+
+def wait_ready(url: str, vm: subprocess.Popen[bytes], timeout: float,
+               console: Path | None = None, t0: float = 0.0, seen: dict[str, float] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if console is not None and seen is not None:
+            watch_console(console, t0, seen)
         if vm.poll() is not None:
             sys.exit(f"vm-demo: the VM stopped (status {vm.returncode}); see its console log")
         try:
@@ -171,9 +195,13 @@ def main() -> int:
     t0 = time.monotonic()
     vm = subprocess.Popen(qemu_command(args.accel, work, image, sock, port))
     try:
-        wait_ready(url + ("/" if args.dev else "/healthz"), vm, READY_TIMEOUT[args.accel])
+        seen: dict[str, float] = {}
+        wait_ready(url + ("/" if args.dev else "/healthz"), vm, READY_TIMEOUT[args.accel],
+                   work / "console.log", t0, seen)
         ready = time.monotonic() - t0
-        say(f"power-on to ready {ready:.1f} s ({args.accel.upper()})")
+        watch_console(work / "console.log", t0, seen)
+        stages = ", ".join(f"{name} {t:.1f} s" for name, t in sorted(seen.items(), key=lambda kv: kv[1]))
+        say(f"power-on to ready {ready:.1f} s ({args.accel.upper()}): {stages}")
         if not args.dev:
             code_hash = vm_code_hash(key, enclave_toml(image))
             constraint = f"C:{code_hash} SEC:INSECURE"
