@@ -17,10 +17,11 @@ uki-tools: $(BACKPORTS)
 	# QEMU 10 from backports: Debian 12's 7.2 crashes the guest under TCG (image/vm_demo.py: TCG_CPU).
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
 
-# OUT/uki/{enclave-infer.efi,initrd.img,rootfs.verity.img} and OUT/uki.json from the root file system tree.
+# OUT/uki/{enclave-infer.efi,initrd.img,rootfs.verity.img} and OUT/uki.json from the root file system tarball
+# (the digest-pinned one the OCI layer is; extracted with its owners, as root).
 image-uki: rootfs
 	SOURCE_DATE_EPOCH=$$(cat $(IMAGE_OUT)/SOURCE_DATE_EPOCH) \
-	  python3 image/uki/build_uki.py --rootfs $(IMAGE_OUT)/rootfs --out $(IMAGE_OUT)
+	  python3 image/uki/build_uki.py --rootfs $(IMAGE_OUT)/rootfs.tar --out $(IMAGE_OUT)
 image: image-uki
 
 # The pipeline without the real root: busybox httpd as the service (build/uki-dev).
