@@ -12,6 +12,8 @@ MODEL  := $(DEMO)/efficientnet-lite0.onnx
 
 # Real hardware: gramine-manifest, gramine-sgx-sign, gramine-sgx (see deploy/gramine/README.md).
 include deploy/gramine/gramine.mk
+# The confidential-VM image (UKI) and its boot here: make image-uki, make vm-demo (image/uki/uki.mk).
+include image/uki/uki.mk
 
 # torch is installed first and pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
