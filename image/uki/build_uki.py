@@ -44,8 +44,12 @@ MODULES = ["virtio_blk", "dm-verity", "erofs", "virtio_net", "tsm", "sev-guest",
 OPTIONAL_MODULES = {"sev-guest.ko", "tdx-guest.ko"}
 # dmsetup's libraries (ldd /sbin/dmsetup on Debian 12) and the dynamic loader.
 LIBS = [
-    "libdevmapper.so.1.02.1", "libselinux.so.1", "libudev.so.1", "libpcre2-8.so.0",
-    "libc.so.6", "libm.so.6",
+    "libdevmapper.so.1.02.1",
+    "libselinux.so.1",
+    "libudev.so.1",
+    "libpcre2-8.so.0",
+    "libc.so.6",
+    "libm.so.6",
 ]
 # Fixed so that two builds agree; they identify nothing secret.
 EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "1700000000"))  # every file's timestamp in every image
@@ -86,8 +90,12 @@ def fetch(debdir: Path) -> dict[str, Path]:
         fname = f"{name}_{version.replace(':', '%3a')}_"
         hits = [p for p in debdir.glob("*.deb") if p.name.startswith(fname)]
         if not hits:
-            subprocess.run(["apt-get", "-o", "APT::Sandbox::User=root", "download", f"{name}={version}"], cwd=debdir, check=True,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["apt-get", "-o", "APT::Sandbox::User=root", "download", f"{name}={version}"],
+                cwd=debdir,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             hits = [p for p in debdir.glob("*.deb") if p.name.startswith(fname)]
         if len(hits) != 1:
             sys.exit(f"build_uki: cannot find {name} {version} in {debdir}")
@@ -141,16 +149,35 @@ def root_volume(tree: Path, out: Path) -> dict[str, object]:
     for p in (erofs, out):
         p.unlink(missing_ok=True)
     # -x-1: no extended attributes (none is needed; they would only be more to reproduce).
-    run("mkfs.erofs", "--quiet", "-zlz4hc,12", f"-T{EPOCH}", f"-U{EROFS_UUID}", "-x-1",
-        str(erofs), str(tree), env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    run(
+        "mkfs.erofs",
+        "--quiet",
+        "-zlz4hc,12",
+        f"-T{EPOCH}",
+        f"-U{EROFS_UUID}",
+        "-x-1",
+        str(erofs),
+        str(tree),
+        env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)},
+    )
     size = erofs.stat().st_size
     if size % BLOCK:
         sys.exit(f"build_uki: erofs image of {size} bytes is not a whole number of {BLOCK}-byte blocks")
     erofs.rename(out)
     blocks = size // BLOCK
-    text = run("veritysetup", "format", str(out), str(out), f"--hash-offset={size}",
-               f"--data-blocks={blocks}", f"--salt={VERITY_SALT}", f"--uuid={VERITY_UUID}",
-               "--hash=sha256", f"--data-block-size={BLOCK}", f"--hash-block-size={BLOCK}")
+    text = run(
+        "veritysetup",
+        "format",
+        str(out),
+        str(out),
+        f"--hash-offset={size}",
+        f"--data-blocks={blocks}",
+        f"--salt={VERITY_SALT}",
+        f"--uuid={VERITY_UUID}",
+        "--hash=sha256",
+        f"--data-block-size={BLOCK}",
+        f"--hash-block-size={BLOCK}",
+    )
     m = re.search(r"^Root hash:\s+([0-9a-f]{64})$", text, re.M)
     if not m:
         sys.exit(f"build_uki: no root hash in veritysetup's output:\n{text}")
@@ -166,8 +193,18 @@ def entrypoint_sh(tree: Path) -> bytes:
     capability and the right to gain privileges, then execs the service as PID 1."""
     spec = json.loads((tree / ENTRYPOINT_JSON).read_text())
     uid, gid = (int(x) for x in spec["user"].split(":"))
-    argv = ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--no-new-privs", "--", *spec["entrypoint"], *spec["cmd"]]
+    argv = [
+        "/usr/bin/setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+        *spec["entrypoint"],
+        *spec["cmd"],
+    ]
     lines = [
         "# Made by build_uki.py from the root's " + ENTRYPOINT_JSON,
         f"DATA_DIR={shlex.quote(spec['data_dir'])} SERVICE_UID={uid} SERVICE_GID={gid}",
@@ -216,7 +253,21 @@ def cpio_newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
     def add(ino: int, path: str, mode: int, data: bytes, rdev: int) -> None:
         name = path.encode() + b"\0"
         nlink = 2 if stat.S_ISDIR(mode) else 1
-        fields = [ino, mode, 0, 0, nlink, EPOCH, len(data), 0, 0, os.major(rdev), os.minor(rdev), len(name), 0]
+        fields = [
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            EPOCH,
+            len(data),
+            0,
+            0,
+            os.major(rdev),
+            os.minor(rdev),
+            len(name),
+            0,
+        ]
         out.extend(b"070701" + b"".join(b"%08X" % f for f in fields) + name)
         out.extend(b"\0" * (-len(out) % 4))
         out.extend(data)
@@ -239,8 +290,21 @@ def find_lib(staging: Path, name: str) -> Path:
 def initrd(staging: Path, work: Path, entrypoint: bytes) -> bytes:
     d, f, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755
     entries: list[tuple[str, int, bytes, int]] = [
-        (p, d, b"", 0) for p in ("bin", "dev", "etc", "lib", "lib64", "lib/modules",
-                                  "lib/x86_64-linux-gnu", "newroot", "proc", "run", "sys", "tmp")
+        (p, d, b"", 0)
+        for p in (
+            "bin",
+            "dev",
+            "etc",
+            "lib",
+            "lib64",
+            "lib/modules",
+            "lib/x86_64-linux-gnu",
+            "newroot",
+            "proc",
+            "run",
+            "sys",
+            "tmp",
+        )
     ]
     entries.append(("dev/console", stat.S_IFCHR | 0o600, b"", os.makedev(5, 1)))
     busybox = staging / "bin/busybox"
@@ -288,7 +352,7 @@ def pe_deterministic(image: bytes) -> bytes:
     header checksum (the PE algorithm: 16-bit one's-complement sum of the file, plus its length)."""
     data = bytearray(image)
     pe = struct.unpack_from("<I", data, 0x3C)[0]
-    if data[pe:pe + 4] != b"PE\0\0":
+    if data[pe : pe + 4] != b"PE\0\0":
         sys.exit("build_uki: objcopy did not write a PE image")
     struct.pack_into("<I", data, pe + 8, 0)  # COFF TimeDateStamp
     checksum_at = pe + 24 + 64  # OptionalHeader.CheckSum (same offset in PE32 and PE32+)
@@ -309,14 +373,25 @@ def project_version() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rootfs", type=Path, required=True,
-                    help="the root file system: a folder, a tarball, or `dev` (busybox httpd only)")
+    ap.add_argument(
+        "--rootfs",
+        type=Path,
+        required=True,
+        help="the root file system: a folder, a tarball, or `dev` (busybox httpd only)",
+    )
     ap.add_argument("--out", type=Path, default=Path("build/image"), help="the release folder (OUT)")
-    ap.add_argument("--cache", type=Path, default=Path("build/uki-cache"),
-                    help="the pinned .deb files and the scratch folder (not part of the release)")
-    ap.add_argument("--entrypoint", type=Path,
-                    help="sh fragment the initrd sources before switch_root (`set -- COMMAND...`, DATA_DIR, "
-                         "SERVICE_UID, SERVICE_GID, exports); default: made from the root's " + ENTRYPOINT_JSON)
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("build/uki-cache"),
+        help="the pinned .deb files and the scratch folder (not part of the release)",
+    )
+    ap.add_argument(
+        "--entrypoint",
+        type=Path,
+        help="sh fragment the initrd sources before switch_root (`set -- COMMAND...`, DATA_DIR, "
+        "SERVICE_UID, SERVICE_GID, exports); default: made from the root's " + ENTRYPOINT_JSON,
+    )
     ap.add_argument("--cmdline-extra", default="", help="appended to the kernel command line")
     args = ap.parse_args()
     out: Path = args.out / "uki"
@@ -335,8 +410,10 @@ def main() -> int:
     fragment = args.entrypoint.read_bytes() if args.entrypoint else entrypoint_sh(tree)
     (out / INITRD).write_bytes(initrd(staging, work, fragment))
 
-    cmdline = (f"console=ttyS0 roothash={verity['root_hash']} verity.salt={verity['salt']} "
-               f"verity.blocks={verity['data_blocks']} panic=-1 {args.cmdline_extra}").strip()
+    cmdline = (
+        f"console=ttyS0 roothash={verity['root_hash']} verity.salt={verity['salt']} "
+        f"verity.blocks={verity['data_blocks']} panic=-1 {args.cmdline_extra}"
+    ).strip()
     (work / "cmdline").write_text(cmdline)
     version = project_version()
     (work / "osrel").write_text(
@@ -346,8 +423,12 @@ def main() -> int:
     shutil.copyfile(staging / "boot" / f"vmlinuz-{KERNEL_VERSION}", work / "linux")
     stub = staging / "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
     print("build_uki: UKI", file=sys.stderr)
-    sections = [(".osrel", work / "osrel"), (".cmdline", work / "cmdline"),
-                (".initrd", out / INITRD), (".linux", work / "linux")]
+    sections = [
+        (".osrel", work / "osrel"),
+        (".cmdline", work / "cmdline"),
+        (".initrd", out / INITRD),
+        (".linux", work / "linux"),
+    ]
     uki(stub, sections, out / UKI)
 
     sizes = {name: path.stat().st_size for name, path in sections}
@@ -368,8 +449,10 @@ def main() -> int:
     }
     (args.out / "uki.json").write_text(json.dumps(fragment_json, indent=2, sort_keys=True) + "\n")
     for name in (UKI, INITRD, ROOT_IMG):
-        print(f"build_uki: {out / name}: {(out / name).stat().st_size} bytes, sha256 {sha256(out / name)}",
-              file=sys.stderr)
+        print(
+            f"build_uki: {out / name}: {(out / name).stat().st_size} bytes, sha256 {sha256(out / name)}",
+            file=sys.stderr,
+        )
     return 0
 
 

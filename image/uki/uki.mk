@@ -28,7 +28,7 @@ image: image-uki
 uki-dev:
 	python3 image/uki/build_uki.py --rootfs dev --out build/uki-dev --entrypoint image/uki/entrypoint-dev.sh
 
-# Boots the UKI in QEMU (OVMF, swtpm; TCG unless ENCLAVE_VM_ACCEL=kvm), provisions the demo model, classifies.
+# Boots the UKI in QEMU (OVMF, swtpm; KVM if a probe boots, else TCG), provisions the demo model, classifies.
 vm-demo: $(MODEL)
 	@test -f $(IMAGE_OUT)/uki/enclave-infer.efi || $(MAKE) image-uki
 	$(PY) image/vm_demo.py --image $(IMAGE_OUT)
