@@ -312,7 +312,7 @@ def main() -> int:
     uki = image / "uki/enclave-infer.efi"
     say(f"booting {uki} under {args.accel.upper()} (console: {work / 'console.log'})")
     t0 = time.monotonic()
-    qemu_log = (work / "qemu.log").open("wb")  # noqa: SIM115 (closed with the VM)
+    qemu_log = (work / "qemu.log").open("wb")
     vm = subprocess.Popen(qemu_command(args.accel, work, image, sock, port), stderr=qemu_log)
     try:
         seen: dict[str, float] = {}
@@ -366,6 +366,7 @@ def main() -> int:
             vm.kill()
         tpm.terminate()
         tpm.wait(timeout=10)
+        qemu_log.close()
     return 0
 
 
