@@ -19,9 +19,12 @@ KVM if the firmware reaches its boot manager within KVM_PROBE_SECONDS, TCG other
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -196,6 +199,39 @@ def watch_console(console: Path, t0: float, seen: dict[str, float]) -> None:
             seen[name] = time.monotonic() - t0
 
 
+# The sections systemd-stub 252 measures into PCR 11, in its order; each as two events, the SHA-256 of
+# the name with its NUL and the SHA-256 of the contents (the VirtualSize bytes).
+STUB_MEASURED_SECTIONS = (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey")
+
+
+def expected_pcr11(uki: bytes) -> str:
+    """PCR 11 (SHA-256 bank) after the stub booted this UKI, from the file alone."""
+    pe = struct.unpack_from("<I", uki, 0x3C)[0]
+    count, optional_size = struct.unpack_from("<H", uki, pe + 6)[0], struct.unpack_from("<H", uki, pe + 20)[0]
+    sections = {}
+    for i in range(count):
+        at = pe + 24 + optional_size + 40 * i
+        vsize, _, raw_size, raw_at = struct.unpack_from("<IIII", uki, at + 8)
+        sections[uki[at : at + 8].rstrip(b"\0").decode()] = uki[raw_at : raw_at + min(vsize, raw_size)]
+    pcr = bytes(32)
+    for name in STUB_MEASURED_SECTIONS:
+        if name in sections:
+            for blob in (name.encode() + b"\0", sections[name]):
+                pcr = hashlib.sha256(pcr + hashlib.sha256(blob).digest()).digest()
+    return pcr.hex().upper()
+
+
+def check_pcr11(uki: Path, console: Path) -> None:
+    """The guest's PCR 11 (its /init prints it) against the value computed from the UKI file."""
+    m = re.search(r"^init: PCR 11 \(sha256\) ([0-9A-F]{64})", console.read_text(errors="replace"), re.M)
+    if m is None:
+        sys.exit("vm-demo: the guest printed no PCR 11")
+    want = expected_pcr11(uki.read_bytes())
+    if m.group(1) != want:
+        sys.exit(f"vm-demo: PCR 11 in the guest is {m.group(1)}, the UKI file gives {want}")
+    say(f"PCR 11 in the guest equals the value computed from the UKI file: {want[:16]}…")
+
+
 def kvm_works(work: Path) -> bool:
     """Boot OVMF alone under KVM, no disks: does the firmware reach its boot manager (BdsDxe) in time?"""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -328,6 +364,7 @@ def main() -> int:
         watch_console(work / "console.log", t0, seen)
         stages = ", ".join(f"{name} {t:.1f} s" for name, t in sorted(seen.items(), key=lambda kv: kv[1]))
         say(f"power-on to ready {ready:.1f} s ({args.accel.upper()}): {stages}")
+        check_pcr11(uki, work / "console.log")
         if not args.dev:
             code_hash = vm_code_hash(key, enclave_toml(image, work))
             constraint = f"C:{code_hash} SEC:INSECURE"

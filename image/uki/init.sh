@@ -25,6 +25,10 @@ while read -r m optional; do
     insmod "/lib/modules/$m" 2>/dev/null || [ -n "$optional" ] || fail "cannot load $m"
 done < /etc/modules
 
+# What the stub measured into PCR 11 (the UKI's sections), for the console: a verifier recomputes it from
+# the UKI file alone. Absent without a TPM (a TDX or SEV-SNP guest has its own registers).
+[ -r /sys/class/tpm/tpm0/pcr-sha256/11 ] && echo "init: PCR 11 (sha256) $(cat /sys/class/tpm/tpm0/pcr-sha256/11)"
+
 ROOTHASH= SALT= BLOCKS=
 for w in $(cat /proc/cmdline); do
     case "$w" in
