@@ -14,6 +14,8 @@ MODEL  := $(DEMO)/efficientnet-lite0.onnx
 include deploy/gramine/gramine.mk
 # The released image: root file system, OCI image (make image, image-tools, oci-demo: image/README.md).
 include image/image.mk
+# The confidential-VM image (UKI) and its boot here: make image-uki, make vm-demo (image/uki/uki.mk).
+include image/uki/uki.mk
 
 # torch is installed first and pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml

@@ -1,0 +1,78 @@
+#!/bin/sh
+# The initrd's /init (busybox sh): verify the root, mount it read-only, hand over to the service.
+#
+# The root is an erofs volume with its dm-verity hash tree appended (/dev/vda); its root hash, salt and
+# size come from the kernel command line, which the UKI carries and the boot measures. Every failure
+# powers the machine off: nothing runs from an unverified root, and there is no shell to fall back to.
+# DATA_DIR is a tmpfs owned by the service's user; the sealed model lives on the second disk (/dev/vdb), formatted on first boot.
+export PATH=/bin
+
+fail() {
+    echo "init: $*; powering off" > /dev/console
+    poweroff -f
+    sleep 60
+}
+
+mount -t devtmpfs dev /dev
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+exec < /dev/console > /dev/console 2>&1
+echo "init: started after $(cut -d' ' -f1 /proc/uptime) s"
+
+# Modules in dependency order (the build lists them from the kernel package's modules.dep); the TEE
+# guest drivers are optional: each loads only in its own kind of guest.
+while read -r m optional; do
+    insmod "/lib/modules/$m" 2>/dev/null || [ -n "$optional" ] || fail "cannot load $m"
+done < /etc/modules
+
+# What the stub measured into PCR 11 (the UKI's sections), for the console: a verifier recomputes it from
+# the UKI file alone. Absent without a TPM (a TDX or SEV-SNP guest has its own registers).
+[ -r /sys/class/tpm/tpm0/pcr-sha256/11 ] && echo "init: PCR 11 (sha256) $(cat /sys/class/tpm/tpm0/pcr-sha256/11)"
+
+ROOTHASH= SALT= BLOCKS=
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+        roothash=*) ROOTHASH="${w#roothash=}" ;;
+        verity.salt=*) SALT="${w#verity.salt=}" ;;
+        verity.blocks=*) BLOCKS="${w#verity.blocks=}" ;;
+    esac
+done
+[ -n "$ROOTHASH" ] && [ -n "$SALT" ] && [ -n "$BLOCKS" ] || fail "no roothash=, verity.salt= or verity.blocks= on the command line"
+
+i=0
+while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do
+    i=$((i + 1)); [ $i -gt 100 ] && fail "no /dev/vda (root) and /dev/vdb (data) after 10 s"
+    sleep 0.1
+done
+
+# dm-verity over the data blocks; the hash tree follows them after its superblock (veritysetup --hash-offset).
+TABLE="0 $((BLOCKS * 8)) verity 1 /dev/vda /dev/vda 4096 4096 $BLOCKS $((BLOCKS + 1)) sha256 $ROOTHASH $SALT 1 panic_on_corruption"
+dmsetup --noudevsync create root --readonly --table "$TABLE" || fail "dm-verity refused the root"
+dmsetup --noudevsync mknodes root
+mkdir -p /newroot
+mount -t erofs -o ro /dev/mapper/root /newroot || fail "cannot mount the verified root"
+
+# /etc/entrypoint: the service's command line (set -- ...), DATA_DIR, SERVICE_UID/GID and its environment.
+. /etc/entrypoint
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || fail "cannot mount /run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp || fail "cannot mount /tmp"
+mount -t tmpfs -o "mode=0700,uid=$SERVICE_UID,gid=$SERVICE_GID,nosuid,nodev,noexec" tmpfs "/newroot$DATA_DIR" || fail "cannot mount DATA_DIR $DATA_DIR"
+mkdir -p "/newroot$DATA_DIR/sealed"
+if ! mount -t ext4 -o nosuid,nodev,noexec /dev/vdb "/newroot$DATA_DIR/sealed" 2>/dev/null; then
+    # Only a blank disk is formatted: a disk with anything on it that is not ext4 is refused.
+    [ -z "$(head -c 1048576 /dev/vdb | tr -d '\000' | head -c 1)" ] || fail "the data disk holds something that is not ext4"
+    echo "init: formatting the blank data disk"
+    mke2fs -q -L enclave-data /dev/vdb > /dev/null || fail "cannot format the data disk"
+    mount -t ext4 -o nosuid,nodev,noexec /dev/vdb "/newroot$DATA_DIR/sealed" || fail "cannot mount the data disk"
+fi
+chown "$SERVICE_UID:$SERVICE_GID" "/newroot$DATA_DIR/sealed" && chmod 0700 "/newroot$DATA_DIR/sealed" || fail "cannot own the data disk"
+
+# QEMU's user-mode network (and most CVM hosts' virtio-net) with a fixed address: no DHCP client.
+ip link set lo up
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || fail "no network"
+
+echo "init: root $ROOTHASH verified and mounted after $(cut -d' ' -f1 /proc/uptime) s; starting the service"
+mount --move /dev /newroot/dev
+mount --move /proc /newroot/proc
+mount --move /sys /newroot/sys
+exec switch_root /newroot "$@"

@@ -1,0 +1,440 @@
+"""Boot the confidential-VM image here and classify through it: `make vm-demo`.
+
+    python3 image/vm_demo.py --image build/image [--accel tcg|kvm] [--dev]
+
+QEMU boots the UKI (OUT/uki/enclave-infer.efi, on a small FAT ESP as EFI/BOOT/BOOTX64.EFI) with Debian's
+OVMF and a software TPM (swtpm), the root volume (OUT/uki/rootfs.verity.img, erofs + dm-verity) read-only
+as the first virtio disk and a data disk (the sealed model) as the second. The network is QEMU's user
+mode with `restrict=on`: the guest reaches nothing; the one way in is the service's port forwarded from
+127.0.0.1. Then, as
+demo/run.py does against a local server, the host's venv provisions the demo model as its owner and
+classifies the demo photos through the VM, and the power-on-to-ready time is printed.
+
+`--accel auto` (the default; or ENCLAVE_VM_ACCEL=auto|kvm|tcg) first boots OVMF alone under KVM and uses
+KVM if the firmware reaches its boot manager within KVM_PROBE_SECONDS, TCG otherwise: on these machines
+/dev/kvm opens, but a nested guest hangs or QEMU stops at its first MSR write.
+`--dev` boots a root built with `build_uki.py --rootfs dev` (busybox httpd): it only waits for the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+SERVICE_UID = 10001  # the image's enclave-infer user (image/README: what is inside the root)
+PHOTOS = ("chelsea.png", "coffee.png")
+# TCG needs QEMU from bookworm-backports (10.0; `make uki-tools` installs it): Debian 12's QEMU 7.2 panicked
+# the guest's slab allocator in most boots here (flags corrupted around a gs-prefixed CMPXCHG16B under
+# interrupts), and cx16 cannot be turned off because NumPy's wheels need x86-64-v2.
+TCG_CPU = "max"
+TCG_ACCEL = "tcg"
+KVM_PROBE_SECONDS = 15.0  # OVMF reaches its boot manager in about 1 s under KVM, 7 s under TCG
+READY_TIMEOUT = {"tcg": 300.0, "kvm": 120.0}  # seconds from power-on; the budget is 60 s under TCG
+
+
+def say(text: str) -> None:
+    print(f"vm-demo: {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_esp(uki: Path, esp: Path) -> None:
+    """A FAT ESP holding the UKI at the removable-media path OVMF boots without any boot entry."""
+    esp.unlink(missing_ok=True)
+    size_kib = ((uki.stat().st_size * 2) // (1 << 20) + 16) * 1024
+    subprocess.run(
+        ["mkfs.fat", "-C", "-i", "454e4349", "--invariant", "-n", "ESP", str(esp), str(size_kib)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    subprocess.run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], check=True, env=env)
+    subprocess.run(["mcopy", "-i", str(esp), str(uki), "::/EFI/BOOT/BOOTX64.EFI"], check=True, env=env)
+
+
+def make_data_disk(disk: Path, owner_pub: Path | None) -> None:
+    """The data disk: ext4 with the owner's public key (the operator puts it there), owned by the service."""
+    disk.unlink(missing_ok=True)
+    with disk.open("wb") as f:
+        f.truncate(256 << 20)
+    if owner_pub is None:
+        return  # blank: the guest formats it on first boot
+    seed = disk.with_suffix(".d")
+    shutil.rmtree(seed, ignore_errors=True)
+    seed.mkdir()
+    shutil.copyfile(owner_pub, seed / "owner.key.pub")
+    os.chown(seed / "owner.key.pub", SERVICE_UID, SERVICE_UID)
+    os.chmod(seed / "owner.key.pub", 0o644)
+    subprocess.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-L",
+            "enclave-data",
+            "-d",
+            str(seed),
+            "-E",
+            f"root_owner={SERVICE_UID}:{SERVICE_UID}",
+            str(disk),
+        ],
+        check=True,
+    )
+
+
+def start_swtpm(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    state = work / "tpm"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir()
+    sock = work / "swtpm.sock"
+    sock.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={state}",
+            "--ctrl",
+            f"type=unixio,path={sock}",
+            "--flags",
+            "not-need-init,startup-clear",
+            "--log",
+            f"file={work / 'swtpm.log'}",
+        ]
+    )
+    for _ in range(100):
+        if sock.exists():
+            return proc, sock
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("vm-demo: swtpm did not open its socket")
+
+
+def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int) -> list[str]:
+    return [
+        "qemu-system-x86_64",
+        "-machine",
+        "q35",
+        "-accel",
+        TCG_ACCEL if accel == "tcg" else accel,
+        "-cpu",
+        "host" if accel == "kvm" else TCG_CPU,
+        "-smp",
+        "2",
+        "-m",
+        "2048",
+        "-drive",
+        f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+        "-drive",
+        f"if=pflash,format=raw,unit=1,file={work / 'vars.fd'}",
+        "-chardev",
+        f"socket,id=chrtpm,path={sock}",
+        "-tpmdev",
+        "emulator,id=tpm0,chardev=chrtpm",
+        "-device",
+        "tpm-tis,tpmdev=tpm0",
+        # The ESP on the AHCI controller, so that the guest's first virtio disk is the root.
+        "-drive",
+        f"if=none,id=esp,format=raw,file={work / 'esp.img'}",
+        "-device",
+        "ide-hd,drive=esp,bus=ide.0,bootindex=0",
+        "-drive",
+        f"if=none,id=root,format=raw,readonly=on,file={image / 'uki/rootfs.verity.img'}",
+        "-device",
+        "virtio-blk-pci,drive=root",
+        "-drive",
+        f"if=none,id=data,format=raw,file={work / 'data.img'}",
+        "-device",
+        "virtio-blk-pci,drive=data",
+        "-netdev",
+        f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:8080",
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{work / 'console.log'}",
+        "-no-reboot",
+    ]
+
+
+# Console lines whose first appearance times the boot's stages (seconds from power-on).
+MILESTONES = {
+    "OVMF starts the UKI": "BdsDxe: starting",
+    "the stub measured the initrd": "EFI stub: Measured initrd",
+    "the initrd's /init runs": "init: started",
+    "the verified root is mounted": "starting the service",
+    "the service listens": "Started enclave-infer",
+}
+
+
+def watch_console(console: Path, t0: float, seen: dict[str, float]) -> None:
+    """Record when each milestone first shows on the serial console."""
+    try:
+        text = console.read_text(errors="replace")
+    except OSError:
+        return
+    for name, marker in MILESTONES.items():
+        if name not in seen and marker in text:
+            seen[name] = time.monotonic() - t0
+
+
+# The sections systemd-stub 252 measures into PCR 11, in its order; each as two events, the SHA-256 of
+# the name with its NUL and the SHA-256 of the contents (the VirtualSize bytes).
+STUB_MEASURED_SECTIONS = (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey")
+
+
+def expected_pcr11(uki: bytes) -> str:
+    """PCR 11 (SHA-256 bank) after the stub booted this UKI, from the file alone."""
+    pe = struct.unpack_from("<I", uki, 0x3C)[0]
+    count, optional_size = struct.unpack_from("<H", uki, pe + 6)[0], struct.unpack_from("<H", uki, pe + 20)[0]
+    sections = {}
+    for i in range(count):
+        at = pe + 24 + optional_size + 40 * i
+        vsize, _, raw_size, raw_at = struct.unpack_from("<IIII", uki, at + 8)
+        sections[uki[at : at + 8].rstrip(b"\0").decode()] = uki[raw_at : raw_at + min(vsize, raw_size)]
+    pcr = bytes(32)
+    for name in STUB_MEASURED_SECTIONS:
+        if name in sections:
+            for blob in (name.encode() + b"\0", sections[name]):
+                pcr = hashlib.sha256(pcr + hashlib.sha256(blob).digest()).digest()
+    return pcr.hex().upper()
+
+
+def check_pcr11(uki: Path, console: Path) -> None:
+    """The guest's PCR 11 (its /init prints it) against the value computed from the UKI file."""
+    m = re.search(r"^init: PCR 11 \(sha256\) ([0-9A-F]{64})", console.read_text(errors="replace"), re.M)
+    if m is None:
+        sys.exit("vm-demo: the guest printed no PCR 11")
+    want = expected_pcr11(uki.read_bytes())
+    if m.group(1) != want:
+        sys.exit(f"vm-demo: PCR 11 in the guest is {m.group(1)}, the UKI file gives {want}")
+    say(f"PCR 11 in the guest equals the value computed from the UKI file: {want[:16]}…")
+
+
+def kvm_works(work: Path) -> bool:
+    """Boot OVMF alone under KVM, no disks: does the firmware reach its boot manager (BdsDxe) in time?"""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    probe = work / "kvm-probe"
+    probe.mkdir(exist_ok=True)
+    shutil.copyfile(OVMF_VARS, probe / "vars.fd")
+    console = probe / "console.log"
+    vm = subprocess.Popen(
+        [
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={probe / 'vars.fd'}",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            f"file:{console}",
+            "-nic",
+            "none",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + KVM_PROBE_SECONDS
+        while time.monotonic() < deadline and vm.poll() is None:
+            if console.exists() and "BdsDxe" in console.read_text(errors="replace"):
+                return True
+            time.sleep(0.25)
+        return False
+    finally:
+        vm.kill()
+        vm.wait()
+
+
+def wait_ready(
+    url: str,
+    vm: subprocess.Popen[bytes],
+    timeout: float,
+    console: Path | None = None,
+    t0: float = 0.0,
+    seen: dict[str, float] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if console is not None and seen is not None:
+            watch_console(console, t0, seen)
+        if vm.poll() is not None:
+            sys.exit(f"vm-demo: the VM stopped (status {vm.returncode}); see console.log and qemu.log")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (our own http://127.0.0.1 URL)
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    sys.exit(f"vm-demo: the service did not answer {url} within {timeout:.0f} s")
+
+
+def cli(*args: str, capture: bool = False) -> str:
+    exe = REPO / ".venv/bin/enclave-infer"
+    done = subprocess.run([str(exe), *args], check=False, text=True, capture_output=capture)
+    if done.returncode:
+        sys.exit(
+            f"vm-demo: enclave-infer {args[0]} failed ({done.returncode}): {done.stderr if capture else ''}"
+        )
+    return done.stdout if capture else ""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", type=Path, default=Path("build/image"), help="the release folder (OUT)")
+    ap.add_argument("--work", type=Path, default=Path("build/vm-demo"))
+    ap.add_argument(
+        "--accel", choices=["auto", "tcg", "kvm"], default=os.environ.get("ENCLAVE_VM_ACCEL", "auto")
+    )
+    ap.add_argument("--model", type=Path, default=REPO / "build/demo/efficientnet-lite0.onnx")
+    ap.add_argument("--dev", action="store_true", help="the busybox development root: wait for the port only")
+    ap.add_argument("--keep", action="store_true", help="leave the VM running until interrupted")
+    args = ap.parse_args()
+    work: Path = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    image: Path = args.image
+    if args.accel == "auto":
+        args.accel = "kvm" if kvm_works(work) else "tcg"
+        say(f"KVM {'works' if args.accel == 'kvm' else 'does not boot a guest here'}: {args.accel.upper()}")
+
+    make_esp(image / "uki/enclave-infer.efi", work / "esp.img")
+    shutil.copyfile(OVMF_VARS, work / "vars.fd")
+    key = work / "owner.key"
+    constraint = ""
+    if not args.dev:
+        say("the model owner makes a signing key; the operator puts its public half on the data disk")
+        cli("keygen", str(key), capture=True)
+        make_data_disk(work / "data.img", key.with_suffix(".key.pub"))
+    else:
+        make_data_disk(work / "data.img", None)
+    tpm, sock = start_swtpm(work)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    uki = image / "uki/enclave-infer.efi"
+    say(f"booting {uki} under {args.accel.upper()} (console: {work / 'console.log'})")
+    t0 = time.monotonic()
+    qemu_log = (work / "qemu.log").open("wb")
+    vm = subprocess.Popen(qemu_command(args.accel, work, image, sock, port), stderr=qemu_log)
+    try:
+        seen: dict[str, float] = {}
+        wait_ready(
+            url + ("/" if args.dev else "/healthz"),
+            vm,
+            READY_TIMEOUT[args.accel],
+            work / "console.log",
+            t0,
+            seen,
+        )
+        ready = time.monotonic() - t0
+        watch_console(work / "console.log", t0, seen)
+        stages = ", ".join(f"{name} {t:.1f} s" for name, t in sorted(seen.items(), key=lambda kv: kv[1]))
+        say(f"power-on to ready {ready:.1f} s ({args.accel.upper()}): {stages}")
+        check_pcr11(uki, work / "console.log")
+        if not args.dev:
+            code_hash = vm_code_hash(key, enclave_toml(image, work))
+            constraint = f"C:{code_hash} SEC:INSECURE"
+            say(f"constraint: {constraint}")
+            say("the owner provisions EfficientNet-Lite0 (ONNX) and the ImageNet labels into the VM")
+            cli(
+                "provision",
+                url,
+                constraint,
+                str(args.model),
+                str(REPO / "demo/imagenet-classes.txt"),
+                "--owner-key",
+                str(key),
+                "--mean",
+                "0.498039,0.498039,0.498039",
+                "--std",
+                "0.501961,0.501961,0.501961",
+                "--allow-duplicate-labels",
+                capture=True,
+            )
+            import skimage  # the demo photos, as demo/run.py takes them (the host venv's wheel)
+
+            photo_dir = Path(skimage.__file__).parent / "data"
+            photos = [str(photo_dir / name) for name in PHOTOS]
+            say("a submitter classifies the demo photos through the VM")
+            for line in cli("classify", url, constraint, *photos, capture=True).splitlines():
+                print(line.replace(f"{photo_dir}/", ""))
+        if args.keep:
+            say(f"the VM serves {url}; Ctrl-C stops it")
+            vm.wait()
+    finally:
+        vm.terminate()
+        try:
+            vm.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            vm.kill()
+        tpm.terminate()
+        tpm.wait(timeout=10)
+        qemu_log.close()
+    return 0
+
+
+def enclave_toml(image: Path, work: Path) -> Path:
+    """The measured configuration inside the image: from the root tree beside it, else from its tarball."""
+    member = "etc/enclave-infer/enclave.toml"
+    if (image / "rootfs" / member).exists():
+        return image / "rootfs" / member
+    with tarfile.open(image / "rootfs.tar") as tar:
+        for name in (member, "./" + member):
+            try:
+                f = tar.extractfile(name)
+            except KeyError:
+                continue
+            if f is not None:
+                (work / "enclave.toml").write_bytes(f.read())
+                return work / "enclave.toml"
+    sys.exit(f"vm-demo: no {member} in {image / 'rootfs.tar'}")
+
+
+def vm_code_hash(key: Path, config: Path) -> str:
+    """What the owner and the submitter pin, computed offline from the same code and configuration."""
+    return cli(
+        "measure",
+        "--owner-public-key",
+        str(key.with_suffix(".key.pub")),
+        "--config",
+        str(config),
+        capture=True,
+    ).strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
