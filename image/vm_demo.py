@@ -19,10 +19,12 @@ KVM if the firmware reaches its boot manager within KVM_PROBE_SECONDS, TCG other
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -30,6 +32,7 @@ import sys
 import tarfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,7 +131,7 @@ def start_swtpm(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
     sys.exit("vm-demo: swtpm did not open its socket")
 
 
-def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int) -> list[str]:
+def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int, console: Path) -> list[str]:
     return [
         "qemu-system-x86_64",
         "-machine",
@@ -173,7 +176,7 @@ def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int) -> 
         "-monitor",
         "none",
         "-serial",
-        f"file:{work / 'console.log'}",
+        f"file:{console}",
         "-no-reboot",
     ]
 
@@ -313,6 +316,38 @@ def cli(*args: str, capture: bool = False) -> str:
     return done.stdout if capture else ""
 
 
+@contextlib.contextmanager
+def running_vm(accel: str, work: Path, image: Path, wait_path: str, boot: int) -> Iterator[str]:
+    """Power on (fresh swtpm, same disks), wait until WAIT_PATH answers 200, yield the URL; power off."""
+    tpm, sock = start_swtpm(work)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    uki = image / "uki/enclave-infer.efi"
+    console = work / f"console-{boot}.log"
+    say(f"boot {boot}: {uki} under {accel.upper()} (console: {console})")
+    qemu_log = (work / f"qemu-{boot}.log").open("wb")
+    t0 = time.monotonic()
+    vm = subprocess.Popen(qemu_command(accel, work, image, sock, port, console), stderr=qemu_log)
+    try:
+        seen: dict[str, float] = {}
+        wait_ready(url + wait_path, vm, READY_TIMEOUT[accel], console, t0, seen)
+        ready = time.monotonic() - t0
+        watch_console(console, t0, seen)
+        stages = ", ".join(f"{name} {t:.1f} s" for name, t in sorted(seen.items(), key=lambda kv: kv[1]))
+        say(f"power-on to ready {ready:.1f} s ({accel.upper()}): {stages}")
+        check_pcr11(uki, console)
+        yield url
+    finally:
+        vm.terminate()  # power off: the data disk is mounted `sync`, nothing is left in the guest's cache
+        try:
+            vm.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            vm.kill()
+        tpm.terminate()
+        tpm.wait(timeout=10)
+        qemu_log.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", type=Path, default=Path("build/image"), help="the release folder (OUT)")
@@ -322,6 +357,11 @@ def main() -> int:
     )
     ap.add_argument("--model", type=Path, default=REPO / "build/demo/efficientnet-lite0.onnx")
     ap.add_argument("--dev", action="store_true", help="the busybox development root: wait for the port only")
+    ap.add_argument(
+        "--reboot",
+        action="store_true",
+        help="then power off, boot again and classify with the model unsealed from the data disk",
+    )
     ap.add_argument("--keep", action="store_true", help="leave the VM running until interrupted")
     args = ap.parse_args()
     work: Path = args.work
@@ -334,77 +374,57 @@ def main() -> int:
 
     make_esp(image / "uki/enclave-infer.efi", work / "esp.img")
     shutil.copyfile(OVMF_VARS, work / "vars.fd")
-    key = work / "owner.key"
-    constraint = ""
-    if not args.dev:
-        say("the model owner makes a signing key; the operator puts its public half on the data disk")
-        cli("keygen", str(key), capture=True)
-        make_data_disk(work / "data.img", key.with_suffix(".key.pub"))
-    else:
+    if args.dev:
         make_data_disk(work / "data.img", None)
-    tpm, sock = start_swtpm(work)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    uki = image / "uki/enclave-infer.efi"
-    say(f"booting {uki} under {args.accel.upper()} (console: {work / 'console.log'})")
-    t0 = time.monotonic()
-    qemu_log = (work / "qemu.log").open("wb")
-    vm = subprocess.Popen(qemu_command(args.accel, work, image, sock, port), stderr=qemu_log)
-    try:
-        seen: dict[str, float] = {}
-        wait_ready(
-            url + ("/" if args.dev else "/healthz"),
-            vm,
-            READY_TIMEOUT[args.accel],
-            work / "console.log",
-            t0,
-            seen,
-        )
-        ready = time.monotonic() - t0
-        watch_console(work / "console.log", t0, seen)
-        stages = ", ".join(f"{name} {t:.1f} s" for name, t in sorted(seen.items(), key=lambda kv: kv[1]))
-        say(f"power-on to ready {ready:.1f} s ({args.accel.upper()}): {stages}")
-        check_pcr11(uki, work / "console.log")
-        if not args.dev:
-            code_hash = vm_code_hash(key, enclave_toml(image, work))
-            constraint = f"C:{code_hash} SEC:INSECURE"
-            say(f"constraint: {constraint}")
-            say("the owner provisions EfficientNet-Lite0 (ONNX) and the ImageNet labels into the VM")
-            cli(
-                "provision",
-                url,
-                constraint,
-                str(args.model),
-                str(REPO / "demo/imagenet-classes.txt"),
-                "--owner-key",
-                str(key),
-                "--mean",
-                "0.498039,0.498039,0.498039",
-                "--std",
-                "0.501961,0.501961,0.501961",
-                "--allow-duplicate-labels",
-                capture=True,
-            )
-            import skimage  # the demo photos, as demo/run.py takes them (the host venv's wheel)
+        with running_vm(args.accel, work, image, "/", 1) as url:
+            if args.keep:
+                say(f"the VM serves {url}; Ctrl-C stops it")
+                signal.pause()
+        return 0
 
-            photo_dir = Path(skimage.__file__).parent / "data"
-            photos = [str(photo_dir / name) for name in PHOTOS]
-            say("a submitter classifies the demo photos through the VM")
-            for line in cli("classify", url, constraint, *photos, capture=True).splitlines():
-                print(line.replace(f"{photo_dir}/", ""))
+    key = work / "owner.key"
+    say("the model owner makes a signing key; the operator puts its public half on the data disk")
+    cli("keygen", str(key), capture=True)
+    make_data_disk(work / "data.img", key.with_suffix(".key.pub"))
+    constraint = f"C:{vm_code_hash(key, enclave_toml(image, work))} SEC:INSECURE"
+    with running_vm(args.accel, work, image, "/healthz", 1) as url:
+        say(f"constraint: {constraint}")
+        say("the owner provisions EfficientNet-Lite0 (ONNX) and the ImageNet labels into the VM")
+        cli(
+            "provision",
+            url,
+            constraint,
+            str(args.model),
+            str(REPO / "demo/imagenet-classes.txt"),
+            "--owner-key",
+            str(key),
+            "--mean",
+            "0.498039,0.498039,0.498039",
+            "--std",
+            "0.501961,0.501961,0.501961",
+            "--allow-duplicate-labels",
+            capture=True,
+        )
+        classify(url, constraint)
         if args.keep:
             say(f"the VM serves {url}; Ctrl-C stops it")
-            vm.wait()
-    finally:
-        vm.terminate()
-        try:
-            vm.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            vm.kill()
-        tpm.terminate()
-        tpm.wait(timeout=10)
-        qemu_log.close()
+            signal.pause()
+    if args.reboot:
+        say("powered off; booting again on the same data disk, with nothing provisioned this time")
+        with running_vm(args.accel, work, image, "/healthz", 2) as url:
+            classify(url, constraint)
     return 0
+
+
+def classify(url: str, constraint: str) -> None:
+    import skimage  # the demo photos, as demo/run.py takes them (the host venv's wheel)
+
+    photo_dir = Path(skimage.__file__).parent / "data"
+    say("a submitter classifies the demo photos through the VM")
+    for line in cli(
+        "classify", url, constraint, *(str(photo_dir / n) for n in PHOTOS), capture=True
+    ).splitlines():
+        print(line.replace(f"{photo_dir}/", ""))
 
 
 def enclave_toml(image: Path, work: Path) -> Path:

@@ -58,12 +58,12 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || fail "cannot moun
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /newroot/tmp || fail "cannot mount /tmp"
 mount -t tmpfs -o "mode=0700,uid=$SERVICE_UID,gid=$SERVICE_GID,nosuid,nodev,noexec" tmpfs "/newroot$DATA_DIR" || fail "cannot mount DATA_DIR $DATA_DIR"
 mkdir -p "/newroot$DATA_DIR/sealed"
-if ! mount -t ext4 -o nosuid,nodev,noexec /dev/vdb "/newroot$DATA_DIR/sealed" 2>/dev/null; then
+if ! mount -t ext4 -o sync,nosuid,nodev,noexec /dev/vdb "/newroot$DATA_DIR/sealed" 2>/dev/null; then
     # Only a blank disk is formatted: a disk with anything on it that is not ext4 is refused.
     [ -z "$(head -c 1048576 /dev/vdb | tr -d '\000' | head -c 1)" ] || fail "the data disk holds something that is not ext4"
     echo "init: formatting the blank data disk"
     mke2fs -q -L enclave-data /dev/vdb > /dev/null || fail "cannot format the data disk"
-    mount -t ext4 -o nosuid,nodev,noexec /dev/vdb "/newroot$DATA_DIR/sealed" || fail "cannot mount the data disk"
+    mount -t ext4 -o sync,nosuid,nodev,noexec /dev/vdb "/newroot$DATA_DIR/sealed" || fail "cannot mount the data disk"
 fi
 chown "$SERVICE_UID:$SERVICE_GID" "/newroot$DATA_DIR/sealed" && chmod 0700 "/newroot$DATA_DIR/sealed" || fail "cannot own the data disk"
 
