@@ -93,3 +93,27 @@ def test_two_builds_give_the_same_artifacts(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout
     assert "release.json" in done.stdout and "enclave-infer.oci.tar" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_uki_boots_in_a_vm_and_classifies(tmp_path: Path) -> None:
+    """`make vm-demo` as a test: the released UKI boots under QEMU (OVMF, swtpm), the guest's PCR 11
+    is the value computed from the UKI file, and the demo photos are classified through the VM. Two
+    minutes or more under TCG, so only when asked (ENCLAVE_INFER_VM=1) on an image of HEAD."""
+    if os.environ.get("ENCLAVE_INFER_VM") != "1":
+        pytest.skip("boots the UKI in QEMU (two minutes or more under TCG): set ENCLAVE_INFER_VM=1")
+    _built_from_head()
+    if not (IMAGE / "uki" / "enclave-infer.efi").exists() or not MODEL.exists():
+        pytest.skip("no UKI in build/image or no demo model: `make image` and `make demo-model` build them")
+    _need_root_and("qemu-system-x86_64", "swtpm")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "image" / "vm_demo.py"), "--image", str(IMAGE), "--model", str(MODEL),
+         "--work", str(tmp_path / "vm")],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "vm-demo: PCR 11 in the guest equals the value computed from the UKI file" in done.stderr
+    assert done.stdout.splitlines()[-2:] == [
+        "chelsea.png: tiger cat (37.9%)",
+        "coffee.png: espresso (95.7%)",
+    ]
