@@ -34,11 +34,39 @@ import reprotar
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SUITE = "bookworm"
-MIRRORS = [
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-]
+# The archive's suites; which mirror serves them is the build machine's (host_archives): every
+# package is pinned by version and checked against Debian's signed indexes, so a mirror changes
+# nothing in the image, and it is not recorded in any artifact.
+SUITES = [("debian", f"{SUITE} {SUITE}-updates"), ("debian-security", f"{SUITE}-security")]
+APT_SOURCES = Path("/etc/apt/sources.list.d")
+
+
+def host_archives() -> dict[str, str]:
+    """``{"debian": URI, "debian-security": URI}``: the archives this machine's apt is set up with
+    (its deb822 ``.sources`` files), or DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR from the environment."""
+    found: dict[str, str] = {}
+    for sources in sorted(APT_SOURCES.glob("*.sources")):
+        for line in sources.read_text().splitlines():
+            if line.startswith("URIs:"):
+                for uri in line.split()[1:]:
+                    found.setdefault(uri.rstrip("/").rpartition("/")[2], uri.rstrip("/"))
+    for name, variable in (("debian", "DEBIAN_MIRROR"), ("debian-security", "DEBIAN_SECURITY_MIRROR")):
+        if os.environ.get(variable):
+            found[name] = os.environ[variable].rstrip("/")
+    missing = [name for name, _ in SUITES if name not in found]
+    if missing:
+        raise SystemExit(
+            f"build_rootfs: no {' or '.join(missing)} archive in {APT_SOURCES}/*.sources:"
+            " set DEBIAN_MIRROR and DEBIAN_SECURITY_MIRROR"
+        )
+    return found
+
+
+def mirror_lines() -> list[str]:
+    archives = host_archives()
+    return [f"deb {archives[name]} {suite} main" for name, suites in SUITES for suite in suites.split()]
+
+
 # What the image needs beyond Debian's Essential set. media-types satisfies python3.11's
 # "media-types | mime-support" (mime-support would pull mailcap and with it all of Perl).
 # libstdc++6: onnxruntime's extension links the system's (manylinux wheels may).
@@ -181,7 +209,7 @@ def mmdebstrap(rootfs: Path, epoch: int, lock: dict[str, str]) -> None:
             *[f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES],
             f"--include={','.join(PACKAGES)}",
             f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {prefs} "$1/{PREFS}"',
-            SUITE, str(rootfs), *MIRRORS,
+            SUITE, str(rootfs), *mirror_lines(),
         ]  # fmt: skip
         log = rootfs.parent / "logs" / "mmdebstrap.log"  # logs/: not an artifact, not compared
         log.parent.mkdir(exist_ok=True)
@@ -318,7 +346,7 @@ def main() -> int:
         "source_commit": run("git", "-C", ROOT, "rev-parse", "HEAD").strip(),
         "source_date_epoch": epoch,
         "suite": SUITE,
-        "mirrors": MIRRORS,
+        "suites": [suite for _, suites in SUITES for suite in suites.split()],
         "debian_packages": got,
         "wheel": {"name": own_wheel.name, "sha256": sha256(own_wheel)},
         "rootfs_tar_sha256": sha256(out / "rootfs.tar"),

@@ -7,9 +7,12 @@ IMAGE_OUT ?= build/image
 
 .PHONY: uki-tools image-uki uki-dev vm-demo vm-demo-dev
 
-# bookworm-backports' list: the pinned 6.12 cloud kernel comes from there (image/uki/packages.txt).
+# bookworm-backports' list: the pinned 6.12 cloud kernel comes from there (image/uki/packages.txt),
+# from the Debian archive this machine's apt already uses (or DEBIAN_MIRROR).
+DEBIAN_MIRROR ?= $(shell sed -n 's|^URIs: *\(.*/debian\)/*$$|\1|p' /etc/apt/sources.list.d/*.sources | head -n 1)
 $(BACKPORTS):
-	printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > $@
+	@test -n "$(DEBIAN_MIRROR)" || { echo "uki-tools: no Debian archive in apt's sources: set DEBIAN_MIRROR"; exit 1; }
+	printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' '$(DEBIAN_MIRROR)' > $@
 
 uki-tools: $(BACKPORTS)
 	apt-get update -q
