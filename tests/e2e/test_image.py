@@ -75,6 +75,26 @@ def test_skopeo_reads_the_layout_and_the_archive(tmp_path: Path) -> None:
     assert (tmp_path / "copy" / oci["layer_digest"].removeprefix("sha256:")).exists()
 
 
+def test_podman_loads_the_archive_with_the_manifest_digest(tmp_path: Path) -> None:
+    """The archive is one ``podman load`` accepts, and it keeps the digest release.json states
+    (podman's own storage under tmp_path, so nothing of the machine's is touched)."""
+    _built_from_head()
+    _need_root_and("podman")
+    oci = json.loads((IMAGE / "oci.json").read_text())
+    podman = ["podman", "--root", str(tmp_path / "root"), "--runroot", str(tmp_path / "run"),
+              "--storage-driver", "vfs"]  # fmt: skip
+    subprocess.run([*podman, "load", "-q", "-i", str(IMAGE / oci["archive"])], check=True, timeout=300)
+    inspect = subprocess.run(
+        [*podman, "image", "inspect", f"localhost/{oci['ref']}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [image] = json.loads(inspect.stdout)
+    assert image["Digest"] == oci["manifest_digest"]
+    assert image["Config"]["Entrypoint"][0] == "/opt/enclave-infer/bin/enclave-infer"
+
+
 @pytest.mark.slow
 def test_two_builds_give_the_same_artifacts(tmp_path: Path) -> None:
     if os.environ.get("ENCLAVE_INFER_IMAGE_BUILD") != "1":
