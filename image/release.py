@@ -69,7 +69,7 @@ def main() -> int:
         "locks": rootfs["locks"],
         "debian": {
             "suite": rootfs["suite"],
-            "mirrors": rootfs["mirrors"],
+            "suites": rootfs["suites"],
             "packages": rootfs["debian_packages"],
         },
         "python_wheels": wheels(),
