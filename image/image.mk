@@ -26,7 +26,7 @@ image-oci: rootfs
 
 # The Ray image (KubeRay): the same root file system and a layer with Ray Serve (requirements-ray.lock).
 image-ray: image-oci
-	$(IMAGE_PY) image/ray.py $(IMAGE_OUT)
+	$(IMAGE_PY) image/ray_image.py $(IMAGE_OUT)
 
 # Other parts add themselves as prerequisites (image: image-uki); the manifest is written last, and
 # with it OUT/deploy/rayservice.yaml, naming the Ray image by the digest it lists.

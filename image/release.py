@@ -3,7 +3,7 @@
     python image/release.py OUT
 
 Reads what the build steps left in OUT: rootfs.json (image/build_rootfs.py), oci.json (image/oci.py),
-oci-ray.json (image/ray.py) and, when the confidential-VM part ran, uki.json (its artifacts, kernel
+oci-ray.json (image/ray_image.py) and, when the confidential-VM part ran, uki.json (its artifacts, kernel
 command line and dm-verity root hash; those fields stay null without it). Lists every artifact's
 SHA-256 and size, the lock files' hashes, the Debian packages and Python wheels at their versions.
 Keys sorted, no timestamps but SOURCE_DATE_EPOCH: two builds give the same file.

@@ -1,6 +1,6 @@
 """The Ray image: the plain image's root file system plus one layer, Ray Serve for KubeRay.
 
-    python image/ray.py OUT      # after build_rootfs.py and oci.py: reads OUT/rootfs.tar, OUT/rootfs.json
+    python image/ray_image.py OUT   # after build_rootfs.py and oci.py: reads OUT/rootfs.tar, OUT/rootfs.json
 
 The second layer holds the wheels of requirements-ray.lock (pyproject.toml's `ray` extra and what it
 pulls in, resolved with the base pins held: image/lock_python.py), installed into the image's venv
@@ -192,7 +192,7 @@ def main() -> int:
     }
     history = [
         "image/build_rootfs.py: Debian bookworm (debian.lock), wheels (requirements.lock), enclave-infer ",
-        "image/ray.py: Ray Serve (requirements-ray.lock) for enclave-infer ",
+        "image/ray_image.py: Ray Serve (requirements-ray.lock) for enclave-infer ",
     ]
     result = oci.write_image(out, NAME, [out / "rootfs.tar", layer], config, history)
     result["lock_sha256"] = oci.sha256(HERE / "requirements-ray.lock")
