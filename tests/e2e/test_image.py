@@ -83,7 +83,7 @@ def test_two_builds_give_the_same_artifacts(tmp_path: Path) -> None:
         )
     _need_root_and("mmdebstrap", "git")
     for out in (tmp_path / "a", tmp_path / "b"):
-        for step in ("build_rootfs.py", "oci.py", "release.py"):
+        for step in ("build_rootfs.py", "oci.py", "ray_image.py", "release.py"):
             subprocess.run(
                 [sys.executable, str(ROOT / "image" / step), str(out)], check=True, capture_output=True
             )
@@ -93,3 +93,4 @@ def test_two_builds_give_the_same_artifacts(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout
     assert "release.json" in done.stdout and "enclave-infer.oci.tar" in done.stdout
+    assert "enclave-infer-ray.oci.tar" in done.stdout and "deploy/rayservice.yaml" in done.stdout
