@@ -16,9 +16,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-# The unpacked tree is compared through rootfs.tar, which carries it with its metadata; logs/ and
-# run/ (image/run_oci.py's folder) are not artifacts.
-DEFAULT_IGNORE = ("rootfs", "logs", "run")
+# The unpacked trees are compared through rootfs.tar and ray-layer.tar, which carry them with their
+# metadata; logs/ and run/ (image/run_oci.py's folder) are not artifacts.
+DEFAULT_IGNORE = ("rootfs", "rootfs-ray", "logs", "run")
 
 
 def files(root: Path, ignore: tuple[str, ...]) -> dict[str, Path]:

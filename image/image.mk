@@ -2,15 +2,18 @@
 # image (and, by image/uki/, as a UKI for confidential VMs). Run as root; none of it is part of `make test`.
 IMAGE_OUT ?= build/image
 IMAGE_PY  ?= python3
+# Where the Ray image is pushed: the rendered OUT/deploy/rayservice.yaml names it there, by digest.
+IMAGE_REGISTRY ?= registry.example.com
 
-.PHONY: image-tools image-lock image rootfs image-oci oci-demo image-twice
+.PHONY: image-tools image-lock image rootfs image-oci image-ray oci-demo image-twice
 
 # The build's tools, from Debian (what the project's image build needs and nothing else).
 image-tools:
 	apt-get update
 	apt-get install -y --no-install-recommends mmdebstrap umoci skopeo erofs-utils git python3-pip
 
-# Move the pins: resolve the Python wheels again and rewrite image/debian.lock from a fresh build.
+# Move the pins: resolve the Python wheels again (requirements.lock, requirements-ray.lock, tools.lock)
+# and rewrite image/debian.lock from a fresh build.
 image-lock:
 	$(IMAGE_PY) image/lock_python.py
 	$(IMAGE_PY) image/build_rootfs.py $(IMAGE_OUT) --relock
@@ -21,9 +24,14 @@ rootfs:
 image-oci: rootfs
 	$(IMAGE_PY) image/oci.py $(IMAGE_OUT)
 
-# Other parts add themselves as prerequisites (image: image-uki); the manifest is written last.
-image: image-oci
-	$(IMAGE_PY) image/release.py $(IMAGE_OUT)
+# The Ray image (KubeRay): the same root file system and a layer with Ray Serve (requirements-ray.lock).
+image-ray: image-oci
+	$(IMAGE_PY) image/ray_image.py $(IMAGE_OUT)
+
+# Other parts add themselves as prerequisites (image: image-uki); the manifest is written last, and
+# with it OUT/deploy/rayservice.yaml, naming the Ray image by the digest it lists.
+image: image-oci image-ray
+	$(IMAGE_PY) image/release.py $(IMAGE_OUT) --registry $(IMAGE_REGISTRY)
 
 # Two builds in two folders, compared file by file (the first differing file, and member, named).
 image-twice:

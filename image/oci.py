@@ -48,52 +48,50 @@ def rfc3339(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_layout(out: Path) -> dict[str, str]:
+def write_image(
+    out: Path, name: str, layers: list[Path], config: dict[str, object], history: list[str]
+) -> dict[str, object]:
+    """An OCI layout OUT/oci[-SUFFIX]/ and archive OUT/NAME.oci.tar of LAYERS (uncompressed tars, the
+    base first, each gzipped here) with CONFIG as the image's run configuration."""
     info = json.loads((out / "rootfs.json").read_text())
     epoch: int = info["source_date_epoch"]
     version = info["wheel"]["name"].split("-")[1]
-    layout = out / "oci"
+    layout = out / ("oci" + name.removeprefix(NAME))
     shutil.rmtree(layout, ignore_errors=True)
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
-    staged = out / "layer.tar.gz"
-    reprotar.gzip_file(out / "rootfs.tar", staged)
-    layer_digest = sha256(staged)
-    layer = {"mediaType": LAYER, "digest": f"sha256:{layer_digest}", "size": staged.stat().st_size}
-    staged.rename(blobs / layer_digest)
+    descriptors, diff_ids = [], []
+    for tar in layers:
+        staged = out / "layer.tar.gz"
+        reprotar.gzip_file(tar, staged)
+        layer_digest = sha256(staged)
+        descriptors.append(
+            {"mediaType": LAYER, "digest": f"sha256:{layer_digest}", "size": staged.stat().st_size}
+        )
+        staged.rename(blobs / layer_digest)
+        diff_ids.append(f"sha256:{sha256(tar)}")
     created = rfc3339(epoch)
-    config = {
+    image_config = {
         "created": created,
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "User": info["user"],
-            "Env": [f"{k}={v}" for k, v in info["env"].items()],
-            "Entrypoint": info["entrypoint"],
-            "Cmd": info["cmd"],
-            "WorkingDir": "/",
-            "ExposedPorts": {f"{info['port']}/tcp": {}},
-            "StopSignal": "SIGTERM",
-            "Labels": {"org.opencontainers.image.version": version},
-        },
-        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{info['rootfs_tar_sha256']}"]},
-        "history": [{"created": created,
-                     "created_by": "image/build_rootfs.py: Debian bookworm (debian.lock), "
-                     "wheels (requirements.lock), enclave-infer " + version}],
-    }  # fmt: skip
-    config_desc = {"mediaType": CONFIG, **put_blob(blobs, canonical(config))}
+        "config": {**config, "Labels": {"org.opencontainers.image.version": version}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": created, "created_by": line + version} for line in history],
+    }
+    config_desc = {"mediaType": CONFIG, **put_blob(blobs, canonical(image_config))}
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST,
         "config": config_desc,
-        "layers": [layer],
+        "layers": descriptors,
         "annotations": {
             "org.opencontainers.image.created": created,
             "org.opencontainers.image.version": version,
         },
     }
     manifest_desc = {"mediaType": MANIFEST, **put_blob(blobs, canonical(manifest))}
-    ref = f"{NAME}:{version}"
+    ref = f"{name}:{version}"
     index = {
         "schemaVersion": 2,
         "mediaType": INDEX,
@@ -102,17 +100,37 @@ def write_layout(out: Path) -> dict[str, str]:
     (layout / "index.json").write_bytes(canonical(index))
     (layout / "oci-layout").write_bytes(canonical({"imageLayoutVersion": "1.0.0"}))
     reprotar.clamp_mtimes(layout, epoch)
-    archive = out / f"{NAME}.oci.tar"
+    archive = out / f"{name}.oci.tar"
     reprotar.write_tar_file(layout, archive, epoch)
     return {
         "ref": ref,
         "manifest_digest": str(manifest_desc["digest"]),
         "config_digest": str(config_desc["digest"]),
-        "layer_digest": f"sha256:{layer_digest}",
-        "layer_diff_id": f"sha256:{info['rootfs_tar_sha256']}",
-        "layout": "oci",
+        "layer_digest": descriptors[-1]["digest"],
+        "layer_diff_id": diff_ids[-1],
+        "layer_digests": [d["digest"] for d in descriptors],
+        "layer_diff_ids": diff_ids,
+        "layout": layout.name,
         "archive": archive.name,
     }
+
+
+def write_layout(out: Path) -> dict[str, object]:
+    """The plain image: the root file system as its one layer, `enclave-infer serve` its entrypoint."""
+    info = json.loads((out / "rootfs.json").read_text())
+    config = {
+        "User": info["user"],
+        "Env": [f"{k}={v}" for k, v in info["env"].items()],
+        "Entrypoint": info["entrypoint"],
+        "Cmd": info["cmd"],
+        "WorkingDir": "/",
+        "ExposedPorts": {f"{info['port']}/tcp": {}},
+        "StopSignal": "SIGTERM",
+    }
+    history = [
+        "image/build_rootfs.py: Debian bookworm (debian.lock), wheels (requirements.lock), enclave-infer "
+    ]
+    return write_image(out, NAME, [out / "rootfs.tar"], config, history)
 
 
 def main() -> int:

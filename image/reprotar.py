@@ -15,6 +15,7 @@ import os
 import stat
 import tarfile
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,11 +46,13 @@ def clamp_mtimes(root: Path, epoch: int) -> None:
         os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def write_tar(root: Path, out: BinaryIO, epoch: int) -> None:
-    """The tree under ROOT as a tar stream on OUT."""
+def write_tar(root: Path, out: BinaryIO, epoch: int, only: AbstractSet[str] | None = None) -> None:
+    """The tree under ROOT as a tar stream on OUT; with ONLY, just the entries it names (a layer)."""
     seen: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for arcname, path in walk(root):
+            if only is not None and arcname not in only:
+                continue
             st = path.lstat()
             info = tarfile.TarInfo(arcname)
             info.uid, info.gid, info.uname, info.gname = st.st_uid, st.st_gid, "", ""
@@ -75,9 +78,9 @@ def write_tar(root: Path, out: BinaryIO, epoch: int) -> None:
                 raise ValueError(f"{path}: not a file, folder or symbolic link (mode {st.st_mode:o})")
 
 
-def write_tar_file(root: Path, target: Path, epoch: int) -> None:
+def write_tar_file(root: Path, target: Path, epoch: int, only: AbstractSet[str] | None = None) -> None:
     with target.open("wb") as out:
-        write_tar(root, out, epoch)
+        write_tar(root, out, epoch, only)
 
 
 def gzip_file(source: Path, target: Path) -> None:

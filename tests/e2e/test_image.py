@@ -101,18 +101,25 @@ def test_two_builds_give_the_same_artifacts(tmp_path: Path) -> None:
         pytest.skip(
             "builds the image twice (~2 min, network for Debian packages): set ENCLAVE_INFER_IMAGE_BUILD=1"
         )
-    _need_root_and("mmdebstrap", "git")
+    _need_root_and("mmdebstrap", "git", "mkfs.erofs", "veritysetup")
     for out in (tmp_path / "a", tmp_path / "b"):
-        for step in ("build_rootfs.py", "oci.py", "release.py"):
-            subprocess.run(
-                [sys.executable, str(ROOT / "image" / step), str(out)], check=True, capture_output=True
-            )
+        for step in ("build_rootfs.py", "oci.py", "ray_image.py", "uki", "release.py"):
+            if step == "uki":  # as image/uki/uki.mk runs it
+                epoch = (out / "SOURCE_DATE_EPOCH").read_text().strip()
+                argv = [str(ROOT / "image" / "uki" / "build_uki.py"), "--rootfs", str(out / "rootfs.tar"),
+                        "--out", str(out)]  # fmt: skip
+                env = {**os.environ, "SOURCE_DATE_EPOCH": epoch}
+            else:
+                argv, env = [str(ROOT / "image" / step), str(out)], dict(os.environ)
+            subprocess.run([sys.executable, *argv], check=True, capture_output=True, env=env)
     done = subprocess.run(
         [sys.executable, str(ROOT / "image" / "compare.py"), str(tmp_path / "a"), str(tmp_path / "b")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout
     assert "release.json" in done.stdout and "enclave-infer.oci.tar" in done.stdout
+    assert "enclave-infer-ray.oci.tar" in done.stdout and "deploy/rayservice.yaml" in done.stdout
+    assert "uki/enclave-infer.efi" in done.stdout and "uki/rootfs.verity.img" in done.stdout
 
 
 @pytest.mark.slow

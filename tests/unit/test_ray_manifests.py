@@ -10,14 +10,17 @@ misspelt key must fail here, not be dropped silently on deploy. The CRD is read 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shlex
+import subprocess
 import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 
 from tests.shared_vectors import KUBERAY_VECTORS, REPOSITORY, shared_file
@@ -324,3 +327,53 @@ def test_the_rayservice_serves_the_same_application_on_tees() -> None:
         if name != "head":
             data = volumes(group)[mounts(group)[app["args"]["data_dir"]]]
             assert data["emptyDir"]["medium"] == "Memory", name
+
+
+# --- the image it names --------------------------------------------------------------------------------
+
+# The committed manifest cannot name the digest of the image built from its own commit (the digest
+# depends on the commit): it holds this placeholder, which `make image` (image/release.py) replaces.
+PLACEHOLDER = "registry.example.com/enclave-infer-ray@sha256:DIGEST-WRITTEN-BY-MAKE-IMAGE"
+IMAGE_OUT = REPOSITORY / "build" / "image"
+
+
+def images(manifest: dict[str, Any]) -> list[str]:
+    return [
+        container["image"]
+        for group in pod_groups(manifest).values()
+        for container in group["template"]["spec"]["containers"]
+    ]
+
+
+def test_every_pod_runs_the_ray_image_named_by_a_placeholder_for_its_digest() -> None:
+    manifest, _ = load_rayservice_yaml()
+    assert images(manifest) == [PLACEHOLDER] * 4
+
+
+def test_the_rendered_manifest_names_the_built_ray_image_by_digest() -> None:
+    """Where `make image` has run on this commit: build/image/deploy/rayservice.yaml is the committed
+    file with the digest of the Ray image's manifest from release.json, and KubeRay's CRD accepts it."""
+    release_path = IMAGE_OUT / "release.json"
+    if not release_path.exists():
+        pytest.skip("no build/image/release.json: `make image` (as root) renders the manifest")
+    release = json.loads(release_path.read_text())
+    head = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    )
+    if release["source_commit"] != head.stdout.strip():
+        pytest.skip("build/image was built from another commit than HEAD: `make image` rebuilds it")
+    rendered_path = IMAGE_OUT / "deploy" / "rayservice.yaml"
+    digest = release["oci_ray"]["manifest_digest"]
+    assert digest.startswith("sha256:") and len(digest) == 71
+    rendered = rendered_path.read_text(encoding="utf-8")
+    manifest = next(d for d in yaml.safe_load_all(rendered) if d["kind"] == "RayService")
+    [name] = {image.split("@")[0] for image in images(manifest)}
+    assert name.endswith("/enclave-infer-ray")
+    committed = (RAY_DEPLOY / "rayservice.yaml").read_text(encoding="utf-8")
+    assert rendered == committed.replace(PLACEHOLDER, f"{name}@{digest}")
+    assert images(manifest) == [f"{name}@{digest}"] * 4
+    check_rayservice(manifest, rayservice_schema())
+    assert (
+        release["artifacts"]["deploy/rayservice.yaml"]["sha256"]
+        == hashlib.sha256(rendered.encode()).hexdigest()
+    )
