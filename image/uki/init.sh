@@ -71,6 +71,13 @@ chown "$SERVICE_UID:$SERVICE_GID" "/newroot$DATA_DIR/sealed" && chmod 0700 "/new
 ip link set lo up
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || fail "no network"
 
+# configfs-tsm (TDX and SEV-SNP reports, enclave/tsm.py): the service, which runs as SERVICE_UID and not
+# as root, makes its own report requests, so the report folder is handed to it; /sys moves into the
+# new root with this mount inside it.
+if mount -t configfs configfs /sys/kernel/config 2>/dev/null && [ -d /sys/kernel/config/tsm/report ]; then
+    chown "$SERVICE_UID:$SERVICE_GID" /sys/kernel/config/tsm/report || fail "cannot hand configfs-tsm to the service"
+fi
+
 echo "init: root $ROOTHASH verified and mounted after $(cut -d' ' -f1 /proc/uptime) s; starting the service"
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc
