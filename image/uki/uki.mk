@@ -26,6 +26,8 @@ image-uki: rootfs
 	SOURCE_DATE_EPOCH=$$(cat $(IMAGE_OUT)/SOURCE_DATE_EPOCH) \
 	  python3 image/uki/build_uki.py --rootfs $(IMAGE_OUT)/rootfs.tar --out $(IMAGE_OUT)
 image: image-uki
+# `make image-tools` installs the UKI's tools too.
+image-tools: uki-tools
 
 # The pipeline without the real root: busybox httpd as the service (build/uki-dev).
 uki-dev:
