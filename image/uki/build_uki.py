@@ -322,6 +322,7 @@ def initrd(staging: Path, work: Path, entrypoint: bytes) -> bytes:
     listing = "".join(f"{n}{' optional' if n in OPTIONAL_MODULES else ''}\n" for n, _ in mods)
     entries.append(("etc/modules", f, listing.encode(), 0))
     entries.append(("etc/entrypoint", f, entrypoint, 0))
+    entries.append(("etc/udhcpc.sh", x, (HERE / "udhcpc.sh").read_bytes(), 0))
     entries.append(("init", x, (HERE / "init.sh").read_bytes(), 0))
     return gzip.compress(cpio_newc(entries), compresslevel=9, mtime=0)
 

@@ -67,14 +67,20 @@ if ! mount -t ext4 -o sync,nosuid,nodev,noexec /dev/vdb "/newroot$DATA_DIR/seale
 fi
 chown "$SERVICE_UID:$SERVICE_GID" "/newroot$DATA_DIR/sealed" && chmod 0700 "/newroot$DATA_DIR/sealed" || fail "cannot own the data disk"
 
-# QEMU's user-mode network (and most CVM hosts' virtio-net) with a fixed address: no DHCP client.
+# The address from DHCP (QEMU's user-mode network answers it too, as clouds' networks do); busybox
+# udhcpc applies the lease through /etc/udhcpc.sh and quits. No name server is set: the service
+# needs none unless it fetches collateral itself.
 ip link set lo up
-ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || fail "no network"
+ip link set eth0 up || fail "no network interface eth0"
+udhcpc -i eth0 -n -q -f -t 10 -T 1 -s /etc/udhcpc.sh > /dev/null || fail "no address from DHCP on eth0"
 
-# configfs-tsm (TDX and SEV-SNP reports, enclave/tsm.py): the service, which runs as SERVICE_UID and not
-# as root, makes its own report requests, so the report folder is handed to it; /sys moves into the
-# new root with this mount inside it.
-if mount -t configfs configfs /sys/kernel/config 2>/dev/null && [ -d /sys/kernel/config/tsm/report ]; then
+# configfs-tsm (TDX and SEV-SNP reports, enclave/tsm.py), in a TDX or SEV-SNP guest only (its driver
+# loaded above): the service, which runs as SERVICE_UID and not as root, makes its own report
+# requests, so the report folder is handed to it; /sys moves into the new root with this mount inside
+# it. Elsewhere configfs stays unmounted and `--platform auto` finds no configfs-tsm.
+if [ -d /sys/module/tdx_guest ] || [ -d /sys/module/sev_guest ]; then
+    mount -t configfs configfs /sys/kernel/config || fail "cannot mount configfs"
+    [ -d /sys/kernel/config/tsm/report ] || fail "a TDX or SEV-SNP guest without configfs-tsm"
     chown "$SERVICE_UID:$SERVICE_GID" /sys/kernel/config/tsm/report || fail "cannot hand configfs-tsm to the service"
 fi
 
