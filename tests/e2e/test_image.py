@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -81,15 +82,12 @@ def test_podman_loads_the_archive_with_the_manifest_digest(tmp_path: Path) -> No
     _built_from_head()
     _need_root_and("podman")
     oci = json.loads((IMAGE / "oci.json").read_text())
-    podman = ["podman", "--root", str(tmp_path / "root"), "--runroot", str(tmp_path / "run"),
-              "--storage-driver", "vfs"]  # fmt: skip
-    subprocess.run([*podman, "load", "-q", "-i", str(IMAGE / oci["archive"])], check=True, timeout=300)
-    inspect = subprocess.run(
-        [*podman, "image", "inspect", f"localhost/{oci['ref']}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    # podman refuses a runroot path longer than 50 characters: a short folder of its own
+    with tempfile.TemporaryDirectory(prefix="ei-podman-") as run:
+        podman = ["podman", "--root", str(tmp_path / "root"), "--runroot", run, "--storage-driver", "vfs"]
+        subprocess.run([*podman, "load", "-q", "-i", str(IMAGE / oci["archive"])], check=True, timeout=300)
+        name = f"localhost/{oci['ref']}"
+        inspect = subprocess.run([*podman, "image", "inspect", name], capture_output=True, text=True, check=True)
     [image] = json.loads(inspect.stdout)
     assert image["Digest"] == oci["manifest_digest"]
     assert image["Config"]["Entrypoint"][0] == "/opt/enclave-infer/bin/enclave-infer"
