@@ -87,7 +87,8 @@ def test_podman_loads_the_archive_with_the_manifest_digest(tmp_path: Path) -> No
         podman = ["podman", "--root", str(tmp_path / "root"), "--runroot", run, "--storage-driver", "vfs"]
         subprocess.run([*podman, "load", "-q", "-i", str(IMAGE / oci["archive"])], check=True, timeout=300)
         name = f"localhost/{oci['ref']}"
-        inspect = subprocess.run([*podman, "image", "inspect", name], capture_output=True, text=True, check=True)
+        argv = [*podman, "image", "inspect", name]
+        inspect = subprocess.run(argv, capture_output=True, text=True, check=True)
     [image] = json.loads(inspect.stdout)
     assert image["Digest"] == oci["manifest_digest"]
     assert image["Config"]["Entrypoint"][0] == "/opt/enclave-infer/bin/enclave-infer"
