@@ -18,7 +18,6 @@ read-only in the VM anyway.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import reprotar
+from reprotar import sha256
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -115,14 +115,6 @@ def source_date_epoch() -> int:
     if "SOURCE_DATE_EPOCH" in os.environ:
         return int(os.environ["SOURCE_DATE_EPOCH"])
     return int(run("git", "-C", ROOT, "log", "-1", "--format=%ct").strip())
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def lock_lines(name: str) -> list[str]:

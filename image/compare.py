@@ -16,6 +16,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from reprotar import sha256
+
 # The unpacked trees are compared through rootfs.tar and ray-layer.tar, which carry them with their
 # metadata; logs/ and run/ (image/run_oci.py's folder) are not artifacts.
 DEFAULT_IGNORE = ("rootfs", "rootfs-ray", "logs", "run")
@@ -29,14 +31,6 @@ def files(root: Path, ignore: tuple[str, ...]) -> dict[str, Path]:
             continue
         found[str(rel)] = path
     return found
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def members(path: Path) -> dict[str, tuple[object, ...]]:

@@ -17,24 +17,17 @@ by the digest of the manifest built here, and is listed among the artifacts.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
+
+from reprotar import sha256
 
 HERE = Path(__file__).resolve().parent
 RAYSERVICE = HERE.parent / "deploy" / "ray" / "rayservice.yaml"
 # What the committed manifest says where the digest goes; every occurrence is replaced.
 PLACEHOLDER = "registry.example.com/enclave-infer-ray@sha256:DIGEST-WRITTEN-BY-MAKE-IMAGE"
 DEFAULT_REGISTRY = "registry.example.com"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def artifact(out: Path, name: str) -> dict[str, object]:

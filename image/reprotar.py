@@ -11,6 +11,7 @@ layer's digest but not its diff_id, the digest of the uncompressed tar).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import stat
 import tarfile
@@ -92,3 +93,9 @@ def gzip_file(source: Path, target: Path) -> None:
     ):
         while chunk := src.read(1 << 20):
             gz.write(chunk)
+
+
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file, hex: how every script here names an artifact."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
