@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import locks
 import reprotar
+from locks import lock_lines, wheel_for
 from reprotar import sha256
 
 HERE = Path(__file__).resolve().parent
@@ -115,37 +117,6 @@ def source_date_epoch() -> int:
     if "SOURCE_DATE_EPOCH" in os.environ:
         return int(os.environ["SOURCE_DATE_EPOCH"])
     return int(run("git", "-C", ROOT, "log", "-1", "--format=%ct").strip())
-
-
-def lock_lines(name: str) -> list[str]:
-    return [
-        line.split("#")[0].strip()
-        for line in (HERE / name).read_text().splitlines()
-        if line.split("#")[0].strip()
-    ]
-
-
-def fetch_wheels(cache: Path) -> None:
-    """The locked wheels into CACHE (pip checks every hash; nothing is resolved)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-           "--no-deps", "--require-hashes", "--only-binary=:all:", "--dest", str(cache)]  # fmt: skip
-    target = ["--implementation", "cp", "--python-version", "3.11", "--abi", "cp311",
-              "--platform", "manylinux_2_36_x86_64", "--platform", "manylinux_2_28_x86_64",
-              "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-              "--platform", "manylinux1_x86_64", "--platform", "manylinux_2_5_x86_64"]  # fmt: skip
-    env = {**os.environ, "PIP_CONSTRAINT": ""}
-    subprocess.run([*pip, *target, "-r", str(HERE / "requirements.lock")], check=True, env=env)
-    subprocess.run([*pip, "-r", str(HERE / "tools.lock")], check=True, env=env)
-
-
-def wheel_for(cache: Path, requirement: str) -> Path:
-    name, version = requirement.split()[0].split("==")
-    prefix = f"{name.replace('-', '_')}-{version}-".lower()
-    found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix)]
-    if len(found) != 1:
-        sys.exit(f"build_rootfs: expected one wheel for {name}=={version} in {cache}, found {found}")
-    return found[0]
 
 
 def build_own_wheel(cache: Path, dist: Path, epoch: int) -> Path:
@@ -312,7 +283,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     rootfs = out / "rootfs"
     say(f"SOURCE_DATE_EPOCH={epoch}")
-    fetch_wheels(args.cache)
+    locks.download(args.cache, "requirements.lock")
+    locks.download(args.cache, "tools.lock", for_image=False)
     own_wheel = build_own_wheel(args.cache, out / "dist", epoch)
     say(f"{own_wheel.name} sha256 {sha256(own_wheel)}")
     lock = {} if args.relock else debian_lock()

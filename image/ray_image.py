@@ -28,8 +28,10 @@ import tarfile
 import time
 from pathlib import Path
 
+import locks
 import oci
 import reprotar
+from locks import lock_lines, wheel_for
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -40,45 +42,11 @@ PROFILE = "etc/profile.d/enclave-infer.sh"
 PORTS = [6379, 8265, 10001, 8000]
 CMD = [VENV + "/bin/ray", "start", "--head", "--block", "--disable-usage-stats"]
 
-# The image's interpreter: Debian bookworm's python3.11, glibc 2.36, x86-64 (as lock_python.py).
-PLATFORMS = ["manylinux_2_36_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64"]  # fmt: skip
-
 Meta = tuple[object, ...]
 
 
 def say(text: str) -> None:
     print(f"ray: {text}", file=sys.stderr, flush=True)
-
-
-def lock_lines(name: str) -> list[str]:
-    return [
-        line.split("#")[0].strip()
-        for line in (HERE / name).read_text().splitlines()
-        if line.split("#")[0].strip()
-    ]
-
-
-def fetch_wheels(cache: Path) -> None:
-    """The locked Ray wheels into CACHE (pip checks every hash; nothing is resolved)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    target = [x for tag in PLATFORMS for x in ("--platform", tag)]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--require-hashes", "--only-binary=:all:", "--dest", str(cache),
-         "--implementation", "cp", "--python-version", "3.11", "--abi", "cp311", *target,
-         "-r", str(HERE / "requirements-ray.lock")],
-        check=True, env={**os.environ, "PIP_CONSTRAINT": ""},
-    )  # fmt: skip
-
-
-def wheel_for(cache: Path, requirement: str) -> Path:
-    name, version = requirement.split()[0].split("==")
-    prefix = f"{name.replace('-', '_')}-{version}-".lower()
-    found = [p for p in cache.glob("*.whl") if p.name.lower().startswith(prefix)]
-    if len(found) != 1:
-        sys.exit(f"ray: expected one wheel for {name}=={version} in {cache}, found {found}")
-    return found[0]
 
 
 def base_entries(tar_path: Path) -> dict[str, Meta]:
@@ -169,7 +137,7 @@ def main() -> int:
     started = time.monotonic()
     info = json.loads((out / "rootfs.json").read_text())
     epoch: int = info["source_date_epoch"]
-    fetch_wheels(cache)
+    locks.download(cache, "requirements-ray.lock")
     tree = out / "rootfs-ray"
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir()
