@@ -286,7 +286,7 @@ class _UploadSink:
     def _refused(self, exc: ModelError) -> None:
         # The problem type only: details may quote the model (a runtime's load error names its
         # operators). Storage failures are the enclave's own words, and the operator must read them.
-        version, reason = self._upload.manifest.version, exc.details.type.rpartition(":")[2]
+        version, reason = self._upload.manifest.version, exc.problem.slug
         if exc.problem in (Problem.STORAGE_FULL, Problem.STORAGE_FAILED):
             reason = f"{reason} ({exc.details.detail})"
         log.warning("provision of model version %d refused: %s", version, reason)

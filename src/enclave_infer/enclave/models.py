@@ -223,10 +223,10 @@ class ModelStore:
         try:
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
         except BadSignature as exc:
-            log.warning("provision refused: %s", _slug(Problem.INVALID_SIGNATURE))
+            log.warning("provision refused: %s", Problem.INVALID_SIGNATURE.slug)
             raise ModelError(Problem.INVALID_SIGNATURE, str(exc)) from None
         except ProtocolError as exc:
-            log.warning("provision refused: %s", _slug(Problem.INVALID_MANIFEST))
+            log.warning("provision refused: %s", Problem.INVALID_MANIFEST.slug)
             raise ModelError(Problem.INVALID_MANIFEST, str(exc)) from None
         try:
             self._check_newer(manifest.version, upload=True)
@@ -236,7 +236,7 @@ class ModelStore:
                 )
             _preprocessing(manifest)
         except ModelError as exc:
-            log.warning("provision of model version %d refused: %s", manifest.version, _slug(exc.problem))
+            log.warning("provision of model version %d refused: %s", manifest.version, exc.problem.slug)
             raise
         writer = None
         sealer = self._sealer_now()
@@ -403,7 +403,7 @@ class ModelStore:
             return None
         except (EnclaveInferError, MemoryError) as exc:
             # the type only: a runtime's refusal may name the model's operators
-            reason = _slug(exc.problem) if isinstance(exc, ModelError) else type(exc).__name__
+            reason = exc.problem.slug if isinstance(exc, ModelError) else type(exc).__name__
             log.error("sealed model %s failed verification (%s); it is not served", path.name, reason)
             return None
         log.info("restored sealed model version %d sha256 %s", manifest.version, manifest.model_sha256)
@@ -452,11 +452,6 @@ def _preprocessing(manifest: Manifest) -> Preprocessing:
         return Preprocessing.from_json(manifest.preprocessing)
     except UsageError as exc:
         raise ModelError(Problem.INVALID_MANIFEST, f"manifest preprocessing: {exc}") from None
-
-
-def _slug(problem: Problem) -> str:
-    """The problem type's last segment, for one-line logs: ``version-not-newer``."""
-    return problem.slug
 
 
 def _pack(manifest: bytes, signature: bytes) -> bytes:

@@ -15,7 +15,7 @@ GET_EVIDENCE       nonce     none    no      EVIDENCE        the attestation doc
 GET_STATUS         empty     none    no      STATUS          :class:`~.api.EnclaveStatus`, JSON
 SET_COLLATERAL     document  none    no      COLLATERAL_SET  the collateral receipts carry
 OHTTP_REQUEST      request   work    yes     OHTTP_RESPONSE  ``message/ohttp-req`` → ``-res``
-CHUNKED_BEGIN      request   stream  yes     CHUNKED_RESP…   a model upload: BEGIN, DATA*, END
+CHUNKED_BEGIN      request   stream  yes     CHUNKED_RESP…   a streamed request: BEGIN, DATA*, END
 CLUSTER_JOIN       cluster   work    no      CLUSTER_MESSAGE a join request for a member to answer
 CLUSTER_RELEASE    cluster   work    yes     CLUSTER_MESSAGE message: a join request → the release
 CLUSTER_ACCEPT     cluster   work    no      CLUSTER_JOINED  message: a release; a member now
@@ -118,9 +118,9 @@ class Slot(enum.Enum):
     STREAM = "stream"  # one of STREAM_SLOTS, never a work slot: a stream cannot stall classifications
 
 
-# Chunked requests (model uploads: the owner's, one at a time, the highest version wins anyway) the
-# enclave reads at once; the host relays no more than this many either. A stream keeps its slot only
-# while its first chunk shows a signed owner upload and it keeps a minimum rate (enclave/limits.py).
+# Chunked requests (model uploads, and an image a client chose to stream) the enclave reads at once;
+# the host relays no more than this many either. A stream keeps its slot only while it keeps a
+# minimum rate (enclave/limits.py); an upload whose manifest signature fails is dropped at its head.
 STREAM_SLOTS = 2
 
 
