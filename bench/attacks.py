@@ -146,7 +146,7 @@ def trickled_streams(url: str, constraint: str, count: int) -> dict[str, object]
     def stream() -> None:
         with Client(url, constraint, config=ClientConfig(retries=0)) as client:
             try:
-                status = client.request("POST", "/v1/classify", stream=body).status
+                status = client._request("POST", "/v1/classify", stream=body).status
             except RemoteError as exc:
                 status = exc.status
             except EnclaveInferError:
