@@ -84,6 +84,17 @@ if [ -d /sys/module/tdx_guest ] || [ -d /sys/module/sev_guest ]; then
     chown "$SERVICE_UID:$SERVICE_GID" /sys/kernel/config/tsm/report || fail "cannot hand configfs-tsm to the service"
 fi
 
+# The boot's event logs, for the service's evidence (a verifier replays them against the quoted
+# registers, so whoever carries them needs no trust): the TPM's (securityfs, root only) and, in a TDX
+# guest, the CC event log from the ACPI CCEL table. Copied into the new root's /run, readable by the
+# service; the TPM itself is handed to the service's user.
+mkdir -p /newroot/run/enclave-infer
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+[ -r /sys/kernel/security/tpm0/binary_bios_measurements ] && cat /sys/kernel/security/tpm0/binary_bios_measurements > /newroot/run/enclave-infer/tpm-eventlog
+[ -r /sys/firmware/acpi/tables/data/CCEL ] && cat /sys/firmware/acpi/tables/data/CCEL > /newroot/run/enclave-infer/ccel-eventlog
+umount /sys/kernel/security 2>/dev/null
+[ -c /dev/tpmrm0 ] && { chown "$SERVICE_UID:$SERVICE_GID" /dev/tpmrm0 || fail "cannot hand the TPM to the service"; }
+
 echo "init: root $ROOTHASH verified and mounted after $(cut -d' ' -f1 /proc/uptime) s; starting the service"
 mount --move /dev /newroot/dev
 mount --move /proc /newroot/proc

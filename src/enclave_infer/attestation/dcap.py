@@ -56,7 +56,7 @@ from cryptography import x509
 
 from enclave_infer.attestation._x509 import PARSE_ERRORS
 from enclave_infer.attestation.constraints import format_duration
-from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, SecurityLevel, Tee
+from enclave_infer.attestation.report import DcapCollateral, EnclaveReport, Registers, SecurityLevel, Tee
 from enclave_infer.errors import AttestationError
 
 __all__ = [
@@ -479,6 +479,8 @@ def verify_quote(
             issued_at=issued_at,
             # MRTD measures the firmware only: what the TD booted (RTMR0-3) and its settings
             platform_settings=json.dumps({k: td.get(k) for k in TDX_SETTINGS}, sort_keys=True).encode(),
+            # what the CC event log replays to (evidence.verify), and RTMRn: pins
+            registers=Registers("rtmr", "sha384", {i: _hex(td, f"rt_mr{i}") for i in range(4)}),
         )
     else:
         raise AttestationError(f"unsupported report type {kind!r}")

@@ -3,7 +3,8 @@
 Pure logic on bytes. The document is JSON::
 
     {"version": 2, "tee": "simulation", "evidence": "<base64>", "config": "<base64>",
-     "receipt_key": "<base64>", "collateral": "<base64>"}    # collateral: optional
+     "receipt_key": "<base64>", "collateral": "<base64>",     # collateral: optional
+     "event_log": "<base64>", "measurements": "<base64>"}     # both optional
 
 ``receipt_key`` is the raw Ed25519 public key the enclave instance signs receipts with (absent from
 the evidence enclaves exchange for key release), and ``evidence`` is the platform's own format
@@ -14,6 +15,11 @@ identity and CRLs for a DCAP quote, as dcap-qvl's JSON; for SEV-SNP a PEM bundle
 VLEK, ASK or ASVK and ARK, which may be left out when the SNP container carries the host's
 certificate table). The host may attach collateral: it is signed by Intel or AMD, so it needs no
 trust in whoever delivers it.
+``event_log`` is the boot's TCG event log where the evidence quotes measurement registers (a vTPM's
+PCRs: the TPM's log; TDX's RTMRs: the CC event log of the CCEL ACPI table); it is replayed against
+the quoted registers, so it needs no trust in its carrier either. ``measurements`` is the release's
+reference measurements (what ``enclave-infer measure --image`` writes), which the host may attach for
+clients that pin ``IMAGE:`` (the pin is their SHA-256).
 
 :func:`verify` is shaped as sigstore's ``Verifier.verify_artifact``: the document, and a
 :class:`Policy` the caller must give (a :class:`~enclave_infer.attestation.constraints.Constraint`,
@@ -112,6 +118,8 @@ class Evidence:
     config: bytes
     collateral: bytes = b""
     receipt_key: bytes = b""
+    event_log: bytes = b""
+    measurements: bytes = b""
 
     def encode(self) -> bytes:
         doc = {
@@ -124,6 +132,10 @@ class Evidence:
             doc["receipt_key"] = b64.encode(self.receipt_key)
         if self.collateral:
             doc["collateral"] = b64.encode(self.collateral)
+        if self.event_log:
+            doc["event_log"] = b64.encode(self.event_log)
+        if self.measurements:
+            doc["measurements"] = b64.encode(self.measurements)
         return json.dumps(doc).encode()
 
     @classmethod
@@ -141,6 +153,8 @@ class Evidence:
                 b64.decode(doc["config"]),
                 b64.decode(doc.get("collateral", "")),
                 b64.decode(doc.get("receipt_key", "")),
+                b64.decode(doc.get("event_log", "")),
+                b64.decode(doc.get("measurements", "")),
             )
         except (ValueError, KeyError, UnicodeDecodeError, RecursionError):
             raise AttestationError("malformed attestation document") from None

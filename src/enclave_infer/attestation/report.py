@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,6 +39,7 @@ __all__ = [
     "RECEIPT_KEY_BYTES",
     "DcapCollateral",
     "EnclaveReport",
+    "Registers",
     "SecurityLevel",
     "SnpTcb",
     "Tee",
@@ -64,6 +66,8 @@ class Tee(enum.StrEnum):
     SGX = "sgx"
     TDX = "tdx"
     SEV_SNP = "sev-snp"
+    # A TPM 2.0 (a confidential VM's vTPM, or swtpm here): a quote over PCRs with the boot's event log
+    VTPM = "vtpm"
 
     @classmethod
     def parse(cls, name: object) -> Tee:
@@ -127,6 +131,19 @@ class DcapCollateral:
 
 
 @dataclass(frozen=True)
+class Registers:
+    """The measurement registers a verified quote carries, which a boot event log replays to.
+
+    ``kind`` is ``"pcr"`` (a TPM's PCRs, ``values`` by PCR index, of the ``alg`` bank) or ``"rtmr"``
+    (TDX's RTMR0-3, by RTMR index, SHA-384). Only verifiers construct these, from signed evidence.
+    """
+
+    kind: str  # "pcr" or "rtmr"
+    alg: str  # "sha256" or "sha384": the bank the values are of
+    values: Mapping[int, bytes]
+
+
+@dataclass(frozen=True)
 class EnclaveReport:
     """The verified facts about an enclave instance. Only verifiers construct these."""
 
@@ -149,6 +166,9 @@ class EnclaveReport:
     # in the report body's reserved areas); SEV-SNP's guest POLICY and VMPL; TDX's RTMR0-3, TD
     # attributes, XFAM and MRCONFIGID/MROWNER/MROWNERCONFIG. Empty for simulation.
     platform_settings: bytes = b""
+    # TDX's RTMRs or a vTPM's quoted PCRs: what an event log must replay to (None for SGX, SEV-SNP
+    # and simulation, whose evidence measures no boot)
+    registers: Registers | None = None
 
 
 def attestation_binding(key_config: bytes, receipt_key: bytes, config_digest: bytes, nonce: bytes) -> bytes:

@@ -73,6 +73,7 @@ class GramineSgxPlatform:
     """SGX DCAP quotes and sealing keys through Gramine's ``/dev/attestation``."""
 
     tee = Tee.SGX
+    event_log = b""
 
     def __init__(self, root: Path = DEFAULT_ROOT, *, sealing_policy: str = "mrenclave") -> None:
         if sealing_policy not in SEALING_POLICIES:

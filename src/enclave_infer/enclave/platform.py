@@ -28,6 +28,9 @@ class Platform(Protocol):
     tee: Tee
     code_hash: bytes
     signer: bytes
+    # The boot's TCG event log where the evidence quotes measurement registers (a vTPM, TDX), else
+    # empty; it travels in the attestation document and is replayed by the verifier.
+    event_log: bytes
 
     def evidence(self, report_data: bytes) -> bytes:
         """Platform evidence carrying ``report_data`` (64 bytes)."""
@@ -42,6 +45,7 @@ class SimulationPlatform:
     """INSECURE: a plain process pretending to be a TEE. Logged loudly by whoever starts it."""
 
     tee = Tee.SIMULATION
+    event_log = b""
 
     def __init__(self, config: EnclaveConfig, *, now: Callable[[], datetime] | None = None) -> None:
         self._config = config

@@ -89,6 +89,7 @@ class Receipts:
             self._config.canonical(),
             collateral,
             self.public_key,
+            self._platform.event_log,
         ).encode()
         with self._lock:
             self._evidence = (key_config, collateral, nonce, document)

@@ -195,6 +195,7 @@ class Enclave:
             self.platform.evidence(report_data),
             self.config.canonical(),
             receipt_key=self.receipt_public_key,
+            event_log=self.platform.event_log,
         )
         return document.encode()
 

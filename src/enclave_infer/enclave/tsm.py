@@ -119,6 +119,7 @@ class ConfigfsTsmPlatform:
         self.product_id: int = 0
         self.security_version: int = 0
         self.debug: bool = debug
+        self.event_log: bytes = b""
 
     def evidence(self, report_data: bytes) -> bytes:
         """A TDX quote, or the SEV-SNP container, whose report data is ``report_data``."""
