@@ -11,17 +11,18 @@ systemd-stub 252 around a Linux 6.12 kernel):
 * the firmware boots the UKI as the first boot option's application, from the ESP's removable-media
   path (``\\EFI\\BOOT\\BOOTX64.EFI``), with no other boot application before it, and the boot disk has
   no GPT (so no EV_EFI_GPT_EVENT);
-* Secure Boot is off: no db/shim events in PCR 4 or 7 besides the firmware's own;
+* Secure Boot is off, as in the captured log: no shim, no EV_EFI_VARIABLE_AUTHORITY events;
 * systemd-stub 252 measures its sections into PCR 11 (for each of :data:`STUB_MEASURED_SECTIONS`
   present with a non-zero VirtualSize, in that order: an EV_IPL event over the section name with its
   NUL, then one over the section's VirtualSize bytes as loaded), then LoadImage()s ``.linux`` from
   memory, which the firmware measures into PCR 4 like any image (its Authenticode hash over the
   section's VirtualSize bytes);
 * the stub finds no credentials or system extensions on the ESP (``*.cred``, ``*.raw``, which it would
-  measure into PCRs 12, 8 and 13) and passes no load options of its own (none reach it from the boot
-  option), so the kernel command line is ``.cmdline``: decoded from UTF-8 up to its first NUL, control
-  characters turned into spaces, leading and trailing whitespace cut (systemd-stub's
-  ``mangle_stub_cmdline``), as UTF-16LE with its terminating NUL (``strsize16``);
+  measure into PCRs 12, 8 and 13), and no load options reach it from the boot option (with Secure Boot
+  off it would take them instead of ``.cmdline`` and measure them into PCR 12), so the kernel command
+  line is ``.cmdline``: decoded from UTF-8 up to its first NUL, control characters turned into spaces,
+  leading and trailing whitespace cut (systemd-stub's ``mangle_stub_cmdline``), passed as UTF-16LE with
+  its terminating NUL (``strsize16``);
 * the kernel's EFI stub measures into PCR 9 two EV_EVENT_TAG events: the load options it was given
   (tag 0x8f3b22ed, "LOADED_IMAGE::LoadOptions") and the initrd the stub serves it over LoadFile2 (tag
   0x8f3b22ec, "Linux initrd"), which is ``.initrd`` as loaded, unchanged because the stub appends
@@ -37,6 +38,7 @@ TDX (:func:`predict_tdx`): OVMF's CC measurement protocol maps PCRs onto RTMRs (
 PCRs 2-6 to RTMR1, PCRs 8-15 to RTMR2) and hashes with SHA-384. RTMR1 is PCRs 2-6's events in log order;
 RTMR2 holds only the kernel EFI stub's two PCR 9 events (systemd-stub 252 knows no CC measurement
 protocol, so nothing of PCR 11; Linux >= 6.9 measures into the CC protocol when there is no TPM).
+This is a model, checked against the TPM log's events of those PCRs, not yet against a TDX boot.
 
 Checked against a real boot: tests/vectors/measured-boot's TPM event log and the UKI that produced it
 (tests/unit/test_release_uki.py).
