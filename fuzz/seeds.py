@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from enclave_infer.attestation import simulation
+from enclave_infer.attestation import eventlog, simulation
 from enclave_infer.attestation.evidence import Evidence
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.protocol import bhttp, chunked_ohttp, framing, ohttp
@@ -32,10 +32,10 @@ from enclave_infer.protocol.manifest import MANIFEST_TYPE, sf_binary
 __all__ = ["TARGETS", "write"]
 
 TARGETS = ("frames", "bhttp", "ohttp", "chunked_ohttp", "evidence", "manifest", "api", "labels",
-           "image", "snp")  # fmt: skip
+           "image", "snp", "eventlog")  # fmt: skip
 KEY = ohttp.GatewayKey(1, bytes(range(1, 33)))  # the targets' fixed gateway key
 MODES = {"frames": 3, "bhttp": 5, "ohttp": 6, "chunked_ohttp": 4, "evidence": 6, "manifest": 4, "api": 4,
-         "labels": 3, "snp": 5}  # fmt: skip
+         "labels": 3, "snp": 5, "eventlog": 3}  # fmt: skip
 
 
 def _request(path: str = "/v1/classify?top=3", content: bytes = b"\x89PNG") -> bhttp.Request:
@@ -115,6 +115,22 @@ def _snp() -> tuple[bytes, bytes]:
     return bytes(report), pems
 
 
+def _eventlog() -> bytes:
+    """A small crypto-agile log in two banks, as the UKI's boot records PCR 4, 9 and 11 events."""
+    algs, kind = (eventlog.Alg.SHA256, eventlog.Alg.SHA384), eventlog.EventType
+    boot = [
+        (4, kind.EV_EFI_ACTION, b"Calling EFI Application from Boot Option"),
+        (4, kind.EV_SEPARATOR, bytes(4)),
+        (11, kind.EV_IPL, ".linux\0".encode("utf-16-le")),
+        (9, kind.EV_EVENT_TAG, struct.pack("<II", 0x8F3B22EC, 13) + b"Linux initrd\0"),
+    ]
+    events = tuple(
+        eventlog.Event(n, register, event_type, {a: a.hash(data) for a in algs}, data)
+        for n, (register, event_type, data) in enumerate(boot, 1)
+    )
+    return eventlog.encode(eventlog.EventLog(algs, events))
+
+
 def _raw_seeds(target: str) -> Iterable[bytes]:
     """``message || mode`` for the targets' raw-bytes modes."""
     req = bhttp.encode_request(_request())
@@ -164,6 +180,9 @@ def _raw_seeds(target: str) -> Iterable[bytes]:
         yield pems + b"\1"
         container = json.dumps({"report": base64.b64encode(report).decode(), "certs": None}).encode()
         yield container + b"\0"
+    elif target == "eventlog":
+        yield _eventlog() + b"\0"
+        yield _eventlog() + b"\xff" * 32 + b"\0"
 
 
 def write(out: Path) -> None:
