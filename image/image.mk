@@ -29,9 +29,13 @@ image-ray: image-oci
 	$(IMAGE_PY) image/ray_image.py $(IMAGE_OUT)
 
 # Other parts add themselves as prerequisites (image: image-uki); the manifest is written last, and
-# with it OUT/deploy/rayservice.yaml, naming the Ray image by the digest it lists.
-image: image-oci image-ray
+# with it OUT/deploy/rayservice.yaml, naming the Ray image by the digest it lists. Then the reference
+# measurements are derived from the artifacts it lists (OUT/measurements.json, `measure --image`), and
+# the manifest is written again, carrying them and their IMAGE: pin.
+image: image-oci image-ray $(STAMP)
 	$(IMAGE_PY) image/release.py $(IMAGE_OUT) --registry $(IMAGE_REGISTRY)
+	$(VENV)/bin/enclave-infer measure --image $(IMAGE_OUT) --out $(IMAGE_OUT)/measurements.json
+	$(IMAGE_PY) image/release.py $(IMAGE_OUT) --registry $(IMAGE_REGISTRY) --measurements $(IMAGE_OUT)/measurements.json
 
 # Two builds in two folders, compared file by file (the first differing file, and member, named).
 image-twice:

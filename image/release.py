@@ -6,7 +6,9 @@ Reads what the build steps left in OUT: rootfs.json (image/build_rootfs.py), oci
 oci-ray.json (image/ray_image.py) and, when the confidential-VM part ran, uki.json (its artifacts, kernel
 command line and dm-verity root hash; those fields stay null without it). Lists every artifact's
 SHA-256 and size, the lock files' hashes, the Debian packages and Python wheels at their versions.
-Keys sorted, no timestamps but SOURCE_DATE_EPOCH: two builds give the same file.
+Keys sorted, no timestamps but SOURCE_DATE_EPOCH: two builds give the same file. With --measurements
+(the second run `make image` makes, after `enclave-infer measure --image`), it also lists the reference
+measurements and the IMAGE: pin clients use.
 
 Also renders deploy/ray/rayservice.yaml into OUT/deploy/rayservice.yaml: the committed manifest names
 the Ray image by a placeholder (an image's digest depends on the commit it is built from, so a
@@ -63,6 +65,12 @@ def main() -> int:
     )
     parser.add_argument("out", type=Path)
     parser.add_argument("--registry", default=DEFAULT_REGISTRY, help="where the Ray image is pushed")
+    parser.add_argument(
+        "--measurements",
+        type=Path,
+        help="the reference measurements `enclave-infer measure --image` derived from this release: "
+        "listed as an artifact, with the IMAGE: pin that is their SHA-256",
+    )
     args = parser.parse_args()
     out = args.out.resolve()
     rootfs = json.loads((out / "rootfs.json").read_text())
@@ -83,6 +91,11 @@ def main() -> int:
     }
     for name in uki.get("artifacts", []):
         artifacts[name] = artifact(out, name)
+    measurements = None
+    if args.measurements is not None:
+        name = args.measurements.resolve().relative_to(out).as_posix()
+        artifacts[name] = artifact(out, name)
+        measurements = {"file": name, "image": "IMAGE:" + str(artifacts[name]["sha256"]).upper()}
     release = {
         "release_manifest_version": 1,
         "name": "enclave-infer",
@@ -110,6 +123,8 @@ def main() -> int:
         "kernel_cmdline": uki.get("kernel_cmdline"),
         "verity_root_hash": uki.get("verity_root_hash"),
         "uki": uki.get("uki"),
+        # what clients pin: IMAGE: is the SHA-256 of the reference measurements (measure --image)
+        "measurements": measurements,
     }
     (out / "release.json").write_text(json.dumps(release, indent=2, sort_keys=True) + "\n")
     for name, a in release["artifacts"].items():

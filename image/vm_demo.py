@@ -1,14 +1,20 @@
-"""Boot the confidential-VM image here and classify through it: `make vm-demo`.
+"""Boot the confidential-VM image here, pin it by IMAGE: and classify through it: `make vm-demo`.
 
-    python3 image/vm_demo.py --image build/image [--accel tcg|kvm] [--dev]
+    python3 image/vm_demo.py --image build/image [--accel tcg|kvm] [--refusals] [--dev]
 
 QEMU boots the UKI (OUT/uki/enclave-infer.efi, on a small FAT ESP as EFI/BOOT/BOOTX64.EFI) with Debian's
 OVMF and a software TPM (swtpm), the root volume (OUT/uki/rootfs.verity.img, erofs + dm-verity) read-only
-as the first virtio disk and a data disk (the sealed model) as the second. The network is QEMU's user
-mode with `restrict=on`: the guest reaches nothing; the one way in is the service's port forwarded from
-127.0.0.1. Then, as
-demo/run.py does against a local server, the host's venv provisions the demo model as its owner and
-classifies the demo photos through the VM, and the power-on-to-ready time is printed.
+as the first virtio disk and a data disk (the owner's public key) as the second. The network is QEMU's
+user mode with `restrict=on`: the guest reaches nothing; the one way in is the service's port forwarded
+from 127.0.0.1. In the guest the service finds the TPM and the boot's event log and serves vTPM
+evidence: a TPM 2.0 quote over PCR 0-15 bound to its keys, with the log.
+
+On the host, as a submitter would: `enclave-infer measure --image OUT` derives the reference
+measurements and the IMAGE: pin from the artifacts alone; `attest` with only that pin (and SEC:INSECURE:
+a software TPM) verifies the quote, replays the log against the quoted PCRs and checks each of the
+release's events; then the owner provisions the demo model and the demo photos are classified. With
+`--refusals`, two altered UKIs are built and booted (one byte changed in the root file system; another
+kernel command line): each boots, and the same client refuses it, naming the first differing event.
 
 `--accel auto` (the default; or ENCLAVE_VM_ACCEL=auto|kvm|tcg) first boots OVMF alone under KVM and uses
 KVM if the firmware reaches its boot manager within KVM_PROBE_SECONDS, TCG otherwise: on these machines
@@ -20,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
+import io
 import os
-import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tarfile
@@ -131,7 +135,9 @@ def start_swtpm(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
     sys.exit("vm-demo: swtpm did not open its socket")
 
 
-def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int, console: Path) -> list[str]:
+def qemu_command(
+    accel: str, work: Path, image: Path, sock: Path, port: int, console: Path, esp: Path
+) -> list[str]:
     return [
         "qemu-system-x86_64",
         "-machine",
@@ -156,7 +162,7 @@ def qemu_command(accel: str, work: Path, image: Path, sock: Path, port: int, con
         "tpm-tis,tpmdev=tpm0",
         # The ESP on the AHCI controller, so that the guest's first virtio disk is the root.
         "-drive",
-        f"if=none,id=esp,format=raw,file={work / 'esp.img'}",
+        f"if=none,id=esp,format=raw,file={esp}",
         "-device",
         "ide-hd,drive=esp,bus=ide.0,bootindex=0",
         "-drive",
@@ -200,39 +206,6 @@ def watch_console(console: Path, t0: float, seen: dict[str, float]) -> None:
     for name, marker in MILESTONES.items():
         if name not in seen and marker in text:
             seen[name] = time.monotonic() - t0
-
-
-# The sections systemd-stub 252 measures into PCR 11, in its order; each as two events, the SHA-256 of
-# the name with its NUL and the SHA-256 of the contents (the VirtualSize bytes).
-STUB_MEASURED_SECTIONS = (".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey")
-
-
-def expected_pcr11(uki: bytes) -> str:
-    """PCR 11 (SHA-256 bank) after the stub booted this UKI, from the file alone."""
-    pe = struct.unpack_from("<I", uki, 0x3C)[0]
-    count, optional_size = struct.unpack_from("<H", uki, pe + 6)[0], struct.unpack_from("<H", uki, pe + 20)[0]
-    sections = {}
-    for i in range(count):
-        at = pe + 24 + optional_size + 40 * i
-        vsize, _, raw_size, raw_at = struct.unpack_from("<IIII", uki, at + 8)
-        sections[uki[at : at + 8].rstrip(b"\0").decode()] = uki[raw_at : raw_at + min(vsize, raw_size)]
-    pcr = bytes(32)
-    for name in STUB_MEASURED_SECTIONS:
-        if name in sections:
-            for blob in (name.encode() + b"\0", sections[name]):
-                pcr = hashlib.sha256(pcr + hashlib.sha256(blob).digest()).digest()
-    return pcr.hex().upper()
-
-
-def check_pcr11(uki: Path, console: Path) -> None:
-    """The guest's PCR 11 (its /init prints it) against the value computed from the UKI file."""
-    m = re.search(r"^init: PCR 11 \(sha256\) ([0-9A-F]{64})", console.read_text(errors="replace"), re.M)
-    if m is None:
-        sys.exit("vm-demo: the guest printed no PCR 11")
-    want = expected_pcr11(uki.read_bytes())
-    if m.group(1) != want:
-        sys.exit(f"vm-demo: PCR 11 in the guest is {m.group(1)}, the UKI file gives {want}")
-    say(f"PCR 11 in the guest equals the value computed from the UKI file: {want[:16]}…")
 
 
 def kvm_works(work: Path) -> bool:
@@ -323,11 +296,14 @@ def running_vm(accel: str, work: Path, image: Path, wait_path: str, boot: int) -
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     uki = image / "uki/enclave-infer.efi"
+    esp = work / f"esp-{boot}.img"
+    make_esp(uki, esp)
+    shutil.copyfile(OVMF_VARS, work / "vars.fd")
     console = work / f"console-{boot}.log"
     say(f"boot {boot}: {uki} under {accel.upper()} (console: {console})")
     qemu_log = (work / f"qemu-{boot}.log").open("wb")
     t0 = time.monotonic()
-    vm = subprocess.Popen(qemu_command(accel, work, image, sock, port, console), stderr=qemu_log)
+    vm = subprocess.Popen(qemu_command(accel, work, image, sock, port, console, esp), stderr=qemu_log)
     try:
         seen: dict[str, float] = {}
         wait_ready(url + wait_path, vm, READY_TIMEOUT[accel], console, t0, seen)
@@ -335,7 +311,6 @@ def running_vm(accel: str, work: Path, image: Path, wait_path: str, boot: int) -
         watch_console(console, t0, seen)
         stages = ", ".join(f"{name} {t:.1f} s" for name, t in sorted(seen.items(), key=lambda kv: kv[1]))
         say(f"power-on to ready {ready:.1f} s ({accel.upper()}): {stages}")
-        check_pcr11(uki, console)
         yield url
     finally:
         vm.terminate()  # power off: the data disk is mounted `sync`, nothing is left in the guest's cache
@@ -358,9 +333,10 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=REPO / "build/demo/efficientnet-lite0.onnx")
     ap.add_argument("--dev", action="store_true", help="the busybox development root: wait for the port only")
     ap.add_argument(
-        "--reboot",
+        "--refusals",
         action="store_true",
-        help="then power off, boot again and classify with the model unsealed from the data disk",
+        help="then build and boot two altered UKIs (one byte changed in the root file system; another "
+        "kernel command line) and show that a client pinning IMAGE: refuses each",
     )
     ap.add_argument("--keep", action="store_true", help="leave the VM running until interrupted")
     args = ap.parse_args()
@@ -372,8 +348,6 @@ def main() -> int:
         args.accel = "kvm" if kvm_works(work) else "tcg"
         say(f"KVM {'works' if args.accel == 'kvm' else 'does not boot a guest here'}: {args.accel.upper()}")
 
-    make_esp(image / "uki/enclave-infer.efi", work / "esp.img")
-    shutil.copyfile(OVMF_VARS, work / "vars.fd")
     if args.dev:
         make_data_disk(work / "data.img", None)
         with running_vm(args.accel, work, image, "/", 1) as url:
@@ -382,13 +356,17 @@ def main() -> int:
                 signal.pause()
         return 0
 
+    say("a submitter derives the pin from the release's artifacts alone: enclave-infer measure --image")
+    measurements = work / "measurements.json"
+    pin = cli("measure", "--image", str(image), "--out", str(measurements), capture=True).strip()
+    constraint = f"{pin} SEC:INSECURE"  # a software TPM: nothing binds it to hardware
     key = work / "owner.key"
     say("the model owner makes a signing key; the operator puts its public half on the data disk")
     cli("keygen", str(key), capture=True)
     make_data_disk(work / "data.img", key.with_suffix(".key.pub"))
-    constraint = f"C:{vm_code_hash(key, enclave_toml(image, work))} SEC:INSECURE"
     with running_vm(args.accel, work, image, "/healthz", 1) as url:
-        say(f"constraint: {constraint}")
+        say(f"constraint: {constraint} (the vTPM's quote, its event log replayed, each event the release's)")
+        print(cli("attest", url, constraint, "--measurements", str(measurements), capture=True).strip())
         say("the owner provisions EfficientNet-Lite0 (ONNX) and the ImageNet labels into the VM")
         cli(
             "provision",
@@ -403,57 +381,87 @@ def main() -> int:
             "--std",
             "0.501961,0.501961,0.501961",
             "--allow-duplicate-labels",
+            "--measurements",
+            str(measurements),
             capture=True,
         )
-        classify(url, constraint)
+        classify(url, constraint, measurements)
         if args.keep:
             say(f"the VM serves {url}; Ctrl-C stops it")
             signal.pause()
-    if args.reboot:
-        say("powered off; booting again on the same data disk, with nothing provisioned this time")
-        with running_vm(args.accel, work, image, "/healthz", 2) as url:
-            classify(url, constraint)
+    if args.refusals:
+        refusals(args.accel, work, image, constraint, measurements)
     return 0
 
 
-def classify(url: str, constraint: str) -> None:
+def refusals(accel: str, work: Path, image: Path, constraint: str, measurements: Path) -> None:
+    """Two altered releases boot, and a client pinning the genuine IMAGE: refuses both."""
+    altered = {
+        "one byte changed in the root file system": ("rootfs", altered_rootfs(image, work), ""),
+        "another kernel command line": ("cmdline", image / "rootfs.tar", "quiet"),
+    }
+    for boot, (what, (name, rootfs, extra)) in enumerate(altered.items(), start=2):
+        say(f"building a UKI with {what}")
+        out = work / f"altered-{name}"
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "image/uki/build_uki.py"),
+                "--rootfs",
+                str(rootfs),
+                "--out",
+                str(out),
+                "--cmdline-extra",
+                extra,
+            ],
+            check=True,
+            env={**os.environ, "SOURCE_DATE_EPOCH": (image / "SOURCE_DATE_EPOCH").read_text().strip()},
+            stderr=subprocess.DEVNULL,
+        )
+        with running_vm(accel, work, out, "/healthz", boot) as url:
+            exe = REPO / ".venv/bin/enclave-infer"
+            done = subprocess.run(
+                [str(exe), "attest", url, constraint, "--measurements", str(measurements)],
+                text=True,
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode == 0:
+                sys.exit(f"vm-demo: a UKI with {what} was ACCEPTED under {constraint}")
+            reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "(no message)"
+            say(f"with {what}, the VM boots and the client refuses it: {reason}")
+
+
+def altered_rootfs(image: Path, work: Path) -> Path:
+    """The release's root file system tarball with one byte of one file changed (its configuration's
+    first comment), written beside the work folder."""
+    member_name = "etc/enclave-infer/enclave.toml"
+    target = work / "rootfs-altered.tar"
+    with (
+        tarfile.open(image / "rootfs.tar") as src,
+        tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        for member in src:
+            data = src.extractfile(member) if member.isfile() else None
+            if data is not None and member.name.removeprefix("./") == member_name:
+                content = bytearray(data.read())
+                content[2] ^= 0x20  # "# The ..." -> "# the ...": same size, one byte
+                dst.addfile(member, io.BytesIO(bytes(content)))
+            else:
+                dst.addfile(member, data)
+    return target
+
+
+def classify(url: str, constraint: str, measurements: Path) -> None:
     import skimage  # the demo photos, as demo/run.py takes them (the host venv's wheel)
 
     photo_dir = Path(skimage.__file__).parent / "data"
     say("a submitter classifies the demo photos through the VM")
+    photos = [str(photo_dir / n) for n in PHOTOS]
     for line in cli(
-        "classify", url, constraint, *(str(photo_dir / n) for n in PHOTOS), capture=True
+        "classify", url, constraint, *photos, "--measurements", str(measurements), capture=True
     ).splitlines():
         print(line.replace(f"{photo_dir}/", ""))
-
-
-def enclave_toml(image: Path, work: Path) -> Path:
-    """The measured configuration inside the image: from the root tree beside it, else from its tarball."""
-    member = "etc/enclave-infer/enclave.toml"
-    if (image / "rootfs" / member).exists():
-        return image / "rootfs" / member
-    with tarfile.open(image / "rootfs.tar") as tar:
-        for name in (member, "./" + member):
-            try:
-                f = tar.extractfile(name)
-            except KeyError:
-                continue
-            if f is not None:
-                (work / "enclave.toml").write_bytes(f.read())
-                return work / "enclave.toml"
-    sys.exit(f"vm-demo: no {member} in {image / 'rootfs.tar'}")
-
-
-def vm_code_hash(key: Path, config: Path) -> str:
-    """What the owner and the submitter pin, computed offline from the same code and configuration."""
-    return cli(
-        "measure",
-        "--owner-public-key",
-        str(key.with_suffix(".key.pub")),
-        "--config",
-        str(config),
-        capture=True,
-    ).strip()
 
 
 if __name__ == "__main__":

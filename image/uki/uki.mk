@@ -33,10 +33,11 @@ image-tools: uki-tools
 uki-dev:
 	python3 image/uki/build_uki.py --rootfs dev --out build/uki-dev --entrypoint image/uki/entrypoint-dev.sh
 
-# Boots the UKI in QEMU (OVMF, swtpm; KVM if a probe boots, else TCG), provisions the demo model, classifies.
+# Boots the UKI in QEMU (OVMF, swtpm; KVM if a probe boots, else TCG), pins it by the IMAGE: that
+# `measure --image` derives, provisions the demo model, classifies; then boots two altered UKIs, refused.
 vm-demo: $(MODEL)
-	@test -f $(IMAGE_OUT)/uki/enclave-infer.efi || $(MAKE) image-uki
-	$(PY) image/vm_demo.py --image $(IMAGE_OUT)
+	@test -f $(IMAGE_OUT)/release.json || $(MAKE) image
+	$(PY) image/vm_demo.py --image $(IMAGE_OUT) --refusals
 
 vm-demo-dev: uki-dev
 	python3 image/vm_demo.py --image build/uki-dev --work build/vm-dev --dev

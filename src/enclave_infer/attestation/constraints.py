@@ -29,11 +29,20 @@ Tokens (space separated, each at most once unless noted):
                     (the earliest of its TCB info, QE identity and CRLs), an ISO-8601 duration
                     as for ``EXPIRE:``. Without it stale collateral is refused: the default grace
                     is none. Example: ``GRACE:PT24H``
+``IMAGE:<hex>``      the release: SHA-256 (64 hex digits) of the reference measurements
+                    ``enclave-infer measure --image`` derives from the released artifacts; checks
+                    the register set of the TEE at hand against them (:mod:`.reference`): a vTPM's
+                    PCR 4, 9 and 11 and TDX's RTMR1 and RTMR2 event by event, an SEV-SNP
+                    MEASUREMENT, an SGX MRENCLAVE, a simulated code hash. Names an enclave on its
+                    own, like ``C:``
+``PCR<n>:<hex>``    a vTPM only: the quoted SHA-256 PCR n (0..23) must be this value (64 hex
+                    digits); may be given for several PCRs. Example: ``PCR7:65CA...``
+``RTMR<n>:<hex>``   TDX only: RTMR n (0..3) must be this value (96 hex digits)
 ==================  =====================================================================
 
 Fails closed: a floor such as ``SNPTCB:`` or ``TCBEVAL:`` refuses evidence that does not carry the
 value it checks; an empty constraint, an unknown or malformed token, or a constraint that names neither
-a code hash nor a signer is a :class:`UsageError`, never silently ignored.
+a code hash, a signer nor ``IMAGE:`` is a :class:`UsageError`, never silently ignored.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from enclave_infer.attestation.reference import check_image
 from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
 from enclave_infer.errors import ConstraintError, UsageError
 
@@ -52,6 +62,10 @@ if TYPE_CHECKING:  # evidence imports dcap, which imports this module
 __all__ = ["Constraint", "check_dcap_collateral", "format_duration", "parse"]
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_HEX96 = re.compile(r"[0-9a-fA-F]{96}")
+_REGISTER = re.compile(r"(PCR|RTMR)(\d{1,2})")
+_MAX_PCR = 23  # a PC Client TPM has 24 PCRs
+_MAX_RTMR = 3  # TDX has RTMR0-3
 _CODE_HASH = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{96}")
 _UINT16_MAX = 0xFFFF
 _UINT32_MAX = 0xFFFF_FFFF  # tcbEvaluationDataNumber is a u32 in Intel's PCS API
@@ -83,17 +97,28 @@ class Constraint:
     snp_tcb_floor: tuple[tuple[str, int], ...] = ()  # (SNPTCB: name, minimum), e.g. ("snp", 8)
     min_tcb_evaluation: int | None = None  # TCBEVAL:
     collateral_grace: timedelta | None = None  # GRACE:; None refuses any stale DCAP collateral
+    image: bytes | None = None  # IMAGE:, the SHA-256 of a release's reference measurements
+    registers: tuple[tuple[str, int, bytes], ...] = ()  # PCRn:/RTMRn: as ("pcr"|"rtmr", n, value)
 
     def __post_init__(self) -> None:
         # Fail closed for constraints built in code too, not only for parsed ones.
-        if not self.code_hashes and not self.signers:
-            raise UsageError("constraint names no enclave: give C:<code hash> or S:<signer> PROD:<id>")
+        if not self.code_hashes and not self.signers and self.image is None:
+            raise UsageError(_NAMES_NO_ENCLAVE)
         if self.signers and self.product_id is None:
             raise UsageError("S: requires PROD: (a signer signs many products)")
 
     def verify(self, attestation: Attestation, *, now: datetime) -> None:
-        """As an ``evidence.verify`` policy: :meth:`check` of the attestation's report."""
+        """As an ``evidence.verify`` policy: :meth:`check` of the attestation's report, then ``IMAGE:``
+        against the release's reference measurements the attestation carries."""
         self.check(attestation.report, now=now)
+        if self.image is not None:
+            check_image(
+                self.image,
+                attestation.measurements,
+                attestation.report,
+                attestation.config.digest(),
+                attestation.boot_log,
+            )
 
     def check(self, report: EnclaveReport, *, now: datetime) -> None:
         """Raise :class:`ConstraintError` unless ``report`` satisfies every requirement."""
@@ -136,6 +161,8 @@ class Constraint:
         if self.min_tcb_evaluation is not None:
             _check_tcb_evaluation(report, self.min_tcb_evaluation)
         check_dcap_collateral(report, now=now, grace=self.collateral_grace)
+        for kind, index, value in self.registers:
+            _check_register(report, kind, index, value)
         if self.owner_key_ids and report.owner_key_id not in self.owner_key_ids:
             raise ConstraintError(
                 f"owner key {report.owner_key_id.hex().upper()} is not one of the accepted OWNER: values"
@@ -151,12 +178,30 @@ def parse(text: str) -> Constraint:
     signers: set[bytes] = set()
     owners: set[bytes] = set()
     single: dict[str, str] = {}
+    registers: dict[tuple[str, int], bytes] = {}
     for token in tokens:
         key, sep, value = token.partition(":")
         key = key.upper()
         if not sep or not value:
             raise UsageError(f"malformed constraint token {token!r}: expected KEY:VALUE")
-        if key == "C":
+        register = _REGISTER.fullmatch(key)
+        if register is not None:
+            kind, index = register[1].lower(), int(register[2])
+            if index > (_MAX_PCR if kind == "pcr" else _MAX_RTMR):
+                raise UsageError(f"{key}: no such register (PCR0..PCR{_MAX_PCR}, RTMR0..RTMR{_MAX_RTMR})")
+            if not (_HEX64 if kind == "pcr" else _HEX96).fullmatch(value):
+                digits = 64 if kind == "pcr" else 96
+                raise UsageError(f"{key}: takes {digits} hex digits, got {value!r}")
+            if (kind, index) in registers:
+                raise UsageError(f"{key}: given more than once")
+            registers[(kind, index)] = bytes.fromhex(value)
+        elif key == "IMAGE":
+            if not _HEX64.fullmatch(value):
+                raise UsageError(f"IMAGE: takes 64 hex digits (measure --image prints it), got {value!r}")
+            if "IMAGE" in single:
+                raise UsageError("IMAGE: given more than once")
+            single["IMAGE"] = value
+        elif key == "C":
             if not _CODE_HASH.fullmatch(value):
                 raise UsageError(f"C: takes 64 hex digits (or 96 for a TDX MRTD), got {value!r}")
             code_hashes.add(bytes.fromhex(value))
@@ -170,8 +215,8 @@ def parse(text: str) -> Constraint:
             single[key] = value
         else:
             raise UsageError(f"unknown constraint token {token!r}")
-    if not code_hashes and not signers:
-        raise UsageError("constraint names no enclave: give C:<code hash> or S:<signer> PROD:<id>")
+    if not code_hashes and not signers and "IMAGE" not in single:
+        raise UsageError(_NAMES_NO_ENCLAVE)
     if signers and "PROD" not in single:
         raise UsageError("S: requires PROD: (a signer signs many products)")
     level = SecurityLevel.SECURE
@@ -191,7 +236,27 @@ def parse(text: str) -> Constraint:
         snp_tcb_floor=_snp_tcb_floor(single["SNPTCB"].lower()) if "SNPTCB" in single else (),
         min_tcb_evaluation=_uint32("TCBEVAL", single.get("TCBEVAL")),
         collateral_grace=_duration("GRACE", single["GRACE"]) if "GRACE" in single else None,
+        image=bytes.fromhex(single["IMAGE"]) if "IMAGE" in single else None,
+        registers=tuple((kind, index, value) for (kind, index), value in sorted(registers.items())),
     )
+
+
+def _check_register(report: EnclaveReport, kind: str, index: int, value: bytes) -> None:
+    token = f"{kind.upper()}{index}:"
+    registers = report.registers
+    if registers is None or registers.kind != kind:
+        what = "a vTPM quote" if kind == "pcr" else "a TDX quote"
+        raise ConstraintError(f"{token} given but the evidence ({report.tee}) is not {what}")
+    quoted = registers.values.get(index)
+    if quoted is None:
+        raise ConstraintError(f"{token} given but the evidence does not quote {kind.upper()} {index}")
+    if quoted != value:
+        raise ConstraintError(
+            f"{kind.upper()} {index} is {quoted.hex().upper()}, not {token}{value.hex().upper()}"
+        )
+
+
+_NAMES_NO_ENCLAVE = "constraint names no enclave: give C:<code hash>, S:<signer> PROD:<id> or IMAGE:<release>"
 
 
 def check_dcap_collateral(report: EnclaveReport, *, now: datetime, grace: timedelta | None = None) -> None:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from enclave_infer.attestation import dcap, simulation, snp
+from enclave_infer.attestation import dcap, eventlog, simulation, snp
 from enclave_infer.attestation.report import EnclaveReport, Tee, attestation_binding, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
@@ -105,6 +105,37 @@ class Verifier:
         if report.tee != tee:
             raise AttestationError(f"the document says {tee} evidence but it is {report.tee} evidence")
         return report
+
+
+def _replayed_log(report: EnclaveReport, log: bytes) -> eventlog.EventLog:
+    """The parsed event log, once every register it extends replays to the value the evidence
+    quotes; raises AttestationError (a tampered, truncated or reordered log, or one of another boot).
+
+    Registers the log does not extend are left as quoted: the OS may extend some at run time (IMA's
+    PCR 10, RTMR3) with no firmware event, and a register no event explains proves nothing but its
+    value, which ``PCRn:``/``RTMRn:`` check directly. ``IMAGE:`` then requires, register by register,
+    exactly the release's events."""
+    registers = report.registers
+    if registers is None:
+        raise AttestationError(f"an event log came with {report.tee} evidence, which quotes no registers")
+    parsed = eventlog.parse(log)
+    alg = eventlog.Alg.from_name(registers.alg)
+    # the CC event log numbers RTMRn as MR index n+1 (MR index 0, MRTD, is never extended)
+    offset = 1 if registers.kind == "rtmr" else 0
+    extended = {e.register for e in parsed.events if e.type != eventlog.EventType.EV_NO_ACTION}
+    quoted = {index + offset: value for index, value in registers.values.items()}
+    unquoted = sorted(extended - quoted.keys())
+    if unquoted:
+        kind = registers.kind.upper()
+        raise AttestationError(
+            f"the event log extends {kind} {unquoted[0] - offset}, which the evidence does not quote"
+        )
+
+    def name(index: int) -> str:
+        return f"RTMR{index - 1}" if offset else f"PCR {index}"
+
+    eventlog.check_replay(parsed, alg, {r: quoted[r] for r in extended}, name=name)
+    return parsed
 
 
 def _snp_verifier(roots: Mapping[str, bytes]) -> snp.SnpVerifier:
@@ -168,6 +199,10 @@ class Attestation:
     config: EnclaveConfig
     key_config: bytes
     receipt_key: bytes = b""  # the Ed25519 public key this instance signs receipts with
+    # the boot's event log, replayed against the quoted registers (None where the evidence has none)
+    boot_log: eventlog.EventLog | None = None
+    # the release's reference measurements (IMAGE: checks their hash), from the host or the client
+    measurements: bytes = b""
 
     def summary(self, *, now: datetime) -> str:
         """The report as the Conclave host logs it."""
@@ -226,6 +261,7 @@ def verify(
     now: datetime,
     collateral: bytes | None = None,
     label: bytes | None = None,
+    measurements: bytes | None = None,
 ) -> Attestation:
     """The four steps of the module docstring; raises AttestationError (or the policy's
     ConstraintError), returns only on success.
@@ -234,7 +270,8 @@ def verify(
     ``collateral``, when given, replaces what the document carries (e.g. the client's own, fetched
     from its PCCS). ``label``: None for the evidence clients ask for (bound to the key configuration
     and the receipt key); else the purpose key release made it for, ``key_config`` then the value it
-    binds."""
+    binds. ``measurements``, when given, replaces the reference measurements the document carries
+    (the client's own copy of the release's)."""
     # 1. parse
     evidence = Evidence.decode(document)
     # 2. platform verification, with the verifier's roots
@@ -257,9 +294,16 @@ def verify(
             "evidence is not bound to this key configuration, configuration and nonce"
             " (stale, replayed or substituted)"
         )
+    # 2b. the boot's event log, replayed against the registers the verified evidence quotes
+    boot_log = _replayed_log(report, evidence.event_log) if evidence.event_log else None
     report = dataclasses.replace(report, owner_key_id=bytes.fromhex(config.owner_key_id))
     attestation = Attestation(
-        report=report, config=config, key_config=key_config, receipt_key=evidence.receipt_key
+        report=report,
+        config=config,
+        key_config=key_config,
+        receipt_key=evidence.receipt_key,
+        boot_log=boot_log,
+        measurements=measurements if measurements is not None else evidence.measurements,
     )
     # 4. the caller's policy
     policy.verify(attestation, now=now)

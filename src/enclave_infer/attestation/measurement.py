@@ -19,11 +19,19 @@ simulation; under Gramine, MRENCLAVE covers them as trusted files.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from enclave_infer.config import EnclaveConfig
 
-__all__ = ["SIMULATION_SIGNER", "TRUSTED_CODE_BASE", "code_hash", "trusted_files"]
+__all__ = [
+    "SIMULATION_SIGNER",
+    "TRUSTED_CODE_BASE",
+    "code_hash",
+    "code_hash_from",
+    "trusted_file_digests",
+    "trusted_files",
+]
 
 MEASUREMENT_LABEL = b"enclave-infer measurement v1\x00"
 # The trusted code base, relative to the package root: a folder (trailing /) with everything under it,
@@ -62,10 +70,23 @@ def trusted_files(root: Path | None = None) -> list[Path]:
     return sorted(files, key=lambda p: p.as_posix())
 
 
-def code_hash(config: EnclaveConfig, root: Path | None = None) -> bytes:
+def trusted_file_digests(root: Path | None = None) -> list[tuple[str, bytes]]:
+    """(path, SHA-256 of its content) of each trusted source file under ``root``, sorted by path:
+    what the code hash covers, and what a release's reference measurements list."""
     root = root or package_root()
+    return [
+        (rel.as_posix(), hashlib.sha256((root / rel).read_bytes()).digest()) for rel in trusted_files(root)
+    ]
+
+
+def code_hash_from(files: Iterable[tuple[str, bytes]], config_digest: bytes) -> bytes:
+    """The code hash of the module docstring, from (path, SHA-256) pairs and a configuration digest."""
     h = hashlib.sha256(MEASUREMENT_LABEL)
-    for rel in trusted_files(root):
-        h.update(rel.as_posix().encode() + b"\x00" + hashlib.sha256((root / rel).read_bytes()).digest())
-    h.update(b"config\x00" + config.digest())
+    for path, digest in sorted(files):
+        h.update(path.encode() + b"\x00" + digest)
+    h.update(b"config\x00" + config_digest)
     return h.digest()
+
+
+def code_hash(config: EnclaveConfig, root: Path | None = None) -> bytes:
+    return code_hash_from(trusted_file_digests(root), config.digest())

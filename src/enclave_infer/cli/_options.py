@@ -39,6 +39,13 @@ def add_collateral(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--collateral", type=Path, help="DCAP collateral, dcap-qvl's QuoteCollateralV3 JSON")
     group.add_argument("--pccs", metavar="URL", help="fetch DCAP collateral from this PCCS or Intel PCS URL")
+    p.add_argument(
+        "--measurements",
+        type=Path,
+        metavar="FILE",
+        help="the release's reference measurements (measure --image writes them) that IMAGE: pins, "
+        "instead of those the host attaches",
+    )
 
 
 def add_config(p: argparse.ArgumentParser) -> None:

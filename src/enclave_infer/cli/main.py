@@ -31,7 +31,7 @@ from enclave_infer.cli._options import (
     load_config,
     read_file,
 )
-from enclave_infer.errors import EnclaveInferError, UsageError
+from enclave_infer.errors import AttestationError, EnclaveInferError, UsageError
 from enclave_infer.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
@@ -89,9 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     add_data_dir(s, "sealed model storage and the enclave's socket; one server per folder")
     s.add_argument(
         "--platform",
-        choices=["auto", "simulation", "gramine-sgx", "tsm"],
+        choices=["auto", "simulation", "gramine-sgx", "tsm", "vtpm"],
         default="auto",
-        help="the TEE to use; auto: Gramine-SGX, else TDX/SEV-SNP, else simulation (INSECURE)",
+        help="the TEE to use; auto: Gramine-SGX, else TDX/SEV-SNP, else a TPM with its boot's event log "
+        "(vtpm), else simulation (INSECURE)",
+    )
+    s.add_argument(
+        "--measurements",
+        type=Path,
+        metavar="FILE",
+        help="the release's reference measurements (measure --image), attached to the evidence for "
+        "clients that pin IMAGE:",
     )
     s.add_argument(
         "--enclave",
@@ -131,9 +139,39 @@ def _parser() -> argparse.ArgumentParser:
     add_config(s)
     s.set_defaults(func=_serve)
 
-    m = sub.add_parser("measure", help="print the code hash clients pin with C:, offline")
+    m = sub.add_parser(
+        "measure",
+        help="print what clients pin, offline: C: for this code, or IMAGE: for a release (--image)",
+        description="Without --image: the simulated code hash (C:) of this installation with a "
+        "configuration. With --image: every value a verifier compares, derived from a release's "
+        "artifacts alone (the UKI's measured boot for vTPM and TDX, SEV-SNP MEASUREMENTs, the trusted "
+        "code base), written as reference measurements, and the one IMAGE: pin that stands for them.",
+    )
     add_config(m)
     m.add_argument("--json", action="store_true", help="print code hash, signer and owner key id as JSON")
+    m.add_argument(
+        "--image",
+        type=Path,
+        metavar="RELEASE",
+        help="a release's manifest (release.json) or its folder: derive its reference measurements",
+    )
+    m.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="with --image: write the reference measurements here (default RELEASE/measurements.json)",
+    )
+    m.add_argument(
+        "--snp-ovmf",
+        type=Path,
+        metavar="FILE",
+        help="with --image: an OVMF built for SEV-SNP (OvmfPkg/AmdSev; Debian's is not): add the "
+        "SEV-SNP MEASUREMENT of a measured direct boot of the UKI's kernel",
+    )
+    m.add_argument("--vcpus", type=int, default=1, help="with --snp-ovmf: the guest's vCPU count (default 1)")
+    m.add_argument(
+        "--vcpu-type", default="EPYC-v4", help="with --snp-ovmf: the guest's vCPU type (default EPYC-v4)"
+    )
     m.set_defaults(func=_measure)
 
     k = sub.add_parser("keygen", help="make the model owner's Ed25519 key (FILE and FILE.pub)")
@@ -245,10 +283,17 @@ def _client(args: argparse.Namespace, constraint: str | None) -> Client:
     from enclave_infer.client._sdk import Client
 
     collateral = read_file(args.collateral, "collateral") if args.collateral else None
+    measurements = read_file(args.measurements, "reference measurements") if args.measurements else None
     pinned = getattr(args, "model_sha256", None)
     config = ClientConfig(ca_file=args.cacert)
     return Client(
-        args.url, constraint, config=config, collateral=collateral, pccs_url=args.pccs, model_sha256=pinned
+        args.url,
+        constraint,
+        config=config,
+        collateral=collateral,
+        pccs_url=args.pccs,
+        model_sha256=pinned,
+        measurements=measurements,
     )
 
 
@@ -281,8 +326,23 @@ def _serve(args: argparse.Namespace) -> int:
         tls=_tls(args),
         max_in_flight=args.max_in_flight,
         drain_seconds=args.drain_timeout,
+        measurements=_measurements(args.measurements),
     )
     return 0
+
+
+def _measurements(path: Path | None) -> bytes:
+    """The reference measurements ``serve`` attaches, checked now (a one-line error at start)."""
+    from enclave_infer.attestation.reference import ReferenceMeasurements
+
+    if path is None:
+        return b""
+    raw = read_file(path, "reference measurements")
+    try:
+        ReferenceMeasurements.parse(raw)
+    except AttestationError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    return raw
 
 
 def _tls(args: argparse.Namespace) -> tuple[Path, Path] | None:
@@ -363,6 +423,13 @@ def _verify_evidence(args: argparse.Namespace) -> int:
     from enclave_infer.errors import AttestationError
 
     constraint = constraints.parse(args.constraint) if args.constraint else None
+    if constraint is not None and constraint.image is not None:
+        raise UsageError(
+            "IMAGE: needs the whole attestation document (the boot's event log, the configuration): "
+            "check it with `attest URL CONSTRAINT`, not against a bare quote"
+        )
+    if args.measurements:
+        raise UsageError("--measurements is for IMAGE:, which verify-evidence does not check")
     evidence = read_file(args.quote, "quote")
     now = datetime.now(UTC)
     if args.now:
@@ -429,6 +496,10 @@ def _verify_evidence(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace) -> int:
     from enclave_infer.attestation.measurement import SIMULATION_SIGNER, code_hash
 
+    if args.image is not None:
+        return _measure_image(args)
+    if args.out or args.snp_ovmf:
+        raise UsageError("--out and --snp-ovmf go with --image")
     config = load_config(args)
     digest = code_hash(config).hex().upper()
     if args.json:
@@ -441,6 +512,57 @@ def _measure(args: argparse.Namespace) -> int:
         print(json.dumps(doc))
     else:
         print(digest)
+    return 0
+
+
+def _measure_image(args: argparse.Namespace) -> int:
+    from enclave_infer.attestation.reference import image_pin
+    from enclave_infer.release.derive import SnpTarget, derive, load_release
+
+    if args.owner_public_key or args.config:
+        raise UsageError(
+            "--image derives from the release alone: the owner's key and configuration are bound into "
+            "the evidence at run time (pin the owner with OWNER:)"
+        )
+    if args.vcpus < 1:
+        raise UsageError(f"--vcpus must be at least 1, got {args.vcpus}")
+    snp = [SnpTarget(args.snp_ovmf, args.vcpus, args.vcpu_type)] if args.snp_ovmf else []
+    reference = derive(args.image, snp=snp)
+    folder, manifest = load_release(args.image)
+    out = args.out or folder / "measurements.json"
+    pin = image_pin(reference.raw)
+    stated = (manifest.get("measurements") or {}).get("image")
+    if stated is not None and stated != pin and not snp:
+        raise UsageError(f"the release manifest states {stated}, but its artifacts give {pin}")
+    try:
+        out.write_bytes(reference.raw)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror}") from None
+    doc = reference.document
+    if args.json:
+        print(json.dumps({"image": pin, "measurements": str(out), **doc}, indent=2))
+        return 0
+    print(f"reference measurements written to {out}", file=sys.stderr)
+    if stated == pin:
+        print("  the same IMAGE: the release manifest states", file=sys.stderr)
+    for tee in ("vtpm", "tdx"):
+        for register, events in sorted(doc[tee]["registers"].items(), key=lambda kv: int(kv[0])):
+            name = f"PCR {register}" if tee == "vtpm" else f"RTMR{register}"
+            print(
+                f"  {tee:8} {name:7} {len(events):2} events: {', '.join(e['what'] for e in events)}",
+                file=sys.stderr,
+            )
+    snp_count = len(doc["sev-snp"]["measurements"])
+    print(
+        f"  sev-snp  {snp_count} MEASUREMENT(s)" + ("" if snp_count else " (give --snp-ovmf FILE)"),
+        file=sys.stderr,
+    )
+    print(
+        f"  sgx      {doc['sgx']['trusted_files']} trusted files; MRENCLAVE needs Gramine's signer",
+        file=sys.stderr,
+    )
+    print(f"  simulation {len(doc['simulation']['trusted_files'])} trusted code base files", file=sys.stderr)
+    print(pin)
     return 0
 
 

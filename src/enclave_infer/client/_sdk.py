@@ -135,12 +135,15 @@ class Client:
         pccs_url: str | None = None,
         model_sha256: str | None = None,
         verifier: Verifier = PRODUCTION,
+        measurements: bytes | None = None,
     ) -> None:
         """``constraint`` None only for :meth:`inspect`: such a client never sends anything.
         ``verifier``: the roots evidence is verified with (:meth:`Verifier.production` unless given).
         ``collateral``: the DCAP collateral to verify a quote with (dcap-qvl JSON), instead of
         what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote.
-        ``model_sha256``: send images only to, and accept answers only from, that model."""
+        ``model_sha256``: send images only to, and accept answers only from, that model.
+        ``measurements``: the release's reference measurements that ``IMAGE:`` pins (what
+        ``measure --image`` writes), instead of those the host attaches to its evidence."""
         # Everything is checked before the HTTP client exists: a failed constructor leaks nothing.
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"URL must start with http:// or https://, got {url!r}")
@@ -152,6 +155,7 @@ class Client:
         self.model_sha256 = model_sha256.lower() if model_sha256 else None
         self._now = now or (lambda: datetime.now(UTC))
         self._collateral = collateral
+        self._measurements = measurements
         self._pccs_url = pccs_url
         self._verifier = verifier
         self._key: ohttp.KeyConfig | None = None
@@ -210,6 +214,7 @@ class Client:
             nonce=nonce,
             now=self._now(),
             collateral=collateral,
+            measurements=self._measurements,
         )
         if constraint is None:
             return attestation

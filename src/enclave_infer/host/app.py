@@ -118,9 +118,11 @@ class _Relay:
         collateral: CollateralKeeper | None,
         metrics: Metrics,
         max_in_flight: int,
+        measurements: bytes = b"",
     ) -> None:
         self._enclave = enclave
         self._collateral = collateral
+        self._measurements = measurements
         self._max_request_bytes = enclave.config.limits.max_request_bytes
         self._max_whole_bytes = enclave.config.limits.max_image_bytes + REQUEST_OVERHEAD_BYTES
         self._metrics = metrics
@@ -225,10 +227,16 @@ class _Relay:
                 return _problem(Problem.COLLATERAL_UNAVAILABLE.details(self._collateral.problem or "expired"))
             collateral = current.data
         answer = await self._call(FrameType.GET_EVIDENCE, nonce, FrameType.EVIDENCE, "application/json")
-        if collateral is None or answer.status_code != 200:
+        if (collateral is None and not self._measurements) or answer.status_code != 200:
             return answer
-        try:  # the document is public; the host attaches what it fetched (signed by Intel or AMD)
-            document = dataclasses.replace(Evidence.decode(bytes(answer.body)), collateral=collateral)
+        # The document is public; the host attaches what it fetched (signed by Intel or AMD) and the
+        # release's reference measurements (which IMAGE: pins by hash): neither needs trust in the host.
+        try:
+            document = Evidence.decode(bytes(answer.body))
+            if collateral is not None:
+                document = dataclasses.replace(document, collateral=collateral)
+            if self._measurements:
+                document = dataclasses.replace(document, measurements=self._measurements)
         except AttestationError:
             return _problem(Problem.BAD_GATEWAY.details("malformed evidence document from the enclave"))
         return Response(document.encode(), media_type="application/json", headers=_NO_STORE)
@@ -338,10 +346,13 @@ def create_app(
     collateral: CollateralKeeper | None = None,
     *,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    measurements: bytes = b"",
 ) -> Starlette:
     """``collateral``: what the host attaches to the enclave's evidence (SGX, TDX, SEV-SNP).
-    ``max_in_flight``: requests to the enclave at once before the host answers 503."""
-    relay = _Relay(enclave, collateral, Metrics(), max_in_flight)
+    ``max_in_flight``: requests to the enclave at once before the host answers 503.
+    ``measurements``: the release's reference measurements, attached to every attestation document
+    for clients that pin IMAGE:."""
+    relay = _Relay(enclave, collateral, Metrics(), max_in_flight, measurements)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

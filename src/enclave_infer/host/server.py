@@ -129,8 +129,10 @@ def run(
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     drain_seconds: float = DRAIN_SECONDS,
     collateral_first_retry: float = FIRST_RETRY_SECONDS,
+    measurements: bytes = b"",
 ) -> None:
-    """``collateral``: where the host gets collateral for its enclave's evidence (default: Intel's
+    """``measurements``: the release's reference measurements, attached to the evidence (IMAGE:).
+    ``collateral``: where the host gets collateral for its enclave's evidence (default: Intel's
     PCS for SGX and TDX, AMD's KDS for SEV-SNP). ``verifier``: the roots the host appraises its own
     enclave with at start (:meth:`Verifier.production`; only code, never an option, gives another).
     ``tls``: (certificate chain, private key) PEM files to serve HTTPS with.
@@ -149,7 +151,7 @@ def run(
         enclave.stop()
         listener.close()
         raise
-    app = create_app(enclave, keeper, max_in_flight=max_in_flight)
+    app = create_app(enclave, keeper, max_in_flight=max_in_flight, measurements=measurements)
     server = http_server(app, host=host, port=port, tls=tls, drain_seconds=drain_seconds)
     shown = f"[{host}]" if ":" in host else host
     log.info(
