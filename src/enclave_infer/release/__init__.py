@@ -1,0 +1,1 @@
+"""Internal: untrusted client tooling, the measurements a release's enclaves will report."""
