@@ -33,23 +33,22 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from sevsnpmeasure import guest
-from sevsnpmeasure.ovmf import OVMF, SectionType
-from sevsnpmeasure.sev_mode import SevMode
-from sevsnpmeasure.vcpu_types import CPU_SIGS
-from sevsnpmeasure.vmm_types import VMMType
-
 from enclave_infer.errors import UsageError
 
-__all__ = ["DEFAULT_GUEST_FEATURES", "MEASUREMENT_SIZE", "VCPU_TYPES", "VmmType", "snp_measurement"]
+__all__ = [
+    "DEFAULT_GUEST_FEATURES",
+    "MEASUREMENT_SIZE",
+    "VMM_TYPES",
+    "VmmType",
+    "snp_measurement",
+    "vcpu_types",
+]
 
 MEASUREMENT_SIZE = 48  # SHA-384: the report's MEASUREMENT field
 # SEV_FEATURES of the guest's VMSAs: bit 0 (SNPActive) alone, sev-snp-measure's default. A host whose
 # KVM turns on more features (e.g. DebugSwap, bit 5, on some kernels) launches another MEASUREMENT:
 # pass the value it uses.
 DEFAULT_GUEST_FEATURES = 0x1
-# The vCPU types QEMU defines (its EPYC models), by the names sev-snp-measure and ``-cpu`` use.
-VCPU_TYPES: tuple[str, ...] = tuple(CPU_SIGS)
 # A bound on the work, not a hardware limit: one VMSA page per vCPU enters the digest.
 MAX_VCPUS = 4096
 # OVMF images are 2 to 4 MiB; the firmware must fit below 4 GiB with room to spare.
@@ -57,6 +56,14 @@ MAX_OVMF_BYTES = 64 * 1024 * 1024
 
 VmmType = Literal["QEMU", "ec2", "gce"]
 """Who launches the guest: the VMMs whose VMSA and page choices sev-snp-measure knows."""
+VMM_TYPES: tuple[VmmType, ...] = ("QEMU", "ec2", "gce")
+
+
+def vcpu_types() -> tuple[str, ...]:
+    """The vCPU types QEMU defines (its EPYC models), by the names sev-snp-measure and ``-cpu`` use."""
+    from sevsnpmeasure.vcpu_types import CPU_SIGS
+
+    return tuple(CPU_SIGS)
 
 
 def snp_measurement(
@@ -74,15 +81,21 @@ def snp_measurement(
     directly through the firmware ``ovmf`` on ``vcpus`` vCPUs of type ``vcpu_type``.
 
     ``cmdline`` is the command line as QEMU's ``-append`` takes it (QEMU hashes it with a NUL
-    appended); ``vcpu_type`` one of :data:`VCPU_TYPES`. Raises :class:`UsageError` for a firmware
+    appended); ``vcpu_type`` one of :func:`vcpu_types`. Raises :class:`UsageError` for a firmware
     without the SEV metadata a measured direct boot needs, or for inputs out of range.
     """
+    # imported here: only `measure` needs it, and the enclave's image need not install it
+    from sevsnpmeasure import guest
+    from sevsnpmeasure.sev_mode import SevMode
+    from sevsnpmeasure.vcpu_types import CPU_SIGS
+    from sevsnpmeasure.vmm_types import VMMType
+
     if vcpu_type not in CPU_SIGS:
-        raise UsageError(f"unknown vCPU type {vcpu_type!r} (known: {', '.join(VCPU_TYPES)})")
+        raise UsageError(f"unknown vCPU type {vcpu_type!r} (known: {', '.join(CPU_SIGS)})")
     if not 1 <= vcpus <= MAX_VCPUS:
         raise UsageError(f"vCPU count {vcpus} is out of range (1 to {MAX_VCPUS})")
-    if vmm_type not in VMMType.__members__:
-        raise UsageError(f"unknown VMM type {vmm_type!r} (known: {', '.join(VMMType.__members__)})")
+    if vmm_type not in VMM_TYPES:
+        raise UsageError(f"unknown VMM type {vmm_type!r} (known: {', '.join(VMM_TYPES)})")
     if not kernel:
         raise UsageError("the kernel is empty")
     if "\x00" in cmdline:
@@ -116,6 +129,8 @@ def _check_ovmf(path: Path) -> None:
     """Refuse, in one line that says what to use instead, a firmware that cannot do a measured
     direct boot: the OVMF footer table (edk2 ``OvmfPkg/ResetVector``) must point at SEV metadata
     with an SNP_KERNEL_HASHES section, and at a hashes table (SEV_HASH_TABLE_RV) with an address."""
+    from sevsnpmeasure.ovmf import OVMF, SectionType
+
     try:
         size = path.stat().st_size
     except OSError as exc:
