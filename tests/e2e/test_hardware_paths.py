@@ -13,7 +13,8 @@ SDK, the CLI.
 Emulated (tests/emulation): the roots (a test Intel SGX Root CA, a test ARK-Genoa, with everything
 under them: PCK chain, TCB info, QE identity, CRLs, ASK, VCEK), the hardware that signs (quotes and
 reports minted over the report data the enclave writes), the pseudo-file trees (``/dev/attestation``
-and ``/sys/kernel/config/tsm/report`` as FIFOs and files served by threads in this process), and
+and ``/sys/kernel/config/tsm/report`` as FIFOs and files served by threads in this process), a TD's
+boot (the CC event log TDVF would write for a small test UKI, and the RTMRs it replays to), and
 the collateral services (a PCCS and AMD's KDS, real HTTP servers on loopback).
 
 The test roots reach the host only as a ``Verifier`` object built in its test launcher, and the
@@ -59,11 +60,13 @@ from enclave_infer.client._owner import load_owner_key
 from enclave_infer.config import EnclaveConfig, Limits, load_public_key_file
 from enclave_infer.errors import UsageError
 from enclave_infer.protocol.api import PROBLEM_MEDIA_TYPE, Problem
+from tests.emulation.ccel import boot_uki
 from tests.emulation.dcap import EmulatedDcap
 from tests.emulation.kds import FakeKds
 from tests.emulation.pccs import FakePccs
 from tests.emulation.pseudofs import FakeGramine, FakeTsm
 from tests.emulation.snp import EmulatedSnp
+from tests.emulation.uki import uki
 
 from .conftest import COLOUR_LABELS, free_port, run_cli, wait_until_listening
 
@@ -126,8 +129,9 @@ class Deployments:
     workdir: Path
     config: Path  # the canonical configuration both processes load
 
-    def enclave(self, name: str, platform: str, root: Path) -> tuple[Proc, str]:
-        """The enclave process on a fake tree, on TCP loopback; its address for the host."""
+    def enclave(self, name: str, platform: str, root: Path, *, ccel: Path | None = None) -> tuple[Proc, str]:
+        """The enclave process on a fake tree, on TCP loopback (a TD's CC event log at ``ccel``); its
+        address for the host."""
         address = f"tcp:127.0.0.1:{free_port()}"
         args = [
             "--platform",
@@ -140,6 +144,8 @@ class Deployments:
             str(self.config),
         ]
         args += ["--storage", str(self.workdir / f"{name}-sealed")]
+        if ccel is not None:
+            args += ["--ccel", str(ccel)]
         proc = launch("tests.emulation.run_enclave", args, self.workdir / f"{name}.log")
         deadline = time.monotonic() + START_TIMEOUT
         while "enclave listening on" not in proc.log_text():
@@ -232,9 +238,16 @@ def refused_in_production(url: str, constraint: str, reason: str) -> None:
     assert re.fullmatch(rf"enclave-infer: error: .*{reason}.*\n", attest.stderr), attest.stderr
 
 
+def served_document(url: str) -> dict[str, str]:
+    """The evidence document the host serves, for a fresh nonce."""
+    answer = httpx.get(f"{url}/v1/attestation", params={"nonce": secrets.token_hex(32)})
+    document: dict[str, str] = answer.json()
+    return document
+
+
 def served_collateral(url: str) -> tuple[str, bytes]:
     """The TEE and the collateral of the evidence document the host serves."""
-    document = httpx.get(f"{url}/v1/attestation", params={"nonce": secrets.token_hex(32)}).json()
+    document = served_document(url)
     return document["tee"], base64.b64decode(document.get("collateral", ""))
 
 
@@ -332,17 +345,22 @@ def test_sgx_via_gramine_with_collateral_from_the_pccs(
 
 def test_tdx_via_configfs_tsm(
     deployments: Deployments, tsm_root: Path, dcap: EmulatedDcap, intel_test_root: Verifier,
-    pccs: FakePccs, colours: Colours,
+    pccs: FakePccs, colours: Colours, tmp_path: Path,
 ) -> None:  # fmt: skip
+    """A TD that booted a UKI: its quotes carry the RTMRs its CC event log replays to, and its
+    attestation document carries that log."""
     tcb_path = "/tdx/certification/v4/tcb"
     fetched = pccs.requests[tcb_path]
+    boot = boot_uki(uki())
+    ccel = tmp_path / "CCEL"
+    ccel.write_bytes(boot.log_area())
 
     def quote(report_data: bytes) -> bytes:
-        return dcap.tdx_quote(report_data, mrtd=MRTD)
+        return dcap.tdx_quote(report_data, mrtd=MRTD, rtmrs=boot.rtmrs)
 
     fake = FakeTsm(tsm_root, None, provider="tdx_guest", make_outblob=quote, lifetime=FAKE_LIFETIME)
     try:
-        enclave, address = deployments.enclave("tdx-enclave", "tsm", tsm_root)
+        enclave, address = deployments.enclave("tdx-enclave", "tsm", tsm_root, ccel=ccel)
         host = deployments.host("tdx-host", address, intel_test_root, pccs=pccs.url)
         try:
             assert pccs.requests[tcb_path] == fetched + 1
@@ -350,6 +368,10 @@ def test_tdx_via_configfs_tsm(
             assert served_collateral(host.url)[0] == "tdx"
             constraint = f"C:{MRTD.hex()} SEC:SECURE"
             colours.classify_verified(host.url, constraint, intel_test_root, "tdx", MRTD)
+            with Client(host.url, constraint, verifier=intel_test_root) as client:
+                registers = client.attest().report.registers
+            assert registers is not None and registers.values == dict(enumerate(boot.rtmrs))
+            assert base64.b64decode(served_document(host.url)["event_log"]) == boot.log()
             refused_in_production(host.url, constraint, "DCAP quote did not verify")
         finally:
             host.stop()

@@ -7,6 +7,9 @@
   version-3 attestation reports signed by it);
 - :mod:`.kds`: a fake AMD KDS, a real HTTP server on loopback serving the VCEK and its chain;
 - :mod:`.pseudofs`: fake Gramine ``/dev/attestation`` and configfs-tsm trees built from FIFOs;
+- :mod:`.uki`: small, valid PE32+ images and a unified kernel image (UKI) made of them;
+- :mod:`.ccel`: a TDX trust domain booting a UKI: the CC event log TDVF and the UKI's loaders would
+  write, and the RTMRs it replays to (for :mod:`.dcap`'s TDX quotes);
 - :mod:`.run_enclave`, :mod:`.run_host`: launchers that start the enclave process on a fake tree
   and the host under test roots as separate processes (``tests/e2e/test_hardware_paths.py``).
 """

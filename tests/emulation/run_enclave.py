@@ -1,11 +1,12 @@
 """TEST-ONLY launcher: the enclave process, on a fake Gramine or configfs-tsm tree, on TCP loopback.
 
     python -m tests.emulation.run_enclave --platform gramine-sgx|tsm --root DIR \\
-        --listen tcp:127.0.0.1:PORT --config enclave.json --storage DIR
+        --listen tcp:127.0.0.1:PORT --config enclave.json --storage DIR [--ccel FILE]
 
 What ``python -m enclave_infer.enclave`` does, with one difference: the platform is built on the
 pseudo-file root the test gives (``GramineSgxPlatform(root)``, ``ConfigfsTsmPlatform(root)``)
-instead of ``/dev/attestation`` or ``/sys/kernel/config/tsm/report``. The tree is served by a fake
+instead of ``/dev/attestation`` or ``/sys/kernel/config/tsm/report``, and a TD's CC event log is the
+file ``--ccel`` names (none without it) instead of the machine's own. The tree is served by a fake
 kernel thread in the test process (:mod:`tests.emulation.pseudofs`), which mints the evidence over
 the report data this process writes. The host attaches to it with ``external=`` (what ``serve
 --enclave tcp:…`` does for an enclave started by ``gramine-sgx``).
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, help="tcp:127.0.0.1:PORT")
     parser.add_argument("--config", type=Path, required=True, help="canonical enclave configuration")
     parser.add_argument("--storage", type=Path, required=True, help="folder for sealed blobs")
+    parser.add_argument("--ccel", type=Path, help="a TD's CC event log (as the ACPI CCEL table shows it)")
     args = parser.parse_args(argv)
     logs.configure("enclave", "text")
     try:
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tsm._mkdir = _mkdir_populated
             tsm._rmdir = _rmdir_with_attributes
-            platform = tsm.ConfigfsTsmPlatform(args.root)
+            platform = tsm.ConfigfsTsmPlatform(args.root, event_logs=(args.ccel,) if args.ccel else ())
         enclave = Enclave(config, platform, args.storage, verifier=Verifier.production())
         listen = parse_address(args.listen)
     except (OSError, ValueError, EnclaveInferError) as exc:

@@ -31,6 +31,16 @@ Evidence bytes:
   :mod:`enclave_infer.attestation.snp` (:func:`~enclave_infer.attestation.snp.encode_snp_evidence`
   builds it here, :func:`~enclave_infer.attestation.snp.decode_snp_evidence` reads it).
 
+TDX evidence also carries the boot's CC event log (UEFI 2.10 §38.4, "EFI_CC_MEASUREMENT_PROTOCOL"): the
+events TDVF, the boot loader and the kernel's EFI stub extended into RTMR0..2, in the TCG2 "crypto
+agile" format (TCG PC Client Platform Firmware Profile, §10), whose "PCR index" field holds the CC
+measurement register index (1..3 for RTMR0..2). TDVF publishes its log area in the ACPI CCEL table
+(ACPI 6.5 §5.2.34); Linux shows that area as ``/sys/firmware/acpi/tables/data/CCEL``, readable by
+root only, so the UKI's /init copies it to ``/run/enclave-infer/ccel-eventlog`` for the service,
+which reads the copy, else the original. TDVF fills the area with 0xFF before it logs ("so that the
+OS can find the last entry", edk2 ``TdTcg2Dxe.c``); the evidence carries the log without that fill.
+The log needs no trust: a verifier replays it and compares the result with the quoted RTMRs.
+
 Layouts are parsed with the client's own parsers, only as far as the enclave needs to know its
 identity (verification is the client's job): a TDX quote (v4 or v5) with
 :func:`enclave_infer.attestation.dcap.parse_tdx_quote`, an SEV-SNP ATTESTATION_REPORT with
@@ -45,6 +55,7 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
@@ -56,11 +67,13 @@ from enclave_infer.enclave import _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
+    "CCEL_EVENT_LOGS",
     "DEFAULT_ROOT",
     "PROVIDER_TEES",
     "ConfigfsTsmPlatform",
     "TsmReport",
     "available",
+    "read_ccel_event_log",
 ]
 
 DEFAULT_ROOT = Path("/sys/kernel/config/tsm/report")
@@ -73,6 +86,14 @@ REPORT_DATA_SIZE = 64
 MAX_BLOB_BYTES = 16 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 MAX_TEXT_BYTES = 64
+
+# Where a TDX guest's CC event log is, in the order they are tried: the copy the UKI's /init makes for
+# the service, then the kernel's view of the ACPI CCEL table's log area (root only).
+CCEL_EVENT_LOGS = (Path("/run/enclave-infer/ccel-eventlog"), Path("/sys/firmware/acpi/tables/data/CCEL"))
+# TDVF reserves PcdTcgLogAreaMinLen for the log (64 KiB in OVMF); a bound well above any such area.
+MAX_EVENT_LOG_BYTES = 1024 * 1024
+# TDVF's fill of the unused log area (edk2 OvmfPkg/Tcg/TdTcg2Dxe SetupCcEventLog)
+LOG_AREA_FILL = b"\xff"
 
 _ERRNO_HINTS = {
     errno.ENXIO: "no TSM provider is registered (not a TDX or SEV-SNP guest, or its driver is not loaded)",
@@ -104,7 +125,9 @@ def available(root: Path = DEFAULT_ROOT) -> bool:
 class ConfigfsTsmPlatform:
     """TDX quotes or SEV-SNP reports through the guest kernel's configfs-tsm."""
 
-    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
+    def __init__(self, root: Path = DEFAULT_ROOT, *, event_logs: Sequence[Path] = CCEL_EVENT_LOGS) -> None:
+        """``event_logs``: where a TDX guest's CC event log may be, tried in order (tests give
+        their own)."""
         self._root = root
         if not root.is_dir():
             raise AttestationError(
@@ -119,7 +142,8 @@ class ConfigfsTsmPlatform:
         self.product_id: int = 0
         self.security_version: int = 0
         self.debug: bool = debug
-        self.event_log: bytes = b""
+        # the boot's CC event log on TDX (empty if the guest has none); SEV-SNP has no such log
+        self.event_log: bytes = read_ccel_event_log(event_logs) if tee == Tee.TDX else b""
 
     def evidence(self, report_data: bytes) -> bytes:
         """A TDX quote, or the SEV-SNP container, whose report data is ``report_data``."""
@@ -175,6 +199,32 @@ class ConfigfsTsmPlatform:
         if carried != report_data:
             raise AttestationError("configfs-tsm report does not carry the report data that was written")
         return tee, evidence, measurement, debug
+
+
+def read_ccel_event_log(paths: Sequence[Path]) -> bytes:
+    """The CC event log at the first of ``paths`` that exists, without the log area's 0xFF fill;
+    empty if none exists.
+
+    The fill is cut from the end: TDVF's last event is the "Exit Boot Services Returned with
+    Success" action, whose data is that text, so no event's bytes are cut with it. Were they, the
+    verifier could not parse the log and would refuse it: the log is checked, never trusted.
+    """
+    for path in paths:
+        try:
+            data = _pseudofs.read_all(path, limit=MAX_EVENT_LOG_BYTES, chunk=READ_CHUNK)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            raise AttestationError(
+                f"permission denied reading the CC event log {path}: it is root's; the UKI's /init "
+                f"copies it to {CCEL_EVENT_LOGS[0]} for the service"
+            ) from None
+        except OSError as exc:
+            raise AttestationError(
+                f"cannot read the CC event log {path}: {_pseudofs.errno_name(exc)}: {exc.strerror}"
+            ) from None
+        return data.rstrip(LOG_AREA_FILL)
+    return b""
 
 
 # Indirections, so that tests can play the kernel's part in populating and removing an entry.
