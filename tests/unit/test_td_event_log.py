@@ -20,10 +20,16 @@ import lief
 import pytest
 import yaml
 
+from enclave_infer.attestation import constraints
 from enclave_infer.attestation.dcap import verify_quote
+from enclave_infer.attestation.evidence import Evidence, Verifier, verify
+from enclave_infer.attestation.reference import ReferenceMeasurements, image_pin
+from enclave_infer.attestation.report import Tee, attestation_binding
+from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave import tsm
 from enclave_infer.enclave.tsm import ConfigfsTsmPlatform
-from enclave_infer.errors import AttestationError
+from enclave_infer.errors import AttestationError, ConstraintError
+from enclave_infer.release.derive import measured_boot
 from tests.emulation.ccel import (
     EV_EFI_ACTION,
     EV_EFI_BOOT_SERVICES_APPLICATION,
@@ -210,3 +216,78 @@ def test_an_sev_snp_guest_carries_no_ccel_log(fake_tsm: Callable[..., FakeTsm], 
     fake = fake_tsm(provider="sev_guest", make_outblob=lambda rd: chip.report(rd, bytes(48)))
     platform = bounded(lambda: ConfigfsTsmPlatform(fake.root, event_logs=(ccel,)))
     assert platform.tee == "sev-snp" and platform.event_log == b""
+
+
+KEY_CONFIG = b"\x01 an emulated key configuration"
+RECEIPT_KEY = bytes(range(32))
+NONCE = bytes(range(32))
+
+
+def measurements(image: bytes) -> bytes:
+    """The reference measurements `measure --image` would derive for a release whose UKI is ``image``."""
+    return ReferenceMeasurements.build(measured_boot(image)).raw
+
+
+def attest(platform: ConfigfsTsmPlatform, dcap: EmulatedDcap, constraint: str, reference: bytes) -> None:
+    """The TD's evidence document, verified as a client verifies it, under ``constraint``."""
+    config = EnclaveConfig(owner_public_key=bytes(range(32)))
+    report_data = attestation_binding(KEY_CONFIG, RECEIPT_KEY, config.digest(), NONCE)
+    document = Evidence(
+        Tee.TDX,
+        bounded(lambda: platform.evidence(report_data)),
+        config.canonical(),
+        dcap.collateral("tdx"),
+        RECEIPT_KEY,
+        event_log=platform.event_log,
+    ).encode()
+    verify(
+        document,
+        constraints.parse(constraint),
+        verifier=Verifier(intel_root_ca_der=dcap.root_ca_der),
+        key_config=KEY_CONFIG,
+        nonce=NONCE,
+        now=NOW,
+        measurements=reference,
+    )
+
+
+def test_image_holds_for_a_td_that_booted_the_release(
+    fake_tsm: Callable[..., FakeTsm], dcap: EmulatedDcap, tmp_path: Path
+) -> None:
+    """The release's IMAGE: (predicted from the UKI file by the project) holds for a TD that booted it,
+    whose log the emulation writes independently."""
+    image = uki()
+    reference = measurements(image)
+    platform = emulated_td(
+        fake_tsm, dcap, boot_uki(image), tmp_path / "CCEL", event_logs=(tmp_path / "CCEL",)
+    )
+    attest(platform, dcap, f"{image_pin(reference)} C:{MRTD.hex()}", reference)
+
+
+def test_image_refuses_a_td_that_booted_another_kernel(
+    fake_tsm: Callable[..., FakeTsm], dcap: EmulatedDcap, tmp_path: Path
+) -> None:
+    """Another kernel: the log replays to the TD's RTMRs, but names another UKI; the first differing
+    event is named. That TD's own release would pass: the pin, not the log, tells them apart."""
+    reference = measurements(uki())
+    other_kernel = uki(kernel=kernel_image(b"emulated Linux kernel, one byte changeD"))
+    other = emulated_td(
+        fake_tsm, dcap, boot_uki(other_kernel), tmp_path / "CCEL", event_logs=(tmp_path / "CCEL",)
+    )
+    with pytest.raises(ConstraintError, match=r"RTMR1 event \d+ EV_EFI_BOOT_SERVICES_APPLICATION .* the UKI"):
+        attest(other, dcap, f"{image_pin(reference)} C:{MRTD.hex()}", reference)
+    attest(other, dcap, f"{image_pin(measurements(other_kernel))} C:{MRTD.hex()}", measurements(other_kernel))
+
+
+def test_a_tampered_ccel_log_is_refused_before_any_pin(
+    fake_tsm: Callable[..., FakeTsm], dcap: EmulatedDcap, tmp_path: Path
+) -> None:
+    boot = boot_uki(uki())
+    log = bytearray(boot.log())
+    log[-60] ^= 1  # inside the last event's digest or data
+    ccel = tmp_path / "CCEL"
+    platform = emulated_td(fake_tsm, dcap, boot, ccel, event_logs=(ccel,))
+    ccel.write_bytes(bytes(log))
+    tampered = ConfigfsTsmPlatform(platform._root, event_logs=(ccel,))  # reads the altered log at start
+    with pytest.raises(AttestationError, match=r"RTMR1 .* tampered, truncated or reordered"):
+        attest(tampered, dcap, f"C:{MRTD.hex()}", b"")

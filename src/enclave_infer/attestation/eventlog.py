@@ -269,7 +269,8 @@ def _parse_header(reader: _Reader) -> tuple[Alg, ...]:
     event_type = reader.u32("eventType")
     digest = reader.take(_SHA1_DIGEST, "digest")
     size = reader.u32("eventDataSize")
-    if register != 0 or event_type != EventType.EV_NO_ACTION or any(digest):
+    # PCR 0 in a TPM's log; TDVF writes 1 in a CC event log (the measurement register index of PCR 0)
+    if register not in (0, 1) or event_type != EventType.EV_NO_ACTION or any(digest):
         raise reader.fail("does not start with the Spec ID event (PCR 0, EV_NO_ACTION, zero digest)")
     if size > MAX_EVENT_DATA_BYTES:
         raise reader.fail(f"{size} bytes of Spec ID event data, over the limit")

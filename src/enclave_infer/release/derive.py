@@ -33,7 +33,7 @@ from enclave_infer.attestation.reference import ReferenceMeasurements
 from enclave_infer.errors import UsageError
 from enclave_infer.release import uki
 
-__all__ = ["SnpTarget", "derive", "load_release"]
+__all__ = ["SnpTarget", "derive", "load_release", "measured_boot"]
 
 UKI_ARTIFACT = "uki/enclave-infer.efi"
 ROOTFS_ARTIFACT = "rootfs.tar"
@@ -111,11 +111,19 @@ def derive(path: Path, *, snp: Sequence[SnpTarget] = ()) -> ReferenceMeasurement
                 "".join(f"{d.hex()}  /{p}\n" for p, d in sgx_files).encode()
             ).hexdigest(),
         },
-        "vtpm": {"bank": "sha256", "registers": _registers(uki.predict_tpm(uki_bytes), "sha256")},
-        "tdx": {"bank": "sha384", "registers": _registers(uki.predict_tdx(uki_bytes), "sha384")},
+        **measured_boot(uki_bytes),
         "sev-snp": {"measurements": [_snp(target, parsed) for target in snp]},
     }
     return ReferenceMeasurements.build(document)
+
+
+def measured_boot(uki_bytes: bytes) -> dict[str, Any]:
+    """The reference measurements' ``vtpm`` and ``tdx`` sections: the events a boot of this UKI
+    records in each register ``IMAGE:`` covers."""
+    return {
+        "vtpm": {"bank": "sha256", "registers": _registers(uki.predict_tpm(uki_bytes), "sha256")},
+        "tdx": {"bank": "sha384", "registers": _registers(uki.predict_tdx(uki_bytes), "sha384")},
+    }
 
 
 def _registers(events: Sequence[uki.PredictedEvent], bank: str) -> dict[str, list[dict[str, str]]]:

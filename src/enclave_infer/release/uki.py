@@ -35,7 +35,8 @@ bytes) and, on TDX, the two ExitBootServices EV_EFI_ACTION events of PCR 5. They
 replaying a list (:func:`replay`) gives the whole register.
 
 TDX (:func:`predict_tdx`): OVMF's CC measurement protocol maps PCRs onto RTMRs (PCR 1 and 7 to RTMR0,
-PCRs 2-6 to RTMR1, PCRs 8-15 to RTMR2) and hashes with SHA-384. RTMR1 is PCRs 2-6's events in log order;
+PCRs 2-6 to RTMR1, PCRs 8-15 to RTMR2) and hashes with SHA-384. RTMR1 is PCRs 2-6's events in log order,
+but with one separator (TDVF, edk2's OvmfPkg/Tcg/TdTcg2Dxe, logs one per measurement register);
 RTMR2 holds only the kernel EFI stub's two PCR 9 events (systemd-stub 252 knows no CC measurement
 protocol, so nothing of PCR 11; Linux >= 6.9 measures into the CC protocol when there is no TPM).
 This is a model, checked against the TPM log's events of those PCRs, not yet against a TDX boot.
@@ -253,11 +254,9 @@ def predict_tdx(uki: bytes) -> list[PredictedEvent]:
     events = [
         PredictedEvent(rtmr1, "EV_EFI_ACTION", _digests(BOOT_OPTION_ACTION, algs), "boot option action")
     ]
-    # OVMF's ReadyToBoot separators for PCRs 0-7, of which PCRs 2-6 land in RTMR1
-    events += [
-        PredictedEvent(rtmr1, "EV_SEPARATOR", _digests(_SEPARATOR, algs), f"separator (PCR {pcr})")
-        for pcr in range(2, 7)
-    ]
+    # TDVF's ReadyToBoot separators (edk2 OvmfPkg/Tcg/TdTcg2Dxe): one per CC measurement register,
+    # where a TPM firmware logs one per PCR 0-7; the PCR 7 one (Secure Boot's) lands in RTMR0
+    events.append(PredictedEvent(rtmr1, "EV_SEPARATOR", _digests(_SEPARATOR, algs), "separator"))
     events.append(
         PredictedEvent(
             rtmr1,
