@@ -262,6 +262,8 @@ class _TcpConnection:
 
 def _os_error(exc: OSError, path: Path, doing: str) -> AttestationError:
     name = _pseudofs.errno_name(exc)
+    if isinstance(exc, FileNotFoundError):
+        return AttestationError(f"{path} does not exist: no TPM in this machine, or its driver is not loaded")
     if isinstance(exc, PermissionError):
         return AttestationError(
             f"permission denied {doing} {path} ({name}): the service user needs read-write"
@@ -428,9 +430,9 @@ def open_tpm(device: Path | TcpTpm) -> Iterator[TpmClient]:
 # --- the platform ---------------------------------------------------------------------------------
 
 
-def available(device: Path = DEFAULT_DEVICE) -> bool:
+def available(device: Path = DEFAULT_DEVICE, event_logs: tuple[Path, ...] = EVENT_LOGS) -> bool:
     """Whether this process may use ``device`` and the boot left an event log to go with it."""
-    return device.exists() and os.access(device, os.R_OK | os.W_OK) and find_event_log() is not None
+    return device.exists() and os.access(device, os.R_OK | os.W_OK) and find_event_log(event_logs) is not None
 
 
 def find_event_log(candidates: tuple[Path, ...] = EVENT_LOGS) -> Path | None:
