@@ -24,13 +24,15 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from enclave_infer.attestation.tpm import TpmAlg
 from enclave_infer.enclave.vtpm import TcpTpm, TpmClient, open_tpm
 
-__all__ = ["Swtpm", "need_swtpm", "need_tpm2_tools", "start_swtpm"]
+__all__ = ["Swtpm", "need_swtpm", "need_tpm2_tools", "start_swtpm", "tpm2_yaml"]
 
 START_TIMEOUT = 10.0  # seconds for swtpm to listen
 TOOL_TIMEOUT = 60.0
@@ -112,6 +114,27 @@ class Swtpm:
             raise AssertionError(f"{' '.join(map(str, args))} failed:\n{done.stderr}")
         return done.stdout
 
+    def boot(self, event_log: Path, cwd: Path) -> dict[int, bytes]:  # needs tpm2-tools
+        """Play the firmware's part: extend the SHA-256 PCRs with the digests of every measured event
+        of ``event_log`` (a TCG crypto-agile log), as tpm2_eventlog reads it; the SHA-256 PCR values
+        tpm2_eventlog computes for the log, which the TPM's must now be (PCRs the log does not touch:
+        zero, as swtpm starts them)."""
+        replayed = tpm2_yaml(self.tpm2("tpm2_eventlog", event_log, cwd=cwd))
+        self.extend_all(
+            [
+                (int(event["PCRIndex"]), bytes.fromhex(digest["Digest"]))
+                for event in replayed["events"]
+                if event["EventType"] != "EV_NO_ACTION"
+                for digest in event["Digests"]
+                if digest["AlgorithmId"] == "sha256"
+            ]
+        )
+        values = {i: bytes(32) for i in range(16)}
+        values.update(
+            {int(i): bytes.fromhex(v.removeprefix("0x")) for i, v in replayed["pcrs"]["sha256"].items()}
+        )
+        return values
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -120,6 +143,11 @@ class Swtpm:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def tpm2_yaml(output: str) -> Any:
+    """tpm2-tools' YAML output, every scalar a string (hex digits must not turn into numbers)."""
+    return yaml.load(output, Loader=yaml.BaseLoader)  # BaseLoader: only str, list and dict
 
 
 def start_swtpm(state: Path) -> Swtpm:

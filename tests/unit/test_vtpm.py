@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave_infer.attestation import constraints, evidence, tpm
@@ -42,7 +41,7 @@ from enclave_infer.enclave import vtpm
 from enclave_infer.enclave.vtpm import VtpmPlatform, describe_rc
 from enclave_infer.errors import AttestationError, ConstraintError, UsageError
 from tests.emulation.snp import EmulatedSnp
-from tests.emulation.swtpm import Swtpm, need_tpm2_tools, start_swtpm
+from tests.emulation.swtpm import Swtpm, need_tpm2_tools, start_swtpm, tpm2_yaml
 from tests.tamper import flipped, refused_by
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -77,11 +76,6 @@ def amd() -> EmulatedSnp:
 
 def platform(swtpm: Swtpm, event_log: Path) -> VtpmPlatform:
     return VtpmPlatform(swtpm.address, event_log)
-
-
-def strings(output: str) -> Any:
-    """tpm2-tools' YAML, every scalar a string (hex digits must not turn into numbers)."""
-    return yaml.load(output, Loader=yaml.BaseLoader)  # BaseLoader: only str, list and dict
 
 
 def verify(evidence_bytes: bytes, collateral: bytes = b"", **kwargs: Any) -> Any:
@@ -169,14 +163,14 @@ def test_a_quote_agrees_with_tpm2_tools(swtpm: Swtpm, event_log: Path, tmp_path:
     swtpm.tpm2("tpm2_readpublic", "-c", "tools.ctx", "-o", "tools.pub", cwd=tmp_path)
     assert (tmp_path / "tools.pub").read_bytes()[2:] == made.ak
 
-    printed = strings(swtpm.tpm2("tpm2_print", "-t", "TPMS_ATTEST", "quote.msg", cwd=tmp_path))
+    printed = tpm2_yaml(swtpm.tpm2("tpm2_print", "-t", "TPMS_ATTEST", "quote.msg", cwd=tmp_path))
     assert (printed["magic"], printed["type"]) == ("ff544347", "8018")
     assert printed["extraData"] == REPORT_DATA.hex() == quote.extra_data.hex()
     assert printed["attested"]["quote"]["pcrDigest"] == quote.pcr_digest.hex()
     assert printed["attested"]["quote"]["pcrSelect"]["pcrSelections"]["0"]["pcrSelect"] == "ffff00"
     assert int(printed["clockInfo"]["resetCount"]) == quote.reset_count
     assert printed["qualifiedSigner"] == quote.qualified_signer.hex()
-    key = strings(swtpm.tpm2("tpm2_print", "-t", "TPM2B_PUBLIC", "ak.pub", cwd=tmp_path))
+    key = tpm2_yaml(swtpm.tpm2("tpm2_print", "-t", "TPM2B_PUBLIC", "ak.pub", cwd=tmp_path))
     numbers = ak.public_key.public_numbers()
     assert isinstance(numbers, ec.EllipticCurvePublicNumbers)
     assert (int(key["x"], 16), int(key["y"], 16)) == (numbers.x, numbers.y)
@@ -248,21 +242,11 @@ def test_pcrs_extended_with_a_boot_log_show_in_the_registers(
     the verified registers are what tpm2_eventlog (an independent reader) computes from that log, the
     pcrDigest is over them, and the evidence's document carries the log."""
     need_tpm2_tools()
-    replayed = strings(swtpm.tpm2("tpm2_eventlog", event_log, cwd=tmp_path))
-    events = [
-        (int(e["PCRIndex"]), bytes.fromhex(d["Digest"]))
-        for e in replayed["events"]
-        if e["EventType"] != "EV_NO_ACTION"
-        for d in e["Digests"]
-        if d["AlgorithmId"] == "sha256"
-    ]
-    assert len(events) == 35
-    swtpm.extend_all(events)
-    expected = {i: bytes(32) for i in QUOTED_PCRS}
-    expected.update(
-        {int(i): bytes.fromhex(v.removeprefix("0x")) for i, v in replayed["pcrs"]["sha256"].items()}
-    )
+    expected = swtpm.boot(event_log, tmp_path)
     assert sorted(i for i, v in expected.items() if any(v)) == [0, 1, 2, 3, 4, 5, 6, 7, 9, 11]
+    assert (
+        expected[4].hex() == "1427d71490aa0289007b21fb59eb39bfe71de372cb0e675fc828e35c4b530fad"
+    )  # the lead's YAML
 
     p = platform(swtpm, event_log)
     report = verify(p.evidence(REPORT_DATA))
