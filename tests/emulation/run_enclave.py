@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="canonical enclave configuration")
     parser.add_argument("--storage", type=Path, required=True, help="folder for sealed blobs")
     args = parser.parse_args(argv)
+    vtpm_given = (args.root is None, args.tpm is not None, args.event_log is not None)
+    if vtpm_given != ((True, True, True) if args.platform == "vtpm" else (False, False, False)):
+        parser.error("gramine-sgx and tsm take --root; vtpm takes --tpm and --event-log")
     logs.configure("enclave", "text")
     try:
         config = EnclaveConfig.from_canonical(args.config.read_bytes())

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enclave_infer.attestation import constraints, evidence, tpm
 from enclave_infer.attestation.evidence import Evidence, Verifier
@@ -433,6 +435,35 @@ def test_a_quote_of_other_pcrs_is_refused(swtpm: Swtpm, made: bytes) -> None:
         AttestationError, match=r"^TPM quote selects SHA256 PCRs \[0, .*, 7\], not sha256 PCRs 0 to 15$"
     ):
         verify(replaced(made, quote=quoted, signature=signature))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_the_parsers_refuse_any_bytes_with_an_attestation_error(data: bytes) -> None:
+    """Any bytes: a parse or an AttestationError, never another exception (refused_by lets those out)."""
+    for parse in (
+        Quote.from_bytes,
+        AttestationKey.from_bytes,
+        tpm.TpmSignature.from_bytes,
+        VtpmEvidence.decode,
+    ):
+        refused_by(parse, data)
+    refused_by(verify, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["format", "quote", "signature", "ak", "pcrs", "hardware"]), JSON)
+def test_any_json_in_a_field_is_refused_with_an_attestation_error(field: str, value: Any) -> None:
+    document = {"format": tpm.FORMAT, "quote": "", "signature": "", "ak": "", "hardware": None,
+                "pcrs": {"sha256": {str(i): "00" * 32 for i in QUOTED_PCRS}}}  # fmt: skip
+    assert refused_by(verify, json.dumps({**document, field: value}).encode())
 
 
 # --- the hardware binding (emulated AMD, real TPM) --------------------------------------------------
