@@ -27,7 +27,10 @@ key. :func:`verify` runs, at the ``now`` the caller gives:
    or ECDSA / RSASSA with SHA-256. A *restricted* signing key signs only digests the TPM computed
    itself over data it generated (TPMS_ATTEST starts with TPM_GENERATED_VALUE, which TPM2_Sign refuses
    to sign for such a key without a ticket proving the data did not start with it): so what it signs
-   with that magic is the TPM's own statement;
+   with that magic is the TPM's own statement. Nothing signs the public area itself: its attributes
+   are the evidence's own claim, which a genuine TPM lives up to and a software one need not (hence
+   INSECURE without a binding; a binding vouches for the key, n/e or x/y, and leaves the attributes
+   to the word of whoever made the key, Azure's paravisor);
 3. parse the signature (TPMT_SIGNATURE, Part 2 §11.3.4): ECDSA with SHA-256 (r, s) for an ECC key,
    RSASSA-PKCS1-v1_5 with SHA-256 for an RSA key, matching the key's scheme when it names one;
 4. parse the quote (TPMS_ATTEST): magic TPM_GENERATED_VALUE (0xff544347), type TPM_ST_ATTEST_QUOTE
@@ -93,8 +96,10 @@ What would still differ on a real Azure CVM (only emulated evidence is tested he
   table: the verifier needs it as collateral (the document's ``collateral``, a PEM bundle as for
   SEV-SNP), and the host does not fetch it for vTPM evidence;
 * the HCL report is made once at boot, not per quote: freshness comes from the quote's extraData;
-* a TPM that implements no SHA-512 limits TPM2B_DATA to 50 bytes or fewer and refuses 64 bytes of
-  qualifyingData (swtpm and Azure's vTPM implement SHA-512).
+* a TPM that implements no SHA-512 limits TPM2B_DATA to 50 bytes or fewer (sizeof(TPMT_HA)) and
+  refuses 64 bytes of qualifyingData with TPM_RC_SIZE; swtpm implements SHA-512, and whether another
+  (v)TPM does, TPM2_GetCapability(TPM_CAP_ALGS) says. Such a TPM would need the report data hashed
+  into the quote, a change of this format.
 """
 
 from __future__ import annotations
@@ -156,8 +161,9 @@ QUOTED_PCRS: tuple[int, ...] = tuple(range(16))
 PCR_BANK = "sha256"
 PCR_DIGEST_SIZE = 32
 REPORT_DATA_SIZE = 64
-# The whole container: a quote (~150 bytes), a key (~350), a signature (~260), 16 PCRs, and an Azure
-# HCL report (~2.6 KB) in base64 are a few KB; the attestation document around it is capped at 256 KB.
+# The whole container: a quote (~180 bytes), a key (~90; RSA-2048 ~280), a signature (~70; ~260), 16
+# PCRs and an Azure HCL report (~2.6 KB), in base64, are a few KB; the attestation document around it
+# is capped at 256 KB.
 MAX_EVIDENCE_BYTES = 64 * 1024
 
 TPM_GENERATED_VALUE = 0xFF544347  # TPM_GENERATED: 0xff "TCG" (Part 2, TPM_GENERATED)

@@ -70,6 +70,7 @@ from enclave_infer.enclave import _pseudofs
 from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
+    "AK_ATTRIBUTES",
     "AK_TEMPLATE",
     "DEFAULT_DEVICE",
     "DEFAULT_EVENT_LOG",
