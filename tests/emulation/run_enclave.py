@@ -1,15 +1,19 @@
-"""TEST-ONLY launcher: the enclave process, on a fake Gramine or configfs-tsm tree, on TCP loopback.
+"""TEST-ONLY launcher: the enclave process, on a fake Gramine or configfs-tsm tree or swtpm, on TCP loopback.
 
     python -m tests.emulation.run_enclave --platform gramine-sgx|tsm --root DIR \\
         --listen tcp:127.0.0.1:PORT --config enclave.json --storage DIR [--ccel FILE]
+    python -m tests.emulation.run_enclave --platform vtpm --tpm tcp:127.0.0.1:PORT --event-log FILE \\
+        --listen tcp:127.0.0.1:PORT --config enclave.json --storage DIR
 
 What ``python -m enclave_infer.enclave`` does, with one difference: the platform is built on the
 pseudo-file root the test gives (``GramineSgxPlatform(root)``, ``ConfigfsTsmPlatform(root)``)
 instead of ``/dev/attestation`` or ``/sys/kernel/config/tsm/report``, and a TD's CC event log is the
-file ``--ccel`` names (none without it) instead of the machine's own. The tree is served by a fake
-kernel thread in the test process (:mod:`tests.emulation.pseudofs`), which mints the evidence over
-the report data this process writes. The host attaches to it with ``external=`` (what ``serve
---enclave tcp:…`` does for an enclave started by ``gramine-sgx``).
+file ``--ccel`` names (none without it) instead of the machine's own; or, for the vTPM, on swtpm's
+TCP socket and an event log file (``VtpmPlatform(TcpTpm(...), log)``) instead of ``/dev/tpmrm0``
+and the boot's log: the product has no option or variable that points it elsewhere. A fake tree is
+served by a fake kernel thread in the test process (:mod:`tests.emulation.pseudofs`), which mints
+the evidence over the report data this process writes; swtpm is a real TPM. The host attaches to it
+with ``external=`` (what ``serve --enclave tcp:…`` does for an enclave started by ``gramine-sgx``).
 
 On configfs-tsm the kernel populates an entry as ``mkdir`` creates it. Here another process (the
 test's ``FakeTsm``) does, so this process's ``mkdir`` waits until the entry's ``provider``
@@ -35,6 +39,7 @@ from enclave_infer.enclave import tsm
 from enclave_infer.enclave.gramine import GramineSgxPlatform
 from enclave_infer.enclave.platform import Platform
 from enclave_infer.enclave.server import Enclave, serve
+from enclave_infer.enclave.vtpm import TcpTpm, VtpmPlatform
 from enclave_infer.errors import EnclaveInferError
 from enclave_infer.protocol.framing import parse_address
 
@@ -57,18 +62,26 @@ def _rmdir_with_attributes(path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.emulation.run_enclave")
-    parser.add_argument("--platform", choices=["gramine-sgx", "tsm"], required=True)
-    parser.add_argument("--root", type=Path, required=True, help="the fake pseudo-file tree")
+    parser.add_argument("--platform", choices=["gramine-sgx", "tsm", "vtpm"], required=True)
+    parser.add_argument("--root", type=Path, help="the fake pseudo-file tree (gramine-sgx, tsm)")
+    parser.add_argument("--tpm", help="vtpm: swtpm's data socket, tcp:127.0.0.1:PORT")
+    parser.add_argument("--event-log", type=Path, help="vtpm: the boot's TCG event log")
     parser.add_argument("--listen", required=True, help="tcp:127.0.0.1:PORT")
     parser.add_argument("--config", type=Path, required=True, help="canonical enclave configuration")
     parser.add_argument("--storage", type=Path, required=True, help="folder for sealed blobs")
     parser.add_argument("--ccel", type=Path, help="a TD's CC event log (as the ACPI CCEL table shows it)")
     args = parser.parse_args(argv)
+    vtpm_given = (args.root is None, args.tpm is not None, args.event_log is not None)
+    if vtpm_given != ((True, True, True) if args.platform == "vtpm" else (False, False, False)):
+        parser.error("gramine-sgx and tsm take --root; vtpm takes --tpm and --event-log")
     logs.configure("enclave", "text")
     try:
         config = EnclaveConfig.from_canonical(args.config.read_bytes())
         platform: Platform
-        if args.platform == "gramine-sgx":
+        if args.platform == "vtpm":
+            host, _, port = args.tpm.removeprefix("tcp:").rpartition(":")
+            platform = VtpmPlatform(TcpTpm(host, int(port)), args.event_log)
+        elif args.platform == "gramine-sgx":
             platform = GramineSgxPlatform(args.root, sealing_policy=config.sealing_policy)
         else:
             tsm._mkdir = _mkdir_populated

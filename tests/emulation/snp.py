@@ -20,6 +20,8 @@ What is emulated, and after which specification:
   little-endian in 72 bytes each at 0x2A0 and 0x2E8;
 * TCB_VERSION (ABI 56860, "TCB_VERSION"): Milan and Genoa boot loader, TEE, reserved (4),
   SNP, microcode; Turin FMC, boot loader, TEE, SNP, reserved (3), microcode.
+* Azure's HCL report (what an Azure CVM's paravisor leaves in its vTPM's NV index 0x01400001): a
+  header, such a report whose REPORT_DATA is the SHA-256 of the runtime claims that follow it.
 
 :mod:`tests.emulation.kds` serves the VCEK and the ASK/ARK chain the way AMD's KDS does.
 """
@@ -254,3 +256,19 @@ class EmulatedSnp:
         body[0x2A0:0x2E8] = r.to_bytes(72, "little")
         body[0x2E8:0x330] = s.to_bytes(72, "little")
         return bytes(body)
+
+    # --- Azure's paravisor ------------------------------------------------------------------------
+
+    def hcl_report(self, runtime_claims: bytes, measurement: bytes, **report: Any) -> bytes:
+        """An Azure HCL report (what an Azure CVM's vTPM holds at NV index 0x01400001): a 32-byte
+        header ("HCLA", version 2, the total size, request type 2, status 0), the SNP report whose
+        REPORT_DATA is SHA-256(``runtime_claims``) followed by 32 zero bytes, a 20-byte runtime-data
+        header (data size, version 1, report type 2: SNP, hash type 1: SHA-256, claims size) and the
+        claims. Layout after az-cvm-vtpm's ``src/hcl/mod.rs``; ``report`` goes to :meth:`report`
+        (``vmpl``: the paravisor asks at VMPL 0)."""
+        report_data = hashlib.sha256(runtime_claims).digest() + bytes(32)
+        snp_report = self.report(report_data, measurement, **report)
+        runtime = struct.pack("<IIIII", 20 + len(runtime_claims), 1, 2, 1, len(runtime_claims))
+        total = 32 + len(snp_report) + len(runtime) + len(runtime_claims)
+        header = struct.pack("<4sIIII12s", b"HCLA", 2, total, 2, 0, bytes(12))
+        return header + snp_report + runtime + runtime_claims

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from enclave_infer.attestation import dcap, eventlog, simulation, snp
+from enclave_infer.attestation import dcap, eventlog, simulation, snp, tpm
 from enclave_infer.attestation.report import EnclaveReport, Tee, attestation_binding, report_data_binding
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, UsageError
@@ -100,6 +100,16 @@ class Verifier:
                 snp.SnpVerifier.production() if self.snp_roots is None else _snp_verifier(self.snp_roots)
             )
             report = verifier.verify(evidence, collateral, now=now).report
+        elif tee == Tee.VTPM:
+            # a hardware binding (an Azure HCL report) is checked against the same AMD roots
+            report = tpm.verify(
+                evidence,
+                collateral,
+                now=now,
+                snp_verifier=snp.SnpVerifier.production()
+                if self.snp_roots is None
+                else _snp_verifier(self.snp_roots),
+            )
         else:
             raise AttestationError(f"unsupported TEE type {tee!r}")
         if report.tee != tee:

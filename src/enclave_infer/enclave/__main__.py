@@ -76,21 +76,31 @@ def _exit_with_host() -> None:
     os._exit(0)
 
 
-PLATFORMS = ("auto", "simulation", "gramine-sgx", "tsm")
+PLATFORMS = ("auto", "simulation", "gramine-sgx", "tsm", "vtpm")
 
 
 def select_platform(name: str, config: EnclaveConfig) -> Platform:
     """The configured platform, or with ``auto`` the one this machine offers: Gramine-SGX, then a
-    TDX / SEV-SNP guest (configfs-tsm), else simulation, which is INSECURE and says so."""
+    TDX / SEV-SNP guest (configfs-tsm), then a TPM (``/dev/tpmrm0`` readable and writable, with the
+    boot's event log), else simulation, which is INSECURE and says so. The vTPM platform is INSECURE
+    too (a software TPM, as far as its evidence shows) and logs so."""
     import enclave_infer.enclave.gramine as gramine
     import enclave_infer.enclave.tsm as tsm
+    import enclave_infer.enclave.vtpm as vtpm
 
     if name == "gramine-sgx" or (name == "auto" and gramine.available()):
         return gramine.GramineSgxPlatform(sealing_policy=config.sealing_policy)
     if name == "tsm" or (name == "auto" and tsm.available()):
         return tsm.ConfigfsTsmPlatform()
+    if name == "vtpm" or (name == "auto" and vtpm.available()):
+        event_log = vtpm.find_event_log() or vtpm.DEFAULT_EVENT_LOG  # a missing log: its own error
+        log.warning("vTPM platform: TPM 2.0 quotes with the boot's event log %s; INSECURE", event_log)
+        return vtpm.VtpmPlatform(vtpm.DEFAULT_DEVICE, event_log)
     if name == "auto":
-        log.warning("no TEE found (no /dev/attestation, no configfs-tsm): running in SIMULATION, INSECURE")
+        log.warning(
+            "no TEE found (no /dev/attestation, no configfs-tsm, no TPM with a boot event log): "
+            "running in SIMULATION, INSECURE"
+        )
     return SimulationPlatform(config)
 
 
