@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave_infer.attestation import constraints, evidence, tpm
+from enclave_infer.attestation import constraints, eventlog, evidence, tpm
 from enclave_infer.attestation.evidence import Evidence, Verifier
 from enclave_infer.attestation.report import SecurityLevel, Tee, attestation_binding
 from enclave_infer.attestation.tpm import (
@@ -118,7 +118,18 @@ def test_evidence_from_swtpm_verifies_as_insecure_and_carries_the_report_data(
 
 
 def test_the_attestation_document_verifies_under_a_pcr_digest_pin(swtpm: Swtpm, event_log: Path) -> None:
-    """Through the verifier clients use: the document, the binding of keys and nonce, a constraint."""
+    """Through the verifier clients use: the document, the binding of keys and nonce, the boot's log
+    replayed against the quoted PCRs, a constraint."""
+    boot = eventlog.parse(event_log.read_bytes())
+    swtpm.extend_all(
+        [
+            (e.register, e.digests[eventlog.Alg.SHA256])
+            for e in boot.events
+            if e.type != eventlog.EventType.EV_NO_ACTION
+        ]
+    )  # the firmware's part: the PCRs the log replays to
+    replayed = eventlog.replay(boot, eventlog.Alg.SHA256)
+    booted_digest = hashlib.sha256(b"".join(replayed.get(i, bytes(32)) for i in range(16))).digest()
     p = platform(swtpm, event_log)
     config = EnclaveConfig(owner_public_key=bytes(32))
     key_config, receipt_key, nonce = b"\x01key configuration", bytes(range(32)), b"n" * 32
@@ -133,11 +144,12 @@ def test_the_attestation_document_verifies_under_a_pcr_digest_pin(swtpm: Swtpm, 
             document, constraints.parse(constraint), verifier=Verifier.production(), **kwargs
         )
 
-    pin = f"C:{ZERO_PCRS_DIGEST.hex()} SEC:INSECURE"
+    pin = f"C:{booted_digest.hex()} SEC:INSECURE"
     attestation = check(pin)
-    assert attestation.report.tee == Tee.VTPM and attestation.report.code_hash == ZERO_PCRS_DIGEST
+    assert attestation.report.tee == Tee.VTPM and attestation.report.code_hash == booted_digest
+    assert attestation.boot_log == boot
     with pytest.raises(ConstraintError, match="security level INSECURE is below SEC:SECURE"):
-        check(f"C:{ZERO_PCRS_DIGEST.hex()}")
+        check(f"C:{booted_digest.hex()}")
     with pytest.raises(ConstraintError, match="is not one of the accepted C: values"):
         check(f"C:{'ab' * 32} SEC:INSECURE")
     with pytest.raises(
