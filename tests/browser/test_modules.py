@@ -85,6 +85,19 @@ PARSE_CASES = [
 ]  # fmt: skip
 
 
+def test_the_page_refuses_the_pins_it_does_not_check_saying_which_it_does(page: WebDriver) -> None:
+    cases = [f"IMAGE:{'ab' * 32}", f"C:{CODE} PCR4:{'00' * 32}", f"C:{CODE} RTMR1:{'00' * 48}"]
+    found = js(
+        page,
+        "return args[0].map((t) => { try { I.parse(t); return null; } catch (e) { return e.message; } });",
+        cases,
+    )
+    for text, message in zip(cases, found, strict=True):
+        key = text.split()[-1].split(":")[0]
+        assert message is not None and message.startswith(f"{key}: is not checked in this page: "), text
+        assert "this page checks C:, S:, PROD:" in message and "--measurements FILE" in message
+
+
 def test_constraints_parse_as_python_parses_them(page: WebDriver) -> None:
     found = js(
         page,
@@ -336,6 +349,7 @@ def test_evidence_the_page_cannot_verify_is_refused_in_one_sentence(page: WebDri
         """,
         document("sev-snp"),
         document("sgx"),
+        document("vtpm"),
         document("tpm"),
         json.dumps({"version": 1}),
         document("simulation", b"not json"),
@@ -345,6 +359,8 @@ def test_evidence_the_page_cannot_verify_is_refused_in_one_sentence(page: WebDri
         "(enclave-infer attest URL CONSTRAINT, or enclave-infer verify-evidence)",
         "DCAP evidence without collateral: the host attached none; verify it with the command line "
         "(enclave-infer attest URL CONSTRAINT --collateral FILE or --pccs URL)",
+        "vTPM evidence (a TPM quote and its boot's event log) is not verified in this page: verify the "
+        "service with the command line (enclave-infer attest URL CONSTRAINT)",
         "unsupported TEE type 'tpm'",
         "malformed attestation document",
         "simulation evidence is not JSON",

@@ -186,7 +186,7 @@ def test_page_command_prints_the_sha256_of_the_page_it_writes(tmp_path: Path) ->
     assert run_cli("page").stdout == f"{hashlib.sha256(PAGE.read_bytes()).hexdigest()}  enclave-infer.html\n"
 
 
-@pytest.mark.parametrize("constraint", ["C:zz", "SEC:INSECURE"])
+@pytest.mark.parametrize("constraint", ["C:zz", "SEC:INSECURE", f"IMAGE:{'ab' * 32} SEC:INSECURE"])
 def test_page_command_refuses_a_constraint_the_page_would_refuse(constraint: str) -> None:
     from tests.e2e.conftest import run_cli
 

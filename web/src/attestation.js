@@ -20,6 +20,9 @@ export const SIMULATION_REASON = "simulation mode: no hardware root of trust, th
 export const SNP_REFUSAL =
   "SEV-SNP evidence is not verified in this page: verify the service with the command line " +
   "(enclave-infer attest URL CONSTRAINT, or enclave-infer verify-evidence)";
+export const VTPM_REFUSAL =
+  "vTPM evidence (a TPM quote and its boot's event log) is not verified in this page: verify the service " +
+  "with the command line (enclave-infer attest URL CONSTRAINT)";
 
 /** The document: {tee, evidence, config, collateral, receiptKey}, the last three possibly empty. */
 export function decodeDocument(data) {
@@ -165,6 +168,8 @@ async function platformReport(tee, evidence, collateral, now) {
     report = verdict.report;
   } else if (tee === "sev-snp") {
     throw new AttestationError(SNP_REFUSAL);
+  } else if (tee === "vtpm") {
+    throw new AttestationError(VTPM_REFUSAL);
   } else {
     throw new AttestationError(`unsupported TEE type '${tee}'`);
   }

@@ -24,6 +24,15 @@ const SNP_TCB_FLOOR = /^[a-z]+=\d{1,3}(?:,[a-z]+=\d{1,3})*$/;
 // ISO 8601 durations as Java's Duration prints them: PnDTnHnMnS (no weeks, months or years)
 const DURATION = /^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$/;
 const SINGLE = ["PROD", "REVOKE", "SEC", "EXPIRE", "SNPTCB", "TCBEVAL", "GRACE"];
+// Pins of measured boots, which need the boot's event log and the release's reference measurements:
+// the command line checks them, this page refuses them rather than ignore them.
+const MEASURED_BOOT_PIN = /^(?:IMAGE|PCR\d{1,2}|RTMR\d)$/;
+export const PAGE_CHECKS =
+  "this page checks C:, S:, PROD:, REVOKE:, SEC:, EXPIRE:, OWNER:, TCBEVAL: and GRACE: against simulation, " +
+  "SGX and TDX evidence";
+export const MEASURED_BOOT_REFUSAL =
+  `${PAGE_CHECKS}; IMAGE:, PCRn: and RTMRn: need the boot's event log and the release's measurements: ` +
+  "verify the service with the command line (enclave-infer attest URL CONSTRAINT --measurements FILE)";
 
 /** Parse a constraint; throws UsageError with a one-line reason. */
 export function parse(text) {
@@ -40,7 +49,9 @@ export function parse(text) {
     const key = (colon < 0 ? token : token.slice(0, colon)).toUpperCase();
     const value = colon < 0 ? "" : token.slice(colon + 1);
     if (colon < 0 || !value) throw new UsageError(`malformed constraint token ${pyRepr(token)}: expected KEY:VALUE`);
-    if (key === "C") {
+    if (MEASURED_BOOT_PIN.test(key)) {
+      throw new UsageError(`${key}: is not checked in this page: ${MEASURED_BOOT_REFUSAL}`);
+    } else if (key === "C") {
       if (!CODE_HASH.test(value)) {
         throw new UsageError(`C: takes 64 hex digits (or 96 for a TDX MRTD), got ${pyRepr(value)}`);
       }
@@ -56,7 +67,7 @@ export function parse(text) {
     }
   }
   if (!codeHashes.size && !signers.size) {
-    throw new UsageError("constraint names no enclave: give C:<code hash> or S:<signer> PROD:<id>");
+    throw new UsageError("constraint names no enclave: give C:<code hash>, S:<signer> PROD:<id> or IMAGE:<release>");
   }
   if (signers.size && !("PROD" in single)) throw new UsageError("S: requires PROD: (a signer signs many products)");
   let minLevel = "SECURE";

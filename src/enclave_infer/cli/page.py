@@ -59,7 +59,13 @@ def _page(args: argparse.Namespace) -> int:
     if args.url is not None and not args.url.startswith(("http://", "https://")):
         raise UsageError(f"--url must start with http:// or https://, got {args.url!r}")
     if args.constraint is not None:
-        constraints.parse(args.constraint)  # a constraint the page would refuse is refused here first
+        # a constraint the page would refuse is refused here first
+        parsed = constraints.parse(args.constraint)
+        if parsed.image is not None or parsed.registers:
+            raise UsageError(
+                "the page does not check IMAGE:, PCRn: or RTMRn: (they need the boot's event log and the "
+                "release's measurements): verify the service with `enclave-infer attest URL CONSTRAINT`"
+            )
     page = page_bytes()
     name = str(args.write) if args.write else PAGE_RESOURCE[-1]
     if args.write:
