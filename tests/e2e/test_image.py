@@ -122,24 +122,29 @@ def test_two_builds_give_the_same_artifacts(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_uki_boots_in_a_vm_and_classifies(tmp_path: Path) -> None:
-    """`make vm-demo` as a test: the released UKI boots under QEMU (OVMF, swtpm), the guest's PCR 11
-    is the value computed from the UKI file, and the demo photos are classified through the VM. Two
-    minutes or more under TCG, so only when asked (ENCLAVE_INFER_VM=1) on an image of HEAD."""
+def test_the_uki_boots_in_a_vm_pinned_by_image_and_altered_ukis_are_refused(tmp_path: Path) -> None:
+    """`make vm-demo` as a test: the released UKI boots under QEMU (OVMF, swtpm) and serves vTPM
+    evidence; a client that pins only the IMAGE: `measure --image` derives verifies the quote, replays
+    the log and classifies the demo photos; a UKI with one byte changed in its root and one with
+    another command line boot and are refused, naming the first differing event. Several minutes
+    under TCG, so only when asked (ENCLAVE_INFER_VM=1) on an image of HEAD."""
     if os.environ.get("ENCLAVE_INFER_VM") != "1":
-        pytest.skip("boots the UKI in QEMU (two minutes or more under TCG): set ENCLAVE_INFER_VM=1")
+        pytest.skip("boots three UKIs in QEMU (several minutes under TCG): set ENCLAVE_INFER_VM=1")
     _built_from_head()
     if not (IMAGE / "uki" / "enclave-infer.efi").exists() or not MODEL.exists():
         pytest.skip("no UKI in build/image or no demo model: `make image` and `make demo-model` build them")
     _need_root_and("qemu-system-x86_64", "swtpm")
     done = subprocess.run(
         [sys.executable, str(ROOT / "image" / "vm_demo.py"), "--image", str(IMAGE), "--model", str(MODEL),
-         "--work", str(tmp_path / "vm")],
-        capture_output=True, text=True, timeout=900, check=False,
+         "--work", str(tmp_path / "vm"), "--refusals"],
+        capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "vm-demo: PCR 11 in the guest equals the value computed from the UKI file" in done.stderr
-    assert done.stdout.splitlines()[-2:] == [
-        "chelsea.png: tiger cat (37.9%)",
-        "coffee.png: espresso (95.7%)",
-    ]
+    assert "Constraint holds: IMAGE:" in done.stdout
+    assert "Mode: RELEASE (vtpm)" in done.stdout
+    assert "chelsea.png: tiger cat (37.9%)" in done.stdout and "coffee.png: espresso (95.7%)" in done.stdout
+    refusals = [line for line in done.stderr.splitlines() if "the client refuses it" in line]
+    assert len(refusals) == 2, done.stderr
+    assert all("IMAGE: PCR 4 event" in line and "the UKI (Authenticode)" in line for line in refusals), (
+        refusals
+    )

@@ -175,6 +175,7 @@ class ReferenceMeasurements:
             )
         alg = eventlog.Alg.from_name(bank)
         expected_registers = self.registers(tee) or {}
+        differences: list[tuple[str, str]] = []
         for register, expected in sorted(expected_registers.items()):
             name = _register_name(kind, register)
             if register not in report.registers.values:
@@ -183,7 +184,11 @@ class ReferenceMeasurements:
                 )
             log_index = register + 1 if kind == "rtmr" else register  # CC MR index: RTMRn is n+1
             actual = [e for e in boot_log.events if e.register == log_index and e.type != _NO_ACTION]
-            _compare_events(name, actual, expected, alg, _log_name(kind))
+            differences += _differences(name, actual, expected, alg, _log_name(kind))
+        if differences:
+            first, _ = differences[0]
+            others = [w for w in dict.fromkeys(what for _, what in differences) if w != differences[0][1]]
+            raise ConstraintError(first + (f"; also differing: {', '.join(others)}" if others else ""))
 
 
 def check_image(
@@ -225,34 +230,41 @@ def canonical(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _compare_events(
+def _differences(
     name: str,
     actual: Sequence[eventlog.Event],
     expected: Sequence[ExpectedEvent],
     alg: eventlog.Alg,
     log_name: Callable[[int], str],
-) -> None:
+) -> list[tuple[str, str]]:
+    """Each way ``actual`` (the log's events in one register) differs from the release's, in order,
+    as (a sentence naming the event, what the release's event measures)."""
+    found: list[tuple[str, str]] = []
     for position, want in enumerate(expected):
         if position >= len(actual):
-            raise ConstraintError(
-                f"IMAGE: {name} lacks the release's event {position + 1} ({want.what}): the log ends "
-                f"after {len(actual)} events"
+            found.append(
+                (
+                    f"IMAGE: {name} lacks the release's event {position + 1} ({want.what}): the log ends "
+                    f"after {len(actual)} events",
+                    want.what,
+                )
             )
+            break
         got = actual[position]
         got_digest = got.digests.get(alg)
         type_name = eventlog.type_name(got.type)
         if type_name != want.type or got_digest is None or not hmac.compare_digest(got_digest, want.digest):
             shown = got_digest.hex().upper()[:16] if got_digest is not None else "no digest"
             described = eventlog.describe(got, name=log_name)
-            raise ConstraintError(
+            sentence = (
                 f"IMAGE: {described} ({shown}...) is not the release's {want.what} "
                 f"({want.type}, {want.digest.hex().upper()[:16]}...)"
             )
+            found.append((sentence, want.what))
     if len(actual) > len(expected):
-        extra = actual[len(expected)]
-        raise ConstraintError(
-            f"IMAGE: {name} has events the release does not: first {eventlog.describe(extra, name=log_name)}"
-        )
+        described = eventlog.describe(actual[len(expected)], name=log_name)
+        found.append((f"IMAGE: {name} has events the release does not: first {described}", "extra events"))
+    return found
 
 
 def _log_name(kind: str) -> Callable[[int], str]:
