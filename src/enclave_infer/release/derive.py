@@ -33,7 +33,7 @@ from enclave_infer.attestation.reference import ReferenceMeasurements
 from enclave_infer.errors import UsageError
 from enclave_infer.release import uki
 
-__all__ = ["SnpTarget", "derive", "load_release", "measured_boot"]
+__all__ = ["SnpTarget", "derive", "load_release", "measured_boot", "snp_measurements"]
 
 UKI_ARTIFACT = "uki/enclave-infer.efi"
 ROOTFS_ARTIFACT = "rootfs.tar"
@@ -112,7 +112,7 @@ def derive(path: Path, *, snp: Sequence[SnpTarget] = ()) -> ReferenceMeasurement
             ).hexdigest(),
         },
         **measured_boot(uki_bytes),
-        "sev-snp": {"measurements": [_snp(target, parsed) for target in snp]},
+        "sev-snp": snp_measurements(uki_bytes, snp),
     }
     return ReferenceMeasurements.build(document)
 
@@ -133,6 +133,13 @@ def _registers(events: Sequence[uki.PredictedEvent], bank: str) -> dict[str, lis
             {"type": event.type_name, "digest": event.digests[bank].hex(), "what": event.what}
         )
     return registers
+
+
+def snp_measurements(uki_bytes: bytes, targets: Sequence[SnpTarget]) -> dict[str, Any]:
+    """The reference measurements' ``sev-snp`` section: MEASUREMENT of a measured direct boot of the
+    UKI's kernel, initrd and command line, for each firmware and vCPU shape."""
+    parsed = uki.parse_uki(uki_bytes)
+    return {"measurements": [_snp(target, parsed) for target in targets]}
 
 
 def _snp(target: SnpTarget, parsed: uki.Uki) -> dict[str, Any]:
