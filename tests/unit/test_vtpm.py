@@ -207,17 +207,10 @@ def test_a_quote_agrees_with_tpm2_tools(swtpm: Swtpm, event_log: Path, tmp_path:
     )
 
 
-@pytest.mark.parametrize(
-    ("algorithm", "scheme"),
-    [("ecc256:ecdsa-sha256:null", TpmAlg.ECDSA), ("rsa2048:rsassa-sha256:null", TpmAlg.RSASSA)],
-)
-def test_a_quote_made_by_tpm2_tools_verifies(
-    swtpm: Swtpm, tmp_path: Path, algorithm: str, scheme: TpmAlg
-) -> None:
-    """An independent producer: tpm2_quote under an ECC P-256 key and under an RSA-2048 key (the
-    shape of Azure's attestation key), with the PCR values tpm2_pcrread reports."""
+def tpm2_tools_quote(swtpm: Swtpm, tmp_path: Path, algorithm: str) -> VtpmEvidence:
+    """tpm2-tools as an independent producer: a restricted signing key of ``algorithm`` made by
+    tpm2_createprimary, a tpm2_quote of PCR 0-15 over REPORT_DATA, and the values tpm2_pcrread reads."""
     need_tpm2_tools()
-    swtpm.extend(4, hashlib.sha256(b"a boot application").digest())
     swtpm.tpm2(
         "tpm2_createprimary", "-C", "e", "-g", "sha256", "-G", algorithm,
         "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign", "-c", "ak.ctx",
@@ -230,13 +223,26 @@ def test_a_quote_made_by_tpm2_tools_verifies(
     )  # fmt: skip
     swtpm.tpm2("tpm2_pcrread", ALL_PCRS, "-o", "pcrs.bin", cwd=tmp_path)
     values = (tmp_path / "pcrs.bin").read_bytes()
-    pcrs = {i: values[32 * i : 32 * i + 32] for i in QUOTED_PCRS}
-    made = VtpmEvidence(
+    return VtpmEvidence(
         quote=(tmp_path / "quote.msg").read_bytes(),
         signature=(tmp_path / "quote.sig").read_bytes(),
         ak=(tmp_path / "ak.pub").read_bytes()[2:],
-        pcrs=pcrs,
+        pcrs={i: values[32 * i : 32 * i + 32] for i in QUOTED_PCRS},
     )
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "scheme"),
+    [("ecc256:ecdsa-sha256:null", TpmAlg.ECDSA), ("rsa2048:rsassa-sha256:null", TpmAlg.RSASSA)],
+)
+def test_a_quote_made_by_tpm2_tools_verifies(
+    swtpm: Swtpm, tmp_path: Path, algorithm: str, scheme: TpmAlg
+) -> None:
+    """An independent producer: tpm2_quote under an ECC P-256 key and under an RSA-2048 key (the
+    shape of Azure's attestation key), with the PCR values tpm2_pcrread reports."""
+    swtpm.extend(4, hashlib.sha256(b"a boot application").digest())
+    made = tpm2_tools_quote(swtpm, tmp_path, algorithm)
+    pcrs = dict(made.pcrs)
     report = verify(made.encode())
     assert report.report_data == REPORT_DATA and report.security_level == SecurityLevel.INSECURE
     assert (
@@ -543,24 +549,9 @@ def test_an_hcl_report_that_names_the_attestation_key_lends_its_level(made: byte
 
 def test_an_rsa_attestation_key_binds_as_azures_does(swtpm: Swtpm, amd: EmulatedSnp, tmp_path: Path) -> None:
     """Azure's attestation key is RSA-2048: its HCLAkPub JWK holds n and e."""
-    need_tpm2_tools()
-    swtpm.tpm2(
-        "tpm2_createprimary", "-C", "e", "-g", "sha256", "-G", "rsa2048:rsassa-sha256:null",
-        "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign", "-c", "ak.ctx",
-        cwd=tmp_path,
-    )  # fmt: skip
-    swtpm.tpm2("tpm2_readpublic", "-c", "ak.ctx", "-o", "ak.pub", cwd=tmp_path)
-    swtpm.tpm2(
-        "tpm2_quote", "-c", "ak.ctx", "-l", ALL_PCRS, "-q", REPORT_DATA.hex(), "-g", "sha256",
-        "-m", "quote.msg", "-s", "quote.sig", cwd=tmp_path,
-    )  # fmt: skip
-    ak = (tmp_path / "ak.pub").read_bytes()[2:]
-    made = VtpmEvidence(
-        (tmp_path / "quote.msg").read_bytes(),
-        (tmp_path / "quote.sig").read_bytes(),
-        ak,
-        {i: bytes(32) for i in QUOTED_PCRS},
-    ).encode()
+    evidence = tpm2_tools_quote(swtpm, tmp_path, "rsa2048:rsassa-sha256:null")
+    ak = evidence.ak
+    made = dataclasses.replace(evidence, pcrs={i: bytes(32) for i in QUOTED_PCRS}).encode()
     roots = Verifier(snp_roots={"Genoa": amd.ark_der})
     report = roots.platform_report(
         Tee.VTPM,

@@ -629,36 +629,25 @@ def verify(
     signature.verify(ak, quote.raw)
     registers = Registers("pcr", PCR_BANK, dict(sorted(container.pcrs.items())))
     settings = encode_pcr_selection(TpmAlg.SHA256, QUOTED_PCRS)
-    if binding is None:
-        return EnclaveReport(
-            tee=Tee.VTPM,
-            code_hash=quote.pcr_digest,
-            signer=b"",
-            product_id=0,
-            security_version=0,
-            debug=False,
-            report_data=quote.extra_data,
-            security_level=SecurityLevel.INSECURE,
-            level_reason=SOFTWARE_TPM_REASON,
-            issued_at=None,
-            platform_settings=settings,
-            registers=registers,
-        )
-    # 8. the SEV-SNP report that vouches for the key, 9. its level
-    snp = binding.verify(collateral, now)
+    # 8. the SEV-SNP report that vouches for the key, if any, 9. its level (else a software TPM's)
+    snp = None if binding is None else binding.verify(collateral, now)
     return EnclaveReport(
         tee=Tee.VTPM,
         code_hash=quote.pcr_digest,
         signer=b"",
         product_id=0,
         security_version=0,
-        debug=snp.debug,
+        debug=snp.debug if snp is not None else False,
         report_data=quote.extra_data,
-        security_level=snp.security_level,
-        level_reason=f"vTPM attestation key bound by an Azure HCL SEV-SNP report: {snp.level_reason}",
-        issued_at=snp.issued_at,
-        snp_tcb=snp.snp_tcb,
-        platform_settings=settings + snp.code_hash + snp.platform_settings,
+        security_level=snp.security_level if snp is not None else SecurityLevel.INSECURE,
+        level_reason=(
+            f"vTPM attestation key bound by an Azure HCL SEV-SNP report: {snp.level_reason}"
+            if snp is not None
+            else SOFTWARE_TPM_REASON
+        ),
+        issued_at=snp.issued_at if snp is not None else None,
+        snp_tcb=snp.snp_tcb if snp is not None else None,
+        platform_settings=settings + (snp.code_hash + snp.platform_settings if snp is not None else b""),
         registers=registers,
     )
 
