@@ -230,10 +230,19 @@ class Attestation:
                 f"  - Revocation level (security version): {r.security_version}",
                 f"  - Debug: {'yes' if r.debug else 'no'}",
                 f"  - Model owner key (OWNER:): {r.owner_key_id.hex().upper()}",
+                *self._boot_lines(),
                 f"Assessed security level at {now.strftime('%Y-%m-%dT%H:%M:%SZ')} is {r.security_level.name}",
                 f"  - {r.level_reason}",
             ]
         )
+
+
+    def _boot_lines(self) -> list[str]:
+        registers, log = self.report.registers, self.boot_log
+        if registers is None or log is None:
+            return []
+        kind = "PCRs" if registers.kind == "pcr" else "RTMRs"
+        return [f"  - Boot event log: {len(log.events)} events, replayed to the quoted {kind}"]
 
 
 class Policy(Protocol):

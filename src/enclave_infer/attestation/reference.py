@@ -257,8 +257,8 @@ def _differences(
             shown = got_digest.hex().upper()[:16] if got_digest is not None else "no digest"
             described = eventlog.describe(got, name=log_name)
             sentence = (
-                f"IMAGE: {described} ({shown}...) is not the release's {want.what} "
-                f"({want.type}, {want.digest.hex().upper()[:16]}...)"
+                f"IMAGE: {described} has digest {shown}..., where the release has {want.what} "
+                f"({want.type} {want.digest.hex().upper()[:16]}...)"
             )
             found.append((sentence, want.what))
     if len(actual) > len(expected):
