@@ -67,11 +67,21 @@ def reference(boot: list[tuple[int, str, bytes, str]] = BOOT, **extra: object) -
                 )
         return out
 
+    def section(alg: eventlog.Alg, index: dict[int, int]) -> dict[str, object]:
+        events = registers(alg, index)
+        values = {}
+        for key, listed in events.items():
+            value = bytes(alg.digest_size)
+            for event in listed:
+                value = alg.hash(value + bytes.fromhex(event["digest"]))
+            values[key] = value.hex()
+        return {"bank": alg.hash_name, "registers": events, "values": values}
+
     return ReferenceMeasurements.build(
         {
-            "vtpm": {"bank": "sha256", "registers": registers(SHA256, {r: r for r in COVERED})},
+            "vtpm": section(SHA256, {r: r for r in COVERED}),
             # TDX: PCR 4, 5 -> RTMR1, PCR 9, 11 -> RTMR2 (the CC measurement protocol's map)
-            "tdx": {"bank": "sha384", "registers": registers(SHA384, {4: 1, 5: 1, 9: 2, 11: 2})},
+            "tdx": section(SHA384, {4: 1, 5: 1, 9: 2, 11: 2}),
             **extra,
         }
     )
@@ -186,11 +196,23 @@ def test_documents_are_canonical_and_checked() -> None:
         ReferenceMeasurements.parse(b'{"format":"something else"}')
     with pytest.raises(AttestationError, match="not JSON"):
         ReferenceMeasurements.parse(b"\xff")
-    bad = {"vtpm": {"bank": "sha256", "registers": {"4": [{"type": "EV_IPL", "digest": "00", "what": "x"}]}}}
+    bad = {
+        "vtpm": {
+            "bank": "sha256",
+            "registers": {"4": [{"type": "EV_IPL", "digest": "00", "what": "x"}]},
+            "values": {"4": "00"},
+        }
+    }
     with pytest.raises(AttestationError, match="32 bytes"):
         ReferenceMeasurements.build(bad)
     with pytest.raises(AttestationError, match="bank"):
         ReferenceMeasurements.build({"tdx": {"bank": "sha256", "registers": {}}})
+    vtpm = dict(ref.document["vtpm"])
+    wrong = {**vtpm, "values": {**vtpm["values"], "4": "00" * 32}}
+    with pytest.raises(AttestationError, match="register 4's value is not what its events give"):
+        ReferenceMeasurements.build({"vtpm": wrong})
+    with pytest.raises(AttestationError, match="one value per register"):
+        ReferenceMeasurements.build({"vtpm": {**vtpm, "values": {}}})
 
 
 def test_simulation_code_hash_from_the_release_s_trusted_files() -> None:

@@ -236,7 +236,6 @@ class Attestation:
             ]
         )
 
-
     def _boot_lines(self) -> list[str]:
         registers, log = self.report.registers, self.boot_log
         if registers is None or log is None:

@@ -11,11 +11,15 @@ must equal the pin, so whoever carries it needs no trust.
      "release": {"uki_sha256": hex, "kernel_cmdline": str, "verity_root_hash": hex, ...},
      "simulation": {"trusted_files": [[path, sha256 hex], ...]},
      "sgx": {"manifest_sha256": hex, "mrenclave": hex | null},
-     "vtpm": {"bank": "sha256", "registers": {"4": [EVENT, ...], "9": [...], "11": [...]}},
-     "tdx": {"bank": "sha384", "registers": {"1": [EVENT, ...], "2": [...]}},
+     "vtpm": {"bank": "sha256", "registers": {"4": [EVENT, ...], "9": [...], "11": [...]},
+              "values": {"4": hex, "9": hex, "11": hex}},
+     "tdx": {"bank": "sha384", "registers": {"1": [EVENT, ...], "2": [...]}, "values": {...}},
      "sev-snp": {"measurements": [{"measurement": hex, "vcpus": n, "vcpu_type": str,
                                    "ovmf_sha256": hex}, ...]}}
     EVENT = {"type": "EV_EFI_BOOT_SERVICES_APPLICATION", "digest": hex, "what": "the UKI (Authenticode)"}
+
+``values`` is what each register holds once its events are extended (from zero), for those who pin a
+register by hand (``PCR4:``, ``RTMR1:``); a document whose values are not its events' is refused.
 
 What ``IMAGE:`` checks, by the TEE the evidence comes from:
 
@@ -301,9 +305,7 @@ def _registers(doc: Mapping[str, Any], tee: Tee) -> dict[int, list[ExpectedEvent
             raise AttestationError(f"reference measurements: {tee} register {key!r} is malformed")
         parsed = []
         for event in events:
-            if not isinstance(event, dict) or not all(
-                isinstance(event.get(k), str) for k in ("type", "digest", "what")
-            ):
+            if not isinstance(event, dict) or not all(isinstance(event.get(k), str) for k in _EVENT_KEYS):
                 raise AttestationError(
                     f"reference measurements: an event of {tee} register {key} is malformed"
                 )
@@ -312,7 +314,25 @@ def _registers(doc: Mapping[str, Any], tee: Tee) -> dict[int, list[ExpectedEvent
                 raise AttestationError(f"reference measurements: {tee} digests are {size} bytes ({bank})")
             parsed.append(ExpectedEvent(event["type"], digest, event["what"]))
         registers[int(key)] = parsed
+    _check_values(section.get("values"), registers, tee, bank)
     return registers
+
+
+def _check_values(
+    values: object, registers: Mapping[int, Sequence[ExpectedEvent]], tee: Tee, bank: str
+) -> None:
+    """The section's ``values`` (what each register holds after its events, for PCRn:/RTMRn: pins by
+    hand) must be exactly what its events replay to."""
+    if not isinstance(values, dict) or sorted(values) != sorted(str(r) for r in registers):
+        raise AttestationError(f"reference measurements: {tee} must give one value per register")
+    for register, events in registers.items():
+        value = bytes(_DIGEST_BYTES[bank])
+        for event in events:
+            value = hashlib.new(bank, value + event.digest).digest()
+        if values[str(register)] != value.hex():
+            raise AttestationError(
+                f"reference measurements: {tee} register {register}'s value is not what its events give"
+            )
 
 
 def _hexbytes(value: object, what: str, error: type[Exception] = ConstraintError) -> bytes:

@@ -547,11 +547,10 @@ def _measure_image(args: argparse.Namespace) -> int:
         print("  the same IMAGE: the release manifest states", file=sys.stderr)
     for tee in ("vtpm", "tdx"):
         for register, events in sorted(doc[tee]["registers"].items(), key=lambda kv: int(kv[0])):
-            name = f"PCR {register}" if tee == "vtpm" else f"RTMR{register}"
-            print(
-                f"  {tee:8} {name:7} {len(events):2} events: {', '.join(e['what'] for e in events)}",
-                file=sys.stderr,
-            )
+            token = f"PCR{register}" if tee == "vtpm" else f"RTMR{register}"
+            value = doc[tee]["values"][register].upper()
+            whats = ", ".join(e["what"] for e in events)
+            print(f"  {tee:8} {token}:{value}\n{'':11}{len(events)} events: {whats}", file=sys.stderr)
     snp_count = len(doc["sev-snp"]["measurements"])
     print(
         f"  sev-snp  {snp_count} MEASUREMENT(s)" + ("" if snp_count else " (give --snp-ovmf FILE)"),

@@ -120,10 +120,14 @@ def derive(path: Path, *, snp: Sequence[SnpTarget] = ()) -> ReferenceMeasurement
 def measured_boot(uki_bytes: bytes) -> dict[str, Any]:
     """The reference measurements' ``vtpm`` and ``tdx`` sections: the events a boot of this UKI
     records in each register ``IMAGE:`` covers."""
-    return {
-        "vtpm": {"bank": "sha256", "registers": _registers(uki.predict_tpm(uki_bytes), "sha256")},
-        "tdx": {"bank": "sha384", "registers": _registers(uki.predict_tdx(uki_bytes), "sha384")},
-    }
+    sections = {}
+    for tee, bank, events in (
+        ("vtpm", "sha256", uki.predict_tpm(uki_bytes)),
+        ("tdx", "sha384", uki.predict_tdx(uki_bytes)),
+    ):
+        values = {str(r): v.hex() for r, v in sorted(uki.replay(events, bank).items())}
+        sections[tee] = {"bank": bank, "registers": _registers(events, bank), "values": values}
+    return sections
 
 
 def _registers(events: Sequence[uki.PredictedEvent], bank: str) -> dict[str, list[dict[str, str]]]:
