@@ -283,3 +283,17 @@ def test_register_tokens_check_the_quoted_values() -> None:
     tdx = tdx_report(boot_log(tdx_boot()))
     rtmr1 = tdx.registers.values[1].hex() if tdx.registers else ""
     constraints.parse(f"C:{'00' * 48} SEC:INSECURE RTMR1:{rtmr1}").check(tdx, now=NOW)
+
+
+def test_a_release_without_the_tee_s_section_fails_closed() -> None:
+    log = boot_log(tdx_boot())
+    only_vtpm = ReferenceMeasurements.build({"vtpm": reference().document["vtpm"]})
+    with pytest.raises(ConstraintError, match="the release has no reference measurements for tdx"):
+        check(only_vtpm, tdx_report(log), log)
+    for section, message in [
+        ({"sev-snp": {"measurements": [{"measurement": "00"}]}}, "48-byte measurements"),
+        ({"sgx": {"mrenclave": "xyz"}}, "null or 32 bytes"),
+        ({"simulation": {"trusted_files": [["a.py"]]}}, r"\[path, SHA-256\] pairs"),
+    ]:
+        with pytest.raises(AttestationError, match=message):
+            ReferenceMeasurements.build(section)

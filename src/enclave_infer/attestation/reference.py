@@ -73,9 +73,6 @@ class ExpectedEvent:
     digest: bytes
     what: str
 
-    def to_json(self) -> dict[str, str]:
-        return {"type": self.type, "digest": self.digest.hex(), "what": self.what}
-
 
 @dataclass(frozen=True)
 class ReferenceMeasurements:
@@ -106,7 +103,8 @@ class ReferenceMeasurements:
             )
         for tee in _BANKS:
             if tee in doc:
-                _registers(doc, tee)  # shape checked once, here
+                _registers(doc, tee)  # shapes checked once, here
+        _check_other_sections(doc)
         return cls(raw, doc)
 
     @classmethod
@@ -126,20 +124,20 @@ class ReferenceMeasurements:
         if tee in _BANKS:
             self._check_registers(report, boot_log)
         elif tee == Tee.SEV_SNP:
-            listed = _section(self.document, tee).get("measurements", [])
-            known = {_hexbytes(m.get("measurement"), "sev-snp measurement") for m in listed}
+            listed = _section(self.document, tee)["measurements"]
+            known = {bytes.fromhex(m["measurement"]) for m in listed}
             if report.code_hash not in known:
                 raise ConstraintError(
                     f"IMAGE: SEV-SNP MEASUREMENT {report.code_hash.hex().upper()} is none of the "
                     f"{len(known)} the release lists"
-                    + ("" if known else " (measure --image --snp-ovmF FILE computes one per OVMF and vCPUs)")
+                    + ("" if known else " (measure --image --snp-ovmf FILE computes one per OVMF and vCPUs)")
                 )
         elif tee == Tee.SGX:
             stated = _section(self.document, tee).get("mrenclave")
             if stated is None:
                 raise ConstraintError(
-                    "IMAGE: this release states no MRENCLAVE (gramine-sgx-sign computes it from the "
-                    f"manifest {_section(self.document, tee).get('manifest_sha256', '?')[:16]}...)"
+                    "IMAGE: this release states no MRENCLAVE (Gramine's signer computes it from the "
+                    "manifest and the files it trusts, which measure --image lists)"
                 )
             if not hmac.compare_digest(report.code_hash, _hexbytes(stated, "mrenclave")):
                 raise ConstraintError(
@@ -178,7 +176,9 @@ class ReferenceMeasurements:
                 f"quoted {kind.upper()}s measured"
             )
         alg = eventlog.Alg.from_name(bank)
-        expected_registers = self.registers(tee) or {}
+        expected_registers = self.registers(tee)
+        if not expected_registers:  # fail closed: nothing to compare is not a match
+            raise ConstraintError(f"IMAGE: the release has no reference measurements for {tee}")
         differences: list[tuple[str, str]] = []
         for register, expected in sorted(expected_registers.items()):
             name = _register_name(kind, register)
@@ -333,6 +333,36 @@ def _check_values(
             raise AttestationError(
                 f"reference measurements: {tee} register {register}'s value is not what its events give"
             )
+
+
+def _check_other_sections(doc: Mapping[str, Any]) -> None:
+    """The shapes of the SEV-SNP, SGX and simulation sections, where present; raises AttestationError."""
+
+    def hex_of(value: object, size: int) -> bool:
+        return isinstance(value, str) and len(value) == 2 * size and _HEX.fullmatch(value) is not None
+
+    snp = doc.get(Tee.SEV_SNP.value)
+    if snp is not None and not (
+        isinstance(snp, dict)
+        and isinstance(snp.get("measurements"), list)
+        and all(isinstance(m, dict) and hex_of(m.get("measurement"), 48) for m in snp["measurements"])
+    ):
+        raise AttestationError("reference measurements: sev-snp must list 48-byte measurements")
+    sgx = doc.get(Tee.SGX.value)
+    if sgx is not None and not (
+        isinstance(sgx, dict) and (sgx.get("mrenclave") is None or hex_of(sgx.get("mrenclave"), 32))
+    ):
+        raise AttestationError("reference measurements: sgx's mrenclave must be null or 32 bytes")
+    simulation = doc.get(Tee.SIMULATION.value)
+    if simulation is not None and not (
+        isinstance(simulation, dict)
+        and isinstance(simulation.get("trusted_files"), list)
+        and all(
+            isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) and hex_of(f[1], 32)
+            for f in simulation["trusted_files"]
+        )
+    ):
+        raise AttestationError("reference measurements: simulation must list [path, SHA-256] pairs")
 
 
 def _hexbytes(value: object, what: str, error: type[Exception] = ConstraintError) -> bytes:
