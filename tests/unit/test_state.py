@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,26 @@ def test_the_cluster_storage_names_one_file_per_version() -> None:
 def test_the_cluster_storage_offers_newer_versions_at_or_above_the_floor_newest_first(tmp_path: Path) -> None:
     storage = ClusterStorage(tmp_path)
     assert list(storage.candidates([1, 2, 3, 4, 5], current=2, floor=4)) == [5, 4]
-    assert storage.refused(3)  # below the floor: a rollback, never tried again
-    storage.refuse(5)
-    assert list(storage.candidates([1, 2, 3, 4, 5], current=2, floor=0)) == [4]
+    assert list(storage.candidates([1, 2, 3, 4, 5], current=2, floor=0)) == [5, 4, 3]
+
+
+def test_the_cluster_storage_opens_a_failed_file_again_only_once_it_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = ClusterStorage(tmp_path)
+    path = storage.path(5)
+    path.write_bytes(b"not a model")
+    opened = storage.open(5)
+    assert opened is not None and opened[0].read() == b"not a model"  # open at its start
+    opened[0].close()
+    storage.failed(5, opened[1])
+    assert storage.open(5) is None  # the same state: not tried again
+    path.write_bytes(b"not a model either")
+    again = storage.open(5)
+    assert again is not None and again[1] != opened[1]
+    again[0].close()
+    path.unlink()
+    os.mkfifo(path)  # a FIFO would block a plain open: refused without a read, then remembered
+    assert storage.open(5) is None and storage.open(5) is None
+    assert caplog.text.count("not a regular file") == 1
+    assert list(storage.candidates([], current=0, floor=0)) == []  # a listing without it forgets it

@@ -6,15 +6,16 @@ under the owner key of the measured configuration; the state accepts its version
 model bytes have the size and SHA-256 the manifest names; the preprocessing is valid; ONNX Runtime
 loads the model and a trial run yields one score per label; and the model is sealed to storage
 (alone: one file, replaced; in a cluster: one file per version in the shared folder,
-:mod:`enclave_infer.cluster.storage`). Only then does the state serve the new model, in one
-transition. Any failure leaves the served model untouched. Classification is
-:mod:`enclave_infer.enclave.classifier`'s.
+:mod:`enclave_infer.cluster.storage`, in place of a file of that name only if it does not open under
+the cluster's key). Only then does the state serve the new model, in one transition. Any failure
+leaves the served model untouched. Classification is :mod:`enclave_infer.enclave.classifier`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import logging
@@ -27,10 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from enclave_infer.cluster.storage import CLUSTER_SEALING_PURPOSE, ClusterStorage
+from enclave_infer.cluster.storage import CLUSTER_SEALING_PURPOSE, ClusterStorage, open_regular
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.enclave._modelfiles import ModelFiles
 from enclave_infer.enclave.runtimes import (
@@ -112,31 +114,64 @@ class LoadedModel:
         )
 
 
-class Upload:
-    """One model arriving in pieces: hashed, size-checked and sealed as it streams."""
+class _Digests:
+    """The SHA-256 of each of a manifest's files, over the model's bytes as they arrive (the files
+    come back to back), and their count."""
 
-    def __init__(
-        self, store: ModelStore, manifest: Manifest, signature: bytes, writer: SealedStreamWriter | None
-    ) -> None:
-        self._store, self.manifest, self._signature = store, manifest, signature
+    def __init__(self, manifest: Manifest) -> None:
+        self._manifest = manifest
         self._hashes = [hashlib.sha256() for _ in manifest.files]
         self._ends = list(itertools.accumulate(f.size for f in manifest.files))
-        self._files = store.model_files(manifest)
         self.received = 0
-        self._writer = writer
-        self._done = False
 
-    def write(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
+        """Raises :class:`ModelError` past the manifest's size."""
         start = self.received
         self.received += len(data)
-        if self.received > self.manifest.model_size:
+        if self.received > self._manifest.model_size:
             raise ModelError(Problem.MODEL_INTEGRITY, "more model bytes than the manifest's size")
         view = memoryview(data)
-        for i, end in enumerate(self._ends):  # the files come back to back: hash each one's part
+        for i, end in enumerate(self._ends):
             begin = self._ends[i - 1] if i else 0
             lo, hi = max(start, begin), min(self.received, end)
             if lo < hi:
                 self._hashes[i].update(view[lo - start : hi - start])
+
+    def match(self) -> bool:
+        """Whether the bytes so far are the manifest's files, whole."""
+        m = self._manifest
+        hashes = (h.hexdigest() for h in self._hashes)
+        return self.received == m.model_size and all(
+            h == f.sha256 for h, f in zip(hashes, m.files, strict=True)
+        )
+
+
+class Upload:
+    """One model arriving in pieces: hashed, size-checked and sealed as it streams. ``commit`` puts
+    the sealed file in place (the writer's own commit by default)."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        manifest: Manifest,
+        signature: bytes,
+        writer: SealedStreamWriter | None,
+        commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._store, self.manifest, self._signature = store, manifest, signature
+        self._digests = _Digests(manifest)
+        self._files = store.model_files(manifest)
+        self._writer = writer
+        self._commit = commit if commit is not None else writer.commit if writer is not None else None
+        self._done = False
+
+    @property
+    def received(self) -> int:
+        return self._digests.received
+
+    def write(self, data: bytes) -> None:
+        self._digests.update(data)
+        view = memoryview(data)
         try:
             self._files.write(view)
         except OSError as exc:  # out of memory for the memory file
@@ -152,8 +187,7 @@ class Upload:
     def complete(self, *, provisioned_at: float) -> LoadedModel:
         """Verify sizes and hashes, and load: the model, not yet served."""
         m = self.manifest
-        hashes = (h.hexdigest() for h in self._hashes)
-        if self.received != m.model_size or any(h != f.sha256 for h, f in zip(hashes, m.files, strict=True)):
+        if not self._digests.match():
             raise ModelError(
                 Problem.MODEL_INTEGRITY, "model bytes do not match the sizes and SHA-256s in the manifest"
             )
@@ -165,7 +199,7 @@ class Upload:
     def finish(self) -> ProvisionResult:
         """Verify size and hash, load, commit the sealed file, then swap: all or nothing."""
         loaded = self.complete(provisioned_at=time.time())
-        replaced = self._store.install(loaded, commit=self._writer.commit if self._writer else None)
+        replaced = self._store.install(loaded, commit=self._commit)
         self._done = True
         return ProvisionResult(loaded.info(), replaced)
 
@@ -238,7 +272,7 @@ class ModelStore:
         except ModelError as exc:
             log.warning("provision of model version %d refused: %s", manifest.version, exc.problem.slug)
             raise
-        writer = None
+        writer, commit = None, None
         sealer = self._sealer_now()
         if sealer is not None:
             try:
@@ -246,6 +280,7 @@ class ModelStore:
                 if self._cluster is not None:  # a cluster member: a new file for each version
                     path = self._cluster.path(manifest.version)
                     writer = SealedStreamWriter(sealer, path, header, SEAL_LABEL, exclusive=True)
+                    commit = functools.partial(self._commit_to_cluster, writer, sealer, manifest.version)
                 else:
                     self._storage.mkdir(parents=True, exist_ok=True)
                     writer = SealedStreamWriter(sealer, self._storage / SEALED_MODEL, header, SEAL_LABEL)
@@ -253,7 +288,53 @@ class ModelStore:
                 error = storage_error(exc)
                 log.warning("provision of model version %d refused: %s", manifest.version, error)
                 raise error from None
-        return Upload(self, manifest, signature, writer)
+        return Upload(self, manifest, signature, writer, commit)
+
+    def _commit_to_cluster(self, writer: SealedStreamWriter, sealer: Sealer, version: int) -> None:
+        """Put an upload's sealed file in the cluster's storage under its version's name: a new
+        name; or, in one rename, in place of a file there that is no model of the cluster's (the
+        host's bytes, a copy cut short, another cluster's file). Raises FileExistsError if the file
+        there opens under the cluster's key (:meth:`_holds_model`): one version, one model.
+
+        Two uploads of one version, on two members at once, over such a file: the rename of the
+        later one wins, and the earlier member serves a model no file holds. Both are the owner's,
+        signed for that version."""
+        try:
+            writer.commit()
+            return
+        except FileExistsError:
+            if self._holds_model(writer.path, sealer, version):
+                raise
+        log.warning(
+            "%s in the cluster's storage does not open under the cluster's key: the upload replaces it",
+            writer.path.name,
+        )
+        writer.replace()
+
+    def _holds_model(self, path: Path, sealer: Sealer, version: int) -> bool:
+        """Whether ``path`` holds a model of the cluster's, of ``version``: a whole sealed stream
+        under ``sealer``, with the owner's manifest of that version and the model bytes it names.
+        Raises OSError: the file cannot be read, so it cannot be told apart from a model."""
+        try:
+            file = open_regular(path)
+        except FileNotFoundError:  # removed meanwhile: nothing to keep
+            return False
+        if file is None:
+            return False
+        with file:
+            try:
+                pieces = iter_sealed_stream(
+                    sealer, file, SEAL_LABEL, max_bytes=self._config.limits.max_model_bytes
+                )
+                manifest = Manifest.verify(*_unpack(next(pieces)), self._config.owner_public_key)
+                if manifest.version != version:
+                    return False
+                digests = _Digests(manifest)
+                for piece in pieces:
+                    digests.update(piece)
+                return digests.match()
+            except EnclaveInferError:  # not sealed under this key, altered, cut short, too large
+                return False
 
     def install(self, loaded: LoadedModel, *, commit: Callable[[], None] | None) -> int | None:
         """Make ``loaded`` the served model: the state checks that it is newer (another upload may
@@ -363,16 +444,19 @@ class ModelStore:
             log.warning("removed an unfinished upload left by a previous run")
         if self._sealer is None or not path.exists():
             return
-        loaded = self._read_sealed(path, self._sealer)
+        loaded = self._read_sealed(path.name, path, self._sealer)
         if loaded is not None:
             self.state.install(loaded, upload=False)
 
-    def _read_sealed(self, path: Path, sealer: Sealer, version: int | None = None) -> LoadedModel | None:
-        """The model of a sealed file, verified and loaded; None (and one log line) if it fails.
-        ``version``: the version the file must hold (a cluster's files are named by version)."""
+    def _read_sealed(
+        self, name: str, source: Path | BinaryIO, sealer: Sealer, version: int | None = None
+    ) -> LoadedModel | None:
+        """The model of the sealed file ``name`` (at ``source``: its path, or the file open at its
+        start), verified and loaded; None (and one log line) if it fails. ``version``: the version
+        the file must hold (a cluster's files are named by version)."""
         try:
             pieces = iter_sealed_stream(
-                sealer, path, SEAL_LABEL, max_bytes=self._config.limits.max_model_bytes
+                sealer, source, SEAL_LABEL, max_bytes=self._config.limits.max_model_bytes
             )
             manifest_bytes, signature = _unpack(next(pieces))
             manifest = Manifest.verify(manifest_bytes, signature, self._config.owner_public_key)
@@ -385,7 +469,8 @@ class ModelStore:
             try:
                 for piece in pieces:
                     restored.write(piece)
-                loaded = restored.complete(provisioned_at=path.stat().st_mtime)
+                modified = source.stat() if isinstance(source, Path) else os.fstat(source.fileno())
+                loaded = restored.complete(provisioned_at=modified.st_mtime)
             finally:
                 restored.abort(logged=True)
         except DecryptionError:
@@ -393,18 +478,18 @@ class ModelStore:
                 "the sealed model %s cannot be read: it was sealed under a different measurement (code,"
                 " configuration or platform key) or cluster, or altered; serving no model from it:"
                 " re-provision it",
-                path.name,
+                name,
             )
             return None
         except OSError as exc:
             if version is not None:  # a cluster's file: perhaps a passing fault of shared storage
                 raise
-            log.error("sealed model %s cannot be read (%s); it is not served", path.name, type(exc).__name__)
+            log.error("sealed model %s cannot be read (%s); it is not served", name, type(exc).__name__)
             return None
         except (EnclaveInferError, MemoryError) as exc:
             # the type only: a runtime's refusal may name the model's operators
             reason = exc.problem.slug if isinstance(exc, ModelError) else type(exc).__name__
-            log.error("sealed model %s failed verification (%s); it is not served", path.name, reason)
+            log.error("sealed model %s failed verification (%s); it is not served", name, reason)
             return None
         log.info("restored sealed model version %d sha256 %s", manifest.version, manifest.model_sha256)
         return loaded
@@ -413,7 +498,8 @@ class ModelStore:
 
     def reload(self) -> None:
         """Serve the newest model in the cluster's storage if the state takes it (newer than the
-        served one, at or above the floor). A file that fails verification is never read again."""
+        served one, at or above the floor). A file that fails verification is read again only once
+        it has changed (:meth:`ClusterStorage.open`)."""
         storage, sealer = self._cluster, self._sealer_now()
         if storage is None or sealer is None:
             return
@@ -425,16 +511,19 @@ class ModelStore:
                 return
             current = self.current.version if self.current else 0
             for version in storage.candidates(versions, current=current, floor=self.state.floor):
-                path = storage.path(version)
+                name = storage.path(version).name
                 try:
-                    loaded = self._read_sealed(path, sealer, version)
+                    opened = storage.open(version)
+                    if opened is None:  # failed before, and unchanged since
+                        continue
+                    file, state = opened
+                    with file:
+                        loaded = self._read_sealed(name, file, sealer, version)
                 except OSError as exc:  # tried again at the next reload
-                    log.warning(
-                        "cannot read %s from the cluster's storage: %s", path.name, type(exc).__name__
-                    )
+                    log.warning("cannot read %s from the cluster's storage: %s", name, type(exc).__name__)
                     continue
                 if loaded is None:
-                    storage.refuse(version)
+                    storage.failed(version, state)
                     continue
                 with contextlib.suppress(ModelError):  # a newer one arrived meanwhile
                     self.install(loaded, commit=None)

@@ -7,6 +7,7 @@ to a temporary name, fsynced and renamed, so a crash never leaves a half-written
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -129,7 +130,8 @@ _MAX_CHUNKS = 2**32 - 1
 class SealedStreamWriter:
     """Seal ``header`` and then every ``write()`` into ``path``; nothing is in place until
     :meth:`commit`, and :meth:`abort` (or an exception inside ``with``) leaves no file behind.
-    ``exclusive``: commit never replaces a file already at ``path`` (FileExistsError instead)."""
+    ``exclusive``: commit never replaces a file already at ``path`` (FileExistsError instead; then
+    :meth:`replace` may)."""
 
     def __init__(
         self, sealer: Sealer, path: Path, header: bytes, label: bytes, *, exclusive: bool = False
@@ -141,11 +143,16 @@ class SealedStreamWriter:
         self._file = _create_private(self._tmp)  # closed by commit/abort
         self._prefix = secrets.token_bytes(_PREFIX_BYTES)
         self._counter = 0
+        self._whole = False
         self._pending = bytearray()
         blob = sealer.seal(header, label + b" header")
         # chunks are bound to this header: another file's chunks cannot be spliced behind it
         self._aad = label + hashlib.sha256(blob).digest()
         self._file.write(STREAM_MAGIC + struct.pack("!Q", len(blob)) + blob + self._prefix)
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     def __enter__(self) -> SealedStreamWriter:
         return self
@@ -166,11 +173,19 @@ class SealedStreamWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        self._whole = True  # the last chunk is written: the file is complete
         if self._exclusive:
             os.link(self._tmp, self._path)  # atomic, and refuses to replace
             self._tmp.unlink()
         else:
             os.replace(self._tmp, self._path)
+
+    def replace(self) -> None:
+        """After an exclusive :meth:`commit` raised FileExistsError: put the file in place of the
+        one at ``path``, in one rename (readers see the old file or the new one, never a part)."""
+        if not self._whole:
+            raise ValueError("replace() follows a commit() that found a file in place")
+        os.replace(self._tmp, self._path)
 
     def abort(self) -> None:
         if not self._file.closed:
@@ -186,12 +201,16 @@ class SealedStreamWriter:
         self._counter += 1
 
 
-def iter_sealed_stream(sealer: Sealer, path: Path, label: bytes, *, max_bytes: int) -> Iterator[bytes]:
+def iter_sealed_stream(
+    sealer: Sealer, source: Path | BinaryIO, label: bytes, *, max_bytes: int
+) -> Iterator[bytes]:
     """The header, then the body's chunks, of a file :class:`SealedStreamWriter` committed, each
     authenticated before it is yielded. Raises on any tampering, truncation or extension, and refuses
     bodies over ``max_bytes`` before holding them; a body is complete only once the iteration ends
-    without raising (the last chunk carries the last flag)."""
-    with open(path, "rb") as f:
+    without raising (the last chunk carries the last flag). ``source``: a path, or a file open at its
+    start (the caller's to close)."""
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(source, "rb")) if isinstance(source, Path) else source
         size = os.fstat(f.fileno()).st_size
         start = f.read(len(STREAM_MAGIC) + 8)
         if len(start) != len(STREAM_MAGIC) + 8 or not start.startswith(STREAM_MAGIC):

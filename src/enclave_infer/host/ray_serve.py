@@ -187,11 +187,12 @@ class EnclaveHost:
     # -- the shared folder -----------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Tell the enclave to load the cluster's newest model whenever the folder's files change;
+        """Tell the enclave to load the cluster's newest model whenever the folder's files change (a
+        name, or a file's size or time: one replaced under its name, too);
         and when the enclave has died, end this replica at once (Ray's proxy then stops routing to
         it, and Ray starts another, which joins the cluster), rather than answer 503s until the next
         health check."""
-        seen: frozenset[str] | None = None
+        seen: frozenset[tuple[str, int, int]] | None = None
         refreshed = time.monotonic()
         while True:
             if time.monotonic() - refreshed > FLOOR_REFRESH_SECONDS:
@@ -203,18 +204,18 @@ class EnclaveHost:
                     log.error("the enclave process has exited: stopping this replica for Ray to replace")
                     os._exit(1)
             try:
-                names = await asyncio.to_thread(model_files, self._shared)
+                files = await asyncio.to_thread(model_files, self._shared)
             except OSError as exc:
                 log.warning("cannot list the shared folder: %s", exc.strerror)
                 continue
-            if names == seen:
+            if files == seen:
                 continue
             try:
                 kind, _ = await self._cluster(FrameType.CLUSTER_RELOAD, framing.ClusterAction.RELOAD.value)
             except (TransportError, ProtocolError):
                 continue
             if kind is FrameType.CLUSTER_CHECKED:
-                seen = names
+                seen = files
 
     # -- Ray's hooks -----------------------------------------------------------------------------
 
