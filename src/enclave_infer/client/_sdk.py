@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, Policy, UnsafeNoPolicy, Verifier, verify
-from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
-from enclave_infer.attestation.receipt import verify as verify_receipt
+from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError, Statement
+from enclave_infer.attestation.receipt import verify as verify_signed_receipt
 from enclave_infer.attestation.report import NONCE_BYTES, Tee
 from enclave_infer.client._config import ClientConfig
 from enclave_infer.client._text import duration
@@ -75,7 +75,7 @@ from enclave_infer.protocol.api import (
 )
 from enclave_infer.protocol.manifest import Manifest, ModelFile, ModelFormat, parse_sf_binary, sf_binary
 
-__all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral"]
+__all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral", "verify_receipt"]
 
 SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
 
@@ -257,7 +257,7 @@ class Client:
         kept = dataclasses.replace(signed, response=response.content.decode("utf-8", "replace"))
         if self.constraint is None:  # classify() attests first, which needs one
             raise UsageError("no enclave constraint: the client will not talk to an unchecked enclave")
-        statement, _ = verify_receipt(kept, self.constraint, verifier=self._verifier, image=image)
+        statement, _ = verify_signed_receipt(kept, self.constraint, verifier=self._verifier, image=image)
         if abs((statement.time - self._now()).total_seconds()) > RECEIPT_CLOCK_SKEW:
             raise ReceiptError("the receipt is dated too far from now (the enclave's host sets its clock)")
         if statement.model_sha256 != json.loads(response.content)["model"]["sha256"]:
@@ -532,6 +532,31 @@ def _opener(path: Path) -> Callable[[Any], BinaryIO]:
             raise UsageError(f"cannot read model {p}: {exc.strerror}") from None
 
     return open_model
+
+
+def verify_receipt(
+    document: bytes,
+    constraint: str | Constraint | UnsafeNoPolicy | None,
+    *,
+    image: bytes | None = None,
+    verifier: Verifier = PRODUCTION,
+) -> tuple[Statement, Attestation]:
+    """Verify a kept receipt (``Classification.receipt``) offline, as ``enclave-infer
+    verify-receipt`` does: its evidence as of its time, the binding, ``constraint``, the signature,
+    the answer it carries, and ``image`` when given. Returns the signed statement and the evidence.
+
+    A receipt proves which enclave answered only against a constraint: any enclave whose evidence
+    verifies, of whatever code hash or configuration, can mint one whose signature and answer check
+    out. So ``constraint`` None is refused (:class:`UsageError`); verifying without one takes an
+    explicit ``UnsafeNoPolicy(reason)``, which logs a warning naming the enclave it let through."""
+    if constraint is None:
+        raise UsageError(
+            "a receipt verified without a constraint proves nothing about which enclave minted it:"
+            ' give the enclave\'s (e.g. "C:<code hash> SEC:SECURE"), or UnsafeNoPolicy(reason) to'
+            " check its signature and answer only"
+        )
+    policy: Policy = constraints.parse(constraint) if isinstance(constraint, str) else constraint
+    return verify_signed_receipt(Receipt.decode(document), policy, verifier=verifier, image=image)
 
 
 def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = ClientConfig().timeout) -> bytes:
