@@ -131,7 +131,7 @@ PUBLIC = {
     "EnclaveInferError", "UsageError", "ProtocolError", "DecryptionError", "AttestationError",
     "ConstraintError", "ModelPinError", "TransportError", "RemoteError", "InvalidRequestError",
     "InvalidImageError", "TooLargeError", "NoModelError", "ProvisionRefusedError", "OverloadedError",
-    "UnavailableError", "EnclaveFailureError",
+    "UnavailableError", "EnclaveFailureError", "KeyConfigurationChangedError",
 }  # fmt: skip
 
 
