@@ -23,6 +23,7 @@ from enclave_infer.errors import (
     EnclaveInferError,
     InvalidImageError,
     InvalidRequestError,
+    KeyConfigurationChangedError,
     ModelPinError,
     NoModelError,
     OverloadedError,
@@ -38,11 +39,11 @@ from enclave_infer.errors import (
 if TYPE_CHECKING:
     from enclave_infer.attestation.constraints import Constraint
     from enclave_infer.attestation.constraints import parse as parse_constraint
-    from enclave_infer.attestation.evidence import Attestation, Verifier
+    from enclave_infer.attestation.evidence import Attestation, UnsafeNoPolicy, Verifier
     from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, Tee
     from enclave_infer.client._config import ClientConfig
     from enclave_infer.client._owner import generate_owner_key, load_owner_key
-    from enclave_infer.client._sdk import Client
+    from enclave_infer.client._sdk import Client, verify_receipt
     from enclave_infer.protocol.api import (
         Classification,
         ModelInfo,
@@ -70,6 +71,7 @@ __all__ = [
     "EnclaveReport",
     "InvalidImageError",
     "InvalidRequestError",
+    "KeyConfigurationChangedError",
     "ModelInfo",
     "ModelPinError",
     "NoModelError",
@@ -87,11 +89,13 @@ __all__ = [
     "TooLargeError",
     "TransportError",
     "UnavailableError",
+    "UnsafeNoPolicy",
     "UsageError",
     "Verifier",
     "generate_owner_key",
     "load_owner_key",
     "parse_constraint",
+    "verify_receipt",
 ]
 
 # name -> (module, attribute)
@@ -108,12 +112,14 @@ _LAZY = {
     "Problem": ("enclave_infer.protocol.api", "Problem"),
     "ProvisionResult": ("enclave_infer.protocol.api", "ProvisionResult"),
     "Runtime": ("enclave_infer.protocol.api", "Runtime"),
+    "UnsafeNoPolicy": ("enclave_infer.attestation.evidence", "UnsafeNoPolicy"),
     "Verifier": ("enclave_infer.attestation.evidence", "Verifier"),
     "SecurityLevel": ("enclave_infer.attestation.report", "SecurityLevel"),
     "Tee": ("enclave_infer.attestation.report", "Tee"),
     "generate_owner_key": ("enclave_infer.client._owner", "generate_owner_key"),
     "load_owner_key": ("enclave_infer.client._owner", "load_owner_key"),
     "parse_constraint": ("enclave_infer.attestation.constraints", "parse"),
+    "verify_receipt": ("enclave_infer.client._sdk", "verify_receipt"),
 }
 
 

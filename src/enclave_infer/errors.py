@@ -9,8 +9,9 @@ Lives on both sides of every boundary: it holds no secrets and does no I/O.
     ├── ProtocolError         a peer sent bytes that do not parse (BHTTP, OHTTP, framing)
     │   └── DecryptionError   authenticated decryption failed; says nothing more, on purpose
     ├── AttestationError      evidence did not verify, or its binding to the key/nonce is wrong
-    │   └── ConstraintError   evidence verified but does not satisfy the client's constraint
-    │       └── ModelPinError     another model than the pinned one is served (also a RemoteError)
+    │   ├── ConstraintError   evidence verified but does not satisfy the client's constraint
+    │   │   └── ModelPinError     another model than the pinned one is served (also a RemoteError)
+    │   └── KeyConfigurationChangedError  the host now offers another attested key configuration
     ├── TransportError        the network or the enclave process could not be reached
     └── RemoteError           the enclave (or the host) refused with an RFC 9457 problem document
         ├── InvalidRequestError    malformed request, bad parameter, unknown route or method
@@ -36,6 +37,7 @@ __all__ = [
     "EnclaveInferError",
     "InvalidImageError",
     "InvalidRequestError",
+    "KeyConfigurationChangedError",
     "ModelPinError",
     "NoModelError",
     "OverloadedError",
@@ -74,6 +76,22 @@ class AttestationError(EnclaveInferError):
 
 class ConstraintError(AttestationError):
     """The evidence verified, but it does not satisfy the client's enclave constraint."""
+
+
+class KeyConfigurationChangedError(AttestationError):
+    """After an ``ohttp-key`` problem, the host offers an attested key configuration other than the
+    one the client verified: an enclave of the same code, but another instance (one restarted
+    outside a cluster, or another cluster the host founded). Nothing was resent to it. ``old`` and
+    ``new`` name the two (key id and SHA-256 of the encoded configuration), ``accept`` how the
+    caller accepts the new one."""
+
+    def __init__(self, old: str, new: str, accept: str) -> None:
+        super().__init__(
+            f"the enclave's key configuration changed: this client verified {old}, the host now offers"
+            f" {new} (the same code, restarted alone or another cluster); nothing was resent to it;"
+            f" to accept it: {accept}"
+        )
+        self.old, self.new, self.accept = old, new, accept
 
 
 class TransportError(EnclaveInferError):

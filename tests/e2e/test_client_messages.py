@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import http.server
 import ipaddress
 import os
@@ -24,14 +25,17 @@ from cryptography.x509.oid import NameOID
 from enclave_infer import (
     Client,
     ClientConfig,
+    InvalidRequestError,
+    KeyConfigurationChangedError,
     ModelInfo,
     OverloadedError,
     Problem,
     TransportError,
     UsageError,
 )
+from enclave_infer.client._owner import load_owner_key
 
-from .conftest import CLI, Deployment, png, run_cli, start_server, stop_server
+from .conftest import CLI, COLOUR_LABELS, Deployment, png, run_cli, start_server, stop_server
 
 ERROR = "enclave-infer: error: "
 
@@ -178,9 +182,13 @@ def test_an_image_is_named_once(served: ModelInfo, deployment: Deployment, web_s
 class Relay:
     """A reverse proxy on loopback in front of a real host that first refuses, for each path named in
     ``refusals``, as many requests as it lists, with that problem and ``Retry-After``: a host that
-    is busy, or whose enclave is restarting, as the client meets one."""
+    is busy, or whose enclave is restarting, as the client meets one. With ``switch_to``, the host
+    routes the first ``POST /v1/ohttp`` and everything after it to that other host instead."""
 
-    def __init__(self, upstream: str, refusals: dict[str, list[tuple[Problem, int]]]) -> None:
+    def __init__(
+        self, upstream: str, refusals: dict[str, list[tuple[Problem, int]]], *, switch_to: str | None = None
+    ) -> None:
+        self.upstream, self.switch_to = upstream, switch_to
         self.refusals = {path: list(items) for path, items in refusals.items()}
         self.seen: list[tuple[str, int]] = []
         relay = self
@@ -210,8 +218,11 @@ class Relay:
                     self.end_headers()
                     self.wfile.write(document)
                     return
+                if relay.switch_to is not None and (self.command, path) == ("POST", "/v1/ohttp"):
+                    relay.upstream, relay.switch_to = relay.switch_to, None
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
-                answer = httpx.request(self.command, upstream + self.path, content=body, headers=headers)
+                url = relay.upstream + self.path
+                answer = httpx.request(self.command, url, content=body, headers=headers)
                 relay.seen.append((path, answer.status_code))
                 self.send_response(answer.status_code)
                 for name in ("content-type", "retry-after"):
@@ -278,3 +289,166 @@ def test_a_retry_after_longer_than_the_client_waits_is_raised_at_once(deployment
     ):
         client.attest()
     assert info.value.retry_after == 3600 and relay.seen == [("/ohttp-keys", 503)]
+
+
+# -- another key configuration: the ohttp-key problem is the host's to send ----------------------------
+
+
+@pytest.fixture(scope="module")
+def twin(workdir: Path, owner_key: Path, files: dict[str, Path]) -> Iterator[Deployment]:
+    """Another instance of the same code and configuration (so the same code hash) with a key
+    configuration of its own, serving the same model: another cluster, founded by the host."""
+    (workdir / "twin").mkdir(exist_ok=True)
+    d = start_server(workdir / "twin", owner_key, config=files["config"], data_dir=workdir / "twin-data")
+    with Client(d.url, d.constraint) as client:
+        client.provision(files["model"].read_bytes(), COLOUR_LABELS, load_owner_key(owner_key))
+    yield d
+    stop_server(d)
+
+
+class Switch:
+    """The host's routing, as the SDK's transport: requests go to ``first`` until ``target`` is
+    set to "second"; ``forge`` answers the next ``POST /v1/ohttp`` with the ohttp-key problem itself.
+    ``seen``: (where, path, status) of each request."""
+
+    def __init__(self, first: Deployment, second: Deployment) -> None:
+        self._urls = {"first": first.url, "second": second.url}
+        self.target, self.forge = "first", False
+        self.seen: list[tuple[str, str, int]] = []
+        self._real = httpx.HTTPTransport()
+        self.transport = httpx.MockTransport(self._handle)
+
+    def __enter__(self) -> Switch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._real.close()
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        if self.forge and request.url.path == "/v1/ohttp":
+            self.forge = False
+            self.seen.append(("host", request.url.path, 400))
+            document = Problem.OHTTP_KEY.details("forged by the host").encode()
+            return httpx.Response(400, headers={"content-type": "application/problem+json"}, content=document)
+        url = self._urls[self.target] + request.url.raw_path.decode()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
+        answer = self._real.handle_request(httpx.Request(request.method, url, headers=headers, content=body))
+        content = answer.read()
+        answer.close()
+        self.seen.append((self.target, request.url.path, answer.status_code))
+        kept = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "retry-after")}
+        return httpx.Response(answer.status_code, headers=kept, content=content)
+
+
+def key_of(d: Deployment) -> str:
+    """A deployment's key configuration as ``attest`` prints it."""
+    raw = httpx.get(d.url + "/ohttp-keys").content
+    config = raw[2 : 2 + int.from_bytes(raw[:2], "big")]  # RFC 9458 §3.2: the first, u16-prefixed
+    return f"key id {config[0]}, SHA-256 {hashlib.sha256(config).hexdigest().upper()}"
+
+
+def changed(old: str, new: str, accept: str) -> str:
+    return (
+        f"the enclave's key configuration changed: this client verified {old}, the host now offers {new}"
+        " (the same code, restarted alone or another cluster); nothing was resent to it;"
+        f" to accept it: {accept}"
+    )
+
+
+def test_the_sdk_resends_no_image_to_another_key_configuration_without_consent(
+    served: ModelInfo, deployment: Deployment, twin: Deployment, files: dict[str, Path]
+) -> None:
+    """Split view: the host routes a client that attested one instance to another of the same code
+    hash, whose enclave answers ohttp-key (outside the encryption: the host could send it too). The
+    SDK attested the other instance and resent the image to it, silently. Now it resends nothing
+    and says which key configuration it verified and which the host offers, until the caller
+    consents (attest() again, or follow_key_changes)."""
+    assert twin.code_hash == deployment.code_hash and key_of(twin) != key_of(deployment)
+    red = files["red"].read_bytes()
+    with (
+        Switch(deployment, twin) as switch,
+        Client(deployment.url, deployment.constraint, transport=switch.transport) as client,
+    ):
+        verified = client.attest()
+        switch.target = "second"
+        for _ in range(2):  # refused, and again: the client keeps the configuration it verified
+            with pytest.raises(KeyConfigurationChangedError) as info:
+                client.classify(red)
+            assert str(info.value) == changed(
+                key_of(deployment), key_of(twin), "attest() again, or Client(follow_key_changes=True)"
+            )
+            assert client.attestation is verified
+        assert ("second", "/v1/ohttp", 200) not in switch.seen  # the image never reached the twin
+        # consent: attest what the host now offers
+        client.attest()
+        assert client.classify(red).results[0].label == "red"
+        assert switch.seen[-1] == ("second", "/v1/ohttp", 200)
+    # consent given up front: resent once, to the attested twin
+    with (
+        Switch(deployment, twin) as switch,
+        Client(
+            deployment.url, deployment.constraint, transport=switch.transport, follow_key_changes=True
+        ) as client,
+    ):
+        client.attest()
+        switch.target = "second"
+        assert client.classify(red).results[0].label == "red"
+        assert client.attestation is not None
+        assert client.attestation.key_config != verified.key_config
+    assert [(where, path) for where, path, _ in switch.seen[-4:]] == [
+        ("second", "/v1/ohttp"), ("second", "/ohttp-keys"), ("second", "/v1/attestation"),
+        ("second", "/v1/ohttp"),
+    ]  # fmt: skip
+    # the same key configuration after a forged ohttp-key: nothing resent, as before
+    with (
+        Switch(deployment, twin) as switch,
+        Client(deployment.url, deployment.constraint, transport=switch.transport) as client,
+    ):
+        client.attest()
+        switch.forge = True
+        with pytest.raises(InvalidRequestError) as refused:
+            client.classify(red)
+        assert refused.value.problem == Problem.OHTTP_KEY.uri
+        assert [path for _, path, _ in switch.seen].count("/v1/ohttp") == 1
+        assert client.classify(red).results[0].label == "red"  # still the verified one
+
+
+def test_an_upload_is_not_sent_to_another_key_configuration(
+    served: ModelInfo, deployment: Deployment, twin: Deployment, files: dict[str, Path], owner_key: Path
+) -> None:
+    """The owner, routed to another cluster mid-way: its upload is not resent there, and the client
+    does not adopt that cluster's key for what it sends next (it did, silently)."""
+    with Client(twin.url, twin.constraint) as client:
+        before = client.model_info()
+    assert before is not None
+    with (
+        Switch(deployment, twin) as switch,
+        Client(deployment.url, deployment.constraint, transport=switch.transport) as client,
+    ):
+        client.attest()
+        switch.target = "second"
+        model, key = files["model"].read_bytes(), load_owner_key(owner_key)
+        with pytest.raises(KeyConfigurationChangedError):
+            client.provision(model, COLOUR_LABELS, key, version=before.version + 1)
+        with pytest.raises(KeyConfigurationChangedError):  # it kept the one it verified
+            client.model_info()
+    assert [path for _, path, status in switch.seen if status == 200].count("/v1/ohttp") == 0
+    with Client(twin.url, twin.constraint) as client:
+        assert client.model_info() == before
+
+
+def test_the_command_stops_when_the_host_switches_key_configuration(
+    served: ModelInfo, deployment: Deployment, twin: Deployment, files: dict[str, Path]
+) -> None:
+    images = (str(files["red"]), str(files["blue"]))
+    with Relay(deployment.url, {}, switch_to=twin.url) as relay:
+        out = run_cli("classify", relay.url, deployment.constraint, *images)
+    assert out.returncode == 1 and out.stdout == ""
+    accept = "run again, or pass --follow-key-changes"
+    assert only_line(out.stderr) == ERROR + changed(key_of(deployment), key_of(twin), accept)
+    assert ("/v1/ohttp", 200) not in relay.seen
+    with Relay(deployment.url, {}, switch_to=twin.url) as relay:
+        out = run_cli("classify", relay.url, deployment.constraint, *images, "--follow-key-changes")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{images[0]}: red (") and f"{images[1]}: blue (" in out.stdout

@@ -21,7 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from enclave_infer import Client, ClientConfig, ModelInfo, OverloadedError, UnavailableError
+from enclave_infer import (
+    Client,
+    ClientConfig,
+    KeyConfigurationChangedError,
+    ModelInfo,
+    OverloadedError,
+    UnavailableError,
+)
 from enclave_infer.client._owner import load_owner_key
 
 from .conftest import COLOUR_LABELS, Deployment, png, start_server, stop_server
@@ -213,9 +220,12 @@ def test_an_enclave_crash_under_load_fails_clearly_or_is_retried(
     provision(fresh, files["model"].read_bytes())
     outcomes: list[str] = []
     stop = threading.Event()
+    strict = Client(fresh.url, fresh.constraint)  # attested before the crash, consents to nothing
+    strict.attest()
 
     def load() -> None:
-        with Client(fresh.url, fresh.constraint) as c:
+        # one enclave outside a cluster: restarted, it has a new key, which these clients accept
+        with Client(fresh.url, fresh.constraint, follow_key_changes=True) as c:
             while not stop.is_set():
                 try:
                     outcomes.append(c.classify(RED).results[0].label)
@@ -236,6 +246,8 @@ def test_an_enclave_crash_under_load_fails_clearly_or_is_retried(
     assert outcomes and set(outcomes) <= {"red", "503"}
     assert outcomes[-1] == "red"  # the enclave came back (a new key: the SDK attested again)
     assert metrics(fresh.url)["enclave_infer_enclave_restarts_total"][0][1] == 1
+    with strict, pytest.raises(KeyConfigurationChangedError):  # a new key, not what it verified
+        strict.classify(RED)
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -204,3 +204,44 @@ def test_a_receipt_signed_by_another_instance_is_refused(
         receipt.verify(
             presented, constraints.parse(unpadded.constraint), verifier=Verifier.production(), image=image
         )
+
+
+def test_a_receipt_of_another_enclave_is_refused_without_a_constraint(
+    served: object, deployment: Deployment, unpadded: Deployment, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A receipt proves which enclave answered only against a constraint: without one, a receipt
+    minted by an enclave of another measurement (here: another configuration, so another code hash)
+    verified, "receipt verified" and exit 0. Now verify-receipt asks for a constraint, and verifies
+    without one only when told that this proves nothing, saying so."""
+    assert unpadded.code_hash != deployment.code_hash
+    out = run_cli(
+        "classify", unpadded.url, unpadded.constraint, str(files["red"]), "--receipt", str(tmp_path)
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    theirs = tmp_path / "red.png.receipt.json"
+    # against the constraint of the enclave the submitter meant: refused
+    ours = run_cli(
+        "verify-receipt", str(theirs), "--image", str(files["red"]), "--constraint", deployment.constraint
+    )
+    assert ours.returncode == 1 and len(ours.stderr.strip().splitlines()) == 1, ours.stderr
+    assert "receipt verified" not in ours.stdout
+    # without a constraint: refused too, in one line that says what to give
+    bare = run_cli("verify-receipt", str(theirs), "--image", str(files["red"]))
+    assert bare.returncode == 1, bare.stdout
+    assert "receipt verified" not in bare.stdout
+    (line,) = bare.stderr.strip().splitlines()
+    assert line.startswith("enclave-infer: error: ") and '--constraint "C:' in line
+    assert "--unsafe-no-constraint" in line
+    # told explicitly: signature, binding, answer and image are checked, and it says what that is worth
+    unsafe = run_cli("verify-receipt", str(theirs), "--image", str(files["red"]), "--unsafe-no-constraint")
+    assert unsafe.returncode == 0, unsafe.stderr
+    assert "receipt verified" in unsafe.stdout and unpadded.code_hash in unsafe.stdout
+    assert "constraint: none" in unsafe.stdout
+    assert "proves nothing about which enclave" in unsafe.stderr
+    moved = run_cli("verify-receipt", str(theirs), "--image", str(files["blue"]), "--unsafe-no-constraint")
+    assert moved.returncode == 1 and "not the one the receipt covers" in moved.stderr
+    # a constraint and the flag together: a contradiction, refused
+    both = run_cli(
+        "verify-receipt", str(theirs), "--constraint", unpadded.constraint, "--unsafe-no-constraint"
+    )  # fmt: skip
+    assert both.returncode != 0 and "receipt verified" not in both.stdout

@@ -210,11 +210,11 @@ def test_measurement_changes_with_code(tmp_path) -> None:  # type: ignore[no-unt
 # -- receipts, through the CLI ---------------------------------------------------------------------------
 
 
-def signed_receipt(image: bytes, answer: bytes) -> receipt.Receipt:
+def signed_receipt(image: bytes, answer: bytes, config: EnclaveConfig = CONFIG) -> receipt.Receipt:
     """What a client keeps: the enclave's signed receipt (a simulation enclave's, signed in this
     process as the enclave signs it) with the answer it covers added."""
     key = ohttp.GatewayKey.generate()
-    signer = Receipts(Ed25519PrivateKey.generate(), SimulationPlatform(CONFIG), CONFIG, key.config.encode)
+    signer = Receipts(Ed25519PrivateKey.generate(), SimulationPlatform(config), config, key.config.encode)
     request = bhttp.Request("POST", "https", "enclave", "/v1/classify", (), image)
     _, header = signer.header(request, answer, "ab" * 32, 1)
     return dataclasses.replace(receipt.Receipt.decode(parse_sf_binary(header)), response=answer.decode())
@@ -265,3 +265,52 @@ def test_a_receipt_whose_evidence_names_an_unknown_tee_is_refused() -> None:
     policy = constraints.parse(f"C:{code_hash(CONFIG).hex()} SEC:INSECURE")
     with pytest.raises(receipt.ReceiptError, match="its evidence: unknown TEE type 'sev'"):
         receipt.verify(forged, policy, verifier=PRODUCTION, image=b"an image")
+
+
+def test_a_receipt_without_a_constraint_is_refused_unless_told_it_proves_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receipt minted by an enclave of another measurement (another configuration, so another code
+    hash) verified without a constraint: "receipt verified", exit 0. Both verify-receipt and the
+    SDK now ask for a constraint, or for an explicit statement that the check proves nothing."""
+    import enclave_infer
+
+    other = EnclaveConfig(owner_public_key=b"\x07" * 32)
+    assert code_hash(other) != code_hash(CONFIG)
+    image, answer = b"an image", b'{"results": [{"label": "cat", "index": 0, "probability": 0.75}]}'
+    kept = signed_receipt(image, answer, other)
+    path = tmp_path / "theirs.json"
+    path.write_bytes(kept.encode())
+    ours = f"C:{code_hash(CONFIG).hex()} SEC:INSECURE"
+    # the CLI
+    assert verify_receipt_cli(path, "--constraint", ours).returncode == 1
+    bare = verify_receipt_cli(path)
+    assert bare.returncode == 1 and "receipt verified" not in bare.stdout
+    assert bare.stderr.strip() == (
+        "enclave-infer: error: a receipt verified without a constraint proves nothing about which enclave"
+        ' minted it: give the enclave\'s, e.g. --constraint "C:<code hash> SEC:SECURE" (or IMAGE:<pin>), or'
+        " --unsafe-no-constraint to check its signature and answer only"
+    )
+    unsafe = verify_receipt_cli(path, "--unsafe-no-constraint")
+    assert unsafe.returncode == 0, unsafe.stderr
+    assert code_hash(other).hex().upper() in unsafe.stdout and "constraint: none" in unsafe.stdout
+    assert "proves nothing about which enclave minted the receipt" in unsafe.stderr
+    theirs = verify_receipt_cli(path, "--constraint", f"C:{code_hash(other).hex()} SEC:INSECURE")
+    assert theirs.returncode == 0 and "constraint: C:" in theirs.stdout
+    assert "warning: no constraint" not in theirs.stderr
+    # the SDK
+    document = kept.encode()
+    with pytest.raises(enclave_infer.UsageError, match="without a constraint proves nothing"):
+        enclave_infer.verify_receipt(document, None, image=image)
+    with pytest.raises(ConstraintError):
+        enclave_infer.verify_receipt(document, ours, image=image)
+    with caplog.at_level(logging.WARNING, logger="enclave_infer.attestation.evidence"):
+        statement, att = enclave_infer.verify_receipt(
+            document, enclave_infer.UnsafeNoPolicy("a test: which enclave does not matter"), image=image
+        )
+    assert att.report.code_hash == code_hash(other) and statement.model_version == 1
+    (record,) = caplog.records
+    assert "no policy checked" in record.getMessage()
+    assert code_hash(other).hex().upper() in record.getMessage()
+    with pytest.raises(receipt.ReceiptError, match="not the one the receipt covers"):
+        enclave_infer.verify_receipt(document, enclave_infer.UnsafeNoPolicy("a test"), image=b"another")

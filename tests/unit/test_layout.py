@@ -123,13 +123,15 @@ PUBLIC = {
     "Runtime", "Problem",
     # attestation
     "Attestation", "Constraint", "EnclaveReport", "SecurityLevel", "Tee", "Verifier", "parse_constraint",
+    # receipts, verified offline; UnsafeNoPolicy: the explicit way to verify one without a constraint
+    "verify_receipt", "UnsafeNoPolicy",
     # the model owner's key
     "generate_owner_key", "load_owner_key",
     # errors
     "EnclaveInferError", "UsageError", "ProtocolError", "DecryptionError", "AttestationError",
     "ConstraintError", "ModelPinError", "TransportError", "RemoteError", "InvalidRequestError",
     "InvalidImageError", "TooLargeError", "NoModelError", "ProvisionRefusedError", "OverloadedError",
-    "UnavailableError", "EnclaveFailureError",
+    "UnavailableError", "EnclaveFailureError", "KeyConfigurationChangedError",
 }  # fmt: skip
 
 

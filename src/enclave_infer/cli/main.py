@@ -31,7 +31,7 @@ from enclave_infer.cli._options import (
     load_config,
     read_file,
 )
-from enclave_infer.errors import AttestationError, EnclaveInferError, UsageError
+from enclave_infer.errors import AttestationError, EnclaveInferError, KeyConfigurationChangedError, UsageError
 from enclave_infer.logs import LOG_FORMATS
 
 if TYPE_CHECKING:
@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
+    except KeyConfigurationChangedError as exc:  # the SDK names Python; say it in the command's terms
+        accept = "run again, or pass --follow-key-changes" if args.command == "classify" else "run again"
+        _error(str(KeyConfigurationChangedError(exc.old, exc.new, accept)))
+        return 1
     except EnclaveInferError as exc:
         _error(str(exc))
         return 1
@@ -273,6 +277,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="ask for a signed receipt per image, verify it, and keep it in DIR (see verify-receipt)",
     )
+    c.add_argument(
+        "--follow-key-changes",
+        action="store_true",
+        help="when the host offers another key configuration (an enclave of the same code, restarted"
+        " alone or another cluster), attest it and send the image again (default: stop, exit 1)",
+    )
     add_collateral(c)
     c.set_defaults(func=_classify)
     return p
@@ -294,6 +304,7 @@ def _client(args: argparse.Namespace, constraint: str | None) -> Client:
         pccs_url=args.pccs,
         model_sha256=pinned,
         measurements=measurements,
+        follow_key_changes=getattr(args, "follow_key_changes", False),
     )
 
 
@@ -674,6 +685,8 @@ class _Session:
                     path.write_bytes(result.receipt)
                 except OSError as exc:
                     raise UsageError(f"cannot write the receipt {path}: {exc.strerror}") from None
+        except KeyConfigurationChangedError:  # not this image's failure: the session's, and it ends
+            raise
         except EnclaveInferError as exc:  # the message does not name the image: it is named here, once
             self.failures += 1
             if args.json:

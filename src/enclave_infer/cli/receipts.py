@@ -7,6 +7,12 @@ removed is refused), and that an image is the one classified::
 
     enclave-infer verify-receipt receipts/chelsea.png.receipt.json --image chelsea.png \\
         --constraint "C:<code hash> SEC:INSECURE"
+
+The constraint is what makes a receipt proof of *which* enclave answered: any enclave whose evidence
+verifies (another code hash, another configuration, a cluster the host founded on the side) can mint
+a receipt whose signature, binding and answer check out. So a constraint is required; only
+``--unsafe-no-constraint`` verifies without one, with a warning on stderr that this proves nothing
+about which enclave minted the receipt, and ``constraint: none`` in what it prints.
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from enclave_infer.errors import UsageError
 __all__ = ["receipt_path", "register"]
 
 SUFFIX = ".receipt.json"
+# verify-receipt without a constraint: what it says, in one line, instead of "receipt verified".
+NO_CONSTRAINT = (
+    "a receipt verified without a constraint proves nothing about which enclave minted it: give the"
+    ' enclave\'s, e.g. --constraint "C:<code hash> SEC:SECURE" (or IMAGE:<pin>), or'
+    " --unsafe-no-constraint to check its signature and answer only"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,7 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     r.add_argument("receipt", type=Path, metavar="FILE", help="a receipt, as `classify --receipt DIR` writes")
     r.add_argument("--image", type=Path, help="check that this is the image that was classified")
-    r.add_argument("--constraint", help="check the enclave against this constraint too")
+    r.add_argument(
+        "--constraint",
+        help="the enclave the receipt must come from (required: without one a receipt proves nothing)",
+    )
+    r.add_argument(
+        "--unsafe-no-constraint",
+        action="store_true",
+        help="verify without a constraint: the signature and answer only, which proves nothing about"
+        " which enclave minted the receipt",
+    )
     r.set_defaults(func=_verify_receipt)
 
 
@@ -58,10 +79,14 @@ def receipt_path(directory: Path, source: str, taken: set[Path]) -> Path:
 
 
 def _verify_receipt(args: argparse.Namespace) -> int:
+    if args.constraint and args.unsafe_no_constraint:
+        raise UsageError("--constraint and --unsafe-no-constraint contradict each other: give one")
+    if not args.constraint and not args.unsafe_no_constraint:
+        raise UsageError(NO_CONSTRAINT)
     receipt = Receipt.decode(read_file(args.receipt, "receipt"))
     image = read_file(args.image, "image") if args.image else None
     constraint = constraints.parse(args.constraint) if args.constraint else None
-    policy: Policy = constraint or UnsafeNoPolicy("verify-receipt without --constraint")
+    policy: Policy = constraint or UnsafeNoPolicy("verify-receipt --unsafe-no-constraint")
     statement, attestation = verify(receipt, policy, verifier=Verifier.production(), image=image)
     report = attestation.report
     if report.security_level is SecurityLevel.INSECURE:  # e.g. simulation: anyone can forge such a receipt
@@ -83,5 +108,12 @@ def _verify_receipt(args: argparse.Namespace) -> int:
         raise UsageError("the receipt's answer is not a classification") from None
     print(f"  answer: {answer}")
     if constraint is None:
-        print("  no --constraint given: the enclave's identity above is what the receipt proves")
+        print("  constraint: none (--unsafe-no-constraint)")
+        print(
+            "enclave-infer: warning: no constraint: this proves nothing about which enclave minted the"
+            " receipt (any enclave whose evidence verifies could have signed it)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"  constraint: {args.constraint.strip()} (met)")
     return 0

@@ -7,9 +7,15 @@ API (``protocol/api.py``) through Oblivious HTTP: every request is a binary-HTTP
 encapsulated to the attested key (RFC 9458); the host in between sees ciphertext.
 
 Answers come back as the typed results of ``protocol/api.py``; refusals as the exception that
-their RFC 9457 problem type maps to (:data:`PROBLEM_ERRORS`). Two problems are handled here, each
-with one retry: RFC 9458's ``ohttp-key`` (the enclave restarted with a new key: attest again, and
-resend only if the key really changed) and ``date`` (correct the clock by the enclave's ``date``).
+their RFC 9457 problem type maps to (:data:`PROBLEM_ERRORS`). Two problems are handled here:
+RFC 9458's ``ohttp-key`` (§5.3: the request was not encrypted to the enclave's key) and ``date``
+(§6.5.2: correct the clock by the enclave's ``date``, and resend once). ``ohttp-key`` travels outside
+the encryption, so anyone on the path can send it: the client attests again and compares the key
+configuration with the one it verified. The same one: the claim was false, nothing is resent. Another
+one (an enclave of the same code, but another instance: restarted outside a cluster, or another
+cluster the host founded): nothing is resent either, and :class:`KeyConfigurationChangedError` names
+both, unless the caller consented (``Client(follow_key_changes=True)``, or :meth:`Client.attest`
+again, which adopts what it verifies); with consent, a request that changes nothing is resent once.
 Requests that change nothing (attestation, model metadata, classifications) are sent again on a 503
 ``overloaded`` or ``enclave-unavailable``, after a backoff never shorter than the host's
 ``Retry-After`` (:class:`ClientConfig` says how often and how long).
@@ -36,8 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave_infer.attestation import constraints
 from enclave_infer.attestation.constraints import Constraint
 from enclave_infer.attestation.evidence import Attestation, Evidence, Policy, UnsafeNoPolicy, Verifier, verify
-from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError
-from enclave_infer.attestation.receipt import verify as verify_receipt
+from enclave_infer.attestation.receipt import RECEIPT_HEADER, Receipt, ReceiptError, Statement
+from enclave_infer.attestation.receipt import verify as verify_signed_receipt
 from enclave_infer.attestation.report import NONCE_BYTES, Tee
 from enclave_infer.client._config import ClientConfig
 from enclave_infer.client._text import duration
@@ -47,6 +53,7 @@ from enclave_infer.errors import (
     EnclaveFailureError,
     InvalidImageError,
     InvalidRequestError,
+    KeyConfigurationChangedError,
     ModelPinError,
     NoModelError,
     OverloadedError,
@@ -75,7 +82,7 @@ from enclave_infer.protocol.api import (
 )
 from enclave_infer.protocol.manifest import Manifest, ModelFile, ModelFormat, parse_sf_binary, sf_binary
 
-__all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral"]
+__all__ = ["PROBLEM_ERRORS", "Client", "fetch_collateral", "verify_receipt"]
 
 SUPPORTED_SUITE = (ohttp.KEM_X25519_HKDF_SHA256, ohttp.KDF_HKDF_SHA256, ohttp.AEAD_AES_128_GCM)
 
@@ -136,6 +143,7 @@ class Client:
         model_sha256: str | None = None,
         verifier: Verifier = PRODUCTION,
         measurements: bytes | None = None,
+        follow_key_changes: bool = False,
     ) -> None:
         """``constraint`` None only for :meth:`inspect`: such a client never sends anything.
         ``verifier``: the roots evidence is verified with (:meth:`Verifier.production` unless given).
@@ -143,7 +151,11 @@ class Client:
         what the host attaches to the evidence; or ``pccs_url``: fetch it for each quote.
         ``model_sha256``: send images only to, and accept answers only from, that model.
         ``measurements``: the release's reference measurements that ``IMAGE:`` pins (what
-        ``measure --image`` writes), instead of those the host attaches to its evidence."""
+        ``measure --image`` writes), instead of those the host attaches to its evidence.
+        ``follow_key_changes``: after an ``ohttp-key`` problem, adopt another key configuration that
+        satisfies the constraint and resend to it (default: raise
+        :class:`KeyConfigurationChangedError`; nothing is resent to an instance the caller did not
+        attest)."""
         # Everything is checked before the HTTP client exists: a failed constructor leaks nothing.
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"URL must start with http:// or https://, got {url!r}")
@@ -153,6 +165,7 @@ class Client:
         self.constraint = constraints.parse(constraint) if isinstance(constraint, str) else constraint
         self.config = config or ClientConfig()
         self.model_sha256 = model_sha256.lower() if model_sha256 else None
+        self.follow_key_changes = follow_key_changes
         self._now = now or (lambda: datetime.now(UTC))
         self._collateral = collateral
         self._measurements = measurements
@@ -175,17 +188,21 @@ class Client:
     # -- attestation ---------------------------------------------------------------------------
 
     def attest(self) -> Attestation:
-        """Fetch the key configuration and fresh evidence; verify both against the constraint."""
+        """Fetch the key configuration and fresh evidence; verify both against the constraint. The
+        client sends to that key configuration from then on (also when it is another than before:
+        calling this is consent)."""
         if self.constraint is None:
             raise UsageError("no enclave constraint: the client will not talk to an unchecked enclave")
-        return self._attest(self.constraint)
+        self._key, self.attestation = self._attest(self.constraint)
+        return self.attestation
 
     def inspect(self) -> Attestation:
         """Verify the evidence and its binding to fresh keys, without a policy: what ``attest``
         prints. Sends nothing to the enclave and enables nothing."""
-        return self._attest(None)
+        return self._attest(None)[1]
 
-    def _attest(self, constraint: Constraint | None) -> Attestation:
+    def _attest(self, constraint: Constraint | None) -> tuple[ohttp.KeyConfig, Attestation]:
+        """The host's key configuration and fresh evidence that binds it, verified; adopts nothing."""
         keys = self._retrying(lambda: self._get("/ohttp-keys", expect=ohttp.MEDIA_TYPE_KEYS))
         try:
             configs = ohttp.decode_key_configs(keys)
@@ -216,10 +233,7 @@ class Client:
             collateral=collateral,
             measurements=self._measurements,
         )
-        if constraint is None:
-            return attestation
-        self._key, self.attestation = config, attestation
-        return attestation
+        return config, attestation
 
     # -- the enclave's API ---------------------------------------------------------------------
 
@@ -257,7 +271,7 @@ class Client:
         kept = dataclasses.replace(signed, response=response.content.decode("utf-8", "replace"))
         if self.constraint is None:  # classify() attests first, which needs one
             raise UsageError("no enclave constraint: the client will not talk to an unchecked enclave")
-        statement, _ = verify_receipt(kept, self.constraint, verifier=self._verifier, image=image)
+        statement, _ = verify_signed_receipt(kept, self.constraint, verifier=self._verifier, image=image)
         if abs((statement.time - self._now()).total_seconds()) > RECEIPT_CLOCK_SKEW:
             raise ReceiptError("the receipt is dated too far from now (the enclave's host sets its clock)")
         if statement.model_sha256 != json.loads(response.content)["model"]["sha256"]:
@@ -412,19 +426,19 @@ class Client:
             if response is None:
                 problem = reply.problem()
                 if attempt == 1 and problem is not None and problem.problem is Problem.OHTTP_KEY:
-                    # The enclave may have restarted with a new key: verify it again, and resend only
-                    # if the key really changed (a host that merely claims failure gets no rerun).
-                    old_key = self._key
-                    self.attest()
-                    if self._key != old_key and stream is None:
+                    # Outside the encryption, so anyone's to send: attest again; the same key: a
+                    # claim, no rerun; another: only with the caller's consent (module docstring).
+                    if not self._follow_key_change():
+                        raise _host_error(reply)
+                    if stream is None:
                         continue
-                    if self._key != old_key:  # an upload: it may have been taken before the restart
-                        raise UnavailableError(
-                            reply.status,
-                            "the enclave restarted during the upload; see `enclave-infer model` and provision"
-                            " again if it is not the new version",
-                            Problem.OHTTP_KEY.uri,
-                        )
+                    # an upload: it may have been taken before the restart
+                    raise UnavailableError(
+                        reply.status,
+                        "the enclave restarted during the upload; see `enclave-infer model` and provision"
+                        " again if it is not the new version",
+                        Problem.OHTTP_KEY.uri,
+                    )
                 raise _host_error(reply)
             if (
                 attempt == 1
@@ -442,6 +456,22 @@ class Client:
                 raise _enclave_error(response)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _follow_key_change(self) -> bool:
+        """After an ``ohttp-key`` problem: attest again. False when the key configuration is the one
+        this client verified; True when it is another and the caller consented (it is adopted);
+        else :class:`KeyConfigurationChangedError`, and the client keeps the one it verified."""
+        old = self._key
+        assert old is not None, "set by attest()"
+        assert self.constraint is not None, "attest() needs one"
+        config, attestation = self._attest(self.constraint)
+        if config == old:
+            return False
+        if not self.follow_key_changes:
+            accept = "attest() again, or Client(follow_key_changes=True)"
+            raise KeyConfigurationChangedError(_describe_key(old), _describe_key(config), accept)
+        self._key, self.attestation = config, attestation
+        return True
 
     def _date(self) -> tuple[str, str]:
         """The inner request's date, for the enclave's replay window (RFC 9458 §6.5.1)."""
@@ -534,6 +564,31 @@ def _opener(path: Path) -> Callable[[Any], BinaryIO]:
     return open_model
 
 
+def verify_receipt(
+    document: bytes,
+    constraint: str | Constraint | UnsafeNoPolicy | None,
+    *,
+    image: bytes | None = None,
+    verifier: Verifier = PRODUCTION,
+) -> tuple[Statement, Attestation]:
+    """Verify a kept receipt (``Classification.receipt``) offline, as ``enclave-infer
+    verify-receipt`` does: its evidence as of its time, the binding, ``constraint``, the signature,
+    the answer it carries, and ``image`` when given. Returns the signed statement and the evidence.
+
+    A receipt proves which enclave answered only against a constraint: any enclave whose evidence
+    verifies, of whatever code hash or configuration, can mint one whose signature and answer check
+    out. So ``constraint`` None is refused (:class:`UsageError`); verifying without one takes an
+    explicit ``UnsafeNoPolicy(reason)``, which logs a warning naming the enclave it let through."""
+    if constraint is None:
+        raise UsageError(
+            "a receipt verified without a constraint proves nothing about which enclave minted it:"
+            ' give the enclave\'s (e.g. "C:<code hash> SEC:SECURE"), or UnsafeNoPolicy(reason) to'
+            " check its signature and answer only"
+        )
+    policy: Policy = constraints.parse(constraint) if isinstance(constraint, str) else constraint
+    return verify_signed_receipt(Receipt.decode(document), policy, verifier=verifier, image=image)
+
+
 def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = ClientConfig().timeout) -> bytes:
     """DCAP collateral for ``quote`` from a PCCS (or Intel's PCS), as dcap-qvl's JSON, within
     ``timeout`` seconds."""
@@ -622,6 +677,11 @@ def _slices(data: bytes) -> Iterator[bytes]:
 
 def _is_sha256(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _describe_key(config: ohttp.KeyConfig) -> str:
+    """A key configuration as ``attest`` prints it: its id and the SHA-256 of its encoding."""
+    return f"key id {config.key_id}, SHA-256 {hashlib.sha256(config.encode()).hexdigest().upper()}"
 
 
 def _supports(config: ohttp.KeyConfig) -> bool:
