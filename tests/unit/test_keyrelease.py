@@ -564,3 +564,23 @@ def test_a_tcb_floor_reads_a_verified_report_and_refuses_what_it_cannot_show() -
     assert keyrelease.TcbFloor().below(report()) == []  # simulation's floor requires nothing
     secrets = keyrelease.ClusterSecrets.found(ohttp.GatewayKey.generate(1), floor.merge(dcap))
     assert keyrelease.ClusterSecrets.decode(secrets.encode()).tcb == floor.merge(dcap)
+
+
+def test_a_refresh_routed_back_to_the_asker_is_refused(tmp_path: Path) -> None:
+    """A member that asks for a refresh learns the floor from another member, never from itself:
+    a host that carried each member's refresh back to it alone (issue 18) gets refusals."""
+    first, second = enclave(tmp_path, "a"), enclave(tmp_path, "b")
+    ask(first, FrameType.CLUSTER_FOUND)
+    assert join(second, first)[0] is FrameType.CLUSTER_JOINED
+    kind, request = ask(second, FrameType.CLUSTER_JOIN)
+    kind, payload = ask(second, FrameType.CLUSTER_RELEASE, request)
+    assert kind is FrameType.ERROR and "this enclave's own" in refusal(payload)
+    kind, answer = ask(first, FrameType.CLUSTER_RELEASE, request)  # the same request, to another member
+    assert ask(second, FrameType.CLUSTER_ACCEPT, answer)[0] is FrameType.CLUSTER_JOINED
+    # an earlier request of its own (no longer the one it waits for) is answered, and its release
+    # is refused where it matters: by the asker, as bound to another request
+    assert ask(second, FrameType.CLUSTER_JOIN)[0] is FrameType.CLUSTER_MESSAGE
+    kind, stale = ask(second, FrameType.CLUSTER_RELEASE, request)
+    assert kind is FrameType.CLUSTER_MESSAGE
+    kind, payload = ask(second, FrameType.CLUSTER_ACCEPT, stale)
+    assert kind is FrameType.ERROR and "not bound" in refusal(payload)

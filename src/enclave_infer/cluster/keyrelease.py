@@ -306,11 +306,14 @@ def release(
     attest: Attest,
     verifier: Verifier,
     now: datetime,
+    pending: PendingJoin | None = None,
 ) -> bytes:
     """The giver's answer to a join request: the cluster's secrets sealed to the joiner, with the
     giver's evidence. Raises :class:`KeyReleaseError` unless the joiner is the same enclave as
     ``own`` (the giver's own verified report) at the same or a higher security level, and both
-    reach the cluster's TCB floor (``cluster.tcb``)."""
+    reach the cluster's TCB floor (``cluster.tcb``). ``pending``: the giver's own join request,
+    if it has one out (a member asking for a refresh): a request with its nonce is refused, since a
+    release to itself would teach it nothing and count as a refresh."""
     below = cluster.tcb.below(own)
     if below:
         raise KeyReleaseError(
@@ -321,6 +324,11 @@ def release(
     key_config, nonce = fields["key_config"], fields["nonce"]
     if len(nonce) != NONCE_BYTES:
         raise KeyReleaseError(f"key release refused: the join request's nonce is not {NONCE_BYTES} bytes")
+    if pending is not None and hmac.compare_digest(nonce, pending.nonce):
+        raise KeyReleaseError(
+            "key release refused: the join request is this enclave's own (a refresh learns the floor"
+            " from other members only)"
+        )
     try:
         peer_key = ohttp.KeyConfig.decode(key_config)
         verify(

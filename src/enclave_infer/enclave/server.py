@@ -292,6 +292,7 @@ class Enclave:
                 attest=attest,
                 verifier=self._verifier,
                 now=now,
+                pending=self._pending,
             )
             log.info("released the cluster's keys to a joining enclave")
             return answer, False
