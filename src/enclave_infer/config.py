@@ -5,7 +5,8 @@ the enclave loads it and folds it into its measurement (so a client that pins th
 pins who may provision the model and under which limits); clients read it back from the evidence.
 
 The canonical form is JSON with sorted keys and no white space (:meth:`EnclaveConfig.canonical`);
-that byte string is what gets hashed.
+that byte string is what gets hashed. The ``cluster`` table appears in it only when it sets something,
+so that a configuration without it keeps the digest it had before the table existed.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enclave_infer.attestation.report import SNP_TCB_COMPONENTS, parse_snp_tcb_floor
 from enclave_infer.errors import UsageError
 
 __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_QUEUE_DELAY_US",
     "Batching",
+    "ClusterSettings",
     "EnclaveConfig",
     "Limits",
     "Padding",
@@ -120,6 +123,57 @@ class Padding:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """What a cluster of enclaves (``cluster/keyrelease.py``) requires of its members' platforms,
+    beyond what the founder's own evidence shows: a minimum that the founder folds into the
+    cluster's TCB floor, so that no member below it ever receives the cluster's keys, whatever
+    collateral and clock its giver's host hands it.
+
+    ``min_tcb_evaluation``: SGX and TDX, the least ``tcbEvaluationDataNumber`` of the DCAP
+    collateral's TCB info and QE identity (a client's ``TCBEVAL:``). ``min_snp_tcb``: SEV-SNP, the
+    least patch level of each named REPORTED_TCB component, as ``SNPTCB:`` writes it
+    (``"bl=3,snp=8"``), kept in the components' order. A minimum the platform cannot show (a
+    ``min_tcb_evaluation`` on SEV-SNP, either on simulation) refuses everything: no cluster is
+    founded."""
+
+    min_tcb_evaluation: int | None = None
+    min_snp_tcb: str | None = None
+
+    def __post_init__(self) -> None:
+        value = self.min_tcb_evaluation
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFF_FFFF
+        ):
+            raise UsageError(
+                f"cluster.min_tcb_evaluation must be an integer from 0 to 4294967295, got {value!r}"
+            )
+        if self.min_snp_tcb is not None:
+            if not isinstance(self.min_snp_tcb, str):
+                raise UsageError(
+                    f"cluster.min_snp_tcb must be a string such as 'bl=3,snp=8', got {self.min_snp_tcb!r}"
+                )
+            pairs = dict(parse_snp_tcb_floor(self.min_snp_tcb.lower(), what="cluster.min_snp_tcb:"))
+            # one floor, one text: the components in their order, so that the measured bytes are one
+            text = ",".join(f"{name}={pairs[name]}" for name in SNP_TCB_COMPONENTS if name in pairs)
+            object.__setattr__(self, "min_snp_tcb", text)
+
+    @property
+    def snp_tcb_floor(self) -> tuple[tuple[str, int], ...]:
+        """``min_snp_tcb`` as (component name, minimum) pairs; empty without it."""
+        if self.min_snp_tcb is None:
+            return ()
+        return parse_snp_tcb_floor(self.min_snp_tcb, what="cluster.min_snp_tcb:")
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings given, and only those (an empty table is left out of the canonical form)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+
+@dataclass(frozen=True)
 class EnclaveConfig:
     """Everything about the enclave that is measured besides its code."""
 
@@ -138,6 +192,7 @@ class EnclaveConfig:
     limits: Limits = field(default_factory=Limits)
     batching: Batching = field(default_factory=Batching)
     padding: Padding = field(default_factory=Padding)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def __post_init__(self) -> None:
         if not isinstance(self.owner_public_key, bytes) or len(self.owner_public_key) != 32:
@@ -156,7 +211,7 @@ class EnclaveConfig:
     # -- canonical form ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "owner_public_key": self.owner_public_key.hex(),
             "product_id": self.product_id,
             "security_version": self.security_version,
@@ -168,6 +223,10 @@ class EnclaveConfig:
             "batching": dataclasses.asdict(self.batching),
             "padding": dataclasses.asdict(self.padding),
         }
+        cluster = self.cluster.to_json()
+        if cluster:  # absent when it sets nothing: the digests of configurations without it stand
+            doc["cluster"] = cluster
+        return doc
 
     def canonical(self) -> bytes:
         """The exact bytes that are measured and bound into attestation evidence."""
@@ -188,11 +247,17 @@ class EnclaveConfig:
         limits = Limits(**_table(doc.pop("limits", {}), "limits", Limits))
         batching = Batching(**_table(doc.pop("batching", {}), "batching", Batching))
         padding = Padding(**_table(doc.pop("padding", {}), "padding", Padding))
+        cluster = ClusterSettings(**_table(doc.pop("cluster", {}), "cluster", ClusterSettings))
         key = doc.pop("owner_public_key", None)
         if not isinstance(key, str):
             raise UsageError("owner_public_key is required (hex, or the contents of owner.key.pub)")
         return cls(
-            owner_public_key=_parse_public_key(key), limits=limits, batching=batching, padding=padding, **doc
+            owner_public_key=_parse_public_key(key),
+            limits=limits,
+            batching=batching,
+            padding=padding,
+            cluster=cluster,
+            **doc,
         )
 
     @classmethod
@@ -277,7 +342,9 @@ def _parse_public_key(text: str) -> bytes:
     return raw
 
 
-def _table(doc: Any, name: str, cls: type[Limits] | type[Batching] | type[Padding]) -> dict[str, Any]:
+def _table(
+    doc: Any, name: str, cls: type[Limits] | type[Batching] | type[Padding] | type[ClusterSettings]
+) -> dict[str, Any]:
     """The keys of the ``[name]`` table, checked against the fields of ``cls``."""
     if not isinstance(doc, dict):
         raise UsageError(f"[{name}] must be a table")

@@ -3,6 +3,7 @@ process, their hosts' frames carried by hand."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -18,11 +19,12 @@ from enclave_infer.attestation.report import EnclaveReport, SecurityLevel
 from enclave_infer.client._owner import public_key_bytes
 from enclave_infer.cluster import keyrelease
 from enclave_infer.cluster.storage import model_file_name as cluster_model_name
-from enclave_infer.config import EnclaveConfig
+from enclave_infer.config import ClusterSettings, EnclaveConfig
 from enclave_infer.enclave.models import ModelError
 from enclave_infer.enclave.platform import SimulationPlatform
 from enclave_infer.enclave.server import Enclave
 from enclave_infer.enclave.tsm import ConfigfsTsmPlatform
+from enclave_infer.errors import UsageError
 from enclave_infer.protocol import framing, ohttp
 from enclave_infer.protocol.api import EnclaveStatus, Problem
 from enclave_infer.protocol.framing import FrameType
@@ -388,3 +390,197 @@ def test_tds_release_keys_only_to_a_td_that_booted_the_same(
     assert kind is FrameType.CLUSTER_MESSAGE
     assert frame(joiner, FrameType.CLUSTER_ACCEPT, same, release)[0] is FrameType.CLUSTER_JOINED
     assert joiner.key_config == giver.key_config
+
+
+# -- the cluster's TCB floor (issue 18: "the TCB bar for key release is the host's choice") ---------
+
+OLDER_MODULE = bytes([7, 1, 2] + [0] * 13)  # a TDX TCB component one below the emulated platform's
+
+
+class Tds:
+    """TDs on emulated TDX (real quotes under a test root), their hosts' collateral and clock in the
+    test's hands: each frame says which platform quotes, with which collateral, at which time."""
+
+    def __init__(self, tmp_path: Path, fake_tsm: Callable[..., FakeTsm]) -> None:
+        self.dcap = EmulatedDcap()
+        # the same machine type under the same root, with an older TDX module: its own TCB level
+        self.older = copy.copy(self.dcap)
+        self.older.platform = dataclasses.replace(self.dcap.platform, tee_tcb_svn=OLDER_MODULE)
+        self.today = datetime.now(UTC).replace(microsecond=0)
+        self.now = self.today
+        self.quoting = self.dcap
+        fake = fake_tsm(provider="tdx_guest", make_outblob=lambda rd: self.quoting.tdx_quote(rd))
+        self.root, self.tmp_path = fake.root, tmp_path
+        self.verifier = Verifier(intel_root_ca_der=self.dcap.root_ca_der)
+        (tmp_path / "shared").mkdir(exist_ok=True)
+
+    def collateral(self, number: int, *, days_ago: int = 1, written_for: EmulatedDcap | None = None) -> bytes:
+        """Intel's collateral of evaluation data number ``number``, issued ``days_ago`` and current
+        for 30 days; written for this platform's TCB (the older module is OutOfDate under it)."""
+        issued = self.today - timedelta(days=days_ago)
+        return (written_for or self.dcap).collateral(
+            "tdx", issue_date=issued, next_update=issued + timedelta(days=30), evaluation_data_number=number
+        )
+
+    def td(self, name: str, config: EnclaveConfig = CONFIG) -> Enclave:
+        return Enclave(
+            config,
+            ConfigfsTsmPlatform(self.root),
+            self.tmp_path / name,
+            shared=self.tmp_path / "shared",
+            verifier=self.verifier,
+            clock=lambda: self.now,
+        )
+
+    def frame(
+        self, e: Enclave, kind: FrameType, collateral: bytes, message: bytes = b"", *, older: bool = False
+    ) -> tuple[FrameType, bytes]:
+        self.quoting = self.older if older else self.dcap
+        reply = e.answer(kind, framing.encode_cluster_payload(collateral, message))
+        return framing.parse_header(reply[: framing.HEADER.size])[0], reply[framing.HEADER.size :]
+
+    def join(
+        self, joiner: Enclave, giver: Enclave, *, joiner_has: bytes, giver_has: bytes, older: bool = False
+    ) -> tuple[FrameType, bytes]:
+        """A join through two hosts that hand their enclaves ``joiner_has`` and ``giver_has``."""
+        _, request = self.frame(joiner, FrameType.CLUSTER_JOIN, joiner_has, older=older)
+        kind, answer = self.frame(giver, FrameType.CLUSTER_RELEASE, giver_has, request)
+        if kind is not FrameType.CLUSTER_MESSAGE:
+            return kind, answer
+        return self.frame(joiner, FrameType.CLUSTER_ACCEPT, joiner_has, answer, older=older)
+
+
+def test_old_collateral_and_a_wound_back_clock_release_nothing_below_the_tcb_floor(
+    tmp_path: Path, fake_tsm: Callable[..., FakeTsm]
+) -> None:
+    """The issue's sequence: the cluster was founded on collateral 18, under which a TD on an older
+    TDX module is OutOfDate (a client with SEC:SECURE or TCBEVAL:18 refuses it). Its host and the
+    giver's hand both enclaves collateral 17, from before that TCB recovery (under which the older
+    module was UpToDate), and wind the clock back to when it was current. Before the floor, the
+    giver compared the joiner with its own report of collateral 17 and released."""
+    tds = Tds(tmp_path, fake_tsm)
+    current = tds.collateral(18)
+    founder = tds.td("founder")
+    assert tds.frame(founder, FrameType.CLUSTER_FOUND, current)[0] is FrameType.CLUSTER_FOUNDED
+    joiner = tds.td("joiner")
+    kind, payload = tds.join(joiner, founder, joiner_has=current, giver_has=current, older=True)
+    assert kind is FrameType.ERROR and "STALE, below this enclave's SECURE" in refusal(payload)
+    # collateral 17, issued 75 days ago and current for 30 days, at a clock wound back 60 days
+    old = tds.collateral(17, days_ago=75, written_for=tds.older)
+    tds.now = tds.today - timedelta(days=60)
+    kind, payload = tds.join(joiner, founder, joiner_has=old, giver_has=old, older=True)
+    assert kind is FrameType.ERROR, "released to a TD below the cluster's TCB floor"
+    assert "this enclave's own evidence is below the cluster's TCB floor" in refusal(payload)
+    assert "TCB evaluation data number 17 < 18" in refusal(payload)
+    assert joiner.cluster is None
+    # a TD on the current module, with current collateral at the true time, joins
+    tds.now = tds.today
+    member = tds.td("member")
+    assert tds.join(member, founder, joiner_has=current, giver_has=current)[0] is FrameType.CLUSTER_JOINED
+    assert member.key_config == founder.key_config
+
+
+def test_the_tcb_floor_rises_with_a_members_newer_collateral_and_travels_by_refresh(
+    tmp_path: Path, fake_tsm: Callable[..., FakeTsm]
+) -> None:
+    """Collateral 19 reaches the founder only; a member learns floor 19 by a refresh, and from then
+    on neither releases with collateral 18 nor releases to a TD that shows only 18."""
+    tds = Tds(tmp_path, fake_tsm)
+    c18, c19 = tds.collateral(18), tds.collateral(19)
+    founder, member = tds.td("founder"), tds.td("member")
+    tds.frame(founder, FrameType.CLUSTER_FOUND, c18)
+    assert tds.join(member, founder, joiner_has=c18, giver_has=c18)[0] is FrameType.CLUSTER_JOINED
+    # the founder's host gets collateral 19: the founder's next release raises its floor
+    assert tds.join(member, founder, joiner_has=c19, giver_has=c19)[0] is FrameType.CLUSTER_JOINED
+    assert founder.state.tcb_floor == keyrelease.TcbFloor(19, 19)
+    assert member.state.tcb_floor == keyrelease.TcbFloor(19, 19)  # the refresh carried it
+    # a release from a giver whose floor is still lower leaves it where it is
+    laggard = tds.td("laggard")
+    assert tds.join(laggard, member, joiner_has=c19, giver_has=c19)[0] is FrameType.CLUSTER_JOINED
+    other = tds.td("other")
+    tds.frame(other, FrameType.CLUSTER_FOUND, c18)  # a cluster of its own: refused, nothing changes
+    assert tds.join(member, other, joiner_has=c18, giver_has=c18)[0] is FrameType.ERROR
+    assert member.state.tcb_floor == keyrelease.TcbFloor(19, 19)
+    # the member's host goes back to collateral 18: the member releases nothing, to nobody
+    late = tds.td("late")
+    kind, payload = tds.join(late, member, joiner_has=c18, giver_has=c18)
+    assert kind is FrameType.ERROR and "18 < 19" in refusal(payload)
+    kind, payload = tds.join(late, member, joiner_has=c18, giver_has=c19)
+    assert kind is FrameType.ERROR and late.cluster is None
+    assert tds.join(late, member, joiner_has=c19, giver_has=c19)[0] is FrameType.CLUSTER_JOINED
+
+
+def test_a_configured_tcb_minimum_is_part_of_the_floor(
+    tmp_path: Path, fake_tsm: Callable[..., FakeTsm]
+) -> None:
+    """``[cluster] min_tcb_evaluation = 19``: measured, so every member has it; no cluster is
+    founded on a platform below it, and no TD below it joins."""
+    tds = Tds(tmp_path, fake_tsm)
+    config = dataclasses.replace(CONFIG, cluster=ClusterSettings(min_tcb_evaluation=19))
+    c18, c19 = tds.collateral(18), tds.collateral(19)
+    founder = tds.td("founder", config)
+    kind, payload = tds.frame(founder, FrameType.CLUSTER_FOUND, c18)
+    assert kind is FrameType.ERROR and "TCB evaluation data number 18 < 19" in refusal(payload)
+    assert founder.cluster is None
+    assert tds.frame(founder, FrameType.CLUSTER_FOUND, c19)[0] is FrameType.CLUSTER_FOUNDED
+    assert founder.state.tcb_floor == keyrelease.TcbFloor(19, 19)
+    joiner = tds.td("joiner", config)
+    kind, payload = tds.join(joiner, founder, joiner_has=c18, giver_has=c18)
+    assert kind is FrameType.ERROR and "below the cluster's TCB floor" in refusal(payload)
+    assert tds.join(joiner, founder, joiner_has=c19, giver_has=c19)[0] is FrameType.CLUSTER_JOINED
+    # the same minimum on simulation, whose evidence shows no TCB: no cluster at all (fail closed)
+    simulated = enclave(tmp_path, "simulated", config)
+    kind, payload = ask(simulated, FrameType.CLUSTER_FOUND)
+    assert kind is FrameType.ERROR and "TCB evaluation data number 0 < 19" in refusal(payload)
+
+
+def test_the_configured_minimum_is_measured_only_when_given() -> None:
+    assert "cluster" not in json.loads(CONFIG.canonical())  # the digests of existing configurations stand
+    given = EnclaveConfig.from_json(
+        {**CONFIG.to_json(), "cluster": {"min_tcb_evaluation": 18, "min_snp_tcb": "SNP=8,bl=3"}}
+    )
+    assert json.loads(given.canonical())["cluster"] == {"min_snp_tcb": "bl=3,snp=8", "min_tcb_evaluation": 18}
+    assert EnclaveConfig.from_canonical(given.canonical()) == given and given.digest() != CONFIG.digest()
+    assert keyrelease.TcbFloor.minimum(given) == keyrelease.TcbFloor(18, 18, (3, 0, 8, 0, 0))
+    for bad in ({"min_snp_tcb": "snp=256"}, {"min_tcb_evaluation": -1}, {"min_tcb": 1}):
+        with pytest.raises(UsageError):
+            EnclaveConfig.from_json({**CONFIG.to_json(), "cluster": bad})
+
+
+def test_a_tcb_floor_reads_a_verified_report_and_refuses_what_it_cannot_show() -> None:
+    from enclave_infer.attestation.report import DcapCollateral, SnpTcb
+
+    genoa = report(tee="sev-snp", snp_tcb=SnpTcb(3, 0, 8, 115))
+    floor = keyrelease.TcbFloor.of(genoa)
+    assert floor == keyrelease.TcbFloor(snp=(3, 0, 8, 115, 0)) and floor.below(genoa) == []
+    # the host lowers the giver's REPORTED_TCB (and fetches the VCEK for it): below the floor
+    assert floor.below(report(tee="sev-snp", snp_tcb=SnpTcb(3, 0, 7, 115))) == ["SEV-SNP SNP firmware 7 < 8"]
+    turin = keyrelease.TcbFloor.of(report(tee="sev-snp", snp_tcb=SnpTcb(3, 0, 8, 115, fmc=2)))
+    assert floor.merge(turin) == turin and turin.below(genoa) == ["SEV-SNP FMC 0 < 2"]
+    dcap = keyrelease.TcbFloor.of(report(dcap_collateral=DcapCollateral(18, 17, NOW, "TCB info", NOW)))
+    assert dcap == keyrelease.TcbFloor(18, 17)
+    assert dcap.below(genoa)[0] == "no TCB evaluation data number (sev-snp evidence)"
+    assert floor.below(report())[0] == "no SEV-SNP TCB (sgx evidence)"
+    assert keyrelease.TcbFloor().below(report()) == []  # simulation's floor requires nothing
+    secrets = keyrelease.ClusterSecrets.found(ohttp.GatewayKey.generate(1), floor.merge(dcap))
+    assert keyrelease.ClusterSecrets.decode(secrets.encode()).tcb == floor.merge(dcap)
+
+
+def test_a_refresh_routed_back_to_the_asker_is_refused(tmp_path: Path) -> None:
+    """A member that asks for a refresh learns the floor from another member, never from itself:
+    a host that carried each member's refresh back to it alone (issue 18) gets refusals."""
+    first, second = enclave(tmp_path, "a"), enclave(tmp_path, "b")
+    ask(first, FrameType.CLUSTER_FOUND)
+    assert join(second, first)[0] is FrameType.CLUSTER_JOINED
+    kind, request = ask(second, FrameType.CLUSTER_JOIN)
+    kind, payload = ask(second, FrameType.CLUSTER_RELEASE, request)
+    assert kind is FrameType.ERROR and "this enclave's own" in refusal(payload)
+    kind, answer = ask(first, FrameType.CLUSTER_RELEASE, request)  # the same request, to another member
+    assert ask(second, FrameType.CLUSTER_ACCEPT, answer)[0] is FrameType.CLUSTER_JOINED
+    # an earlier request of its own (no longer the one it waits for) is answered, and its release
+    # is refused where it matters: by the asker, as bound to another request
+    assert ask(second, FrameType.CLUSTER_JOIN)[0] is FrameType.CLUSTER_MESSAGE
+    kind, stale = ask(second, FrameType.CLUSTER_RELEASE, request)
+    assert kind is FrameType.CLUSTER_MESSAGE
+    kind, payload = ask(second, FrameType.CLUSTER_ACCEPT, stale)
+    assert kind is FrameType.ERROR and "not bound" in refusal(payload)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from enclave_infer.cluster.keyrelease import ClusterSecrets
+from enclave_infer.cluster.keyrelease import ClusterSecrets, TcbFloor
 from enclave_infer.cluster.storage import ClusterStorage, model_file_name, version_of
 from enclave_infer.enclave.state import (
     AlreadyJoined,
     OtherCluster,
+    TcbBelowFloor,
     TransitionRefused,
     TrustedState,
     VersionNotNewer,
@@ -23,6 +24,9 @@ from enclave_infer.protocol import ohttp
 @dataclass(frozen=True)
 class Model:
     version: int
+
+
+NONE = TcbFloor()  # a platform that shows no TCB (simulation)
 
 
 def cluster(floor: int = 0) -> ClusterSecrets:
@@ -44,7 +48,7 @@ def test_a_version_not_above_the_served_one_is_refused_and_changes_nothing() -> 
 
 def test_the_floor_only_rises_and_ends_a_model_below_it() -> None:
     state: TrustedState[Model] = TrustedState()
-    state.join(cluster())
+    state.join(cluster(), NONE)
     state.install(Model(2), upload=True)
     assert state.raise_floor(1) is None and state.floor == 2  # lower: nothing changes
     assert state.raise_floor(5) == Model(2)  # the served model is below it: no longer served
@@ -54,7 +58,7 @@ def test_the_floor_only_rises_and_ends_a_model_below_it() -> None:
 
 def test_in_a_cluster_an_upload_must_exceed_the_floor_and_a_stored_file_reach_it() -> None:
     state: TrustedState[Model] = TrustedState()
-    state.join(cluster(floor=3))
+    state.join(cluster(floor=3), NONE)
     with pytest.raises(VersionNotNewer, match="a member of the cluster holds"):
         state.check_newer(3, upload=True)  # a member holds version 3: a new upload must be newer
     state.check_newer(3, upload=False)  # the cluster's own file of version 3 may be loaded
@@ -68,26 +72,58 @@ def test_in_a_cluster_an_upload_must_exceed_the_floor_and_a_stored_file_reach_it
 def test_joining_is_one_step_and_happens_once() -> None:
     state: TrustedState[Model] = TrustedState()
     first = cluster(floor=4)
-    state.join(first)
+    state.join(first, NONE)
     assert (state.cluster, state.floor) == (first, 4)  # secrets and floor together
     for again in (first, cluster()):
         with pytest.raises(AlreadyJoined):
-            state.join(again)
+            state.join(again, NONE)
     assert state.cluster is first
 
 
 def test_a_refresh_takes_the_floor_of_its_own_cluster_only() -> None:
     state: TrustedState[Model] = TrustedState()
     with pytest.raises(TransitionRefused):
-        state.refresh(cluster(floor=2))  # not a member yet
+        state.refresh(cluster(floor=2), NONE)  # not a member yet
     own = cluster()
-    state.join(own)
+    state.join(own, NONE)
     state.install(Model(1), upload=True)
     with pytest.raises(OtherCluster):
-        state.refresh(cluster(floor=9))
+        state.refresh(cluster(floor=9), NONE)
     assert (state.model, state.floor) == (Model(1), 1)
-    assert state.refresh(own.with_floor(2)) == Model(1)
+    assert state.refresh(own.with_floor(2), NONE) == Model(1)
     assert (state.model, state.floor, state.cluster) == (None, 2, own)
+
+
+def snp(bl: int, ucode: int) -> TcbFloor:
+    return TcbFloor(snp=(bl, 0, 8, ucode, 0))
+
+
+def test_the_tcb_floor_only_rises_and_own_evidence_below_it_is_refused() -> None:
+    state: TrustedState[Model] = TrustedState()
+    with pytest.raises(TransitionRefused):
+        state.raise_tcb(snp(3, 115))  # not a member yet
+    own = ClusterSecrets.found(ohttp.GatewayKey.generate(1), snp(3, 115))
+    with pytest.raises(TcbBelowFloor, match="microcode 114 < 115"):
+        state.join(own, snp(3, 114))  # its own platform below the cluster's floor: not joined
+    assert state.cluster is None
+    state.join(own, snp(4, 115))  # a newer boot loader of its own raises the floor
+    assert state.tcb_floor == snp(4, 115)
+    # a release whose floor is lower, or higher in one component only, never lowers it
+    state.refresh(own.with_tcb(snp(1, 120)), snp(4, 120))
+    assert state.tcb_floor == snp(4, 120)
+    state.refresh(own, snp(4, 120))  # the cluster's first floor, from a member that never learned
+    assert state.tcb_floor == snp(4, 120)
+    # own evidence below the floor (its host lowered REPORTED_TCB): refused, nothing changes
+    for lowered in (snp(4, 119), snp(3, 130)):
+        with pytest.raises(TcbBelowFloor):
+            state.raise_tcb(lowered)
+        with pytest.raises(TcbBelowFloor):
+            state.refresh(own.with_floor(7), lowered)
+        assert (state.tcb_floor, state.floor) == (snp(4, 120), 0)
+    assert state.raise_tcb(snp(5, 121)) == snp(5, 121)
+    dcap = TcbFloor(18, 17)
+    assert dcap.merge(TcbFloor(17, 18)) == TcbFloor(18, 18)
+    assert dcap.shortfall(TcbFloor(17, 17)) == ["the TCB info's TCB evaluation data number 17 < 18"]
 
 
 def test_the_cluster_storage_names_one_file_per_version() -> None:

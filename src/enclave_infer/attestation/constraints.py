@@ -53,7 +53,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from enclave_infer.attestation.reference import check_image
-from enclave_infer.attestation.report import EnclaveReport, SecurityLevel, SnpTcb
+from enclave_infer.attestation.report import (
+    SNP_TCB_COMPONENTS,
+    EnclaveReport,
+    SecurityLevel,
+    SnpTcb,
+    parse_snp_tcb_floor,
+)
 from enclave_infer.errors import ConstraintError, UsageError
 
 if TYPE_CHECKING:  # evidence imports dcap, which imports this module
@@ -69,15 +75,6 @@ _MAX_RTMR = 3  # TDX has RTMR0-3
 _CODE_HASH = re.compile(r"[0-9a-fA-F]{64}|[0-9a-fA-F]{96}")
 _UINT16_MAX = 0xFFFF
 _UINT32_MAX = 0xFFFF_FFFF  # tcbEvaluationDataNumber is a u32 in Intel's PCS API
-# SNPTCB: component names, as a floor names them, to (SnpTcb field, what a refusal calls it)
-_SNP_TCB_COMPONENTS = {
-    "bl": ("bootloader", "boot loader"),
-    "tee": ("tee", "TEE (PSP OS)"),
-    "snp": ("snp", "SNP firmware"),
-    "ucode": ("microcode", "microcode"),
-    "fmc": ("fmc", "FMC"),
-}
-_SNP_TCB_FLOOR = re.compile(r"[a-z]+=\d{1,3}(?:,[a-z]+=\d{1,3})*")
 # ISO 8601 durations as Java's Duration/Period print them: PnDTnHnMnS (weeks and years are
 # ambiguous in length and so refused).
 _DURATION = re.compile(
@@ -310,26 +307,14 @@ def _check_tcb_evaluation(report: EnclaveReport, floor: int) -> None:
 
 
 def _snp_tcb_floor(value: str) -> tuple[tuple[str, int], ...]:
-    if not _SNP_TCB_FLOOR.fullmatch(value):
-        raise UsageError(f"SNPTCB: takes name=n pairs joined by commas, e.g. snp=8,ucode=115, got {value!r}")
-    floor: dict[str, int] = {}
-    for pair in value.split(","):
-        name, _, number = pair.partition("=")
-        if name not in _SNP_TCB_COMPONENTS:
-            raise UsageError(f"SNPTCB: unknown component {name!r} (known: {', '.join(_SNP_TCB_COMPONENTS)})")
-        if name in floor:
-            raise UsageError(f"SNPTCB: names {name} more than once")
-        if int(number) > 0xFF:
-            raise UsageError(f"SNPTCB: {name} takes 0 to 255, got {number}")
-        floor[name] = int(number)
-    return tuple(floor.items())
+    return parse_snp_tcb_floor(value, what="SNPTCB:")
 
 
 def _check_snp_tcb(tcb: SnpTcb | None, floor: tuple[tuple[str, int], ...]) -> None:
     if tcb is None:
         raise ConstraintError("SNPTCB: given but the evidence is not an SEV-SNP report")
     for name, minimum in floor:
-        field, label = _SNP_TCB_COMPONENTS[name]
+        field, label = SNP_TCB_COMPONENTS[name]
         reported = getattr(tcb, field)
         if reported is None:
             raise ConstraintError(f"SNPTCB:{name} given but this platform's TCB has no {label} (Turin has)")

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from enclave_infer.errors import AttestationError
+from enclave_infer.errors import AttestationError, UsageError
 
 __all__ = [
     "BINDING_LABEL",
@@ -37,6 +38,7 @@ __all__ = [
     "MIN_NONCE_BYTES",
     "NONCE_BYTES",
     "RECEIPT_KEY_BYTES",
+    "SNP_TCB_COMPONENTS",
     "DcapCollateral",
     "EnclaveReport",
     "Registers",
@@ -44,6 +46,7 @@ __all__ = [
     "SnpTcb",
     "Tee",
     "attestation_binding",
+    "parse_snp_tcb_floor",
     "report_data_binding",
 ]
 
@@ -103,6 +106,36 @@ class SnpTcb:
     snp: int
     microcode: int
     fmc: int | None = None
+
+
+# The components an SEV-SNP TCB floor names (a client's ``SNPTCB:``, the measured configuration's
+# ``[cluster] min_snp_tcb``), to (SnpTcb field, what a refusal calls it)
+SNP_TCB_COMPONENTS = {
+    "bl": ("bootloader", "boot loader"),
+    "tee": ("tee", "TEE (PSP OS)"),
+    "snp": ("snp", "SNP firmware"),
+    "ucode": ("microcode", "microcode"),
+    "fmc": ("fmc", "FMC"),
+}
+_SNP_TCB_FLOOR = re.compile(r"[a-z]+=\d{1,3}(?:,[a-z]+=\d{1,3})*")
+
+
+def parse_snp_tcb_floor(value: str, *, what: str) -> tuple[tuple[str, int], ...]:
+    """``bl=3,snp=8``: (component name, minimum) pairs, in the order given. ``what`` names the
+    setting in a refusal (``SNPTCB:``); raises :class:`UsageError`."""
+    if not _SNP_TCB_FLOOR.fullmatch(value):
+        raise UsageError(f"{what} takes name=n pairs joined by commas, e.g. snp=8,ucode=115, got {value!r}")
+    floor: dict[str, int] = {}
+    for pair in value.split(","):
+        name, _, number = pair.partition("=")
+        if name not in SNP_TCB_COMPONENTS:
+            raise UsageError(f"{what} unknown component {name!r} (known: {', '.join(SNP_TCB_COMPONENTS)})")
+        if name in floor:
+            raise UsageError(f"{what} names {name} more than once")
+        if int(number) > 0xFF:
+            raise UsageError(f"{what} {name} takes 0 to 255, got {number}")
+        floor[name] = int(number)
+    return tuple(floor.items())
 
 
 @dataclass(frozen=True)

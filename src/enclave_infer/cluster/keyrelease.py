@@ -20,17 +20,32 @@ Messages (JSON, binary fields base64)::
   ``report_data_binding(SHA-256(join request) || SHA-256(S), SHA-256(config), N, label=RELEASE_LABEL)``:
   the giver's platform vouches for this very answer to this very request, and ``N`` makes it fresh.
 - ``secrets`` (:class:`ClusterSecrets`): the cluster id, the OHTTP key pair every member answers
-  with, the key that seals the cluster's model files, and the model version floor.
+  with, the key that seals the cluster's model files, the model version floor and the TCB floor.
 
 Each side checks the other with :func:`check_peer`: the same TEE, code hash, signer, product,
 security version, debug flag, platform settings (for TDX, whose code hash MRTD measures the firmware
 only, the runtime measurement registers RTMR0-3 too) and configuration as its own, at least its own
 security level, and a platform no older than its own. A replayed join request gains
 nothing: the release is sealed to a key only the joining enclave holds.
+
+The TCB floor (:class:`TcbFloor`) is what makes "no older" independent of the collateral and the
+clock a giver's host hands it now: the least platform the cluster has known a member on (the
+founder's own verified report, the measured configuration's ``[cluster]`` minimum, and every newer
+report a member has since verified of its own), component by component; it travels with the
+secrets and only rises. A giver releases only when its own report, as its host presents it now,
+reaches the floor (else the host has handed it older collateral, or, on SEV-SNP, lowered its
+REPORTED_TCB), and only to a joiner whose report reaches it too:
+
+- SGX, TDX: the ``tcbEvaluationDataNumber`` of the collateral's TCB info and of its QE identity
+  (Intel raises it with each TCB recovery: Intel PCS API v4, "TCB Info", "Enclave Identity");
+- SEV-SNP: each REPORTED_TCB component (boot loader, TEE, SNP firmware, microcode, FMC; AMD SEV-SNP
+  ABI specification 56860, "TCB_VERSION"), the level the VCEK certifies;
+- simulation: nothing (its evidence is unsigned anyway).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -43,7 +58,13 @@ from datetime import datetime
 from pyhpke import PyHPKEError
 
 from enclave_infer.attestation.evidence import Attestation, Verifier, verify
-from enclave_infer.attestation.report import NONCE_BYTES, EnclaveReport, Tee, report_data_binding
+from enclave_infer.attestation.report import (
+    NONCE_BYTES,
+    SNP_TCB_COMPONENTS,
+    EnclaveReport,
+    Tee,
+    report_data_binding,
+)
 from enclave_infer.config import EnclaveConfig
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError, UsageError
 from enclave_infer.protocol import b64, ohttp
@@ -54,6 +75,7 @@ __all__ = [
     "ClusterSecrets",
     "KeyReleaseError",
     "PendingJoin",
+    "TcbFloor",
     "accept",
     "check_peer",
     "join_request",
@@ -81,27 +103,148 @@ class KeyReleaseError(AttestationError):
     """A key release message was refused; the message says why, in one line."""
 
 
+# The SEV-SNP TCB components a floor holds, in TCB_VERSION's order of names (SnpTcb's fields).
+SNP_COMPONENTS = tuple(field for field, _ in SNP_TCB_COMPONENTS.values())
+_SNP_LABELS = dict(SNP_TCB_COMPONENTS.values())
+# tcbEvaluationDataNumber is a u32 in Intel's PCS API; an SNP TCB component is one byte.
+_MAX_EVALUATION = 0xFFFF_FFFF
+_MAX_SNP_COMPONENT = 0xFF
+
+
+@dataclass(frozen=True)
+class TcbFloor:
+    """The least platform a member of the cluster may be on (see the module docstring): zeros
+    require nothing. Merged component by component (:meth:`merge`): it only rises."""
+
+    tcb_info_evaluation: int = 0  # SGX, TDX: the TCB info's tcbEvaluationDataNumber
+    qe_identity_evaluation: int = 0  # SGX, TDX: the QE identity's
+    snp: tuple[int, ...] = (0,) * len(SNP_COMPONENTS)  # SEV-SNP: REPORTED_TCB, by SNP_COMPONENTS
+
+    def __post_init__(self) -> None:
+        numbers = (self.tcb_info_evaluation, self.qe_identity_evaluation)
+        if not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= _MAX_EVALUATION for n in numbers
+        ):
+            raise ValueError("a TCB evaluation data number is a u32")
+        if len(self.snp) != len(SNP_COMPONENTS) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= _MAX_SNP_COMPONENT for n in self.snp
+        ):
+            raise ValueError(f"an SEV-SNP TCB floor is {len(SNP_COMPONENTS)} bytes")
+
+    @classmethod
+    def of(cls, report: EnclaveReport) -> TcbFloor:
+        """The platform a verified report shows: what a member raises the floor to."""
+        collateral, tcb = report.dcap_collateral, report.snp_tcb
+        return cls(
+            collateral.tcb_info_evaluation_data_number if collateral is not None else 0,
+            collateral.qe_identity_evaluation_data_number if collateral is not None else 0,
+            tuple(getattr(tcb, name) or 0 for name in SNP_COMPONENTS) if tcb is not None else cls().snp,
+        )
+
+    @classmethod
+    def minimum(cls, config: EnclaveConfig) -> TcbFloor:
+        """The measured configuration's ``[cluster]`` minimum."""
+        evaluation = config.cluster.min_tcb_evaluation or 0
+        named = {SNP_TCB_COMPONENTS[name][0]: value for name, value in config.cluster.snp_tcb_floor}
+        return cls(evaluation, evaluation, tuple(named.get(name, 0) for name in SNP_COMPONENTS))
+
+    def merge(self, other: TcbFloor) -> TcbFloor:
+        """The component-wise maximum: a floor that neither lowers."""
+        return TcbFloor(
+            max(self.tcb_info_evaluation, other.tcb_info_evaluation),
+            max(self.qe_identity_evaluation, other.qe_identity_evaluation),
+            tuple(map(max, self.snp, other.snp)),
+        )
+
+    def shortfall(self, platform: TcbFloor) -> list[str]:
+        """Where ``platform`` is below this floor, one phrase each; empty when it reaches it."""
+        findings = [
+            f"{which} TCB evaluation data number {number} < {floor}"
+            for which, number, floor in (
+                ("the TCB info's", platform.tcb_info_evaluation, self.tcb_info_evaluation),
+                ("the QE identity's", platform.qe_identity_evaluation, self.qe_identity_evaluation),
+            )
+            if number < floor
+        ]
+        findings += [
+            f"SEV-SNP {_SNP_LABELS[name]} {number} < {floor}"
+            for name, number, floor in zip(SNP_COMPONENTS, platform.snp, self.snp, strict=True)
+            if number < floor
+        ]
+        return findings
+
+    def below(self, report: EnclaveReport) -> list[str]:
+        """Where a verified report is below this floor (empty: it reaches it). A floor the
+        evidence cannot show (DCAP numbers for SEV-SNP evidence, say) is not reached: fail closed."""
+        findings = self.shortfall(TcbFloor.of(report))
+        if (
+            findings
+            and report.dcap_collateral is None
+            and (self.tcb_info_evaluation or self.qe_identity_evaluation)
+        ):
+            findings.insert(0, f"no TCB evaluation data number ({report.tee} evidence)")
+        if findings and report.snp_tcb is None and any(self.snp):
+            findings.insert(0, f"no SEV-SNP TCB ({report.tee} evidence)")
+        return findings
+
+    def __str__(self) -> str:
+        parts = []
+        if self.tcb_info_evaluation or self.qe_identity_evaluation:
+            parts.append(f"TCB evaluation {self.tcb_info_evaluation}/{self.qe_identity_evaluation}")
+        if any(self.snp):
+            tcb = ",".join(
+                f"{key}={value}" for key, value in zip(SNP_TCB_COMPONENTS, self.snp, strict=True) if value
+            )
+            parts.append(f"SEV-SNP TCB {tcb}")
+        return ", ".join(parts) or "none"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tcb_info_evaluation": self.tcb_info_evaluation,
+            "qe_identity_evaluation": self.qe_identity_evaluation,
+            "snp": list(self.snp),
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> TcbFloor:
+        """Raises ValueError, KeyError or TypeError on anything but :meth:`to_json`'s form."""
+        if not isinstance(doc, dict) or set(doc) != {"tcb_info_evaluation", "qe_identity_evaluation", "snp"}:
+            raise ValueError("not a TCB floor")
+        if not isinstance(doc["snp"], list):
+            raise ValueError("not a TCB floor")
+        return cls(doc["tcb_info_evaluation"], doc["qe_identity_evaluation"], tuple(doc["snp"]))
+
+
 @dataclass(frozen=True)
 class ClusterSecrets:
-    """What members share. ``floor``: no member serves a model version below it."""
+    """What members share. ``floor``: no member serves a model version below it; ``tcb``: no
+    enclave on a platform below it receives these secrets (:class:`TcbFloor`)."""
 
     cluster_id: bytes
     ohttp_key: ohttp.GatewayKey
     sealing_key: bytes
     floor: int
+    tcb: TcbFloor = TcbFloor()
 
     def __repr__(self) -> str:
-        return f"ClusterSecrets(cluster_id={self.cluster_id.hex()}, floor={self.floor}, <keys hidden>)"
+        return (
+            f"ClusterSecrets(cluster_id={self.cluster_id.hex()}, floor={self.floor}, tcb=({self.tcb}),"
+            " <keys hidden>)"
+        )
 
     @classmethod
-    def found(cls, ohttp_key: ohttp.GatewayKey) -> ClusterSecrets:
-        """A new cluster around the founding enclave's own OHTTP key."""
+    def found(cls, ohttp_key: ohttp.GatewayKey, tcb: TcbFloor = TcbFloor()) -> ClusterSecrets:
+        """A new cluster around the founding enclave's own OHTTP key, its TCB floor ``tcb`` (the
+        founder's own platform and the configuration's minimum)."""
         return cls(
-            secrets.token_bytes(CLUSTER_ID_BYTES), ohttp_key, secrets.token_bytes(SEALING_KEY_BYTES), 0
+            secrets.token_bytes(CLUSTER_ID_BYTES), ohttp_key, secrets.token_bytes(SEALING_KEY_BYTES), 0, tcb
         )
 
     def with_floor(self, floor: int) -> ClusterSecrets:
-        return ClusterSecrets(self.cluster_id, self.ohttp_key, self.sealing_key, max(self.floor, floor))
+        return dataclasses.replace(self, floor=max(self.floor, floor))
+
+    def with_tcb(self, tcb: TcbFloor) -> ClusterSecrets:
+        return dataclasses.replace(self, tcb=self.tcb.merge(tcb))
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -111,6 +254,7 @@ class ClusterSecrets:
                 "ohttp_private_key": b64.encode(self.ohttp_key.private_bytes()),
                 "sealing_key": b64.encode(self.sealing_key),
                 "floor": self.floor,
+                "tcb_floor": self.tcb.to_json(),
             }
         ).encode()
 
@@ -124,11 +268,12 @@ class ClusterSecrets:
                 raise ValueError
             key = ohttp.GatewayKey.from_private_bytes(key_id, b64.decode(doc["ohttp_private_key"]))
             sealing_key = b64.decode(doc["sealing_key"])
+            tcb = TcbFloor.from_json(doc["tcb_floor"])
         except (ValueError, KeyError, TypeError, UsageError, RecursionError):
             raise KeyReleaseError("key release refused: the released secrets are malformed") from None
         if len(cluster_id) != CLUSTER_ID_BYTES or len(sealing_key) != SEALING_KEY_BYTES:
             raise KeyReleaseError("key release refused: the released secrets are malformed")
-        return cls(cluster_id, key, sealing_key, floor)
+        return cls(cluster_id, key, sealing_key, floor, tcb)
 
 
 @dataclass(frozen=True)
@@ -161,19 +306,34 @@ def release(
     attest: Attest,
     verifier: Verifier,
     now: datetime,
+    pending: PendingJoin | None = None,
 ) -> bytes:
     """The giver's answer to a join request: the cluster's secrets sealed to the joiner, with the
     giver's evidence. Raises :class:`KeyReleaseError` unless the joiner is the same enclave as
-    ``own`` (the giver's own verified report) at the same or a higher security level."""
+    ``own`` (the giver's own verified report) at the same or a higher security level, and both
+    reach the cluster's TCB floor (``cluster.tcb``). ``pending``: the giver's own join request,
+    if it has one out (a member asking for a refresh): a request with its nonce is refused, since a
+    release to itself would teach it nothing and count as a refresh."""
+    below = cluster.tcb.below(own)
+    if below:
+        raise KeyReleaseError(
+            f"key release refused: this enclave's own evidence is below the cluster's TCB floor: {below[0]}"
+            " (its host gave it older collateral or a lower reported TCB)"
+        )
     fields = _decode(request, ("key_config", "nonce", "evidence"))
     key_config, nonce = fields["key_config"], fields["nonce"]
     if len(nonce) != NONCE_BYTES:
         raise KeyReleaseError(f"key release refused: the join request's nonce is not {NONCE_BYTES} bytes")
+    if pending is not None and hmac.compare_digest(nonce, pending.nonce):
+        raise KeyReleaseError(
+            "key release refused: the join request is this enclave's own (a refresh learns the floor"
+            " from other members only)"
+        )
     try:
         peer_key = ohttp.KeyConfig.decode(key_config)
         verify(
             fields["evidence"],
-            _SamePeer(own, config, "joiner"),
+            _SamePeer(own, config, "joiner", cluster.tcb),
             verifier=verifier,
             key_config=key_config,
             nonce=nonce,
@@ -319,9 +479,15 @@ class _SamePeer:
     own: EnclaveReport
     config: EnclaveConfig
     who: str
+    tcb: TcbFloor = TcbFloor()  # the giver's check of a joiner: the cluster's TCB floor
 
     def verify(self, attestation: Attestation, *, now: datetime) -> None:
         check_peer(self.own, self.config, attestation, who=self.who, now=now)
+        below = self.tcb.below(attestation.report)
+        if below:
+            raise KeyReleaseError(
+                f"key release refused: the {self.who} is below the cluster's TCB floor: {below[0]}"
+            )
 
 
 class _OwnEvidence:

@@ -39,7 +39,7 @@ from enclave_infer.enclave.models import LoadedModel, ModelStore
 from enclave_infer.enclave.platform import Platform
 from enclave_infer.enclave.receipts import Receipts
 from enclave_infer.enclave.sealing import Sealer
-from enclave_infer.enclave.state import AlreadyJoined, OtherCluster, TrustedState
+from enclave_infer.enclave.state import AlreadyJoined, OtherCluster, TcbBelowFloor, TrustedState
 from enclave_infer.errors import AttestationError, DecryptionError, ProtocolError
 from enclave_infer.protocol import framing, ohttp
 from enclave_infer.protocol.api import EnclaveStatus, Problem
@@ -59,7 +59,8 @@ class Enclave:
     until it has joined one by attested key release, or founded one; then it answers with the
     cluster's key and serves the cluster's models from ``shared``. ``verifier``: the roots peers'
     evidence is verified with (:meth:`Verifier.production`, or a test's own roots). ``limits``: how
-    long and how slowly the host may keep the enclave busy."""
+    long and how slowly the host may keep the enclave busy. ``clock``: the time key release checks
+    evidence at; the host's, whatever it is (a test winds it back as a host could)."""
 
     def __init__(
         self,
@@ -70,8 +71,10 @@ class Enclave:
         shared: Path | None = None,
         verifier: Verifier,
         limits: ServerLimits = DEFAULT_LIMITS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
+        self._clock = clock
         self.limits = limits
         self.platform = platform
         # fresh per instance; it leaves only by attested key release, to a member of its cluster
@@ -250,10 +253,13 @@ class Enclave:
             evidence = self.platform.evidence(report_data)
             return Evidence(self.platform.tee, evidence, self.config.canonical(), collateral).encode()
 
-        now = datetime.now(UTC)  # the host's clock: see the README on key release
+        now = self._clock()  # the host's clock: see the README on key release
         with self._cluster_lock:
             try:
                 reply, joined = self._cluster_locked(kind, message, attest, now)
+            except TcbBelowFloor as exc:
+                log.warning("key release refused: %s", exc)
+                raise _Refused(Problem.KEY_RELEASE_REFUSED, f"key release refused: {exc}") from None
             except keyrelease.KeyReleaseError as exc:
                 log.warning("%s", exc)
                 raise _Refused(Problem.KEY_RELEASE_REFUSED, str(exc)) from None
@@ -276,20 +282,27 @@ class Enclave:
             own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
             if own.tee == Tee.SIMULATION:
                 log.warning("SIMULATION: releasing the cluster's keys on unsigned evidence (INSECURE)")
+            # the cluster's TCB floor, raised to this enclave's own platform (refused below it)
+            tcb = self.state.raise_tcb(keyrelease.TcbFloor.of(own))
             answer = keyrelease.release(
                 message,
-                member.with_floor(self.state.floor),
+                member.with_floor(self.state.floor).with_tcb(tcb),
                 own=own,
                 config=self.config,
                 attest=attest,
                 verifier=self._verifier,
                 now=now,
+                pending=self._pending,
             )
             log.info("released the cluster's keys to a joining enclave")
             return answer, False
         if kind is FrameType.CLUSTER_FOUND:
             self._pending = None
-            self._join(keyrelease.ClusterSecrets.found(self.key), founded=True)
+            # the TCB floor: the founder's own platform, and the measured configuration's minimum
+            own = keyrelease.self_report(attest, self.config, verifier=self._verifier, now=now)
+            platform = keyrelease.TcbFloor.of(own)
+            floor = platform.merge(keyrelease.TcbFloor.minimum(self.config))
+            self._join(keyrelease.ClusterSecrets.found(self.key, floor), platform, founded=True)
             return b"", True
         if kind is FrameType.CLUSTER_JOIN:
             # a member asks too: a release to it tells it the giver's floor (a floor refresh)
@@ -302,29 +315,32 @@ class Enclave:
         secrets = keyrelease.accept(
             message, self._pending, own=own, config=self.config, verifier=self._verifier, now=now
         )
+        platform = keyrelease.TcbFloor.of(own)
         if member is None:
-            self._join(secrets, founded=False)
+            self._join(secrets, platform, founded=False)
             return b"", True
-        # already a member (a second release for one join request, or a refresh): the floor only
+        # already a member (a second release for one join request, or a refresh): the floors only
         try:
-            _dropped(self.state.refresh(secrets), secrets.floor)
+            _dropped(self.state.refresh(secrets, platform), secrets.floor)
         except OtherCluster as exc:
             raise keyrelease.KeyReleaseError(str(exc)) from None
         return b"", False
 
-    def _join(self, cluster: keyrelease.ClusterSecrets, *, founded: bool) -> None:
+    def _join(self, cluster: keyrelease.ClusterSecrets, own: keyrelease.TcbFloor, *, founded: bool) -> None:
         """One transition of the state: from here on the enclave answers with the cluster's key,
-        seals into the cluster's storage and serves nothing below the cluster's floor."""
+        seals into the cluster's storage and serves nothing below the cluster's floor. ``own``:
+        this enclave's platform, from its own evidence (refused below the cluster's TCB floor)."""
         try:
-            _dropped(self.state.join(cluster), cluster.floor)
+            _dropped(self.state.join(cluster, own), cluster.floor)
         except AlreadyJoined as exc:  # founding again: its key would change under its clients
             raise _Refused(Problem.MALFORMED_REQUEST, str(exc)) from None
         log.info(
-            "%s cluster %s: key configuration SHA-256 %s, model version floor %d",
+            "%s cluster %s: key configuration SHA-256 %s, model version floor %d, TCB floor %s",
             "founded" if founded else "joined",
             cluster.cluster_id.hex(),
             hashlib.sha256(self.key_config).hexdigest().upper(),
             cluster.floor,
+            self.state.tcb_floor,
         )
 
 

@@ -12,6 +12,11 @@ model from it; the server joins the cluster through it.
 - An enclave joins a cluster once (:meth:`join`), in one step that sets the cluster's secrets (its
   id, OHTTP key and sealing key) and its floor together; later releases only raise the floor, and
   only if they come from the same cluster (:meth:`refresh`).
+- The cluster's TCB floor (:class:`~enclave_infer.cluster.keyrelease.TcbFloor`) only rises: a
+  release's floor merges in component by component, and so does the enclave's own platform each
+  time it verifies its own evidence (:meth:`raise_tcb`). Own evidence below the floor (its host
+  handed it older collateral, or lowered its SEV-SNP REPORTED_TCB) is refused with
+  :class:`TcbBelowFloor`: the floor is never lowered to it, and nothing else changes either.
 """
 
 from __future__ import annotations
@@ -20,10 +25,17 @@ import hmac
 import threading
 from typing import Generic, Protocol, TypeVar
 
-from enclave_infer.cluster.keyrelease import ClusterSecrets
+from enclave_infer.cluster.keyrelease import ClusterSecrets, TcbFloor
 from enclave_infer.errors import EnclaveInferError
 
-__all__ = ["AlreadyJoined", "OtherCluster", "TransitionRefused", "TrustedState", "VersionNotNewer"]
+__all__ = [
+    "AlreadyJoined",
+    "OtherCluster",
+    "TcbBelowFloor",
+    "TransitionRefused",
+    "TrustedState",
+    "VersionNotNewer",
+]
 
 
 class TransitionRefused(EnclaveInferError):
@@ -42,6 +54,11 @@ class OtherCluster(TransitionRefused):
     """A release from a member of another cluster than this enclave's."""
 
 
+class TcbBelowFloor(TransitionRefused):
+    """The enclave's own platform, as its evidence shows it now, is below the cluster's TCB floor:
+    taking it would lower the floor."""
+
+
 class Versioned(Protocol):
     @property
     def version(self) -> int: ...
@@ -58,6 +75,7 @@ class TrustedState(Generic[M]):
         self._model: M | None = None
         self._floor = 0
         self._cluster: ClusterSecrets | None = None
+        self._tcb = TcbFloor()
 
     @property
     def model(self) -> M | None:
@@ -71,6 +89,11 @@ class TrustedState(Generic[M]):
     @property
     def cluster(self) -> ClusterSecrets | None:
         return self._cluster
+
+    @property
+    def tcb_floor(self) -> TcbFloor:
+        """The least platform a member of this enclave's cluster may be on (none alone)."""
+        return self._tcb
 
     def check_newer(self, version: int, *, upload: bool) -> None:
         """Raises :class:`VersionNotNewer` unless ``version`` may be served: above the served one
@@ -93,19 +116,32 @@ class TrustedState(Generic[M]):
         with self._lock:
             return self._raise_floor(floor)
 
-    def join(self, secrets: ClusterSecrets) -> M | None:
-        """Become a member of ``secrets``' cluster, its floor included: one step. Raises
+    def join(self, secrets: ClusterSecrets, platform: TcbFloor) -> M | None:
+        """Become a member of ``secrets``' cluster, its floors included: one step. ``platform``: this
+        enclave's own, from its own evidence verified now (:meth:`raise_tcb`). Raises
         :class:`AlreadyJoined` if the enclave is a member already. Returns a served model the floor
         ended, if any."""
         with self._lock:
             if self._cluster is not None:
                 raise AlreadyJoined("the enclave is already a member of its cluster")
-            self._cluster = secrets
+            tcb = self._checked_tcb(secrets.tcb, platform)
+            self._cluster, self._tcb = secrets, tcb
             return self._raise_floor(secrets.floor)
 
-    def refresh(self, secrets: ClusterSecrets) -> M | None:
-        """A later release to a member: the giver's floor, if the giver is of this enclave's
-        cluster (:class:`OtherCluster` otherwise). Returns a served model the floor ended, if any."""
+    def raise_tcb(self, platform: TcbFloor) -> TcbFloor:
+        """This member's own platform, from its own evidence verified now: the cluster's TCB floor
+        rises to it where it is higher. Raises :class:`TcbBelowFloor` (and changes nothing) where it
+        is lower. Returns the floor."""
+        with self._lock:
+            if self._cluster is None:
+                raise TransitionRefused("the enclave is not a member of a cluster yet")
+            self._tcb = self._checked_tcb(self._tcb, platform)
+            return self._tcb
+
+    def refresh(self, secrets: ClusterSecrets, platform: TcbFloor) -> M | None:
+        """A later release to a member: the giver's floors, if the giver is of this enclave's
+        cluster (:class:`OtherCluster` otherwise), merged into this enclave's (they only rise);
+        ``platform`` as for :meth:`join`. Returns a served model the floor ended, if any."""
         with self._lock:
             own = self._cluster
             if own is None:
@@ -114,9 +150,21 @@ class TrustedState(Generic[M]):
             held = own.cluster_id + own.sealing_key + own.ohttp_key.private_bytes()
             if not hmac.compare_digest(given, held):  # secrets: compared in constant time
                 raise OtherCluster("key release refused: the giver is a member of another cluster")
+            self._tcb = self._checked_tcb(self._tcb.merge(secrets.tcb), platform)
             return self._raise_floor(secrets.floor)
 
     # -- under the lock ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _checked_tcb(floor: TcbFloor, platform: TcbFloor) -> TcbFloor:
+        """``floor`` raised to ``platform``; :class:`TcbBelowFloor` if it is below it anywhere."""
+        short = floor.shortfall(platform)
+        if short:
+            raise TcbBelowFloor(
+                f"this enclave's own evidence is below the cluster's TCB floor: {short[0]}"
+                " (its host gave it older collateral or a lower reported TCB)"
+            )
+        return floor.merge(platform)
 
     def _check_newer(self, version: int, *, upload: bool) -> None:
         current = self._model
