@@ -135,9 +135,9 @@ def start_swtpm(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
     sys.exit("vm-demo: swtpm did not open its socket")
 
 
-def qemu_command(
-    accel: str, work: Path, image: Path, sock: Path, port: int, console: Path, esp: Path
-) -> list[str]:
+def machine_args(accel: str, memory_mib: int, vars_fd: Path, console: Path) -> list[str]:
+    """What every boot here shares: the q35 machine under ACCEL, OVMF with its own copy of the
+    variables, no display or monitor, the serial console to a file."""
     return [
         "qemu-system-x86_64",
         "-machine",
@@ -146,14 +146,28 @@ def qemu_command(
         TCG_ACCEL if accel == "tcg" else accel,
         "-cpu",
         "host" if accel == "kvm" else TCG_CPU,
-        "-smp",
-        "2",
         "-m",
-        "2048",
+        str(memory_mib),
         "-drive",
         f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
         "-drive",
-        f"if=pflash,format=raw,unit=1,file={work / 'vars.fd'}",
+        f"if=pflash,format=raw,unit=1,file={vars_fd}",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{console}",
+    ]
+
+
+def qemu_command(
+    accel: str, work: Path, image: Path, sock: Path, port: int, console: Path, esp: Path
+) -> list[str]:
+    return [
+        *machine_args(accel, 2048, work / "vars.fd", console),
+        "-smp",
+        "2",
         "-chardev",
         f"socket,id=chrtpm,path={sock}",
         "-tpmdev",
@@ -177,12 +191,6 @@ def qemu_command(
         f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:8080",
         "-device",
         "virtio-net-pci,netdev=net0,romfile=",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        f"file:{console}",
         "-no-reboot",
     ]
 
@@ -217,29 +225,7 @@ def kvm_works(work: Path) -> bool:
     shutil.copyfile(OVMF_VARS, probe / "vars.fd")
     console = probe / "console.log"
     vm = subprocess.Popen(
-        [
-            "qemu-system-x86_64",
-            "-machine",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "256",
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={probe / 'vars.fd'}",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            f"file:{console}",
-            "-nic",
-            "none",
-        ],
+        [*machine_args("kvm", 256, probe / "vars.fd", console), "-nic", "none"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
