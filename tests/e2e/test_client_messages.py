@@ -3,11 +3,9 @@ a web server that is not enclave-infer, a busy host. Real processes and servers 
 
 from __future__ import annotations
 
-import datetime
 import functools
 import hashlib
 import http.server
-import ipaddress
 import os
 import subprocess
 import threading
@@ -17,10 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from enclave_infer import (
     Client,
@@ -34,39 +28,11 @@ from enclave_infer import (
     UsageError,
 )
 from enclave_infer.client._owner import load_owner_key
+from tests.certs import self_signed
 
 from .conftest import CLI, COLOUR_LABELS, Deployment, png, run_cli, start_server, stop_server
 
 ERROR = "enclave-infer: error: "
-
-
-def self_signed(workdir: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key, as an operator makes one for a test."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = workdir / "host.crt", workdir / "host.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture(scope="module")

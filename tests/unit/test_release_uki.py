@@ -9,7 +9,6 @@ project's VM booted that UKI (tests/vectors/measured-boot).
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import re
 import shutil
@@ -20,10 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from enclave_infer.errors import UsageError
 from enclave_infer.release import pe as pe_module
@@ -44,6 +39,7 @@ from enclave_infer.release.uki import (
     predict_tpm,
     replay,
 )
+from tests.certs import self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT_UKI = REPO / "build" / "image" / "uki" / "enclave-infer.efi"
@@ -266,35 +262,11 @@ def test_osslsigncode_hashes_an_unsigned_file_padded_to_8_bytes_and_the_firmware
     assert octet_string(authenticode(pe, "sha256")) not in der
 
 
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test signer")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 @needs_osslsigncode
 def test_signing_leaves_the_authenticode_hash_alone_and_the_signature_covers_it(tmp_path: Path) -> None:
     pe, _ = build_pe(three_sections(), trailing=b"symbols!")
     (tmp_path / "a.efi").write_bytes(pe)
-    key, cert = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     subprocess.run(
         [
             *("osslsigncode", "sign", "-certs", str(cert), "-key", str(key), "-h", "sha256"),
