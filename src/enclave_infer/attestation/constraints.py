@@ -8,8 +8,9 @@ requirement a verified :class:`EnclaveReport` does not meet. A constraint is the
 Tokens (space separated, each at most once unless noted):
 
 ==================  =====================================================================
-``C:<hex>``         accepted code hash: 64 hex digits (MRENCLAVE, simulation) or 96 (a TDX MRTD,
-                    an SEV-SNP MEASUREMENT); may repeat, any of them matches
+``C:<hex>``         accepted code hash: 64 hex digits (MRENCLAVE, simulation, a vTPM quote's
+                    digest of PCR 0-15) or 96 (a TDX MRTD, an SEV-SNP MEASUREMENT); may repeat,
+                    any of them matches
 ``S:<hex>``         accepted signer (64 hex digits); may repeat; requires ``PROD:``
 ``PROD:<n>``        product id, 0..65535
 ``REVOKE:<n>``      minimum security version (revocation level), 0..65535

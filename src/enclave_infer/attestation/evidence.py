@@ -9,12 +9,12 @@ Pure logic on bytes. The document is JSON::
 ``receipt_key`` is the raw Ed25519 public key the enclave instance signs receipts with (absent from
 the evidence enclaves exchange for key release), and ``evidence`` is the platform's own format
 (simulation JSON, an SGX or TDX DCAP quote, an SEV-SNP report or the configfs-tsm container that
-carries one), ``config`` the canonical measured enclave
-configuration, ``collateral`` what the platform's verifier needs besides (Intel's TCB info, QE
-identity and CRLs for a DCAP quote, as dcap-qvl's JSON; for SEV-SNP a PEM bundle of the VCEK or
-VLEK, ASK or ASVK and ARK, which may be left out when the SNP container carries the host's
-certificate table). The host may attach collateral: it is signed by Intel or AMD, so it needs no
-trust in whoever delivers it.
+carries one, or the vTPM container of :mod:`~enclave_infer.attestation.tpm`), ``config`` the
+canonical measured enclave configuration, ``collateral`` what the platform's verifier needs
+besides (Intel's TCB info, QE identity and CRLs for a DCAP quote, as dcap-qvl's JSON; for SEV-SNP
+a PEM bundle of the VCEK or VLEK, ASK or ASVK and ARK, which may be left out when the SNP container
+carries the host's certificate table). The host may attach collateral: it is signed by Intel or
+AMD, so it needs no trust in whoever delivers it.
 ``event_log`` is the boot's TCG event log where the evidence quotes measurement registers (a vTPM's
 PCRs: the TPM's log; TDX's RTMRs: the CC event log of the CCEL ACPI table); it is replayed against
 the quoted registers, so it needs no trust in its carrier either. ``measurements`` is the release's
@@ -29,7 +29,9 @@ host's check of its own enclave at start, ``attest`` without a constraint) the c
 :class:`UnsafeNoPolicy`, which logs a warning each time it lets evidence through. It runs, in order:
 
 1. parse the document; an unknown TEE type is refused (:meth:`~.report.Tee.parse`);
-2. verify the platform evidence with that TEE's verifier (signature chain, TCB level, ...);
+2. verify the platform evidence with that TEE's verifier (signature chain, TCB level, ...); where
+   the document carries an event log, replay it against every register it extends, as the verified
+   evidence quotes them (:func:`_replayed_log`);
 3. check that the report data equals the binding of (key configuration, receipt key,
    configuration digest, nonce): this proves the key we are about to encrypt to, the key receipts are
    signed with, and this configuration, belong to the enclave the evidence describes, and that the

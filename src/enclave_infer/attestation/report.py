@@ -181,7 +181,9 @@ class EnclaveReport:
     """The verified facts about an enclave instance. Only verifiers construct these."""
 
     tee: Tee
-    code_hash: bytes  # MRENCLAVE, MRTD, the SEV-SNP MEASUREMENT or the simulated measurement
+    code_hash: (
+        bytes  # MRENCLAVE, MRTD, the SEV-SNP MEASUREMENT, a vTPM quote's PCR digest or the simulated one
+    )
     signer: bytes  # MRSIGNER or the simulated signer
     product_id: int
     security_version: int
@@ -197,7 +199,8 @@ class EnclaveReport:
     # What the platform enforces besides the code hash, which key release compares exactly: SGX's
     # ATTRIBUTES (flags, XFRM), MISCSELECT and the KSS fields (CONFIGID, ISVEXTPRODID, ISVFAMILYID,
     # in the report body's reserved areas); SEV-SNP's guest POLICY and VMPL; TDX's RTMR0-3, TD
-    # attributes, XFAM and MRCONFIGID/MROWNER/MROWNERCONFIG. Empty for simulation.
+    # attributes, XFAM and MRCONFIGID/MROWNER/MROWNERCONFIG; a vTPM's PCR selection (and, when a
+    # hardware report binds its key, that report's measurement and settings). Empty for simulation.
     platform_settings: bytes = b""
     # TDX's RTMRs or a vTPM's quoted PCRs: what an event log must replay to (None for SGX, SEV-SNP
     # and simulation, whose evidence measures no boot)

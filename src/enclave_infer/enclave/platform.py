@@ -3,8 +3,9 @@
 Trusted code. :class:`Platform` is what the enclave needs of one; the implementations are the
 simulated platform here (it measures the enclave the way ``enclave-infer measure`` does and signs
 nothing, so its evidence is always assessed INSECURE), Gramine-SGX (``enclave/gramine.py``:
-``/dev/attestation``) and confidential VMs through the kernel's configfs-tsm (``enclave/tsm.py``: TDX
-and SEV-SNP).
+``/dev/attestation``), confidential VMs through the kernel's configfs-tsm (``enclave/tsm.py``: TDX
+and SEV-SNP) and a TPM 2.0 with the boot's event log (``enclave/vtpm.py``: a confidential VM's vTPM, or
+swtpm).
 """
 
 from __future__ import annotations
