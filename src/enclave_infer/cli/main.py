@@ -538,8 +538,8 @@ def _measure_image(args: argparse.Namespace) -> int:
     if args.vcpus < 1:
         raise UsageError(f"--vcpus must be at least 1, got {args.vcpus}")
     snp = [SnpTarget(args.snp_ovmf, args.vcpus, args.vcpu_type)] if args.snp_ovmf else []
-    reference = derive(args.image, snp=snp)
     folder, manifest = load_release(args.image)
+    reference = derive(folder, manifest, snp=snp)
     out = args.out or folder / "measurements.json"
     pin = image_pin(reference.raw)
     stated = (manifest.get("measurements") or {}).get("image")

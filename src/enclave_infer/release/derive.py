@@ -80,9 +80,9 @@ def load_release(path: Path) -> tuple[Path, dict[str, Any]]:
     return manifest.parent, doc
 
 
-def derive(path: Path, *, snp: Sequence[SnpTarget] = ()) -> ReferenceMeasurements:
-    """The reference measurements of the release at ``path`` (its folder or release.json)."""
-    folder, manifest = load_release(path)
+def derive(folder: Path, manifest: dict[str, Any], *, snp: Sequence[SnpTarget] = ()) -> ReferenceMeasurements:
+    """The reference measurements of the release in ``folder`` whose manifest is ``manifest``
+    (:func:`load_release` reads both)."""
     uki_bytes = _artifact(folder, manifest, UKI_ARTIFACT)
     parsed = uki.parse_uki(uki_bytes)
     cmdline = parsed.cmdline
