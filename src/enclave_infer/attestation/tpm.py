@@ -126,6 +126,7 @@ from enclave_infer.attestation.report import EnclaveReport, Registers, SecurityL
 from enclave_infer.attestation.snp import SnpVerifier
 from enclave_infer.attestation.snp_report import HCL_SIGNATURE, HclRuntimeClaims, unwrap_hcl
 from enclave_infer.errors import AttestationError, UsageError
+from enclave_infer.protocol import b64
 
 __all__ = [
     "AK_ATTRIBUTES",
@@ -505,15 +506,15 @@ class VtpmEvidence:
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
             "format": FORMAT,
-            "quote": base64.b64encode(self.quote).decode(),
-            "signature": base64.b64encode(self.signature).decode(),
-            "ak": base64.b64encode(self.ak).decode(),
+            "quote": b64.encode(self.quote),
+            "signature": b64.encode(self.signature),
+            "ak": b64.encode(self.ak),
             "pcrs": {PCR_BANK: {str(i): self.pcrs[i].hex() for i in sorted(self.pcrs)}},
             "hardware": None
             if self.hardware is None
             else {
                 "tee": self.hardware.tee.value,
-                "evidence": base64.b64encode(self.hardware.evidence).decode(),
+                "evidence": b64.encode(self.hardware.evidence),
             },
         }
         return json.dumps(doc, separators=(",", ":")).encode()
@@ -575,11 +576,9 @@ class VtpmEvidence:
 
 def _b64(value: object, field: str) -> bytes:
     try:
-        if isinstance(value, str):
-            return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        pass
-    raise AttestationError(f"vTPM evidence {field} is not base64")
+        return b64.decode(value)
+    except ValueError:  # binascii.Error is one
+        raise AttestationError(f"vTPM evidence {field} is not base64") from None
 
 
 def pcr_digest(values: Mapping[int, bytes], indices: tuple[int, ...] = QUOTED_PCRS) -> bytes:
