@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from enclave_infer import Client
 from enclave_infer.attestation.measurement import trusted_file_digests
 from enclave_infer.attestation.reference import ReferenceMeasurements, image_pin
-from tests.e2e.conftest import Deployment, run_cli, start_server, stop_server
+from enclave_infer.client._owner import load_owner_key
+from tests.e2e.conftest import COLOUR_LABELS, Deployment, run_cli, start_server, stop_server
 
 
 def measurements(files: list[tuple[str, bytes]]) -> bytes:
@@ -62,3 +64,26 @@ def test_serve_refuses_a_malformed_measurements_file(workdir: Path, owner_key: P
     assert done.returncode == 1  # a usage error, before anything starts
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "canonical" in done.stderr
+
+
+def test_receipts_under_image_verify_with_the_release_s_measurements(
+    pinned: tuple[Deployment, str], files: dict[str, Path], workdir: Path
+) -> None:
+    """classify --receipt under IMAGE: (its receipts checked against the measurements the host
+    attached), then verify-receipt offline, which needs the measurements given to it."""
+    d, pin = pinned
+    constraint = f"{pin} SEC:INSECURE"
+    with Client(d.url, constraint) as client:
+        if client.model_info() is None:
+            client.provision(files["model"].read_bytes(), COLOUR_LABELS, load_owner_key(d.owner_key))
+    receipts = workdir / "image-receipts"
+    done = run_cli("classify", d.url, constraint, str(files["red"]), "--receipt", str(receipts))
+    assert done.returncode == 0, done.stderr
+    (kept,) = receipts.iterdir()
+    measurements = workdir / "measurements.json"
+    done = run_cli(
+        "verify-receipt", str(kept), "--constraint", constraint, "--measurements", str(measurements)
+    )
+    assert done.returncode == 0 and "receipt verified" in done.stdout, done.stderr
+    done = run_cli("verify-receipt", str(kept), "--constraint", constraint)
+    assert done.returncode != 0 and "--measurements FILE" in done.stderr

@@ -157,11 +157,17 @@ def sign(
 
 
 def verify(
-    receipt: Receipt, policy: Policy, *, verifier: Verifier, image: bytes | None = None
+    receipt: Receipt,
+    policy: Policy,
+    *,
+    verifier: Verifier,
+    image: bytes | None = None,
+    measurements: bytes | None = None,
 ) -> tuple[Statement, Attestation]:
     """Evidence (as of the receipt's time, with ``verifier``'s roots), binding, policy, signature,
     answer, image: raises :class:`ReceiptError` (or the policy's ConstraintError) with a one-line
-    reason. A receipt without the answer it covers is refused."""
+    reason. A receipt without the answer it covers is refused. ``measurements``: the release's
+    reference measurements, for a policy that pins ``IMAGE:`` (a receipt's evidence carries none)."""
     if receipt.response is None:
         raise ReceiptError("receipt refused: it carries no answer (the answer it covers was removed)")
     statement = Statement.decode(receipt.statement)
@@ -173,6 +179,7 @@ def verify(
             key_config=receipt.key_config,
             nonce=receipt.nonce,
             now=statement.time,
+            measurements=measurements,
         )
     except ConstraintError:
         raise

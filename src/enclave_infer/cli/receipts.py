@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="verify without a constraint: the signature and answer only, which proves nothing about"
         " which enclave minted the receipt",
     )
+    r.add_argument(
+        "--measurements",
+        type=Path,
+        metavar="FILE",
+        help="the release's reference measurements (measure --image), for a constraint that pins IMAGE:",
+    )
     r.set_defaults(func=_verify_receipt)
 
 
@@ -87,7 +93,10 @@ def _verify_receipt(args: argparse.Namespace) -> int:
     image = read_file(args.image, "image") if args.image else None
     constraint = constraints.parse(args.constraint) if args.constraint else None
     policy: Policy = constraint or UnsafeNoPolicy("verify-receipt --unsafe-no-constraint")
-    statement, attestation = verify(receipt, policy, verifier=Verifier.production(), image=image)
+    measurements = read_file(args.measurements, "reference measurements") if args.measurements else None
+    statement, attestation = verify(
+        receipt, policy, verifier=Verifier.production(), image=image, measurements=measurements
+    )
     report = attestation.report
     if report.security_level is SecurityLevel.INSECURE:  # e.g. simulation: anyone can forge such a receipt
         print(

@@ -271,7 +271,10 @@ class Client:
         kept = dataclasses.replace(signed, response=response.content.decode("utf-8", "replace"))
         if self.constraint is None:  # classify() attests first, which needs one
             raise UsageError("no enclave constraint: the client will not talk to an unchecked enclave")
-        statement, _ = verify_signed_receipt(kept, self.constraint, verifier=self._verifier, image=image)
+        measurements = self.attestation.measurements if self.attestation is not None else None
+        statement, _ = verify_signed_receipt(
+            kept, self.constraint, verifier=self._verifier, image=image, measurements=measurements
+        )
         if abs((statement.time - self._now()).total_seconds()) > RECEIPT_CLOCK_SKEW:
             raise ReceiptError("the receipt is dated too far from now (the enclave's host sets its clock)")
         if statement.model_sha256 != json.loads(response.content)["model"]["sha256"]:
@@ -570,6 +573,7 @@ def verify_receipt(
     *,
     image: bytes | None = None,
     verifier: Verifier = PRODUCTION,
+    measurements: bytes | None = None,
 ) -> tuple[Statement, Attestation]:
     """Verify a kept receipt (``Classification.receipt``) offline, as ``enclave-infer
     verify-receipt`` does: its evidence as of its time, the binding, ``constraint``, the signature,
@@ -578,7 +582,8 @@ def verify_receipt(
     A receipt proves which enclave answered only against a constraint: any enclave whose evidence
     verifies, of whatever code hash or configuration, can mint one whose signature and answer check
     out. So ``constraint`` None is refused (:class:`UsageError`); verifying without one takes an
-    explicit ``UnsafeNoPolicy(reason)``, which logs a warning naming the enclave it let through."""
+    explicit ``UnsafeNoPolicy(reason)``, which logs a warning naming the enclave it let through.
+    ``measurements``: the release's reference measurements, for a constraint that pins ``IMAGE:``."""
     if constraint is None:
         raise UsageError(
             "a receipt verified without a constraint proves nothing about which enclave minted it:"
@@ -586,7 +591,9 @@ def verify_receipt(
             " check its signature and answer only"
         )
     policy: Policy = constraints.parse(constraint) if isinstance(constraint, str) else constraint
-    return verify_signed_receipt(Receipt.decode(document), policy, verifier=verifier, image=image)
+    return verify_signed_receipt(
+        Receipt.decode(document), policy, verifier=verifier, image=image, measurements=measurements
+    )
 
 
 def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = ClientConfig().timeout) -> bytes:
